@@ -1,0 +1,97 @@
+"""Command line: serve | render | gc | list. Nothing runs at import time."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from bot.errors import ConfigError
+
+
+def _render(args: argparse.Namespace) -> int:
+    from bot import manifests
+    from bot.naming import PreviewKey, valid_repo
+    from bot.repo_config import check_policy, parse_repo_config
+    from bot.settings import load_cluster_settings
+
+    if not valid_repo(args.repo):
+        raise ConfigError("--repo", "", f"must be owner/name, got {args.repo!r}")
+    if args.pr < 1:
+        raise ConfigError("--pr", "", f"must be a pull request number, got {args.pr}")
+    if not args.sha or not all(c in "0123456789abcdef" for c in args.sha.lower()):
+        raise ConfigError("--sha", "", f"must be a hexadecimal commit SHA, got {args.sha!r}")
+    settings = load_cluster_settings(os.environ, domain=args.domain)
+    path = Path(args.config)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
+    config = parse_repo_config(text, source=str(path))
+    check_policy(config, settings.policy, source=str(path))
+    documents = manifests.render(settings, config, PreviewKey(args.repo, args.pr), args.sha.lower())
+    sys.stdout.write(yaml.safe_dump_all(documents, sort_keys=False))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from bot.server import run
+
+    return run(host=args.host, port=args.port)
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from bot.server import run_gc
+
+    return run_gc(dry_run=args.dry_run)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from bot.server import run_list
+
+    return run_list(output=args.output)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="preview-bot", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="receive GitHub webhooks and manage previews")
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")  # noqa: S104
+    serve.add_argument("--port", type=int, default=8080)
+    serve.set_defaults(func=_serve)
+
+    render = sub.add_parser("render", help="print the objects a preview would create (no cluster, no GitHub)")
+    render.add_argument("--config", required=True, help="path to a .github/preview.yml")
+    render.add_argument("--repo", required=True, help="owner/name")
+    render.add_argument("--pr", required=True, type=int, help="pull request number")
+    render.add_argument("--sha", required=True, help="head commit SHA")
+    render.add_argument("--domain", help="preview domain (default: $PREVIEW_DOMAIN)")
+    render.set_defaults(func=_render)
+
+    gc = sub.add_parser("gc", help="one reconciliation pass: tear down orphaned and idle previews")
+    gc.add_argument("--dry-run", action="store_true", help="print what would be done, change nothing")
+    gc.set_defaults(func=_gc)
+
+    listing = sub.add_parser("list", help="list live previews from the cluster")
+    listing.add_argument("--output", choices=["table", "json"], default="table")
+    listing.set_defaults(func=_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:
+        print(f"preview-bot: error: {exc}", file=sys.stderr)
+        return 2
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

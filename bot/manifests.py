@@ -1,0 +1,174 @@
+"""The objects of one preview, as plain dicts (pure).
+
+Pod labels carry only the bot's labels: labelling preview pods like the real service's pods
+(`app: a`) would let the real Service send production-like traffic to PR code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bot import mesh_routes, naming
+from bot.naming import PreviewKey
+from bot.repo_config import RepoConfig, ServiceConfig, effective_resources
+from bot.settings import ClusterSettings
+
+VIRTUAL_SERVICE_API = "networking.istio.io/v1"
+Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ServicePlan:
+    """Everything needed to deploy one service of one preview."""
+
+    service: ServiceConfig
+    name: str
+    image: str
+    preview_host: str
+    mesh_host: str
+    destination: str
+    workload: tuple[Manifest, ...]
+    gateway_route: Manifest
+    mesh_route: dict[str, Any]
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.preview_host}"
+
+
+@dataclass(frozen=True)
+class PreviewPlan:
+    key: PreviewKey
+    sha: str
+    services: tuple[ServicePlan, ...]
+
+    def manifests(self) -> list[Manifest]:
+        """The preview's own objects (not the shared mesh VirtualServices)."""
+        return [m for s in self.services for m in (*s.workload, s.gateway_route)]
+
+
+def _metadata(name: str, namespace: str, labels: dict[str, str], annotations: dict[str, str]) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "labels": labels, "annotations": annotations}
+
+
+def deployment(settings: ClusterSettings, key: PreviewKey, service: ServiceConfig, *,
+               name: str, image: str, annotations: dict[str, str]) -> Manifest:
+    selector = {naming.KEY_LABEL: key.value, naming.SERVICE_LABEL: naming.dns_label(service.name)}
+    container: dict[str, Any] = {
+        "name": naming.dns_label(service.name),
+        "image": image,
+        "ports": [{"name": "http", "containerPort": service.port, "protocol": "TCP"}],
+        "env": [{"name": k, "value": v} for k, v in sorted(service.env.items())],
+        "resources": effective_resources(service, settings.policy),
+    }
+    if service.command:
+        container["command"] = list(service.command)
+    if service.args:
+        container["args"] = list(service.args)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(name, settings.namespace, key.labels(service.name), annotations),
+        "spec": {
+            "replicas": service.replicas,
+            "revisionHistoryLimit": 2,
+            "selector": {"matchLabels": selector},
+            "template": {
+                # Only the SHA restarts pods: a redeploy of the same commit changes nothing.
+                "metadata": {"labels": {**key.labels(service.name), **selector},
+                             "annotations": {naming.SHA_ANNOTATION: annotations[naming.SHA_ANNOTATION]}},
+                "spec": {"containers": [container], "automountServiceAccountToken": False},
+            },
+        },
+    }
+
+
+def service_object(settings: ClusterSettings, key: PreviewKey, service: ServiceConfig, *,
+                   name: str, annotations: dict[str, str]) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(name, settings.namespace, key.labels(service.name), annotations),
+        "spec": {
+            "selector": {naming.KEY_LABEL: key.value, naming.SERVICE_LABEL: naming.dns_label(service.name)},
+            # Port name `http` tells Istio the protocol.
+            "ports": [{"name": "http", "port": service.port, "targetPort": service.port, "protocol": "TCP"}],
+        },
+    }
+
+
+def gateway_route(settings: ClusterSettings, key: PreviewKey, service: ServiceConfig, *,
+                  host: str, destination: str, annotations: dict[str, str]) -> Manifest:
+    return {
+        "apiVersion": VIRTUAL_SERVICE_API,
+        "kind": "VirtualService",
+        "metadata": _metadata(naming.gateway_route_name(host), settings.routing_namespace,
+                              key.labels(service.name, role=naming.ROLE_GATEWAY),
+                              {**annotations, naming.HOST_ANNOTATION: host}),
+        "spec": {
+            "hosts": [host],
+            "gateways": [settings.gateway],
+            "http": [{
+                "name": key.value,
+                # Set here so that every hop behind the gateway is routed to the preview.
+                "headers": {"request": {"set": {settings.header_name: key.value}}},
+                "route": [{"destination": {"host": destination, "port": {"number": service.port}}}],
+            }],
+        },
+    }
+
+
+def mesh_virtual_service(settings: ClusterSettings, mesh_host: str, spec: dict[str, Any]) -> Manifest:
+    return {
+        "apiVersion": VIRTUAL_SERVICE_API,
+        "kind": "VirtualService",
+        "metadata": {
+            "name": naming.mesh_route_name(mesh_host),
+            "namespace": settings.routing_namespace,
+            "labels": {naming.MANAGED_BY_LABEL: naming.MANAGED_BY, naming.ROLE_LABEL: naming.ROLE_MESH},
+            "annotations": {naming.HOST_ANNOTATION: mesh_host},
+        },
+        "spec": spec,
+    }
+
+
+def plan_preview(settings: ClusterSettings, config: RepoConfig, key: PreviewKey, sha: str, *,
+                 only: Sequence[str] | None = None, pushed_at: str | None = None) -> PreviewPlan:
+    """Compute the whole desired state of one preview; `only` limits it to some services."""
+    annotations = {naming.REPO_ANNOTATION: key.repo, naming.SHA_ANNOTATION: sha}
+    if pushed_at:
+        annotations[naming.PUSHED_AT_ANNOTATION] = pushed_at
+    plans = []
+    for service in config.services:
+        if only is not None and service.name not in only:
+            continue
+        name = key.object_name(service.name)
+        image = service.image_for(sha=sha, number=key.number)
+        host = naming.preview_host(settings, key, service.name)
+        destination = naming.service_fqdn(name, settings.namespace)
+        mesh_host = service.mesh_host(settings.namespace)
+        plans.append(ServicePlan(
+            service=service, name=name, image=image, preview_host=host, mesh_host=mesh_host,
+            destination=destination,
+            workload=(
+                deployment(settings, key, service, name=name, image=image, annotations=annotations),
+                service_object(settings, key, service, name=name, annotations=annotations),
+            ),
+            gateway_route=gateway_route(settings, key, service, host=host, destination=destination,
+                                        annotations=annotations),
+            mesh_route=mesh_routes.preview_route(key.value, destination=destination, port=service.port,
+                                                 header_name=settings.header_name, mode=settings.match_mode),
+        ))
+    return PreviewPlan(key=key, sha=sha, services=tuple(plans))
+
+
+def render(settings: ClusterSettings, config: RepoConfig, key: PreviewKey, sha: str) -> list[Manifest]:
+    """All documents `apply` would produce for this preview alone, mesh routes included."""
+    plan = plan_preview(settings, config, key, sha)
+    documents = plan.manifests()
+    for service in plan.services:
+        spec = mesh_routes.with_route(mesh_routes.new_spec(service.mesh_host), service.mesh_host, service.mesh_route)
+        documents.append(mesh_virtual_service(settings, service.mesh_host, spec))
+    return documents

@@ -1,0 +1,102 @@
+"""The shared in-mesh VirtualService of one service host, as a value (pure).
+
+Istio does not merge mesh VirtualServices for one host, so every open preview's route lives in this
+one object. Invariants kept by every function here, whatever the input:
+- each preview has at most one route, named by its key, matching its header value exactly;
+- preview routes come first (sorted by key, so the result does not depend on arrival order);
+- routes that are not the bot's keep their order, and catch-all routes (no `match`) come last;
+- there is always a default route to the real service.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from bot.settings import MatchMode
+
+DEFAULT_ROUTE_NAME = "default"
+BAGGAGE_ENTRY = "preview"
+_PREVIEW_ROUTE = re.compile(r"^preview-[0-9]+-[0-9a-f]{6}$")
+
+Route = dict[str, Any]
+Spec = dict[str, Any]
+
+
+def baggage_regex(key: str) -> str:
+    """RE2 regex matching a W3C `baggage` header that carries `preview=<key>` as a whole entry."""
+    return rf"^(.*,)?\s*{BAGGAGE_ENTRY}={re.escape(key)}\s*(;[^,]*)?(,.*)?$"
+
+
+def preview_match(key: str, *, header_name: str, mode: MatchMode) -> list[dict[str, Any]]:
+    """Match conditions for one preview; several entries in `match` are ORed by Istio."""
+    matches: list[dict[str, Any]] = []
+    if mode in ("header", "both"):
+        # Exact, never prefix: `preview-12` must not catch `preview-123`.
+        matches.append({"headers": {header_name: {"exact": key}}})
+    if mode in ("baggage", "both"):
+        matches.append({"headers": {"baggage": {"regex": baggage_regex(key)}}})
+    return matches
+
+
+def preview_route(key: str, *, destination: str, port: int, header_name: str, mode: MatchMode) -> Route:
+    return {
+        "name": key,
+        "match": preview_match(key, header_name=header_name, mode=mode),
+        "route": [{"destination": {"host": destination, "port": {"number": port}}}],
+    }
+
+
+def default_route(mesh_host: str) -> Route:
+    return {"name": DEFAULT_ROUTE_NAME, "route": [{"destination": {"host": mesh_host}}]}
+
+
+def is_preview_route(route: Mapping[str, Any]) -> bool:
+    return bool(_PREVIEW_ROUTE.match(str(route.get("name", ""))))
+
+
+def preview_keys(spec: Mapping[str, Any]) -> list[str]:
+    return [str(r["name"]) for r in spec.get("http") or [] if is_preview_route(r)]
+
+
+def route_destinations(spec: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Preview key -> the destination hosts its route sends to."""
+    return {
+        str(r["name"]): [str(d.get("destination", {}).get("host", "")) for d in r.get("route") or []]
+        for r in spec.get("http") or [] if is_preview_route(r)
+    }
+
+
+def _normalise(spec: Mapping[str, Any], mesh_host: str, previews: Iterable[Route]) -> Spec:
+    others = [r for r in spec.get("http") or [] if not is_preview_route(r)]
+    specific = [r for r in others if r.get("match")]
+    catch_all = [r for r in others if not r.get("match")]
+    if not catch_all:
+        catch_all = [default_route(mesh_host)]
+    result: Spec = copy.deepcopy(dict(spec))
+    result["hosts"] = list(spec.get("hosts") or [mesh_host])
+    result["http"] = sorted(copy.deepcopy(list(previews)), key=lambda r: str(r["name"])) + specific + catch_all
+    return result
+
+
+def with_route(spec: Mapping[str, Any], mesh_host: str, route: Route) -> Spec:
+    """Add or replace one preview's route, keeping every other preview's."""
+    kept = [r for r in spec.get("http") or [] if is_preview_route(r) and r.get("name") != route["name"]]
+    return _normalise(spec, mesh_host, [*kept, route])
+
+
+def without_routes(spec: Mapping[str, Any], mesh_host: str, drop: Callable[[Route], bool]) -> Spec:
+    """Remove the preview routes for which `drop` is true; others' routes stay."""
+    kept = [r for r in spec.get("http") or [] if is_preview_route(r) and not drop(r)]
+    return _normalise(spec, mesh_host, kept)
+
+
+def without_key(spec: Mapping[str, Any], mesh_host: str, key: str) -> Spec:
+    return without_routes(spec, mesh_host, lambda r: r.get("name") == key)
+
+
+def new_spec(mesh_host: str) -> Spec:
+    """A mesh VirtualService spec for a host that has none: default route only."""
+    return _normalise({"hosts": [mesh_host]}, mesh_host, [])

@@ -1,0 +1,234 @@
+"""`.github/preview.yml` -> typed, validated config (pure).
+
+Every error names the file, the field and the reason. The config is read from the repository's
+default branch, so a pull request cannot rewrite its own policy; the bot's settings (Policy) cap
+what any config may ask for.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+from bot.errors import ConfigError
+from bot.settings import Policy, parse_quantity
+
+CONFIG_PATH = ".github/preview.yml"
+Trigger = Literal["auto", "label", "command"]
+
+_SERVICE_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_HOST = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+$")
+_IMAGE_PLACEHOLDERS = frozenset({"sha", "short_sha", "number"})
+_TOP_KEYS = frozenset({"services", "trigger", "label"})
+_SERVICE_KEYS = frozenset({"name", "image", "port", "host", "env", "replicas", "resources", "paths",
+                           "command", "args"})
+_RESOURCE_KEYS = frozenset({"cpu", "memory", "ephemeral-storage"})
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str
+    image: str
+    port: int
+    host: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    replicas: int = 1
+    requests: Mapping[str, str] = field(default_factory=dict)
+    limits: Mapping[str, str] = field(default_factory=dict)
+    paths: tuple[str, ...] = ()
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+
+    def mesh_host(self, namespace: str) -> str:
+        return self.host or f"{self.name}.{namespace}.svc.cluster.local"
+
+    def image_for(self, *, sha: str, number: int) -> str:
+        return self.image.format(sha=sha, short_sha=sha[:7], number=number)
+
+    def affected_by(self, changed_files: Sequence[str]) -> bool:
+        """No `paths` means every change affects the service."""
+        if not self.paths:
+            return True
+        return any(fnmatch.fnmatchcase(path, pattern) for path in changed_files for pattern in self.paths)
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    services: tuple[ServiceConfig, ...]
+    trigger: Trigger = "auto"
+    label: str = "preview"
+
+    def service(self, name: str) -> ServiceConfig | None:
+        return next((s for s in self.services if s.name == name), None)
+
+
+class _Reader:
+    """Walks the YAML tree, turning every surprise into a ConfigError naming the field."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, field_path: str, reason: str) -> ConfigError:
+        return ConfigError(self.source, field_path, reason)
+
+    def mapping(self, value: Any, where: str, allowed: frozenset[str]) -> Mapping[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(where, f"must be a mapping, got {_kind(value)}")
+        unknown = sorted(str(k) for k in value if k not in allowed)
+        if unknown:
+            raise self.fail(f"{where}.{unknown[0]}" if where else unknown[0],
+                            f"unknown field (allowed: {', '.join(sorted(allowed))})")
+        return value
+
+    def string(self, value: Any, where: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(where, f"must be a non-empty string, got {_kind(value)}")
+        return value.strip()
+
+    def integer(self, value: Any, where: str, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self.fail(where, f"must be a whole number from {low} to {high}, got {value!r}")
+        return value
+
+    def string_list(self, value: Any, where: str) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise self.fail(where, f"must be a list of strings, got {_kind(value)}")
+        return tuple(self.string(item, f"{where}[{i}]") for i, item in enumerate(value))
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def parse_repo_config(text: str, source: str = CONFIG_PATH) -> RepoConfig:
+    """Parse and validate the YAML text; raises ConfigError."""
+    reader = _Reader(source)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError(source, where, f"invalid YAML: {problem}") from None
+    top = reader.mapping(data, "", _TOP_KEYS)
+    trigger = top.get("trigger", "auto")
+    if trigger not in ("auto", "label", "command"):
+        raise reader.fail("trigger", f"must be auto, label or command, got {trigger!r}")
+    label = reader.string(top.get("label", "preview"), "label")
+    raw_services = top.get("services")
+    if not isinstance(raw_services, list) or not raw_services:
+        raise reader.fail("services", "must be a non-empty list of services")
+    services = tuple(_parse_service(reader, item, f"services[{i}]") for i, item in enumerate(raw_services))
+    seen: set[str] = set()
+    for i, service in enumerate(services):
+        if service.name in seen:
+            raise reader.fail(f"services[{i}].name", f"duplicate service name {service.name!r}")
+        seen.add(service.name)
+    return RepoConfig(services=services, trigger=trigger, label=label)
+
+
+def _parse_service(reader: _Reader, raw: Any, where: str) -> ServiceConfig:
+    item = reader.mapping(raw, where, _SERVICE_KEYS)
+    for required in ("name", "image", "port"):
+        if required not in item:
+            raise reader.fail(f"{where}.{required}", "is required")
+    name = reader.string(item["name"], f"{where}.name")
+    if not _SERVICE_NAME.match(name):
+        raise reader.fail(f"{where}.name", f"must be lowercase letters, digits and '-', start with a letter, "
+                          f"at most 40 characters, got {name!r}")
+    image = reader.string(item["image"], f"{where}.image")
+    placeholders = set(re.findall(r"{([^{}]*)}", image))
+    if placeholders - _IMAGE_PLACEHOLDERS:
+        raise reader.fail(f"{where}.image", f"unknown placeholder(s) {sorted(placeholders - _IMAGE_PLACEHOLDERS)}; "
+                          f"allowed: {{sha}}, {{short_sha}}, {{number}}")
+    if any(ch.isspace() for ch in image):
+        raise reader.fail(f"{where}.image", "must not contain white space")
+    port = reader.integer(item["port"], f"{where}.port", 1, 65535)
+    host = None
+    if item.get("host") is not None:
+        host = reader.string(item["host"], f"{where}.host").lower()
+        if not _HOST.match(host) or len(host) > 253:
+            raise reader.fail(f"{where}.host", f"must be a DNS name like a.default.svc.cluster.local, got {host!r}")
+    env: dict[str, str] = {}
+    if item.get("env") is not None:
+        raw_env = item["env"]
+        if not isinstance(raw_env, dict):
+            raise reader.fail(f"{where}.env", f"must be a mapping of NAME: value, got {_kind(raw_env)}")
+        for key, value in raw_env.items():
+            if not isinstance(key, str) or not _ENV_NAME.match(key):
+                raise reader.fail(f"{where}.env", f"invalid variable name {key!r}")
+            if isinstance(value, dict | list) or value is None:
+                raise reader.fail(f"{where}.env.{key}", f"must be a string or number, got {_kind(value)}")
+            env[key] = str(value).lower() if isinstance(value, bool) else str(value)
+    replicas = reader.integer(item.get("replicas", 1), f"{where}.replicas", 1, 1000)
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if item.get("resources") is not None:
+        resources = reader.mapping(item["resources"], f"{where}.resources", frozenset({"requests", "limits"}))
+        requests = _parse_resources(reader, resources.get("requests"), f"{where}.resources.requests")
+        limits = _parse_resources(reader, resources.get("limits"), f"{where}.resources.limits")
+    paths = reader.string_list(item["paths"], f"{where}.paths") if item.get("paths") is not None else ()
+    command = reader.string_list(item["command"], f"{where}.command") if item.get("command") is not None else ()
+    args = reader.string_list(item["args"], f"{where}.args") if item.get("args") is not None else ()
+    return ServiceConfig(name=name, image=image, port=port, host=host, env=env, replicas=replicas,
+                         requests=requests, limits=limits, paths=paths, command=command, args=args)
+
+
+def _parse_resources(reader: _Reader, raw: Any, where: str) -> dict[str, str]:
+    if raw is None:
+        return {}
+    values = reader.mapping(raw, where, _RESOURCE_KEYS)
+    result: dict[str, str] = {}
+    for name, value in values.items():
+        text = str(value)
+        try:
+            parse_quantity(text)
+        except ValueError as exc:
+            raise reader.fail(f"{where}.{name}", str(exc)) from None
+        result[name] = text
+    return result
+
+
+def check_policy(config: RepoConfig, policy: Policy, source: str = CONFIG_PATH) -> None:
+    """Refuse what the operator's policy forbids; raises ConfigError naming the field."""
+    for i, service in enumerate(config.services):
+        where = f"services[{i}]"
+        prefixes = policy.allowed_image_prefixes
+        if prefixes and not any(service.image.startswith(prefix) for prefix in prefixes):
+            raise ConfigError(source, f"{where}.image",
+                              f"image {service.image!r} is not allowed; it must start with one of: "
+                              f"{', '.join(prefixes)}")
+        if service.replicas > policy.max_replicas:
+            raise ConfigError(source, f"{where}.replicas",
+                              f"{service.replicas} is above the maximum of {policy.max_replicas}")
+        for kind, values in (("requests", service.requests), ("limits", service.limits)):
+            for name, value in values.items():
+                cap = policy.max_resources.get(name)
+                if cap is not None and parse_quantity(value) > parse_quantity(cap):
+                    raise ConfigError(source, f"{where}.resources.{kind}.{name}",
+                                      f"{value} is above the maximum of {cap}")
+        for name in service.requests.keys() & service.limits.keys():
+            if parse_quantity(service.requests[name]) > parse_quantity(service.limits[name]):
+                raise ConfigError(source, f"{where}.resources.requests.{name}",
+                                  f"request {service.requests[name]} is above its limit {service.limits[name]}")
+
+
+def effective_resources(service: ServiceConfig, policy: Policy) -> dict[str, dict[str, str]]:
+    """Config values over the operator's defaults; a default limit never falls below the request."""
+    requests = {**policy.default_requests, **service.requests}
+    limits = {**policy.default_limits, **service.limits}
+    for name, value in requests.items():
+        if name in limits and name not in service.limits and parse_quantity(limits[name]) < parse_quantity(value):
+            limits[name] = value
+        elif name in limits and name not in service.requests and parse_quantity(limits[name]) < parse_quantity(value):
+            requests[name] = limits[name]
+    return {"requests": requests, "limits": limits}

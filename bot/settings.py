@@ -1,0 +1,283 @@
+"""Process settings: environment variables -> frozen dataclasses, validated once at start.
+
+Every error names the variable, so `serve` can stop with one clear line. Policy that a pull request
+could abuse (images, replicas, resources, how many previews) lives here, never in the repository's
+own config file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Literal
+
+from bot.errors import ConfigError
+
+DEFAULT_API_URL = "https://api.github.com"
+DEFAULT_HOST_TEMPLATE = "preview-{number}-api-{service}.{domain}"
+HOST_PLACEHOLDERS = frozenset({"number", "service", "domain", "key", "repo", "owner"})
+MatchMode = Literal["header", "baggage", "both"]
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_RESOURCE_NAMES = frozenset({"cpu", "memory", "ephemeral-storage"})
+SOURCE = "environment"
+
+
+def _env_error(name: str, reason: str) -> ConfigError:
+    return ConfigError(SOURCE, name, reason)
+
+
+def parse_quantity(text: str) -> Decimal:
+    """Parse a Kubernetes resource quantity (100m, 1.5, 64Mi, 1G) to a Decimal of base units."""
+    suffixes = {
+        "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+        "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
+        "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    }
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([A-Za-z]{0,2})", text.strip())
+    if not match or (match.group(2) and match.group(2) not in suffixes):
+        raise ValueError(f"{text!r} is not a Kubernetes quantity (e.g. 100m, 0.5, 256Mi)")
+    try:
+        number = Decimal(match.group(1))
+    except InvalidOperation as exc:  # pragma: no cover - the regex already guards this
+        raise ValueError(f"{text!r} is not a number") from exc
+    return number * Decimal(suffixes[match.group(2)]) if match.group(2) else number
+
+
+def parse_resource_list(text: str, *, where: str) -> dict[str, str]:
+    """`cpu=100m,memory=128Mi` -> {"cpu": "100m", "memory": "128Mi"}; errors name `where`."""
+    result: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or name not in _RESOURCE_NAMES:
+            raise _env_error(where, f"expected name=quantity with name in {sorted(_RESOURCE_NAMES)}, got {item!r}")
+        try:
+            parse_quantity(value)
+        except ValueError as exc:
+            raise _env_error(where, str(exc)) from None
+        result[name] = value
+    return result
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Limits a repository's config cannot lift."""
+
+    allowed_image_prefixes: tuple[str, ...] = ()
+    max_replicas: int = 3
+    max_previews_per_repo: int = 10
+    default_requests: Mapping[str, str] = field(default_factory=lambda: {"cpu": "50m", "memory": "64Mi"})
+    default_limits: Mapping[str, str] = field(default_factory=lambda: {"cpu": "500m", "memory": "256Mi"})
+    max_resources: Mapping[str, str] = field(default_factory=lambda: {"cpu": "2", "memory": "2Gi"})
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """What rendering a preview needs: no credentials."""
+
+    domain: str
+    host_template: str = DEFAULT_HOST_TEMPLATE
+    namespace: str = "default"
+    gateway: str = "istio-system/preview-gateway"
+    routing_namespace: str = "istio-system"
+    header_name: str = "x-preview"
+    match_mode: MatchMode = "header"
+    policy: Policy = field(default_factory=Policy)
+
+    def host_for(self, **values: str | int) -> str:
+        return self.host_template.format(domain=self.domain, **values).lower()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `serve` needs."""
+
+    cluster: ClusterSettings
+    app_id: int
+    private_key: str = field(repr=False)
+    webhook_secret: str = field(repr=False)
+    api_url: str = DEFAULT_API_URL
+    ready_timeout: float = 300.0
+    max_concurrency: int = 8
+    max_body_bytes: int = 25 * 1024 * 1024
+    drain_timeout: float = 30.0
+    content_requests_per_minute: int = 60
+    reconcile_interval: float = 300.0
+    idle_ttl_days: float = 7.0
+    leader_election: bool = False
+    lease_namespace: str = "preview-bot"
+    lease_name: str = "preview-bot-reconciler"
+    identity: str = "preview-bot"
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _env_error(name, f"must be a whole number, got {raw!r}") from None
+    if value < 1:
+        raise _env_error(name, f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _env_error(name, f"must be a number, got {raw!r}") from None
+    if not value > 0:
+        raise _env_error(name, f"must be greater than 0, got {raw}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise _env_error(name, f"must be true or false, got {raw!r}")
+
+
+def _dns_label(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name) or default
+    if not _DNS_LABEL.match(value):
+        raise _env_error(name, f"must be a lowercase DNS-1123 label (a Kubernetes namespace), got {value!r}")
+    return value
+
+
+def validate_host_template(template: str, domain: str) -> str:
+    """Check the template's placeholders and that it yields a valid host name."""
+    names = set(re.findall(r"{([^{}]*)}", template))
+    unknown = names - HOST_PLACEHOLDERS
+    if unknown:
+        raise _env_error("PREVIEW_HOST_TEMPLATE", f"unknown placeholder(s) {sorted(unknown)}; "
+                         f"allowed: {sorted(HOST_PLACEHOLDERS)}")
+    # Without the PR and the service two previews would share one host.
+    if not ({"number", "key"} & names) or "service" not in names:
+        raise _env_error("PREVIEW_HOST_TEMPLATE", "must contain {service} and {number} (or {key})")
+    sample = template.format(number=123, service="svc", domain=domain, key="preview-123-abcdef",
+                             repo="repo", owner="owner").lower()
+    if not _DNS_NAME.match(sample):
+        raise _env_error("PREVIEW_HOST_TEMPLATE", f"does not give a valid host name (e.g. {sample!r})")
+    return template
+
+
+def load_cluster_settings(env: Mapping[str, str], *, domain: str | None = None) -> ClusterSettings:
+    domain = (domain or env.get("PREVIEW_DOMAIN", "")).strip().lower().rstrip(".")
+    if not domain:
+        raise _env_error("PREVIEW_DOMAIN", "is required (e.g. example.com)")
+    if not _DNS_NAME.match(domain):
+        raise _env_error("PREVIEW_DOMAIN", f"is not a valid DNS name: {domain!r}")
+    template = validate_host_template(env.get("PREVIEW_HOST_TEMPLATE") or DEFAULT_HOST_TEMPLATE, domain)
+    gateway = env.get("PREVIEW_GATEWAY") or "istio-system/preview-gateway"
+    gw_namespace, slash, gw_name = gateway.partition("/")
+    if not slash or not _DNS_LABEL.match(gw_namespace) or not _DNS_NAME.match(gw_name):
+        raise _env_error("PREVIEW_GATEWAY", f"must be <namespace>/<name>, got {gateway!r}")
+    header = (env.get("PREVIEW_HEADER") or "x-preview").lower()
+    if not re.fullmatch(r"[a-z0-9][-a-z0-9]*", header):
+        raise _env_error("PREVIEW_HEADER", f"is not a valid HTTP header name: {header!r}")
+    match_mode = (env.get("PREVIEW_MATCH") or "header").lower()
+    if match_mode not in ("header", "baggage", "both"):
+        raise _env_error("PREVIEW_MATCH", f"must be header, baggage or both, got {match_mode!r}")
+    return ClusterSettings(
+        domain=domain,
+        host_template=template,
+        namespace=_dns_label(env, "PREVIEW_NAMESPACE", "default"),
+        gateway=gateway,
+        routing_namespace=_dns_label(env, "PREVIEW_ROUTING_NAMESPACE", "istio-system"),
+        header_name=header,
+        match_mode=match_mode,  # type: ignore[arg-type]  # checked just above
+        policy=_load_policy(env),
+    )
+
+
+def _load_policy(env: Mapping[str, str]) -> Policy:
+    defaults = Policy()
+    prefixes = tuple(p.strip() for p in env.get("PREVIEW_ALLOWED_IMAGES", "").split(",") if p.strip())
+    policy = Policy(
+        allowed_image_prefixes=prefixes,
+        max_replicas=_positive_int(env, "PREVIEW_MAX_REPLICAS", defaults.max_replicas),
+        max_previews_per_repo=_positive_int(env, "PREVIEW_MAX_PER_REPO", defaults.max_previews_per_repo),
+        default_requests=parse_resource_list(env["PREVIEW_DEFAULT_REQUESTS"], where="PREVIEW_DEFAULT_REQUESTS")
+        if env.get("PREVIEW_DEFAULT_REQUESTS") else defaults.default_requests,
+        default_limits=parse_resource_list(env["PREVIEW_DEFAULT_LIMITS"], where="PREVIEW_DEFAULT_LIMITS")
+        if env.get("PREVIEW_DEFAULT_LIMITS") else defaults.default_limits,
+        max_resources=parse_resource_list(env["PREVIEW_MAX_RESOURCES"], where="PREVIEW_MAX_RESOURCES")
+        if env.get("PREVIEW_MAX_RESOURCES") else defaults.max_resources,
+    )
+    for kind, values in (("PREVIEW_DEFAULT_REQUESTS", policy.default_requests),
+                         ("PREVIEW_DEFAULT_LIMITS", policy.default_limits)):
+        for name, value in values.items():
+            cap = policy.max_resources.get(name)
+            if cap is not None and parse_quantity(value) > parse_quantity(cap):
+                raise _env_error(kind, f"{name}={value} is above PREVIEW_MAX_RESOURCES {name}={cap}")
+    return policy
+
+
+def _read_private_key(env: Mapping[str, str]) -> str:
+    inline = env.get("GITHUB_PRIVATE_KEY", "").strip()
+    path = env.get("GITHUB_PRIVATE_KEY_PATH", "").strip()
+    if inline and path:
+        raise _env_error("GITHUB_PRIVATE_KEY", "set either GITHUB_PRIVATE_KEY or GITHUB_PRIVATE_KEY_PATH, not both")
+    if path:
+        try:
+            inline = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise _env_error("GITHUB_PRIVATE_KEY_PATH", f"cannot read the key file: {exc.strerror}") from None
+        name = "GITHUB_PRIVATE_KEY_PATH"
+    else:
+        name = "GITHUB_PRIVATE_KEY"
+    if not inline:
+        raise _env_error("GITHUB_PRIVATE_KEY_PATH", "is required (or GITHUB_PRIVATE_KEY holding the PEM)")
+    if "-----BEGIN" not in inline or "PRIVATE KEY-----" not in inline:
+        raise _env_error(name, "is not a PEM private key")
+    return inline + "\n"
+
+
+def load_settings(env: Mapping[str, str]) -> Settings:
+    """Build and validate all settings; raises ConfigError naming the first bad variable."""
+    raw_app_id = env.get("GITHUB_APP_ID", "").strip()
+    if not raw_app_id:
+        raise _env_error("GITHUB_APP_ID", "is required (the App's numeric ID)")
+    if not raw_app_id.isdigit():
+        raise _env_error("GITHUB_APP_ID", f"must be a number, got {raw_app_id!r}")
+    secret = env.get("GITHUB_WEBHOOK_SECRET", "")
+    if not secret:
+        raise _env_error("GITHUB_WEBHOOK_SECRET", "is required")
+    if len(secret) < 16:
+        raise _env_error("GITHUB_WEBHOOK_SECRET", "is too short (use at least 16 characters)")
+    api_url = (env.get("GITHUB_API_URL") or DEFAULT_API_URL).rstrip("/")
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", api_url):
+        raise _env_error("GITHUB_API_URL", f"must be an http(s) URL, got {api_url!r}")
+    return Settings(
+        cluster=load_cluster_settings(env),
+        app_id=int(raw_app_id),
+        private_key=_read_private_key(env),
+        webhook_secret=secret,
+        api_url=api_url,
+        ready_timeout=_positive_float(env, "PREVIEW_READY_TIMEOUT", 300.0),
+        max_concurrency=_positive_int(env, "PREVIEW_MAX_CONCURRENCY", 8),
+        max_body_bytes=_positive_int(env, "PREVIEW_MAX_BODY_BYTES", 25 * 1024 * 1024),
+        drain_timeout=_positive_float(env, "PREVIEW_DRAIN_TIMEOUT", 30.0),
+        content_requests_per_minute=_positive_int(env, "PREVIEW_GITHUB_CONTENT_PER_MINUTE", 60),
+        reconcile_interval=_positive_float(env, "PREVIEW_RECONCILE_INTERVAL", 300.0),
+        idle_ttl_days=_positive_float(env, "PREVIEW_IDLE_TTL_DAYS", 7.0),
+        leader_election=_bool(env, "PREVIEW_LEADER_ELECTION", False),
+        lease_namespace=_dns_label(env, "POD_NAMESPACE", "preview-bot"),
+        lease_name=_dns_label(env, "PREVIEW_LEASE_NAME", "preview-bot-reconciler"),
+        identity=env.get("POD_NAME") or env.get("HOSTNAME") or "preview-bot",
+    )
