@@ -1,0 +1,122 @@
+"""gidgethub's aiohttp API with the retries and pacing a busy organisation needs.
+
+- 5xx answers, timeouts and dropped connections are retried with exponential backoff;
+- secondary rate limits (403/429, often with Retry-After) and an exhausted primary limit wait for
+  the time GitHub names, then retry;
+- content-creating requests (POST/PATCH/PUT/DELETE) share one pacer so that a burst of events stays
+  under GitHub's documented ~80 content-creating requests per minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import gidgethub
+import gidgethub.aiohttp
+
+from bot import metrics
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 5
+MAX_RATE_LIMIT_WAIT = 300.0
+REQUEST_TIMEOUT = 20.0
+_CONTENT_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
+
+
+class Pacer:
+    """Sliding-window limiter: at most `per_minute` acquisitions in any 60 s."""
+
+    def __init__(self, per_minute: int, window: float = 60.0) -> None:
+        self.per_minute = per_minute
+        self.window = window
+        self._times: deque[float] = deque()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:  # FIFO: waiters are served in arrival order
+            while True:
+                now = time.monotonic()
+                while self._times and now - self._times[0] >= self.window:
+                    self._times.popleft()
+                if len(self._times) < self.per_minute:
+                    self._times.append(now)
+                    return
+                await asyncio.sleep(self.window - (now - self._times[0]) + 0.01)
+
+
+def _retry_delay(headers: Mapping[str, str], attempt: int) -> float:
+    """Seconds to wait: Retry-After, else x-ratelimit-reset, else exponential backoff."""
+    retry_after = headers.get("retry-after")
+    if retry_after and retry_after.strip().isdigit():
+        return float(retry_after)
+    if headers.get("x-ratelimit-remaining") == "0" and (headers.get("x-ratelimit-reset") or "").isdigit():
+        return max(float(headers["x-ratelimit-reset"]) - time.time(), 0.0) + 1.0
+    return min(2.0 ** attempt, 60.0)
+
+
+def _is_rate_limited(exc: gidgethub.HTTPException) -> bool:
+    if exc.status_code == 429:
+        return True
+    if exc.status_code != 403:
+        return False
+    headers = exc.headers or {}
+    return ("retry-after" in headers or headers.get("x-ratelimit-remaining") == "0"
+            or "rate limit" in str(exc).lower())
+
+
+class PacedGitHubAPI(gidgethub.aiohttp.GitHubAPI):
+    def __init__(self, session: aiohttp.ClientSession, requester: str, *, pacer: Pacer, **kwargs: Any) -> None:
+        super().__init__(session, requester, **kwargs)
+        self._pacer = pacer
+
+    async def _request(self, method: str, url: str, headers: Mapping[str, str],
+                       body: bytes = b"") -> tuple[int, Mapping[str, str], bytes]:
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                async with self._session.request(method, url, headers=headers, data=body,
+                                                 timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)) as response:
+                    payload = await response.read()
+                    metrics.GITHUB_CALLS.labels(method=method, outcome=str(response.status)).inc()
+                    remaining = response.headers.get("x-ratelimit-remaining")
+                    if remaining and remaining.isdigit():
+                        metrics.GITHUB_RATE_REMAINING.set(int(remaining))
+                    return response.status, response.headers, payload
+            except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+                metrics.GITHUB_CALLS.labels(method=method, outcome="network-error").inc()
+                if attempt == MAX_ATTEMPTS:
+                    raise
+                delay = min(0.5 * 2 ** attempt, 30.0) * random.uniform(0.5, 1.0)  # noqa: S311
+                log.warning("GitHub request failed (%s), retrying in %.1f s", type(exc).__name__, delay,
+                            extra={"method": method})
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def manage_rate_limit(self, *, method: str, url: str) -> None:
+        if method in _CONTENT_METHODS:
+            await self._pacer.acquire()
+
+    async def handle_rate_limit_error(self, *, method: str, url: str, exception: gidgethub.HTTPException,
+                                      attempt: int) -> bool:
+        if attempt >= MAX_ATTEMPTS:
+            return False
+        if _is_rate_limited(exception):
+            delay = _retry_delay(exception.headers or {}, attempt)
+            if delay > MAX_RATE_LIMIT_WAIT:
+                return False
+            log.warning("GitHub rate limit hit, waiting %.1f s", delay, extra={"method": method})
+        elif isinstance(exception, gidgethub.GitHubBroken):
+            delay = min(0.5 * 2 ** attempt, 30.0) * random.uniform(0.5, 1.0)  # noqa: S311
+            log.warning("GitHub answered %s, retrying in %.1f s", int(exception.status_code), delay,
+                        extra={"method": method})
+        else:
+            return False
+        await asyncio.sleep(delay)
+        return True

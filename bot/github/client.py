@@ -1,0 +1,158 @@
+"""The GitHub calls the bot makes for one repository, on one installation's token."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from typing import Any
+
+import cachetools
+import gidgethub
+from gidgethub.abc import GitHubAPI
+
+from bot import comment as sticky
+
+WRITE_PERMISSIONS = frozenset({"admin", "maintain", "write"})
+DEPLOYMENT_DESCRIPTION_MAX = 140
+
+# (repo, number) -> (comment id, last body). Process-wide: it saves a listing and skips no-op edits.
+_STICKY: cachetools.LRUCache[tuple[str, int], tuple[int, str]] = cachetools.LRUCache(maxsize=4096)
+
+
+class RepoClient:
+    def __init__(self, gh: GitHubAPI, repo: str) -> None:
+        self.gh = gh
+        self.repo = repo
+        self._base = f"/repos/{repo}"
+
+    async def default_branch(self) -> str:
+        data = await self.gh.getitem(self._base)
+        return str(data["default_branch"])
+
+    async def file_text(self, path: str, ref: str) -> str | None:
+        try:
+            data = await self.gh.getitem(f"{self._base}/contents/{path}{{?ref}}", {"ref": ref})
+        except gidgethub.BadRequest as exc:
+            if exc.status_code == 404:
+                return None
+            raise
+        if not isinstance(data, dict) or data.get("type") != "file":
+            return None
+        try:
+            return base64.b64decode(data.get("content", "")).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+
+    async def pull(self, number: int) -> dict[str, Any]:
+        data: dict[str, Any] = await self.gh.getitem(f"{self._base}/pulls/{number}")
+        return data
+
+    async def open_pulls(self) -> list[dict[str, Any]]:
+        return [p async for p in self.gh.getiter(f"{self._base}/pulls?state=open&per_page=100")]
+
+    async def changed_files(self, number: int) -> list[str]:
+        files = self.gh.getiter(f"{self._base}/pulls/{number}/files?per_page=100")
+        names: list[str] = []
+        async for item in files:
+            names.append(str(item["filename"]))
+            if item.get("previous_filename"):
+                names.append(str(item["previous_filename"]))
+        return names
+
+    async def permission(self, user: str) -> str:
+        """The user's permission on the repository: admin, maintain, write, triage, read or none."""
+        try:
+            data = await self.gh.getitem(f"{self._base}/collaborators/{{user}}/permission", {"user": user})
+        except gidgethub.BadRequest as exc:
+            if exc.status_code in (403, 404):
+                return "none"
+            raise
+        role = str(data.get("role_name") or "")
+        return role if role in WRITE_PERMISSIONS else str(data.get("permission") or "none")
+
+    async def can_write(self, user: str) -> bool:
+        return await self.permission(user) in WRITE_PERMISSIONS
+
+    async def react(self, comment_id: int, content: str) -> None:
+        await self.gh.post(f"{self._base}/issues/comments/{comment_id}/reactions", data={"content": content})
+
+    async def reply(self, number: int, body: str) -> None:
+        await self.gh.post(f"{self._base}/issues/{number}/comments", data={"body": body})
+
+    async def _find_sticky(self, number: int) -> tuple[int, str] | None:
+        async for item in self.gh.getiter(f"{self._base}/issues/{number}/comments?per_page=100"):
+            if sticky.is_sticky(item.get("body")) and (item.get("user") or {}).get("type") == "Bot":
+                return int(item["id"]), str(item["body"])
+        return None
+
+    async def has_sticky(self, number: int) -> bool:
+        return (self.repo, number) in _STICKY or await self._find_sticky(number) is not None
+
+    async def upsert_sticky(self, number: int, body: str) -> int:
+        """Edit the PR's one bot comment in place, or create it; an unchanged body costs nothing."""
+        cache_key = (self.repo, number)
+        known = _STICKY.get(cache_key) or await self._find_sticky(number)
+        if known is not None:
+            comment_id, current = known
+            if current == body:
+                _STICKY[cache_key] = known
+                return comment_id
+            try:
+                await self.gh.patch(f"{self._base}/issues/comments/{comment_id}", data={"body": body})
+                _STICKY[cache_key] = (comment_id, body)
+                return comment_id
+            except gidgethub.BadRequest as exc:
+                if exc.status_code != 404:
+                    raise
+                _STICKY.pop(cache_key, None)  # deleted by a person: make a new one
+        created = await self.gh.post(f"{self._base}/issues/{number}/comments", data={"body": body})
+        _STICKY[cache_key] = (int(created["id"]), body)
+        return int(created["id"])
+
+    # -- deployments --------------------------------------------------------------------------
+
+    async def create_deployment(self, *, ref: str, environment: str, description: str,
+                                payload: dict[str, Any]) -> int:
+        data = await self.gh.post(f"{self._base}/deployments", data={
+            "ref": ref,
+            "environment": environment,
+            "description": description[:DEPLOYMENT_DESCRIPTION_MAX],
+            "transient_environment": True,
+            "production_environment": False,
+            "required_contexts": [],
+            "auto_merge": False,
+            "payload": payload,
+        })
+        return int(data["id"])
+
+    async def deployment_status(self, deployment_id: int, state: str, *, description: str = "",
+                                environment_url: str | None = None, log_url: str | None = None) -> None:
+        body: dict[str, Any] = {"state": state, "description": description[:DEPLOYMENT_DESCRIPTION_MAX]}
+        if environment_url:
+            body["environment_url"] = environment_url
+        if log_url:
+            body["log_url"] = log_url
+        await self.gh.post(f"{self._base}/deployments/{deployment_id}/statuses", data=body)
+
+    async def deployments(self, environment: str) -> list[dict[str, Any]]:
+        return [d async for d in self.gh.getiter(f"{self._base}/deployments{{?environment,per_page}}",
+                                                 {"environment": environment, "per_page": 100})]
+
+    async def latest_state(self, deployment_id: int) -> str | None:
+        async for status in self.gh.getiter(f"{self._base}/deployments/{deployment_id}/statuses?per_page=1"):
+            return str(status["state"])
+        return None
+
+    async def deactivate(self, environment: str, *, keep: Sequence[int] = ()) -> int:
+        """Mark the environment's active deployments inactive (auto_inactive skips transient ones)."""
+        count = 0
+        for deployment in await self.deployments(environment):
+            deployment_id = int(deployment["id"])
+            if deployment_id in keep:
+                continue
+            if await self.latest_state(deployment_id) == "inactive":
+                break  # newest first, and each deploy deactivates its predecessors: the rest are done
+            await self.deployment_status(deployment_id, "inactive", description="preview removed")
+            count += 1
+        return count
