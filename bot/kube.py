@@ -21,7 +21,7 @@ import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from bot import manifests, mesh_routes, naming, metrics
+from bot import manifests, mesh_routes, metrics, naming
 from bot.errors import HostConflictError, PermanentError, TemporaryError
 from bot.naming import PreviewKey
 from bot.settings import ClusterSettings
@@ -163,7 +163,7 @@ class Kube:
             return None
         return result
 
-    async def list(self, api_version: str, plural: str, namespace: str,
+    async def list_objects(self, api_version: str, plural: str, namespace: str,
                    selector: str | None = None) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
         token = ""
@@ -231,7 +231,7 @@ class Kube:
         kinds = [("apps/v1", "deployments", self.settings.namespace), ("v1", "services", self.settings.namespace),
                  (manifests.VIRTUAL_SERVICE_API, "virtualservices", self.settings.routing_namespace)]
         for api_version, plural, namespace in kinds:
-            for item in await self.list(api_version, plural, namespace, selector):
+            for item in await self.list_objects(api_version, plural, namespace, selector):
                 path = f"{collection_path(api_version, plural, namespace)}/{item['metadata']['name']}"
                 deleted += await self.delete(path)
         return deleted
@@ -258,7 +258,7 @@ class Kube:
         if rolled_out:
             return True, None
         selector = ",".join(f"{k}={v}" for k, v in spec["selector"]["matchLabels"].items())
-        for pod in await self.list("v1", "pods", self.settings.namespace, selector):
+        for pod in await self.list_objects("v1", "pods", self.settings.namespace, selector):
             for container in (pod.get("status") or {}).get("containerStatuses") or []:
                 waiting = (container.get("state") or {}).get("waiting") or {}
                 if waiting.get("reason") in _HOPELESS_WAITING:
@@ -292,6 +292,10 @@ class Kube:
 
     # -- the shared mesh VirtualService -------------------------------------------------------------
 
+    async def virtual_services(self, selector: str | None = None) -> list[dict[str, Any]]:
+        return await self.list_objects(manifests.VIRTUAL_SERVICE_API, "virtualservices",
+                                       self.settings.routing_namespace, selector)
+
     def _vs_collection(self) -> str:
         return collection_path(manifests.VIRTUAL_SERVICE_API, "virtualservices", self.settings.routing_namespace)
 
@@ -300,7 +304,7 @@ class Kube:
         ours = await self.get(f"{self._vs_collection()}/{naming.mesh_route_name(mesh_host)}")
         if ours is not None:
             return ours
-        for item in await self.list(manifests.VIRTUAL_SERVICE_API, "virtualservices", self.settings.routing_namespace):
+        for item in await self.virtual_services():
             spec = item.get("spec") or {}
             gateways = spec.get("gateways") or []
             if mesh_host in (spec.get("hosts") or []) and (not gateways or "mesh" in gateways):
@@ -355,7 +359,7 @@ class Kube:
 
     async def mesh_services(self) -> list[dict[str, Any]]:
         """Every mesh VirtualService in the routing namespace that carries preview routes."""
-        items = await self.list(manifests.VIRTUAL_SERVICE_API, "virtualservices", self.settings.routing_namespace)
+        items = await self.virtual_services()
         return [item for item in items if mesh_routes.preview_keys(item.get("spec") or {})]
 
     async def remove_routes_where(self, drop: Callable[[dict[str, Any]], bool]) -> int:
@@ -366,9 +370,12 @@ class Kube:
                 continue
             annotations = item.get("metadata", {}).get("annotations") or {}
             host = annotations.get(naming.HOST_ANNOTATION) or item["spec"]["hosts"][0]
-            changed += await self.update_mesh_routes(
-                host, lambda spec, host=host: mesh_routes.without_routes(spec, host, drop), create=False)
+            changed += await self._drop_routes(host, drop)
         return changed
+
+    async def _drop_routes(self, host: str, drop: Callable[[dict[str, Any]], bool]) -> bool:
+        return await self.update_mesh_routes(host, lambda spec: mesh_routes.without_routes(spec, host, drop),
+                                             create=False)
 
     async def remove_routes_of_key(self, key: str) -> int:
         """Teardown needs no config: the routes are found by their name, the preview key."""
@@ -378,9 +385,8 @@ class Kube:
 
     async def live_previews(self, repo: str | None = None) -> list[LivePreview]:
         selector = naming.repo_selector(repo) if repo else naming.MANAGED_SELECTOR
-        deployments = await self.list("apps/v1", "deployments", self.settings.namespace, selector)
-        routes = await self.list(manifests.VIRTUAL_SERVICE_API, "virtualservices", self.settings.routing_namespace,
-                                 f"{selector},{naming.ROLE_LABEL}={naming.ROLE_GATEWAY}")
+        deployments = await self.list_objects("apps/v1", "deployments", self.settings.namespace, selector)
+        routes = await self.virtual_services(f"{selector},{naming.ROLE_LABEL}={naming.ROLE_GATEWAY}")
         hosts: dict[str, list[str]] = {}
         for route in routes:
             meta = route["metadata"]
@@ -410,7 +416,7 @@ class Kube:
     async def set_keep(self, key: PreviewKey, keep: bool) -> int:
         """Mark (or unmark) a preview's Deployments so idle clean-up leaves them alone."""
         changed = 0
-        for item in await self.list("apps/v1", "deployments", self.settings.namespace, key.selector()):
+        for item in await self.list_objects("apps/v1", "deployments", self.settings.namespace, key.selector()):
             path = f"{collection_path('apps/v1', 'deployments', self.settings.namespace)}/{item['metadata']['name']}"
             patch = {"metadata": {"annotations": {naming.KEEP_ANNOTATION: "true" if keep else None}}}
             await self.call("PATCH", path, body=patch, content_type="application/merge-patch+json")
@@ -418,7 +424,7 @@ class Kube:
         return changed
 
     async def service_names(self) -> set[str]:
-        items = await self.list("v1", "services", self.settings.namespace, naming.MANAGED_SELECTOR)
+        items = await self.list_objects("v1", "services", self.settings.namespace, naming.MANAGED_SELECTOR)
         return {naming.service_fqdn(i["metadata"]["name"], self.settings.namespace) for i in items}
 
     async def ping(self) -> None:

@@ -33,7 +33,7 @@ def _env_error(name: str, reason: str) -> ConfigError:
 
 def parse_quantity(text: str) -> Decimal:
     """Parse a Kubernetes resource quantity (100m, 1.5, 64Mi, 1G) to a Decimal of base units."""
-    suffixes = {
+    suffixes: dict[str, Decimal | int] = {
         "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
         "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
         "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,

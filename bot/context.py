@@ -1,0 +1,60 @@
+"""What handlers need, built once per process, and the dispatch of one event to the routers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import cachetools
+from gidgethub import routing, sansio
+from gidgethub.abc import GitHubAPI
+
+from bot import logs, metrics
+from bot.github.auth import AppAuth
+from bot.github.client import RepoClient
+from bot.kube import Kube
+from bot.previews import Previewer
+from bot.queue import WorkQueue
+from bot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    settings: Settings
+    kube: Kube
+    auth: AppAuth
+    previewer: Previewer
+    queue: WorkQueue
+    router: routing.Router
+    # (repo, pr, user) that were already told "no permission": a stranger cannot make the bot spam.
+    refused: cachetools.TTLCache[tuple[str, int, str], bool] = field(
+        default_factory=lambda: cachetools.TTLCache(maxsize=10_000, ttl=3600))
+
+    def superseded(self, repo: str, number: int) -> bool:
+        return self.queue.has_pending((repo, number))
+
+    async def dispatch(self, event: sansio.Event) -> None:
+        """Run the routers for one event on a fresh installation client (in the background)."""
+        data = event.data
+        repo = (data.get("repository") or {}).get("full_name", "")
+        number = (data.get("pull_request") or data.get("issue") or {}).get("number")
+        logs.EVENT_FIELDS.set({"delivery": event.delivery_id, "event": event.event, "action": data.get("action"),
+                               "repo": repo, "pr": number})
+        started = time.monotonic()
+        try:
+            installation = int(data["installation"]["id"])
+            gh = await self.auth.installation_api(installation)
+            await self.router.dispatch(event, gh, self)
+            log.info("event processed")
+        except Exception:
+            log.exception("event failed")
+            raise
+        finally:
+            metrics.PROCESSING.labels(event=event.event).observe(time.monotonic() - started)
+
+
+def repo_client(event: sansio.Event, gh: GitHubAPI) -> RepoClient:
+    return RepoClient(gh, event.data["repository"]["full_name"])

@@ -1,0 +1,53 @@
+"""`/preview` comments on pull requests: deploy, stop, keep, help."""
+
+from __future__ import annotations
+
+from gidgethub import routing, sansio
+from gidgethub.abc import GitHubAPI
+
+from bot.commands import HELP_TEXT, Action, parse_command
+from bot.context import Context, repo_client
+from bot.naming import PreviewKey
+
+router = routing.Router()
+
+NEEDS_WRITE = frozenset({Action.DEPLOY, Action.STOP, Action.KEEP})
+
+
+@router.register("issue_comment", action="created")
+async def on_comment(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
+    issue = event.data["issue"]
+    comment = event.data["comment"]
+    if "pull_request" not in issue or (comment.get("user") or {}).get("type") == "Bot":
+        return
+    command = parse_command(comment.get("body") or "")
+    if command is None:
+        return
+    client = repo_client(event, gh)
+    number = int(issue["number"])
+    user = str(comment["user"]["login"])
+    if command.action is Action.HELP:
+        await client.react(int(comment["id"]), "confused" if command.unknown else "eyes")
+        prefix = f"Unknown command `/preview {command.unknown}`.\n\n" if command.unknown else ""
+        await client.reply(number, prefix + HELP_TEXT)
+        return
+    if command.action in NEEDS_WRITE and not await client.can_write(user):
+        await client.react(int(comment["id"]), "-1")
+        if (client.repo, number, user) not in ctx.refused:
+            ctx.refused[(client.repo, number, user)] = True
+            await client.reply(number, f"@{user} `/preview {command.action.value}` needs write access "
+                                       "to this repository; nothing was changed.")
+        return
+    await client.react(int(comment["id"]), "+1")
+    if command.action is Action.DEPLOY:
+        pr = await client.pull(number)
+        if pr.get("state") != "open":
+            await client.reply(number, "This pull request is closed; there is nothing to preview.")
+            return
+        # The head at this moment is what the maintainer approved (matters for forks).
+        await ctx.previewer.deploy(client, number, pr["head"]["sha"],
+                                   superseded=lambda: ctx.superseded(client.repo, number))
+    elif command.action is Action.STOP:
+        await ctx.previewer.stop(client, number, f"Stopped by @{user} with `/preview stop`.")
+    elif command.action is Action.KEEP:
+        await ctx.kube.set_keep(PreviewKey(client.repo, number), True)

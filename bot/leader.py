@@ -1,0 +1,88 @@
+"""Leader election on a coordination.k8s.io Lease, so only one replica runs the reconciler.
+
+Webhook handling stays active on every replica: that is safe because each PR's work is
+level-triggered and the shared mesh objects are updated with optimistic concurrency.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bot.kube import Conflict, Kube, collection_path
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _format(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+class LeaderElector:
+    def __init__(self, kube: Kube, *, namespace: str, name: str, identity: str,
+                 lease_seconds: int = 30) -> None:
+        self.kube = kube
+        self.identity = identity
+        self.lease_seconds = lease_seconds
+        self._collection = collection_path("coordination.k8s.io/v1", "leases", namespace)
+        self._path = f"{self._collection}/{name}"
+        self._name = name
+        self._namespace = namespace
+        self.is_leader = False
+
+    def _spec(self, transitions: int, acquired: str | None = None) -> dict[str, Any]:
+        now = _format(_now())
+        return {"holderIdentity": self.identity, "leaseDurationSeconds": self.lease_seconds,
+                "acquireTime": acquired or now, "renewTime": now, "leaseTransitions": transitions}
+
+    async def try_acquire_or_renew(self) -> bool:
+        """One round: take a free or expired lease, renew our own; False when another holds it."""
+        try:
+            lease = await self.kube.get(self._path)
+            if lease is None:
+                await self.kube.call("POST", self._collection, body={
+                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": self._name, "namespace": self._namespace},
+                    "spec": self._spec(0)})
+                return self._became(True)
+            spec = lease.get("spec") or {}
+            holder = spec.get("holderIdentity")
+            renewed = _parse(spec.get("renewTime")) or datetime.min.replace(tzinfo=UTC)
+            duration = timedelta(seconds=int(spec.get("leaseDurationSeconds") or self.lease_seconds))
+            if holder != self.identity and holder and renewed + duration > _now():
+                return self._became(False)
+            transitions = int(spec.get("leaseTransitions") or 0) + (0 if holder == self.identity else 1)
+            acquired = spec.get("acquireTime") if holder == self.identity else None
+            await self.kube.call("PUT", self._path, body={**lease, "spec": self._spec(transitions, acquired)})
+            return self._became(True)
+        except Conflict:
+            return self._became(False)  # another replica wrote first; it leads this round
+
+    def _became(self, leader: bool) -> bool:
+        if leader != self.is_leader:
+            log.info("leadership %s", "acquired" if leader else "lost", extra={"identity": self.identity})
+        self.is_leader = leader
+        return leader
+
+    async def release(self) -> None:
+        """Hand the lease over at shutdown instead of making others wait for it to expire."""
+        if not self.is_leader:
+            return
+        lease = await self.kube.get(self._path)
+        if lease and (lease.get("spec") or {}).get("holderIdentity") == self.identity:
+            lease["spec"]["holderIdentity"] = None
+            with contextlib.suppress(Conflict):
+                await self.kube.call("PUT", self._path, body=lease)
+        self.is_leader = False

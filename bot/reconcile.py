@@ -1,0 +1,151 @@
+"""Level-triggered clean-up: what is live in the cluster vs. what should be.
+
+GitHub never redelivers a failed webhook by itself, so this pass is what guarantees that previews of
+closed PRs go away, that mesh routes never point at missing Services, and that idle previews are
+removed after the TTL unless someone asked to keep them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import gidgethub
+
+from bot import comment, mesh_routes, metrics
+from bot.comment import Report, State
+from bot.github.client import RepoClient
+from bot.kube import Kube, LivePreview
+from bot.naming import PreviewKey, valid_repo
+from bot.previews import Previewer
+
+log = logging.getLogger(__name__)
+
+KEEP_LABEL = "preview-keep"
+# repo -> a client for it, or None when the App is no longer installed there.
+ClientFor = Callable[[str], Awaitable[RepoClient | None]]
+
+
+@dataclass
+class Action:
+    kind: str  # "teardown-closed", "teardown-idle", "remove-route"
+    target: str
+    reason: str
+
+
+@dataclass
+class GcReport:
+    actions: list[Action] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        return [f"{a.kind}\t{a.target}\t{a.reason}" for a in self.actions] + [f"error\t{e}" for e in self.errors]
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def is_idle(preview: LivePreview, now: datetime, ttl: timedelta) -> bool:
+    """Idle: no push (deploy) for longer than the TTL."""
+    last = _parse_time(preview.pushed_at) or _parse_time(preview.created)
+    return last is not None and now - last > ttl
+
+
+def dangling_routes(mesh_services: list[dict[str, Any]], services: set[str]) -> list[tuple[str, str]]:
+    """(preview key, destination) of preview routes whose destination Service does not exist."""
+    found = []
+    for item in mesh_services:
+        for key, destinations in mesh_routes.route_destinations(item.get("spec") or {}).items():
+            found += [(key, d) for d in destinations if d not in services]
+    return found
+
+
+async def reconcile(kube: Kube, previewer: Previewer, client_for: ClientFor, *, idle_ttl: timedelta,
+                    dry_run: bool = False, now: datetime | None = None,
+                    resume: Callable[[str, int], None] | None = None, check_stuck: bool = False) -> GcReport:
+    """One pass. `resume` queues a redeploy of previews behind their PR's head (a missed push), and with
+    `check_stuck` of those whose last GitHub deployment never finished (a crash mid-deploy)."""
+    now = now or datetime.now(UTC)
+    report = GcReport()
+    previews = await kube.live_previews()
+    metrics.LIVE_PREVIEWS.set(len(previews))
+    pulls_by_repo: dict[str, Mapping[int, dict[str, Any]] | None] = {}
+    for preview in previews:
+        target = f"{preview.repo}#{preview.number}"
+        if not valid_repo(preview.repo) or preview.number < 1:
+            report.errors.append(f"{preview.key}: labels or annotations are damaged; left alone")
+            continue
+        try:
+            if preview.repo not in pulls_by_repo:
+                client = await client_for(preview.repo)
+                pulls_by_repo[preview.repo] = None if client is None else \
+                    {int(p["number"]): p for p in await client.open_pulls()}
+            open_pulls = pulls_by_repo[preview.repo]
+            pull = None if open_pulls is None else open_pulls.get(preview.number)
+            if pull is None:
+                reason = "pull request is closed" if open_pulls is not None else "App not installed on the repository"
+                report.actions.append(Action("teardown-closed", target, reason))
+                if not dry_run:
+                    await _stop(previewer, client_for, preview, f"Preview removed: the {reason}.")
+                continue
+            if resume is not None and await _needs_resume(pull, preview, client_for, check_stuck):
+                report.actions.append(Action("resume", target, "deploy did not finish or missed a push"))
+                resume(preview.repo, preview.number)
+                continue
+            labels = {str(label["name"]) for label in pull.get("labels") or []}
+            if preview.keep or KEEP_LABEL in labels or not is_idle(preview, now, idle_ttl):
+                continue
+            days = idle_ttl.total_seconds() / 86400
+            report.actions.append(Action("teardown-idle", target, f"no push for more than {days:g} days"))
+            if not dry_run:
+                await _stop(previewer, client_for, preview,
+                            f"Preview removed after {days:g} days without a push. Comment `/preview` to deploy "
+                            f"again, or `/preview keep` (or the `{KEEP_LABEL}` label) to keep it.")
+        except (gidgethub.GitHubException, OSError) as exc:
+            report.errors.append(f"{target}: {type(exc).__name__}: {exc}")
+    # Routes whose Service is gone (deleted by hand, or a crash between steps).
+    services = await kube.service_names()
+    for key, destination in dangling_routes(await kube.mesh_services(), services):
+        report.actions.append(Action("remove-route", key, f"destination {destination} does not exist"))
+    if not dry_run and any(a.kind == "remove-route" for a in report.actions):
+        await kube.remove_routes_where(lambda route: any(
+            d not in services for d in mesh_routes.route_destinations({"http": [route]}).get(str(route["name"]), [])))
+    for action in report.actions:
+        log.info("reconcile: %s %s (%s)", action.kind, action.target, action.reason, extra={"dry_run": dry_run})
+    return report
+
+
+async def _needs_resume(pull: Mapping[str, Any], preview: LivePreview, client_for: ClientFor,
+                        check_stuck: bool) -> bool:
+    head = pull.get("head") or {}
+    fork = (head.get("repo") or {}).get("full_name") != preview.repo
+    if head.get("sha") != preview.sha:
+        return not fork  # a fork's new commits wait for approval
+    if not check_stuck:
+        return False
+    client = await client_for(preview.repo)
+    if client is None:
+        return False
+    deployments = await client.deployments(PreviewKey(preview.repo, preview.number).environment)
+    return bool(deployments) and await client.latest_state(int(deployments[0]["id"])) in (
+        None, "queued", "pending", "in_progress")
+
+
+async def _stop(previewer: Previewer, client_for: ClientFor, preview: LivePreview, reason: str) -> None:
+    key = PreviewKey(preview.repo, preview.number)
+    client = await client_for(preview.repo)
+    if client is None:
+        await previewer.teardown(key)
+        return
+    await previewer.teardown(key)
+    await client.deactivate(key.environment)
+    await client.upsert_sticky(preview.number, comment.render(Report(State.STOPPED, detail=reason)))

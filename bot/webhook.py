@@ -1,0 +1,137 @@
+"""The aiohttp application: verify, dedupe, acknowledge, enqueue; health, readiness and metrics.
+
+Nothing here calls GitHub or Kubernetes before answering: the work runs in the background queue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import cachetools
+from aiohttp import web
+from gidgethub import sansio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from bot import metrics
+from bot.queue import QueueClosed
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+Dispatch = Callable[[sansio.Event], Awaitable[None]]
+Submit = Callable[[tuple[str, int], Callable[[], Awaitable[None]]], None]
+ReadinessCheck = Callable[[], Awaitable[None]]
+
+CONTEXT_KEY: web.AppKey[WebhookConfig] = web.AppKey("webhook_config")
+
+
+class WebhookConfig:
+    def __init__(self, *, secret: str, max_body_bytes: int, dispatch: Dispatch, submit: Submit,
+                 readiness: dict[str, ReadinessCheck]) -> None:
+        self.secret = secret.encode("utf-8")
+        self.max_body_bytes = max_body_bytes
+        self.dispatch = dispatch
+        self.submit = submit
+        self.readiness = readiness
+        self.seen: cachetools.TTLCache[str, bool] = cachetools.TTLCache(maxsize=50_000, ttl=6 * 3600)
+        self.draining = False
+
+
+def _error(status: int, message: str, event: str = "unknown") -> web.Response:
+    metrics.WEBHOOKS.labels(event=event, outcome=str(status)).inc()
+    return web.json_response({"error": message}, status=status)
+
+
+def signature_valid(secret: bytes, body: bytes, header: str) -> bool:
+    """`sha256=<hex HMAC>` compared in constant time; the SHA-1 header is never accepted."""
+    expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected.encode("ascii"), header.strip().encode("ascii", "replace"))
+
+
+def work_key(data: dict[str, Any]) -> tuple[str, int]:
+    """Events of one PR share a key (ordered); others get the repository's key 0."""
+    repo = str((data.get("repository") or {}).get("full_name", ""))
+    number = (data.get("pull_request") or data.get("issue") or {}).get("number") or 0
+    return repo, int(number)
+
+
+async def handle_webhook(request: web.Request) -> web.Response:
+    config = request.app[CONTEXT_KEY]
+    if config.draining:
+        return _error(503, "shutting down; GitHub will show this delivery as failed and the reconciler catches up")
+    if request.content_length is not None and request.content_length > config.max_body_bytes:
+        return _error(413, f"body larger than {config.max_body_bytes} bytes")
+    body = await request.content.read(config.max_body_bytes + 1)  # never more than the limit
+    if len(body) > config.max_body_bytes:
+        return _error(413, f"body larger than {config.max_body_bytes} bytes")
+    signature = request.headers.get(SIGNATURE_HEADER)
+    if not signature:
+        return _error(401, f"missing {SIGNATURE_HEADER}")
+    if not signature_valid(config.secret, body, signature):
+        return _error(401, f"bad {SIGNATURE_HEADER}")
+    event_name = request.headers.get("X-GitHub-Event", "")
+    delivery = request.headers.get("X-GitHub-Delivery", "")
+    if not event_name or not delivery:
+        return _error(400, "missing X-GitHub-Event or X-GitHub-Delivery")
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return _error(400, "body is not JSON", event_name)
+    if not isinstance(data, dict):
+        return _error(400, "body is not a JSON object", event_name)
+    if event_name == "ping":
+        metrics.WEBHOOKS.labels(event=event_name, outcome="200").inc()
+        return web.json_response({"msg": "pong"})
+    if delivery in config.seen:
+        metrics.WEBHOOKS.labels(event=event_name, outcome="duplicate").inc()
+        return web.json_response({"msg": "duplicate delivery ignored"}, status=200)
+    if "installation" not in data or "repository" not in data:
+        metrics.WEBHOOKS.labels(event=event_name, outcome="ignored").inc()
+        return web.json_response({"msg": "not a repository event of an installation; ignored"}, status=202)
+    event = sansio.Event(data, event=event_name, delivery_id=delivery)
+    try:
+        config.submit(work_key(data), lambda: config.dispatch(event))
+    except QueueClosed:
+        return _error(503, "shutting down", event_name)
+    config.seen[delivery] = True
+    metrics.WEBHOOKS.labels(event=event_name, outcome="accepted").inc()
+    return web.json_response({"msg": "accepted"}, status=202)
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    config = request.app[CONTEXT_KEY]
+    if config.draining:
+        return web.json_response({"status": "draining"}, status=503)
+    failures: dict[str, str] = {}
+    for name, check in config.readiness.items():
+        try:
+            await check()
+        except Exception as exc:  # readiness reports any failure, it never raises
+            failures[name] = type(exc).__name__
+    if failures:
+        return web.json_response({"status": "not ready", "failed": failures}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def prometheus(_request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_app(config: WebhookConfig) -> web.Application:
+    # client_max_size guards every other route too; the webhook reads with its own limit.
+    app = web.Application(client_max_size=config.max_body_bytes)
+    app[CONTEXT_KEY] = config
+    app.router.add_post("/webhook", handle_webhook)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", prometheus)
+    return app
