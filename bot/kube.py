@@ -313,7 +313,7 @@ class Kube:
 
     async def update_mesh_routes(self, mesh_host: str,
                                  change: Callable[[dict[str, Any]], dict[str, Any]], *,
-                                 create: bool = True, attempts: int = 20) -> bool:
+                                 create: bool = True, attempts: int = 40) -> bool:
         """Read-modify-write of the host's mesh VirtualService, retried on 409; True if it changed."""
         for attempt in range(attempts):
             current = await self.find_mesh_service(mesh_host)

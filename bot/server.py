@@ -73,6 +73,7 @@ class Bot:
             readiness={"kubernetes": kube.ping, "github": cached_check(self.auth.check_key, 60.0)})
         self.elector = LeaderElector(kube, namespace=settings.lease_namespace, name=settings.lease_name,
                                      identity=settings.identity) if settings.leader_election else None
+        self.port = 0
         self._first_pass = True  # after a restart, look for deploys a crash left half-done
         self._installations: cachetools.TTLCache[str, int | None] = cachetools.TTLCache(maxsize=4096, ttl=600)
 
@@ -129,8 +130,8 @@ class Bot:
 
 
 @asynccontextmanager
-async def _adapters(settings_cluster_kube: Callable[[], Kube]) -> AsyncIterator[tuple[aiohttp.ClientSession, Kube]]:
-    kube = settings_cluster_kube()
+async def _adapters(make_kube: Callable[[], Kube]) -> AsyncIterator[tuple[aiohttp.ClientSession, Kube]]:
+    kube = make_kube()
     session = aiohttp.ClientSession()
     try:
         yield session, kube
@@ -139,31 +140,42 @@ async def _adapters(settings_cluster_kube: Callable[[], Kube]) -> AsyncIterator[
         kube.close()
 
 
-async def serve(settings: Settings, host: str, port: int, *, stop: asyncio.Event | None = None) -> None:
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    async with _adapters(lambda: Kube.from_environment(settings.cluster)) as (session, kube):
+@asynccontextmanager
+async def running(settings: Settings, host: str, port: int, *,
+                  kubeconfig: str | None = None) -> AsyncIterator[Bot]:
+    """The serving bot; leaving the block is an orderly shutdown: intake closes (503), in-flight work
+    gets `drain_timeout` to finish, the lease is handed over."""
+    async with _adapters(lambda: Kube.from_environment(settings.cluster, kubeconfig)) as (session, kube):
         bot = Bot(settings, session, kube)
         runner = web.AppRunner(create_app(bot.webhook), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
-        log.info("listening", extra={"host": host, "port": port})
+        bot.port = runner.addresses[0][1]
+        log.info("listening", extra={"host": host, "port": bot.port})
         reconciler = asyncio.create_task(bot.reconcile_forever(), name="reconciler")
+        try:
+            yield bot
+        finally:
+            log.info("shutting down: intake closed, draining work", extra={"in_flight": bot.queue.depth})
+            bot.webhook.draining = True
+            finished = await bot.queue.drain(settings.drain_timeout)
+            reconciler.cancel()
+            with suppress(asyncio.CancelledError):
+                await reconciler
+            if bot.elector is not None:
+                with suppress(Exception):
+                    await bot.elector.release()
+            await runner.cleanup()
+            log.info("stopped", extra={"drained": finished})
+
+
+async def serve(settings: Settings, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running(settings, host, port):
         await stop.wait()
-        log.info("shutting down: intake closed, draining work", extra={"in_flight": bot.queue.depth})
-        bot.webhook.draining = True
-        finished = await bot.queue.drain(settings.drain_timeout)
-        reconciler.cancel()
-        with suppress(asyncio.CancelledError):
-            await reconciler
-        if bot.elector is not None:
-            with suppress(Exception):
-                await bot.elector.release()
-        await runner.cleanup()
-        log.info("stopped", extra={"drained": finished})
 
 
 def run(host: str, port: int) -> int:

@@ -1,0 +1,109 @@
+"""The whole bot, in-process, against the fake GitHub and the real control plane."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from kubernetes import client as k8s
+
+from bot.server import Bot, running
+from bot.settings import load_settings
+from tests.fakegithub import FakeGitHub, webhook_headers
+from tests.plugins.cluster import Cluster
+
+SECRET = "e2e-webhook-secret-0123456789"
+CONFIG = """\
+services:
+  - name: a
+    image: registry.example.com/acme/a:{sha}
+    port: 8080
+"""
+
+
+def bot_env(fake: FakeGitHub, namespace: str, **overrides: str) -> dict[str, str]:
+    env = {
+        "GITHUB_APP_ID": str(fake.app_id),
+        "GITHUB_PRIVATE_KEY": fake.private_key_pem,
+        "GITHUB_WEBHOOK_SECRET": SECRET,
+        "GITHUB_API_URL": fake.url,
+        "PREVIEW_DOMAIN": "example.com",
+        "PREVIEW_NAMESPACE": namespace,
+        "PREVIEW_ROUTING_NAMESPACE": namespace,
+        "PREVIEW_READY_TIMEOUT": "90",
+        "PREVIEW_RECONCILE_INTERVAL": "3600",
+        "POD_NAMESPACE": namespace,
+    }
+    env.update(overrides)
+    return env
+
+
+@dataclass
+class RunningBot:
+    bot: Bot
+    fake: FakeGitHub
+    session: aiohttp.ClientSession
+    namespace: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.bot.port}/webhook"
+
+    async def send(self, event: str, payload: Mapping[str, Any], *, delivery: str | None = None,
+                   secret: str = SECRET) -> int:
+        body = json.dumps(payload).encode()
+        headers = webhook_headers(event, body, secret, delivery or str(uuid.uuid4()))
+        async with self.session.post(self.url, data=body, headers=headers) as response:
+            return response.status
+
+    async def settle(self, timeout: float = 180) -> None:
+        """Wait until every queued event has been processed."""
+        await asyncio.wait_for(self.bot.queue.join(), timeout)
+
+
+@asynccontextmanager
+async def running_bot(fake: FakeGitHub, cluster: Cluster, namespace: str, *, kubeconfig: str | None = None,
+                      **overrides: str) -> AsyncIterator[RunningBot]:
+    settings = load_settings(bot_env(fake, namespace, **overrides))
+    async with running(settings, "127.0.0.1", 0, kubeconfig=kubeconfig or str(cluster.kubeconfig)) as bot, \
+            aiohttp.ClientSession() as session:
+        yield RunningBot(bot, fake, session, namespace)
+
+
+class ClusterView:
+    """Reads the cluster with admin rights, for assertions."""
+
+    def __init__(self, cluster: Cluster, namespace: str) -> None:
+        self.api = cluster.api_client()
+        self.namespace = namespace
+
+    def close(self) -> None:
+        self.api.close()
+
+    def deployments(self) -> dict[str, Any]:
+        items = k8s.AppsV1Api(self.api).list_namespaced_deployment(
+            self.namespace, label_selector="app.kubernetes.io/managed-by=preview-bot").items
+        return {d.metadata.name: d for d in items}
+
+    def services(self) -> list[str]:
+        items = k8s.CoreV1Api(self.api).list_namespaced_service(
+            self.namespace, label_selector="app.kubernetes.io/managed-by=preview-bot").items
+        return sorted(s.metadata.name for s in items)
+
+    def virtual_services(self) -> dict[str, dict[str, Any]]:
+        result = k8s.CustomObjectsApi(self.api).list_namespaced_custom_object(
+            "networking.istio.io", "v1", self.namespace, "virtualservices")
+        return {item["metadata"]["name"]: item for item in result["items"]}
+
+    def mesh_routes(self, host: str) -> list[dict[str, Any]]:
+        for item in self.virtual_services().values():
+            spec = item["spec"]
+            if host in spec.get("hosts", []) and not spec.get("gateways"):
+                return list(spec["http"])
+        return []

@@ -1,0 +1,236 @@
+"""A preview's whole life over HTTP: signed webhook -> cluster objects -> PR comment and Deployment
+statuses -> teardown. Real aiohttp app, fake GitHub checked against GitHub's OpenAPI description,
+real kube-apiserver with Istio's CRDs and kwok-run pods."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from bot import comment
+from bot.naming import PreviewKey
+from tests.e2e.harness import CONFIG, ClusterView, RunningBot, running_bot
+from tests.fakegithub import FakeGitHub, issue_comment_event, pull_request_event
+from tests.plugins.cluster import Cluster
+
+pytestmark = pytest.mark.cluster
+
+REPO = "acme/shop"
+MESH_HOST_TEMPLATE = "a.{ns}.svc.cluster.local"
+
+
+@pytest.fixture
+def view(cluster: Cluster, namespace: str) -> Iterator[ClusterView]:
+    v = ClusterView(cluster, namespace)
+    yield v
+    v.close()
+
+
+@pytest.fixture
+async def shop(fake_github: FakeGitHub) -> FakeGitHub:
+    fake_github.add_repo(REPO, files={".github/preview.yml": CONFIG},
+                         collaborators={"alice": "write", "mallory": "read"})
+    return fake_github
+
+
+@pytest.fixture
+async def bot(shop: FakeGitHub, cluster: Cluster, namespace: str) -> AsyncIterator[RunningBot]:
+    async with running_bot(shop, cluster, namespace) as running:
+        yield running
+
+
+def sticky_comments(fake: FakeGitHub, repo: str, number: int) -> list[dict[str, object]]:
+    return [c for c in fake.comments(repo, number) if comment.MARKER in str(c["body"])]
+
+
+def states(fake: FakeGitHub, repo: str, deployment_id: int) -> list[str]:
+    return [s["state"] for s in fake.statuses(repo, deployment_id)]
+
+
+async def open_pr(bot: RunningBot, number: int, repo: str = REPO, **kwargs: object) -> None:
+    bot.fake.add_pull(repo, number, **kwargs)  # type: ignore[arg-type]
+    assert await bot.send("pull_request", pull_request_event(bot.fake, repo, number, "opened")) == 202
+
+
+async def test_open_deploys_and_reports(bot: RunningBot, view: ClusterView, namespace: str) -> None:
+    await open_pr(bot, 1, head_sha="a" * 40)
+    await bot.settle()
+    key = PreviewKey(REPO, 1)
+    name = key.object_name("a")
+
+    deployment = view.deployments()[name]
+    assert deployment.spec.template.spec.containers[0].image == f"registry.example.com/acme/a:{'a' * 40}"
+    assert deployment.status.available_replicas == 1
+    assert view.services() == [name]
+    gateway = view.virtual_services()[f"preview-gw-preview-1-api-a-example-com"]
+    assert gateway["spec"]["hosts"] == ["preview-1-api-a.example.com"]
+    assert gateway["spec"]["http"][0]["headers"]["request"]["set"] == {"x-preview": key.value}
+    routes = view.mesh_routes(MESH_HOST_TEMPLATE.format(ns=namespace))
+    assert [r["name"] for r in routes] == [key.value, "default"]
+    assert routes[0]["match"] == [{"headers": {"x-preview": {"exact": key.value}}}]
+
+    stickies = sticky_comments(bot.fake, REPO, 1)
+    assert len(stickies) == 1
+    assert "https://preview-1-api-a.example.com" in str(stickies[0]["body"])
+    assert "ready" in str(stickies[0]["body"])
+    [deployment_record] = bot.fake.deployments(REPO)
+    assert deployment_record["environment"] == "preview-1"
+    assert deployment_record["transient_environment"] is True
+    assert deployment_record["production_environment"] is False
+    assert states(bot.fake, REPO, deployment_record["id"]) == ["in_progress", "success"]
+    success = bot.fake.statuses(REPO, deployment_record["id"])[-1]
+    assert success["environment_url"] == "https://preview-1-api-a.example.com"
+
+
+async def test_push_redeploys_and_edits_the_same_comment(bot: RunningBot, view: ClusterView) -> None:
+    await open_pr(bot, 2, head_sha="b" * 40)
+    await bot.settle()
+    first_comment = sticky_comments(bot.fake, REPO, 2)[0]["id"]
+
+    bot.fake.push(REPO, 2, "c" * 40)
+    assert await bot.send("pull_request", pull_request_event(bot.fake, REPO, 2, "synchronize")) == 202
+    await bot.settle()
+
+    name = PreviewKey(REPO, 2).object_name("a")
+    assert view.deployments()[name].spec.template.spec.containers[0].image.endswith("c" * 40)
+    stickies = sticky_comments(bot.fake, REPO, 2)
+    assert [c["id"] for c in stickies] == [first_comment]
+    assert "cccccccccccc" in str(stickies[0]["body"])
+    old, new = sorted(bot.fake.deployments(REPO), key=lambda d: d["id"])
+    assert old["sha"] == "b" * 40 and new["sha"] == "c" * 40
+    assert states(bot.fake, REPO, old["id"])[-1] == "inactive"
+    assert states(bot.fake, REPO, new["id"]) == ["in_progress", "success"]
+
+
+async def test_close_tears_everything_down(bot: RunningBot, view: ClusterView, namespace: str) -> None:
+    await open_pr(bot, 3)
+    await bot.settle()
+    assert view.deployments()
+
+    assert await bot.send("pull_request", pull_request_event(bot.fake, REPO, 3, "closed", merged=True)) == 202
+    await bot.settle()
+    assert view.deployments() == {}
+    assert view.services() == []
+    assert [n for n in view.virtual_services() if n.startswith("preview-gw")] == []
+    # The mesh VirtualService the bot created for the host is gone with its last route.
+    assert view.mesh_routes(MESH_HOST_TEMPLATE.format(ns=namespace)) == []
+    [record] = bot.fake.deployments(REPO)
+    assert states(bot.fake, REPO, record["id"])[-1] == "inactive"
+    assert "merged" in str(sticky_comments(bot.fake, REPO, 3)[0]["body"])
+
+
+async def test_preview_stop_command(bot: RunningBot, view: ClusterView) -> None:
+    await open_pr(bot, 4)
+    await bot.settle()
+    payload = issue_comment_event(bot.fake, REPO, 4, "/preview stop", user="alice")
+    assert await bot.send("issue_comment", payload) == 202
+    await bot.settle()
+    assert view.deployments() == {}
+    assert [r["content"] for r in bot.fake.reactions(REPO, comment_id=payload["comment"]["id"])] == ["+1"]
+    assert "Stopped by @alice" in str(sticky_comments(bot.fake, REPO, 4)[0]["body"])
+
+
+async def test_two_prs_at_once_keep_both_routes(bot: RunningBot, view: ClusterView, namespace: str) -> None:
+    bot.fake.add_pull(REPO, 12)
+    bot.fake.add_pull(REPO, 123)
+    await asyncio.gather(
+        bot.send("pull_request", pull_request_event(bot.fake, REPO, 12, "opened")),
+        bot.send("pull_request", pull_request_event(bot.fake, REPO, 123, "opened")))
+    await bot.settle()
+    routes = view.mesh_routes(MESH_HOST_TEMPLATE.format(ns=namespace))
+    keys = [PreviewKey(REPO, 12).value, PreviewKey(REPO, 123).value]
+    assert [r["name"] for r in routes] == [*sorted(keys), "default"]
+    assert "match" not in routes[-1]
+    for route in routes[:-1]:
+        assert route["match"][0]["headers"]["x-preview"] == {"exact": route["name"]}
+
+
+async def test_same_event_twice_is_idempotent(bot: RunningBot, view: ClusterView, namespace: str) -> None:
+    bot.fake.add_pull(REPO, 5)
+    payload = pull_request_event(bot.fake, REPO, 5, "opened")
+    await bot.send("pull_request", payload)
+    await bot.settle()
+    before = (sorted(view.deployments()), view.services(), sorted(view.virtual_services()),
+              view.mesh_routes(MESH_HOST_TEMPLATE.format(ns=namespace)))
+    await bot.send("pull_request", payload)  # a second delivery id: processed again
+    await bot.settle()
+    after = (sorted(view.deployments()), view.services(), sorted(view.virtual_services()),
+             view.mesh_routes(MESH_HOST_TEMPLATE.format(ns=namespace)))
+    assert after == before
+    assert len(sticky_comments(bot.fake, REPO, 5)) == 1
+
+
+async def test_redelivery_is_processed_once(bot: RunningBot) -> None:
+    bot.fake.add_pull(REPO, 6)
+    payload = pull_request_event(bot.fake, REPO, 6, "opened")
+    assert await bot.send("pull_request", payload, delivery="d-6") == 202
+    assert await bot.send("pull_request", payload, delivery="d-6") == 200
+    await bot.settle()
+    assert len(bot.fake.deployments(REPO)) == 1
+
+
+async def test_bad_signature_changes_nothing(bot: RunningBot, view: ClusterView) -> None:
+    bot.fake.add_pull(REPO, 8)
+    calls_before = len(bot.fake.requests)
+    status = await bot.send("pull_request", pull_request_event(bot.fake, REPO, 8, "opened"),
+                            secret="not-the-secret-0000000")
+    await bot.settle()
+    assert status == 401
+    assert len(bot.fake.requests) == calls_before
+    assert view.deployments() == {}
+
+
+async def test_bad_config_is_reported_and_nothing_deployed(fake_github: FakeGitHub, cluster: Cluster,
+                                                           namespace: str, view: ClusterView) -> None:
+    fake_github.add_repo("acme/broken", files={".github/preview.yml": "services:\n  - name: a\n    image: x\n"
+                                                                      "    port: seventy\n"})
+    async with running_bot(fake_github, cluster, namespace) as bot:
+        await open_pr(bot, 9, repo="acme/broken")
+        await bot.settle()
+    body = str(sticky_comments(fake_github, "acme/broken", 9)[0]["body"])
+    assert ".github/preview.yml: services[0].port" in body
+    assert view.deployments() == {}
+    assert fake_github.deployments("acme/broken") == []
+
+
+async def test_two_repositories_with_the_same_pr_number_do_not_collide(
+        fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView) -> None:
+    template = "preview-{number}-{repo}-{service}.{domain}"
+    for repo in ("acme/shop", "other/shop-ui"):
+        fake_github.add_repo(repo, files={".github/preview.yml": CONFIG})
+    async with running_bot(fake_github, cluster, namespace, PREVIEW_HOST_TEMPLATE=template) as bot:
+        for repo in ("acme/shop", "other/shop-ui"):
+            await open_pr(bot, 7, repo=repo)
+        await bot.settle()
+        keys = sorted(PreviewKey(repo, 7).value for repo in ("acme/shop", "other/shop-ui"))
+        assert keys[0] != keys[1]
+        assert sorted(view.deployments()) == sorted(PreviewKey(r, 7).object_name("a")
+                                                    for r in ("acme/shop", "other/shop-ui"))
+        routes = view.mesh_routes(MESH_HOST_TEMPLATE.format(ns=namespace))
+        assert [r["name"] for r in routes] == [*keys, "default"]
+        # Closing one repository's PR #7 leaves the other's preview alone.
+        assert await bot.send("pull_request", pull_request_event(fake_github, "acme/shop", 7, "closed")) == 202
+        await bot.settle()
+        assert sorted(view.deployments()) == [PreviewKey("other/shop-ui", 7).object_name("a")]
+        routes = view.mesh_routes(MESH_HOST_TEMPLATE.format(ns=namespace))
+        assert [r["name"] for r in routes] == [PreviewKey("other/shop-ui", 7).value, "default"]
+
+
+async def test_same_host_from_two_repositories_is_refused(
+        fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView) -> None:
+    """The default host template has no repository in it: the second repository must not take the host."""
+    for repo in ("acme/shop", "other/shop"):
+        fake_github.add_repo(repo, files={".github/preview.yml": CONFIG})
+    async with running_bot(fake_github, cluster, namespace) as bot:
+        await open_pr(bot, 7, repo="acme/shop")
+        await bot.settle()
+        await open_pr(bot, 7, repo="other/shop")
+        await bot.settle()
+    gateway = view.virtual_services()["preview-gw-preview-7-api-a-example-com"]
+    assert gateway["metadata"]["annotations"]["preview-bot.dev/repository"] == "acme/shop"
+    body = str(sticky_comments(fake_github, "other/shop", 7)[0]["body"])
+    assert "already used by a preview of acme/shop" in body
+    [record] = fake_github.deployments("other/shop")
+    assert states(fake_github, "other/shop", record["id"])[-1] == "failure"
