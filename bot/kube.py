@@ -92,7 +92,8 @@ class Kube:
         self._attempts = attempts
 
     @classmethod
-    def from_environment(cls, settings: ClusterSettings, kubeconfig: str | None = None) -> Kube:
+    def from_environment(cls, settings: ClusterSettings, kubeconfig: str | None = None, *,
+                         timeout: float = 30.0) -> Kube:
         """In-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config."""
         configuration = k8s_client.Configuration()
         try:
@@ -102,7 +103,7 @@ class Kube:
                 raise k8s_config.ConfigException("explicit kubeconfig")
         except k8s_config.ConfigException:
             k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-        return cls(k8s_client.ApiClient(configuration), settings)
+        return cls(k8s_client.ApiClient(configuration), settings, request_timeout=timeout)
 
     def close(self) -> None:
         self._api.close()

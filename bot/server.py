@@ -32,6 +32,7 @@ from bot.previews import Previewer
 from bot.queue import QueueClosed, WorkQueue
 from bot.reconcile import GcReport, reconcile
 from bot.settings import Settings, load_cluster_settings, load_settings
+from bot.triggers import Decision, decide, facts_from_pull
 from bot.webhook import WebhookConfig, create_app
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ class Bot:
         self.settings = settings
         self.kube = kube
         self.auth = AppAuth(app_id=settings.app_id, private_key=settings.private_key, api_url=settings.api_url,
-                            session=session, pacer=Pacer(settings.content_requests_per_minute))
+                            session=session, pacer=Pacer(settings.content_requests_per_minute),
+                            timeout=settings.github_timeout)
         self.previewer = Previewer(settings.cluster, kube, ready_timeout=settings.ready_timeout)
         self.queue = WorkQueue(settings.max_concurrency)
         self.ctx = Context(settings=settings, kube=kube, auth=self.auth, previewer=self.previewer,
@@ -72,7 +74,8 @@ class Bot:
             dispatch=self.ctx.dispatch, submit=self.queue.submit,
             readiness={"kubernetes": kube.ping, "github": cached_check(self.auth.check_key, 60.0)})
         self.elector = LeaderElector(kube, namespace=settings.lease_namespace, name=settings.lease_name,
-                                     identity=settings.identity) if settings.leader_election else None
+                                     identity=settings.identity, lease_seconds=settings.lease_seconds) \
+            if settings.leader_election else None
         self.port = 0
         self._first_pass = True  # after a restart, look for deploys a crash left half-done
         self._installations: cachetools.TTLCache[str, int | None] = cachetools.TTLCache(maxsize=4096, ttl=600)
@@ -99,6 +102,30 @@ class Bot:
         self._first_pass = False
         return report
 
+    async def discover_missed(self) -> list[tuple[str, int]]:
+        """After a restart: open PRs that should have a preview and have none (an event lost mid-flight).
+
+        GitHub does not redeliver, so this walks every installation's repositories once at start."""
+        live = {(p.repo, p.number) for p in await self.kube.live_previews()}
+        missed: list[tuple[str, int]] = []
+        async for installation in self.auth.api().getiter("/app/installations", jwt=self.auth.app_jwt()):
+            gh = await self.auth.installation_api(int(installation["id"]))
+            async for repo in gh.getiter("/installation/repositories", iterable_key="repositories"):
+                client = RepoClient(gh, str(repo["full_name"]))
+                try:
+                    config = await self.previewer.load_config(client)
+                except ConfigError:
+                    continue  # reported on the PR when its next event comes
+                if config is None:
+                    continue
+                for pull in await client.open_pulls():
+                    number = int(pull["number"])
+                    wanted = decide(config, facts_from_pull(pull, "synchronize")) is Decision.DEPLOY
+                    if wanted and (client.repo, number) not in live:
+                        missed.append((client.repo, number))
+                        self.resume(client.repo, number)
+        return missed
+
     def resume(self, repo: str, number: int) -> None:
         """Queue a redeploy of a preview found half-done (crash mid-deploy) or behind its PR's head."""
         async def job() -> None:
@@ -117,6 +144,10 @@ class Bot:
             try:
                 leader = self.elector is None or await self.elector.try_acquire_or_renew()
                 if leader and self.queue.accepting:
+                    if self._first_pass:
+                        missed = await self.discover_missed()
+                        if missed:
+                            log.info("resuming previews missed while down", extra={"count": len(missed)})
                     await self.reconcile_once()
             except asyncio.CancelledError:
                 raise
@@ -145,7 +176,8 @@ async def running(settings: Settings, host: str, port: int, *,
                   kubeconfig: str | None = None) -> AsyncIterator[Bot]:
     """The serving bot; leaving the block is an orderly shutdown: intake closes (503), in-flight work
     gets `drain_timeout` to finish, the lease is handed over."""
-    async with _adapters(lambda: Kube.from_environment(settings.cluster, kubeconfig)) as (session, kube):
+    async with _adapters(lambda: Kube.from_environment(settings.cluster, kubeconfig,
+                                                       timeout=settings.kube_timeout)) as (session, kube):
         bot = Bot(settings, session, kube)
         runner = web.AppRunner(create_app(bot.webhook), access_log=None)
         await runner.setup()

@@ -112,6 +112,9 @@ class Settings:
     leader_election: bool = False
     lease_namespace: str = "preview-bot"
     lease_name: str = "preview-bot-reconciler"
+    lease_seconds: int = 30
+    github_timeout: float = 20.0
+    kube_timeout: float = 30.0
     identity: str = "preview-bot"
 
 
@@ -279,5 +282,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         leader_election=_bool(env, "PREVIEW_LEADER_ELECTION", False),
         lease_namespace=_dns_label(env, "POD_NAMESPACE", "preview-bot"),
         lease_name=_dns_label(env, "PREVIEW_LEASE_NAME", "preview-bot-reconciler"),
+        lease_seconds=_positive_int(env, "PREVIEW_LEASE_SECONDS", 30),
+        github_timeout=_positive_float(env, "PREVIEW_GITHUB_TIMEOUT", 20.0),
+        kube_timeout=_positive_float(env, "PREVIEW_KUBE_TIMEOUT", 30.0),
         identity=env.get("POD_NAME") or env.get("HOSTNAME") or "preview-bot",
     )

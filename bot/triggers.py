@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from bot.repo_config import RepoConfig
 
@@ -22,6 +24,19 @@ class PullRequestFacts:
     fork: bool
     labels: frozenset[str]
     changed_label: str | None = None  # the label of a labeled/unlabeled event
+
+
+def facts_from_pull(pull: Mapping[str, Any], action: str, changed_label: str | None = None) -> PullRequestFacts:
+    head_repo = (pull.get("head") or {}).get("repo") or {}
+    base_repo = (pull.get("base") or {}).get("repo") or {}
+    return PullRequestFacts(
+        action=action,
+        draft=bool(pull.get("draft")),
+        # A deleted fork has head.repo null: treat it as a fork.
+        fork=head_repo.get("full_name") != base_repo.get("full_name"),
+        labels=frozenset(str(label["name"]) for label in pull.get("labels") or []),
+        changed_label=changed_label,
+    )
 
 
 _UPDATES = frozenset({"opened", "reopened", "synchronize", "ready_for_review"})

@@ -73,16 +73,18 @@ def _is_rate_limited(exc: gidgethub.HTTPException) -> bool:
 
 
 class PacedGitHubAPI(gidgethub.aiohttp.GitHubAPI):
-    def __init__(self, session: aiohttp.ClientSession, requester: str, *, pacer: Pacer, **kwargs: Any) -> None:
+    def __init__(self, session: aiohttp.ClientSession, requester: str, *, pacer: Pacer,
+                 timeout: float = REQUEST_TIMEOUT, **kwargs: Any) -> None:
         super().__init__(session, requester, **kwargs)
         self._pacer = pacer
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
 
     async def _request(self, method: str, url: str, headers: Mapping[str, str],
                        body: bytes = b"") -> tuple[int, Mapping[str, str], bytes]:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 async with self._session.request(method, url, headers=headers, data=body,
-                                                 timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)) as response:
+                                                 timeout=self._timeout) as response:
                     payload = await response.read()
                     metrics.GITHUB_CALLS.labels(method=method, outcome=str(response.status)).inc()
                     remaining = response.headers.get("x-ratelimit-remaining")

@@ -22,12 +22,13 @@ class AppAuth:
     """Makes App JWTs and hands out installation tokens, each cached until shortly before expiry."""
 
     def __init__(self, *, app_id: int, private_key: str, api_url: str, session: aiohttp.ClientSession,
-                 pacer: Pacer) -> None:
+                 pacer: Pacer, timeout: float = 20.0) -> None:
         self._app_id = str(app_id)
         self._private_key = private_key
         self._api_url = api_url
         self._session = session
         self._pacer = pacer
+        self._timeout = timeout
         # Value: (token, monotonic refresh time); TLRU drops each entry at its own refresh time.
         self._tokens: cachetools.TLRUCache[int, tuple[str, float]] = cachetools.TLRUCache(
             maxsize=4096, ttu=lambda _key, value, _now: value[1], timer=time.monotonic)
@@ -39,7 +40,7 @@ class AppAuth:
 
     def api(self, token: str | None = None) -> PacedGitHubAPI:
         return PacedGitHubAPI(self._session, REQUESTER, oauth_token=token, base_url=self._api_url,
-                              pacer=self._pacer)
+                              pacer=self._pacer, timeout=self._timeout)
 
     async def installation_token(self, installation_id: int) -> str:
         cached = self._tokens.get(installation_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import cachetools
@@ -107,8 +107,20 @@ class RepoClient:
                     raise
                 _STICKY.pop(cache_key, None)  # deleted by a person: make a new one
         created = await self.gh.post(f"{self._base}/issues/{number}/comments", data={"body": body})
-        _STICKY[cache_key] = (int(created["id"]), body)
-        return int(created["id"])
+        comment_id = int(created["id"])
+        # Two replicas may both have found no comment and both created one: keep the oldest.
+        ids = [cid async for cid in self._sticky_ids(number)]
+        if ids and ids[0] != comment_id:
+            await self.gh.delete(f"{self._base}/issues/comments/{comment_id}")
+            comment_id = ids[0]
+            await self.gh.patch(f"{self._base}/issues/comments/{comment_id}", data={"body": body})
+        _STICKY[cache_key] = (comment_id, body)
+        return comment_id
+
+    async def _sticky_ids(self, number: int) -> AsyncIterator[int]:
+        async for item in self.gh.getiter(f"{self._base}/issues/{number}/comments?per_page=100"):
+            if sticky.is_sticky(item.get("body")) and (item.get("user") or {}).get("type") == "Bot":
+                yield int(item["id"])
 
     # -- deployments --------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from gidgethub.abc import GitHubAPI
 from bot.comment import Report, State
 from bot.context import Context, repo_client
 from bot.errors import ConfigError
-from bot.triggers import Decision, PullRequestFacts, decide
+from bot.triggers import Decision, PullRequestFacts, decide, facts_from_pull
 
 router = routing.Router()
 
@@ -18,17 +18,8 @@ FORK_WAITING = ("This pull request comes from a fork, so its code is not deploye
 
 
 def facts(event: sansio.Event) -> PullRequestFacts:
-    pr = event.data["pull_request"]
-    head_repo = (pr.get("head") or {}).get("repo") or {}
-    base_repo = (pr.get("base") or {}).get("repo") or {}
-    return PullRequestFacts(
-        action=event.data["action"],
-        draft=bool(pr.get("draft")),
-        # A deleted fork has head.repo null: treat it as a fork.
-        fork=head_repo.get("full_name") != base_repo.get("full_name"),
-        labels=frozenset(str(label["name"]) for label in pr.get("labels") or []),
-        changed_label=(event.data.get("label") or {}).get("name"),
-    )
+    return facts_from_pull(event.data["pull_request"], event.data["action"],
+                           (event.data.get("label") or {}).get("name"))
 
 
 @router.register("pull_request", action="closed")
@@ -60,7 +51,12 @@ async def on_update(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
         return  # this repository does not use previews
     decision = decide(config, facts(event))
     if decision is Decision.DEPLOY:
-        await ctx.previewer.deploy(client, number, pr["head"]["sha"], config=config,
+        # The head as of now, not as of the event: another replica may be handling a newer push, and
+        # both must converge on the same commit.
+        current = await client.pull(number)
+        if current.get("state") != "open":
+            return
+        await ctx.previewer.deploy(client, number, current["head"]["sha"], config=config,
                                    superseded=lambda: ctx.superseded(client.repo, number))
     elif decision is Decision.TEARDOWN:
         await ctx.previewer.stop(client, number, f"The `{config.label}` label was removed: preview removed.")
