@@ -1,0 +1,163 @@
+"""Webhook deliveries built from GitHub's real example payloads (npm `@octokit/webhooks-examples`).
+
+Each payload keeps exactly the keys of a real example of that event and action; the values come from the
+fake's state (repository, pull request, comment, installation, sender), so the bot sees what GitHub sends.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import time
+import uuid
+from typing import Any
+
+from .server import FakeGitHub, iso
+from .spec import webhook_examples
+from .state import Repo
+
+
+def _example(event: str, action: str | None) -> dict[str, Any]:
+    """The best real example: right action, sent to an App installation, owned by a user."""
+    found = [e for e in webhook_examples()[event] if e.get("action") == action]
+    if not found:
+        raise ValueError(f"no real {event}.{action} example in @octokit/webhooks-examples")
+    best = max(found, key=lambda e: ("installation" in e, "organization" not in e))
+    return copy.deepcopy(best)
+
+
+def _overlay(example: Any, ours: Any) -> Any:
+    """Values from `ours`, keys from the real example (keys only the example has keep its value)."""
+    if isinstance(example, dict) and isinstance(ours, dict):
+        return {k: _overlay(v, ours[k]) if k in ours else v for k, v in example.items()}
+    return copy.deepcopy(ours)
+
+
+def _rebase(fake: FakeGitHub, payload: dict[str, Any], repo: Repo) -> dict[str, Any]:
+    """Point the example's leftover URLs at the fake and our repository."""
+    old = payload.get("repository", {}).get("full_name")
+    pairs = [("https://api.github.com", fake.url)] + ([(old, repo.full_name)] if old else [])
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, str):
+            for a, b in pairs:
+                node = node.replace(a, b)
+            return node
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items()}
+        return [walk(v) for v in node] if isinstance(node, list) else node
+
+    result: dict[str, Any] = walk(payload)
+    return result
+
+
+def _common(fake: FakeGitHub, payload: dict[str, Any], repo: Repo, sender: str) -> dict[str, Any]:
+    payload = _rebase(fake, payload, repo)
+    payload.pop("organization", None)  # the fake's owners are users
+    payload["repository"] = _overlay(payload["repository"], fake.repo_json(repo))
+    payload["sender"] = _overlay(payload["sender"], fake.user_json(fake.user(sender)))
+    if repo.installation_id is not None:
+        payload["installation"] = {"id": repo.installation_id, "node_id": f"MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9u"
+                                                                         f"{repo.installation_id}"}
+    else:
+        payload.pop("installation", None)
+    return payload
+
+
+def _repo(fake: FakeGitHub, repo: str | Repo) -> Repo:
+    return repo if isinstance(repo, Repo) else fake.repos[repo]
+
+
+def pull_request_event(fake: FakeGitHub, repo: str | Repo, number: int, action: str,
+                       **extra: Any) -> dict[str, Any]:
+    """A `pull_request` delivery; the action is applied to the fake's state first (closed, reopened,
+    labeled/unlabeled with `label=`, ready_for_review, converted_to_draft). For `synchronize`, call
+    `fake.push` first: `before`/`after` are the previous and current head. `merged=` for closed,
+    `sender=` (default: the PR's author); anything else in `extra` is set at the top level."""
+    r = _repo(fake, repo)
+    pull = r.pulls[number]
+    merged = bool(extra.pop("merged", False))
+    label = extra.pop("label", None)
+    sender = extra.pop("sender", pull.user.login)
+    if action == "closed":
+        pull.state, pull.merged, pull.closed_at = "closed", merged, time.time()
+    elif action == "reopened":
+        pull.state, pull.merged, pull.closed_at = "open", False, None
+    elif action in ("labeled", "unlabeled"):
+        if label is None:
+            raise ValueError(f"{action} needs label=")
+        if action == "labeled" and label not in pull.labels:
+            pull.labels.append(label)
+        elif action == "unlabeled" and label in pull.labels:
+            pull.labels.remove(label)
+    elif action in ("ready_for_review", "converted_to_draft"):
+        pull.draft = action == "converted_to_draft"
+    payload = _common(fake, _example("pull_request", action), r, sender)
+    payload["action"], payload["number"] = action, number
+    payload["pull_request"] = _overlay(payload["pull_request"], fake.pull_json(r, pull))
+    if action == "synchronize":
+        payload["before"], payload["after"] = pull.previous_sha or pull.base_sha, pull.head_sha
+    if label is not None:
+        payload["label"] = _overlay(payload["label"], fake.label_json(r, label))
+    payload.update(extra)
+    return payload
+
+
+def issue_comment_event(fake: FakeGitHub, repo: str | Repo, number: int, body: str, user: str,
+                        action: str = "created", comment_id: int | None = None) -> dict[str, Any]:
+    """An `issue_comment` delivery on PR `number`. `created` adds the comment to the fake; `edited` and
+    `deleted` act on `comment_id`."""
+    r = _repo(fake, repo)
+    pull = r.pulls[number]
+    if action == "created":
+        comment_id = fake.add_comment(r.full_name, number, body, user)["id"]
+    if comment_id is None or comment_id not in r.comments:
+        raise ValueError(f"{action} needs the comment_id of an existing comment")
+    comment = r.comments[comment_id]
+    old_body = comment.body
+    if action == "edited":
+        comment.body, comment.updated_at = body, time.time()
+    comment_json = fake.comment_json(r, comment)
+    if action == "deleted":
+        del r.comments[comment_id]
+    payload = _common(fake, _example("issue_comment", action), r, user)
+    payload["action"] = action
+    issue = fake.issue_json(r, pull)
+    payload["issue"] = _overlay(payload["issue"], issue)
+    payload["issue"]["pull_request"] = issue["pull_request"]  # present on PR comments; no example has it
+    payload["comment"] = _overlay(payload["comment"], comment_json)
+    if action == "edited":
+        payload["changes"] = {"body": {"from": old_body}}
+    return payload
+
+
+def ping_event(fake: FakeGitHub | None = None) -> dict[str, Any]:
+    """The `ping` sent when the App's webhook is set up (an App's ping names the app, not a repo)."""
+    payload = copy.deepcopy(webhook_examples()["ping"][0])
+    if fake is not None:
+        payload.pop("repository", None)
+        payload["hook"]["app_id"] = fake.app_id
+        payload["hook"]["type"] = "App"
+        payload["hook"]["updated_at"] = payload["hook"]["created_at"] = iso(time.time())
+    return payload
+
+
+def sign(body: bytes, secret: str) -> str:
+    """The `X-Hub-Signature-256` value: sha256= + hex HMAC-SHA256 of the raw body."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def webhook_headers(event: str, body: bytes, secret: str, delivery_id: str | None = None) -> dict[str, str]:
+    """The headers GitHub's hookshot sends with a delivery."""
+    return {
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery_id or str(uuid.uuid4()),
+        "X-Hub-Signature-256": sign(body, secret),
+        # The legacy SHA-1 signature is still sent; a bot must not rely on it.
+        "X-Hub-Signature": "sha1=" + hmac.new(secret.encode(), body, hashlib.sha1).hexdigest(),
+        "X-GitHub-Hook-ID": "400000001",
+        "X-GitHub-Hook-Installation-Target-Type": "integration",
+        "Content-Type": "application/json",
+        "User-Agent": "GitHub-Hookshot/7d4b1d1",
+    }

@@ -1,0 +1,163 @@
+"""The fake's world: users, installations, repositories, pull requests, comments, deployments."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+# Distinct ranges per kind, so an id passed to the wrong endpoint is never accidentally valid.
+_ids = {kind: itertools.count(start) for kind, start in {
+    "user": 1000, "app": 900_000, "repo": 100_000, "installation": 4_000, "comment": 2_000_000, "reaction": 3_000_000,
+    "deployment": 5_000_000, "status": 6_000_000, "label": 7_000_000, "pull": 8_000_000, "issue": 9_000_000,
+}.items()}
+
+
+def next_id(kind: str) -> int:
+    return next(_ids[kind])
+
+
+def blob_sha(text: str) -> str:
+    """Git's blob id, as GitHub reports in `sha` of contents and file entries."""
+    data = text.encode()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def fake_sha(seed: str) -> str:
+    return hashlib.sha1(seed.encode()).hexdigest()
+
+
+@dataclass
+class User:
+    login: str
+    id: int = field(default_factory=lambda: next_id("user"))
+    type: str = "User"  # or "Bot" / "Organization"
+
+
+@dataclass
+class Installation:
+    id: int
+    account: User
+    permissions: dict[str, str]
+    repos: set[str] = field(default_factory=set)  # full names; repository_selection "selected"
+
+
+@dataclass
+class Token:
+    installation_id: int
+    expires_at: float
+    permissions: dict[str, str]
+    repos: set[str]
+
+
+@dataclass
+class Comment:
+    id: int
+    number: int
+    body: str
+    user: User
+    created_at: float
+    updated_at: float
+    via_app: bool = False
+
+
+@dataclass
+class Reaction:
+    id: int
+    content: str
+    user: User
+    created_at: float
+    comment_id: int | None = None  # on an issue comment, else on the issue `number`
+    number: int | None = None
+
+
+@dataclass
+class DeploymentStatus:
+    id: int
+    state: str
+    description: str
+    environment: str
+    target_url: str
+    log_url: str
+    environment_url: str
+    creator: User
+    created_at: float
+
+
+@dataclass
+class Deployment:
+    id: int
+    sha: str
+    ref: str
+    task: str
+    payload: Any
+    environment: str
+    original_environment: str
+    description: str | None
+    transient: bool
+    production: bool
+    creator: User
+    created_at: float
+    statuses: list[DeploymentStatus] = field(default_factory=list)
+
+    @property
+    def state(self) -> str | None:
+        return self.statuses[-1].state if self.statuses else None
+
+
+@dataclass
+class Pull:
+    number: int
+    user: User
+    title: str
+    head_ref: str
+    head_sha: str
+    head_repo: Repo
+    base_sha: str
+    draft: bool
+    labels: list[str]
+    changed_files: list[str]
+    created_at: float
+    id: int = field(default_factory=lambda: next_id("pull"))
+    issue_id: int = field(default_factory=lambda: next_id("issue"))  # a PR is also an issue, with its own id
+    state: str = "open"
+    merged: bool = False
+    behind_base: bool = False  # a deployment of the head branch with auto_merge answers 202
+    previous_sha: str | None = None
+    closed_at: float | None = None
+
+
+@dataclass
+class Repo:
+    owner: User
+    name: str
+    default_branch: str
+    private: bool
+    installation_id: int | None
+    collaborators: dict[str, str]  # login -> admin/maintain/write/triage/read
+    id: int = field(default_factory=lambda: next_id("repo"))
+    fork: bool = False
+    branches: dict[str, str] = field(default_factory=dict)  # name -> sha
+    trees: dict[str, dict[str, str]] = field(default_factory=dict)  # sha -> {path: text}
+    pulls: dict[int, Pull] = field(default_factory=dict)
+    comments: dict[int, Comment] = field(default_factory=dict)
+    reactions: list[Reaction] = field(default_factory=list)
+    deployments: list[Deployment] = field(default_factory=list)
+    commit_statuses: dict[str, dict[str, str]] = field(default_factory=dict)  # sha -> {context: state}
+    label_ids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.owner.login}/{self.name}"
+
+    def resolve(self, ref: str) -> str | None:
+        """The commit a branch, `refs/heads/..`, `refs/pull/N/head`, SHA or unique SHA prefix names."""
+        ref = ref.removeprefix("refs/heads/")
+        if ref in self.branches:
+            return self.branches[ref]
+        if ref.startswith("refs/pull/") and ref.endswith("/head"):
+            pull = self.pulls.get(int(ref.split("/")[2])) if ref.split("/")[2].isdigit() else None
+            return pull.head_sha if pull else None
+        hits = [sha for sha in self.trees if len(ref) >= 7 and sha.startswith(ref.lower())]
+        return hits[0] if len(hits) == 1 else None
