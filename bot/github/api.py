@@ -10,10 +10,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,24 +32,35 @@ _CONTENT_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 
 
 class Pacer:
-    """Sliding-window limiter: at most `per_minute` acquisitions in any 60 s."""
+    """Sliding-window limiter: at most `per_minute` content-creating requests in any `window` seconds.
+
+    A request counts from when it was let through until `window` after it completed, so the server,
+    which sees it arrive somewhere in between, never counts more than the limit in any window."""
 
     def __init__(self, per_minute: int, window: float = 60.0) -> None:
         self.per_minute = per_minute
         self.window = window
-        self._times: deque[float] = deque()
+        self._stamps: list[list[float]] = []  # one mutable cell per request: its latest time
         self._lock = asyncio.Lock()
 
-    async def acquire(self) -> None:
+    async def acquire(self) -> list[float]:
         async with self._lock:  # FIFO: waiters are served in arrival order
             while True:
                 now = time.monotonic()
-                while self._times and now - self._times[0] >= self.window:
-                    self._times.popleft()
-                if len(self._times) < self.per_minute:
-                    self._times.append(now)
-                    return
-                await asyncio.sleep(self.window - (now - self._times[0]) + 0.01)
+                self._stamps = [cell for cell in self._stamps if now - cell[0] < self.window]
+                if len(self._stamps) < self.per_minute:
+                    cell = [now]
+                    self._stamps.append(cell)
+                    return cell
+                await asyncio.sleep(self.window - (now - min(cell[0] for cell in self._stamps)) + 0.01)
+
+    def complete(self, cell: list[float]) -> None:
+        cell[0] = time.monotonic()
+        if cell not in self._stamps:
+            self._stamps.append(cell)
+
+
+_PACED: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar("paced_request", default=None)
 
 
 def _retry_delay(headers: Mapping[str, str], attempt: int) -> float:
@@ -81,6 +92,15 @@ class PacedGitHubAPI(gidgethub.aiohttp.GitHubAPI):
 
     async def _request(self, method: str, url: str, headers: Mapping[str, str],
                        body: bytes = b"") -> tuple[int, Mapping[str, str], bytes]:
+        cell = _PACED.get()
+        try:
+            return await self._send(method, url, headers, body)
+        finally:
+            if cell is not None:
+                self._pacer.complete(cell)
+
+    async def _send(self, method: str, url: str, headers: Mapping[str, str],
+                    body: bytes) -> tuple[int, Mapping[str, str], bytes]:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 async with self._session.request(method, url, headers=headers, data=body,
@@ -102,8 +122,7 @@ class PacedGitHubAPI(gidgethub.aiohttp.GitHubAPI):
         raise AssertionError("unreachable")
 
     async def manage_rate_limit(self, *, method: str, url: str) -> None:
-        if method in _CONTENT_METHODS:
-            await self._pacer.acquire()
+        _PACED.set(await self._pacer.acquire() if method in _CONTENT_METHODS else None)
 
     async def handle_rate_limit_error(self, *, method: str, url: str, exception: gidgethub.HTTPException,
                                       attempt: int) -> bool:

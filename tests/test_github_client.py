@@ -1,0 +1,175 @@
+"""The GitHub side against the fake GitHub: App auth, token cache, retries, rate limits, pacing,
+sticky comment and deployments."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from bot import comment
+from bot.github.api import Pacer
+from bot.github.auth import AppAuth
+from bot.github.client import _STICKY, RepoClient
+from tests.fakegithub import FakeGitHub
+
+REPO = "acme/shop"
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+def make_auth(fake: FakeGitHub, session: aiohttp.ClientSession, *, per_minute: int = 1000,
+              window: float = 60.0, timeout: float = 20.0) -> AppAuth:
+    return AppAuth(app_id=fake.app_id, private_key=fake.private_key_pem, api_url=fake.url, session=session,
+                   pacer=Pacer(per_minute, window), timeout=timeout)
+
+
+async def repo_client(fake: FakeGitHub, auth: AppAuth) -> RepoClient:
+    installation = fake.repos[REPO].installation_id
+    assert installation is not None
+    return RepoClient(await auth.installation_api(installation), REPO)
+
+
+def statuses_of(fake: FakeGitHub, operation: str) -> list[int]:
+    return [c.status for c in fake.calls if c.operation_id == operation]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_sticky_cache() -> None:
+    _STICKY.clear()
+
+
+async def test_installation_token_is_cached_until_near_expiry(fake_github: FakeGitHub,
+                                                              session: aiohttp.ClientSession) -> None:
+    fake_github.add_repo(REPO)
+    fake_github.token_lifetime = 2.0  # refreshed after half its life when it is that short
+    auth = make_auth(fake_github, session)
+    installation = fake_github.repos[REPO].installation_id
+    assert installation is not None
+    first, second = await asyncio.gather(auth.installation_token(installation),
+                                         auth.installation_token(installation))
+    assert first == second
+    assert statuses_of(fake_github, "apps/create-installation-access-token") == [201]
+    await asyncio.sleep(1.3)
+    third = await auth.installation_token(installation)
+    assert third != first
+    assert statuses_of(fake_github, "apps/create-installation-access-token") == [201, 201]
+
+
+async def test_a_foreign_key_is_refused(fake_github: FakeGitHub, session: aiohttp.ClientSession) -> None:
+    import gidgethub
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    fake_github.add_repo(REPO)
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    auth = AppAuth(app_id=fake_github.app_id, private_key=other, api_url=fake_github.url, session=session,
+                   pacer=Pacer(100))
+    with pytest.raises(gidgethub.BadRequest) as refused:
+        await auth.installation_token(fake_github.repos[REPO].installation_id or 0)
+    assert refused.value.status_code == 401
+
+
+async def test_server_errors_are_retried(fake_github: FakeGitHub, session: aiohttp.ClientSession) -> None:
+    fake_github.add_repo(REPO)
+    fake_github.add_pull(REPO, 1)
+    client = await repo_client(fake_github, make_auth(fake_github, session))
+    fake_github.inject("POST", r"/issues/1/comments$", status=502, times=2)
+    await client.upsert_sticky(1, comment.MARKER + "\nhello")
+    assert statuses_of(fake_github, "issues/create-comment") == [502, 502, 201]
+    assert len(fake_github.comments(REPO, 1)) == 1
+
+
+async def test_secondary_rate_limit_waits_for_retry_after(fake_github: FakeGitHub,
+                                                          session: aiohttp.ClientSession) -> None:
+    fake_github.add_repo(REPO)
+    client = await repo_client(fake_github, make_auth(fake_github, session))
+    fake_github.inject_secondary_limit("POST", r"/deployments$", times=1, retry_after=1)
+    started = time.monotonic()
+    deployment_id = await client.create_deployment(ref="main", environment="preview-1", description="d",
+                                                   payload={})
+    waited = time.monotonic() - started
+    assert deployment_id > 0
+    assert statuses_of(fake_github, "repos/create-deployment") == [403, 201]
+    assert waited >= 1.0  # Retry-After was honoured, not hammered
+
+
+async def test_timeouts_are_retried(fake_github: FakeGitHub, session: aiohttp.ClientSession) -> None:
+    fake_github.add_repo(REPO)
+    client = await repo_client(fake_github, make_auth(fake_github, session, timeout=0.5))
+    fake_github.inject("GET", r"^/repos/acme/shop$", status=None, delay=2.0, times=1)
+    assert await client.default_branch() == "main"
+    seen = [r for r in fake_github.requests if r.method == "GET" and r.path == "/repos/acme/shop"]
+    assert len(seen) == 2  # the one that timed out, then the retry
+
+
+async def test_client_errors_are_not_retried(fake_github: FakeGitHub, session: aiohttp.ClientSession) -> None:
+    import gidgethub
+
+    fake_github.add_repo(REPO)
+    client = await repo_client(fake_github, make_auth(fake_github, session))
+    with pytest.raises(gidgethub.BadRequest):
+        await client.deployment_status(424242, "success")
+    assert statuses_of(fake_github, "repos/create-deployment-status") == [404]
+
+
+async def test_content_requests_are_paced(fake_github: FakeGitHub, session: aiohttp.ClientSession) -> None:
+    """Scaled down in time: 5 per 1 s window stands for GitHub's ~80 per minute."""
+    fake_github.add_repo(REPO)
+    fake_github.add_pull(REPO, 1)
+    client = await repo_client(fake_github, make_auth(fake_github, session, per_minute=5, window=1.0))
+    await asyncio.gather(*(client.reply(1, f"note {i}") for i in range(15)))
+    assert len(fake_github.comments(REPO, 1)) == 15
+    assert fake_github.max_content_requests_in_window(seconds=1.0) <= 5
+
+
+async def test_sticky_comment_is_edited_in_place_and_unchanged_text_costs_nothing(
+        fake_github: FakeGitHub, session: aiohttp.ClientSession) -> None:
+    fake_github.add_repo(REPO)
+    fake_github.add_pull(REPO, 3)
+    fake_github.add_comment(REPO, 3, "a person's comment " + "x", user="alice")
+    client = await repo_client(fake_github, make_auth(fake_github, session))
+    first = await client.upsert_sticky(3, comment.MARKER + "\none")
+    _STICKY.clear()  # as after a restart: found again by its marker
+    second = await client.upsert_sticky(3, comment.MARKER + "\ntwo")
+    calls = len(fake_github.calls)
+    third = await client.upsert_sticky(3, comment.MARKER + "\ntwo")
+    assert first == second == third
+    assert len(fake_github.calls) == calls
+    bodies = [c["body"] for c in fake_github.comments(REPO, 3)]
+    assert bodies == ["a person's comment x", comment.MARKER + "\ntwo"]
+
+
+async def test_concurrent_first_comments_end_as_one(fake_github: FakeGitHub,
+                                                    session: aiohttp.ClientSession) -> None:
+    """Two replicas both find no comment and both create one: the newer one is removed."""
+    fake_github.add_repo(REPO)
+    fake_github.add_pull(REPO, 4)
+    auth = make_auth(fake_github, session)
+    clients = [await repo_client(fake_github, auth) for _ in range(2)]
+    await asyncio.gather(*(c.upsert_sticky(4, comment.MARKER + f"\nfrom {i}") for i, c in enumerate(clients)))
+    stickies = [c for c in fake_github.comments(REPO, 4) if comment.MARKER in c["body"]]
+    assert len(stickies) == 1
+
+
+async def test_deactivate_marks_only_active_deployments(fake_github: FakeGitHub,
+                                                        session: aiohttp.ClientSession) -> None:
+    fake_github.add_repo(REPO)
+    client = await repo_client(fake_github, make_auth(fake_github, session))
+    old = await client.create_deployment(ref="main", environment="preview-9", description="", payload={})
+    await client.deployment_status(old, "success", environment_url="https://x.example.com")
+    new = await client.create_deployment(ref="main", environment="preview-9", description="", payload={})
+    await client.deployment_status(new, "in_progress")
+    assert await client.deactivate("preview-9", keep=[new]) == 1
+    assert [s["state"] for s in fake_github.statuses(REPO, old)] == ["success", "inactive"]
+    assert [s["state"] for s in fake_github.statuses(REPO, new)] == ["in_progress"]
+    assert await client.deactivate("preview-9") == 1
+    assert await client.deactivate("preview-9") == 0
