@@ -64,7 +64,7 @@ async def test_open_deploys_and_reports(bot: RunningBot, view: ClusterView, name
     assert deployment.spec.template.spec.containers[0].image == f"registry.example.com/acme/a:{'a' * 40}"
     assert deployment.status.available_replicas == 1
     assert view.services() == [name]
-    gateway = view.virtual_services()[f"preview-gw-preview-1-api-a-example-com"]
+    gateway = view.virtual_services()["preview-gw-preview-1-api-a-example-com"]
     assert gateway["spec"]["hosts"] == ["preview-1-api-a.example.com"]
     assert gateway["spec"]["http"][0]["headers"]["request"]["set"] == {"x-preview": key.value}
     routes = view.mesh_routes(MESH_HOST_TEMPLATE.format(ns=namespace))

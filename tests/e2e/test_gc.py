@@ -1,0 +1,137 @@
+"""Garbage collection: missed `closed` webhooks, dangling mesh routes, idle previews; `gc` and `list`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from bot import comment, mesh_routes
+from bot.naming import PreviewKey
+from tests.e2e.harness import CONFIG, ClusterView, RunningBot, bot_env, running_bot
+from tests.fakegithub import FakeGitHub, issue_comment_event, pull_request_event
+from tests.plugins.cluster import Cluster
+
+pytestmark = pytest.mark.cluster
+
+REPO = "acme/shop"
+
+
+@pytest.fixture
+def view(cluster: Cluster, namespace: str) -> Iterator[ClusterView]:
+    v = ClusterView(cluster, namespace)
+    yield v
+    v.close()
+
+
+def shop(fake: FakeGitHub) -> None:
+    fake.add_repo(REPO, files={".github/preview.yml": CONFIG}, collaborators={"alice": "write"})
+
+
+async def deploy(bot: RunningBot, number: int, **kwargs: object) -> None:
+    bot.fake.add_pull(REPO, number, **kwargs)  # type: ignore[arg-type]
+    await bot.send("pull_request", pull_request_event(bot.fake, REPO, number, "opened"))
+    await bot.settle()
+
+
+def close_silently(fake: FakeGitHub, number: int) -> None:
+    """The PR is closed on GitHub, but the webhook never arrives."""
+    fake.repos[REPO].pulls[number].state = "closed"
+
+
+async def test_missed_close_is_cleaned_up(fake_github: FakeGitHub, cluster: Cluster, namespace: str,
+                                          view: ClusterView) -> None:
+    shop(fake_github)
+    async with running_bot(fake_github, cluster, namespace) as bot:
+        await deploy(bot, 1)
+        await deploy(bot, 2)
+        close_silently(fake_github, 1)
+        report = await bot.bot.reconcile_once()
+    assert [(a.kind, a.target) for a in report.actions] == [("teardown-closed", f"{REPO}#1")]
+    assert list(view.deployments()) == [PreviewKey(REPO, 2).object_name("a")]
+    routes = view.mesh_routes(f"a.{namespace}.svc.cluster.local")
+    assert [r["name"] for r in routes] == [PreviewKey(REPO, 2).value, "default"]
+    [closed] = [d for d in fake_github.deployments(REPO) if d["environment"] == "preview-1"]
+    assert [s["state"] for s in fake_github.statuses(REPO, closed["id"])][-1] == "inactive"
+    body = next(c["body"] for c in fake_github.comments(REPO, 1) if comment.MARKER in c["body"])
+    assert "pull request is closed" in body
+
+
+async def test_routes_to_missing_services_are_removed(fake_github: FakeGitHub, cluster: Cluster, namespace: str,
+                                                      view: ClusterView) -> None:
+    shop(fake_github)
+    host = f"a.{namespace}.svc.cluster.local"
+    async with running_bot(fake_github, cluster, namespace) as bot:
+        await deploy(bot, 3)
+        ghost = mesh_routes.preview_route("preview-99-abcdef", destination=f"preview-99-abcdef-a.{namespace}"
+                                          ".svc.cluster.local", port=8080, header_name="x-preview", mode="header")
+        await bot.bot.kube.add_mesh_route(host, ghost)
+        assert len(view.mesh_routes(host)) == 3
+        report = await bot.bot.reconcile_once()
+    assert [a.kind for a in report.actions] == ["remove-route"]
+    assert [r["name"] for r in view.mesh_routes(host)] == [PreviewKey(REPO, 3).value, "default"]
+
+
+async def test_idle_previews_expire_unless_kept(fake_github: FakeGitHub, cluster: Cluster, namespace: str,
+                                                view: ClusterView) -> None:
+    shop(fake_github)
+    # A TTL of about one second stands for days.
+    async with running_bot(fake_github, cluster, namespace, PREVIEW_IDLE_TTL_DAYS="0.00001") as bot:
+        await deploy(bot, 4)
+        await deploy(bot, 5, labels=["preview-keep"])
+        await deploy(bot, 6)
+        await bot.send("issue_comment", issue_comment_event(fake_github, REPO, 6, "/preview keep", user="alice"))
+        await bot.settle()
+        await asyncio.sleep(1.5)
+        report = await bot.bot.reconcile_once()
+    assert [(a.kind, a.target) for a in report.actions] == [("teardown-idle", f"{REPO}#4")]
+    assert sorted(view.deployments()) == sorted(PreviewKey(REPO, n).object_name("a") for n in (5, 6))
+    body = next(c["body"] for c in fake_github.comments(REPO, 4) if comment.MARKER in c["body"])
+    assert "without a push" in body and "/preview keep" in body
+
+
+async def run_cli(fake: FakeGitHub, cluster: Cluster, namespace: str, *args: str) -> tuple[int, str, str]:
+    env = {**os.environ, **bot_env(fake, namespace), "KUBECONFIG": str(cluster.kubeconfig)}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_gc_command_dry_run_then_for_real(fake_github: FakeGitHub, cluster: Cluster, namespace: str,
+                                                view: ClusterView) -> None:
+    shop(fake_github)
+    async with running_bot(fake_github, cluster, namespace) as bot:
+        await deploy(bot, 7)
+    close_silently(fake_github, 7)
+    code, out, _ = await run_cli(fake_github, cluster, namespace, "gc", "--dry-run")
+    assert code == 0
+    assert f"would teardown-closed: {REPO}#7" in out
+    assert list(view.deployments()) == [PreviewKey(REPO, 7).object_name("a")]
+    code, out, _ = await run_cli(fake_github, cluster, namespace, "gc")
+    assert code == 0 and f"teardown-closed: {REPO}#7" in out
+    assert view.deployments() == {}
+    code, out, _ = await run_cli(fake_github, cluster, namespace, "gc")
+    assert code == 0 and out.strip() == "nothing to do"
+
+
+async def test_list_command(fake_github: FakeGitHub, cluster: Cluster, namespace: str) -> None:
+    shop(fake_github)
+    async with running_bot(fake_github, cluster, namespace) as bot:
+        await deploy(bot, 8, head_sha="8" * 40)
+    code, out, err = await run_cli(fake_github, cluster, namespace, "list", "--output", "json")
+    assert code == 0, err
+    [row] = json.loads(out)
+    assert row["repo"] == REPO and row["pr"] == 8 and row["sha"] == "8" * 40 and row["services"] == ["a"]
+    assert row["urls"] == ["https://preview-8-api-a.example.com"]
+    code, out, _ = await run_cli(fake_github, cluster, namespace, "list")
+    assert code == 0
+    assert out.splitlines()[0].split() == ["REPO", "PR", "SERVICES", "SHA", "AGE", "URLS"]
+    assert REPO in out.splitlines()[1]
+
