@@ -10,7 +10,6 @@ one object. Invariants kept by every function here, whatever the input:
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -75,9 +74,10 @@ def _normalise(spec: Mapping[str, Any], mesh_host: str, previews: Iterable[Route
     catch_all = [r for r in others if not r.get("match")]
     if not catch_all:
         catch_all = [default_route(mesh_host)]
-    result: Spec = copy.deepcopy(dict(spec))
+    # Shallow copies: no function here mutates a route, so routes may be shared between values.
+    result: Spec = dict(spec)
     result["hosts"] = list(spec.get("hosts") or [mesh_host])
-    result["http"] = sorted(copy.deepcopy(list(previews)), key=lambda r: str(r["name"])) + specific + catch_all
+    result["http"] = sorted(previews, key=lambda r: str(r["name"])) + specific + catch_all
     return result
 
 
