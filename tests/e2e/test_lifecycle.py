@@ -234,3 +234,39 @@ async def test_same_host_from_two_repositories_is_refused(
     assert "already used by a preview of acme/shop" in body
     [record] = fake_github.deployments("other/shop")
     assert states(fake_github, "other/shop", record["id"])[-1] == "failure"
+
+
+async def test_only_changed_services_are_deployed(fake_github: FakeGitHub, cluster: Cluster, namespace: str,
+                                                  view: ClusterView) -> None:
+    config = ("services:\n"
+              "  - {name: a, image: 'registry.example.com/a:{sha}', port: 8080, paths: ['services/a/**']}\n"
+              "  - {name: b, image: 'registry.example.com/b:{sha}', port: 9090, paths: ['services/b/**']}\n")
+    fake_github.add_repo("acme/mono", files={".github/preview.yml": config})
+    async with running_bot(fake_github, cluster, namespace) as bot:
+        await open_pr(bot, 10, repo="acme/mono", files={"services/a/main.go": "package main\n"})
+        await bot.settle()
+        key = PreviewKey("acme/mono", 10)
+        assert list(view.deployments()) == [key.object_name("a")]
+        # A later push that also touches b adds b; the PR's whole diff counts, so a stays.
+        bot.fake.push("acme/mono", 10, "d" * 40, files={"services/b/main.go": "package main\n"})
+        assert await bot.send("pull_request", pull_request_event(bot.fake, "acme/mono", 10, "synchronize")) == 202
+        await bot.settle()
+        assert sorted(view.deployments()) == sorted([key.object_name("a"), key.object_name("b")])
+        assert [r["name"] for r in view.mesh_routes(f"b.{namespace}.svc.cluster.local")] == [key.value, "default"]
+
+
+async def test_a_preview_that_never_becomes_available_fails_with_the_reason(
+        fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView) -> None:
+    # Far more memory than the fake node has: the pod stays Pending.
+    config = CONFIG + "    resources: {requests: {memory: 900Gi}, limits: {memory: 900Gi}}\n"
+    fake_github.add_repo("acme/huge", files={".github/preview.yml": config})
+    async with running_bot(fake_github, cluster, namespace, PREVIEW_READY_TIMEOUT="4",
+                           PREVIEW_MAX_RESOURCES="cpu=2,memory=1Ti") as bot:
+        await open_pr(bot, 11, repo="acme/huge")
+        await bot.settle()
+    [record] = fake_github.deployments("acme/huge")
+    final = fake_github.statuses("acme/huge", record["id"])[-1]
+    assert final["state"] == "failure"
+    assert "not Available after 4 s" in final["description"]
+    assert "Deploy failed" in str(sticky_comments(fake_github, "acme/huge", 11)[0]["body"])
+    assert list(view.deployments()) == [PreviewKey("acme/huge", 11).object_name("a")]  # kept for debugging
