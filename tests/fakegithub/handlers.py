@@ -183,7 +183,9 @@ async def list_files(gh: FakeGitHub, ctx: Ctx) -> Reply:
     repo, pull = _repo(ctx), _pull(ctx)
     base, head = repo.trees[pull.base_sha], repo.trees[pull.head_sha]
     entries = []
-    for path in pull.changed_files:
+    # The PR's whole diff against its base, as GitHub computes it (plus any paths a test named).
+    diff = {p for p in base.keys() | head.keys() if base.get(p) != head.get(p)}
+    for path in sorted(diff | set(pull.changed_files)):
         status = "removed" if path not in head else "added" if path not in base else "modified"
         text = head.get(path, base.get(path, ""))
         lines = text.count("\n") + 1

@@ -363,6 +363,10 @@ class FakeGitHub:
         self._faults.append(Fault(method.upper(), re.compile(path_regex), status, times,
                                   dict(headers or {}), body, delay))
 
+    def clear_faults(self) -> None:
+        """Forget the faults not yet taken. A request already held by one still waits out its delay."""
+        self._faults.clear()
+
     def inject_secondary_limit(self, method: str, path_regex: str, times: int = 1, retry_after: int = 1) -> None:
         self.inject(method, path_regex, 403, times, {"Retry-After": str(retry_after)},
                     {"message": SECONDARY_LIMIT_MESSAGE.format(request_id="0000:0000"),
