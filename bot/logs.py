@@ -15,7 +15,7 @@ EVENT_FIELDS: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("e
 # Defence in depth: tokens never get logged on purpose, and if one slips into a message it is masked.
 _SECRET = re.compile(
     r"(gh[pousr]_[A-Za-z0-9_]{8,}|github_pat_[A-Za-z0-9_]{8,}|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"
-    r"|-----BEGIN[^-]*PRIVATE KEY-----[^-]*-----END[^-]*PRIVATE KEY-----|(?i:bearer|token)\s+[A-Za-z0-9_.-]{8,})"
+    r"|-----BEGIN[^-]*PRIVATE KEY-----[^-]*-----END[^-]*PRIVATE KEY-----|(?i:bearer|token)\s+[A-Za-z0-9_.~+/-]{8,}=*)"
 )
 _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
@@ -36,6 +36,9 @@ class JsonFormatter(logging.Formatter):
         for name, value in vars(record).items():
             if name not in _STANDARD and not name.startswith("_"):
                 entry[name] = value
+        for name, value in entry.items():
+            if isinstance(value, str):
+                entry[name] = scrub(value)
         if record.exc_info:
             entry["exception"] = scrub(self.formatException(record.exc_info))
         return json.dumps(entry, default=str)

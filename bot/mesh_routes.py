@@ -4,8 +4,9 @@ Istio does not merge mesh VirtualServices for one host, so every open preview's 
 one object. Invariants kept by every function here, whatever the input:
 - each preview has at most one route, named by its key, matching its header value exactly;
 - preview routes come first (sorted by key, so the result does not depend on arrival order);
-- routes that are not the bot's keep their order, and catch-all routes (no `match`) come last;
-- there is always a default route to the real service.
+- routes that are not the bot's keep their order after them (a team's catch-all stays where the team
+  put it; the bot's own default is last);
+- there is always a route that catches all, so requests without the header reach the real service.
 """
 
 from __future__ import annotations
@@ -69,15 +70,14 @@ def route_destinations(spec: Mapping[str, Any]) -> dict[str, list[str]]:
 
 
 def _normalise(spec: Mapping[str, Any], mesh_host: str, previews: Iterable[Route]) -> Spec:
+    # The team's own routes keep their order exactly; a default is added only when none catches all.
     others = [r for r in spec.get("http") or [] if not is_preview_route(r)]
-    specific = [r for r in others if r.get("match")]
-    catch_all = [r for r in others if not r.get("match")]
-    if not catch_all:
-        catch_all = [default_route(mesh_host)]
+    if not any(not r.get("match") for r in others):
+        others.append(default_route(mesh_host))
     # Shallow copies: no function here mutates a route, so routes may be shared between values.
     result: Spec = dict(spec)
     result["hosts"] = list(spec.get("hosts") or [mesh_host])
-    result["http"] = sorted(previews, key=lambda r: str(r["name"])) + specific + catch_all
+    result["http"] = sorted(previews, key=lambda r: str(r["name"])) + others
     return result
 
 

@@ -152,6 +152,10 @@ def _parse_service(reader: _Reader, raw: Any, where: str) -> ServiceConfig:
                           f"allowed: {{sha}}, {{short_sha}}, {{number}}")
     if any(ch.isspace() for ch in image):
         raise reader.fail(f"{where}.image", "must not contain white space")
+    try:
+        image.format(sha="0" * 40, short_sha="0" * 7, number=1)
+    except (ValueError, IndexError, KeyError):
+        raise reader.fail(f"{where}.image", "has unbalanced braces; placeholders look like {sha}") from None
     port = reader.integer(item["port"], f"{where}.port", 1, 65535)
     host = None
     if item.get("host") is not None:

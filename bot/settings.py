@@ -38,7 +38,7 @@ def parse_quantity(text: str) -> Decimal:
         "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
         "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
     }
-    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([A-Za-z]{0,2})", text.strip())
+    match = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)([A-Za-z]{0,2})", text.strip())
     if not match or (match.group(2) and match.group(2) not in suffixes):
         raise ValueError(f"{text!r} is not a Kubernetes quantity (e.g. 100m, 0.5, 256Mi)")
     try:
@@ -256,8 +256,8 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     raw_app_id = env.get("GITHUB_APP_ID", "").strip()
     if not raw_app_id:
         raise _env_error("GITHUB_APP_ID", "is required (the App's numeric ID)")
-    if not raw_app_id.isdigit():
-        raise _env_error("GITHUB_APP_ID", f"must be a number, got {raw_app_id!r}")
+    if not (raw_app_id.isascii() and raw_app_id.isdigit()) or int(raw_app_id) < 1:
+        raise _env_error("GITHUB_APP_ID", f"must be a positive number, got {raw_app_id!r}")
     secret = env.get("GITHUB_WEBHOOK_SECRET", "")
     if not secret:
         raise _env_error("GITHUB_WEBHOOK_SECRET", "is required")

@@ -60,14 +60,28 @@ def work_key(data: dict[str, Any]) -> tuple[str, int]:
     return repo, int(number)
 
 
+async def read_limited(request: web.Request, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it exceeds `limit` (never buffered beyond that)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(min(64 * 1024, limit + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+
+
 async def handle_webhook(request: web.Request) -> web.Response:
     config = request.app[CONTEXT_KEY]
     if config.draining:
         return _error(503, "shutting down; GitHub will show this delivery as failed and the reconciler catches up")
     if request.content_length is not None and request.content_length > config.max_body_bytes:
         return _error(413, f"body larger than {config.max_body_bytes} bytes")
-    body = await request.content.read(config.max_body_bytes + 1)  # never more than the limit
-    if len(body) > config.max_body_bytes:
+    body = await read_limited(request, config.max_body_bytes)
+    if body is None:
         return _error(413, f"body larger than {config.max_body_bytes} bytes")
     signature = request.headers.get(SIGNATURE_HEADER)
     if not signature:

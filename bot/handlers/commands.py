@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from gidgethub import routing, sansio
 from gidgethub.abc import GitHubAPI
 
@@ -28,7 +30,9 @@ async def on_comment(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
     user = str(comment["user"]["login"])
     if command.action is Action.HELP:
         await client.react(int(comment["id"]), "confused" if command.unknown else "eyes")
-        prefix = f"Unknown command `/preview {command.unknown}`.\n\n" if command.unknown else ""
+        # Echo the word only when it is plain: a backtick or @mention must not escape into Markdown.
+        word = command.unknown if command.unknown and re.fullmatch(r"[\w-]{1,40}", command.unknown) else "that"
+        prefix = f"Unknown command `/preview {word}`.\n\n" if command.unknown else ""
         await client.reply(number, prefix + HELP_TEXT)
         return
     if command.action in NEEDS_WRITE and not await client.can_write(user):

@@ -1,0 +1,172 @@
+"""`preview-bot render`: bot.cli.main with the example config, and its error paths."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bot import cli, naming
+from bot.naming import PreviewKey
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / ".github" / "preview.yml"
+SHA = "0123456789abcdef0123456789abcdef01234567"
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+KEY = PreviewKey("acme/shop", 7)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("PREVIEW_"):
+            monkeypatch.delenv(name)
+
+
+def render(capsys: pytest.CaptureFixture[str], *extra: str, config: Path = EXAMPLE,
+           repo: str = "acme/shop", pr: str = "7", sha: str = SHA) -> tuple[int, list[dict[str, Any]], str]:
+    code = cli.main(["render", "--config", str(config), "--repo", repo, "--pr", pr, "--sha", sha, *extra])
+    out, err = capsys.readouterr()
+    documents = [d for d in yaml.safe_load_all(out) if d is not None] if code == 0 else []
+    return code, documents, err
+
+
+def test_render_example(capsys: pytest.CaptureFixture[str]) -> None:
+    code, documents, err = render(capsys, "--domain", "example.com")
+    assert code == 0, err
+    assert err == ""
+    kinds = [(d["apiVersion"], d["kind"]) for d in documents]
+    assert kinds.count(("apps/v1", "Deployment")) == 2
+    assert kinds.count(("v1", "Service")) == 2
+    assert kinds.count(("networking.istio.io/v1", "VirtualService")) == 4
+
+    deployments = {d["metadata"]["name"]: d for d in documents if d["kind"] == "Deployment"}
+    assert set(deployments) == {KEY.object_name("a"), KEY.object_name("b")}
+    container = deployments[KEY.object_name("a")]["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == f"registry.example.com/acme/a:{SHA}"
+
+    services = [d for d in documents if d["kind"] == "Service"]
+    assert {s["spec"]["ports"][0]["port"] for s in services} == {8080, 9090}
+
+    roles = {d["metadata"]["name"]: d["metadata"]["labels"].get(naming.ROLE_LABEL)
+             for d in documents if d["kind"] == "VirtualService"}
+    gateway = [d for d in documents if d["kind"] == "VirtualService"
+               and d["metadata"]["labels"].get(naming.ROLE_LABEL) == naming.ROLE_GATEWAY]
+    mesh = [d for d in documents if d["kind"] == "VirtualService"
+            and d["metadata"]["labels"].get(naming.ROLE_LABEL) == naming.ROLE_MESH]
+    assert len(gateway) == 2 and len(mesh) == 2, roles
+
+    hosts = sorted(h for g in gateway for h in g["spec"]["hosts"])
+    assert hosts == ["preview-7-api-a.example.com", "preview-7-api-b.example.com"]
+    for route in gateway:
+        (http,) = route["spec"]["http"]
+        assert http["headers"]["request"]["set"] == {"x-preview": KEY.value}
+        assert route["spec"]["gateways"] == ["istio-system/preview-gateway"]
+
+    assert sorted(m["spec"]["hosts"][0] for m in mesh) == ["a.default.svc.cluster.local", "b.shop.svc.cluster.local"]
+    for route in mesh:
+        http = route["spec"]["http"]
+        assert http[0]["match"] == [{"headers": {"x-preview": {"exact": KEY.value}}}]
+        assert http[0]["name"] == KEY.value
+        assert "match" not in http[-1] and http[-1]["name"] == "default"
+        assert http[-1]["route"][0]["destination"]["host"] == route["spec"]["hosts"][0]
+
+    for document in documents:
+        name = document["metadata"]["name"]
+        assert DNS_LABEL.match(name) and len(name) <= 63, name
+        for value in document["metadata"].get("labels", {}).values():
+            assert len(value) <= 63
+
+
+def test_domain_from_environment(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PREVIEW_DOMAIN", "env.example.org")
+    code, documents, _ = render(capsys)
+    assert code == 0
+    hosts = {h for d in documents if d["kind"] == "VirtualService" for h in d["spec"]["hosts"]}
+    assert "preview-7-api-a.env.example.org" in hosts
+
+
+def test_render_uppercase_sha_is_lowercased(capsys: pytest.CaptureFixture[str]) -> None:
+    code, documents, _ = render(capsys, "--domain", "example.com", sha=SHA.upper())
+    assert code == 0
+    assert all(d["metadata"]["annotations"].get(naming.SHA_ANNOTATION, SHA) == SHA for d in documents)
+
+
+def test_missing_domain_names_preview_domain(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = render(capsys)
+    assert code == 2
+    assert "PREVIEW_DOMAIN" in err
+    assert err.startswith("preview-bot: error: ")
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "field"),
+    [
+        ("services:\n  - name: a\n    image: r/a:{sha}\n    port: http\n", "services[0].port"),
+        ("services:\n  - name: a\n    image: r/a:{sha}\n    port: 80\n  - name: B\n    image: x\n    port: 1\n",
+         "services[1].name"),
+        ("services:\n  - name: a\n    image: r/a:{tag}\n    port: 80\n", "services[0].image"),
+        ("trigger: never\nservices: []\n", "trigger"),
+        ("services:\n  - name: a\n    image: r/a\n    port: 80\n    replicas: 50\n", "services[0].replicas"),
+    ],
+)
+def test_bad_config_exit_code_2_names_file_and_field(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                    yaml_text: str, field: str) -> None:
+    config = tmp_path / "preview.yml"
+    config.write_text(yaml_text, encoding="utf-8")
+    code, _, err = render(capsys, "--domain", "example.com", config=config)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert str(config) in lines[0]
+    assert f"{field}:" in lines[0]
+    assert "Traceback" not in err
+
+
+def test_policy_from_environment_applies(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PREVIEW_ALLOWED_IMAGES", "ghcr.io/acme/")
+    code, _, err = render(capsys, "--domain", "example.com")
+    assert code == 2
+    assert "services[0].image" in err and str(EXAMPLE) in err
+
+
+def test_missing_config_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, _, err = render(capsys, "--domain", "example.com", config=tmp_path / "nope.yml")
+    assert code == 2
+    assert "nope.yml" in err and "cannot read" in err
+
+
+@pytest.mark.parametrize("repo", ["acme", "acme/shop/x", "ac me/shop", "../etc/passwd", "acme/"])
+def test_invalid_repo_is_refused(capsys: pytest.CaptureFixture[str], repo: str) -> None:
+    code, _, err = render(capsys, "--domain", "example.com", repo=repo)
+    assert code == 2
+    assert "--repo" in err
+
+
+@pytest.mark.parametrize(("option", "value"), [("pr", "0"), ("sha", "not-a-sha"), ("sha", "")])
+def test_invalid_pr_or_sha_is_refused(capsys: pytest.CaptureFixture[str], option: str, value: str) -> None:
+    code, _, err = render(capsys, "--domain", "example.com", **{option: value})
+    assert code == 2
+    assert f"--{option}" in err
+
+
+def test_render_is_deterministic(capsys: pytest.CaptureFixture[str]) -> None:
+    cli.main(["render", "--config", str(EXAMPLE), "--repo", "acme/shop", "--pr", "7", "--sha", SHA,
+              "--domain", "example.com"])
+    first = capsys.readouterr().out
+    cli.main(["render", "--config", str(EXAMPLE), "--repo", "acme/shop", "--pr", "7", "--sha", SHA,
+              "--domain", "example.com"])
+    assert capsys.readouterr().out == first
+
+
+def test_two_repos_render_disjoint_object_names(capsys: pytest.CaptureFixture[str]) -> None:
+    _, mine, _ = render(capsys, "--domain", "example.com")
+    _, theirs, _ = render(capsys, "--domain", "example.com", repo="other/shop")
+    workload = {"Deployment", "Service"}
+    names_mine = {d["metadata"]["name"] for d in mine if d["kind"] in workload}
+    names_theirs = {d["metadata"]["name"] for d in theirs if d["kind"] in workload}
+    assert names_mine and not names_mine & names_theirs

@@ -1,0 +1,61 @@
+"""bot.comment: the sticky pull-request comment."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.comment import MARKER, Report, ServiceLine, State, is_sticky, render
+
+
+def test_marker_first_and_state_heading() -> None:
+    text = render(Report(State.READY))
+    lines = text.splitlines()
+    assert lines[0] == MARKER
+    assert lines[1] == "### ✅ Preview: ready"
+    assert "/preview help" in text
+    assert is_sticky(text)
+
+
+@pytest.mark.parametrize("state", list(State))
+def test_every_state_renders(state: State) -> None:
+    text = render(Report(state))
+    assert f"Preview: {state.value}" in text
+    assert text.startswith(MARKER)
+
+
+def test_sha_is_shortened_and_header_shown() -> None:
+    text = render(Report(State.DEPLOYING, sha="0123456789abcdef0123", header_value="preview-7-abcdef"))
+    assert "Commit: `0123456789ab`" in text
+    assert "0123456789abc`" not in text
+    assert "`X-PREVIEW: preview-7-abcdef`" in text
+
+
+def test_service_table() -> None:
+    services = [
+        ServiceLine("a", "https://preview-7-api-a.example.com", "registry.example.com/a:1", True),
+        ServiceLine("b|c", "https://preview-7-api-b.example.com", "img|x\ny", False),
+    ]
+    text = render(Report(State.READY, services=services))
+    lines = text.splitlines()
+    assert "| service | URL | image | ready |" in lines
+    assert "| a | https://preview-7-api-a.example.com | `registry.example.com/a:1` | yes |" in lines
+    # A pipe or newline in a value cannot break the table.
+    assert "| b\\|c | https://preview-7-api-b.example.com | `img\\|x y` | no |" in lines
+
+
+def test_no_table_without_services_and_detail_is_appended() -> None:
+    text = render(Report(State.CONFIG_ERROR, detail="`.github/preview.yml`: services[0].port: bad"))
+    assert "| service |" not in text
+    assert "services[0].port: bad" in text
+    assert text.index("services[0].port") > text.index("Preview: configuration error")
+
+
+@pytest.mark.parametrize(("body", "expected"), [(None, False), ("", False), ("hello", False),
+                                                 (f"x\n{MARKER}\ny", True)])
+def test_is_sticky(body: str | None, expected: bool) -> None:
+    assert is_sticky(body) is expected
+
+
+def test_render_is_deterministic() -> None:
+    report = Report(State.FAILED, sha="abc", detail="boom", services=[ServiceLine("a", "u", "i", False)])
+    assert render(report) == render(report)

@@ -1,0 +1,175 @@
+"""bot.manifests: the objects of one preview."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from bot import manifests, mesh_routes, naming
+from bot.naming import PreviewKey
+from bot.repo_config import RepoConfig, ServiceConfig, parse_repo_config
+from bot.settings import ClusterSettings, Policy
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / ".github" / "preview.yml"
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+SHA = "0123456789abcdef0123456789abcdef01234567"
+SETTINGS = ClusterSettings(domain="example.com", namespace="previews", routing_namespace="istio-system",
+                           gateway="istio-system/preview-gateway")
+KEY = PreviewKey("acme/shop", 7)
+
+
+@pytest.fixture(scope="module")
+def config() -> RepoConfig:
+    return parse_repo_config(EXAMPLE.read_text(encoding="utf-8"))
+
+
+def by_kind(documents: list[manifests.Manifest], kind: str) -> list[manifests.Manifest]:
+    return [d for d in documents if d["kind"] == kind]
+
+
+def test_plan_has_one_service_plan_per_service(config: RepoConfig) -> None:
+    plan = manifests.plan_preview(SETTINGS, config, KEY, SHA, pushed_at="2024-01-01T00:00:00Z")
+    assert [s.service.name for s in plan.services] == ["a", "b"]
+    a = plan.services[0]
+    assert a.name == KEY.object_name("a")
+    assert a.image == f"registry.example.com/acme/a:{SHA}"
+    assert a.preview_host == "preview-7-api-a.example.com"
+    assert a.url == "https://preview-7-api-a.example.com"
+    assert a.mesh_host == "a.previews.svc.cluster.local"
+    assert a.destination == f"{a.name}.previews.svc.cluster.local"
+    assert plan.services[1].mesh_host == "b.shop.svc.cluster.local"
+    # manifests(): workload + gateway route per service, no shared mesh objects.
+    kinds = [m["kind"] for m in plan.manifests()]
+    assert kinds == ["Deployment", "Service", "VirtualService"] * 2
+    for manifest in plan.manifests():
+        annotations = manifest["metadata"]["annotations"]
+        assert annotations[naming.REPO_ANNOTATION] == "acme/shop"
+        assert annotations[naming.SHA_ANNOTATION] == SHA
+        assert annotations[naming.PUSHED_AT_ANNOTATION] == "2024-01-01T00:00:00Z"
+
+
+def test_only_limits_the_services(config: RepoConfig) -> None:
+    plan = manifests.plan_preview(SETTINGS, config, KEY, SHA, only=["b"])
+    assert [s.service.name for s in plan.services] == ["b"]
+    assert manifests.plan_preview(SETTINGS, config, KEY, SHA, only=[]).services == ()
+
+
+def test_deployment(config: RepoConfig) -> None:
+    plan = manifests.plan_preview(SETTINGS, config, KEY, SHA)
+    deployment = plan.services[0].workload[0]
+    assert deployment["apiVersion"] == "apps/v1" and deployment["kind"] == "Deployment"
+    meta = deployment["metadata"]
+    assert meta["name"] == KEY.object_name("a") and meta["namespace"] == "previews"
+    assert meta["labels"][naming.KEY_LABEL] == KEY.value
+    spec = deployment["spec"]
+    selector = spec["selector"]["matchLabels"]
+    pod_labels = spec["template"]["metadata"]["labels"]
+    assert selector.items() <= pod_labels.items()
+    # Pods carry only the bot's labels: the real Service's selector (e.g. app: a) must never match them.
+    assert all(k.startswith(("preview-bot.dev/", "app.kubernetes.io/managed-by")) for k in pod_labels)
+    assert "app" not in pod_labels
+    pod = spec["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    assert container["image"] == f"registry.example.com/acme/a:{SHA}"
+    assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["env"] == [{"name": "LOG_LEVEL", "value": "debug"}]
+    assert container["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"},
+                                      "limits": {"cpu": "500m", "memory": "256Mi"}}
+    assert "command" not in container and "args" not in container
+    assert spec["template"]["metadata"]["annotations"] == {naming.SHA_ANNOTATION: SHA}
+
+
+def test_pod_template_changes_only_with_the_sha(config: RepoConfig) -> None:
+    first = manifests.plan_preview(SETTINGS, config, KEY, SHA, pushed_at="t1").services[0].workload[0]
+    again = manifests.plan_preview(SETTINGS, config, KEY, SHA, pushed_at="t2").services[0].workload[0]
+    other = manifests.plan_preview(SETTINGS, config, KEY, "f" * 40).services[0].workload[0]
+    assert first["spec"]["template"] == again["spec"]["template"]
+    assert first["spec"]["template"] != other["spec"]["template"]
+
+
+def test_command_args_and_replicas() -> None:
+    service = ServiceConfig(name="w", image="r/w:{number}", port=80, replicas=2, command=("run",), args=("-v", "x"),
+                            env={"B": "2", "A": "1"})
+    plan = manifests.plan_preview(SETTINGS, RepoConfig(services=(service,)), KEY, SHA)
+    deployment = plan.services[0].workload[0]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["run"] and container["args"] == ["-v", "x"]
+    assert container["image"] == "r/w:7"
+    assert [e["name"] for e in container["env"]] == ["A", "B"]
+    assert deployment["spec"]["replicas"] == 2
+
+
+def test_service_object(config: RepoConfig) -> None:
+    plan = manifests.plan_preview(SETTINGS, config, KEY, SHA)
+    deployment, service = plan.services[1].workload
+    assert service["kind"] == "Service" and service["apiVersion"] == "v1"
+    assert service["metadata"]["name"] == deployment["metadata"]["name"]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"] == [{"name": "http", "port": 9090, "targetPort": 9090, "protocol": "TCP"}]
+
+
+def test_gateway_route(config: RepoConfig) -> None:
+    plan = manifests.plan_preview(SETTINGS, config, KEY, SHA)
+    route = plan.services[0].gateway_route
+    assert route["apiVersion"] == manifests.VIRTUAL_SERVICE_API and route["kind"] == "VirtualService"
+    meta = route["metadata"]
+    assert meta["namespace"] == "istio-system"
+    assert meta["name"] == naming.gateway_route_name("preview-7-api-a.example.com")
+    assert meta["labels"][naming.ROLE_LABEL] == naming.ROLE_GATEWAY
+    assert meta["annotations"][naming.HOST_ANNOTATION] == "preview-7-api-a.example.com"
+    spec = route["spec"]
+    assert spec["hosts"] == ["preview-7-api-a.example.com"]
+    assert spec["gateways"] == ["istio-system/preview-gateway"]
+    (http,) = spec["http"]
+    assert http["headers"] == {"request": {"set": {"x-preview": KEY.value}}}
+    assert http["route"] == [{"destination": {"host": plan.services[0].destination, "port": {"number": 8080}}}]
+
+
+@pytest.mark.parametrize("mode", ["header", "baggage", "both"])
+def test_mesh_route_follows_match_mode(config: RepoConfig, mode: str) -> None:
+    settings = ClusterSettings(domain="example.com", header_name="x-pr", match_mode=mode)  # type: ignore[arg-type]
+    route = manifests.plan_preview(settings, config, KEY, SHA).services[0].mesh_route
+    assert route["name"] == KEY.value
+    headers = [m["headers"] for m in route["match"]]
+    assert ({"x-pr": {"exact": KEY.value}} in headers) == (mode in ("header", "both"))
+    assert any("baggage" in h for h in headers) == (mode in ("baggage", "both"))
+
+
+def test_render_adds_one_mesh_virtual_service_per_service(config: RepoConfig) -> None:
+    documents = manifests.render(SETTINGS, config, KEY, SHA)
+    assert len(documents) == 8
+    mesh = [d for d in documents if d["metadata"]["labels"].get(naming.ROLE_LABEL) == naming.ROLE_MESH]
+    assert [d["spec"]["hosts"] for d in mesh] == [["a.previews.svc.cluster.local"], ["b.shop.svc.cluster.local"]]
+    for document in mesh:
+        http = document["spec"]["http"]
+        assert http[0]["name"] == KEY.value
+        assert http[0]["match"] == [{"headers": {"x-preview": {"exact": KEY.value}}}]
+        assert http[-1] == mesh_routes.default_route(document["spec"]["hosts"][0])
+        assert document["metadata"]["namespace"] == "istio-system"
+    for document in documents:
+        assert DNS_LABEL.match(document["metadata"]["name"]) and len(document["metadata"]["name"]) <= 63
+
+
+def test_render_is_deterministic(config: RepoConfig) -> None:
+    assert manifests.render(SETTINGS, config, KEY, SHA) == manifests.render(SETTINGS, config, KEY, SHA)
+
+
+def test_resources_follow_policy_defaults() -> None:
+    policy = Policy(default_requests={"cpu": "20m"}, default_limits={"cpu": "40m"})
+    settings = ClusterSettings(domain="example.com", policy=policy)
+    service = ServiceConfig(name="a", image="i", port=1)
+    deployment = manifests.plan_preview(settings, RepoConfig(services=(service,)), KEY, SHA).services[0].workload[0]
+    resources = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources == {"requests": {"cpu": "20m"}, "limits": {"cpu": "40m"}}
+
+
+def test_two_repos_same_pr_do_not_share_objects(config: RepoConfig) -> None:
+    mine = manifests.plan_preview(SETTINGS, config, KEY, SHA)
+    theirs = manifests.plan_preview(SETTINGS, config, PreviewKey("other/shop", 7), SHA)
+    names_mine = {(m["kind"], m["metadata"]["name"]) for m in mine.manifests() if m["kind"] != "VirtualService"}
+    names_theirs = {(m["kind"], m["metadata"]["name"]) for m in theirs.manifests() if m["kind"] != "VirtualService"}
+    assert not names_mine & names_theirs
+    assert mine.services[0].mesh_route["name"] != theirs.services[0].mesh_route["name"]

@@ -1,0 +1,154 @@
+"""bot.queue: per-key ordering, bounded parallelism across keys, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from bot.queue import QueueClosed, WorkQueue
+
+
+def recorder(log: list[str], name: str, delay: float = 0.0, fail: bool = False):  # type: ignore[no-untyped-def]
+    async def job() -> None:
+        log.append(f"start {name}")
+        await asyncio.sleep(delay)
+        log.append(f"end {name}")
+        if fail:
+            raise RuntimeError(f"job {name} failed")
+    return job
+
+
+async def test_jobs_of_one_key_run_strictly_in_order() -> None:
+    queue = WorkQueue(max_concurrency=4)
+    log: list[str] = []
+    # Decreasing delays: with any parallelism inside a key, later jobs would finish first.
+    for i in range(5):
+        queue.submit(("acme/shop", 1), recorder(log, str(i), delay=0.01 * (5 - i)))
+    await queue.join()
+    assert log == [f"{what} {i}" for i in range(5) for what in ("start", "end")]
+    assert queue.depth == 0
+
+
+async def test_work_submitted_while_running_joins_the_same_key_in_order() -> None:
+    queue = WorkQueue(max_concurrency=2)
+    log: list[str] = []
+    gate = asyncio.Event()
+
+    async def first() -> None:
+        log.append("first")
+        await gate.wait()
+
+    queue.submit("k", first)
+    await asyncio.sleep(0)
+    assert log == ["first"]
+    queue.submit("k", recorder(log, "second"))
+    assert queue.has_pending("k")
+    assert queue.depth == 2
+    assert not queue.has_pending("other")
+    gate.set()
+    await queue.join()
+    assert log == ["first", "start second", "end second"]
+    assert not queue.has_pending("k")
+
+
+async def test_keys_run_in_parallel_bounded_by_max_concurrency() -> None:
+    queue = WorkQueue(max_concurrency=3)
+    running = 0
+    peak = 0
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def job() -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        if running == 3:
+            started.set()
+        await release.wait()
+        running -= 1
+
+    for key in range(10):
+        queue.submit(key, job)
+    await asyncio.wait_for(started.wait(), 2)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert running == 3, "exactly max_concurrency jobs run at once"
+    release.set()
+    await asyncio.wait_for(queue.join(), 2)
+    assert peak == 3
+    assert running == 0
+
+
+async def test_different_keys_overlap() -> None:
+    queue = WorkQueue(max_concurrency=2)
+    log: list[str] = []
+    queue.submit("a", recorder(log, "a", delay=0.05))
+    queue.submit("b", recorder(log, "b", delay=0.01))
+    await queue.join()
+    assert log == ["start a", "start b", "end b", "end a"]
+
+
+async def test_failing_job_does_not_stop_later_jobs_of_the_same_key(caplog: pytest.LogCaptureFixture) -> None:
+    queue = WorkQueue(max_concurrency=1)
+    log: list[str] = []
+    queue.submit("k", recorder(log, "1", fail=True))
+    queue.submit("k", recorder(log, "2"))
+    queue.submit("k", recorder(log, "3", fail=True))
+    queue.submit("k", recorder(log, "4"))
+    with caplog.at_level(logging.ERROR, logger="bot.queue"):
+        await queue.join()
+    assert log == [f"{what} {i}" for i in range(1, 5) for what in ("start", "end")]
+    failures = [r for r in caplog.records if r.name == "bot.queue"]
+    assert len(failures) == 2
+    assert all(r.exc_info and "failed" in str(r.exc_info[1]) for r in failures)
+    assert queue.depth == 0
+
+
+async def test_drain_waits_for_running_work() -> None:
+    queue = WorkQueue(max_concurrency=2)
+    log: list[str] = []
+    queue.submit("a", recorder(log, "a", delay=0.02))
+    queue.submit("a", recorder(log, "a2"))
+    assert await queue.drain(timeout=2) is True
+    assert log == ["start a", "end a", "start a2", "end a2"]
+    assert queue.depth == 0
+
+
+async def test_drain_with_timeout_cancels_and_reports_it() -> None:
+    queue = WorkQueue(max_concurrency=2)
+    cancelled = asyncio.Event()
+    started = asyncio.Event()
+    log: list[str] = []
+
+    async def forever() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    queue.submit("slow", forever)
+    queue.submit("slow", recorder(log, "never"))
+    await started.wait()
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    assert await queue.drain(timeout=0.05) is False
+    assert loop.time() - began < 2
+    assert cancelled.is_set()
+    assert log == []
+    assert queue.depth == 0
+
+
+async def test_submit_after_drain_raises_queue_closed() -> None:
+    queue = WorkQueue(max_concurrency=1)
+    assert await queue.drain(timeout=1) is True
+    assert queue.accepting is False
+    ran: list[str] = []
+    with pytest.raises(QueueClosed):
+        queue.submit("k", recorder(ran, "late"))
+    await asyncio.sleep(0.01)
+    assert ran == []
+    assert queue.depth == 0

@@ -1,0 +1,250 @@
+"""bot.repo_config: parsing, validation messages (file, field, reason) and policy checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.errors import ConfigError
+from bot.repo_config import (
+    CONFIG_PATH,
+    RepoConfig,
+    ServiceConfig,
+    check_policy,
+    effective_resources,
+    parse_repo_config,
+)
+from bot.settings import Policy
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / ".github" / "preview.yml"
+
+MINIMAL = """
+services:
+  - name: api
+    image: registry.example.com/acme/api:{sha}
+    port: 8080
+"""
+
+
+def config_error(text: str, source: str = CONFIG_PATH) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse_repo_config(text, source=source)
+    return info.value
+
+
+def one_service(extra: str, name: str = "api", image: str = "registry.example.com/acme/api:{sha}",
+                port: str = "8080") -> str:
+    lines = ["services:", f"  - name: {name}", f"    image: {image!r}" if image else "", f"    port: {port}"]
+    lines += [f"    {line}" for line in extra.strip("\n").splitlines()] if extra else []
+    return "\n".join(line for line in lines if line) + "\n"
+
+
+def test_example_config_parses() -> None:
+    config = parse_repo_config(EXAMPLE.read_text(encoding="utf-8"))
+    assert config.trigger == "auto"
+    assert config.label == "preview"
+    assert [s.name for s in config.services] == ["a", "b"]
+    a, b = config.services
+    assert a.port == 8080 and a.paths == ("services/a/**",)
+    assert a.env == {"LOG_LEVEL": "debug"}
+    assert a.requests == {"cpu": "100m", "memory": "128Mi"} and a.limits == {"memory": "256Mi"}
+    assert b.host == "b.shop.svc.cluster.local"
+    assert b.mesh_host("default") == "b.shop.svc.cluster.local"
+    assert a.mesh_host("default") == "a.default.svc.cluster.local"
+    assert config.service("b") is b and config.service("zzz") is None
+
+
+def test_minimal_config_defaults() -> None:
+    config = parse_repo_config(MINIMAL)
+    service = config.services[0]
+    assert config == RepoConfig(services=(service,), trigger="auto", label="preview")
+    assert service.replicas == 1 and service.host is None and service.env == {}
+    assert service.image_for(sha="0123456789abcdef", number=5) == "registry.example.com/acme/api:0123456789abcdef"
+
+
+def test_image_placeholders() -> None:
+    service = ServiceConfig(name="a", image="r/a:{short_sha}-pr{number}", port=1)
+    assert service.image_for(sha="0123456789abcdef", number=5) == "r/a:0123456-pr5"
+
+
+def test_env_values_become_strings() -> None:
+    config = parse_repo_config(one_service("env:\n  A: 1\n  B: true\n  C: 1.5\n  D.E-F: x"))
+    assert config.services[0].env == {"A": "1", "B": "true", "C": "1.5", "D.E-F": "x"}
+
+
+def test_paths_affect_services() -> None:
+    service = ServiceConfig(name="a", image="i", port=1, paths=("services/a/**", "*.md"))
+    assert service.affected_by(["services/a/main.py"])
+    assert service.affected_by(["README.md"])
+    assert not service.affected_by(["services/b/main.py"])
+    assert not service.affected_by([])
+    assert ServiceConfig(name="a", image="i", port=1).affected_by([])
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "reason"),
+    [
+        ("", "", "mapping"),
+        ("- a\n- b\n", "", "mapping"),
+        ("services: [\n", "line", "invalid YAML"),
+        ("service: []\n", "service", "unknown field"),
+        ("services: []\n", "services", "non-empty list"),
+        ("services: {}\n", "services", "non-empty list"),
+        ("trigger: sometimes\n" + MINIMAL, "trigger", "auto, label or command"),
+        ("label: ''\n" + MINIMAL, "label", "non-empty string"),
+        ("label: [a]\n" + MINIMAL, "label", "non-empty string"),
+        ("services: [42]\n", "services[0]", "mapping"),
+        ("services:\n  - image: x\n    port: 1\n", "services[0].name", "required"),
+        ("services:\n  - name: a\n    port: 1\n", "services[0].image", "required"),
+        ("services:\n  - name: a\n    image: x\n", "services[0].port", "required"),
+        (one_service("colour: red"), "services[0].colour", "unknown field"),
+        (one_service("", name="Api"), "services[0].name", "lowercase"),
+        (one_service("", name="1api"), "services[0].name", "start with a letter"),
+        (one_service("", name="a" * 41), "services[0].name", "40"),
+        (one_service("", name="'42'"), "services[0].name", "lowercase"),
+        (one_service("", name="7"), "services[0].name", "non-empty string"),
+        (one_service("", port="http"), "services[0].port", "whole number from 1 to 65535"),
+        (one_service("", port="0"), "services[0].port", "whole number"),
+        (one_service("", port="65536"), "services[0].port", "whole number"),
+        (one_service("", port="true"), "services[0].port", "whole number"),
+        (one_service("", port="80.5"), "services[0].port", "whole number"),
+        (one_service("", image="r/a:{branch}"), "services[0].image", "unknown placeholder"),
+        (one_service("", image="r/a:{}"), "services[0].image", "unknown placeholder"),
+        (one_service("", image="r/a:{sha!r}"), "services[0].image", "unknown placeholder"),
+        (one_service("", image="r/a :x"), "services[0].image", "white space"),
+        (one_service("host: localhost"), "services[0].host", "DNS name"),
+        (one_service("host: 'a..b'"), "services[0].host", "DNS name"),
+        (one_service("host: 12"), "services[0].host", "non-empty string"),
+        (one_service("env: [A]"), "services[0].env", "mapping"),
+        (one_service("env:\n  1BAD: x"), "services[0].env", "invalid variable name"),
+        (one_service("env:\n  A: [1]"), "services[0].env.A", "string or number"),
+        (one_service("env:\n  A:"), "services[0].env.A", "string or number"),
+        (one_service("replicas: 0"), "services[0].replicas", "whole number from 1 to 1000"),
+        (one_service("replicas: many"), "services[0].replicas", "whole number"),
+        (one_service("resources: []"), "services[0].resources", "mapping"),
+        (one_service("resources: {requested: {}}"), "services[0].resources.requested", "unknown field"),
+        (one_service("resources: {requests: {gpu: 1}}"), "services[0].resources.requests.gpu", "unknown field"),
+        (one_service("resources: {requests: {cpu: lots}}"), "services[0].resources.requests.cpu", "quantity"),
+        (one_service("resources: {limits: {memory: 1XB}}"), "services[0].resources.limits.memory", "quantity"),
+        (one_service("paths: services/a"), "services[0].paths", "list of strings"),
+        (one_service("paths: ['a', '']"), "services[0].paths[1]", "non-empty string"),
+        (one_service("command: [1]"), "services[0].command[0]", "non-empty string"),
+        (one_service("args: x"), "services[0].args", "list of strings"),
+        (MINIMAL + "  - name: api\n    image: x\n    port: 1\n", "services[1].name", "duplicate"),
+        (MINIMAL + "  - name: web\n    image: x\n    port: none\n", "services[1].port", "whole number"),
+    ],
+)
+def test_validation_errors_name_file_field_and_reason(text: str, field: str, reason: str) -> None:
+    err = config_error(text, source="acme/shop:.github/preview.yml")
+    assert err.source == "acme/shop:.github/preview.yml"
+    assert err.field.startswith(field) if field == "line" else err.field == field
+    assert reason in err.reason
+    message = str(err)
+    assert message.startswith("acme/shop:.github/preview.yml")
+    assert field in message and reason in message
+
+
+@pytest.mark.parametrize("image", ["r/a:{sha", "r/a:v1}", "r/a:{sha}}", "r/a:{{sha}"])
+def test_image_with_unbalanced_braces_is_a_config_error(image: str) -> None:
+    """A template that str.format cannot expand must be refused while parsing, naming the field;
+    otherwise it only fails later, at deploy/render time, with a bare ValueError."""
+    try:
+        config = parse_repo_config(one_service("", image=image))
+    except ConfigError as err:
+        assert err.field == "services[0].image"
+        return
+    config.services[0].image_for(sha="0123456789abcdef", number=1)  # must not raise either
+
+
+def test_yaml_error_names_the_line() -> None:
+    err = config_error("services:\n  - name: a\n    image: [unclosed\n")
+    assert err.field.startswith("line ")
+    assert err.source == CONFIG_PATH
+
+
+# --- policy ---------------------------------------------------------------------------------------
+
+
+def policy_error(extra: str, policy: Policy, image: str = "registry.example.com/acme/api:{sha}") -> ConfigError:
+    config = parse_repo_config(one_service(extra, image=image))
+    with pytest.raises(ConfigError) as info:
+        check_policy(config, policy, source="acme/shop:.github/preview.yml")
+    assert str(info.value).startswith("acme/shop:.github/preview.yml: services[0].")
+    return info.value
+
+
+def test_policy_image_prefix() -> None:
+    policy = Policy(allowed_image_prefixes=("ghcr.io/acme/", "registry.example.com/other/"))
+    err = policy_error("", policy)
+    assert err.field == "services[0].image"
+    assert "ghcr.io/acme/" in err.reason
+    check_policy(parse_repo_config(one_service("", image="ghcr.io/acme/api:{sha}")), policy)
+
+
+def test_policy_replicas() -> None:
+    err = policy_error("replicas: 4", Policy(max_replicas=3))
+    assert err.field == "services[0].replicas"
+    assert "4" in err.reason and "3" in err.reason
+    check_policy(parse_repo_config(one_service("replicas: 3")), Policy(max_replicas=3))
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ("resources: {requests: {cpu: '3'}}", "services[0].resources.requests.cpu"),
+        ("resources: {limits: {memory: 3Gi}}", "services[0].resources.limits.memory"),
+        ("resources: {limits: {cpu: 2001m}}", "services[0].resources.limits.cpu"),
+    ],
+)
+def test_policy_resource_caps(extra: str, field: str) -> None:
+    err = policy_error(extra, Policy(max_resources={"cpu": "2", "memory": "2Gi"}))
+    assert err.field == field
+    assert "maximum" in err.reason
+
+
+def test_policy_request_above_limit() -> None:
+    err = policy_error("resources: {requests: {memory: 512Mi}, limits: {memory: 256Mi}}", Policy())
+    assert err.field == "services[0].resources.requests.memory"
+    assert "512Mi" in err.reason and "256Mi" in err.reason
+
+
+def test_policy_accepts_what_is_within_limits() -> None:
+    extra = "replicas: 2\nresources: {requests: {cpu: 2}, limits: {cpu: '2', memory: 2Gi}}"
+    config = parse_repo_config(one_service(extra))
+    check_policy(config, Policy(max_replicas=2))
+
+
+def test_policy_names_the_right_service_index() -> None:
+    config = parse_repo_config(MINIMAL + "  - name: web\n    image: x\n    port: 1\n    replicas: 9\n")
+    with pytest.raises(ConfigError) as info:
+        check_policy(config, Policy())
+    assert info.value.field == "services[1].replicas"
+
+
+# --- effective resources ----------------------------------------------------------------------------
+
+
+def test_effective_resources_merge_defaults() -> None:
+    service = ServiceConfig(name="a", image="i", port=1, requests={"cpu": "100m"}, limits={"memory": "1Gi"})
+    result = effective_resources(service, Policy())
+    assert result == {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "1Gi"}}
+
+
+def test_effective_request_above_default_limit_lifts_the_limit() -> None:
+    service = ServiceConfig(name="a", image="i", port=1, requests={"memory": "1Gi"})
+    result = effective_resources(service, Policy())
+    assert result["limits"]["memory"] == "1Gi"
+
+
+def test_effective_limit_below_default_request_lowers_the_request() -> None:
+    service = ServiceConfig(name="a", image="i", port=1, limits={"cpu": "10m"})
+    result = effective_resources(service, Policy())
+    assert result["requests"]["cpu"] == "10m" and result["limits"]["cpu"] == "10m"
+
+
+def test_effective_resources_do_not_mutate_policy() -> None:
+    policy = Policy()
+    before = (dict(policy.default_requests), dict(policy.default_limits))
+    effective_resources(ServiceConfig(name="a", image="i", port=1, requests={"memory": "1Gi"}), policy)
+    assert (dict(policy.default_requests), dict(policy.default_limits)) == before

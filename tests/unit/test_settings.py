@@ -1,0 +1,275 @@
+"""bot.settings: every bad variable is named; secrets never show in repr."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from bot.errors import ConfigError
+from bot.settings import (
+    DEFAULT_HOST_TEMPLATE,
+    ClusterSettings,
+    Policy,
+    load_cluster_settings,
+    load_settings,
+    parse_quantity,
+    parse_resource_list,
+    validate_host_template,
+)
+
+PEM = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\n-----END PRIVATE KEY-----"
+SECRET = "s3cr3t-webhook-value-0123456789"
+
+
+def base_env(**overrides: str) -> dict[str, str]:
+    env = {
+        "GITHUB_APP_ID": "12345",
+        "GITHUB_WEBHOOK_SECRET": SECRET,
+        "GITHUB_PRIVATE_KEY": PEM,
+        "PREVIEW_DOMAIN": "example.com",
+    }
+    env.update(overrides)
+    return {k: v for k, v in env.items() if v is not None}
+
+
+def error_for(env: dict[str, str]) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    return info.value
+
+
+def test_valid_minimal_env_gives_defaults() -> None:
+    settings = load_settings(base_env())
+    assert settings.app_id == 12345
+    assert settings.webhook_secret == SECRET
+    assert settings.private_key == PEM + "\n"
+    assert settings.api_url == "https://api.github.com"
+    assert settings.cluster.domain == "example.com"
+    assert settings.cluster.host_template == DEFAULT_HOST_TEMPLATE
+    assert settings.cluster.gateway == "istio-system/preview-gateway"
+    assert settings.cluster.header_name == "x-preview"
+    assert settings.cluster.match_mode == "header"
+    assert settings.max_concurrency == 8
+    assert settings.leader_election is False
+    assert settings.cluster.policy == Policy()
+
+
+@pytest.mark.parametrize("name", ["GITHUB_APP_ID", "GITHUB_WEBHOOK_SECRET", "PREVIEW_DOMAIN"])
+@pytest.mark.parametrize("empty", [None, ""])
+def test_each_required_variable_missing_is_named(name: str, empty: str | None) -> None:
+    env = base_env()
+    if empty is None:
+        del env[name]
+    else:
+        env[name] = empty
+    err = error_for(env)
+    assert err.field == name
+    assert name in str(err)
+
+
+def test_missing_private_key_names_the_key_variables() -> None:
+    env = base_env()
+    del env["GITHUB_PRIVATE_KEY"]
+    err = error_for(env)
+    assert "GITHUB_PRIVATE_KEY_PATH" in str(err)
+    assert err.field.startswith("GITHUB_PRIVATE_KEY")
+
+
+def test_private_key_from_path(tmp_path: Path) -> None:
+    key_file = tmp_path / "key.pem"
+    key_file.write_text(PEM + "\n\n", encoding="utf-8")
+    env = base_env(GITHUB_PRIVATE_KEY_PATH=str(key_file))
+    del env["GITHUB_PRIVATE_KEY"]
+    assert load_settings(env).private_key == PEM + "\n"
+
+
+def test_private_key_path_unreadable_is_named(tmp_path: Path) -> None:
+    env = base_env(GITHUB_PRIVATE_KEY_PATH=str(tmp_path / "missing.pem"))
+    del env["GITHUB_PRIVATE_KEY"]
+    err = error_for(env)
+    assert err.field == "GITHUB_PRIVATE_KEY_PATH"
+    assert "missing.pem" not in err.reason or "cannot read" in err.reason
+
+
+def test_private_key_both_inline_and_path_refused(tmp_path: Path) -> None:
+    key_file = tmp_path / "key.pem"
+    key_file.write_text(PEM, encoding="utf-8")
+    err = error_for(base_env(GITHUB_PRIVATE_KEY_PATH=str(key_file)))
+    assert "GITHUB_PRIVATE_KEY" in err.field
+    assert "not both" in err.reason
+
+
+def test_private_key_not_pem_is_named_without_echoing_it() -> None:
+    err = error_for(base_env(GITHUB_PRIVATE_KEY="hunter2-not-a-key"))
+    assert err.field == "GITHUB_PRIVATE_KEY"
+    assert "hunter2" not in str(err)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GITHUB_APP_ID", "abc"),
+        ("GITHUB_APP_ID", "12a"),
+        ("GITHUB_APP_ID", "-5"),
+        ("GITHUB_WEBHOOK_SECRET", "short"),
+        ("GITHUB_API_URL", "ftp://example.com"),
+        ("GITHUB_API_URL", "not a url"),
+        ("PREVIEW_DOMAIN", "exa mple.com"),
+        ("PREVIEW_DOMAIN", "-bad-.com"),
+        ("PREVIEW_GATEWAY", "nogateway"),
+        ("PREVIEW_GATEWAY", "Istio_System/gw"),
+        ("PREVIEW_GATEWAY", "istio-system/"),
+        ("PREVIEW_HOST_TEMPLATE", "preview-api-{service}.{domain}"),
+        ("PREVIEW_HOST_TEMPLATE", "preview-{number}.{domain}"),
+        ("PREVIEW_HOST_TEMPLATE", "preview-{number}-{service}-{branch}.{domain}"),
+        ("PREVIEW_HOST_TEMPLATE", "preview-{number}-{service}-{}.{domain}"),
+        ("PREVIEW_HOST_TEMPLATE", "preview_{number}_{service}.{domain}"),
+        ("PREVIEW_HEADER", "x preview"),
+        ("PREVIEW_MATCH", "cookie"),
+        ("PREVIEW_NAMESPACE", "Default"),
+        ("PREVIEW_ROUTING_NAMESPACE", "a" * 64),
+        ("PREVIEW_MAX_REPLICAS", "0"),
+        ("PREVIEW_MAX_REPLICAS", "-1"),
+        ("PREVIEW_MAX_REPLICAS", "two"),
+        ("PREVIEW_MAX_PER_REPO", "1.5"),
+        ("PREVIEW_DEFAULT_REQUESTS", "cpu=lots"),
+        ("PREVIEW_DEFAULT_REQUESTS", "gpu=1"),
+        ("PREVIEW_DEFAULT_REQUESTS", "cpu"),
+        ("PREVIEW_DEFAULT_LIMITS", "memory=12XB"),
+        ("PREVIEW_MAX_RESOURCES", "cpu=-1"),
+        ("PREVIEW_READY_TIMEOUT", "0"),
+        ("PREVIEW_READY_TIMEOUT", "soon"),
+        ("PREVIEW_READY_TIMEOUT", "nan"),
+        ("PREVIEW_DRAIN_TIMEOUT", "-3"),
+        ("PREVIEW_MAX_CONCURRENCY", "0"),
+        ("PREVIEW_MAX_BODY_BYTES", "1MB"),
+        ("PREVIEW_LEADER_ELECTION", "maybe"),
+        ("POD_NAMESPACE", "Not_A_Namespace"),
+        ("PREVIEW_LEASE_NAME", "UPPER"),
+    ],
+)
+def test_malformed_value_names_the_variable(name: str, value: str) -> None:
+    err = error_for(base_env(**{name: value}))
+    assert err.field == name
+    assert str(err).startswith(f"environment: {name}: ")
+    assert err.reason
+
+
+def test_default_above_cap_is_named() -> None:
+    err = error_for(base_env(PREVIEW_DEFAULT_REQUESTS="cpu=4", PREVIEW_MAX_RESOURCES="cpu=2,memory=2Gi"))
+    assert err.field == "PREVIEW_DEFAULT_REQUESTS"
+    assert "PREVIEW_MAX_RESOURCES" in err.reason
+    err = error_for(base_env(PREVIEW_DEFAULT_LIMITS="memory=4Gi"))
+    assert err.field == "PREVIEW_DEFAULT_LIMITS"
+
+
+@given(st.text(min_size=1, max_size=12))
+@example("\u00b2")  # superscript two: str.isdigit() is True, int() refuses it
+@example("\u0663")  # ARABIC-INDIC DIGIT THREE: int() accepts it
+def test_any_app_id_value_is_a_number_or_a_named_config_error(raw: str) -> None:
+    """Whatever the operator types, the result is a Settings or a ConfigError naming GITHUB_APP_ID."""
+    try:
+        settings = load_settings(base_env(GITHUB_APP_ID=raw))
+    except ConfigError as exc:
+        assert exc.field == "GITHUB_APP_ID"
+    else:
+        assert settings.app_id == int(raw.strip())
+
+
+def test_optional_values_are_parsed() -> None:
+    settings = load_settings(base_env(
+        GITHUB_API_URL="https://ghe.example.com/api/v3/",
+        PREVIEW_DOMAIN="Preview.Example.COM.",
+        PREVIEW_HOST_TEMPLATE="{service}-{key}.{domain}",
+        PREVIEW_GATEWAY="gw-ns/my-gateway",
+        PREVIEW_HEADER="X-Preview-Key",
+        PREVIEW_MATCH="Both",
+        PREVIEW_NAMESPACE="previews",
+        PREVIEW_ALLOWED_IMAGES=" registry.example.com/acme/ , ,ghcr.io/acme/",
+        PREVIEW_MAX_REPLICAS="5",
+        PREVIEW_DEFAULT_REQUESTS="cpu=10m, memory=32Mi",
+        PREVIEW_MAX_CONCURRENCY="3",
+        PREVIEW_READY_TIMEOUT="12.5",
+        PREVIEW_LEADER_ELECTION="Yes",
+        POD_NAME="bot-0",
+    ))
+    assert settings.api_url == "https://ghe.example.com/api/v3"
+    assert settings.cluster.domain == "preview.example.com"
+    assert settings.cluster.gateway == "gw-ns/my-gateway"
+    assert settings.cluster.header_name == "x-preview-key"
+    assert settings.cluster.match_mode == "both"
+    assert settings.cluster.namespace == "previews"
+    assert settings.cluster.policy.allowed_image_prefixes == ("registry.example.com/acme/", "ghcr.io/acme/")
+    assert settings.cluster.policy.max_replicas == 5
+    assert settings.cluster.policy.default_requests == {"cpu": "10m", "memory": "32Mi"}
+    assert settings.max_concurrency == 3
+    assert settings.ready_timeout == 12.5
+    assert settings.leader_election is True
+    assert settings.identity == "bot-0"
+
+
+def test_repr_never_contains_secrets() -> None:
+    settings = load_settings(base_env())
+    for text in (repr(settings), str(settings), repr(settings.cluster)):
+        assert SECRET not in text
+        assert "PRIVATE KEY" not in text
+        assert "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7" not in text
+    assert "12345" in repr(settings)  # repr still useful
+
+
+def test_settings_are_frozen() -> None:
+    settings = load_settings(base_env())
+    with pytest.raises(AttributeError):
+        settings.app_id = 1  # type: ignore[misc]
+
+
+def test_load_cluster_settings_domain_argument_wins_and_needs_no_credentials() -> None:
+    cluster = load_cluster_settings({"PREVIEW_DOMAIN": "env.example.com"}, domain="arg.example.com")
+    assert isinstance(cluster, ClusterSettings)
+    assert cluster.domain == "arg.example.com"
+    with pytest.raises(ConfigError) as info:
+        load_cluster_settings({})
+    assert info.value.field == "PREVIEW_DOMAIN"
+
+
+def test_host_for_lowercases() -> None:
+    cluster = ClusterSettings(domain="example.com")
+    assert cluster.host_for(number=7, service="API") == "preview-7-api-api.example.com"
+
+
+@pytest.mark.parametrize("template", ["{service}-{key}.{domain}", "pr{number}.{service}.{owner}.{repo}.{domain}"])
+def test_valid_host_templates_pass(template: str) -> None:
+    assert validate_host_template(template, "example.com") == template
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("100m", Decimal("0.1")),
+        ("1.5", Decimal("1.5")),
+        ("64Mi", Decimal(64 * 2**20)),
+        ("1G", Decimal(10**9)),
+        (" 2Ki ", Decimal(2048)),
+        ("250u", Decimal("0.00025")),
+    ],
+)
+def test_parse_quantity(text: str, expected: Decimal) -> None:
+    assert parse_quantity(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "lots", "1mi", "1XB", "-1", "1.", "m"])
+def test_parse_quantity_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_quantity(text)
+
+
+def test_parse_resource_list_errors_name_where() -> None:
+    assert parse_resource_list("cpu=1, ,memory=1Gi", where="X") == {"cpu": "1", "memory": "1Gi"}
+    with pytest.raises(ConfigError) as info:
+        parse_resource_list("cpu=1,disk=2", where="SOME_VAR")
+    assert info.value.field == "SOME_VAR"
+    assert "disk" in info.value.reason

@@ -1,0 +1,84 @@
+"""bot.triggers: what a pull_request event means for the preview."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bot.repo_config import RepoConfig, ServiceConfig
+from bot.triggers import Decision, PullRequestFacts, decide
+
+SERVICES = (ServiceConfig(name="a", image="i", port=1),)
+AUTO = RepoConfig(services=SERVICES, trigger="auto")
+LABEL = RepoConfig(services=SERVICES, trigger="label", label="preview")
+COMMAND = RepoConfig(services=SERVICES, trigger="command")
+UPDATES = ["opened", "reopened", "synchronize", "ready_for_review"]
+
+
+def facts(action: str, *, draft: bool = False, fork: bool = False, labels: tuple[str, ...] = (),
+          changed: str | None = None) -> PullRequestFacts:
+    return PullRequestFacts(action=action, draft=draft, fork=fork, labels=frozenset(labels), changed_label=changed)
+
+
+@settings(max_examples=50)
+@given(st.sampled_from([AUTO, LABEL, COMMAND]), st.booleans(), st.booleans(),
+       st.frozensets(st.sampled_from(["preview", "bug", "x"])))
+def test_closed_always_tears_down(config: RepoConfig, draft: bool, fork: bool, labels: frozenset[str]) -> None:
+    assert decide(config, PullRequestFacts("closed", draft, fork, labels)) is Decision.TEARDOWN
+
+
+@pytest.mark.parametrize("action", UPDATES)
+def test_auto_deploys_on_updates(action: str) -> None:
+    assert decide(AUTO, facts(action)) is Decision.DEPLOY
+
+
+@pytest.mark.parametrize("action", ["edited", "labeled", "unlabeled", "assigned", "converted_to_draft",
+                                    "review_requested"])
+def test_auto_ignores_other_actions(action: str) -> None:
+    assert decide(AUTO, facts(action, labels=("preview",), changed="preview")) is Decision.IGNORE
+
+
+@pytest.mark.parametrize("config", [AUTO, LABEL])
+def test_drafts_are_ignored(config: RepoConfig) -> None:
+    assert decide(config, facts("opened", draft=True, labels=("preview",))) is Decision.IGNORE
+    assert decide(config, facts("ready_for_review", draft=False, labels=("preview",))) is Decision.DEPLOY
+
+
+@pytest.mark.parametrize("config", [AUTO, LABEL])
+def test_forks_wait_for_approval(config: RepoConfig) -> None:
+    assert decide(config, facts("synchronize", fork=True, labels=("preview",))) is Decision.AWAIT_APPROVAL
+
+
+@pytest.mark.parametrize("action", [*UPDATES, "labeled", "unlabeled"])
+def test_command_trigger_ignores_everything_but_close(action: str) -> None:
+    assert decide(COMMAND, facts(action, labels=("preview",), changed="preview")) is Decision.IGNORE
+
+
+def test_label_trigger() -> None:
+    assert decide(LABEL, facts("labeled", labels=("preview",), changed="preview")) is Decision.DEPLOY
+    assert decide(LABEL, facts("labeled", labels=("preview", "bug"), changed="bug")) is Decision.IGNORE
+    assert decide(LABEL, facts("synchronize", labels=("preview",))) is Decision.DEPLOY
+    assert decide(LABEL, facts("synchronize", labels=("bug",))) is Decision.IGNORE
+    assert decide(LABEL, facts("opened")) is Decision.IGNORE
+    assert decide(LABEL, facts("unlabeled", labels=(), changed="preview")) is Decision.TEARDOWN
+    assert decide(LABEL, facts("unlabeled", labels=("preview",), changed="bug")) is Decision.IGNORE
+    assert decide(LABEL, facts("labeled", fork=True, labels=("preview",), changed="preview")) is Decision.AWAIT_APPROVAL
+
+
+def test_custom_label_name() -> None:
+    config = RepoConfig(services=SERVICES, trigger="label", label="deploy-me")
+    assert decide(config, facts("labeled", labels=("deploy-me",), changed="deploy-me")) is Decision.DEPLOY
+    assert decide(config, facts("labeled", labels=("preview",), changed="preview")) is Decision.IGNORE
+    assert decide(config, facts("unlabeled", changed="deploy-me")) is Decision.TEARDOWN
+
+
+@given(st.sampled_from([AUTO, LABEL, COMMAND]), st.text(max_size=20), st.booleans(), st.booleans(),
+       st.frozensets(st.sampled_from(["preview", "bug"])), st.one_of(st.none(), st.sampled_from(["preview", "bug"])))
+def test_forks_never_deploy_directly(config: RepoConfig, action: str, draft: bool, fork: bool,
+                                     labels: frozenset[str], changed: str | None) -> None:
+    decision = decide(config, PullRequestFacts(action, draft, fork, labels, changed))
+    if fork:
+        assert decision is not Decision.DEPLOY
+    if draft:
+        assert decision in (Decision.IGNORE, Decision.TEARDOWN)

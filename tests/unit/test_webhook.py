@@ -1,0 +1,402 @@
+"""bot.webhook over HTTP: the real aiohttp app behind aiohttp's test server."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from gidgethub import sansio
+
+from bot.queue import QueueClosed
+from bot.webhook import WebhookConfig, create_app, signature_valid, work_key
+
+SECRET = "unit-test-webhook-secret-0123456789"
+LIMIT = 4096
+
+PAYLOAD: dict[str, Any] = {
+    "action": "opened",
+    "number": 7,
+    "pull_request": {"number": 7, "head": {"sha": "0" * 40}},
+    "repository": {"full_name": "acme/shop"},
+    "installation": {"id": 42},
+}
+
+
+def sign(body: bytes, secret: str = SECRET) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def headers(body: bytes, *, event: str | None = "pull_request", delivery: str | None = "d-1",
+            signature: str | None = "auto") -> dict[str, str]:
+    result = {"Content-Type": "application/json"}
+    if event is not None:
+        result["X-GitHub-Event"] = event
+    if delivery is not None:
+        result["X-GitHub-Delivery"] = delivery
+    if signature == "auto":
+        result["X-Hub-Signature-256"] = sign(body)
+    elif signature is not None:
+        result["X-Hub-Signature-256"] = signature
+    return result
+
+
+@dataclass
+class Recorder:
+    """submit() records the key and the job; dispatch() records the event and waits for `release`."""
+
+    submitted: list[tuple[tuple[str, int], Callable[[], Awaitable[None]]]] = field(default_factory=list)
+    dispatched: list[sansio.Event] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: bool = False
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    run_jobs: bool = False
+
+    def submit(self, key: tuple[str, int], job: Callable[[], Awaitable[None]]) -> None:
+        if self.closed:
+            raise QueueClosed
+        self.submitted.append((key, job))
+        if self.run_jobs:
+            self.tasks.append(asyncio.ensure_future(job()))  # type: ignore[arg-type]
+
+    async def dispatch(self, event: sansio.Event) -> None:
+        self.dispatched.append(event)
+        await self.release.wait()
+
+
+@dataclass
+class Harness:
+    client: TestClient  # type: ignore[type-arg]
+    config: WebhookConfig
+    recorder: Recorder
+    checks: dict[str, Callable[[], Awaitable[None]]]
+
+    async def post(self, body: bytes, **kw: Any) -> tuple[int, Any]:
+        response = await self.client.post("/webhook", data=body, headers=headers(body, **kw))
+        text = await response.text()
+        try:
+            return response.status, json.loads(text)
+        except json.JSONDecodeError:
+            return response.status, text
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    recorder = Recorder()
+    checks: dict[str, Callable[[], Awaitable[None]]] = {}
+    config = WebhookConfig(secret=SECRET, max_body_bytes=LIMIT, dispatch=recorder.dispatch,
+                           submit=recorder.submit, readiness=checks)
+    client = TestClient(TestServer(create_app(config)))
+    await client.start_server()
+    try:
+        yield Harness(client, config, recorder, checks)
+    finally:
+        recorder.release.set()
+        for task in recorder.tasks:
+            await task
+        await client.close()
+
+
+def body_of(payload: dict[str, Any] = PAYLOAD) -> bytes:
+    return json.dumps(payload).encode()
+
+
+async def test_valid_delivery_is_accepted_and_submitted_with_the_pr_key(harness: Harness) -> None:
+    status, answer = await harness.post(body_of(), delivery="abc-1")
+    assert status == 202
+    assert answer == {"msg": "accepted"}
+    ((key, job),) = harness.recorder.submitted
+    assert key == ("acme/shop", 7)
+    # Acknowledged before any work: the dispatch has not even started.
+    assert harness.recorder.dispatched == []
+    harness.recorder.release.set()
+    await job()
+    (event,) = harness.recorder.dispatched
+    assert event.event == "pull_request"
+    assert event.delivery_id == "abc-1"
+    assert event.data == PAYLOAD
+
+
+async def test_dispatch_is_not_awaited_inside_the_request(harness: Harness) -> None:
+    harness.recorder.run_jobs = True  # submit starts the job at once; dispatch blocks on `release`
+    status, _ = await asyncio.wait_for(harness.post(body_of()), 5)
+    assert status == 202
+    await asyncio.sleep(0)
+    assert len(harness.recorder.dispatched) == 1, "dispatch started in the background"
+    assert not harness.recorder.release.is_set(), "and the answer came while it was still blocked"
+    assert not harness.recorder.tasks[0].done()
+    harness.recorder.release.set()
+    await asyncio.wait_for(harness.recorder.tasks[0], 5)
+
+
+async def test_issue_comment_key_uses_the_issue_number(harness: Harness) -> None:
+    payload = {"action": "created", "issue": {"number": 12, "pull_request": {}}, "comment": {"body": "/preview"},
+               "repository": {"full_name": "acme/shop"}, "installation": {"id": 1}}
+    status, _ = await harness.post(body_of(payload), event="issue_comment")
+    assert status == 202
+    assert harness.recorder.submitted[0][0] == ("acme/shop", 12)
+
+
+async def test_missing_signature_is_401(harness: Harness) -> None:
+    status, answer = await harness.post(body_of(), signature=None)
+    assert status == 401
+    assert "X-Hub-Signature-256" in answer["error"]
+    assert harness.recorder.submitted == []
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [
+        "sha256=" + "0" * 64,
+        "sha256=deadbeef",
+        sign(body_of(), secret="another-secret-0123456789"),
+        "sha1=" + hmac.new(SECRET.encode(), body_of(), hashlib.sha1).hexdigest(),
+        sign(body_of()).removeprefix("sha256="),
+        sign(body_of()).upper(),
+        "",
+    ],
+)
+async def test_bad_signature_is_401(harness: Harness, signature: str) -> None:
+    status, _ = await harness.post(body_of(), signature=signature)
+    assert status == 401
+    assert harness.recorder.submitted == []
+
+
+async def test_signature_over_another_body_is_401(harness: Harness) -> None:
+    status, _ = await harness.post(body_of(), signature=sign(b'{"other": true}'))
+    assert status == 401
+
+
+async def test_legacy_sha1_header_alone_is_refused(harness: Harness) -> None:
+    body = body_of()
+    legacy = "sha1=" + hmac.new(SECRET.encode(), body, hashlib.sha1).hexdigest()
+    hdrs = headers(body, signature=None)
+    hdrs["X-Hub-Signature"] = legacy
+    response = await harness.client.post("/webhook", data=body, headers=hdrs)
+    assert response.status == 401
+    assert harness.recorder.submitted == []
+
+
+@pytest.mark.parametrize("missing", ["event", "delivery"])
+async def test_missing_event_or_delivery_header_is_400(harness: Harness, missing: str) -> None:
+    status, answer = await harness.post(body_of(), **{missing: None})
+    assert status == 400
+    assert "X-GitHub-Event" in answer["error"] or "X-GitHub-Delivery" in answer["error"]
+    assert harness.recorder.submitted == []
+
+
+@pytest.mark.parametrize("body", [b"not json", b"\xff\xfe\x00", b"[1, 2, 3]", b'"text"', b""])
+async def test_non_json_or_non_object_body_with_valid_signature_is_400(harness: Harness, body: bytes) -> None:
+    status, _ = await harness.post(body)
+    assert status == 400
+    assert harness.recorder.submitted == []
+
+
+async def test_content_length_over_the_limit_is_413_without_reading_the_body(harness: Harness) -> None:
+    """Only the headers are sent: the server must answer from Content-Length alone."""
+    server = harness.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(
+            b"POST /webhook HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            b"X-GitHub-Event: pull_request\r\nX-GitHub-Delivery: big-1\r\n"
+            b"X-Hub-Signature-256: sha256=" + b"0" * 64 + b"\r\n"
+            b"Content-Length: 10000000\r\n\r\n"
+        )
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.close()
+    assert status_line.split()[1] == b"413"
+    assert harness.recorder.submitted == []
+
+
+async def test_content_length_over_the_limit_via_client_is_413(harness: Harness) -> None:
+    body = b" " * (LIMIT + 1)
+    status, answer = await harness.post(body)
+    assert status == 413
+    assert str(LIMIT) in answer["error"]
+
+
+async def test_chunked_body_over_the_limit_is_413(harness: Harness) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(8):
+            yield b" " * 1024
+
+    body = b" " * 8 * 1024
+    response = await harness.client.post("/webhook", data=chunks(), headers=headers(body))
+    assert response.status == 413
+    assert harness.recorder.submitted == []
+
+
+async def test_slow_chunked_body_over_the_limit_is_413(harness: Harness) -> None:
+    """The body arrives in pieces: the limit is still enforced on the whole body (not 401 on a prefix)."""
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(8):
+            yield b" " * 1024
+            await asyncio.sleep(0.01)
+
+    body = b" " * 8 * 1024
+    response = await harness.client.post("/webhook", data=chunks(), headers=headers(body))
+    assert response.status == 413
+    assert harness.recorder.submitted == []
+
+
+async def test_valid_body_arriving_in_two_segments_is_accepted(harness: Harness) -> None:
+    """A signed body under the limit that reaches the server in two TCP segments must verify: the
+    handler has to read the whole body, not whatever happened to be buffered."""
+    payload = dict(PAYLOAD, padding="x" * 2000)
+    body = body_of(payload)
+    assert len(body) < LIMIT
+    server = harness.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        head = (
+            "POST /webhook HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            "X-GitHub-Event: pull_request\r\nX-GitHub-Delivery: split-1\r\n"
+            f"X-Hub-Signature-256: {sign(body)}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        writer.write(head + body[:1000])
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.write(body[1000:])
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.close()
+    assert status_line.split()[1] == b"202", status_line
+    assert [key for key, _ in harness.recorder.submitted] == [("acme/shop", 7)]
+
+
+async def test_ping_is_200_and_not_submitted(harness: Harness) -> None:
+    status, answer = await harness.post(body_of({"zen": "Keep it simple.", "hook_id": 1}), event="ping")
+    assert status == 200
+    assert answer == {"msg": "pong"}
+    assert harness.recorder.submitted == []
+
+
+async def test_same_delivery_twice_is_submitted_once(harness: Harness) -> None:
+    first = await harness.post(body_of(), delivery="same-delivery")
+    second = await harness.post(body_of(), delivery="same-delivery")
+    assert first[0] == 202
+    assert second[0] == 200
+    assert "duplicate" in second[1]["msg"]
+    assert len(harness.recorder.submitted) == 1
+    third = await harness.post(body_of(), delivery="other-delivery")
+    assert third[0] == 202
+    assert len(harness.recorder.submitted) == 2
+
+
+async def test_rejected_delivery_is_not_remembered_as_seen(harness: Harness) -> None:
+    harness.recorder.closed = True
+    status, _ = await harness.post(body_of(), delivery="retry-me")
+    assert status == 503
+    harness.recorder.closed = False
+    status, _ = await harness.post(body_of(), delivery="retry-me")
+    assert status == 202
+    assert len(harness.recorder.submitted) == 1
+
+
+async def test_event_without_installation_or_repository_is_ignored(harness: Harness) -> None:
+    status, answer = await harness.post(body_of({"action": "created", "repository": {"full_name": "acme/shop"}}))
+    assert status == 202
+    assert "ignored" in answer["msg"]
+    assert harness.recorder.submitted == []
+
+
+async def test_draining_is_503(harness: Harness) -> None:
+    harness.config.draining = True
+    status, _ = await harness.post(body_of())
+    assert status == 503
+    assert harness.recorder.submitted == []
+    response = await harness.client.get("/readyz")
+    assert response.status == 503
+
+
+async def test_healthz(harness: Harness) -> None:
+    response = await harness.client.get("/healthz")
+    assert response.status == 200
+    assert await response.json() == {"status": "ok"}
+
+
+async def test_readyz_ready_and_failing_check(harness: Harness) -> None:
+    calls: list[str] = []
+
+    async def kube_ok() -> None:
+        calls.append("kube")
+
+    async def github_down() -> None:
+        calls.append("github")
+        raise ConnectionError("secret-ish detail: https://internal.example/token=abc")
+
+    harness.checks["kubernetes"] = kube_ok
+    response = await harness.client.get("/readyz")
+    assert response.status == 200
+    assert await response.json() == {"status": "ready"}
+
+    harness.checks["github"] = github_down
+    response = await harness.client.get("/readyz")
+    text = await response.text()
+    assert response.status == 503
+    answer = json.loads(text)
+    assert answer["failed"] == {"github": "ConnectionError"}
+    assert "kubernetes" not in answer["failed"]
+    assert "secret-ish" not in text and "token=abc" not in text
+    assert calls == ["kube", "kube", "github"]
+
+
+async def test_metrics_is_prometheus_text(harness: Harness) -> None:
+    await harness.post(body_of({"zen": "z"}), event="ping")
+    response = await harness.client.get("/metrics")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    text = await response.text()
+    assert "# TYPE preview_bot_webhooks_total counter" in text or "# TYPE preview_bot_webhooks counter" in text
+    assert 'preview_bot_webhooks_total{event="ping",outcome="200"}' in text
+
+
+async def test_many_bad_signatures_cause_no_work(harness: Harness) -> None:
+    harness.recorder.run_jobs = True
+    body = body_of()
+    statuses = await asyncio.gather(*[
+        harness.post(body, delivery=f"bad-{i}", signature="sha256=" + f"{i:064x}") for i in range(100)
+    ])
+    assert {status for status, _ in statuses} == {401}
+    await asyncio.sleep(0)
+    assert harness.recorder.submitted == []
+    assert harness.recorder.dispatched == []
+
+
+async def test_get_on_webhook_is_not_allowed(harness: Harness) -> None:
+    response = await harness.client.get("/webhook")
+    assert response.status == 405
+
+
+# --- pure helpers ----------------------------------------------------------------------------------
+
+
+def test_signature_valid_helper() -> None:
+    body = b'{"a": 1}'
+    assert signature_valid(SECRET.encode(), body, sign(body))
+    assert signature_valid(SECRET.encode(), body, "  " + sign(body) + " ")
+    assert not signature_valid(SECRET.encode(), body, sign(body + b" "))
+    assert not signature_valid(SECRET.encode(), body, "sha256=ünïcode")
+
+
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        (PAYLOAD, ("acme/shop", 7)),
+        ({"repository": {"full_name": "acme/shop"}, "issue": {"number": 3}}, ("acme/shop", 3)),
+        ({"repository": {"full_name": "acme/shop"}, "ref": "refs/heads/main"}, ("acme/shop", 0)),
+        ({"repository": None, "pull_request": None}, ("", 0)),
+    ],
+)
+def test_work_key(data: dict[str, Any], key: tuple[str, int]) -> None:
+    assert work_key(data) == key
