@@ -26,8 +26,12 @@ Spec = dict[str, Any]
 
 
 def baggage_regex(key: str) -> str:
-    """RE2 regex matching a W3C `baggage` header that carries `preview=<key>` as a whole entry."""
-    return rf"^(.*,)?\s*{BAGGAGE_ENTRY}={re.escape(key)}\s*(;[^,]*)?(,.*)?$"
+    """RE2 regex matching a W3C `baggage` header that carries `preview=<key>` as a whole entry.
+
+    Keys are DNS-1123 labels, so they need no escaping; the propagation helper builds the same text."""
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", key):
+        raise ValueError(f"not a preview key: {key!r}")
+    return rf"^(.*,)?\s*{BAGGAGE_ENTRY}={key}\s*(;[^,]*)?(,.*)?$"
 
 
 def preview_match(key: str, *, header_name: str, mode: MatchMode) -> list[dict[str, Any]]:
