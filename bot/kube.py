@@ -29,6 +29,7 @@ from bot.settings import ClusterSettings
 log = logging.getLogger(__name__)
 
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_RETRY_AFTER = 10.0
 _PLURALS = {
     ("apps/v1", "Deployment"): "deployments",
     ("v1", "Service"): "services",
@@ -90,6 +91,7 @@ class Kube:
         self.settings = settings
         self._timeout = request_timeout
         self._attempts = attempts
+        self._host_locks: dict[str, asyncio.Lock] = {}
 
     @classmethod
     def from_environment(cls, settings: ClusterSettings, kubeconfig: str | None = None, *,
@@ -103,6 +105,8 @@ class Kube:
                 raise k8s_config.ConfigException("explicit kubeconfig")
         except k8s_config.ConfigException:
             k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        # Retries are ours (bounded, Retry-After capped); urllib3's would multiply them unseen.
+        configuration.retries = False
         return cls(k8s_client.ApiClient(configuration), settings, request_timeout=timeout)
 
     def close(self) -> None:
@@ -111,7 +115,7 @@ class Kube:
     # -- transport ---------------------------------------------------------------------------
 
     def _request_once(self, method: str, path: str, query: list[tuple[str, str]], body: Any,
-                      content_type: str | None) -> tuple[int, Any]:
+                      content_type: str | None) -> tuple[int, Any, float | None]:
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = content_type or "application/json"
@@ -119,8 +123,9 @@ class Kube:
                                            header_params=headers, body=body, auth_settings=["BearerToken"])
         response = self._api.call_api(*params, _request_timeout=self._timeout)
         response.read()
+        header = (response.getheaders() or {}).get("Retry-After", "")
         data = json.loads(response.data) if response.data else None
-        return int(response.status), data
+        return int(response.status), data, float(header) if header.strip().isdigit() else None
 
     def _request(self, method: str, path: str, *, query: Iterable[tuple[str, str]] = (), body: Any = None,
                  content_type: str | None = None) -> Any:
@@ -130,7 +135,7 @@ class Kube:
         for attempt in range(1, self._attempts + 1):
             started = time.monotonic()
             try:
-                status, data = self._request_once(method, path, query_list, body, content_type)
+                status, data, retry_after = self._request_once(method, path, query_list, body, content_type)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 metrics.KUBE_CALLS.labels(method=method, outcome="network-error").inc()
                 if attempt == self._attempts:
@@ -148,6 +153,9 @@ class Kube:
                     error_type = {404: NotFound, 409: Conflict}.get(status, KubeError)
                     raise error_type(status, reason, message)
                 log.warning("kubernetes call answered %s, retrying", status, extra={"method": method, "path": path})
+                if retry_after is not None:
+                    time.sleep(min(retry_after, MAX_RETRY_AFTER))
+                    continue
             time.sleep(delay + random.uniform(0, delay))  # noqa: S311 - jitter, not crypto
             delay = min(delay * 2, 5.0)
         raise AssertionError("unreachable")
@@ -315,7 +323,15 @@ class Kube:
     async def update_mesh_routes(self, mesh_host: str,
                                  change: Callable[[dict[str, Any]], dict[str, Any]], *,
                                  create: bool = True, attempts: int = 40) -> bool:
-        """Read-modify-write of the host's mesh VirtualService, retried on 409; True if it changed."""
+        """Read-modify-write of the host's mesh VirtualService, retried on 409; True if it changed.
+
+        Writers in this process take turns per host (no self-inflicted conflicts); other replicas are
+        kept apart by resourceVersion."""
+        async with self._host_locks.setdefault(mesh_host, asyncio.Lock()):
+            return await self._update_mesh_routes(mesh_host, change, create=create, attempts=attempts)
+
+    async def _update_mesh_routes(self, mesh_host: str, change: Callable[[dict[str, Any]], dict[str, Any]], *,
+                                  create: bool, attempts: int) -> bool:
         for attempt in range(attempts):
             current = await self.find_mesh_service(mesh_host)
             if current is None:
@@ -345,8 +361,8 @@ class Kube:
                     await self.call("PUT", path, body={**current, "spec": updated},
                                     query=[("fieldManager", naming.FIELD_MANAGER)])
                     return True
-                except Conflict:
-                    pass  # someone else wrote first: re-read, re-apply our change
+                except (Conflict, NotFound):
+                    pass  # someone else wrote (or deleted it) first: re-read, re-apply our change
             metrics.MESH_CONFLICTS.inc()
             await asyncio.sleep(random.uniform(0, min(0.05 * 2**attempt, 1.0)))  # noqa: S311
         raise TemporaryError(f"could not update the mesh routes of {mesh_host} after {attempts} conflicts")

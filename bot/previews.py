@@ -51,11 +51,28 @@ class Previewer:
     async def report(self, gh: RepoClient, number: int, report: Report) -> None:
         await gh.upsert_sticky(number, comment.render(report))
 
+    async def settled(self, gh: RepoClient, key: PreviewKey, head_sha: str) -> bool:
+        """`head_sha` was deployed to the end: it runs (success), or it failed and a retry needs a push or
+        `/preview`. A deploy cut short (in_progress, a crash) is not settled."""
+        deployments = await gh.deployments(key.environment)
+        if not deployments or deployments[0].get("sha") != head_sha:
+            return False
+        state = await gh.latest_state(int(deployments[0]["id"]))
+        if state in ("failure", "error"):
+            return True
+        return state == "success" and any(
+            p.key == key.value and p.sha == head_sha for p in await self.kube.live_previews(gh.repo))
+
     async def deploy(self, gh: RepoClient, number: int, head_sha: str, *,
-                     config: RepoConfig | None = None,
+                     config: RepoConfig | None = None, force: bool = True,
                      superseded: Callable[[], bool] = lambda: False) -> DeployResult:
-        """Converge the PR's preview to `head_sha`; reports to the PR comment and a GitHub Deployment."""
+        """Converge the PR's preview to `head_sha`; reports to the PR comment and a GitHub Deployment.
+
+        Without `force`, a SHA already deployed to the end is left alone (a repeated event, or a resumed
+        one that a webhook already handled)."""
         key = PreviewKey(gh.repo, number)
+        if not force and await self.settled(gh, key, head_sha):
+            return DeployResult(State.READY, "already deployed")
         try:
             config = config or await self.load_config(gh)
         except ConfigError as exc:

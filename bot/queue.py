@@ -20,7 +20,7 @@ class QueueClosed(Exception):
 
 class WorkQueue:
     def __init__(self, max_concurrency: int) -> None:
-        self._pending: dict[Hashable, deque[Job]] = {}
+        self._pending: dict[Hashable, deque[tuple[Job, bool]]] = {}
         self._workers: dict[Hashable, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(max_concurrency)
         self.accepting = True
@@ -30,13 +30,15 @@ class WorkQueue:
         return sum(len(q) for q in self._pending.values()) + len(self._workers)
 
     def has_pending(self, key: Hashable) -> bool:
-        """True when newer work for `key` waits behind the running job."""
-        return bool(self._pending.get(key))
+        """True when newer work for `key` that supersedes the running job waits behind it."""
+        return any(supersedes for _job, supersedes in self._pending.get(key) or ())
 
-    def submit(self, key: Hashable, job: Job) -> None:
+    def submit(self, key: Hashable, job: Job, *, supersedes: bool = True) -> None:
+        """Queue `job` after `key`'s earlier work. A job that `supersedes` (an event) lets the running
+        job stop waiting early; a follow-up check (supersedes=False) does not."""
         if not self.accepting:
             raise QueueClosed
-        self._pending.setdefault(key, deque()).append(job)
+        self._pending.setdefault(key, deque()).append((job, supersedes))
         if key not in self._workers:
             self._workers[key] = asyncio.create_task(self._work(key), name=f"queue:{key}")
         metrics.QUEUE_DEPTH.set(self.depth)
@@ -44,7 +46,7 @@ class WorkQueue:
     async def _work(self, key: Hashable) -> None:
         try:
             while self._pending.get(key):
-                job = self._pending[key].popleft()
+                job, _supersedes = self._pending[key].popleft()
                 async with self._slots:
                     try:
                         await job()

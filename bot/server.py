@@ -133,11 +133,14 @@ class Bot:
             if client is None:
                 return
             pull = await client.pull(number)
-            if pull.get("state") == "open":
-                await self.previewer.deploy(client, number, pull["head"]["sha"],
-                                            superseded=lambda: self.ctx.superseded(repo, number))
+            if pull.get("state") != "open":
+                return
+            # A webhook may have got there first (this job waited behind it in the PR's queue): the
+            # deploy is then a no-op.
+            await self.previewer.deploy(client, number, str(pull["head"]["sha"]), force=False,
+                                        superseded=lambda: self.ctx.superseded(repo, number))
         with suppress(QueueClosed):
-            self.queue.submit((repo, number), job)
+            self.queue.submit((repo, number), job, supersedes=False)
 
     async def reconcile_forever(self) -> None:
         while True:

@@ -56,7 +56,7 @@ async def on_update(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
         current = await client.pull(number)
         if current.get("state") != "open":
             return
-        await ctx.previewer.deploy(client, number, current["head"]["sha"], config=config,
+        await ctx.previewer.deploy(client, number, current["head"]["sha"], config=config, force=False,
                                    superseded=lambda: ctx.superseded(client.repo, number))
     elif decision is Decision.TEARDOWN:
         await ctx.previewer.stop(client, number, f"The `{config.label}` label was removed: preview removed.")

@@ -75,7 +75,9 @@ async def test_open_deploys_and_reports(bot: RunningBot, view: ClusterView, name
     assert len(stickies) == 1
     assert "https://preview-1-api-a.example.com" in str(stickies[0]["body"])
     assert "ready" in str(stickies[0]["body"])
-    [deployment_record] = bot.fake.deployments(REPO)
+    records = bot.fake.deployments(REPO)
+    assert len(records) == 1, [(d["id"], d["sha"], d["state"], d["created_at"]) for d in records]
+    [deployment_record] = records
     assert deployment_record["environment"] == "preview-1"
     assert deployment_record["transient_environment"] is True
     assert deployment_record["production_environment"] is False

@@ -1,0 +1,602 @@
+"""deploy/ on a real API server: it applies cleanly, and its RBAC is exactly what the bot needs.
+
+- `render_kustomization()` builds deploy/ (and its overlay) in pure Python: `resources` (files and
+  folders), `namespace`, `images`, and `patches` (JSON 6902 ops or merge patches with a `target`);
+  anything else in a kustomization.yaml fails loudly instead of being ignored. When kubectl is
+  installed its `kubectl kustomize` output is compared with ours.
+- Every document is applied with server-side apply and strict field validation, first as a dry run,
+  then for real; the bot's Deployment must become Available in its `restricted` namespace (Pod
+  Security admission accepts the pod).
+- As the ServiceAccount (a TokenRequest token in a kubeconfig): what the bot does works, anything else
+  is 403 — and the bot's own Kube adapter and LeaderElector run a whole preview life as that account.
+
+The helpers `apply_documents()` and `service_account_token()` are meant for other cluster tests too
+(e.g. the lifecycle test run as this ServiceAccount).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import secrets
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes import config as k8s_config
+from kubernetes.client.rest import ApiException
+
+from tests.plugins.cluster import Cluster
+
+pytestmark = pytest.mark.cluster
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+BOT_NAMESPACE = "preview-bot"
+SERVICE_ACCOUNT = "preview-bot"
+PREVIEW_NAMESPACE = "default"
+ROUTING_NAMESPACE = "istio-system"
+LEASE_NAME = "preview-bot-reconciler"
+WAIT = 90.0
+Doc = dict[str, Any]
+
+CLUSTER_SCOPED = frozenset({"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+                            "PersistentVolume", "StorageClass", "PriorityClass", "Node",
+                            "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"})
+SUPPORTED_FIELDS = frozenset({"apiVersion", "kind", "resources", "namespace", "images", "patches"})
+
+
+# -- a small kustomize ------------------------------------------------------------------------------------
+
+def render_kustomization(root: Path) -> list[Doc]:
+    """The documents `kubectl kustomize root` would print (for the features deploy/ uses)."""
+    spec = yaml.safe_load((root / "kustomization.yaml").read_text(encoding="utf-8")) or {}
+    unsupported = set(spec) - SUPPORTED_FIELDS
+    assert not unsupported, f"{root}: the test renderer does not implement {sorted(unsupported)}"
+    docs: list[Doc] = []
+    for entry in spec.get("resources") or []:
+        path = (root / entry).resolve()
+        if path.is_dir():
+            docs.extend(render_kustomization(path))
+        else:
+            docs.extend(d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d)
+    docs = [copy.deepcopy(d) for d in docs]
+    if spec.get("namespace"):
+        for doc in docs:
+            if doc["kind"] not in CLUSTER_SCOPED:
+                doc["metadata"]["namespace"] = spec["namespace"]
+    for image in spec.get("images") or []:
+        _set_image(docs, image)
+    for patch in spec.get("patches") or []:
+        _patch(docs, patch, root)
+    keys = [_key(d) for d in docs]
+    assert len(keys) == len(set(keys)), f"{root}: duplicate objects {sorted(k for k in keys if keys.count(k) > 1)}"
+    return docs
+
+
+def _key(doc: Mapping[str, Any]) -> tuple[str, str, str]:
+    return doc["kind"], doc["metadata"].get("namespace", ""), doc["metadata"]["name"]
+
+
+def _pod_specs(doc: Doc) -> list[Doc]:
+    if doc["kind"] == "Pod":
+        return [doc["spec"]]
+    template = (doc.get("spec") or {}).get("template")
+    if template and "spec" in template:
+        return [template["spec"]]
+    job = ((doc.get("spec") or {}).get("jobTemplate") or {}).get("spec", {}).get("template")
+    return [job["spec"]] if job else []
+
+
+def _set_image(docs: list[Doc], image: Mapping[str, str]) -> None:
+    for doc in docs:
+        for pod in _pod_specs(doc):
+            for container in pod.get("initContainers", []) + pod.get("containers", []):
+                name, _, tag = container["image"].partition(":")
+                if name != image["name"]:
+                    continue
+                container["image"] = f"{image.get('newName', name)}:{image.get('newTag', tag)}" \
+                    if image.get("newTag", tag) else image.get("newName", name)
+                if image.get("digest"):
+                    container["image"] = f"{image.get('newName', name)}@{image['digest']}"
+
+
+def _matches(doc: Mapping[str, Any], target: Mapping[str, str]) -> bool:
+    group, _, version = doc["apiVersion"].rpartition("/")
+    wanted = {"kind": doc["kind"], "name": doc["metadata"]["name"],
+              "namespace": doc["metadata"].get("namespace", ""), "group": group, "version": version}
+    return all(wanted[field] == value for field, value in target.items())
+
+
+def _patch(docs: list[Doc], patch: Mapping[str, Any], root: Path) -> None:
+    text = patch["patch"] if "patch" in patch else (root / patch["path"]).read_text(encoding="utf-8")
+    body = yaml.safe_load(text)
+    if isinstance(body, list):
+        target = patch.get("target")
+        assert target, f"{root}: a JSON 6902 patch needs a target"
+        hits = [d for d in docs if _matches(d, target)]
+        assert hits, f"{root}: patch target {target} matches nothing"
+        for doc in hits:
+            for op in body:
+                _json6902(doc, op)
+    else:
+        target = patch.get("target") or {"kind": body["kind"], "name": body["metadata"]["name"]}
+        hits = [d for d in docs if _matches(d, target)]
+        assert hits, f"{root}: patch target {target} matches nothing"
+        for doc in hits:
+            _merge(doc, {k: v for k, v in body.items() if k not in ("apiVersion", "kind")})
+
+
+def _merge(into: Doc, patch: Mapping[str, Any]) -> None:
+    for key, value in patch.items():
+        if value is None:
+            into.pop(key, None)
+        elif isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = copy.deepcopy(value)
+
+
+def _json6902(doc: Doc, op: Mapping[str, Any]) -> None:
+    tokens = [t.replace("~1", "/").replace("~0", "~") for t in op["path"].lstrip("/").split("/")]
+    parent: Any = doc
+    for token in tokens[:-1]:
+        parent = parent[int(token)] if isinstance(parent, list) else parent[token]
+    last = tokens[-1]
+    kind = op["op"]
+    assert kind in ("add", "replace", "remove"), f"unsupported JSON patch op {kind}"
+    if isinstance(parent, list):
+        index = len(parent) if last == "-" else int(last)
+        if kind == "add":
+            parent.insert(index, copy.deepcopy(op["value"]))
+        elif kind == "replace":
+            parent[index] = copy.deepcopy(op["value"])
+        else:
+            del parent[index]
+    else:
+        if kind in ("replace", "remove"):
+            assert last in parent, f"JSON patch {kind} of missing {op['path']}"
+        if kind == "remove":
+            del parent[last]
+        else:
+            parent[last] = copy.deepcopy(op["value"])
+
+
+# -- applying and authenticating ---------------------------------------------------------------------------
+
+class Resources:
+    """kind -> (plural, namespaced) for an apiVersion, from the server's discovery documents."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self._cache: dict[str, dict[str, tuple[str, bool]]] = {}
+
+    def lookup(self, api_version: str, kind: str) -> tuple[str, bool]:
+        if api_version not in self._cache:
+            path = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+            data = raw(self.api, "GET", path)
+            self._cache[api_version] = {r["kind"]: (r["name"], r["namespaced"])
+                                        for r in data["resources"] if "/" not in r["name"]}
+        return self._cache[api_version][kind]
+
+    def path(self, doc: Mapping[str, Any]) -> str:
+        plural, namespaced = self.lookup(doc["apiVersion"], doc["kind"])
+        prefix = "/api/v1" if doc["apiVersion"] == "v1" else f"/apis/{doc['apiVersion']}"
+        meta = doc["metadata"]
+        if namespaced:
+            return f"{prefix}/namespaces/{meta['namespace']}/{plural}/{meta['name']}"
+        return f"{prefix}/{plural}/{meta['name']}"
+
+
+def raw(api: client.ApiClient, method: str, path: str, body: Any = None, *,
+        query: list[tuple[str, str]] | None = None, content_type: str = "application/json") -> Any:
+    """One request; raises ApiException on >= 400 and returns the decoded JSON otherwise."""
+    headers = {"Accept": "application/json"}
+    if body is not None:
+        headers["Content-Type"] = content_type
+    params = api.param_serialize(method=method, resource_path=path, query_params=query or [],
+                                 header_params=headers, body=body, auth_settings=["BearerToken"])
+    response = api.call_api(*params, _request_timeout=30)
+    response.read()
+    if response.status >= 400:
+        raise ApiException(status=response.status, reason=response.reason, http_resp=response)
+    return json.loads(response.data) if response.data else None
+
+
+def apply_documents(api: client.ApiClient, docs: list[Doc], *, dry_run: bool = False,
+                    manager: str = "deploy-test") -> list[Doc]:
+    """Server-side apply each document (strict field validation); Namespaces first."""
+    resources = Resources(api)
+    ordered = sorted(docs, key=lambda d: d["kind"] != "Namespace")
+    query = [("fieldManager", manager), ("force", "true"), ("fieldValidation", "Strict")]
+    if dry_run:
+        query.append(("dryRun", "All"))
+    return [raw(api, "PATCH", resources.path(doc), doc, query=query, content_type="application/apply-patch+yaml")
+            for doc in ordered]
+
+
+def ensure_namespace(api: client.ApiClient, name: str) -> None:
+    try:
+        client.CoreV1Api(api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+
+
+def service_account_token(api: client.ApiClient, namespace: str = BOT_NAMESPACE,
+                          name: str = SERVICE_ACCOUNT, seconds: int = 3600) -> str:
+    """A bound token for the ServiceAccount, from the TokenRequest API (what a pod would mount)."""
+    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {"expirationSeconds": seconds}}
+    answer = raw(api, "POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token", body)
+    return str(answer["status"]["token"])
+
+
+def client_from_kubeconfig(path: Path) -> client.ApiClient:
+    configuration = client.Configuration()
+    k8s_config.load_kube_config(config_file=str(path), client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+def wait_until(what: str, pred: Callable[[], Any], timeout: float = WAIT) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f}s: {what}")
+        time.sleep(0.25)
+
+
+def status_of(call: Callable[[], Any]) -> int:
+    try:
+        call()
+    except ApiException as exc:
+        return int(exc.status)
+    return 200
+
+
+# -- fixtures ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Deployed:
+    admin: client.ApiClient
+    bot: client.ApiClient      # authenticated as system:serviceaccount:preview-bot:preview-bot
+    kubeconfig: Path
+    docs: list[Doc]
+
+
+@pytest.fixture(scope="module")
+def deployed(cluster: Cluster) -> Iterator[Deployed]:
+    docs = render_kustomization(DEPLOY)
+    gateway = render_kustomization(DEPLOY / "examples" / "gateway")
+    with cluster.api_client() as admin:
+        ensure_namespace(admin, ROUTING_NAMESPACE)
+        # Namespaces for real first: a dry run of the objects inside them needs them to exist.
+        apply_documents(admin, [d for d in docs if d["kind"] == "Namespace"])
+        apply_documents(admin, docs + gateway, dry_run=True)
+        apply_documents(admin, docs + gateway)
+        token = service_account_token(admin)
+        kubeconfig = cluster.kubeconfig_for_token(token)
+        bot = client_from_kubeconfig(kubeconfig)
+        try:
+            yield Deployed(admin=admin, bot=bot, kubeconfig=kubeconfig, docs=docs)
+        finally:
+            bot.close()
+
+
+def find(docs: list[Doc], kind: str, name: str) -> Doc:
+    return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def small_deployment(name: str) -> Doc:
+    labels = {"app": name}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+            "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels},
+                                  "spec": {"containers": [{"name": "web", "image": "example.invalid/web:1"}]}}}}
+
+
+# -- static: the rendering and the settings agree -------------------------------------------------------------
+
+def _consistency(docs: list[Doc]) -> None:
+    data = find(docs, "ConfigMap", "preview-bot")["data"]
+    deployment = find(docs, "Deployment", "preview-bot")
+    bot_namespace = deployment["metadata"]["namespace"]
+    assert find(docs, "Role", "preview-bot-previews")["metadata"]["namespace"] == data["PREVIEW_NAMESPACE"]
+    assert find(docs, "Role", "preview-bot-routing")["metadata"]["namespace"] == data["PREVIEW_ROUTING_NAMESPACE"]
+    leader = find(docs, "Role", "preview-bot-leader")
+    assert leader["metadata"]["namespace"] == bot_namespace
+    assert any(data.get("PREVIEW_LEASE_NAME", LEASE_NAME) in r.get("resourceNames", []) for r in leader["rules"])
+    account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+    for binding in (d for d in docs if d["kind"] == "RoleBinding"):
+        role = find(docs, "Role", binding["roleRef"]["name"])
+        assert role["metadata"]["namespace"] == binding["metadata"]["namespace"]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": bot_namespace}]
+    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding", "Secret")], \
+        "no cluster-wide rights and no Secret values in deploy/"
+
+
+def test_base_and_overlay_render_consistently() -> None:
+    base = render_kustomization(DEPLOY)
+    _consistency(base)
+    overlay = render_kustomization(DEPLOY / "overlays" / "example")
+    _consistency(overlay)
+    assert find(overlay, "ConfigMap", "preview-bot")["data"]["PREVIEW_NAMESPACE"] == "previews"
+    assert any(d["kind"] == "Namespace" and d["metadata"]["name"] == "previews" for d in overlay)
+    image = find(overlay, "Deployment", "preview-bot")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == "registry.example.com/platform/preview-bot:0.1.0"
+
+
+def test_deployment_settings_load(tmp_path: Path) -> None:
+    """The ConfigMap + the Deployment's env (+ a Secret) are valid settings for bot.settings."""
+    from bot.settings import load_settings
+
+    docs = render_kustomization(DEPLOY)
+    container = find(docs, "Deployment", "preview-bot")["spec"]["template"]["spec"]["containers"][0]
+    env = dict(find(docs, "ConfigMap", "preview-bot")["data"])
+    key_file = tmp_path / "private-key.pem"
+    key_file.write_text("-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----\n")
+    for item in container["env"]:
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        elif "fieldRef" in item.get("valueFrom", {}):
+            field = item["valueFrom"]["fieldRef"]["fieldPath"]
+            env[item["name"]] = {"metadata.name": "preview-bot-abc12", "metadata.namespace": BOT_NAMESPACE}[field]
+        else:
+            ref = item["valueFrom"]["secretKeyRef"]
+            assert ref["name"] == "preview-bot-github"
+            env[item["name"]] = "s" * 32
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert str(Path(env["GITHUB_PRIVATE_KEY_PATH"]).parent) in mounts
+    env["GITHUB_PRIVATE_KEY_PATH"] = str(key_file)
+    settings = load_settings(env)
+    assert settings.leader_election and settings.lease_namespace == BOT_NAMESPACE
+    assert settings.cluster.namespace == PREVIEW_NAMESPACE
+    assert settings.cluster.routing_namespace == ROUTING_NAMESPACE
+    assert settings.lease_name == LEASE_NAME
+    assert container["args"] == ["serve", "--port", "8080"]
+    assert {p["containerPort"] for p in container["ports"]} == {8080}
+
+
+@pytest.mark.parametrize("folder", ["", "overlays/example", "examples/gateway"])
+def test_renderer_agrees_with_kubectl_kustomize(folder: str) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed; the pure-Python renderer is used alone")
+    result = subprocess.run([kubectl, "kustomize", str(DEPLOY / folder)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    theirs = {_key(d): d for d in yaml.safe_load_all(result.stdout) if d}
+    ours = {_key(d): d for d in render_kustomization(DEPLOY / folder)}
+    assert theirs == ours
+
+
+# -- on the API server ---------------------------------------------------------------------------------------
+
+def test_the_bot_deployment_runs_under_restricted_pod_security(deployed: Deployed) -> None:
+    apps = client.AppsV1Api(deployed.admin)
+    template = find(deployed.docs, "Deployment", "preview-bot")["spec"]["template"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "psa-check", "namespace": BOT_NAMESPACE},
+           "spec": template["spec"]}
+    # Pod Security admission (enforce=restricted on the namespace) judges the pod as the ReplicaSet would.
+    raw(deployed.admin, "POST", f"/api/v1/namespaces/{BOT_NAMESPACE}/pods", pod,
+        query=[("dryRun", "All"), ("fieldValidation", "Strict")])
+
+    def available() -> bool:
+        status = apps.read_namespaced_deployment("preview-bot", BOT_NAMESPACE).status
+        return (status.available_replicas or 0) == 2
+
+    wait_until("Deployment preview-bot/preview-bot Available with 2 replicas", available)
+    service = client.CoreV1Api(deployed.admin).read_namespaced_service("preview-bot", BOT_NAMESPACE)
+    assert [(p.port, p.target_port) for p in service.spec.ports] == [(80, "http")]
+
+
+def test_service_account_can_do_what_the_bot_does(deployed: Deployed) -> None:
+    name = "rbac-" + secrets.token_hex(3)
+    bot = deployed.bot
+    apps, core = client.AppsV1Api(bot), client.CoreV1Api(bot)
+    custom = client.CustomObjectsApi(bot)
+    try:
+        apps.create_namespaced_deployment(PREVIEW_NAMESPACE, small_deployment(name))
+        apps.patch_namespaced_deployment(name, PREVIEW_NAMESPACE, {"metadata": {"annotations": {"a": "b"}}})
+        assert name in [d.metadata.name for d in apps.list_namespaced_deployment(PREVIEW_NAMESPACE).items]
+        core.create_namespaced_service(PREVIEW_NAMESPACE, {
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+            "spec": {"selector": {"app": name}, "ports": [{"port": 80, "name": "http"}]}})
+        core.patch_namespaced_service(name, PREVIEW_NAMESPACE, {"metadata": {"labels": {"x": "y"}}})
+        core.list_namespaced_pod(PREVIEW_NAMESPACE, label_selector=f"app={name}")
+        vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": name},
+              "spec": {"hosts": [f"{name}.example.com"], "http": [{"route": [{"destination": {"host": name}}]}]}}
+        created = custom.create_namespaced_custom_object("networking.istio.io", "v1", ROUTING_NAMESPACE,
+                                                         "virtualservices", vs)
+        created["spec"]["hosts"].append(f"{name}-2.example.com")
+        custom.replace_namespaced_custom_object("networking.istio.io", "v1", ROUTING_NAMESPACE,
+                                                "virtualservices", name, created)
+        custom.delete_namespaced_custom_object("networking.istio.io", "v1", ROUTING_NAMESPACE, "virtualservices",
+                                               name)
+        core.delete_namespaced_service(name, PREVIEW_NAMESPACE)
+        apps.delete_namespaced_deployment(name, PREVIEW_NAMESPACE)
+        version = raw(bot, "GET", "/version")   # the readiness ping
+        assert version["major"] == "1"
+    finally:
+        admin_apps = client.AppsV1Api(deployed.admin)
+        for call in (lambda: admin_apps.delete_namespaced_deployment(name, PREVIEW_NAMESPACE),
+                     lambda: client.CoreV1Api(deployed.admin).delete_namespaced_service(name, PREVIEW_NAMESPACE)):
+            status_of(call)
+
+
+def test_service_account_is_refused_everything_else(deployed: Deployed, namespace: str) -> None:
+    bot, admin = deployed.bot, deployed.admin
+    apps, core = client.AppsV1Api(bot), client.CoreV1Api(bot)
+    rbac = client.RbacAuthorizationV1Api(bot)
+    name = "victim"
+    client.AppsV1Api(admin).create_namespaced_deployment(namespace, small_deployment(name))
+    refused = {
+        "list secrets (preview namespace)": lambda: core.list_namespaced_secret(PREVIEW_NAMESPACE),
+        "list secrets (own namespace)": lambda: core.list_namespaced_secret(BOT_NAMESPACE),
+        "get the bot's own Secret": lambda: core.read_namespaced_secret("preview-bot-github", BOT_NAMESPACE),
+        "list secrets (all namespaces)": lambda: core.list_secret_for_all_namespaces(),
+        "delete a Deployment elsewhere": lambda: apps.delete_namespaced_deployment(name, namespace),
+        "delete a Deployment in kube-system": lambda: apps.delete_namespaced_deployment("x", "kube-system"),
+        "create a Deployment elsewhere": lambda: apps.create_namespaced_deployment(namespace, small_deployment("y")),
+        "list nodes": lambda: core.list_node(),
+        "list namespaces": lambda: core.list_namespace(),
+        "create a pod": lambda: core.create_namespaced_pod(PREVIEW_NAMESPACE, {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "c", "image": "example.invalid/c:1"}]}}),
+        "read ConfigMaps": lambda: core.list_namespaced_config_map(BOT_NAMESPACE),
+        "read VirtualServices outside the routing namespace": lambda: client.CustomObjectsApi(bot)
+        .list_namespaced_custom_object("networking.istio.io", "v1", PREVIEW_NAMESPACE, "virtualservices"),
+        "grant itself a ClusterRoleBinding": lambda: rbac.create_cluster_role_binding({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "escalate"}, "subjects": [
+                {"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": BOT_NAMESPACE}],
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"}}),
+        "edit its own Role": lambda: rbac.patch_namespaced_role("preview-bot-previews", PREVIEW_NAMESPACE,
+                                                               {"rules": []}),
+        "read another Lease": lambda: client.CoordinationV1Api(bot).read_namespaced_lease("other", BOT_NAMESPACE),
+    }
+    answers = {what: status_of(call) for what, call in refused.items()}
+    assert answers == dict.fromkeys(refused, 403)
+    assert client.AppsV1Api(admin).read_namespaced_deployment(name, namespace).metadata.name == name
+
+
+# Verbs the code never sends are not granted either (SelfSubjectAccessReview as the ServiceAccount).
+NOT_GRANTED = [
+    ("update", "apps", "deployments", PREVIEW_NAMESPACE),
+    ("watch", "apps", "deployments", PREVIEW_NAMESPACE),
+    ("deletecollection", "apps", "deployments", PREVIEW_NAMESPACE),
+    ("update", "", "services", PREVIEW_NAMESPACE),
+    ("get", "", "pods", PREVIEW_NAMESPACE),
+    ("delete", "", "pods", PREVIEW_NAMESPACE),
+    ("create", "", "pods/exec", PREVIEW_NAMESPACE),
+    ("get", "", "pods/log", PREVIEW_NAMESPACE),
+    ("deletecollection", "networking.istio.io", "virtualservices", ROUTING_NAMESPACE),
+    ("create", "networking.istio.io", "gateways", ROUTING_NAMESPACE),
+    ("create", "networking.istio.io", "virtualservices", PREVIEW_NAMESPACE),
+    ("delete", "coordination.k8s.io", "leases", BOT_NAMESPACE),
+    ("list", "coordination.k8s.io", "leases", BOT_NAMESPACE),
+    ("create", "apps", "deployments", BOT_NAMESPACE),
+    ("impersonate", "", "serviceaccounts", BOT_NAMESPACE),
+]
+GRANTED = [
+    *[(verb, "apps", "deployments", PREVIEW_NAMESPACE) for verb in ("get", "list", "create", "patch", "delete")],
+    *[(verb, "", "services", PREVIEW_NAMESPACE) for verb in ("get", "list", "create", "patch", "delete")],
+    ("list", "", "pods", PREVIEW_NAMESPACE),
+    *[(verb, "networking.istio.io", "virtualservices", ROUTING_NAMESPACE)
+      for verb in ("get", "list", "create", "update", "patch", "delete")],
+    ("create", "coordination.k8s.io", "leases", BOT_NAMESPACE),
+]
+
+
+def _allowed(api: client.ApiClient, verb: str, group: str, resource: str, namespace: str,
+             name: str | None = None) -> bool:
+    resource, _, sub = resource.partition("/")
+    attributes = {"verb": verb, "group": group, "resource": resource, "namespace": namespace}
+    if sub:
+        attributes["subresource"] = sub
+    if name:
+        attributes["name"] = name
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+              "spec": {"resourceAttributes": attributes}}
+    answer = raw(api, "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", review)
+    return bool(answer["status"]["allowed"])
+
+
+def test_granted_verbs_are_exactly_the_needed_ones(deployed: Deployed) -> None:
+    wrong = [r for r in GRANTED if not _allowed(deployed.bot, *r)]
+    wrong += [("NOT", *r) for r in NOT_GRANTED if _allowed(deployed.bot, *r)]
+    for verb in ("get", "update"):
+        if not _allowed(deployed.bot, verb, "coordination.k8s.io", "leases", BOT_NAMESPACE, LEASE_NAME):
+            wrong.append((verb, "lease", LEASE_NAME))
+        if _allowed(deployed.bot, verb, "coordination.k8s.io", "leases", BOT_NAMESPACE, "another-lease"):
+            wrong.append(("NOT", verb, "lease", "another-lease"))
+    assert not wrong, wrong
+
+
+async def test_the_bots_own_adapter_runs_a_preview_as_the_service_account(deployed: Deployed) -> None:
+    """apply_preview / add_mesh_route / wait_available / keep / list / teardown / leader election."""
+    from bot import naming
+    from bot.kube import Kube, KubeError
+    from bot.leader import LeaderElector
+    from bot.manifests import plan_preview
+    from bot.naming import PreviewKey
+    from bot.repo_config import RepoConfig, ServiceConfig
+    from bot.settings import ClusterSettings
+
+    suffix = secrets.token_hex(3)
+    settings = ClusterSettings(domain="example.com", namespace=PREVIEW_NAMESPACE,
+                               routing_namespace=ROUTING_NAMESPACE)
+    kube = Kube(client_from_kubeconfig(deployed.kubeconfig), settings, request_timeout=20, attempts=2)
+    key = PreviewKey(f"rbac-{suffix}/shop", 7)
+    service = ServiceConfig(name=f"web{suffix}", image="example.invalid/web:{sha}", port=8080)
+    plan = plan_preview(settings, RepoConfig(services=(service,)), key, "0123456789abcdef0123456789abcdef01234567")
+    admin_custom = client.CustomObjectsApi(deployed.admin)
+    try:
+        await kube.ping()
+        await kube.apply_preview(plan)                     # SSA create
+        await kube.apply_preview(plan)                     # SSA patch of existing objects
+        for s in plan.services:
+            assert await kube.add_mesh_route(s.mesh_host, s.mesh_route)      # POST
+        other = PreviewKey(f"rbac-{suffix}/shop", 8)
+        other_plan = plan_preview(settings, RepoConfig(services=(service,)), other, "1" * 40)
+        assert await kube.add_mesh_route(other_plan.services[0].mesh_host,
+                                         other_plan.services[0].mesh_route)  # PUT on the same VirtualService
+        results = await kube.wait_available([s.name for s in plan.services], WAIT)
+        assert results == {s.name: None for s in plan.services}
+        # A preview that cannot roll out (no node has 1000 CPUs): the wait lists its pods for a hopeless
+        # reason on every poll, so `list pods` is exercised whatever the timing of the fast one above.
+        stuck = ServiceConfig(name=f"stuck{suffix}", image="example.invalid/stuck:{sha}", port=8080,
+                              requests={"cpu": "1000"})
+        stuck_plan = plan_preview(settings, RepoConfig(services=(stuck,)), key, plan.sha)
+        await kube.apply_preview(stuck_plan)
+        stuck_name = stuck_plan.services[0].name
+        assert await kube.wait_available([stuck_name], 2) == {stuck_name: "not Available after 2 s"}
+        assert await kube.delete_preview(key, services=[stuck.name]) == 3
+        live = await kube.live_previews(key.repo)
+        assert [p.key for p in live] == [key.value]
+        assert await kube.set_keep(key, True) == 1
+        assert any(plan.services[0].name in n for n in await kube.service_names())
+
+        leader = LeaderElector(kube, namespace=BOT_NAMESPACE, name=LEASE_NAME, identity=f"pod-{suffix}",
+                               lease_seconds=5)
+        assert await leader.try_acquire_or_renew()         # create (or take over an expired lease)
+        assert await leader.try_acquire_or_renew()         # renew: get + update
+        await leader.release()
+        stranger = LeaderElector(kube, namespace=BOT_NAMESPACE, name="another-lease", identity="x")
+        with pytest.raises(KubeError) as refused:
+            await stranger.try_acquire_or_renew()
+        assert refused.value.status == 403
+
+        assert await kube.remove_routes_of_key(other.value) == 1          # PUT
+        assert await kube.remove_routes_of_key(key.value) == 1            # last route: DELETE with precondition
+        assert await kube.delete_preview(key) == 3                        # Deployment, Service, gateway route
+        assert await kube.live_previews(key.repo) == []
+        mesh = admin_custom.list_namespaced_custom_object(
+            "networking.istio.io", "v1", ROUTING_NAMESPACE, "virtualservices",
+            label_selector=f"{naming.ROLE_LABEL}={naming.ROLE_MESH}")["items"]
+        assert not [m for m in mesh if plan.services[0].mesh_host in m["spec"].get("hosts", [])]
+    finally:
+        kube.close()
+        status_of(lambda: client.CoordinationV1Api(deployed.admin).delete_namespaced_lease(LEASE_NAME,
+                                                                                          BOT_NAMESPACE))
+        for item in admin_custom.list_namespaced_custom_object(
+                "networking.istio.io", "v1", ROUTING_NAMESPACE, "virtualservices")["items"]:
+            if suffix in json.dumps(item):
+                status_of(lambda item=item: admin_custom.delete_namespaced_custom_object(
+                    "networking.istio.io", "v1", ROUTING_NAMESPACE, "virtualservices", item["metadata"]["name"]))
+        selector = f"{naming.KEY_LABEL} in ({key.value},{PreviewKey(key.repo, 8).value})"
+        admin_apps, admin_core = client.AppsV1Api(deployed.admin), client.CoreV1Api(deployed.admin)
+        for d in admin_apps.list_namespaced_deployment(PREVIEW_NAMESPACE, label_selector=selector).items:
+            status_of(lambda d=d: admin_apps.delete_namespaced_deployment(d.metadata.name, PREVIEW_NAMESPACE))
+        for s in admin_core.list_namespaced_service(PREVIEW_NAMESPACE, label_selector=selector).items:
+            status_of(lambda s=s: admin_core.delete_namespaced_service(s.metadata.name, PREVIEW_NAMESPACE))
