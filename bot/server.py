@@ -72,7 +72,7 @@ class Bot:
         self.webhook = WebhookConfig(
             secret=settings.webhook_secret, max_body_bytes=settings.max_body_bytes,
             dispatch=self.ctx.dispatch, submit=self.queue.submit,
-            readiness={"kubernetes": kube.ping, "github": cached_check(self.auth.check_key, 60.0)})
+            readiness={"kubernetes": cached_check(kube.ping, 5.0), "github-key": self.auth.check_key})
         self.elector = LeaderElector(kube, namespace=settings.lease_namespace, name=settings.lease_name,
                                      identity=settings.identity, lease_seconds=settings.lease_seconds) \
             if settings.leader_election else None
@@ -187,6 +187,10 @@ async def running(settings: Settings, host: str, port: int, *,
         await web.TCPSite(runner, host, port).start()
         bot.port = runner.addresses[0][1]
         log.info("listening", extra={"host": host, "port": bot.port})
+        try:
+            log.info("GitHub accepts the App key", extra={"app": await bot.auth.verify_with_github()})
+        except Exception as exc:  # a warning, not a crash: GitHub may be down while we start
+            log.warning("GitHub did not accept the App key yet: %s", type(exc).__name__)
         reconciler = asyncio.create_task(bot.reconcile_forever(), name="reconciler")
         try:
             yield bot

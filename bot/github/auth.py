@@ -68,5 +68,11 @@ class AppAuth:
         return self.api(await self.installation_token(installation_id))
 
     async def check_key(self) -> None:
-        """Readiness: the App key signs a JWT GitHub accepts."""
-        await self.api().getitem("/app", jwt=self.app_jwt())
+        """Readiness: the App key signs a JWT. Deliberately local: a GitHub outage must not take every
+        replica out of the Service (deliveries would then fail too); `verify_with_github` runs at start."""
+        self.app_jwt()
+
+    async def verify_with_github(self) -> str:
+        """GitHub accepts the App's JWT; returns the App's slug."""
+        app: dict[str, Any] = await self.api().getitem("/app", jwt=self.app_jwt())
+        return str(app.get("slug", ""))
