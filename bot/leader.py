@@ -6,8 +6,10 @@ level-triggered and the shared mesh objects are updated with optimistic concurre
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -41,6 +43,7 @@ class LeaderElector:
         self._name = name
         self._namespace = namespace
         self.is_leader = False
+        self._renewed_at = -float("inf")
 
     def _spec(self, transitions: int, acquired: str | None = None) -> dict[str, Any]:
         now = _format(_now())
@@ -69,6 +72,24 @@ class LeaderElector:
             return self._became(True)
         except Conflict:
             return self._became(False)  # another replica wrote first; it leads this round
+
+    @property
+    def leading(self) -> bool:
+        """Leader, and renewed recently enough that no other replica can have taken the lease (it may
+        only after renewTime + duration; we stop at two thirds of that)."""
+        return self.is_leader and time.monotonic() - self._renewed_at < self.lease_seconds * 2 / 3
+
+    async def run(self) -> None:
+        """Acquire, then renew every third of the lease, for as long as the task runs."""
+        while True:
+            try:
+                if await self.try_acquire_or_renew():
+                    self._renewed_at = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # an API hiccup: leadership lapses by itself if it lasts
+                log.warning("lease renewal failed: %s", type(exc).__name__)
+            await asyncio.sleep(self.lease_seconds / 3)
 
     def _became(self, leader: bool) -> bool:
         if leader != self.is_leader:

@@ -33,7 +33,9 @@ class DeployResult:
 
 
 class Previewer:
-    def __init__(self, settings: ClusterSettings, kube: Kube, *, ready_timeout: float) -> None:
+    def __init__(self, settings: ClusterSettings, kube: Kube, *, ready_timeout: float,
+                 identity: str = "preview-bot") -> None:
+        self.identity = identity
         self.settings = settings
         self.kube = kube
         self.ready_timeout = ready_timeout
@@ -107,7 +109,8 @@ class Previewer:
         lines = [ServiceLine(s.service.name, s.url, s.image, False) for s in plan.services]
         deployment_id = await gh.create_deployment(
             ref=head_sha, environment=key.environment, description=f"Preview of #{number}",
-            payload={"key": key.value, "services": [s.service.name for s in plan.services]})
+            payload={"key": key.value, "services": [s.service.name for s in plan.services],
+                     "replica": self.identity})
         await gh.deactivate(key.environment, keep=[deployment_id])
         await gh.deployment_status(deployment_id, "in_progress", description="deploying")
         await self.report(gh, number, Report(State.DEPLOYING, sha=head_sha, services=lines, header_value=key.value))

@@ -71,7 +71,8 @@ def dangling_routes(mesh_services: list[dict[str, Any]], services: set[str]) -> 
 
 async def reconcile(kube: Kube, previewer: Previewer, client_for: ClientFor, *, idle_ttl: timedelta,
                     dry_run: bool = False, now: datetime | None = None,
-                    resume: Callable[[str, int], None] | None = None, check_stuck: bool = False) -> GcReport:
+                    resume: Callable[[str, int], None] | None = None, check_stuck: bool = False,
+                    stuck_after: timedelta = timedelta(minutes=10), identity: str = "") -> GcReport:
     """One pass. `resume` queues a redeploy of previews behind their PR's head (a missed push), and with
     `check_stuck` of those whose last GitHub deployment never finished (a crash mid-deploy)."""
     now = now or datetime.now(UTC)
@@ -97,7 +98,8 @@ async def reconcile(kube: Kube, previewer: Previewer, client_for: ClientFor, *, 
                 if not dry_run:
                     await _stop(previewer, client_for, preview, f"Preview removed: the {reason}.")
                 continue
-            if resume is not None and await _needs_resume(pull, preview, client_for, check_stuck):
+            if resume is not None and await _needs_resume(pull, preview, client_for,
+                                                          stuck_after if check_stuck else None, now, identity):
                 report.actions.append(Action("resume", target, "deploy did not finish or missed a push"))
                 resume(preview.repo, preview.number)
                 continue
@@ -125,19 +127,29 @@ async def reconcile(kube: Kube, previewer: Previewer, client_for: ClientFor, *, 
 
 
 async def _needs_resume(pull: Mapping[str, Any], preview: LivePreview, client_for: ClientFor,
-                        check_stuck: bool) -> bool:
+                        stuck_after: timedelta | None, now: datetime, identity: str) -> bool:
+    """Behind the PR's head (a missed push), or its last deploy is unfinished and nobody is running it:
+    it was started by this replica before a restart, or it is older than any live deploy can be
+    (another replica's deploy in progress is younger)."""
     head = pull.get("head") or {}
     fork = (head.get("repo") or {}).get("full_name") != preview.repo
     if head.get("sha") != preview.sha:
         return not fork  # a fork's new commits wait for approval
-    if not check_stuck:
+    if stuck_after is None:
         return False
     client = await client_for(preview.repo)
     if client is None:
         return False
     deployments = await client.deployments(PreviewKey(preview.repo, preview.number).environment)
-    return bool(deployments) and await client.latest_state(int(deployments[0]["id"])) in (
-        None, "queued", "pending", "in_progress")
+    if not deployments:
+        return False
+    status = await client.latest_status(int(deployments[0]["id"]))
+    if status is not None and status.get("state") not in ("queued", "pending", "in_progress"):
+        return False
+    if (deployments[0].get("payload") or {}).get("replica") == identity:
+        return True
+    since = _parse_time(str((status or deployments[0]).get("created_at") or ""))
+    return since is not None and now - since > stuck_after
 
 
 async def _stop(previewer: Previewer, client_for: ClientFor, preview: LivePreview, reason: str) -> None:

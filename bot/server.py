@@ -65,7 +65,8 @@ class Bot:
         self.auth = AppAuth(app_id=settings.app_id, private_key=settings.private_key, api_url=settings.api_url,
                             session=session, pacer=Pacer(settings.content_requests_per_minute),
                             timeout=settings.github_timeout)
-        self.previewer = Previewer(settings.cluster, kube, ready_timeout=settings.ready_timeout)
+        self.previewer = Previewer(settings.cluster, kube, ready_timeout=settings.ready_timeout,
+                                   identity=settings.identity)
         self.queue = WorkQueue(settings.max_concurrency)
         self.ctx = Context(settings=settings, kube=kube, auth=self.auth, previewer=self.previewer,
                            queue=self.queue, router=build_router())
@@ -98,7 +99,9 @@ class Bot:
     async def reconcile_once(self, *, dry_run: bool = False) -> GcReport:
         report = await reconcile(self.kube, self.previewer, self.client_for,
                                  idle_ttl=timedelta(days=self.settings.idle_ttl_days), dry_run=dry_run,
-                                 resume=None if dry_run else self.resume, check_stuck=self._first_pass)
+                                 resume=None if dry_run else self.resume, check_stuck=self._first_pass,
+                                 stuck_after=timedelta(seconds=self.settings.ready_timeout + 60),
+                                 identity=self.settings.identity)
         self._first_pass = False
         return report
 
@@ -142,25 +145,47 @@ class Bot:
         with suppress(QueueClosed):
             self.queue.submit((repo, number), job, supersedes=False)
 
+    def leading(self) -> bool:
+        return self.elector is None or self.elector.leading
+
     async def reconcile_forever(self) -> None:
-        while True:
-            try:
-                leader = self.elector is None or await self.elector.try_acquire_or_renew()
-                if leader and self.queue.accepting:
-                    if self._first_pass:
-                        missed = await self.discover_missed()
-                        if missed:
-                            log.info("resuming previews missed while down", extra={"count": len(missed)})
-                    await self.reconcile_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("reconciliation pass failed")
-            # A leader renews well inside the lease; a follower retries as often to take over fast.
-            interval = self.settings.reconcile_interval
-            if self.elector is not None:
-                interval = min(interval, self.elector.lease_seconds / 3)
-            await asyncio.sleep(interval)
+        """Reconcile every `reconcile_interval` while leading; leadership is renewed by its own task, so a
+        long pass never lets the lease lapse unnoticed, and a pass stops as soon as leadership is lost."""
+        elector = asyncio.create_task(self.elector.run(), name="leader-election") if self.elector else None
+        next_pass = 0.0
+        try:
+            while True:
+                if self.leading() and self.queue.accepting and time.monotonic() >= next_pass:
+                    await self._pass_while_leading()
+                    next_pass = time.monotonic() + self.settings.reconcile_interval
+                await asyncio.sleep(min(1.0, max(next_pass - time.monotonic(), 0.05)))
+        finally:
+            if elector is not None:
+                elector.cancel()
+                with suppress(asyncio.CancelledError):
+                    await elector
+
+    async def _pass_while_leading(self) -> None:
+        task = asyncio.create_task(self._pass(), name="reconcile-pass")
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.5)
+            if not task.done() and not self.leading():
+                log.warning("leadership lost during a reconciliation pass; stopping it")
+                task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+
+    async def _pass(self) -> None:
+        try:
+            if self._first_pass:
+                missed = await self.discover_missed()
+                if missed:
+                    log.info("resuming previews missed while down", extra={"count": len(missed)})
+            await self.reconcile_once()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("reconciliation pass failed")
 
 
 @asynccontextmanager

@@ -151,10 +151,14 @@ class RepoClient:
         return [d async for d in self.gh.getiter(f"{self._base}/deployments{{?environment,per_page}}",
                                                  {"environment": environment, "per_page": 100})]
 
-    async def latest_state(self, deployment_id: int) -> str | None:
+    async def latest_status(self, deployment_id: int) -> dict[str, Any] | None:
         async for status in self.gh.getiter(f"{self._base}/deployments/{deployment_id}/statuses?per_page=1"):
-            return str(status["state"])
+            return dict(status)
         return None
+
+    async def latest_state(self, deployment_id: int) -> str | None:
+        status = await self.latest_status(deployment_id)
+        return None if status is None else str(status["state"])
 
     async def deactivate(self, environment: str, *, keep: Sequence[int] = ()) -> int:
         """Mark the environment's active deployments inactive (auto_inactive skips transient ones)."""

@@ -469,7 +469,7 @@ class FakeGitHub:
     def label_json(self, r: Repo, name: str) -> dict[str, Any]:
         lid = r.label_ids.setdefault(name, next_id("label"))
         return {"id": lid, "node_id": f"LA_kwDO{lid}", "url": f"{self.url}/repos/{r.full_name}/labels/{name}",
-                "name": name, "description": None, "color": "ededed", "default": False}
+                "name": name, "description": f"{name} label", "color": "ededed", "default": False}
 
     def _association(self, r: Repo, u: User) -> str:
         if u.login == r.owner.login:
