@@ -600,3 +600,49 @@ async def test_the_bots_own_adapter_runs_a_preview_as_the_service_account(deploy
             status_of(lambda d=d: admin_apps.delete_namespaced_deployment(d.metadata.name, PREVIEW_NAMESPACE))
         for s in admin_core.list_namespaced_service(PREVIEW_NAMESPACE, label_selector=selector).items:
             status_of(lambda s=s: admin_core.delete_namespaced_service(s.metadata.name, PREVIEW_NAMESPACE))
+
+
+async def test_full_lifecycle_as_the_service_account(deployed: Deployed, fake_github: Any, cluster: Cluster) -> None:
+    """The whole bot (webhooks, GitHub, reconciler with leader election) on the ServiceAccount's token."""
+    from bot.naming import PreviewKey
+    from tests.e2e.harness import running_bot
+    from tests.fakegithub import issue_comment_event, pull_request_event
+
+    suffix = secrets.token_hex(3)
+    repo, service = f"sa-{suffix}/shop", f"svc{suffix}"
+    config = f"services:\n  - name: {service}\n    image: registry.example.com/{service}:{{sha}}\n    port: 8080\n"
+    fake_github.add_repo(repo, files={".github/preview.yml": config}, collaborators={"alice": "write"})
+    key = PreviewKey(repo, 1)
+    mesh_host = f"{service}.{PREVIEW_NAMESPACE}.svc.cluster.local"
+    apps, custom = client.AppsV1Api(deployed.admin), client.CustomObjectsApi(deployed.admin)
+
+    def mesh_route_names() -> list[str]:
+        items = custom.list_namespaced_custom_object("networking.istio.io", "v1", ROUTING_NAMESPACE,
+                                                     "virtualservices")["items"]
+        return [r["name"] for i in items if mesh_host in i["spec"].get("hosts", []) and not i["spec"].get("gateways")
+                for r in i["spec"]["http"]]
+
+    async with running_bot(fake_github, cluster, PREVIEW_NAMESPACE, kubeconfig=str(deployed.kubeconfig),
+                           PREVIEW_ROUTING_NAMESPACE=ROUTING_NAMESPACE, POD_NAMESPACE=BOT_NAMESPACE,
+                           PREVIEW_LEADER_ELECTION="true", POD_NAME=f"bot-{suffix}") as bot:
+        fake_github.add_pull(repo, 1)
+        assert await bot.send("pull_request", pull_request_event(fake_github, repo, 1, "opened")) == 202
+        await bot.settle()
+        deployment = apps.read_namespaced_deployment(key.object_name(service), PREVIEW_NAMESPACE)
+        assert deployment.status.available_replicas == 1
+        assert mesh_route_names() == [key.value, "default"]
+        [record] = fake_github.deployments(repo)
+        assert [s["state"] for s in fake_github.statuses(repo, record["id"])] == ["in_progress", "success"]
+
+        fake_github.push(repo, 1, "e" * 40)
+        await bot.send("pull_request", pull_request_event(fake_github, repo, 1, "synchronize"))
+        await bot.settle()
+        image = apps.read_namespaced_deployment(key.object_name(service), PREVIEW_NAMESPACE) \
+            .spec.template.spec.containers[0].image
+        assert image.endswith("e" * 40)
+
+        await bot.send("issue_comment", issue_comment_event(fake_github, repo, 1, "/preview stop", user="alice"))
+        await bot.settle()
+        assert apps.list_namespaced_deployment(PREVIEW_NAMESPACE, label_selector=key.selector()).items == []
+        assert mesh_route_names() == []
+        assert bot.bot.elector is not None and bot.bot.elector.is_leader
