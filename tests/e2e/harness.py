@@ -19,6 +19,7 @@ from tests.fakegithub import FakeGitHub, webhook_headers
 from tests.plugins.cluster import Cluster
 
 SECRET = "e2e-webhook-secret-0123456789"
+REPO = "acme/shop"
 CONFIG = """\
 services:
   - name: a

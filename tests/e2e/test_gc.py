@@ -6,26 +6,17 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Iterator
 
 import pytest
 
 from bot import comment, mesh_routes
 from bot.naming import PreviewKey
-from tests.e2e.harness import CONFIG, ClusterView, RunningBot, bot_env, running_bot
+from tests.e2e.harness import CONFIG, REPO, ClusterView, RunningBot, bot_env, running_bot
 from tests.fakegithub import FakeGitHub, issue_comment_event, pull_request_event
 from tests.plugins.cluster import Cluster
 
 pytestmark = pytest.mark.cluster
 
-REPO = "acme/shop"
-
-
-@pytest.fixture
-def view(cluster: Cluster, namespace: str) -> Iterator[ClusterView]:
-    v = ClusterView(cluster, namespace)
-    yield v
-    v.close()
 
 
 def shop(fake: FakeGitHub) -> None:

@@ -5,34 +5,19 @@ real kube-apiserver with Istio's CRDs and kwok-run pods."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
 from bot import comment
 from bot.naming import PreviewKey
-from tests.e2e.harness import CONFIG, ClusterView, RunningBot, running_bot
+from tests.e2e.harness import CONFIG, REPO, ClusterView, RunningBot, running_bot
 from tests.fakegithub import FakeGitHub, issue_comment_event, pull_request_event
 from tests.plugins.cluster import Cluster
 
 pytestmark = pytest.mark.cluster
 
-REPO = "acme/shop"
 MESH_HOST_TEMPLATE = "a.{ns}.svc.cluster.local"
-
-
-@pytest.fixture
-def view(cluster: Cluster, namespace: str) -> Iterator[ClusterView]:
-    v = ClusterView(cluster, namespace)
-    yield v
-    v.close()
-
-
-@pytest.fixture
-async def shop(fake_github: FakeGitHub) -> FakeGitHub:
-    fake_github.add_repo(REPO, files={".github/preview.yml": CONFIG},
-                         collaborators={"alice": "write", "mallory": "read"})
-    return fake_github
 
 
 @pytest.fixture

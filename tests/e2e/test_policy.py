@@ -5,33 +5,23 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
 from bot import comment, logs
 from bot.naming import PreviewKey
-from tests.e2e.harness import CONFIG, SECRET, ClusterView, RunningBot, running_bot
+from tests.e2e.harness import CONFIG, REPO, SECRET, ClusterView, RunningBot, running_bot
 from tests.fakegithub import FakeGitHub, issue_comment_event, pull_request_event
 from tests.plugins.cluster import Cluster
 
 pytestmark = pytest.mark.cluster
 
-REPO = "acme/shop"
 
 
 @pytest.fixture
-def view(cluster: Cluster, namespace: str) -> Iterator[ClusterView]:
-    v = ClusterView(cluster, namespace)
-    yield v
-    v.close()
-
-
-@pytest.fixture
-async def bot(fake_github: FakeGitHub, cluster: Cluster, namespace: str) -> AsyncIterator[RunningBot]:
-    fake_github.add_repo(REPO, files={".github/preview.yml": CONFIG},
-                         collaborators={"alice": "write", "mallory": "read", "tina": "triage"})
-    async with running_bot(fake_github, cluster, namespace) as running:
+async def bot(shop: FakeGitHub, cluster: Cluster, namespace: str) -> AsyncIterator[RunningBot]:
+    async with running_bot(shop, cluster, namespace) as running:
         yield running
 
 

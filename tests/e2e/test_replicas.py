@@ -9,8 +9,6 @@ webhook got through).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +17,7 @@ from kubernetes.client.rest import ApiException
 
 from bot import comment
 from bot.naming import PreviewKey
-from tests.e2e.harness import CONFIG, ClusterView
+from tests.e2e.harness import REPO, ClusterView
 from tests.e2e.procs import (
     BotProcess,
     BotProcesses,
@@ -32,11 +30,9 @@ from tests.e2e.procs import (
 )
 from tests.fakegithub import FakeGitHub, pull_request_event
 from tests.fakegithub.state import fake_sha
-from tests.plugins.cluster import Cluster
 
 pytestmark = pytest.mark.cluster
 
-REPO = "acme/shop"
 LEASE_NAME = "preview-bot-reconciler"
 LEASE_SECONDS = 3
 REPLICA_ENV = {
@@ -49,26 +45,6 @@ REPLICA_ENV = {
 NUMBERS = list(range(1, 11))
 PUSHED = {2, 5, 9}  # these also get a `synchronize`, delivered to the other replica
 CLOSED = 5  # closed on GitHub with no webhook, after the leader died
-
-
-@pytest.fixture
-def view(cluster: Cluster, namespace: str) -> Iterator[ClusterView]:
-    v = ClusterView(cluster, namespace)
-    yield v
-    v.close()
-
-
-@pytest.fixture
-async def shop(fake_github: FakeGitHub) -> FakeGitHub:
-    fake_github.add_repo(REPO, files={".github/preview.yml": CONFIG})
-    return fake_github
-
-
-@pytest.fixture
-async def procs(shop: FakeGitHub, cluster: Cluster, namespace: str,
-                tmp_path: Path) -> AsyncIterator[BotProcesses]:
-    async with BotProcesses(shop, cluster, namespace, tmp_path) as processes:
-        yield processes
 
 
 async def read_lease(view: ClusterView, namespace: str) -> Any:

@@ -16,14 +16,13 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import aiohttp
 import pytest
 
 from bot.naming import PreviewKey
-from tests.e2e.harness import CONFIG, ClusterView
+from tests.e2e.harness import REPO, ClusterView
 from tests.e2e.procs import (
     BotProcess,
     BotProcesses,
@@ -35,36 +34,14 @@ from tests.e2e.procs import (
     sticky_comments,
 )
 from tests.fakegithub import FakeGitHub, pull_request_event
-from tests.plugins.cluster import Cluster
 
 pytestmark = pytest.mark.cluster
 
-REPO = "acme/shop"
 STATUSES = r"/deployments/\d+/statuses$"
 HEAD = "d" * 40
 HOLD = 15.0  # a held status request: far longer than it takes to kill the bot holding it
 DRAIN_TIMEOUT = 20
 CONVERGE_TIMEOUT = 60.0
-
-
-@pytest.fixture
-def view(cluster: Cluster, namespace: str) -> Iterator[ClusterView]:
-    v = ClusterView(cluster, namespace)
-    yield v
-    v.close()
-
-
-@pytest.fixture
-async def shop(fake_github: FakeGitHub) -> FakeGitHub:
-    fake_github.add_repo(REPO, files={".github/preview.yml": CONFIG})
-    return fake_github
-
-
-@pytest.fixture
-async def procs(shop: FakeGitHub, cluster: Cluster, namespace: str,
-                tmp_path: Path) -> AsyncIterator[BotProcesses]:
-    async with BotProcesses(shop, cluster, namespace, tmp_path) as processes:
-        yield processes
 
 
 def status_requested(fake: FakeGitHub, state: str) -> bool:
