@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.plugins.cluster import Cluster
+from tests.plugins.cluster import Cluster, wait_until
 
 pytestmark = pytest.mark.cluster
 
 WAIT = 60.0  # upper bound for anything the controllers do
-
-
-def wait_until(what: str, pred: Callable[[], Any], timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f}s: {what}")
-        time.sleep(0.25)
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ import json
 import secrets
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from kubernetes import client
 from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
-from tests.plugins.cluster import Cluster
+from tests.plugins.cluster import Cluster, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -243,17 +242,6 @@ def client_from_kubeconfig(path: Path) -> client.ApiClient:
     configuration = client.Configuration()
     k8s_config.load_kube_config(config_file=str(path), client_configuration=configuration)
     return client.ApiClient(configuration)
-
-
-def wait_until(what: str, pred: Callable[[], Any], timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f}s: {what}")
-        time.sleep(0.25)
 
 
 def status_of(call: Callable[[], Any]) -> int:

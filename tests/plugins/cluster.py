@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,3 +190,15 @@ def namespace(cluster: Cluster) -> Iterator[str]:
             except ApiException as e:
                 if e.status != 404:
                     raise
+
+
+def wait_until(what: str, pred: Callable[[], Any], timeout: float = 60.0) -> Any:
+    """Poll a blocking predicate until it is truthy; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f}s: {what}")
+        time.sleep(0.25)
