@@ -14,7 +14,6 @@ from tests.plugins.cluster import Cluster, wait_until
 
 pytestmark = pytest.mark.cluster
 
-WAIT = 60.0  # upper bound for anything the controllers do
 
 
 @pytest.fixture
