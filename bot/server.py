@@ -43,7 +43,7 @@ def build_router() -> routing.Router:
 
 
 def cached_check(check: Callable[[], Awaitable[None]], ttl: float) -> Callable[[], Awaitable[None]]:
-    """Readiness probes run often; a success is reused for `ttl` seconds (saves GitHub quota)."""
+    """Readiness probes run often; a success is reused for `ttl` seconds (spares the API server)."""
     passed_at = -float("inf")
 
     async def run() -> None:
