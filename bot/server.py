@@ -63,7 +63,8 @@ class Bot:
         self.settings = settings
         self.kube = kube
         self.auth = AppAuth(app_id=settings.app_id, private_key=settings.private_key, api_url=settings.api_url,
-                            session=session, pacer=Pacer(settings.content_requests_per_minute),
+                            session=session, pacer=Pacer(settings.content_requests_per_minute,
+                                                                per_hour=settings.content_requests_per_hour),
                             timeout=settings.github_timeout)
         self.previewer = Previewer(settings.cluster, kube, ready_timeout=settings.ready_timeout,
                                    identity=settings.identity)

@@ -107,6 +107,7 @@ class Settings:
     max_body_bytes: int = 25 * 1024 * 1024
     drain_timeout: float = 30.0
     content_requests_per_minute: int = 60
+    content_requests_per_hour: int = 450
     reconcile_interval: float = 300.0
     idle_ttl_days: float = 7.0
     leader_election: bool = False
@@ -277,6 +278,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         max_body_bytes=_positive_int(env, "PREVIEW_MAX_BODY_BYTES", 25 * 1024 * 1024),
         drain_timeout=_positive_float(env, "PREVIEW_DRAIN_TIMEOUT", 30.0),
         content_requests_per_minute=_positive_int(env, "PREVIEW_GITHUB_CONTENT_PER_MINUTE", 60),
+        content_requests_per_hour=_positive_int(env, "PREVIEW_GITHUB_CONTENT_PER_HOUR", 450),
         reconcile_interval=_positive_float(env, "PREVIEW_RECONCILE_INTERVAL", 300.0),
         idle_ttl_days=_positive_float(env, "PREVIEW_IDLE_TTL_DAYS", 7.0),
         leader_election=_bool(env, "PREVIEW_LEADER_ELECTION", False),

@@ -173,3 +173,18 @@ async def test_deactivate_marks_only_active_deployments(fake_github: FakeGitHub,
     assert [s["state"] for s in fake_github.statuses(REPO, new)] == ["in_progress"]
     assert await client.deactivate("preview-9") == 1
     assert await client.deactivate("preview-9") == 0
+
+
+async def test_the_hourly_window_is_paced_too(fake_github: FakeGitHub, session: aiohttp.ClientSession) -> None:
+    """Two windows at once: 50 per minute but only 4 per hour means the 5th request waits."""
+    fake_github.add_repo(REPO)
+    fake_github.add_pull(REPO, 1)
+    pacer = Pacer(50, per_hour=4)
+    auth = AppAuth(app_id=fake_github.app_id, private_key=fake_github.private_key_pem, api_url=fake_github.url,
+                   session=session, pacer=pacer)
+    client = await repo_client(fake_github, auth)
+    for i in range(4):
+        await client.reply(1, f"note {i}")
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(client.reply(1, "one too many"), 0.5)
+    assert len(fake_github.comments(REPO, 1)) == 4

@@ -32,27 +32,36 @@ _CONTENT_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 
 
 class Pacer:
-    """Sliding-window limiter: at most `per_minute` content-creating requests in any `window` seconds.
+    """Sliding-window limiter for content-creating requests: at most `per_minute` in any `window`
+    seconds and, optionally, `per_hour` in any hour (GitHub documents about 80 and 500).
 
-    A request counts from when it was let through until `window` after it completed, so the server,
+    A request counts from when it was let through until the window after it completed, so the server,
     which sees it arrive somewhere in between, never counts more than the limit in any window."""
 
-    def __init__(self, per_minute: int, window: float = 60.0) -> None:
-        self.per_minute = per_minute
-        self.window = window
+    def __init__(self, per_minute: int, window: float = 60.0, per_hour: int | None = None) -> None:
+        self.limits = [(per_minute, window)] + ([(per_hour, 3600.0)] if per_hour else [])
         self._stamps: list[list[float]] = []  # one mutable cell per request: its latest time
         self._lock = asyncio.Lock()
 
+    def _wait_needed(self, now: float) -> float:
+        for limit, window in self.limits:
+            recent = sorted(cell[0] for cell in self._stamps if now - cell[0] < window)
+            if len(recent) >= limit:
+                return window - (now - recent[len(recent) - limit]) + 0.01
+        return 0.0
+
     async def acquire(self) -> list[float]:
         async with self._lock:  # FIFO: waiters are served in arrival order
+            longest = max(window for _limit, window in self.limits)
             while True:
                 now = time.monotonic()
-                self._stamps = [cell for cell in self._stamps if now - cell[0] < self.window]
-                if len(self._stamps) < self.per_minute:
+                self._stamps = [cell for cell in self._stamps if now - cell[0] < longest]
+                wait = self._wait_needed(now)
+                if wait <= 0:
                     cell = [now]
                     self._stamps.append(cell)
                     return cell
-                await asyncio.sleep(self.window - (now - min(cell[0] for cell in self._stamps)) + 0.01)
+                await asyncio.sleep(wait)
 
     def complete(self, cell: list[float]) -> None:
         cell[0] = time.monotonic()
@@ -122,7 +131,9 @@ class PacedGitHubAPI(gidgethub.aiohttp.GitHubAPI):
         raise AssertionError("unreachable")
 
     async def manage_rate_limit(self, *, method: str, url: str) -> None:
-        _PACED.set(await self._pacer.acquire() if method in _CONTENT_METHODS else None)
+        # Minting an installation token creates no content; pacing it could starve the requests it serves.
+        paced = method in _CONTENT_METHODS and not url.endswith("/access_tokens")
+        _PACED.set(await self._pacer.acquire() if paced else None)
 
     async def handle_rate_limit_error(self, *, method: str, url: str, exception: gidgethub.HTTPException,
                                       attempt: int) -> bool:
