@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 import cachetools
+import gidgethub
 from gidgethub import routing, sansio
 from gidgethub.abc import GitHubAPI
 
@@ -44,10 +45,18 @@ class Context:
         logs.EVENT_FIELDS.set({"delivery": event.delivery_id, "event": event.event, "action": data.get("action"),
                                "repo": repo, "pr": number})
         started = time.monotonic()
+        installation = int(data["installation"]["id"])
         try:
-            installation = int(data["installation"]["id"])
-            gh = await self.auth.installation_api(installation)
-            await self.router.dispatch(event, gh, self)
+            try:
+                await self.router.dispatch(event, await self.auth.installation_api(installation), self)
+            except gidgethub.BadRequest as exc:
+                if exc.status_code != 401:
+                    raise
+                # The cached token was revoked or rotated: mint a new one and run the (idempotent)
+                # handlers again, once.
+                self.auth.forget(installation)
+                log.warning("installation token refused; retrying with a new one")
+                await self.router.dispatch(event, await self.auth.installation_api(installation), self)
             log.info("event processed")
         except Exception:
             log.exception("event failed")

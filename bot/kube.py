@@ -22,7 +22,7 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 from bot import manifests, mesh_routes, metrics, naming
-from bot.errors import HostConflictError, PermanentError, TemporaryError
+from bot.errors import HostConflictError, TemporaryError
 from bot.naming import PreviewKey
 from bot.settings import ClusterSettings
 
@@ -448,8 +448,3 @@ class Kube:
         """Cheap call proving the API server answers and our credentials work."""
         await self.call("GET", "/version")
 
-
-def describe_failure(exc: BaseException) -> str:
-    if isinstance(exc, KubeError | PermanentError | TemporaryError):
-        return str(exc)
-    return f"{type(exc).__name__}"

@@ -257,3 +257,15 @@ async def test_a_preview_that_never_becomes_available_fails_with_the_reason(
     assert "not Available after 4 s" in final["description"]
     assert "Deploy failed" in str(sticky_comments(fake_github, "acme/huge", 11)[0]["body"])
     assert list(view.deployments()) == [PreviewKey("acme/huge", 11).object_name("a")]  # kept for debugging
+
+
+async def test_a_revoked_installation_token_is_replaced(bot: RunningBot, view: ClusterView) -> None:
+    await open_pr(bot, 13)
+    await bot.settle()
+    bot.fake.expire_tokens()  # GitHub now refuses the token the bot has cached
+    payload = issue_comment_event(bot.fake, REPO, 13, "/preview stop", user="alice")
+    assert await bot.send("issue_comment", payload) == 202
+    await bot.settle()
+    assert view.deployments() == {}
+    assert [r["content"] for r in bot.fake.reactions(REPO, comment_id=payload["comment"]["id"])] == ["+1"]
+    assert any(call.status == 401 for call in bot.fake.calls)  # the stale token was really refused
