@@ -8,10 +8,10 @@ SHA    ?= 4f9c2b1e8d7a6c5b4a3f2e1d0c9b8a7f6e5d4c3b
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --upgrade pip
 
 install: $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e .
 
 # The main job with no cluster and no GitHub: print what a preview of PR 123 would apply.
 render: install
@@ -19,7 +19,7 @@ render: install
 		--sha $(SHA) --domain example.com
 
 install-test: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]' -e './propagation[lint]'
+	$(BIN)/python -m pip install --quiet -e '.[test]' -e './propagation[lint]'
 
 # GitHub's OpenAPI description and real webhook payloads, for the fake GitHub.
 npm:
