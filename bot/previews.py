@@ -87,7 +87,9 @@ class Previewer:
             await self.report(gh, number, Report(State.CONFIG_ERROR, sha=head_sha, detail=detail))
             return DeployResult(State.CONFIG_ERROR, detail)
 
-        live = [p for p in await self.kube.live_previews(gh.repo) if p.key != key.value]
+        repo_previews = await self.kube.live_previews(gh.repo)
+        deployed = {s for p in repo_previews if p.key == key.value for s in p.services}
+        live = [p for p in repo_previews if p.key != key.value]
         if len(live) >= self.settings.policy.max_previews_per_repo:
             detail = (f"Nothing was deployed: this repository already has {len(live)} live previews "
                       f"(the limit is {self.settings.policy.max_previews_per_repo}). Stop one with `/preview stop`.")
@@ -101,7 +103,7 @@ class Previewer:
         plan = manifests.plan_preview(self.settings, config, key, head_sha, only=wanted,
                                       pushed_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
         if not plan.services:
-            await self.teardown_services(key, keep=())
+            await self.teardown_services(key, deployed, keep=())
             detail = "No service of this repository's preview config is changed by this pull request."
             await self.report(gh, number, Report(State.NOT_DEPLOYED, sha=head_sha, detail=detail))
             return DeployResult(State.NOT_DEPLOYED, detail)
@@ -118,7 +120,7 @@ class Previewer:
             await self.kube.apply_preview(plan)
             for service in plan.services:
                 await self.kube.add_mesh_route(service.mesh_host, service.mesh_route)
-            await self.teardown_services(key, keep=[s.service.name for s in plan.services])
+            await self.teardown_services(key, deployed, keep=[s.service.name for s in plan.services])
             failures = await self.kube.wait_available([s.name for s in plan.services], self.ready_timeout,
                                                       stop=superseded)
         except (PreviewError, KubeError) as exc:
@@ -149,10 +151,9 @@ class Previewer:
         metrics.PREVIEW_OUTCOMES.labels(action="deploy", outcome="failure").inc()
         return DeployResult(State.FAILED, reason)
 
-    async def teardown_services(self, key: PreviewKey, keep: list[str] | tuple[()]) -> None:
-        """Remove the preview's services that are no longer wanted (config or diff changed)."""
-        live = [p for p in await self.kube.live_previews(key.repo) if p.key == key.value]
-        stale = sorted({s for p in live for s in p.services} - {naming.dns_label(s) for s in keep})
+    async def teardown_services(self, key: PreviewKey, deployed: set[str], keep: list[str] | tuple[()]) -> None:
+        """Remove the preview's `deployed` services that are no longer wanted (config or diff changed)."""
+        stale = sorted(deployed - {naming.dns_label(s) for s in keep})
         if not stale:
             return
         gone = {naming.service_fqdn(key.object_name(s), self.settings.namespace) for s in stale}

@@ -7,7 +7,7 @@ Issue 4, item 6: 409 / 5xx / timeouts are retried, with a bound; 4xx errors that
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -19,7 +19,6 @@ from bot.manifests import VIRTUAL_SERVICE_API, PreviewPlan, plan_preview
 from bot.naming import PreviewKey, mesh_route_name
 from bot.repo_config import RepoConfig, ServiceConfig
 from bot.settings import ClusterSettings
-from tests.plugins.cluster import Cluster
 from tests.plugins.kubeproxy import FaultProxy
 
 pytestmark = pytest.mark.cluster
@@ -31,23 +30,8 @@ SHA = "a" * 40
 
 
 @pytest.fixture
-def settings(namespace: str) -> ClusterSettings:
-    return ClusterSettings(domain="example.com", namespace=namespace, routing_namespace=namespace)
-
-
-@pytest.fixture
 async def kube(fault_proxy: FaultProxy, settings: ClusterSettings) -> AsyncIterator[Kube]:
     k = Kube.from_environment(settings, kubeconfig=str(fault_proxy.kubeconfig()), timeout=TIMEOUT)
-    try:
-        yield k
-    finally:
-        k.close()
-
-
-@pytest.fixture
-def direct(cluster: Cluster, settings: ClusterSettings) -> Iterator[Kube]:
-    """The same adapter without the proxy: to look at what the API server really holds."""
-    k = Kube.from_environment(settings, kubeconfig=str(cluster.kubeconfig), timeout=10.0)
     try:
         yield k
     finally:

@@ -11,7 +11,6 @@ import asyncio
 import copy
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -33,17 +32,8 @@ PRS = 50
 
 
 @pytest.fixture
-def settings(namespace: str) -> ClusterSettings:
-    return ClusterSettings(domain="example.com", namespace=namespace, routing_namespace=namespace)
-
-
-@pytest.fixture
-def kube(cluster: Cluster, settings: ClusterSettings) -> Iterator[Kube]:
-    k = Kube.from_environment(settings, kubeconfig=str(cluster.kubeconfig), timeout=10.0)
-    try:
-        yield k
-    finally:
-        k.close()
+def kube(direct: Kube) -> Kube:
+    return direct
 
 
 def mesh_route(settings: ClusterSettings, number: int) -> tuple[str, str, dict[str, Any]]:
