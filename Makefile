@@ -15,7 +15,7 @@ install: $(BIN)/python
 
 # The main job with no cluster and no GitHub: print what a preview of PR 123 would apply.
 render: install
-	$(BIN)/preview-bot render --config examples/.github/preview.yml --repo acme/shop --pr 123 \
+	$(BIN)/preview-bot render --config examples/.github/preview.yml --repo acme/shop --repo-id 1296269 --pr 123 \
 		--sha $(SHA) --domain example.com
 
 install-test: $(BIN)/python

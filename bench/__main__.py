@@ -108,7 +108,7 @@ def bench_mesh_routes(previews: int) -> dict[str, float]:
     spec = mesh_routes.new_spec(host)
     started = time.perf_counter()
     for n in range(1, previews + 1):
-        key = PreviewKey("acme/shop", n).value
+        key = PreviewKey("acme/shop", n, 1296269).value
         route = mesh_routes.preview_route(key, destination=f"{key}-a.default.svc.cluster.local", port=8080,
                                           header_name="x-preview", mode="header")
         spec = mesh_routes.with_route(spec, host, route)
@@ -116,7 +116,7 @@ def bench_mesh_routes(previews: int) -> dict[str, float]:
     assert len(spec["http"]) == previews + 1
     started = time.perf_counter()
     for n in range(1, previews + 1):
-        spec = mesh_routes.without_key(spec, host, PreviewKey("acme/shop", n).value)
+        spec = mesh_routes.without_key(spec, host, PreviewKey("acme/shop", n, 1296269).value)
     removed = time.perf_counter() - started
     return {"add_ms_per_route": added / previews * 1000, "remove_ms_per_route": removed / previews * 1000}
 
@@ -126,7 +126,7 @@ def bench_render(count: int) -> dict[str, float]:
     config = parse_repo_config(CONFIG)
     started = time.perf_counter()
     for n in range(1, count + 1):
-        manifests.render(settings, config, PreviewKey("acme/shop", n), "a" * 40)
+        manifests.render(settings, config, PreviewKey("acme/shop", n, 1296269), "a" * 40)
     return {"render_ms": (time.perf_counter() - started) / count * 1000}
 
 

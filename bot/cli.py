@@ -21,6 +21,8 @@ def _render(args: argparse.Namespace) -> int:
 
     if not valid_repo(args.repo):
         raise ConfigError("--repo", "", f"must be owner/name, got {args.repo!r}")
+    if args.repo_id < 1:
+        raise ConfigError("--repo-id", "", f"must be the repository's numeric id, got {args.repo_id}")
     if args.pr < 1:
         raise ConfigError("--pr", "", f"must be a pull request number, got {args.pr}")
     if not args.sha or not all(c in "0123456789abcdef" for c in args.sha.lower()):
@@ -33,7 +35,7 @@ def _render(args: argparse.Namespace) -> int:
         raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
     config = parse_repo_config(text, source=str(path))
     check_policy(config, settings.policy, source=str(path))
-    documents = manifests.render(settings, config, PreviewKey(args.repo, args.pr), args.sha.lower())
+    documents = manifests.render(settings, config, PreviewKey(args.repo, args.pr, args.repo_id), args.sha.lower())
     sys.stdout.write(yaml.safe_dump_all(documents, sort_keys=False))
     return 0
 
@@ -68,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     render = sub.add_parser("render", help="print the objects a preview would create (no cluster, no GitHub)")
     render.add_argument("--config", required=True, help="path to a .github/preview.yml")
     render.add_argument("--repo", required=True, help="owner/name")
+    render.add_argument("--repo-id", required=True, type=int,
+                        help="the repository's numeric id (GitHub's repository.id; the preview key hashes it)")
     render.add_argument("--pr", required=True, type=int, help="pull request number")
     render.add_argument("--sha", required=True, help="head commit SHA")
     render.add_argument("--domain", help="preview domain (default: $PREVIEW_DOMAIN)")

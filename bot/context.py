@@ -30,12 +30,13 @@ class Context:
     previewer: Previewer
     queue: WorkQueue
     router: routing.Router
-    # (repo, pr, user) that were already told "no permission": a stranger cannot make the bot spam.
-    refused: cachetools.TTLCache[tuple[str, int, str], bool] = field(
+    # (repository id, pr, user) that were already told "no permission": a stranger cannot make the bot spam.
+    refused: cachetools.TTLCache[tuple[int, int, str], bool] = field(
         default_factory=lambda: cachetools.TTLCache(maxsize=10_000, ttl=3600))
 
-    def superseded(self, repo: str, number: int) -> bool:
-        return self.queue.has_pending((repo, number))
+    def superseded(self, repo_id: int, number: int) -> bool:
+        """A newer event of the PR waits in the queue (keyed like webhook.work_key)."""
+        return self.queue.has_pending((str(repo_id), number))
 
     async def dispatch(self, event: sansio.Event) -> None:
         """Run the routers for one event on a fresh installation client (in the background)."""
@@ -66,4 +67,5 @@ class Context:
 
 
 def repo_client(event: sansio.Event, gh: GitHubAPI) -> RepoClient:
-    return RepoClient(gh, event.data["repository"]["full_name"])
+    repository = event.data["repository"]
+    return RepoClient(gh, repository["full_name"], int(repository["id"]))

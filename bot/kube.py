@@ -72,7 +72,7 @@ class LivePreview:
     """A preview as the cluster sees it, from labels and annotations."""
 
     key: str
-    repo: str
+    repo: str  # full name when last deployed: for people
     number: int
     sha: str
     services: tuple[str, ...]
@@ -80,6 +80,7 @@ class LivePreview:
     pushed_at: str | None
     keep: bool
     hosts: tuple[str, ...] = ()
+    repo_id: int | None = None  # None: a legacy preview, made before ids (found by its name's hash)
 
 
 class Kube:
@@ -207,26 +208,67 @@ class Kube:
 
     # -- one preview's own objects ----------------------------------------------------------------
 
-    async def ensure_owned(self, manifest: Mapping[str, Any], repo: str) -> None:
-        """Refuse to overwrite an object that belongs to another repository's preview."""
+    async def ensure_owned(self, manifest: Mapping[str, Any], key: PreviewKey) -> None:
+        """Refuse to overwrite an object that belongs to another repository's preview.
+
+        Ownership is the repository id label; an object from before ids (no id label) is ours when it
+        carries this preview's key (adopted, see naming.resolve_key) or our current full name."""
         existing = await self.get(object_path(manifest))
         if existing is None:
             return
-        owner = ((existing.get("metadata") or {}).get("annotations") or {}).get(naming.REPO_ANNOTATION)
-        if owner is not None and owner != repo:
+        meta = existing.get("metadata") or {}
+        labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
+        owner_name = annotations.get(naming.REPO_ANNOTATION)
+        owner_id = labels.get(naming.REPO_ID_LABEL)
+        if owner_id is not None:
+            ours = owner_id == str(key.repo_id)
+        elif owner_name is not None:
+            ours = labels.get(naming.KEY_LABEL) == key.value or owner_name.lower() == key.repo.lower()
+        else:
+            ours = manifest["kind"] != "VirtualService"
+            if not ours:
+                raise HostConflictError(f"VirtualService {manifest['metadata']['name']} exists and is not "
+                                        "managed by preview-bot; refusing to overwrite it")
+        if not ours:
             host = (manifest["metadata"].get("annotations") or {}).get(naming.HOST_ANNOTATION)
             what = f"host {host}" if host else f"{manifest['kind']} {manifest['metadata']['name']}"
-            raise HostConflictError(f"{what} is already used by a preview of {owner}; "
+            raise HostConflictError(f"{what} is already used by a preview of {owner_name or 'another repository'}; "
                                     "include {repo} or {owner} in PREVIEW_HOST_TEMPLATE to separate them")
-        if owner is None and manifest["kind"] == "VirtualService":
-            raise HostConflictError(f"VirtualService {manifest['metadata']['name']} exists and is not managed "
-                                    "by preview-bot; refusing to overwrite it")
 
     async def apply_preview(self, plan: manifests.PreviewPlan) -> None:
+        """Apply the preview's objects, then delete its gateway routes for hosts it no longer has (the
+        host template uses {repo} or {owner} and the repository was renamed or transferred)."""
         for manifest in plan.manifests():
-            await self.ensure_owned(manifest, plan.key.repo)
+            await self.ensure_owned(manifest, plan.key)
         for manifest in plan.manifests():
             await self.apply(manifest)
+        wanted = {s.gateway_route["metadata"]["name"] for s in plan.services}
+        services = {naming.dns_label(s.service.name) for s in plan.services}
+        selector = f"{plan.key.selector()},{naming.ROLE_LABEL}={naming.ROLE_GATEWAY}"
+        for item in await self.virtual_services(selector):
+            meta = item["metadata"]
+            if meta["name"] not in wanted and (meta.get("labels") or {}).get(naming.SERVICE_LABEL) in services:
+                await self.delete(f"{self._vs_collection()}/{meta['name']}")
+
+    async def adopt(self, key: str, repo_id: int) -> int:
+        """Add the repository id label to a legacy preview's objects (Deployments, Services, gateway routes);
+        returns how many were labelled. Later renames then find the preview by its id."""
+        selector = f"{naming.MANAGED_BY_LABEL}={naming.MANAGED_BY},{naming.KEY_LABEL}={key},!{naming.REPO_ID_LABEL}"
+        patch = {"metadata": {"labels": {naming.REPO_ID_LABEL: str(repo_id)}}}
+        changed = 0
+        for api_version, plural, namespace in self._own_kinds():
+            for item in await self.list_objects(api_version, plural, namespace, selector):
+                path = f"{collection_path(api_version, plural, namespace)}/{item['metadata']['name']}"
+                try:
+                    await self.call("PATCH", path, body=patch, content_type="application/merge-patch+json")
+                except NotFound:
+                    continue
+                changed += 1
+        return changed
+
+    def _own_kinds(self) -> list[tuple[str, str, str]]:
+        return [("apps/v1", "deployments", self.settings.namespace), ("v1", "services", self.settings.namespace),
+                (manifests.VIRTUAL_SERVICE_API, "virtualservices", self.settings.routing_namespace)]
 
     async def delete_preview(self, key: PreviewKey, *, services: Iterable[str] | None = None) -> int:
         """Delete the preview's objects (optionally only some services'); returns how many went."""
@@ -237,9 +279,7 @@ class Kube:
                 return 0
             selector += f",{naming.SERVICE_LABEL} in ({names})"
         deleted = 0
-        kinds = [("apps/v1", "deployments", self.settings.namespace), ("v1", "services", self.settings.namespace),
-                 (manifests.VIRTUAL_SERVICE_API, "virtualservices", self.settings.routing_namespace)]
-        for api_version, plural, namespace in kinds:
+        for api_version, plural, namespace in self._own_kinds():
             for item in await self.list_objects(api_version, plural, namespace, selector):
                 path = f"{collection_path(api_version, plural, namespace)}/{item['metadata']['name']}"
                 deleted += await self.delete(path)
@@ -400,10 +440,15 @@ class Kube:
 
     # -- what is live ---------------------------------------------------------------------------
 
-    async def live_previews(self, repo: str | None = None) -> list[LivePreview]:
-        selector = naming.repo_selector(repo) if repo else naming.MANAGED_SELECTOR
-        deployments = await self.list_objects("apps/v1", "deployments", self.settings.namespace, selector)
-        routes = await self.virtual_services(f"{selector},{naming.ROLE_LABEL}={naming.ROLE_GATEWAY}")
+    async def live_previews(self, repo: tuple[int, str] | None = None) -> list[LivePreview]:
+        """Every live preview, or those of one repository `(id, current full name)`: found by its id, and
+        legacy ones (no id label) by the hash of its name."""
+        selectors = naming.repo_selectors(*repo) if repo else (naming.MANAGED_SELECTOR,)
+        deployments: list[dict[str, Any]] = []
+        routes: list[dict[str, Any]] = []
+        for selector in selectors:
+            deployments += await self.list_objects("apps/v1", "deployments", self.settings.namespace, selector)
+            routes += await self.virtual_services(f"{selector},{naming.ROLE_LABEL}={naming.ROLE_GATEWAY}")
         hosts: dict[str, list[str]] = {}
         for route in routes:
             meta = route["metadata"]
@@ -417,6 +462,8 @@ class Kube:
             metas = [i["metadata"] for i in items]
             annotations = [m.get("annotations") or {} for m in metas]
             pushed = [a[naming.PUSHED_AT_ANNOTATION] for a in annotations if a.get(naming.PUSHED_AT_ANNOTATION)]
+            ids = {m["labels"].get(naming.REPO_ID_LABEL, "") for m in metas}
+            raw_id = ids.pop() if len(ids) == 1 else ""
             previews.append(LivePreview(
                 key=key,
                 repo=annotations[0].get(naming.REPO_ANNOTATION, ""),
@@ -427,6 +474,7 @@ class Kube:
                 pushed_at=max(pushed) if pushed else None,
                 keep=any(a.get(naming.KEEP_ANNOTATION) == "true" for a in annotations),
                 hosts=tuple(sorted(hosts.get(key, []))),
+                repo_id=int(raw_id) if raw_id.isdigit() and int(raw_id) > 0 else None,
             ))
         return previews
 

@@ -18,7 +18,7 @@ from bot import comment, manifests, mesh_routes, metrics, naming
 from bot.comment import Report, ServiceLine, State
 from bot.errors import ConfigError, PermanentError, PreviewError
 from bot.github.client import RepoClient
-from bot.kube import Kube, KubeError
+from bot.kube import Kube, KubeError, LivePreview
 from bot.naming import PreviewKey
 from bot.repo_config import CONFIG_PATH, RepoConfig, check_policy, parse_repo_config
 from bot.settings import ClusterSettings
@@ -53,7 +53,14 @@ class Previewer:
     async def report(self, gh: RepoClient, number: int, report: Report) -> None:
         await gh.upsert_sticky(number, comment.render(report))
 
-    async def settled(self, gh: RepoClient, key: PreviewKey, head_sha: str) -> bool:
+    async def key_for(self, gh: RepoClient, number: int) -> tuple[PreviewKey, list[LivePreview]]:
+        """The PR's preview key (an existing preview's is kept, see naming.resolve_key) and the
+        repository's live previews."""
+        previews = await self.kube.live_previews((gh.repo_id, gh.repo))
+        return naming.resolve_key(gh.repo, gh.repo_id, number, (p.key for p in previews)), previews
+
+    async def settled(self, gh: RepoClient, key: PreviewKey, head_sha: str,
+                      previews: list[LivePreview]) -> bool:
         """`head_sha` was deployed to the end: it runs (success), or it failed and a retry needs a push or
         `/preview`. A deploy cut short (in_progress, a crash) is not settled."""
         deployments = await gh.deployments(key.environment)
@@ -62,8 +69,7 @@ class Previewer:
         state = await gh.latest_state(int(deployments[0]["id"]))
         if state in ("failure", "error"):
             return True
-        return state == "success" and any(
-            p.key == key.value and p.sha == head_sha for p in await self.kube.live_previews(gh.repo))
+        return state == "success" and any(p.key == key.value and p.sha == head_sha for p in previews)
 
     async def deploy(self, gh: RepoClient, number: int, head_sha: str, *,
                      config: RepoConfig | None = None, force: bool = True,
@@ -72,8 +78,8 @@ class Previewer:
 
         Without `force`, a SHA already deployed to the end is left alone (a repeated event, or a resumed
         one that a webhook already handled)."""
-        key = PreviewKey(gh.repo, number)
-        if not force and await self.settled(gh, key, head_sha):
+        key, repo_previews = await self.key_for(gh, number)
+        if not force and await self.settled(gh, key, head_sha, repo_previews):
             return DeployResult(State.READY, "already deployed")
         try:
             config = config or await self.load_config(gh)
@@ -87,7 +93,6 @@ class Previewer:
             await self.report(gh, number, Report(State.CONFIG_ERROR, sha=head_sha, detail=detail))
             return DeployResult(State.CONFIG_ERROR, detail)
 
-        repo_previews = await self.kube.live_previews(gh.repo)
         deployed = {s for p in repo_previews if p.key == key.value for s in p.services}
         live = [p for p in repo_previews if p.key != key.value]
         if len(live) >= self.settings.policy.max_previews_per_repo:
@@ -170,7 +175,7 @@ class Previewer:
 
     async def stop(self, gh: RepoClient, number: int, reason: str) -> int:
         """Tear down and tell GitHub; a PR that never had a preview gets no comment."""
-        key = PreviewKey(gh.repo, number)
+        key, _ = await self.key_for(gh, number)
         removed = await self.teardown(key)
         try:
             deactivated = await gh.deactivate(key.environment)

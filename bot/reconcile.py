@@ -15,7 +15,7 @@ from typing import Any
 
 import gidgethub
 
-from bot import comment, mesh_routes, metrics
+from bot import comment, mesh_routes, metrics, naming
 from bot.comment import Report, State
 from bot.github.client import RepoClient
 from bot.kube import Kube, LivePreview
@@ -25,13 +25,16 @@ from bot.previews import Previewer
 log = logging.getLogger(__name__)
 
 KEEP_LABEL = "preview-keep"
-# repo -> a client for it, or None when the App is no longer installed there.
-ClientFor = Callable[[str], Awaitable[RepoClient | None]]
+# (repository id, full name) -> a client for it, or None when the App is no longer installed there. The
+# id is None for a legacy preview (made before ids): the name finds it then.
+ClientFor = Callable[[int | None, str], Awaitable[RepoClient | None]]
+# (repository id, current full name, number): queue a redeploy.
+Resume = Callable[[int, str, int], None]
 
 
 @dataclass
 class Action:
-    kind: str  # "teardown-closed", "teardown-idle", "remove-route"
+    kind: str  # "teardown-closed", "teardown-idle", "remove-route", "resume", "adopt"
     target: str
     reason: str
 
@@ -71,7 +74,7 @@ def dangling_routes(mesh_services: list[dict[str, Any]], services: set[str]) -> 
 
 async def reconcile(kube: Kube, previewer: Previewer, client_for: ClientFor, *, idle_ttl: timedelta,
                     dry_run: bool = False, now: datetime | None = None,
-                    resume: Callable[[str, int], None] | None = None, check_stuck: bool = False,
+                    resume: Resume | None = None, check_stuck: bool = False,
                     stuck_after: timedelta = timedelta(minutes=10), identity: str = "") -> GcReport:
     """One pass. `resume` queues a redeploy of previews behind their PR's head (a missed push), and with
     `check_stuck` of those whose last GitHub deployment never finished (a crash mid-deploy)."""
@@ -79,29 +82,39 @@ async def reconcile(kube: Kube, previewer: Previewer, client_for: ClientFor, *, 
     report = GcReport()
     previews = await kube.live_previews()
     metrics.LIVE_PREVIEWS.set(len(previews))
-    pulls_by_repo: dict[str, Mapping[int, dict[str, Any]] | None] = {}
+    pulls_by_repo: dict[int | str, tuple[RepoClient | None, Mapping[int, dict[str, Any]] | None]] = {}
     for preview in previews:
         target = f"{preview.repo}#{preview.number}"
-        if not valid_repo(preview.repo) or preview.number < 1:
+        if not valid_repo(preview.repo) or preview.number < 1 or not _key_intact(preview):
             report.errors.append(f"{preview.key}: labels or annotations are damaged; left alone")
             continue
         try:
-            if preview.repo not in pulls_by_repo:
-                client = await client_for(preview.repo)
-                pulls_by_repo[preview.repo] = None if client is None else \
-                    {int(p["number"]): p for p in await client.open_pulls()}
-            open_pulls = pulls_by_repo[preview.repo]
+            # By id: a renamed or transferred repository is the same repository.
+            repo_key: int | str = preview.repo_id if preview.repo_id is not None else preview.repo.lower()
+            if repo_key not in pulls_by_repo:
+                found = await client_for(preview.repo_id, preview.repo)
+                pulls_by_repo[repo_key] = (found, None if found is None else
+                                           {int(p["number"]): p for p in await found.open_pulls()})
+            client, open_pulls = pulls_by_repo[repo_key]
+            if client is not None:
+                target = f"{client.repo}#{preview.number}"
             pull = None if open_pulls is None else open_pulls.get(preview.number)
             if pull is None:
                 reason = "pull request is closed" if open_pulls is not None else "App not installed on the repository"
                 report.actions.append(Action("teardown-closed", target, reason))
                 if not dry_run:
-                    await _stop(previewer, client_for, preview, f"Preview removed: the {reason}.")
+                    await _stop(previewer, client, preview, f"Preview removed: the {reason}.")
                 continue
-            if resume is not None and await _needs_resume(pull, preview, client_for,
+            assert client is not None  # an open pull was listed through it
+            if preview.repo_id is None:
+                # Made before ids: label its objects with the repository id, so a later rename finds it.
+                report.actions.append(Action("adopt", target, f"labelled with repository id {client.repo_id}"))
+                if not dry_run:
+                    await kube.adopt(preview.key, client.repo_id)
+            if resume is not None and await _needs_resume(pull, preview, client,
                                                           stuck_after if check_stuck else None, now, identity):
                 report.actions.append(Action("resume", target, "deploy did not finish or missed a push"))
-                resume(preview.repo, preview.number)
+                resume(client.repo_id, client.repo, preview.number)
                 continue
             labels = {str(label["name"]) for label in pull.get("labels") or []}
             if preview.keep or KEEP_LABEL in labels or not is_idle(preview, now, idle_ttl):
@@ -109,7 +122,7 @@ async def reconcile(kube: Kube, previewer: Previewer, client_for: ClientFor, *, 
             days = idle_ttl.total_seconds() / 86400
             report.actions.append(Action("teardown-idle", target, f"no push for more than {days:g} days"))
             if not dry_run:
-                await _stop(previewer, client_for, preview,
+                await _stop(previewer, client, preview,
                             f"Preview removed after {days:g} days without a push. Comment `/preview` to deploy "
                             f"again, or `/preview keep` (or the `{KEEP_LABEL}` label) to keep it.")
         except (gidgethub.GitHubException, OSError) as exc:
@@ -126,21 +139,26 @@ async def reconcile(kube: Kube, previewer: Previewer, client_for: ClientFor, *, 
     return report
 
 
-async def _needs_resume(pull: Mapping[str, Any], preview: LivePreview, client_for: ClientFor,
+def _key_intact(preview: LivePreview) -> bool:
+    try:
+        naming.existing_key(preview.repo, preview.number, preview.repo_id, preview.key)
+    except ValueError:
+        return False
+    return True
+
+
+async def _needs_resume(pull: Mapping[str, Any], preview: LivePreview, client: RepoClient,
                         stuck_after: timedelta | None, now: datetime, identity: str) -> bool:
     """Behind the PR's head (a missed push), or its last deploy is unfinished and nobody is running it:
     it was started by this replica before a restart, or it is older than any live deploy can be
     (another replica's deploy in progress is younger)."""
     head = pull.get("head") or {}
-    fork = (head.get("repo") or {}).get("full_name") != preview.repo
+    fork = (head.get("repo") or {}).get("id") != client.repo_id
     if head.get("sha") != preview.sha:
         return not fork  # a fork's new commits wait for approval
     if stuck_after is None:
         return False
-    client = await client_for(preview.repo)
-    if client is None:
-        return False
-    deployments = await client.deployments(PreviewKey(preview.repo, preview.number).environment)
+    deployments = await client.deployments(PreviewKey(client.repo, preview.number, client.repo_id).environment)
     if not deployments:
         return False
     status = await client.latest_status(int(deployments[0]["id"]))
@@ -152,12 +170,10 @@ async def _needs_resume(pull: Mapping[str, Any], preview: LivePreview, client_fo
     return since is not None and now - since > stuck_after
 
 
-async def _stop(previewer: Previewer, client_for: ClientFor, preview: LivePreview, reason: str) -> None:
-    key = PreviewKey(preview.repo, preview.number)
-    client = await client_for(preview.repo)
-    if client is None:
-        await previewer.teardown(key)
-        return
+async def _stop(previewer: Previewer, client: RepoClient | None, preview: LivePreview, reason: str) -> None:
+    key = naming.existing_key(preview.repo, preview.number, preview.repo_id, preview.key)
     await previewer.teardown(key)
+    if client is None:
+        return
     await client.deactivate(key.environment)
     await client.upsert_sticky(preview.number, comment.render(Report(State.STOPPED, detail=reason)))

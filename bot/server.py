@@ -14,8 +14,6 @@ from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
 
 import aiohttp
-import cachetools
-import gidgethub
 from aiohttp import web
 from gidgethub import routing
 
@@ -36,6 +34,8 @@ from bot.triggers import Decision, decide, facts_from_pull
 from bot.webhook import WebhookConfig, create_app
 
 log = logging.getLogger(__name__)
+REPOSITORIES_TTL = 300.0  # seconds a list of the App's repositories is reused
+REPOSITORIES_MIN_AGE = 10.0  # a repository missing from the list re-reads it, at most this often
 
 
 def build_router() -> routing.Router:
@@ -80,22 +80,39 @@ class Bot:
             if settings.leader_election else None
         self.port = 0
         self._first_pass = True  # after a restart, look for deploys a crash left half-done
-        self._installations: cachetools.TTLCache[str, int | None] = cachetools.TTLCache(maxsize=4096, ttl=600)
+        # repository id -> (installation id, current full name), from the installations' repository lists.
+        self._repositories: dict[int, tuple[int, str]] = {}
+        self._repositories_at = -float("inf")
 
-    async def client_for(self, repo: str) -> RepoClient | None:
-        """A client on the repository's installation; None when the App is not installed there."""
-        if repo not in self._installations:
-            try:
-                data = await self.auth.api().getitem(f"/repos/{repo}/installation", jwt=self.auth.app_jwt())
-                self._installations[repo] = int(data["id"])
-            except gidgethub.BadRequest as exc:
-                if exc.status_code != 404:
-                    raise
-                self._installations[repo] = None
-        installation = self._installations[repo]
-        if installation is None:
-            return None
-        return RepoClient(await self.auth.installation_api(installation), repo)
+    async def repositories(self, *, max_age: float = REPOSITORIES_TTL) -> dict[int, tuple[int, str]]:
+        """Every repository the App is installed on: id -> (installation id, current full name).
+
+        Read from `GET /app/installations` and each installation's `GET /installation/repositories`,
+        refreshed when older than `max_age` seconds. Keyed by id: the full name changes with a rename or
+        a transfer, the id does not (GitHub REST docs, "Repositories": `id`)."""
+        if time.monotonic() - self._repositories_at > max_age:
+            found: dict[int, tuple[int, str]] = {}
+            async for installation in self.auth.api().getiter("/app/installations", jwt=self.auth.app_jwt()):
+                gh = await self.auth.installation_api(int(installation["id"]))
+                async for repo in gh.getiter("/installation/repositories", iterable_key="repositories"):
+                    found[int(repo["id"])] = (int(installation["id"]), str(repo["full_name"]))
+            self._repositories, self._repositories_at = found, time.monotonic()
+        return self._repositories
+
+    async def client_for(self, repo_id: int | None, repo: str) -> RepoClient | None:
+        """A client on the repository's installation, by id (a legacy preview without one: by its name);
+        None when the App is not installed there. A miss re-reads the list unless it is fresh."""
+        for max_age in (REPOSITORIES_TTL, REPOSITORIES_MIN_AGE):
+            repositories = await self.repositories(max_age=max_age)
+            if repo_id is not None:
+                found = (repo_id, *repositories[repo_id]) if repo_id in repositories else None
+            else:
+                found = next(((rid, inst, name) for rid, (inst, name) in repositories.items()
+                              if name.lower() == repo.lower()), None)
+            if found is not None:
+                rid, installation, name = found
+                return RepoClient(await self.auth.installation_api(installation), name, rid)
+        return None
 
     async def reconcile_once(self, *, dry_run: bool = False) -> GcReport:
         report = await reconcile(self.kube, self.previewer, self.client_for,
@@ -110,12 +127,14 @@ class Bot:
         """After a restart: open PRs that should have a preview and have none (an event lost mid-flight).
 
         GitHub does not redeliver, so this walks every installation's repositories once at start."""
-        live = {(p.repo, p.number) for p in await self.kube.live_previews()}
+        previews = await self.kube.live_previews()
+        live = {(p.repo_id, p.number) for p in previews} | {(p.repo.lower(), p.number) for p in previews
+                                                            if p.repo_id is None}
         missed: list[tuple[str, int]] = []
         async for installation in self.auth.api().getiter("/app/installations", jwt=self.auth.app_jwt()):
             gh = await self.auth.installation_api(int(installation["id"]))
             async for repo in gh.getiter("/installation/repositories", iterable_key="repositories"):
-                client = RepoClient(gh, str(repo["full_name"]))
+                client = RepoClient(gh, str(repo["full_name"]), int(repo["id"]))
                 try:
                     config = await self.previewer.load_config(client)
                 except ConfigError:
@@ -125,15 +144,15 @@ class Bot:
                 for pull in await client.open_pulls():
                     number = int(pull["number"])
                     wanted = decide(config, facts_from_pull(pull, "synchronize")) is Decision.DEPLOY
-                    if wanted and (client.repo, number) not in live:
+                    if wanted and not {(client.repo_id, number), (client.repo.lower(), number)} & live:
                         missed.append((client.repo, number))
-                        self.resume(client.repo, number)
+                        self.resume(client.repo_id, client.repo, number)
         return missed
 
-    def resume(self, repo: str, number: int) -> None:
+    def resume(self, repo_id: int, repo: str, number: int) -> None:
         """Queue a redeploy of a preview found half-done (crash mid-deploy) or behind its PR's head."""
         async def job() -> None:
-            client = await self.client_for(repo)
+            client = await self.client_for(repo_id, repo)
             if client is None:
                 return
             pull = await client.pull(number)
@@ -142,9 +161,9 @@ class Bot:
             # A webhook may have got there first (this job waited behind it in the PR's queue): the
             # deploy is then a no-op.
             await self.previewer.deploy(client, number, str(pull["head"]["sha"]), force=False,
-                                        superseded=lambda: self.ctx.superseded(repo, number))
+                                        superseded=lambda: self.ctx.superseded(repo_id, number))
         with suppress(QueueClosed):
-            self.queue.submit((repo, number), job, supersedes=False)
+            self.queue.submit((str(repo_id), number), job, supersedes=False)
 
     def leading(self) -> bool:
         return self.elector is None or self.elector.leading

@@ -54,8 +54,10 @@ def signature_valid(secret: bytes, body: bytes, header: str) -> bool:
 
 
 def work_key(data: dict[str, Any]) -> tuple[str, int]:
-    """Events of one PR share a key (ordered); others get the repository's key 0."""
-    repo = str((data.get("repository") or {}).get("full_name", ""))
+    """Events of one PR share a key (ordered); others get the repository's key 0. The repository is its
+    numeric id (a rename between two events must not let them run at once)."""
+    repository = data.get("repository") or {}
+    repo = str(repository.get("id") or repository.get("full_name") or "")
     number = (data.get("pull_request") or data.get("issue") or {}).get("number") or 0
     return repo, int(number)
 

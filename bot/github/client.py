@@ -16,14 +16,19 @@ from bot import comment as sticky
 WRITE_PERMISSIONS = frozenset({"admin", "maintain", "write"})
 DEPLOYMENT_DESCRIPTION_MAX = 140
 
-# (repo, number) -> (comment id, last body). Process-wide: it saves a listing and skips no-op edits.
-_STICKY: cachetools.LRUCache[tuple[str, int], tuple[int, str]] = cachetools.LRUCache(maxsize=4096)
+# (repository id, number) -> (comment id, last body). Process-wide: it saves a listing and skips no-op
+# edits. Keyed by id: a renamed repository keeps its comments.
+_STICKY: cachetools.LRUCache[tuple[int, int], tuple[int, str]] = cachetools.LRUCache(maxsize=4096)
 
 
 class RepoClient:
-    def __init__(self, gh: GitHubAPI, repo: str) -> None:
+    """`repo` is the current full name (URLs are by name); `repo_id` is GitHub's `repository.id`, the
+    identity every cache and cluster object is keyed by."""
+
+    def __init__(self, gh: GitHubAPI, repo: str, repo_id: int) -> None:
         self.gh = gh
         self.repo = repo
+        self.repo_id = repo_id
         self._base = f"/repos/{repo}"
 
     async def default_branch(self) -> str:
@@ -87,11 +92,11 @@ class RepoClient:
         return None
 
     async def has_sticky(self, number: int) -> bool:
-        return (self.repo, number) in _STICKY or await self._find_sticky(number) is not None
+        return (self.repo_id, number) in _STICKY or await self._find_sticky(number) is not None
 
     async def upsert_sticky(self, number: int, body: str) -> int:
         """Edit the PR's one bot comment in place, or create it; an unchanged body costs nothing."""
-        cache_key = (self.repo, number)
+        cache_key = (self.repo_id, number)
         known = _STICKY.get(cache_key) or await self._find_sticky(number)
         if known is not None:
             comment_id, current = known

@@ -9,7 +9,6 @@ from gidgethub.abc import GitHubAPI
 
 from bot.commands import HELP_TEXT, Action, parse_command
 from bot.context import Context, repo_client
-from bot.naming import PreviewKey
 
 router = routing.Router()
 
@@ -37,8 +36,8 @@ async def on_comment(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
         return
     if command.action in NEEDS_WRITE and not await client.can_write(user):
         await client.react(int(comment["id"]), "-1")
-        if (client.repo, number, user) not in ctx.refused:
-            ctx.refused[(client.repo, number, user)] = True
+        if (client.repo_id, number, user) not in ctx.refused:
+            ctx.refused[(client.repo_id, number, user)] = True
             await client.reply(number, f"@{user} `/preview {command.action.value}` needs write access "
                                        "to this repository; nothing was changed.")
         return
@@ -50,8 +49,9 @@ async def on_comment(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
             return
         # The head at this moment is what the maintainer approved (matters for forks).
         await ctx.previewer.deploy(client, number, pr["head"]["sha"],
-                                   superseded=lambda: ctx.superseded(client.repo, number))
+                                   superseded=lambda: ctx.superseded(client.repo_id, number))
     elif command.action is Action.STOP:
         await ctx.previewer.stop(client, number, f"Stopped by @{user} with `/preview stop`.")
     elif command.action is Action.KEEP:
-        await ctx.kube.set_keep(PreviewKey(client.repo, number), True)
+        key, _ = await ctx.previewer.key_for(client, number)
+        await ctx.kube.set_keep(key, True)

@@ -57,7 +57,7 @@ async def on_update(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
         if current.get("state") != "open":
             return
         await ctx.previewer.deploy(client, number, current["head"]["sha"], config=config, force=False,
-                                   superseded=lambda: ctx.superseded(client.repo, number))
+                                   superseded=lambda: ctx.superseded(client.repo_id, number))
     elif decision is Decision.TEARDOWN:
         await ctx.previewer.stop(client, number, f"The `{config.label}` label was removed: preview removed.")
     elif decision is Decision.AWAIT_APPROVAL:

@@ -15,7 +15,7 @@ from bot.naming import PreviewKey
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / ".github" / "preview.yml"
 SHA = "0123456789abcdef0123456789abcdef01234567"
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-KEY = PreviewKey("acme/shop", 7)
+KEY = PreviewKey("acme/shop", 7, 1296269)
 
 
 @pytest.fixture(autouse=True)
@@ -28,8 +28,10 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def render(capsys: pytest.CaptureFixture[str], *extra: str, config: Path = EXAMPLE,
-           repo: str = "acme/shop", pr: str = "7", sha: str = SHA) -> tuple[int, list[dict[str, Any]], str]:
-    code = cli.main(["render", "--config", str(config), "--repo", repo, "--pr", pr, "--sha", sha, *extra])
+           repo: str = "acme/shop", pr: str = "7", sha: str = SHA,
+           repo_id: str = "1296269") -> tuple[int, list[dict[str, Any]], str]:
+    code = cli.main(["render", "--config", str(config), "--repo", repo, "--repo-id", repo_id, "--pr", pr,
+                     "--sha", sha, *extra])
     out, err = capsys.readouterr()
     documents = [d for d in yaml.safe_load_all(out) if d is not None] if code == 0 else []
     return code, documents, err
@@ -155,17 +157,17 @@ def test_invalid_pr_or_sha_is_refused(capsys: pytest.CaptureFixture[str], option
 
 
 def test_render_is_deterministic(capsys: pytest.CaptureFixture[str]) -> None:
-    cli.main(["render", "--config", str(EXAMPLE), "--repo", "acme/shop", "--pr", "7", "--sha", SHA,
+    cli.main(["render", "--config", str(EXAMPLE), "--repo", "acme/shop", "--repo-id", "1296269", "--pr", "7", "--sha", SHA,
               "--domain", "example.com"])
     first = capsys.readouterr().out
-    cli.main(["render", "--config", str(EXAMPLE), "--repo", "acme/shop", "--pr", "7", "--sha", SHA,
+    cli.main(["render", "--config", str(EXAMPLE), "--repo", "acme/shop", "--repo-id", "1296269", "--pr", "7", "--sha", SHA,
               "--domain", "example.com"])
     assert capsys.readouterr().out == first
 
 
 def test_two_repos_render_disjoint_object_names(capsys: pytest.CaptureFixture[str]) -> None:
     _, mine, _ = render(capsys, "--domain", "example.com")
-    _, theirs, _ = render(capsys, "--domain", "example.com", repo="other/shop")
+    _, theirs, _ = render(capsys, "--domain", "example.com", repo="other/shop", repo_id="42")
     workload = {"Deployment", "Service"}
     names_mine = {d["metadata"]["name"] for d in mine if d["kind"] in workload}
     names_theirs = {d["metadata"]["name"] for d in theirs if d["kind"] in workload}

@@ -17,7 +17,7 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 SHA = "0123456789abcdef0123456789abcdef01234567"
 SETTINGS = ClusterSettings(domain="example.com", namespace="previews", routing_namespace="istio-system",
                            gateway="istio-system/preview-gateway")
-KEY = PreviewKey("acme/shop", 7)
+KEY = PreviewKey("acme/shop", 7, 101)
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +168,7 @@ def test_resources_follow_policy_defaults() -> None:
 
 def test_two_repos_same_pr_do_not_share_objects(config: RepoConfig) -> None:
     mine = manifests.plan_preview(SETTINGS, config, KEY, SHA)
-    theirs = manifests.plan_preview(SETTINGS, config, PreviewKey("other/shop", 7), SHA)
+    theirs = manifests.plan_preview(SETTINGS, config, PreviewKey("other/shop", 7, 202), SHA)
     names_mine = {(m["kind"], m["metadata"]["name"]) for m in mine.manifests() if m["kind"] != "VirtualService"}
     names_theirs = {(m["kind"], m["metadata"]["name"]) for m in theirs.manifests() if m["kind"] != "VirtualService"}
     assert not names_mine & names_theirs

@@ -396,6 +396,10 @@ def test_signature_valid_helper() -> None:
         ({"repository": {"full_name": "acme/shop"}, "issue": {"number": 3}}, ("acme/shop", 3)),
         ({"repository": {"full_name": "acme/shop"}, "ref": "refs/heads/main"}, ("acme/shop", 0)),
         ({"repository": None, "pull_request": None}, ("", 0)),
+        # By id when there is one: a rename between two deliveries keeps one PR's events in order.
+        ({"repository": {"id": 99, "full_name": "acme/shop"}, "number": 8, "pull_request": {"number": 8}},
+         ("99", 8)),
+        ({"repository": {"id": 99, "full_name": "acme/storefront"}, "issue": {"number": 8}}, ("99", 8)),
     ],
 )
 def test_work_key(data: dict[str, Any], key: tuple[str, int]) -> None:
