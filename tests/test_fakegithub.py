@@ -386,3 +386,27 @@ async def test_installations_and_their_repositories(fake_github: FakeGitHub) -> 
         with pytest.raises(gidgethub.BadRequest) as refused:
             await gh.getitem("/installation/repositories", jwt=fake_github.make_jwt())
         assert refused.value.status_code == 403
+
+
+async def test_rename_and_transfer_keep_the_id(fake_github: FakeGitHub, repo: str, http) -> None:
+    """GitHub keeps `repository.id` through a rename or a transfer; names change everywhere."""
+    fake = fake_github
+    repo_id, inst = fake.repos[repo].id, fake.repos[repo].installation_id
+    token = await app_token(http, fake, repo)
+    fake.rename_repo(repo, "acme/storefront")
+    status, body, _ = await call(http, fake, "GET", "/repos/acme/storefront", token)
+    assert status == 200 and body["id"] == repo_id and body["full_name"] == "acme/storefront"
+    assert (await call(http, fake, "GET", f"/repos/{repo}", token))[0] == 404  # the fake does not redirect
+    event = pull_request_event(fake, "acme/storefront", 7, "synchronize")
+    assert event["repository"]["id"] == repo_id and event["repository"]["full_name"] == "acme/storefront"
+    assert event["pull_request"]["base"]["repo"]["full_name"] == "acme/storefront"
+    assert event["installation"]["id"] == inst
+    # A transfer to another account moves it to that account's installation of the App.
+    fake.rename_repo("acme/storefront", "bigco/storefront")
+    moved = fake.repos["bigco/storefront"]
+    assert moved.id == repo_id and moved.installation_id != inst
+    assert (await call(http, fake, "GET", "/repos/bigco/storefront", token))[0] == 404  # old installation's token
+    status, body, _ = await call(http, fake, "GET", "/repos/bigco/storefront",
+                                 await app_token(http, fake, "bigco/storefront"))
+    assert status == 200 and body["id"] == repo_id and body["owner"]["login"] == "bigco"
+    assert fake.response_errors == []

@@ -34,7 +34,7 @@ def make_auth(fake: FakeGitHub, session: aiohttp.ClientSession, *, per_minute: i
 async def repo_client(fake: FakeGitHub, auth: AppAuth) -> RepoClient:
     installation = fake.repos[REPO].installation_id
     assert installation is not None
-    return RepoClient(await auth.installation_api(installation), REPO)
+    return RepoClient(await auth.installation_api(installation), REPO, fake.repos[REPO].id)
 
 
 def statuses_of(fake: FakeGitHub, operation: str) -> list[int]:

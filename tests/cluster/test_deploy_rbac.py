@@ -525,7 +525,7 @@ async def test_the_bots_own_adapter_runs_a_preview_as_the_service_account(deploy
     settings = ClusterSettings(domain="example.com", namespace=PREVIEW_NAMESPACE,
                                routing_namespace=ROUTING_NAMESPACE)
     kube = Kube(client_from_kubeconfig(deployed.kubeconfig), settings, request_timeout=20, attempts=2)
-    key = PreviewKey(f"rbac-{suffix}/shop", 7)
+    key = PreviewKey(f"rbac-{suffix}/shop", 7, 1296269)
     service = ServiceConfig(name=f"web{suffix}", image="example.invalid/web:{sha}", port=8080)
     plan = plan_preview(settings, RepoConfig(services=(service,)), key, "0123456789abcdef0123456789abcdef01234567")
     admin_custom = client.CustomObjectsApi(deployed.admin)
@@ -535,7 +535,7 @@ async def test_the_bots_own_adapter_runs_a_preview_as_the_service_account(deploy
         await kube.apply_preview(plan)                     # SSA patch of existing objects
         for s in plan.services:
             assert await kube.add_mesh_route(s.mesh_host, s.mesh_route)      # POST
-        other = PreviewKey(f"rbac-{suffix}/shop", 8)
+        other = PreviewKey(f"rbac-{suffix}/shop", 8, 1296269)
         other_plan = plan_preview(settings, RepoConfig(services=(service,)), other, "1" * 40)
         assert await kube.add_mesh_route(other_plan.services[0].mesh_host,
                                          other_plan.services[0].mesh_route)  # PUT on the same VirtualService
@@ -550,7 +550,7 @@ async def test_the_bots_own_adapter_runs_a_preview_as_the_service_account(deploy
         stuck_name = stuck_plan.services[0].name
         assert await kube.wait_available([stuck_name], 2) == {stuck_name: "not Available after 2 s"}
         assert await kube.delete_preview(key, services=[stuck.name]) == 3
-        live = await kube.live_previews(key.repo)
+        live = await kube.live_previews((1296269, key.repo))
         assert [p.key for p in live] == [key.value]
         assert await kube.set_keep(key, True) == 1
         assert any(plan.services[0].name in n for n in await kube.service_names())
@@ -568,7 +568,7 @@ async def test_the_bots_own_adapter_runs_a_preview_as_the_service_account(deploy
         assert await kube.remove_routes_of_key(other.value) == 1          # PUT
         assert await kube.remove_routes_of_key(key.value) == 1            # last route: DELETE with precondition
         assert await kube.delete_preview(key) == 3                        # Deployment, Service, gateway route
-        assert await kube.live_previews(key.repo) == []
+        assert await kube.live_previews((1296269, key.repo)) == []
         mesh = admin_custom.list_namespaced_custom_object(
             "networking.istio.io", "v1", ROUTING_NAMESPACE, "virtualservices",
             label_selector=f"{naming.ROLE_LABEL}={naming.ROLE_MESH}")["items"]
@@ -582,7 +582,7 @@ async def test_the_bots_own_adapter_runs_a_preview_as_the_service_account(deploy
             if suffix in json.dumps(item):
                 status_of(lambda item=item: admin_custom.delete_namespaced_custom_object(
                     "networking.istio.io", "v1", ROUTING_NAMESPACE, "virtualservices", item["metadata"]["name"]))
-        selector = f"{naming.KEY_LABEL} in ({key.value},{PreviewKey(key.repo, 8).value})"
+        selector = f"{naming.KEY_LABEL} in ({key.value},{PreviewKey(key.repo, 8, 1296269).value})"
         admin_apps, admin_core = client.AppsV1Api(deployed.admin), client.CoreV1Api(deployed.admin)
         for d in admin_apps.list_namespaced_deployment(PREVIEW_NAMESPACE, label_selector=selector).items:
             status_of(lambda d=d: admin_apps.delete_namespaced_deployment(d.metadata.name, PREVIEW_NAMESPACE))
@@ -600,7 +600,7 @@ async def test_full_lifecycle_as_the_service_account(deployed: Deployed, fake_gi
     repo, service = f"sa-{suffix}/shop", f"svc{suffix}"
     config = f"services:\n  - name: {service}\n    image: registry.example.com/{service}:{{sha}}\n    port: 8080\n"
     fake_github.add_repo(repo, files={".github/preview.yml": config}, collaborators={"alice": "write"})
-    key = PreviewKey(repo, 1)
+    key = PreviewKey(repo, 1, fake_github.repos[repo].id)
     mesh_host = f"{service}.{PREVIEW_NAMESPACE}.svc.cluster.local"
     apps, custom = client.AppsV1Api(deployed.admin), client.CustomObjectsApi(deployed.admin)
 

@@ -39,7 +39,7 @@ async def kube(fault_proxy: FaultProxy, settings: ClusterSettings) -> AsyncItera
 
 
 def plan(settings: ClusterSettings, number: int) -> PreviewPlan:
-    return plan_preview(settings, CONFIG, PreviewKey("acme/shop", number), SHA)
+    return plan_preview(settings, CONFIG, PreviewKey("acme/shop", number, 1296269), SHA)
 
 
 def by_kind(p: PreviewPlan, kind: str) -> dict[str, Any]:
@@ -192,7 +192,7 @@ async def test_apply_failing_half_way_is_repaired_by_a_retry(kube: Kube, direct:
     await short.apply_preview(p)
     live = await objects_of(direct, p)
     assert all(live.values()), live
-    assert len(await direct.live_previews("acme/shop")) == 1
+    assert len(await direct.live_previews((1296269, "acme/shop"))) == 1
 
 
 async def test_mesh_write_failing_keeps_the_existing_routes(kube: Kube, direct: Kube, fault_proxy: FaultProxy,

@@ -38,7 +38,7 @@ def kube(direct: Kube) -> Kube:
 
 def mesh_route(settings: ClusterSettings, number: int) -> tuple[str, str, dict[str, Any]]:
     """(mesh host, key, route) of PR `number`'s service `a`."""
-    service = plan_preview(settings, CONFIG, PreviewKey("acme/shop", number), SHA).services[0]
+    service = plan_preview(settings, CONFIG, PreviewKey("acme/shop", number, 1296269), SHA).services[0]
     return service.mesh_host, service.mesh_route["name"], service.mesh_route
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 from kubernetes import client as k8s
 
+from bot.naming import PreviewKey
 from bot.server import Bot, running
 from bot.settings import load_settings
 from tests.fakegithub import FakeGitHub, webhook_headers
@@ -75,6 +76,11 @@ async def running_bot(fake: FakeGitHub, cluster: Cluster, namespace: str, *, kub
     async with running(settings, "127.0.0.1", 0, kubeconfig=kubeconfig or str(cluster.kubeconfig)) as bot, \
             aiohttp.ClientSession() as session:
         yield RunningBot(bot, fake, session, namespace)
+
+
+def key_of(fake: FakeGitHub, repo: str, number: int) -> PreviewKey:
+    """The preview key the bot gives PR `number` of `repo`: by the repository's id in the fake."""
+    return PreviewKey(repo, number, fake.repos[repo].id)
 
 
 class ClusterView:

@@ -34,8 +34,7 @@ from typing import IO, Any
 import aiohttp
 
 from bot import comment
-from bot.naming import PreviewKey
-from tests.e2e.harness import SECRET, ClusterView, bot_env
+from tests.e2e.harness import SECRET, ClusterView, bot_env, key_of
 from tests.fakegithub import FakeGitHub, webhook_headers
 from tests.plugins.cluster import Cluster
 
@@ -281,7 +280,7 @@ def sticky_comments(fake: FakeGitHub, repo: str, number: int) -> list[dict[str, 
 
 def deployment_history(fake: FakeGitHub, repo: str, number: int) -> list[tuple[dict[str, Any], list[str]]]:
     """The PR's GitHub deployments, oldest first, each with its status states (oldest first)."""
-    environment = PreviewKey(repo, number).environment
+    environment = key_of(fake, repo, number).environment
     records = sorted((d for d in fake.deployments(repo) if d["environment"] == environment), key=lambda d: d["id"])
     return [(d, [s["state"] for s in fake.statuses(repo, d["id"])]) for d in records]
 
@@ -293,7 +292,7 @@ def preview_problems(fake: FakeGitHub, state: ClusterState, repo: str, number: i
     Converged: its Deployment runs `sha` and is available, its mesh route exists, its latest GitHub
     deployment is at `sha` and ends in success, exactly one sticky comment says ready at `sha`. With
     `strict_history`, every earlier deployment must also end inactive (none left in_progress)."""
-    key = PreviewKey(repo, number)
+    key = key_of(fake, repo, number)
     where = f"{repo}#{number}"
     problems = []
     deployment = state.deployments.get(key.object_name("a"))

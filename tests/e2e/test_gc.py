@@ -10,8 +10,7 @@ import sys
 import pytest
 
 from bot import comment, mesh_routes
-from bot.naming import PreviewKey
-from tests.e2e.harness import CONFIG, REPO, ClusterView, RunningBot, bot_env, running_bot
+from tests.e2e.harness import CONFIG, REPO, ClusterView, RunningBot, bot_env, key_of, running_bot
 from tests.fakegithub import FakeGitHub, issue_comment_event, pull_request_event
 from tests.plugins.cluster import Cluster
 
@@ -43,9 +42,9 @@ async def test_missed_close_is_cleaned_up(fake_github: FakeGitHub, cluster: Clus
         close_silently(fake_github, 1)
         report = await bot.bot.reconcile_once()
     assert [(a.kind, a.target) for a in report.actions] == [("teardown-closed", f"{REPO}#1")]
-    assert list(view.deployments()) == [PreviewKey(REPO, 2).object_name("a")]
+    assert list(view.deployments()) == [key_of(fake_github, REPO, 2).object_name("a")]
     routes = view.mesh_routes(f"a.{namespace}.svc.cluster.local")
-    assert [r["name"] for r in routes] == [PreviewKey(REPO, 2).value, "default"]
+    assert [r["name"] for r in routes] == [key_of(fake_github, REPO, 2).value, "default"]
     [closed] = [d for d in fake_github.deployments(REPO) if d["environment"] == "preview-1"]
     assert [s["state"] for s in fake_github.statuses(REPO, closed["id"])][-1] == "inactive"
     body = next(c["body"] for c in fake_github.comments(REPO, 1) if comment.MARKER in c["body"])
@@ -64,7 +63,7 @@ async def test_routes_to_missing_services_are_removed(fake_github: FakeGitHub, c
         assert len(view.mesh_routes(host)) == 3
         report = await bot.bot.reconcile_once()
     assert [a.kind for a in report.actions] == ["remove-route"]
-    assert [r["name"] for r in view.mesh_routes(host)] == [PreviewKey(REPO, 3).value, "default"]
+    assert [r["name"] for r in view.mesh_routes(host)] == [key_of(fake_github, REPO, 3).value, "default"]
 
 
 async def test_idle_previews_expire_unless_kept(fake_github: FakeGitHub, cluster: Cluster, namespace: str,
@@ -80,7 +79,7 @@ async def test_idle_previews_expire_unless_kept(fake_github: FakeGitHub, cluster
         await asyncio.sleep(1.5)
         report = await bot.bot.reconcile_once()
     assert [(a.kind, a.target) for a in report.actions] == [("teardown-idle", f"{REPO}#4")]
-    assert sorted(view.deployments()) == sorted(PreviewKey(REPO, n).object_name("a") for n in (5, 6))
+    assert sorted(view.deployments()) == sorted(key_of(fake_github, REPO, n).object_name("a") for n in (5, 6))
     body = next(c["body"] for c in fake_github.comments(REPO, 4) if comment.MARKER in c["body"])
     assert "without a push" in body and "/preview keep" in body
 
@@ -104,7 +103,7 @@ async def test_gc_command_dry_run_then_for_real(fake_github: FakeGitHub, cluster
     code, out, _ = await run_cli(fake_github, cluster, namespace, "gc", "--dry-run")
     assert code == 0
     assert f"would teardown-closed: {REPO}#7" in out
-    assert list(view.deployments()) == [PreviewKey(REPO, 7).object_name("a")]
+    assert list(view.deployments()) == [key_of(fake_github, REPO, 7).object_name("a")]
     code, out, _ = await run_cli(fake_github, cluster, namespace, "gc")
     assert code == 0 and f"teardown-closed: {REPO}#7" in out
     assert view.deployments() == {}

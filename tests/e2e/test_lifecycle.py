@@ -10,8 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bot import comment
-from bot.naming import PreviewKey
-from tests.e2e.harness import CONFIG, REPO, ClusterView, RunningBot, running_bot
+from tests.e2e.harness import CONFIG, REPO, ClusterView, RunningBot, key_of, running_bot
 from tests.fakegithub import FakeGitHub, issue_comment_event, pull_request_event
 from tests.plugins.cluster import Cluster
 
@@ -42,7 +41,7 @@ async def open_pr(bot: RunningBot, number: int, repo: str = REPO, **kwargs: obje
 async def test_open_deploys_and_reports(bot: RunningBot, view: ClusterView, namespace: str) -> None:
     await open_pr(bot, 1, head_sha="a" * 40)
     await bot.settle()
-    key = PreviewKey(REPO, 1)
+    key = key_of(bot.fake, REPO, 1)
     name = key.object_name("a")
 
     deployment = view.deployments()[name]
@@ -80,7 +79,7 @@ async def test_push_redeploys_and_edits_the_same_comment(bot: RunningBot, view: 
     assert await bot.send("pull_request", pull_request_event(bot.fake, REPO, 2, "synchronize")) == 202
     await bot.settle()
 
-    name = PreviewKey(REPO, 2).object_name("a")
+    name = key_of(bot.fake, REPO, 2).object_name("a")
     assert view.deployments()[name].spec.template.spec.containers[0].image.endswith("c" * 40)
     stickies = sticky_comments(bot.fake, REPO, 2)
     assert [c["id"] for c in stickies] == [first_comment]
@@ -127,7 +126,7 @@ async def test_two_prs_at_once_keep_both_routes(bot: RunningBot, view: ClusterVi
         bot.send("pull_request", pull_request_event(bot.fake, REPO, 123, "opened")))
     await bot.settle()
     routes = view.mesh_routes(MESH_HOST_TEMPLATE.format(ns=namespace))
-    keys = [PreviewKey(REPO, 12).value, PreviewKey(REPO, 123).value]
+    keys = [key_of(bot.fake, REPO, 12).value, key_of(bot.fake, REPO, 123).value]
     assert [r["name"] for r in routes] == [*sorted(keys), "default"]
     assert "match" not in routes[-1]
     for route in routes[:-1]:
@@ -191,18 +190,18 @@ async def test_two_repositories_with_the_same_pr_number_do_not_collide(
         for repo in ("acme/shop", "other/shop-ui"):
             await open_pr(bot, 7, repo=repo)
         await bot.settle()
-        keys = sorted(PreviewKey(repo, 7).value for repo in ("acme/shop", "other/shop-ui"))
+        keys = sorted(key_of(fake_github, repo, 7).value for repo in ("acme/shop", "other/shop-ui"))
         assert keys[0] != keys[1]
-        assert sorted(view.deployments()) == sorted(PreviewKey(r, 7).object_name("a")
+        assert sorted(view.deployments()) == sorted(key_of(fake_github, r, 7).object_name("a")
                                                     for r in ("acme/shop", "other/shop-ui"))
         routes = view.mesh_routes(MESH_HOST_TEMPLATE.format(ns=namespace))
         assert [r["name"] for r in routes] == [*keys, "default"]
         # Closing one repository's PR #7 leaves the other's preview alone.
         assert await bot.send("pull_request", pull_request_event(fake_github, "acme/shop", 7, "closed")) == 202
         await bot.settle()
-        assert sorted(view.deployments()) == [PreviewKey("other/shop-ui", 7).object_name("a")]
+        assert sorted(view.deployments()) == [key_of(fake_github, "other/shop-ui", 7).object_name("a")]
         routes = view.mesh_routes(MESH_HOST_TEMPLATE.format(ns=namespace))
-        assert [r["name"] for r in routes] == [PreviewKey("other/shop-ui", 7).value, "default"]
+        assert [r["name"] for r in routes] == [key_of(fake_github, "other/shop-ui", 7).value, "default"]
 
 
 async def test_same_host_from_two_repositories_is_refused(
@@ -232,7 +231,7 @@ async def test_only_changed_services_are_deployed(fake_github: FakeGitHub, clust
     async with running_bot(fake_github, cluster, namespace) as bot:
         await open_pr(bot, 10, repo="acme/mono", files={"services/a/main.go": "package main\n"})
         await bot.settle()
-        key = PreviewKey("acme/mono", 10)
+        key = key_of(fake_github, "acme/mono", 10)
         assert list(view.deployments()) == [key.object_name("a")]
         # A later push that also touches b adds b; the PR's whole diff counts, so a stays.
         bot.fake.push("acme/mono", 10, "d" * 40, files={"services/b/main.go": "package main\n"})
@@ -256,7 +255,7 @@ async def test_a_preview_that_never_becomes_available_fails_with_the_reason(
     assert final["state"] == "failure"
     assert "not Available after 4 s" in final["description"]
     assert "Deploy failed" in str(sticky_comments(fake_github, "acme/huge", 11)[0]["body"])
-    assert list(view.deployments()) == [PreviewKey("acme/huge", 11).object_name("a")]  # kept for debugging
+    assert list(view.deployments()) == [key_of(fake_github, "acme/huge", 11).object_name("a")]  # kept for debugging
 
 
 async def test_a_revoked_installation_token_is_replaced(bot: RunningBot, view: ClusterView) -> None:

@@ -10,8 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bot import comment, logs
-from bot.naming import PreviewKey
-from tests.e2e.harness import CONFIG, REPO, SECRET, ClusterView, RunningBot, running_bot
+from tests.e2e.harness import CONFIG, REPO, SECRET, ClusterView, RunningBot, key_of, running_bot
 from tests.fakegithub import FakeGitHub, issue_comment_event, pull_request_event
 from tests.plugins.cluster import Cluster
 
@@ -44,11 +43,11 @@ async def test_commands_need_write_permission(bot: RunningBot, view: ClusterView
 
     await bot.send("issue_comment", issue_comment_event(bot.fake, REPO, 1, "/preview", user="alice"))
     await bot.settle()
-    assert list(view.deployments()) == [PreviewKey(REPO, 1).object_name("a")]
+    assert list(view.deployments()) == [key_of(bot.fake, REPO, 1).object_name("a")]
 
     await bot.send("issue_comment", issue_comment_event(bot.fake, REPO, 1, "/preview stop", user="mallory"))
     await bot.settle()
-    assert list(view.deployments()) == [PreviewKey(REPO, 1).object_name("a")]
+    assert list(view.deployments()) == [key_of(bot.fake, REPO, 1).object_name("a")]
 
 
 async def test_help_and_unknown_subcommands(bot: RunningBot) -> None:
@@ -70,7 +69,7 @@ async def test_fork_waits_for_approval_and_each_push_needs_a_new_one(bot: Runnin
 
     await bot.send("issue_comment", issue_comment_event(bot.fake, REPO, 3, "/preview", user="alice"))
     await bot.settle()
-    name = PreviewKey(REPO, 3).object_name("a")
+    name = key_of(bot.fake, REPO, 3).object_name("a")
     assert view.deployments()[name].spec.template.spec.containers[0].image.endswith("1" * 40)
 
     bot.fake.push(REPO, 3, "2" * 40)
@@ -91,7 +90,7 @@ async def test_draft_waits_until_ready_for_review(bot: RunningBot, view: Cluster
     assert view.deployments() == {}
     await bot.send("pull_request", pull_request_event(bot.fake, REPO, 4, "ready_for_review"))
     await bot.settle()
-    assert list(view.deployments()) == [PreviewKey(REPO, 4).object_name("a")]
+    assert list(view.deployments()) == [key_of(bot.fake, REPO, 4).object_name("a")]
 
 
 async def test_label_trigger(fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView) -> None:
@@ -107,7 +106,7 @@ async def test_label_trigger(fake_github: FakeGitHub, cluster: Cluster, namespac
         await bot.send("pull_request", pull_request_event(fake_github, "acme/labels", 5, "labeled",
                                                           label="deploy-me"))
         await bot.settle()
-        assert list(view.deployments()) == [PreviewKey("acme/labels", 5).object_name("a")]
+        assert list(view.deployments()) == [key_of(fake_github, "acme/labels", 5).object_name("a")]
         await bot.send("pull_request", pull_request_event(fake_github, "acme/labels", 5, "unlabeled",
                                                           label="deploy-me"))
         await bot.settle()
@@ -142,7 +141,7 @@ async def test_previews_per_repository_are_capped(fake_github: FakeGitHub, clust
             fake_github.add_pull(REPO, number)
             await bot.send("pull_request", pull_request_event(fake_github, REPO, number, "opened"))
             await bot.settle()
-    assert list(view.deployments()) == [PreviewKey(REPO, 7).object_name("a")]
+    assert list(view.deployments()) == [key_of(fake_github, REPO, 7).object_name("a")]
     assert "limit is 1" in sticky(fake_github, REPO, 8)
 
 

@@ -16,8 +16,7 @@ from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
 from bot import comment
-from bot.naming import PreviewKey
-from tests.e2e.harness import REPO, ClusterView
+from tests.e2e.harness import REPO, ClusterView, key_of
 from tests.e2e.procs import (
     BotProcess,
     BotProcesses,
@@ -126,7 +125,7 @@ async def test_two_replicas_share_webhooks_and_hand_the_lease_over(
     answers = await asyncio.gather(*(deliver(i, n) for i, n in enumerate(NUMBERS)))
     assert all(status == 202 for statuses in answers for status in statuses), answers
 
-    keys = {n: PreviewKey(REPO, n) for n in NUMBERS}
+    keys = {n: key_of(shop, REPO, n) for n in NUMBERS}
 
     async def all_converged() -> list[str]:
         state = await cluster_state(view, namespace)

@@ -21,8 +21,7 @@ from collections.abc import Callable
 import aiohttp
 import pytest
 
-from bot.naming import PreviewKey
-from tests.e2e.harness import REPO, ClusterView
+from tests.e2e.harness import REPO, ClusterView, key_of
 from tests.e2e.procs import (
     BotProcess,
     BotProcesses,
@@ -81,7 +80,7 @@ async def exit_code(bot: BotProcess, timeout: float) -> int:
 async def assert_converged(fake: FakeGitHub, view: ClusterView, namespace: str, procs: BotProcesses,
                            number: int, sha: str) -> None:
     """The PR's only preview runs `sha`, routed; GitHub shows one finished deployment, one comment."""
-    key = PreviewKey(REPO, number)
+    key = key_of(fake, REPO, number)
 
     async def check() -> list[str]:
         state = await cluster_state(view, namespace)
@@ -124,7 +123,7 @@ async def test_killed_after_the_objects_exist_but_before_success_the_next_proces
     assert await a.send("pull_request", pull_request_event(shop, REPO, 1, "opened")) == 202
     await until(lambda: status_requested(shop, "success"), 60, "the bot to post success", procs)
     state = await cluster_state(view, namespace)
-    key = PreviewKey(REPO, 1)
+    key = key_of(shop, REPO, 1)
     assert key.object_name("a") in state.deployments
     assert [r["name"] for r in state.routes] == [key.value, "default"]
     [(first, first_states)] = deployment_history(shop, REPO, 1)
@@ -172,7 +171,7 @@ async def test_sigterm_refuses_new_deliveries_and_drains_in_flight_work(
     assert stopped["drained"] is True
     state = await cluster_state(view, namespace)
     assert preview_problems(shop, state, REPO, 1, HEAD) == []
-    assert sorted(state.deployments) == [PreviewKey(REPO, 1).object_name("a")]
+    assert sorted(state.deployments) == [key_of(shop, REPO, 1).object_name("a")]
 
 
 async def test_drain_timeout_bounds_shutdown_and_a_restart_converges(

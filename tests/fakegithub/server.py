@@ -275,6 +275,32 @@ class FakeGitHub:
         self.repos[full_name] = repo
         return repo
 
+    def rename_repo(self, old: str, new: str) -> Repo:
+        """Rename or transfer a repository, as GitHub does: same `id`, new `full_name` everywhere (API
+        answers, webhook payloads, installation tokens). A transfer to another owner moves it to that
+        owner's installation of the App (created with the same permissions when missing)."""
+        repo = self.repos.pop(old)
+        owner, name = new.split("/")
+        old_inst = self.installations.get(repo.installation_id) if repo.installation_id is not None else None
+        repo.owner, repo.name = self.user(owner), name
+        new_inst = old_inst
+        if old_inst is not None and old_inst.account.login != owner:
+            new_inst = next((i for i in self.installations.values() if i.account.login == owner), None) or \
+                self.add_installation(next_id("installation"), owner, dict(old_inst.permissions))
+        for token in self.tokens.values():
+            if old in token.repos:
+                token.repos.discard(old)
+                if new_inst is old_inst:
+                    token.repos.add(new)
+            elif new_inst is not None and new_inst is not old_inst and token.installation_id == new_inst.id:
+                token.repos.add(new)
+        if old_inst is not None and new_inst is not None:
+            old_inst.repos.discard(old)
+            new_inst.repos.add(new)
+            repo.installation_id = new_inst.id
+        self.repos[new] = repo
+        return repo
+
     def add_pull(self, full_name: str, number: int, *, head_sha: str | None = None, user: str = "alice",
                  draft: bool = False, labels: list[str] | None = None, fork: bool = False,
                  changed_files: list[str] | None = None, files: dict[str, str | None] | None = None,

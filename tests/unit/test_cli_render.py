@@ -157,11 +157,11 @@ def test_invalid_pr_or_sha_is_refused(capsys: pytest.CaptureFixture[str], option
 
 
 def test_render_is_deterministic(capsys: pytest.CaptureFixture[str]) -> None:
-    cli.main(["render", "--config", str(EXAMPLE), "--repo", "acme/shop", "--repo-id", "1296269", "--pr", "7", "--sha", SHA,
-              "--domain", "example.com"])
+    cli.main(["render", "--config", str(EXAMPLE), "--repo", "acme/shop", "--repo-id", "1296269", "--pr", "7",
+              "--sha", SHA, "--domain", "example.com"])
     first = capsys.readouterr().out
-    cli.main(["render", "--config", str(EXAMPLE), "--repo", "acme/shop", "--repo-id", "1296269", "--pr", "7", "--sha", SHA,
-              "--domain", "example.com"])
+    cli.main(["render", "--config", str(EXAMPLE), "--repo", "acme/shop", "--repo-id", "1296269", "--pr", "7",
+              "--sha", SHA, "--domain", "example.com"])
     assert capsys.readouterr().out == first
 
 
