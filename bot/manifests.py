@@ -59,7 +59,7 @@ def deployment(settings: ClusterSettings, key: PreviewKey, service: ServiceConfi
     container: dict[str, Any] = {
         "name": naming.dns_label(service.name),
         "image": image,
-        "ports": [{"name": "http", "containerPort": service.port, "protocol": "TCP"}],
+        "ports": [{"name": service.protocol, "containerPort": service.port, "protocol": "TCP"}],
         "env": [{"name": k, "value": v} for k, v in sorted(service.env.items())],
         "resources": effective_resources(service, settings.policy),
     }
@@ -93,8 +93,9 @@ def service_object(settings: ClusterSettings, key: PreviewKey, service: ServiceC
         "metadata": _metadata(name, settings.namespace, key.labels(service.name), annotations),
         "spec": {
             "selector": {naming.KEY_LABEL: key.value, naming.SERVICE_LABEL: naming.dns_label(service.name)},
-            # Port name `http` tells Istio the protocol.
-            "ports": [{"name": "http", "port": service.port, "targetPort": service.port, "protocol": "TCP"}],
+            # The port name prefix and appProtocol tell Istio the protocol (appProtocol wins when both are set).
+            "ports": [{"name": service.protocol, "port": service.port, "targetPort": service.port,
+                       "protocol": "TCP", "appProtocol": service.protocol}],
         },
     }
 

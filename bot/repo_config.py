@@ -26,8 +26,21 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _HOST = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+$")
 _IMAGE_PLACEHOLDERS = frozenset({"sha", "short_sha", "number"})
 _TOP_KEYS = frozenset({"services", "trigger", "label"})
-_SERVICE_KEYS = frozenset({"name", "image", "port", "host", "env", "replicas", "resources", "paths",
+_SERVICE_KEYS = frozenset({"name", "image", "port", "protocol", "host", "env", "replicas", "resources", "paths",
                            "command", "args"})
+# Istio's explicit protocol selection (istio.io docs: ops/configuration/traffic-management/protocol-selection):
+# the port name prefix or `appProtocol`. Previews are routed by a request header, so only the protocols whose
+# requests Envoy parses as HTTP can be chosen; each other protocol Istio knows is refused with the reason.
+ROUTABLE_PROTOCOLS = ("http", "http2", "grpc", "grpc-web")
+_UNROUTABLE_PROTOCOLS = {
+    "https": "TLS the sidecar does not decrypt",
+    "tls": "TLS the sidecar does not decrypt",
+    "tcp": "opaque TCP",
+    "mongo": "opaque TCP to Envoy's routes",
+    "mysql": "opaque TCP to Envoy's routes",
+    "redis": "opaque TCP to Envoy's routes",
+    "udp": "not proxied by Istio",
+}
 _RESOURCE_KEYS = frozenset({"cpu", "memory", "ephemeral-storage"})
 
 
@@ -38,6 +51,7 @@ class ServiceConfig:
     port: int
     host: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
+    protocol: str = "http"  # one of ROUTABLE_PROTOCOLS: the port name and appProtocol
     replicas: int = 1
     requests: Mapping[str, str] = field(default_factory=dict)
     limits: Mapping[str, str] = field(default_factory=dict)
@@ -157,6 +171,7 @@ def _parse_service(reader: _Reader, raw: Any, where: str) -> ServiceConfig:
     except (ValueError, IndexError, KeyError):
         raise reader.fail(f"{where}.image", "has unbalanced braces; placeholders look like {sha}") from None
     port = reader.integer(item["port"], f"{where}.port", 1, 65535)
+    protocol = _parse_protocol(reader, item.get("protocol", "http"), f"{where}.protocol")
     host = None
     if item.get("host") is not None:
         host = reader.string(item["host"], f"{where}.host").lower()
@@ -183,8 +198,21 @@ def _parse_service(reader: _Reader, raw: Any, where: str) -> ServiceConfig:
     paths = reader.string_list(item["paths"], f"{where}.paths") if item.get("paths") is not None else ()
     command = reader.string_list(item["command"], f"{where}.command") if item.get("command") is not None else ()
     args = reader.string_list(item["args"], f"{where}.args") if item.get("args") is not None else ()
-    return ServiceConfig(name=name, image=image, port=port, host=host, env=env, replicas=replicas,
+    return ServiceConfig(name=name, image=image, port=port, protocol=protocol, host=host, env=env, replicas=replicas,
                          requests=requests, limits=limits, paths=paths, command=command, args=args)
+
+
+def _parse_protocol(reader: _Reader, raw: Any, where: str) -> str:
+    allowed = ", ".join(ROUTABLE_PROTOCOLS)
+    if not isinstance(raw, str):
+        raise reader.fail(where, f"must be one of {allowed}, got {_kind(raw)}")
+    protocol = raw.strip().lower()
+    if protocol in ROUTABLE_PROTOCOLS:
+        return protocol
+    if protocol in _UNROUTABLE_PROTOCOLS:
+        raise reader.fail(where, f"{protocol} cannot be routed by a request header "
+                          f"({_UNROUTABLE_PROTOCOLS[protocol]}); use one of {allowed}")
+    raise reader.fail(where, f"must be one of {allowed}, got {raw!r}")
 
 
 def _parse_resources(reader: _Reader, raw: Any, where: str) -> dict[str, str]:

@@ -108,7 +108,8 @@ def test_service_object(config: RepoConfig) -> None:
     assert service["kind"] == "Service" and service["apiVersion"] == "v1"
     assert service["metadata"]["name"] == deployment["metadata"]["name"]
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
-    assert service["spec"]["ports"] == [{"name": "http", "port": 9090, "targetPort": 9090, "protocol": "TCP"}]
+    assert service["spec"]["ports"] == [{"name": "http", "port": 9090, "targetPort": 9090, "protocol": "TCP",
+                                         "appProtocol": "http"}]
 
 
 def test_gateway_route(config: RepoConfig) -> None:
@@ -173,3 +174,19 @@ def test_two_repos_same_pr_do_not_share_objects(config: RepoConfig) -> None:
     names_theirs = {(m["kind"], m["metadata"]["name"]) for m in theirs.manifests() if m["kind"] != "VirtualService"}
     assert not names_mine & names_theirs
     assert mine.services[0].mesh_route["name"] != theirs.services[0].mesh_route["name"]
+
+
+@pytest.mark.parametrize("protocol", ["http", "http2", "grpc", "grpc-web"])
+def test_protocol_names_the_ports_and_sets_app_protocol(protocol: str) -> None:
+    """Istio reads the protocol from appProtocol, else from the port name prefix: both say it."""
+    config = RepoConfig(services=(ServiceConfig(name="scanner", image="r/s:{sha}", port=50051, protocol=protocol),))
+    service_plan = manifests.plan_preview(SETTINGS, config, KEY, SHA).services[0]
+    deployment, service = service_plan.workload
+    [container_port] = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert container_port == {"name": protocol, "containerPort": 50051, "protocol": "TCP"}
+    assert service["spec"]["ports"] == [{"name": protocol, "port": 50051, "targetPort": 50051, "protocol": "TCP",
+                                         "appProtocol": protocol}]
+    # A container port name is an IANA_SVC_NAME: at most 15 characters, a letter, no "--".
+    assert len(protocol) <= 15 and re.search("[a-z]", protocol) and "--" not in protocol
+    route = service_plan.mesh_route
+    assert route["route"][0]["destination"]["port"] == {"number": 50051}

@@ -63,6 +63,19 @@ def test_minimal_config_defaults() -> None:
     assert service.image_for(sha="0123456789abcdef", number=5) == "registry.example.com/acme/api:0123456789abcdef"
 
 
+@pytest.mark.parametrize("protocol", ["http", "http2", "grpc", "grpc-web", "GRPC"])
+def test_header_routable_protocols_are_accepted(protocol: str) -> None:
+    assert parse_repo_config(one_service(f"protocol: {protocol}")).services[0].protocol == protocol.lower()
+
+
+@pytest.mark.parametrize("protocol", ["https", "tls", "tcp", "mongo", "mysql", "redis", "udp"])
+def test_every_other_istio_protocol_is_refused_with_its_reason(protocol: str) -> None:
+    """Istio's explicit protocol selection knows these too; none of them can carry a routing header."""
+    err = config_error(one_service(f"protocol: {protocol}"))
+    assert err.field == "services[0].protocol"
+    assert err.reason.startswith(f"{protocol} cannot be routed by a request header")
+
+
 def test_image_placeholders() -> None:
     service = ServiceConfig(name="a", image="r/a:{short_sha}-pr{number}", port=1)
     assert service.image_for(sha="0123456789abcdef", number=5) == "r/a:0123456-pr5"
@@ -131,6 +144,11 @@ def test_paths_affect_services() -> None:
         (one_service("paths: ['a', '']"), "services[0].paths[1]", "non-empty string"),
         (one_service("command: [1]"), "services[0].command[0]", "non-empty string"),
         (one_service("args: x"), "services[0].args", "list of strings"),
+        (one_service("protocol: tcp"), "services[0].protocol", "tcp cannot be routed by a request header"),
+        (one_service("protocol: https"), "services[0].protocol", "does not decrypt"),
+        (one_service("protocol: udp"), "services[0].protocol", "not proxied"),
+        (one_service("protocol: websocket"), "services[0].protocol", "one of http, http2, grpc, grpc-web"),
+        (one_service("protocol: [grpc]"), "services[0].protocol", "one of http, http2, grpc, grpc-web"),
         (MINIMAL + "  - name: api\n    image: x\n    port: 1\n", "services[1].name", "duplicate"),
         (MINIMAL + "  - name: web\n    image: x\n    port: none\n", "services[1].port", "whole number"),
     ],
