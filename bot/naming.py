@@ -14,17 +14,19 @@ of a live preview of the same PR, and the next apply adds the id label to its ob
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from bot.dns import dns_label, short_hash
 from bot.settings import ClusterSettings
+
+__all__ = ["dns_label", "short_hash"]  # re-exported: object names are made here
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "preview-bot"
 KEY_LABEL = "preview-bot.dev/key"
-REPO_LABEL = "preview-bot.dev/repo"  # legacy: hash of the full name; read to find old previews, never written
+REPO_LABEL = "preview-bot.dev/repo"  # legacy: hash of the full name; read to find old previews
 REPO_ID_LABEL = "preview-bot.dev/repo-id"  # GitHub's numeric repository.id
 PR_LABEL = "preview-bot.dev/pr"
 SERVICE_LABEL = "preview-bot.dev/service"
@@ -41,23 +43,7 @@ ROLE_GATEWAY = "gateway-route"
 ROLE_MESH = "mesh-routes"
 
 MAX_NAME = 63
-_INVALID = re.compile(r"[^a-z0-9-]+")
 _REPO = re.compile(r"^[A-Za-z0-9-]{1,39}/[A-Za-z0-9._-]{1,100}$")
-
-
-def short_hash(text: str, length: int = 6) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
-
-
-def dns_label(text: str, max_length: int = MAX_NAME) -> str:
-    """Any text -> a DNS-1123 label; a changed or shortened name gets a hash of the original."""
-    cleaned = _INVALID.sub("-", text.lower()).strip("-")
-    cleaned = re.sub(r"-{2,}", "-", cleaned) or "x"
-    if cleaned == text and len(cleaned) <= max_length:
-        return cleaned
-    suffix = short_hash(text)
-    head = cleaned[: max_length - len(suffix) - 1].rstrip("-")
-    return f"{head}-{suffix}" if head else suffix
 
 
 def valid_repo(full_name: str) -> bool:

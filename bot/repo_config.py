@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
+from bot import dns
 from bot.errors import ConfigError
 from bot.settings import Policy, parse_quantity
 
@@ -177,6 +178,9 @@ def _parse_service(reader: _Reader, raw: Any, where: str) -> ServiceConfig:
         host = reader.string(item["host"], f"{where}.host").lower()
         if not _HOST.match(host) or len(host) > 253:
             raise reader.fail(f"{where}.host", f"must be a DNS name like a.default.svc.cluster.local, got {host!r}")
+        problem = dns.name_problem(host)
+        if problem:
+            raise reader.fail(f"{where}.host", f"{host!r} {problem}")
     env: dict[str, str] = {}
     if item.get("env") is not None:
         raw_env = item["env"]

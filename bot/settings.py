@@ -14,11 +14,22 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Literal
 
+from bot import dns
 from bot.errors import ConfigError
 
 DEFAULT_API_URL = "https://api.github.com"
 DEFAULT_HOST_TEMPLATE = "preview-{number}-api-{service}.{domain}"
 HOST_PLACEHOLDERS = frozenset({"number", "service", "domain", "key", "repo", "owner"})
+# The longest value each placeholder can take (host_for shortens labels over 63 characters, so these bound
+# the longest host): a service name (repo_config: 40), a repository name (GitHub: 100, made a DNS label:
+# at most 63), an owner (GitHub: 39, plus a hash when not already a label), a PR number (10 digits).
+LONGEST_PLACEHOLDERS: Mapping[str, str] = {
+    "service": "s" * 40,
+    "repo": "r" * 63,
+    "owner": "o" * 46,
+    "number": "9" * 10,
+    "key": f"preview-{'9' * 10}-abcdef",
+}
 MatchMode = Literal["header", "baggage", "both"]
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -90,7 +101,9 @@ class ClusterSettings:
     policy: Policy = field(default_factory=Policy)
 
     def host_for(self, **values: str | int) -> str:
-        return self.host_template.format(domain=self.domain, **values).lower()
+        """The template filled in, lowercased; a label over 63 characters is cut and given a hash of
+        itself (dns.short_labels). The longest result was checked at start (validate_host_template)."""
+        return dns.short_labels(self.host_template.format(domain=self.domain, **values).lower())
 
 
 @dataclass(frozen=True)
@@ -177,6 +190,14 @@ def validate_host_template(template: str, domain: str) -> str:
                              repo="repo", owner="owner").lower()
     if not _DNS_NAME.match(sample):
         raise _env_error("PREVIEW_HOST_TEMPLATE", f"does not give a valid host name (e.g. {sample!r})")
+    # The longest inputs: every label is at most 63 characters once shortened, so the host's length is
+    # bounded by the sum of its labels' min(length, 63); that must stay within 253.
+    longest = template.format(domain=domain, **LONGEST_PLACEHOLDERS).lower()
+    length = sum(min(len(label), dns.MAX_LABEL) for label in longest.split(".")) + longest.count(".")
+    if length > dns.MAX_NAME:
+        raise _env_error("PREVIEW_HOST_TEMPLATE", f"gives hosts of up to {length} characters with PREVIEW_DOMAIN "
+                         f"{domain!r} and the longest service, repository, owner and PR number; a host name has "
+                         f"at most {dns.MAX_NAME}")
     return template
 
 
@@ -186,6 +207,9 @@ def load_cluster_settings(env: Mapping[str, str], *, domain: str | None = None) 
         raise _env_error("PREVIEW_DOMAIN", "is required (e.g. example.com)")
     if not _DNS_NAME.match(domain):
         raise _env_error("PREVIEW_DOMAIN", f"is not a valid DNS name: {domain!r}")
+    problem = dns.name_problem(domain)
+    if problem:
+        raise _env_error("PREVIEW_DOMAIN", f"{domain!r} {problem}")
     template = validate_host_template(env.get("PREVIEW_HOST_TEMPLATE") or DEFAULT_HOST_TEMPLATE, domain)
     gateway = env.get("PREVIEW_GATEWAY") or "istio-system/preview-gateway"
     gw_namespace, slash, gw_name = gateway.partition("/")

@@ -129,6 +129,7 @@ def test_paths_affect_services() -> None:
         (one_service("host: localhost"), "services[0].host", "DNS name"),
         (one_service("host: 'a..b'"), "services[0].host", "DNS name"),
         (one_service("host: 12"), "services[0].host", "non-empty string"),
+        (one_service(f"host: {'a' * 64}.shop.svc.cluster.local"), "services[0].host", "64 characters (at most 63)"),
         (one_service("env: [A]"), "services[0].env", "mapping"),
         (one_service("env:\n  1BAD: x"), "services[0].env", "invalid variable name"),
         (one_service("env:\n  A: [1]"), "services[0].env.A", "string or number"),
