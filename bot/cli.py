@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from bot.errors import ConfigError
+from bot.errors import ConfigError, StartupError
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -43,6 +43,8 @@ def _render(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from bot.server import run
 
+    if not 0 <= args.port <= 65535:
+        raise ConfigError("--port", "", f"must be from 0 to 65535, got {args.port}")
     return run(host=args.host, port=args.port)
 
 
@@ -91,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, StartupError) as exc:
+        # Expected start-up failures: one line, no traceback; messages never carry secrets.
         print(f"preview-bot: error: {exc}", file=sys.stderr)
         return 2
     return result

@@ -28,5 +28,10 @@ class ConfigError(PermanentError):
         super().__init__(f"{location}: {reason}")
 
 
+class StartupError(PermanentError):
+    """`serve` (or another command) cannot start; the message is the one line the CLI prints. It never
+    contains a secret."""
+
+
 class HostConflictError(PermanentError):
     """A preview host is already served by another repository's preview."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -18,11 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import urllib3
+import yaml
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 from bot import manifests, mesh_routes, metrics, naming
-from bot.errors import HostConflictError, TemporaryError
+from bot.errors import HostConflictError, StartupError, TemporaryError
 from bot.naming import PreviewKey
 from bot.settings import ClusterSettings
 
@@ -54,6 +56,28 @@ class NotFound(KubeError):
 
 class Conflict(KubeError):
     pass
+
+
+def _load_kubeconfig(path: str | None, configuration: k8s_client.Configuration) -> None:
+    """KUBECONFIG (or the given path, or ~/.kube/config) into `configuration`; one-line errors."""
+    named = path or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
+    default = os.path.expanduser(k8s_config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION)
+    if named is None and not os.path.exists(default):
+        raise StartupError("Kubernetes: no configuration found: set KUBECONFIG or run in a pod")
+    where = named or default
+    if not os.path.exists(where):
+        raise StartupError(f"Kubernetes: the kubeconfig {where} does not exist (KUBECONFIG)")
+    try:
+        k8s_config.load_kube_config(config_file=path, client_configuration=configuration)
+    except OSError as exc:
+        raise StartupError(f"Kubernetes: cannot read the kubeconfig {where}: {exc.strerror}") from None
+    except k8s_config.ConfigException as exc:
+        # The library's messages name fields and files, never credentials.
+        reason = str(exc).splitlines()[0] if str(exc) else "invalid"
+        raise StartupError(f"Kubernetes: the kubeconfig {where} cannot be used: {reason}") from None
+    except (ValueError, TypeError, AttributeError, KeyError, yaml.YAMLError):
+        raise StartupError(f"Kubernetes: the kubeconfig {where} is not a kubeconfig (a YAML mapping of "
+                           "clusters, users and contexts)") from None
 
 
 def collection_path(api_version: str, kind_plural: str, namespace: str) -> str:
@@ -97,7 +121,9 @@ class Kube:
     @classmethod
     def from_environment(cls, settings: ClusterSettings, kubeconfig: str | None = None, *,
                          timeout: float = 30.0) -> Kube:
-        """In-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config."""
+        """In-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config.
+
+        Raises StartupError with one line when there is no configuration or it cannot be loaded."""
         configuration = k8s_client.Configuration()
         try:
             if kubeconfig is None:
@@ -105,13 +131,18 @@ class Kube:
             else:
                 raise k8s_config.ConfigException("explicit kubeconfig")
         except k8s_config.ConfigException:
-            k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+            _load_kubeconfig(kubeconfig, configuration)
         # Retries are ours (bounded, Retry-After capped); urllib3's would multiply them unseen.
         configuration.retries = False
         return cls(k8s_client.ApiClient(configuration), settings, request_timeout=timeout)
 
     def close(self) -> None:
         self._api.close()
+
+    @property
+    def server(self) -> str:
+        """The API server's URL (for messages; no credentials)."""
+        return str(self._api.configuration.host)
 
     # -- transport ---------------------------------------------------------------------------
 
@@ -491,6 +522,11 @@ class Kube:
     async def service_names(self) -> set[str]:
         items = await self.list_objects("v1", "services", self.settings.namespace, naming.MANAGED_SELECTOR)
         return {naming.service_fqdn(i["metadata"]["name"], self.settings.namespace) for i in items}
+
+    async def gateway(self, name: str) -> dict[str, Any] | None:
+        """The Istio Gateway `<namespace>/<name>` (PREVIEW_GATEWAY), or None when it does not exist."""
+        namespace, _, gateway = name.partition("/")
+        return await self.get(f"{collection_path(manifests.VIRTUAL_SERVICE_API, 'gateways', namespace)}/{gateway}")
 
     async def ping(self) -> None:
         """Cheap call proving the API server answers and our credentials work."""

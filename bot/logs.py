@@ -8,7 +8,7 @@ import logging
 import re
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 EVENT_FIELDS: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("event_fields", default={})  # noqa: B039
 
@@ -44,8 +44,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def setup(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stdout)
+def setup(level: str = "INFO", stream: TextIO | None = None) -> None:
+    """JSON lines on `stream` (default stdout) from `level` up."""
+    handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

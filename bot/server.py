@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
+from typing import TextIO
 
 import aiohttp
 from aiohttp import web
@@ -19,12 +20,13 @@ from gidgethub import routing
 
 from bot import logs
 from bot.context import Context
-from bot.errors import ConfigError
+from bot.errors import ConfigError, PreviewError, StartupError
+from bot.gateway import gateway_problem
 from bot.github.api import Pacer
 from bot.github.auth import AppAuth
 from bot.github.client import RepoClient
 from bot.handlers import commands, pull_request
-from bot.kube import Kube
+from bot.kube import Kube, KubeError
 from bot.leader import LeaderElector
 from bot.previews import Previewer
 from bot.queue import QueueClosed, WorkQueue
@@ -34,6 +36,7 @@ from bot.triggers import Decision, decide, facts_from_pull
 from bot.webhook import WebhookConfig, create_app
 
 log = logging.getLogger(__name__)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 REPOSITORIES_TTL = 300.0  # seconds a list of the App's repositories is reused
 REPOSITORIES_MIN_AGE = 10.0  # a repository missing from the list re-reads it, at most this often
 
@@ -208,6 +211,22 @@ class Bot:
             log.exception("reconciliation pass failed")
 
 
+async def check_gateway(kube: Kube, settings: Settings) -> None:
+    """PREVIEW_GATEWAY exists and serves the template's hosts; raises StartupError naming both (and a
+    cluster that cannot be read, with the API server's URL)."""
+    try:
+        found = await kube.gateway(settings.cluster.gateway)
+    except KubeError as exc:
+        hint = " (the bot needs `get` on gateways.networking.istio.io there)" if exc.status in (401, 403) else ""
+        raise StartupError(f"Kubernetes: reading Gateway {settings.cluster.gateway} from {kube.server} "
+                           f"failed: {exc}{hint}") from None
+    except PreviewError as exc:  # TemporaryError: unreachable after the adapter's retries
+        raise StartupError(f"Kubernetes: {kube.server}: {exc}") from None
+    problem = gateway_problem(found, settings.cluster)
+    if problem:
+        raise StartupError(problem)
+
+
 @asynccontextmanager
 async def _adapters(make_kube: Callable[[], Kube]) -> AsyncIterator[tuple[aiohttp.ClientSession, Kube]]:
     kube = make_kube()
@@ -226,10 +245,16 @@ async def running(settings: Settings, host: str, port: int, *,
     gets `drain_timeout` to finish, the lease is handed over."""
     async with _adapters(lambda: Kube.from_environment(settings.cluster, kubeconfig,
                                                        timeout=settings.kube_timeout)) as (session, kube):
+        await check_gateway(kube, settings)
         bot = Bot(settings, session, kube)
+        bot.webhook.readiness["gateway"] = cached_check(lambda: check_gateway(kube, settings), 30.0)
         runner = web.AppRunner(create_app(bot.webhook), access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, host, port).start()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         bot.port = runner.addresses[0][1]
         log.info("listening", extra={"host": host, "port": bot.port})
         try:
@@ -263,22 +288,41 @@ async def serve(settings: Settings, host: str, port: int) -> None:
 
 
 def run(host: str, port: int) -> int:
-    logs.setup(os.environ.get("LOG_LEVEL", "INFO"))
-    try:
-        settings = load_settings(os.environ)
-    except ConfigError as exc:
-        print(f"preview-bot: error: {exc}", file=sys.stderr)
-        return 2
+    """`serve`; a start-up failure raises ConfigError or StartupError (the CLI prints one line, exit 2)."""
+    _setup_logs("INFO", sys.stdout)
+    settings = load_settings(os.environ)
     asyncio.run(serve(settings, host, port))
     return 0
 
 
+def _setup_logs(default: str, stream: TextIO) -> None:
+    level = (os.environ.get("LOG_LEVEL") or default).upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError("environment", "LOG_LEVEL", f"must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    logs.setup(level, stream)
+
+
+def _cluster_unusable(kube: Kube, exc: Exception) -> StartupError:
+    """A Kubernetes failure that ends `gc` or `list`: one line with the server's URL."""
+    return StartupError(f"Kubernetes: {kube.server}: {exc}")
+
+
+def _command_logs() -> None:
+    """gc and list print their own output: logs go to stderr, and only errors unless LOG_LEVEL says more
+    (a retried call is not worth a line)."""
+    _setup_logs("ERROR", sys.stderr)
+
+
 def run_gc(*, dry_run: bool) -> int:
+    _command_logs()
     settings = load_settings(os.environ)
 
     async def main() -> GcReport:
         async with _adapters(lambda: Kube.from_environment(settings.cluster)) as (session, kube):
-            return await Bot(settings, session, kube).reconcile_once(dry_run=dry_run)
+            try:
+                return await Bot(settings, session, kube).reconcile_once(dry_run=dry_run)
+            except (KubeError, PreviewError) as exc:
+                raise _cluster_unusable(kube, exc) from None
 
     report = asyncio.run(main())
     prefix = "would " if dry_run else ""
@@ -303,10 +347,13 @@ def _age(created: str, now: datetime) -> str:
 
 
 def run_list(*, output: str) -> int:
+    _command_logs()
     cluster = load_cluster_settings(os.environ, domain=os.environ.get("PREVIEW_DOMAIN") or "unset.invalid")
     kube = Kube.from_environment(cluster)
     try:
         previews = asyncio.run(kube.live_previews())
+    except (KubeError, PreviewError) as exc:
+        raise _cluster_unusable(kube, exc) from None
     finally:
         kube.close()
     now = datetime.now(UTC)

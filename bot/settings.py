@@ -14,6 +14,9 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Literal
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+
 from bot import dns
 from bot.errors import ConfigError
 
@@ -273,6 +276,11 @@ def _read_private_key(env: Mapping[str, str]) -> str:
         raise _env_error("GITHUB_PRIVATE_KEY_PATH", "is required (or GITHUB_PRIVATE_KEY holding the PEM)")
     if "-----BEGIN" not in inline or "PRIVATE KEY-----" not in inline:
         raise _env_error(name, "is not a PEM private key")
+    try:
+        serialization.load_pem_private_key(inline.encode("utf-8"), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        # Checked here so that a damaged key stops start-up, not the first JWT; never echoed.
+        raise _env_error(name, "is not a usable PEM private key (it cannot be loaded)") from None
     return inline + "\n"
 
 

@@ -332,7 +332,9 @@ def test_deployment_settings_load(tmp_path: Path) -> None:
     container = find(docs, "Deployment", "preview-bot")["spec"]["template"]["spec"]["containers"][0]
     env = dict(find(docs, "ConfigMap", "preview-bot")["data"])
     key_file = tmp_path / "private-key.pem"
-    key_file.write_text("-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----\n")
+    from tests.fakegithub.server import _app_key
+
+    key_file.write_text(_app_key()[1])
     for item in container["env"]:
         if "value" in item:
             env[item["name"]] = item["value"]

@@ -20,8 +20,11 @@ from bot.settings import (
     parse_resource_list,
     validate_host_template,
 )
+from tests.fakegithub.server import _app_key
 
-PEM = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\n-----END PRIVATE KEY-----"
+PEM = _app_key()[1].strip()  # a real RSA key (the fake GitHub's, generated once per process)
+DAMAGED_PEM = ("-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\n"
+               "-----END PRIVATE KEY-----")
 SECRET = "s3cr3t-webhook-value-0123456789"
 
 
@@ -101,6 +104,12 @@ def test_private_key_both_inline_and_path_refused(tmp_path: Path) -> None:
     err = error_for(base_env(GITHUB_PRIVATE_KEY_PATH=str(key_file)))
     assert "GITHUB_PRIVATE_KEY" in err.field
     assert "not both" in err.reason
+
+
+def test_a_damaged_pem_key_is_named_without_echoing_it() -> None:
+    err = error_for(base_env(GITHUB_PRIVATE_KEY=DAMAGED_PEM))
+    assert err.field == "GITHUB_PRIVATE_KEY" and "cannot be loaded" in err.reason
+    assert "MIIEvQ" not in str(err)
 
 
 def test_private_key_not_pem_is_named_without_echoing_it() -> None:
@@ -217,7 +226,7 @@ def test_repr_never_contains_secrets() -> None:
     for text in (repr(settings), str(settings), repr(settings.cluster)):
         assert SECRET not in text
         assert "PRIVATE KEY" not in text
-        assert "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7" not in text
+        assert PEM.splitlines()[1] not in text
     assert "12345" in repr(settings)  # repr still useful
 
 
