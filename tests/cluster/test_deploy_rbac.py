@@ -417,6 +417,9 @@ def test_service_account_can_do_what_the_bot_does(deployed: Deployed) -> None:
         apps.delete_namespaced_deployment(name, PREVIEW_NAMESPACE)
         version = raw(bot, "GET", "/version")   # the readiness ping
         assert version["major"] == "1"
+        gateway = custom.get_namespaced_custom_object("networking.istio.io", "v1", ROUTING_NAMESPACE, "gateways",
+                                                      "preview-gateway")   # the start-up Gateway check
+        assert gateway["spec"]["servers"]
     finally:
         admin_apps = client.AppsV1Api(deployed.admin)
         for call in (lambda: admin_apps.delete_namespaced_deployment(name, PREVIEW_NAMESPACE),
@@ -472,6 +475,8 @@ NOT_GRANTED = [
     ("get", "", "pods/log", PREVIEW_NAMESPACE),
     ("deletecollection", "networking.istio.io", "virtualservices", ROUTING_NAMESPACE),
     ("create", "networking.istio.io", "gateways", ROUTING_NAMESPACE),
+    ("list", "networking.istio.io", "gateways", ROUTING_NAMESPACE),
+    ("get", "networking.istio.io", "gateways", PREVIEW_NAMESPACE),
     ("create", "networking.istio.io", "virtualservices", PREVIEW_NAMESPACE),
     ("delete", "coordination.k8s.io", "leases", BOT_NAMESPACE),
     ("list", "coordination.k8s.io", "leases", BOT_NAMESPACE),
@@ -510,6 +515,11 @@ def test_granted_verbs_are_exactly_the_needed_ones(deployed: Deployed) -> None:
             wrong.append((verb, "lease", LEASE_NAME))
         if _allowed(deployed.bot, verb, "coordination.k8s.io", "leases", BOT_NAMESPACE, "another-lease"):
             wrong.append(("NOT", verb, "lease", "another-lease"))
+    # The Gateway PREVIEW_GATEWAY names can be read (the start-up check), no other one.
+    if not _allowed(deployed.bot, "get", "networking.istio.io", "gateways", ROUTING_NAMESPACE, "preview-gateway"):
+        wrong.append(("get", "gateway", "preview-gateway"))
+    if _allowed(deployed.bot, "get", "networking.istio.io", "gateways", ROUTING_NAMESPACE, "another-gateway"):
+        wrong.append(("NOT", "get", "gateway", "another-gateway"))
     assert not wrong, wrong
 
 
@@ -614,6 +624,7 @@ async def test_full_lifecycle_as_the_service_account(deployed: Deployed, fake_gi
 
     async with running_bot(fake_github, cluster, PREVIEW_NAMESPACE, kubeconfig=str(deployed.kubeconfig),
                            PREVIEW_ROUTING_NAMESPACE=ROUTING_NAMESPACE, POD_NAMESPACE=BOT_NAMESPACE,
+                           PREVIEW_GATEWAY=f"{ROUTING_NAMESPACE}/preview-gateway",
                            PREVIEW_LEADER_ELECTION="true", POD_NAME=f"bot-{suffix}") as bot:
         fake_github.add_pull(repo, 1)
         assert await bot.send("pull_request", pull_request_event(fake_github, repo, 1, "opened")) == 202

@@ -41,9 +41,32 @@ def bot_env(fake: FakeGitHub, namespace: str, **overrides: str) -> dict[str, str
         "PREVIEW_READY_TIMEOUT": "90",
         "PREVIEW_RECONCILE_INTERVAL": "3600",
         "POD_NAMESPACE": namespace,
+        "PREVIEW_GATEWAY": f"{namespace}/preview-gateway",
     }
     env.update(overrides)
     return env
+
+
+def ensure_gateway(cluster: Cluster, gateway: str, hosts: tuple[str, ...] = ("*.example.com",)) -> None:
+    """The Istio Gateway `<namespace>/<name>` the bot checks at start: created (serving `hosts` over HTTP)
+    unless it exists."""
+    namespace, _, name = gateway.partition("/")
+    api = cluster.api_client()
+    try:
+        custom = k8s.CustomObjectsApi(api)
+        try:
+            custom.get_namespaced_custom_object("networking.istio.io", "v1", namespace, "gateways", name)
+            return
+        except k8s.ApiException as exc:
+            if exc.status != 404:
+                raise
+        custom.create_namespaced_custom_object("networking.istio.io", "v1", namespace, "gateways", {
+            "apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"selector": {"istio": "ingressgateway"}, "servers": [
+                {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": list(hosts)}]}})
+    finally:
+        api.close()
 
 
 @dataclass
@@ -72,7 +95,9 @@ class RunningBot:
 @asynccontextmanager
 async def running_bot(fake: FakeGitHub, cluster: Cluster, namespace: str, *, kubeconfig: str | None = None,
                       **overrides: str) -> AsyncIterator[RunningBot]:
-    settings = load_settings(bot_env(fake, namespace, **overrides))
+    env = bot_env(fake, namespace, **overrides)
+    ensure_gateway(cluster, env["PREVIEW_GATEWAY"])
+    settings = load_settings(env)
     async with running(settings, "127.0.0.1", 0, kubeconfig=kubeconfig or str(cluster.kubeconfig)) as bot, \
             aiohttp.ClientSession() as session:
         yield RunningBot(bot, fake, session, namespace)

@@ -34,7 +34,7 @@ from typing import IO, Any
 import aiohttp
 
 from bot import comment
-from tests.e2e.harness import SECRET, ClusterView, bot_env, key_of
+from tests.e2e.harness import SECRET, ClusterView, bot_env, ensure_gateway, key_of
 from tests.fakegithub import FakeGitHub, webhook_headers
 from tests.plugins.cluster import Cluster
 
@@ -237,6 +237,7 @@ class BotProcesses:
 
     async def start(self, name: str, **overrides: str) -> BotProcess:
         bot = BotProcess(name, self.environment(**overrides), self.log_dir)
+        ensure_gateway(self.cluster, bot.env["PREVIEW_GATEWAY"])
         self.all.append(bot)
         await bot.start()
         return bot
