@@ -1,0 +1,122 @@
+"""Start-up failures of the real CLI (`python -m bot.cli`, as a subprocess): one line on stderr naming
+what is wrong, exit status 2, no traceback, no secret. (Failures that need a cluster to happen, such as a
+missing Gateway or a port in use, are in tests/e2e/test_startup.py.)"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fakegithub.server import _app_key
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "startup-webhook-secret-0123456789"
+PEM = _app_key()[1]
+TOKEN = "kubeconfig-bearer-token-s3cr3t-0123456789"
+
+
+def base_env(home: Path, **extra: str) -> dict[str, str]:
+    """A clean environment: no KUBECONFIG, a HOME without ~/.kube, not in a pod."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LANG": "C.UTF-8",
+           "GITHUB_APP_ID": "12345", "GITHUB_PRIVATE_KEY": PEM, "GITHUB_WEBHOOK_SECRET": SECRET,
+           "PREVIEW_DOMAIN": "example.com"}
+    env.update(extra)
+    return {k: v for k, v in env.items() if v != ""}
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 60) -> tuple[int, str, str]:
+    result = subprocess.run([sys.executable, "-m", "bot.cli", *args], env=env, cwd=ROOT, capture_output=True,
+                            text=True, timeout=timeout, check=False)
+    return result.returncode, result.stdout, result.stderr
+
+
+def assert_one_line(code: int, err: str, *expected: str) -> None:
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("preview-bot: error: "), err
+    for text in expected:
+        assert text in lines[0], err
+    for secret in (SECRET, TOKEN, "PRIVATE KEY", PEM.splitlines()[1]):
+        assert secret not in err
+    assert "Traceback" not in err
+
+
+def kubeconfig(path: Path, server: str) -> Path:
+    path.write_text(f"""apiVersion: v1
+kind: Config
+clusters: [{{name: c, cluster: {{server: "{server}", insecure-skip-tls-verify: true}}}}]
+users: [{{name: u, user: {{token: {TOKEN}}}}}]
+contexts: [{{name: x, context: {{cluster: c, user: u}}}}]
+current-context: x
+""")
+    return path
+
+
+@pytest.mark.parametrize("command", [["serve", "--host", "127.0.0.1", "--port", "0"], ["gc"], ["list"]])
+def test_no_kubernetes_configuration(tmp_path: Path, command: list[str]) -> None:
+    code, _, err = cli(base_env(tmp_path), *command)
+    assert_one_line(code, err, "Kubernetes: no configuration found: set KUBECONFIG or run in a pod")
+
+
+@pytest.mark.parametrize(("kubeconfig_text", "expected"), [
+    (None, "does not exist"),
+    ("just text\n", "is not a kubeconfig"),
+    ("apiVersion: v1\nkind: Config\ncurrent-context: nowhere\ncontexts: []\n", "cannot be used"),
+])
+def test_a_kubeconfig_that_cannot_be_used(tmp_path: Path, kubeconfig_text: str | None, expected: str) -> None:
+    path = tmp_path / "kubeconfig"
+    if kubeconfig_text is not None:
+        path.write_text(kubeconfig_text)
+    for command in (["serve", "--port", "0"], ["list"]):
+        code, _, err = cli(base_env(tmp_path, KUBECONFIG=str(path)), *command)
+        assert_one_line(code, err, f"kubeconfig {path}", expected)
+
+
+@pytest.mark.parametrize(("variable", "value", "expected"), [
+    ("GITHUB_APP_ID", "", "GITHUB_APP_ID: is required"),
+    ("GITHUB_WEBHOOK_SECRET", "short", "GITHUB_WEBHOOK_SECRET: is too short"),
+    ("PREVIEW_DOMAIN", "a" * 64 + ".example.com", "PREVIEW_DOMAIN"),
+    ("PREVIEW_HOST_TEMPLATE", "{service}.{domain}", "PREVIEW_HOST_TEMPLATE"),
+    ("GITHUB_PRIVATE_KEY", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----", "cannot be loaded"),
+    ("LOG_LEVEL", "chatty", "LOG_LEVEL"),
+])
+def test_bad_settings(tmp_path: Path, variable: str, value: str, expected: str) -> None:
+    code, _, err = cli(base_env(tmp_path, **{variable: value}), "serve", "--port", "0")
+    assert_one_line(code, err, expected)
+
+
+@pytest.mark.parametrize("make_path", [lambda d: d / "missing.pem", lambda d: d])
+def test_unreadable_key_file(tmp_path: Path, make_path: object) -> None:
+    path = make_path(tmp_path)  # type: ignore[operator]
+    env = base_env(tmp_path, GITHUB_PRIVATE_KEY="", GITHUB_PRIVATE_KEY_PATH=str(path))
+    code, _, err = cli(env, "serve", "--port", "0")
+    assert_one_line(code, err, "GITHUB_PRIVATE_KEY_PATH: cannot read the key file")
+
+
+def test_bad_port(tmp_path: Path) -> None:
+    code, _, err = cli(base_env(tmp_path), "serve", "--port", "70000")
+    assert_one_line(code, err, "--port", "0 to 65535")
+
+
+@pytest.mark.parametrize("command", [["serve", "--host", "127.0.0.1", "--port", "0"], ["gc"], ["list"]])
+def test_an_unreachable_cluster_is_fatal(tmp_path: Path, command: list[str]) -> None:
+    """Nothing listens on the port (bound, then closed): the adapter retries, then the command stops with
+    the API server's URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = base_env(tmp_path, KUBECONFIG=str(kubeconfig(tmp_path / "kc", f"https://127.0.0.1:{port}")))
+    code, _, err = cli(env, *command)
+    assert_one_line(code, err, f"Kubernetes: https://127.0.0.1:{port}", "unreachable")
+
+
+def test_render_errors_are_one_line(tmp_path: Path) -> None:
+    code, _, err = cli(base_env(tmp_path), "render", "--config", str(tmp_path / "nope.yml"), "--repo",
+                       "acme/shop", "--repo-id", "1", "--pr", "1", "--sha", "ab12")
+    assert_one_line(code, err, "nope.yml", "cannot read")
