@@ -247,7 +247,7 @@ async def running(settings: Settings, host: str, port: int, *,
                                                        timeout=settings.kube_timeout)) as (session, kube):
         await check_gateway(kube, settings)
         bot = Bot(settings, session, kube)
-        bot.webhook.readiness["gateway"] = cached_check(lambda: check_gateway(kube, settings), 30.0)
+        bot.webhook.readiness["gateway"] = cached_check(lambda: check_gateway(kube, settings), 10.0)
         runner = web.AppRunner(create_app(bot.webhook), access_log=None)
         await runner.setup()
         try:
