@@ -32,8 +32,9 @@ def facts_from_pull(pull: Mapping[str, Any], action: str, changed_label: str | N
     return PullRequestFacts(
         action=action,
         draft=bool(pull.get("draft")),
-        # A deleted fork has head.repo null: treat it as a fork.
-        fork=head_repo.get("full_name") != base_repo.get("full_name"),
+        # A deleted fork has head.repo null: treat it as a fork. Compared by id (a name can change).
+        fork=not head_repo or head_repo.get("id", head_repo.get("full_name")) !=
+        base_repo.get("id", base_repo.get("full_name")),
         labels=frozenset(str(label["name"]) for label in pull.get("labels") or []),
         changed_label=changed_label,
     )

@@ -82,3 +82,17 @@ def test_forks_never_deploy_directly(config: RepoConfig, action: str, draft: boo
         assert decision is not Decision.DEPLOY
     if draft:
         assert decision in (Decision.IGNORE, Decision.TEARDOWN)
+
+
+def test_fork_is_told_by_repository_id_not_name() -> None:
+    from bot.triggers import facts_from_pull
+
+    def pull(head: dict[str, object] | None, base: dict[str, object]) -> dict[str, object]:
+        return {"head": {"repo": head}, "base": {"repo": base}, "labels": []}
+
+    same = {"id": 7, "full_name": "acme/shop"}
+    assert not facts_from_pull(pull(same, same), "opened").fork
+    # The head was read before a rename, the base after: still the same repository.
+    assert not facts_from_pull(pull(same, {"id": 7, "full_name": "acme/storefront"}), "opened").fork
+    assert facts_from_pull(pull({"id": 8, "full_name": "acme/shop"}, same), "opened").fork
+    assert facts_from_pull(pull(None, same), "opened").fork  # a deleted fork
