@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bot.dns import dns_label, short_hash
 from bot.settings import ClusterSettings
@@ -59,7 +59,7 @@ class PreviewKey:
     a legacy preview adopted by its repository id, so its objects, header value and routes stay the same.
     """
 
-    repo: str
+    repo: str = field(compare=False)  # a name, for people: two keys of one repository are equal
     number: int
     repo_id: int | None
     legacy_hash: str | None = None

@@ -37,7 +37,7 @@ from bot.webhook import WebhookConfig, create_app
 
 log = logging.getLogger(__name__)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-REPOSITORIES_TTL = 300.0  # seconds a list of the App's repositories is reused
+REPOSITORIES_TTL = 60.0  # seconds a list of the App's repositories is reused (each reconcile pass re-reads it)
 REPOSITORIES_MIN_AGE = 10.0  # a repository missing from the list re-reads it, at most this often
 
 
@@ -118,6 +118,8 @@ class Bot:
         return None
 
     async def reconcile_once(self, *, dry_run: bool = False) -> GcReport:
+        # Current names for every repository id: a rename since the last pass must not look like a 404.
+        await self.repositories(max_age=0)
         report = await reconcile(self.kube, self.previewer, self.client_for,
                                  idle_ttl=timedelta(days=self.settings.idle_ttl_days), dry_run=dry_run,
                                  resume=None if dry_run else self.resume, check_stuck=self._first_pass,

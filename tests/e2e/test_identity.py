@@ -43,8 +43,8 @@ def gateway_hosts(view: ClusterView) -> list[str]:
 
 
 def last_state(fake: FakeGitHub, repo: str) -> str:
-    deployment = fake.deployments(repo)[0]
-    return str(fake.statuses(repo, deployment["id"])[-1]["state"])
+    """The state of the repository's newest GitHub deployment."""
+    return str(max(fake.deployments(repo), key=lambda d: d["id"])["state"])
 
 
 def nothing_left(view: ClusterView) -> None:
