@@ -170,6 +170,11 @@ class Bot:
         with suppress(QueueClosed):
             self.queue.submit((str(repo_id), number), job, supersedes=False)
 
+    @property
+    def first_pass_done(self) -> bool:
+        """The start-up pass (discovery of missed events, then reconciliation) has run."""
+        return not self._first_pass
+
     def leading(self) -> bool:
         return self.elector is None or self.elector.leading
 

@@ -87,6 +87,13 @@ class RunningBot:
         async with self.session.post(self.url, data=body, headers=headers) as response:
             return response.status
 
+    async def startup_pass(self, timeout: float = 60) -> None:
+        """Wait until the bot's start-up pass (discovery, reconciliation) is over: it calls GitHub too."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self.bot.first_pass_done:
+            assert asyncio.get_running_loop().time() < deadline, "the start-up pass did not finish"
+            await asyncio.sleep(0.05)
+
     async def settle(self, timeout: float = 180) -> None:
         """Wait until every queued event has been processed."""
         await asyncio.wait_for(self.bot.queue.join(), timeout)
