@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
 import aiohttp
+import gidgethub
 from aiohttp import web
 from gidgethub import routing
 
@@ -119,7 +120,12 @@ class Bot:
 
     async def reconcile_once(self, *, dry_run: bool = False) -> GcReport:
         # Current names for every repository id: a rename since the last pass must not look like a 404.
-        await self.repositories(max_age=0)
+        try:
+            await self.repositories(max_age=0)
+        except (gidgethub.GitHubException, aiohttp.ClientError, OSError) as exc:
+            # GitHub is down: each preview's look-up fails on its own and is reported; routes to missing
+            # Services are still cleaned up.
+            log.warning("could not list the App's repositories: %s", type(exc).__name__)
         report = await reconcile(self.kube, self.previewer, self.client_for,
                                  idle_ttl=timedelta(days=self.settings.idle_ttl_days), dry_run=dry_run,
                                  resume=None if dry_run else self.resume, check_stuck=self._first_pass,
