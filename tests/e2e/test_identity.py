@@ -102,6 +102,22 @@ async def test_rename_moves_the_host_when_the_template_names_the_repository(
         nothing_left(view)
 
 
+async def test_a_repository_the_app_left_loses_its_preview(shop: FakeGitHub, cluster: Cluster, namespace: str,
+                                                           view: ClusterView) -> None:
+    """The reconciler looks repositories up by id among the App's installations: one that is gone from them
+    (uninstalled, or transferred to an account without the App) has its preview removed."""
+    async with running_bot(shop, cluster, namespace) as bot:
+        shop.add_pull(REPO, 4)
+        assert await bot.send("pull_request", pull_request_event(shop, REPO, 4, "opened")) == 202
+        await bot.settle()
+        assert len(view.deployments()) == 1
+        shop.uninstall_repo(REPO)
+        report = await bot.bot.reconcile_once()
+        assert [(a.kind, a.reason) for a in report.actions] == [
+            ("teardown-closed", "App not installed on the repository")]
+        nothing_left(view)
+
+
 def legacy_documents(namespace: str) -> list[dict[str, Any]]:
     """The name-keyed version's objects for acme/shop PR #123 (`make render` then), moved into `namespace`."""
     text = LEGACY.read_text()

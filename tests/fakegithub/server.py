@@ -275,6 +275,16 @@ class FakeGitHub:
         self.repos[full_name] = repo
         return repo
 
+    def uninstall_repo(self, full_name: str) -> None:
+        """Remove the repository from its App installation (as a "selected repositories" change does):
+        tokens lose it, and it disappears from `GET /installation/repositories`."""
+        repo = self.repos[full_name]
+        if repo.installation_id is not None:
+            self.installations[repo.installation_id].repos.discard(full_name)
+        for token in self.tokens.values():
+            token.repos.discard(full_name)
+        repo.installation_id = None
+
     def rename_repo(self, old: str, new: str) -> Repo:
         """Rename or transfer a repository, as GitHub does: same `id`, new `full_name` everywhere (API
         answers, webhook payloads, installation tokens). A transfer to another owner moves it to that
