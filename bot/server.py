@@ -142,22 +142,20 @@ class Bot:
         live = {(p.repo_id, p.number) for p in previews} | {(p.repo.lower(), p.number) for p in previews
                                                             if p.repo_id is None}
         missed: list[tuple[str, int]] = []
-        async for installation in self.auth.api().getiter("/app/installations", jwt=self.auth.app_jwt()):
-            gh = await self.auth.installation_api(int(installation["id"]))
-            async for repo in gh.getiter("/installation/repositories", iterable_key="repositories"):
-                client = RepoClient(gh, str(repo["full_name"]), int(repo["id"]))
-                try:
-                    config = await self.previewer.load_config(client)
-                except ConfigError:
-                    continue  # reported on the PR when its next event comes
-                if config is None:
-                    continue
-                for pull in await client.open_pulls():
-                    number = int(pull["number"])
-                    wanted = decide(config, facts_from_pull(pull, "synchronize")) is Decision.DEPLOY
-                    if wanted and not {(client.repo_id, number), (client.repo.lower(), number)} & live:
-                        missed.append((client.repo, number))
-                        self.resume(client.repo_id, client.repo, number)
+        for repo_id, (installation, name) in sorted((await self.repositories(max_age=0)).items()):
+            client = RepoClient(await self.auth.installation_api(installation), name, repo_id)
+            try:
+                config = await self.previewer.load_config(client)
+            except ConfigError:
+                continue  # reported on the PR when its next event comes
+            if config is None:
+                continue
+            for pull in await client.open_pulls():
+                number = int(pull["number"])
+                wanted = decide(config, facts_from_pull(pull, "synchronize")) is Decision.DEPLOY
+                if wanted and not {(client.repo_id, number), (client.repo.lower(), number)} & live:
+                    missed.append((client.repo, number))
+                    self.resume(client.repo_id, client.repo, number)
         return missed
 
     def resume(self, repo_id: int, repo: str, number: int) -> None:
