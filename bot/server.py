@@ -67,7 +67,7 @@ class Bot:
                                                                 per_hour=settings.content_requests_per_hour),
                             timeout=settings.github_timeout)
         self.previewer = Previewer(settings.cluster, kube, ready_timeout=settings.ready_timeout,
-                                   identity=settings.identity)
+                                   identity=settings.identity, image_pull_grace=settings.image_pull_grace)
         self.queue = WorkQueue(settings.max_concurrency)
         self.ctx = Context(settings=settings, kube=kube, auth=self.auth, previewer=self.previewer,
                            queue=self.queue, router=build_router())
