@@ -297,11 +297,13 @@ class Kube:
         started = time.monotonic()
         deadline = started + timeout
         told: set[str] = set()
+        image_waits: dict[str, str] = {}  # name -> the pull error seen last, while within the grace
         delay = 0.5
         while pending:
             for name in sorted(pending):
                 available, reason, waiting = await self._deployment_state(name)
                 if reason and waiting in _IMAGE_PULL and time.monotonic() - started < pull_grace:
+                    image_waits[name] = reason
                     if on_image_wait is not None and name not in told:
                         told.add(name)
                         await on_image_wait(name, reason)
@@ -315,7 +317,8 @@ class Kube:
                 break
             if time.monotonic() >= deadline:
                 for name in pending:
-                    results[name] = f"not Available after {timeout:.0f} s"
+                    results[name] = f"not Available after {timeout:.0f} s" + (
+                        f"; still waiting for the image ({image_waits[name]})" if name in image_waits else "")
                 break
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 5.0)
