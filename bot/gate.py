@@ -155,11 +155,11 @@ async def _show(previewer: Previewer, gh: RepoClient, number: int, key: PreviewK
     url = decision.failed.url if decision.failed is not None else None
     await gh.deployment_status(deployment_id, state, description=summary, log_url=url)
     if decision.verdict is Verdict.WAIT:
-        detail = (f"{summary[0].upper()}{summary[1:]}. The preview deploys when they succeed; a maintainer "
-                  "can deploy now with `/preview`.")
+        detail = (f"The preview is {summary}. It deploys when they succeed; a maintainer can deploy now "
+                  "with `/preview`.")
         await previewer.report(gh, number, Report(State.WAITING_CHECKS, sha=sha, detail=detail))
     else:
         link = f" ([details]({url}))" if url else ""
-        detail = (f"{summary[0].upper()}{summary[1:]}{link}. Re-run it or push a fix; a maintainer can deploy "
-                  "anyway with `/preview`.")
+        detail = (f"Preview {summary}{link}. Re-run it or push a fix; a maintainer can deploy anyway "
+                  "with `/preview`.")
         await previewer.report(gh, number, Report(State.NOT_DEPLOYED, sha=sha, detail=detail))
