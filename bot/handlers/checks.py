@@ -5,10 +5,11 @@ and statuses again (bot.gate). An event for a check nobody waits for costs one r
 default branch the payload names); one for a commit that is no open PR's head costs two (and the open
 PRs). Neither writes to GitHub.
 
-GitHub sends an App `check_run` events for every App's check runs (GitHub Actions jobs included) in the
-repositories it is installed on when it has the "Checks" repository permission (read), and `status` events
-with "Commit statuses" (read): https://docs.github.com/en/webhooks/webhook-events-and-payloads#check_run
-and #status. `check_suite` adds nothing a check run does not say; `workflow_run` would need "Actions".
+GitHub's "Webhook events and payloads" (https://docs.github.com/en/webhooks/webhook-events-and-payloads):
+`check_run` needs "at least read-level access for the Checks repository permission"; only the
+`rerequested` and `requested_action` types need write, and the bot uses neither (`created` and `completed`
+come for every App's runs, GitHub Actions jobs included). `status` needs read on "Commit statuses".
+`check_suite` says nothing a check run does not; `workflow_run` would need the "Actions" permission.
 """
 
 from __future__ import annotations
