@@ -273,15 +273,19 @@ class Kube:
         if rolled_out:
             return True, None, None
         selector = ",".join(f"{k}={v}" for k, v in spec["selector"]["matchLabels"].items())
+        pulling: tuple[bool, str | None, str | None] = (False, None, None)
         for pod in await self.list_objects("v1", "pods", self.settings.namespace, selector):
             for container in (pod.get("status") or {}).get("containerStatuses") or []:
                 waiting = (container.get("state") or {}).get("waiting") or {}
                 if waiting.get("reason") in _HOPELESS_WAITING:
                     image = container.get("image") or ""
                     why = waiting.get("message") or (f"image {image}" if image else "")
-                    return False, f"pod {pod['metadata']['name']}: {waiting['reason']}: {why}", \
-                        str(waiting["reason"])
-        return False, None, None
+                    found = (False, f"pod {pod['metadata']['name']}: {waiting['reason']}: {why}",
+                             str(waiting["reason"]))
+                    if waiting["reason"] not in _IMAGE_PULL:
+                        return found  # a crash is hopeless whatever the images do
+                    pulling = pulling if pulling[1] else found
+        return pulling
 
     async def wait_available(self, names: Iterable[str], timeout: float, *,
                              stop: Callable[[], bool] = lambda: False, pull_grace: float = 0.0,
