@@ -17,10 +17,12 @@ class State(enum.Enum):
     WAITING_APPROVAL = "waiting for approval"
     CONFIG_ERROR = "configuration error"
     NOT_DEPLOYED = "not deployed"
+    WAITING_CHECKS = "waiting for checks"
 
 
 _ICONS = {State.DEPLOYING: "⏳", State.READY: "✅", State.FAILED: "❌", State.STOPPED: "🛑",
-          State.WAITING_APPROVAL: "✋", State.CONFIG_ERROR: "⚠️", State.NOT_DEPLOYED: "💤"}
+          State.WAITING_APPROVAL: "✋", State.CONFIG_ERROR: "⚠️", State.NOT_DEPLOYED: "💤",
+          State.WAITING_CHECKS: "🕒"}
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from gidgethub import routing, sansio
 from gidgethub.abc import GitHubAPI
 
 from bot import logs, metrics
+from bot.gate import WaitRegistry
 from bot.github.auth import AppAuth
 from bot.github.client import RepoClient
 from bot.kube import Kube
@@ -33,6 +34,8 @@ class Context:
     # (repository id, pr, user) that were already told "no permission": a stranger cannot make the bot spam.
     refused: cachetools.TTLCache[tuple[int, int, str], bool] = field(
         default_factory=lambda: cachetools.TTLCache(maxsize=10_000, ttl=3600))
+    # PRs waiting for checks, with their deadlines (bot.gate).
+    waits: WaitRegistry = field(default_factory=WaitRegistry)
 
     def superseded(self, repo_id: int, number: int) -> bool:
         """A newer event of the PR waits in the queue (keyed like webhook.work_key)."""

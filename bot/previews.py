@@ -34,11 +34,12 @@ class DeployResult:
 
 class Previewer:
     def __init__(self, settings: ClusterSettings, kube: Kube, *, ready_timeout: float,
-                 identity: str = "preview-bot") -> None:
+                 identity: str = "preview-bot", image_pull_grace: float = 600.0) -> None:
         self.identity = identity
         self.settings = settings
         self.kube = kube
         self.ready_timeout = ready_timeout
+        self.image_pull_grace = image_pull_grace
 
     async def load_config(self, gh: RepoClient) -> RepoConfig | None:
         """The config on the default branch (never the PR's own); None when the repo has none."""
@@ -126,8 +127,18 @@ class Previewer:
             for service in plan.services:
                 await self.kube.add_mesh_route(service.mesh_host, service.mesh_route)
             await self.teardown_services(key, deployed, keep=[s.service.name for s in plan.services])
+            images = {s.name: s.image for s in plan.services}
+
+            async def image_wait(name: str, _reason: str) -> None:
+                # Not a failure yet: CI may still be pushing it. Said once; the wait goes on.
+                detail = f"Waiting for the image `{images.get(name, name)}` to be pushed (ErrImagePull)."
+                await gh.deployment_status(deployment_id, "in_progress", description="waiting for the image")
+                await self.report(gh, number, Report(State.DEPLOYING, sha=head_sha, services=lines,
+                                                     header_value=key.value, detail=detail))
+
             failures = await self.kube.wait_available([s.name for s in plan.services], self.ready_timeout,
-                                                      stop=superseded)
+                                                      stop=superseded, pull_grace=self.image_pull_grace,
+                                                      on_image_wait=image_wait)
         except (PreviewError, KubeError) as exc:
             return await self._failed(gh, number, deployment_id, head_sha, lines, key, str(exc))
         if superseded():

@@ -26,9 +26,14 @@ _SERVICE_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _HOST = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+$")
 _IMAGE_PLACEHOLDERS = frozenset({"sha", "short_sha", "number"})
-_TOP_KEYS = frozenset({"services", "trigger", "label"})
+_TOP_KEYS = frozenset({"services", "trigger", "label", "wait_for", "wait_timeout"})
 _SERVICE_KEYS = frozenset({"name", "image", "port", "protocol", "host", "env", "replicas", "resources", "paths",
-                           "command", "args"})
+                           "command", "args", "wait_for"})
+DEFAULT_WAIT_TIMEOUT_MINUTES = 60
+MAX_WAIT_TIMEOUT_MINUTES = 24 * 60
+# GitHub caps a check run's name and a status context at 255 characters; control characters never appear.
+_CHECK_NAME_MAX = 255
+_DURATION = re.compile(r"^([0-9]+)\s*(m|min|h)$")
 # Istio's explicit protocol selection (istio.io docs: ops/configuration/traffic-management/protocol-selection):
 # the port name prefix or `appProtocol`. Previews are routed by a request header, so only the protocols whose
 # requests Envoy parses as HTTP can be chosen; each other protocol Istio knows is refused with the reason.
@@ -59,6 +64,7 @@ class ServiceConfig:
     paths: tuple[str, ...] = ()
     command: tuple[str, ...] = ()
     args: tuple[str, ...] = ()
+    wait_for: tuple[str, ...] | None = None  # None: the config's top-level `wait_for`
 
     def mesh_host(self, namespace: str) -> str:
         return self.host or f"{self.name}.{namespace}.svc.cluster.local"
@@ -78,9 +84,25 @@ class RepoConfig:
     services: tuple[ServiceConfig, ...]
     trigger: Trigger = "auto"
     label: str = "preview"
+    wait_for: tuple[str, ...] = ()
+    wait_timeout_minutes: int = DEFAULT_WAIT_TIMEOUT_MINUTES
 
     def service(self, name: str) -> ServiceConfig | None:
         return next((s for s in self.services if s.name == name), None)
+
+    def checks_for(self, names: Sequence[str] | None = None) -> tuple[str, ...]:
+        """The check names that must succeed before these services (default: all) deploy, sorted.
+
+        A service's own `wait_for` replaces the top-level list (it waits only for its image's job)."""
+        services = self.services if names is None else [s for s in self.services if s.name in names]
+        wanted: set[str] = set()
+        for service in services:
+            wanted.update(self.wait_for if service.wait_for is None else service.wait_for)
+        return tuple(sorted(wanted))
+
+    def waits_for(self, check_name: str) -> bool:
+        """True when some service waits for the check run or status context `check_name`."""
+        return check_name in self.checks_for()
 
 
 class _Reader:
@@ -148,7 +170,44 @@ def parse_repo_config(text: str, source: str = CONFIG_PATH) -> RepoConfig:
         if service.name in seen:
             raise reader.fail(f"services[{i}].name", f"duplicate service name {service.name!r}")
         seen.add(service.name)
-    return RepoConfig(services=services, trigger=trigger, label=label)
+    wait_for = _parse_check_names(reader, top["wait_for"], "wait_for") if top.get("wait_for") is not None else ()
+    wait_timeout = _parse_minutes(reader, top.get("wait_timeout", DEFAULT_WAIT_TIMEOUT_MINUTES), "wait_timeout")
+    return RepoConfig(services=services, trigger=trigger, label=label, wait_for=wait_for,
+                      wait_timeout_minutes=wait_timeout)
+
+
+def _parse_check_names(reader: _Reader, raw: Any, where: str) -> tuple[str, ...]:
+    """A list of check-run names or commit-status contexts (GitHub: at most 255 characters each)."""
+    if not isinstance(raw, list):
+        raise reader.fail(where, f"must be a list of check names, got {_kind(raw)}")
+    names: list[str] = []
+    for i, item in enumerate(raw):
+        if isinstance(item, bool) or not isinstance(item, str | int):
+            raise reader.fail(f"{where}[{i}]", f"must be a check name (a string), got {_kind(item)}")
+        name = str(item).strip()
+        if not name:
+            raise reader.fail(f"{where}[{i}]", "must be a non-empty check name")
+        if len(name) > _CHECK_NAME_MAX:
+            raise reader.fail(f"{where}[{i}]", f"must be at most {_CHECK_NAME_MAX} characters")
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+            raise reader.fail(f"{where}[{i}]", "must not contain control characters")
+        if name in names:
+            raise reader.fail(f"{where}[{i}]", f"duplicate check name {name!r}")
+        names.append(name)
+    return tuple(names)
+
+
+def _parse_minutes(reader: _Reader, raw: Any, where: str) -> int:
+    """Whole minutes: `90`, `90m` or `2h`; from 1 minute to 24 hours."""
+    minutes: int | None = None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        minutes = raw
+    elif isinstance(raw, str) and (match := _DURATION.match(raw.strip())):
+        minutes = int(match.group(1)) * (60 if match.group(2) == "h" else 1)
+    if minutes is None or not 1 <= minutes <= MAX_WAIT_TIMEOUT_MINUTES:
+        raise reader.fail(where, f"must be whole minutes from 1 to {MAX_WAIT_TIMEOUT_MINUTES} "
+                                 f"(e.g. 60, 90m or 2h), got {raw!r}")
+    return minutes
 
 
 def _parse_service(reader: _Reader, raw: Any, where: str) -> ServiceConfig:
@@ -202,8 +261,11 @@ def _parse_service(reader: _Reader, raw: Any, where: str) -> ServiceConfig:
     paths = reader.string_list(item["paths"], f"{where}.paths") if item.get("paths") is not None else ()
     command = reader.string_list(item["command"], f"{where}.command") if item.get("command") is not None else ()
     args = reader.string_list(item["args"], f"{where}.args") if item.get("args") is not None else ()
+    wait_for = _parse_check_names(reader, item["wait_for"], f"{where}.wait_for") \
+        if item.get("wait_for") is not None else None
     return ServiceConfig(name=name, image=image, port=port, protocol=protocol, host=host, env=env, replicas=replicas,
-                         requests=requests, limits=limits, paths=paths, command=command, args=args)
+                         requests=requests, limits=limits, paths=paths, command=command, args=args,
+                         wait_for=wait_for)
 
 
 def _parse_protocol(reader: _Reader, raw: Any, where: str) -> str:

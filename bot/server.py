@@ -19,14 +19,14 @@ import gidgethub
 from aiohttp import web
 from gidgethub import routing
 
-from bot import logs
+from bot import gate, logs
 from bot.context import Context
 from bot.errors import ConfigError, PreviewError, StartupError
 from bot.gateway import gateway_problem
 from bot.github.api import Pacer
 from bot.github.auth import AppAuth
 from bot.github.client import RepoClient
-from bot.handlers import commands, pull_request
+from bot.handlers import checks, commands, pull_request
 from bot.kube import Kube, KubeError
 from bot.leader import LeaderElector
 from bot.previews import Previewer
@@ -43,7 +43,7 @@ REPOSITORIES_MIN_AGE = 10.0  # a repository missing from the list re-reads it, a
 
 
 def build_router() -> routing.Router:
-    return routing.Router(pull_request.router, commands.router)
+    return routing.Router(pull_request.router, commands.router, checks.router)
 
 
 def cached_check(check: Callable[[], Awaitable[None]], ttl: float) -> Callable[[], Awaitable[None]]:
@@ -71,7 +71,7 @@ class Bot:
                                                                 per_hour=settings.content_requests_per_hour),
                             timeout=settings.github_timeout)
         self.previewer = Previewer(settings.cluster, kube, ready_timeout=settings.ready_timeout,
-                                   identity=settings.identity)
+                                   identity=settings.identity, image_pull_grace=settings.image_pull_grace)
         self.queue = WorkQueue(settings.max_concurrency)
         self.ctx = Context(settings=settings, kube=kube, auth=self.auth, previewer=self.previewer,
                            queue=self.queue, router=build_router())
@@ -168,9 +168,10 @@ class Bot:
             if pull.get("state") != "open":
                 return
             # A webhook may have got there first (this job waited behind it in the PR's queue): the
-            # deploy is then a no-op.
-            await self.previewer.deploy(client, number, str(pull["head"]["sha"]), force=False,
-                                        superseded=lambda: self.ctx.superseded(repo_id, number))
+            # deploy is then a no-op. With `wait_for`, it deploys only once the checks succeeded.
+            await gate.deploy_when_ready(self.previewer, self.ctx.waits, client, number,
+                                         head_sha=str(pull["head"]["sha"]),
+                                         superseded=lambda: self.ctx.superseded(repo_id, number))
         with suppress(QueueClosed):
             self.queue.submit((str(repo_id), number), job, supersedes=False)
 
@@ -178,6 +179,23 @@ class Bot:
     def first_pass_done(self) -> bool:
         """The start-up pass (discovery of missed events, then reconciliation) has run."""
         return not self._first_pass
+
+    def check_waits(self, now: float | None = None) -> list[tuple[int, str, int]]:
+        """Queue a new look at every PR whose wait for checks ran out (the decision reports it); returns
+        their (repository id, repository name, PR)."""
+        due = self.ctx.waits.due(time.time() if now is None else now)
+        for repo_id, repo, number in due:
+            self.ctx.waits.forget(repo_id, number)  # noted again if it still waits
+            self.resume(repo_id, repo, number)
+        return due
+
+    async def watch_waits_forever(self, every: float = 5.0) -> None:
+        """One process-wide loop (no task per PR): waits live in this replica's memory, so every replica
+        runs it, leader or not."""
+        while True:
+            if self.queue.accepting:
+                self.check_waits()
+            await asyncio.sleep(every)
 
     def leading(self) -> bool:
         return self.elector is None or self.elector.leading
@@ -273,9 +291,13 @@ async def running(settings: Settings, host: str, port: int, *,
         except Exception as exc:  # a warning, not a crash: GitHub may be down while we start
             log.warning("GitHub did not accept the App key yet: %s", type(exc).__name__)
         reconciler = asyncio.create_task(bot.reconcile_forever(), name="reconciler")
+        waits = asyncio.create_task(bot.watch_waits_forever(), name="check-waits")
         try:
             yield bot
         finally:
+            waits.cancel()
+            with suppress(asyncio.CancelledError):
+                await waits
             log.info("shutting down: intake closed, draining work", extra={"in_flight": bot.queue.depth})
             bot.webhook.draining = True
             finished = await bot.queue.drain(settings.drain_timeout)

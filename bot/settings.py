@@ -119,6 +119,9 @@ class Settings:
     webhook_secret: str = field(repr=False)
     api_url: str = DEFAULT_API_URL
     ready_timeout: float = 300.0
+    # Seconds after a rollout starts during which ErrImagePull/ImagePullBackOff means "the image is not
+    # pushed yet" (CI builds it after the push), not a failure.
+    image_pull_grace: float = 600.0
     max_concurrency: int = 8
     max_body_bytes: int = 25 * 1024 * 1024
     drain_timeout: float = 30.0
@@ -306,6 +309,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         webhook_secret=secret,
         api_url=api_url,
         ready_timeout=_positive_float(env, "PREVIEW_READY_TIMEOUT", 300.0),
+        image_pull_grace=_positive_float(env, "PREVIEW_IMAGE_PULL_GRACE", 600.0),
         max_concurrency=_positive_int(env, "PREVIEW_MAX_CONCURRENCY", 8),
         max_body_bytes=_positive_int(env, "PREVIEW_MAX_BODY_BYTES", 25 * 1024 * 1024),
         drain_timeout=_positive_float(env, "PREVIEW_DRAIN_TIMEOUT", 30.0),

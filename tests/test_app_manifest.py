@@ -27,8 +27,13 @@ Permission facts (GitHub REST docs, "Permissions required for GitHub Apps" and e
       -> authenticated with the App's JWT; no installation permission
   https://docs.github.com/en/rest/apps/installations#list-repositories-accessible-to-the-app-installation
       -> any installation token; no extra permission
+  https://docs.github.com/en/rest/checks/runs#list-check-runs-for-a-git-reference -> "Checks" (read)
+  https://docs.github.com/en/rest/commits/statuses#get-the-combined-status-for-a-specific-reference
+      -> "Commit statuses" (read)
   https://docs.github.com/en/webhooks/webhook-events-and-payloads
-      pull_request -> "Pull requests" (read); issue_comment -> "Issues" (read)
+      pull_request -> "Pull requests" (read); issue_comment -> "Issues" (read);
+      check_run -> "Checks" (read), delivered for every App's check runs (GitHub Actions jobs too);
+      status -> "Commit statuses" (read)
 """
 
 from __future__ import annotations
@@ -79,12 +84,16 @@ ENDPOINTS: dict[tuple[str, str], Alternatives | str] = {
     ("POST", "/repos/{owner}/{repo}/deployments"): ({"deployments": W},),
     ("GET", "/repos/{owner}/{repo}/deployments/{deployment_id}/statuses"): ({"deployments": R},),
     ("POST", "/repos/{owner}/{repo}/deployments/{deployment_id}/statuses"): ({"deployments": W},),
+    ("GET", "/repos/{owner}/{repo}/commits/{ref}/check-runs"): ({"checks": R},),
+    ("GET", "/repos/{owner}/{repo}/commits/{ref}/status"): ({"statuses": R},),
 }
 
 # Webhook event -> the permission an App needs to subscribe to it.
 EVENTS: dict[str, Mapping[str, str]] = {
     "pull_request": {"pull_requests": R},
     "issue_comment": {"issues": R},
+    "check_run": {"checks": R},
+    "status": {"statuses": R},
 }
 
 # Repository/organization permission names GitHub accepts in a manifest (the ones we could plausibly use).

@@ -127,6 +127,20 @@ class RepoClient:
             if sticky.is_sticky(item.get("body")) and (item.get("user") or {}).get("type") == "Bot":
                 yield int(item["id"])
 
+    # -- checks and commit statuses -------------------------------------------------------------
+
+    async def check_runs(self, sha: str) -> list[dict[str, Any]]:
+        """The commit's latest check run of each name, from every App (GitHub Actions jobs included)."""
+        return [run async for run in self.gh.getiter(
+            f"{self._base}/commits/{{sha}}/check-runs{{?filter,per_page}}",
+            {"sha": sha, "filter": "latest", "per_page": 100}, iterable_key="check_runs")]
+
+    async def commit_statuses(self, sha: str) -> list[dict[str, Any]]:
+        """The latest status of each context on the commit (the combined status's `statuses`)."""
+        data = await self.gh.getitem(f"{self._base}/commits/{{sha}}/status{{?per_page}}",
+                                     {"sha": sha, "per_page": 100})
+        return list(data.get("statuses") or [])
+
     # -- deployments --------------------------------------------------------------------------
 
     async def create_deployment(self, *, ref: str, environment: str, description: str,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from gidgethub import routing, sansio
 from gidgethub.abc import GitHubAPI
 
+from bot import gate
 from bot.comment import Report, State
 from bot.context import Context, repo_client
 from bot.errors import ConfigError
@@ -56,8 +57,10 @@ async def on_update(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
         current = await client.pull(number)
         if current.get("state") != "open":
             return
-        await ctx.previewer.deploy(client, number, current["head"]["sha"], config=config, force=False,
-                                   superseded=lambda: ctx.superseded(client.repo_id, number))
+        # Deploys now, or once the checks the config waits for have succeeded (bot.gate).
+        await gate.deploy_when_ready(ctx.previewer, ctx.waits, client, number, config=config,
+                                     head_sha=str(current["head"]["sha"]),
+                                     superseded=lambda: ctx.superseded(client.repo_id, number))
     elif decision is Decision.TEARDOWN:
         await ctx.previewer.stop(client, number, f"The `{config.label}` label was removed: preview removed.")
     elif decision is Decision.AWAIT_APPROVAL:

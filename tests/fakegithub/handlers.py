@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from .server import LEVEL, ROLE_TO_PERMISSION, Ctx, FakeGitHub, GitHubError, Reply, iso, op
-from .state import Comment, Deployment, DeploymentStatus, Pull, Reaction, Repo, blob_sha, fake_sha, next_id
+from .state import CheckRun, Comment, Deployment, DeploymentStatus, Pull, Reaction, Repo, blob_sha, fake_sha, next_id
 
 
 def _repo(ctx: Ctx) -> Repo:
@@ -359,3 +359,124 @@ async def create_status(gh: FakeGitHub, ctx: Ctx) -> Reply:
 async def list_statuses(gh: FakeGitHub, ctx: Ctx) -> Reply:
     repo, d = _repo(ctx), _deployment(ctx)
     return gh.paginate(ctx, [gh.status_json(repo, d, s) for s in reversed(d.statuses)])
+
+
+# -- checks and commit statuses --------------------------------------------------------------------------
+def _commit(ctx: Ctx) -> str:
+    sha = _repo(ctx).resolve(ctx.params.get("ref") or ctx.params.get("sha") or "")
+    if sha is None:
+        raise GitHubError(422, f"No commit found for SHA: {ctx.params.get('ref') or ctx.params.get('sha')}")
+    return sha
+
+
+def _check_run(ctx: Ctx) -> CheckRun:
+    run = next((x for x in _repo(ctx).check_runs if x.id == int(ctx.params["check_run_id"])), None)
+    if run is None:
+        raise GitHubError(404, "Not Found")
+    return run
+
+
+@op("checks/list-for-ref")
+async def list_check_runs(gh: FakeGitHub, ctx: Ctx) -> Reply:
+    repo, q = _repo(ctx), ctx.query
+    sha = _commit(ctx)
+    runs = [x for x in repo.check_runs if x.head_sha == sha]
+    if q.get("check_name"):
+        runs = [x for x in runs if x.name == q["check_name"]]
+    if q.get("status"):
+        runs = [x for x in runs if x.status == q["status"]]
+    if q.get("app_id"):
+        runs = [x for x in runs if x.suite.app.id == int(q["app_id"])]
+    if q.get("filter", "latest") == "latest":  # the newest run of each name
+        newest: dict[str, CheckRun] = {}
+        for x in runs:
+            newest[x.name] = x if x.name not in newest or x.id > newest[x.name].id else newest[x.name]
+        runs = list(newest.values())
+    runs.sort(key=lambda x: -x.id)
+    reply = gh.paginate(ctx, [gh.check_run_json(repo, x) for x in runs])
+    return Reply(reply.status, {"total_count": len(runs), "check_runs": reply.body}, reply.headers)
+
+
+@op("checks/get")
+async def get_check_run(gh: FakeGitHub, ctx: Ctx) -> Reply:
+    return Reply(200, gh.check_run_json(_repo(ctx), _check_run(ctx)))
+
+
+@op("checks/create")
+async def create_check_run(gh: FakeGitHub, ctx: Ctx) -> Reply:
+    """A check run by the bot's own App (other Apps' runs are made with fake.add_check_run)."""
+    repo, body = _repo(ctx), ctx.body
+    sha = repo.resolve(body["head_sha"])
+    if sha is None or sha != body["head_sha"]:
+        raise GitHubError(422, "No commit found for SHA: " + body["head_sha"])
+    if body.get("conclusion") and body.get("status", "completed") != "completed":
+        raise GitHubError(422, "Conclusion can only be set when status is completed")
+    status = "completed" if body.get("conclusion") else body.get("status", "queued")
+    own = gh.other_app(gh.app_slug)
+    run = gh.add_check_run(repo.full_name, sha, body["name"], status=status, conclusion=body.get("conclusion"),
+                           app=own.slug, details_url=body.get("details_url"))
+    run.external_id = body.get("external_id", "")
+    return Reply(201, gh.check_run_json(repo, run))
+
+
+@op("checks/update")
+async def update_check_run(gh: FakeGitHub, ctx: Ctx) -> Reply:
+    repo, run, body = _repo(ctx), _check_run(ctx), ctx.body
+    if run.suite.app.slug != gh.app_slug:
+        raise GitHubError(403, f"Invalid app_id `{gh.app_id}` - check run can only be modified by the GitHub "
+                               "App that created it.")
+    status = "completed" if body.get("conclusion") else body.get("status", run.status)
+    gh.update_check_run(repo.full_name, run, status=status, conclusion=body.get("conclusion"))
+    run.name = body.get("name", run.name)
+    return Reply(200, gh.check_run_json(repo, run))
+
+
+@op("checks/list-suites-for-ref")
+async def list_check_suites(gh: FakeGitHub, ctx: Ctx) -> Reply:
+    repo, q = _repo(ctx), ctx.query
+    sha = _commit(ctx)
+    suites = [x for x in repo.check_suites if x.head_sha == sha
+              and (not q.get("app_id") or x.app.id == int(q["app_id"]))]
+    reply = gh.paginate(ctx, [gh.check_suite_json(repo, x) for x in suites])
+    return Reply(reply.status, {"total_count": len(suites), "check_suites": reply.body}, reply.headers)
+
+
+@op("checks/get-suite")
+async def get_check_suite(gh: FakeGitHub, ctx: Ctx) -> Reply:
+    repo = _repo(ctx)
+    suite = next((x for x in repo.check_suites if x.id == int(ctx.params["check_suite_id"])), None)
+    if suite is None:
+        raise GitHubError(404, "Not Found")
+    return Reply(200, gh.check_suite_json(repo, suite))
+
+
+@op("repos/create-commit-status")
+async def create_commit_status(gh: FakeGitHub, ctx: Ctx) -> Reply:
+    repo, body = _repo(ctx), ctx.body
+    sha = _commit(ctx)
+    assert ctx.actor is not None
+    record = gh.set_commit_status(repo.full_name, sha, body.get("context") or "default", body["state"],
+                                  target_url=body.get("target_url"), description=body.get("description"),
+                                  user=ctx.actor.login)
+    return _created(gh.commit_status_json(repo, record))
+
+
+@op("repos/get-combined-status-for-ref")
+async def get_combined_status(gh: FakeGitHub, ctx: Ctx) -> Reply:
+    repo = _repo(ctx)
+    sha = _commit(ctx)
+    latest = gh.latest_statuses(repo, sha)
+    reply = gh.paginate(ctx, [gh.commit_status_json(repo, x, creator=False) for x in latest])
+    api = f"{gh.url}/repos/{repo.full_name}"
+    return Reply(200, {
+        "state": gh.combined_state(repo, sha), "statuses": reply.body, "sha": sha, "total_count": len(latest),
+        "repository": gh.combined_repo_json(repo), "commit_url": f"{api}/commits/{sha}",
+        "url": f"{api}/commits/{sha}/status"}, reply.headers)
+
+
+@op("repos/list-commit-statuses-for-ref")
+async def list_commit_statuses(gh: FakeGitHub, ctx: Ctx) -> Reply:
+    repo = _repo(ctx)
+    sha = _commit(ctx)
+    records = [x for x in reversed(repo.status_records) if x.sha == sha]
+    return gh.paginate(ctx, [gh.commit_status_json(repo, x) for x in records])

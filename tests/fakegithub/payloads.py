@@ -15,7 +15,7 @@ from typing import Any
 
 from .server import FakeGitHub, iso
 from .spec import webhook_examples
-from .state import Repo
+from .state import CheckRun, CommitStatus, Repo
 
 
 def _example(event: str, action: str | None) -> dict[str, Any]:
@@ -129,6 +129,45 @@ def issue_comment_event(fake: FakeGitHub, repo: str | Repo, number: int, body: s
     payload["comment"] = _overlay(payload["comment"], comment_json)
     if action == "edited":
         payload["changes"] = {"body": {"from": old_body}}
+    return payload
+
+
+def check_run_event(fake: FakeGitHub, repo: str | Repo, run: CheckRun, action: str | None = None,
+                    sender: str = "github-actions[bot]") -> dict[str, Any]:
+    """A `check_run` delivery for `run` as it is now (`created`, `completed`; default from its status).
+    GitHub sends it to every App with the Checks permission, whichever App made the run."""
+    r = _repo(fake, repo)
+    action = action or ("completed" if run.status == "completed" else "created")
+    fake.user(sender, type="Bot")
+    payload = _common(fake, _example("check_run", action), r, sender)
+    payload["action"] = action
+    ours = fake.check_run_json(r, run)
+    suite = fake.check_suite_json(r, run.suite)
+    ours["check_suite"] = {k: suite[k] for k in ("id", "node_id", "head_branch", "head_sha", "status", "conclusion",
+                                                 "url", "before", "after", "pull_requests", "app", "created_at",
+                                                 "updated_at")}
+    payload["check_run"] = _overlay(payload["check_run"], ours)
+    payload["check_run"]["check_suite"]["pull_requests"] = ours["pull_requests"]
+    payload["check_run"]["pull_requests"] = ours["pull_requests"]
+    return payload
+
+
+def status_event(fake: FakeGitHub, repo: str | Repo, status: CommitStatus) -> dict[str, Any]:
+    """A `status` delivery (no `action`) for a commit status set with fake.set_commit_status."""
+    r = _repo(fake, repo)
+    payload = _common(fake, _example("status", None), r, status.creator.login)
+    branches = [{"name": p.head_ref, "commit": {"sha": p.head_sha, "url": f"{fake.url}/repos/{r.full_name}/commits/"
+                                                                         f"{p.head_sha}"}, "protected": False}
+                for p in r.pulls.values() if p.head_sha == status.sha and p.head_repo is r]
+    payload.update({
+        "id": status.id, "sha": status.sha, "name": r.full_name, "target_url": status.target_url,
+        "context": status.context, "description": status.description, "state": status.state,
+        "branches": branches, "created_at": iso(status.created_at), "updated_at": iso(status.updated_at),
+    })
+    commit = payload["commit"]
+    commit.update({"sha": status.sha, "node_id": f"C_kwDO{status.sha[:12]}",
+                   "url": f"{fake.url}/repos/{r.full_name}/commits/{status.sha}",
+                   "html_url": f"https://github.com/{r.full_name}/commit/{status.sha}"})
     return payload
 
 

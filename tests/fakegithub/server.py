@@ -29,10 +29,14 @@ from multidict import CIMultiDict
 
 from .spec import Operation, RequestInvalid, Spec, load_spec
 from .state import (
+    CheckRun,
+    CheckSuite,
     Comment,
+    CommitStatus,
     Deployment,
     DeploymentStatus,
     Installation,
+    OtherApp,
     Pull,
     Reaction,
     Repo,
@@ -48,6 +52,7 @@ LEVEL = {"none": 0, "read": 1, "write": 2, "admin": 3}
 ROLE_TO_PERMISSION = {"admin": "admin", "maintain": "write", "write": "write", "triage": "read", "read": "read"}
 DEFAULT_PERMISSIONS = {
     "metadata": "read", "contents": "read", "pull_requests": "write", "issues": "write", "deployments": "write",
+    "checks": "read", "statuses": "read",
 }
 SECONDARY_LIMIT_MESSAGE = (
     "You have exceeded a secondary rate limit. Please wait a few minutes before you try again. If you "
@@ -76,12 +81,25 @@ REQUIRED_PERMISSIONS: dict[str, tuple[tuple[str, str], ...]] = {
        for op in ("repos/list-deployments", "repos/get-deployment", "repos/list-deployment-statuses")},
     **{op: (("deployments", "write"),)
        for op in ("repos/create-deployment", "repos/create-deployment-status", "repos/delete-deployment")},
+    # "Checks" and "Commit statuses" repository permissions (GitHub REST: checks/runs, checks/suites,
+    # commits/statuses, "Fine-grained access tokens" of each endpoint).
+    **{op: (("checks", "read"),)
+       for op in ("checks/get", "checks/list-for-ref", "checks/get-suite", "checks/list-suites-for-ref")},
+    **{op: (("checks", "write"),) for op in ("checks/create", "checks/update")},
+    **{op: (("statuses", "read"),)
+       for op in ("repos/get-combined-status-for-ref", "repos/list-commit-statuses-for-ref")},
+    "repos/create-commit-status": (("statuses", "write"),),
 }
 # GitHub's own examples our answers are built from (kept in the cached index).
 EXAMPLES = frozenset({
     "integration", "installation", "installation-token", "full-repository", "pull-request",
     "pull-request-simple-items", "issue", "issue-comment", "reaction", "deployment", "deployment-status",
+    "check-run", "check-suite", "combined-commit-status", "status",
 })
+# Higher first: a suite's conclusion is the highest-priority conclusion of its runs (GitHub REST guide
+# "Using the REST API to interact with checks", "About check suites").
+SUITE_CONCLUSION_ORDER = ("action_required", "startup_failure", "cancelled", "timed_out", "failure", "stale",
+                          "neutral", "skipped", "success")
 Handler = Callable[["FakeGitHub", "Ctx"], Awaitable["Reply"]]
 HANDLERS: dict[str, Handler] = {}
 
@@ -210,6 +228,7 @@ class FakeGitHub:
         self._content_limit: int | None = None
         self._accepted_content: deque[float] = deque()
         self._used: dict[str, int] = {}
+        self._other_apps: dict[str, OtherApp] = {}
         self._runner: web.AppRunner | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -357,9 +376,79 @@ class FakeGitHub:
             r.trees[sha] = tree
         pull.head_repo.branches[pull.head_ref] = sha
 
-    def set_commit_status(self, repo: str, sha: str, context: str, state: str) -> None:
-        """A commit status; deployments with `required_contexts` check these."""
-        self.repos[repo].commit_statuses.setdefault(sha, {})[context] = state
+    def set_commit_status(self, repo: str, sha: str, context: str, state: str, *, target_url: str | None = None,
+                          description: str | None = None, user: str = "ci-bot") -> CommitStatus:
+        """A commit status (as a CI service would post it); deployments with `required_contexts` check
+        these. Send `status_event(fake, repo, status)` to tell the bot."""
+        if state not in ("error", "failure", "pending", "success"):
+            raise ValueError(f"state must be error, failure, pending or success, got {state!r}")
+        r = self.repos[repo]
+        r.commit_statuses.setdefault(sha, {})[context] = state
+        now = time.time()
+        record = CommitStatus(next_id("commit_status"), sha, context, state, description, target_url,
+                              self.user(user), now, now)
+        r.status_records.append(record)
+        return record
+
+    # -- checks of other Apps (GitHub Actions by default) ------------------------------------------------
+    def other_app(self, slug: str = "github-actions") -> OtherApp:
+        """Another App that reports checks; `github-actions` is GitHub's own (id 15368)."""
+        if slug not in self._other_apps:
+            app_id = 15368 if slug == "github-actions" else next_id("app")
+            name = "GitHub Actions" if slug == "github-actions" else slug
+            self._other_apps[slug] = OtherApp(app_id, slug, name, self.user("github", type="Organization"))
+        return self._other_apps[slug]
+
+    def add_check_run(self, repo: str, sha: str, name: str, *, status: str = "queued",
+                      conclusion: str | None = None, app: str = "github-actions",
+                      details_url: str | None = None) -> CheckRun:
+        """A check run on `sha` by another App, in that App's suite for the commit (made on first use)."""
+        r = self.repos[repo]
+        if sha not in r.trees:
+            raise ValueError(f"{sha} is not a commit of {repo}")
+        other = self.other_app(app)
+        now = time.time()
+        suite = next((x for x in r.check_suites if x.head_sha == sha and x.app == other), None)
+        if suite is None:
+            branch = next((p.head_ref for p in r.pulls.values() if p.head_sha == sha and p.head_repo is r), None)
+            suite = CheckSuite(next_id("check_suite"), sha, branch, other, now, now)
+            r.check_suites.append(suite)
+        run = CheckRun(next_id("check_run"), name, sha, suite, "queued", None, now, None, details_url)
+        r.check_runs.append(run)
+        self.update_check_run(repo, run, status=status, conclusion=conclusion)
+        return run
+
+    def update_check_run(self, repo: str, run: CheckRun, *, status: str, conclusion: str | None = None) -> CheckRun:
+        """Move a check run on (`completed` needs a conclusion, as on GitHub)."""
+        if status == "completed" and conclusion not in SUITE_CONCLUSION_ORDER:
+            raise ValueError(f"a completed check run needs a conclusion, got {conclusion!r}")
+        if status != "completed" and conclusion is not None:
+            raise ValueError("only a completed check run has a conclusion")
+        now = time.time()
+        run.status, run.conclusion = status, conclusion
+        run.completed_at = now if status == "completed" else None
+        run.suite.updated_at = now
+        return run
+
+    def suite_state(self, r: Repo, suite: CheckSuite) -> tuple[str, str | None]:
+        runs = [x for x in r.check_runs if x.suite is suite]
+        if not runs or any(x.status != "completed" for x in runs):
+            return ("in_progress" if any(x.status == "in_progress" for x in runs) else "queued"), None
+        return "completed", min((x.conclusion or "success" for x in runs), key=SUITE_CONCLUSION_ORDER.index)
+
+    def combined_state(self, r: Repo, sha: str) -> str:
+        latest = self.latest_statuses(r, sha)
+        if any(x.state in ("error", "failure") for x in latest):
+            return "failure"
+        return "success" if latest and all(x.state == "success" for x in latest) else "pending"
+
+    def latest_statuses(self, r: Repo, sha: str) -> list[CommitStatus]:
+        """The newest status of each context, newest first."""
+        seen: dict[str, CommitStatus] = {}
+        for x in reversed(r.status_records):
+            if x.sha == sha and x.context not in seen:
+                seen[x.context] = x
+        return list(seen.values())
 
     def add_comment(self, repo: str, number: int, body: str, user: str) -> dict[str, Any]:
         """A comment written by a person (e.g. a `/preview` command), as the API would show it."""
@@ -605,6 +694,71 @@ class FakeGitHub:
             deployment_url=api, repository_url=f"{self.url}/repos/{r.full_name}",
             performed_via_github_app=self.app_json() if s.creator is self.bot else None,
         )
+
+    def other_app_json(self, a: OtherApp) -> dict[str, Any]:
+        return self._shape(
+            "integration", id=a.id, slug=a.slug, client_id=f"Iv1.{a.id:016x}", node_id=f"MDM6QXBw{a.id}",
+            name=a.name, owner=self.user_json(a.owner), html_url=f"{HTML}/apps/{a.slug}",
+            permissions={"checks": "write", "metadata": "read"}, events=[],
+        )
+
+    def _pulls_of(self, r: Repo, sha: str) -> list[dict[str, Any]]:
+        """`pull_requests` of checks: open PRs from this repository whose head is `sha` (never forks)."""
+        def ref(branch: str, commit: str) -> dict[str, Any]:
+            return {"ref": branch, "sha": commit,
+                    "repo": {"id": r.id, "url": f"{self.url}/repos/{r.full_name}", "name": r.name}}
+        return [{"url": f"{self.url}/repos/{r.full_name}/pulls/{p.number}", "id": p.id, "number": p.number,
+                 "head": ref(p.head_ref, p.head_sha), "base": ref(r.default_branch, p.base_sha)}
+                for p in r.pulls.values() if p.state == "open" and p.head_sha == sha and p.head_repo is r]
+
+    def check_suite_json(self, r: Repo, x: CheckSuite) -> dict[str, Any]:
+        status, conclusion = self.suite_state(r, x)
+        runs = [c for c in r.check_runs if c.suite is x]
+        shaped = self._shape(
+            "check-suite", r, id=x.id, node_id=f"CS_kwDO{x.id}", head_branch=x.head_branch, head_sha=x.head_sha,
+            status=status, conclusion=conclusion, url=f"{self.url}/repos/{r.full_name}/check-suites/{x.id}",
+            before=None, after=x.head_sha, pull_requests=self._pulls_of(r, x.head_sha),
+            app=self.other_app_json(x.app), created_at=iso(x.created_at), updated_at=iso(x.updated_at),
+            repository=self.repo_json(r), latest_check_runs_count=len(runs),
+            check_runs_url=f"{self.url}/repos/{r.full_name}/check-suites/{x.id}/check-runs",
+            rerequestable=True, runs_rerequestable=True,
+        )
+        return shaped
+
+    def check_run_json(self, r: Repo, x: CheckRun) -> dict[str, Any]:
+        shaped = self._shape(
+            "check-run", r, id=x.id, node_id=f"CR_kwDO{x.id}", head_sha=x.head_sha, name=x.name,
+            external_id=x.external_id, url=f"{self.url}/repos/{r.full_name}/check-runs/{x.id}",
+            html_url=f"{HTML}/{r.full_name}/runs/{x.id}", details_url=x.details_url or
+            f"{HTML}/{r.full_name}/actions/runs/{x.suite.id}/job/{x.id}", status=x.status,
+            conclusion=x.conclusion, started_at=iso(x.started_at),
+            completed_at=iso(x.completed_at) if x.completed_at is not None else None,
+            check_suite={"id": x.suite.id}, app=self.other_app_json(x.suite.app),
+            pull_requests=self._pulls_of(r, x.head_sha),
+            output={"title": None, "summary": None, "text": None, "annotations_count": 0,
+                    "annotations_url": f"{self.url}/repos/{r.full_name}/check-runs/{x.id}/annotations"},
+        )
+        shaped.pop("deployment", None)
+        return shaped
+
+    def combined_repo_json(self, r: Repo) -> dict[str, Any]:
+        """A minimal-repository, as the combined status embeds it."""
+        minimal: dict[str, Any] = self._shape("combined-commit-status", r)["repository"]
+        full = self.repo_json(r)
+        return minimal | {k: full[k] for k in ("id", "node_id", "name", "full_name", "owner", "private",
+                                               "html_url", "fork", "url") if k in full}
+
+    def commit_status_json(self, r: Repo, x: CommitStatus, *, creator: bool = True) -> dict[str, Any]:
+        shaped = self._shape(
+            "status", r, url=f"{self.url}/repos/{r.full_name}/statuses/{x.sha}", id=x.id,
+            node_id=f"SC_kwDO{x.id}", state=x.state, description=x.description, target_url=x.target_url,
+            context=x.context, created_at=iso(x.created_at), updated_at=iso(x.updated_at),
+            avatar_url=f"https://avatars.githubusercontent.com/u/{x.creator.id}?v=4",
+            creator=self.user_json(x.creator),
+        )
+        if not creator:  # the combined status lists statuses without their creator
+            shaped.pop("creator", None)
+        return shaped
 
     # -- the request pipeline ------------------------------------------------------------------------
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:

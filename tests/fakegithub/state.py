@@ -11,6 +11,7 @@ from typing import Any
 _ids = {kind: itertools.count(start) for kind, start in {
     "user": 1000, "app": 900_000, "repo": 100_000, "installation": 4_000, "comment": 2_000_000, "reaction": 3_000_000,
     "deployment": 5_000_000, "status": 6_000_000, "label": 7_000_000, "pull": 8_000_000, "issue": 9_000_000,
+    "check_run": 10_000_000, "check_suite": 11_000_000, "commit_status": 12_000_000,
 }.items()}
 
 
@@ -106,6 +107,55 @@ class Deployment:
         return self.statuses[-1].state if self.statuses else None
 
 
+@dataclass(frozen=True)
+class OtherApp:
+    """A GitHub App other than the bot (e.g. GitHub Actions) that reports checks."""
+
+    id: int
+    slug: str
+    name: str
+    owner: User
+
+
+@dataclass
+class CheckSuite:
+    """All check runs of one App on one commit (GitHub makes one per App and SHA)."""
+
+    id: int
+    head_sha: str
+    head_branch: str | None
+    app: OtherApp
+    created_at: float
+    updated_at: float
+
+
+@dataclass
+class CheckRun:
+    id: int
+    name: str
+    head_sha: str
+    suite: CheckSuite
+    status: str  # queued, in_progress, completed (and waiting/requested/pending for Actions)
+    conclusion: str | None
+    started_at: float
+    completed_at: float | None
+    details_url: str | None = None
+    external_id: str = ""
+
+
+@dataclass
+class CommitStatus:
+    id: int
+    sha: str
+    context: str
+    state: str  # error, failure, pending, success
+    description: str | None
+    target_url: str | None
+    creator: User
+    created_at: float
+    updated_at: float
+
+
 @dataclass
 class Pull:
     number: int
@@ -145,6 +195,9 @@ class Repo:
     reactions: list[Reaction] = field(default_factory=list)
     deployments: list[Deployment] = field(default_factory=list)
     commit_statuses: dict[str, dict[str, str]] = field(default_factory=dict)  # sha -> {context: state}
+    status_records: list[CommitStatus] = field(default_factory=list)  # oldest first
+    check_suites: list[CheckSuite] = field(default_factory=list)
+    check_runs: list[CheckRun] = field(default_factory=list)
     label_ids: dict[str, int] = field(default_factory=dict)
 
     @property

@@ -267,3 +267,65 @@ def test_effective_resources_do_not_mutate_policy() -> None:
     before = (dict(policy.default_requests), dict(policy.default_limits))
     effective_resources(ServiceConfig(name="a", image="i", port=1, requests={"memory": "1Gi"}), policy)
     assert (dict(policy.default_requests), dict(policy.default_limits)) == before
+
+
+# -- wait_for / wait_timeout -----------------------------------------------------------------------------
+
+def test_wait_for_top_level_and_per_service() -> None:
+    text = """
+wait_for: [build-images, "ci/lint"]
+wait_timeout: 90m
+services:
+  - name: a
+    image: registry.example.com/acme/a:{sha}
+    port: 8080
+  - name: b
+    image: registry.example.com/acme/b:{sha}
+    port: 8080
+    wait_for: [build-b]
+  - name: c
+    image: registry.example.com/acme/c:latest
+    port: 8080
+    wait_for: []
+"""
+    config = parse_repo_config(text)
+    assert config.wait_for == ("build-images", "ci/lint") and config.wait_timeout_minutes == 90
+    assert config.checks_for() == ("build-b", "build-images", "ci/lint")
+    assert config.checks_for(["a"]) == ("build-images", "ci/lint")
+    assert config.checks_for(["b"]) == ("build-b",)       # its own list replaces the top-level one
+    assert config.checks_for(["c"]) == ()                 # an empty list: deploy at once
+    assert config.waits_for("build-b") and not config.waits_for("unit-tests")
+
+
+def test_wait_for_defaults() -> None:
+    config = parse_repo_config(MINIMAL)
+    assert config.wait_for == () and config.wait_timeout_minutes == 60 and config.checks_for() == ()
+    assert parse_repo_config("wait_timeout: 2h\n" + MINIMAL).wait_timeout_minutes == 120
+    assert parse_repo_config("wait_timeout: 15\n" + MINIMAL).wait_timeout_minutes == 15
+
+
+@pytest.mark.parametrize(("yaml_text", "field", "reason"), [
+    ("wait_for: build-images\n", "wait_for", "must be a list of check names, got a string"),
+    ("wait_for: [build, build]\n", "wait_for[1]", "duplicate check name 'build'"),
+    ("wait_for: ['']\n", "wait_for[0]", "must be a non-empty check name"),
+    ("wait_for: [{a: 1}]\n", "wait_for[0]", "must be a check name (a string), got a mapping"),
+    ("wait_for: [true]\n", "wait_for[0]", "must be a check name (a string), got a boolean"),
+    (f"wait_for: [{'x' * 256}]\n", "wait_for[0]", "must be at most 255 characters"),
+    ('wait_for: ["a\\tb"]\n', "wait_for[0]", "must not contain control characters"),
+    ("wait_timeout: 0\n", "wait_timeout", "must be whole minutes from 1 to 1440"),
+    ("wait_timeout: 25h\n", "wait_timeout", "must be whole minutes from 1 to 1440"),
+    ("wait_timeout: soon\n", "wait_timeout", "must be whole minutes from 1 to 1440"),
+    ("wait_timeout: 1.5\n", "wait_timeout", "must be whole minutes from 1 to 1440"),
+    ("wait_timeout: true\n", "wait_timeout", "must be whole minutes from 1 to 1440"),
+])
+def test_wait_for_errors_name_the_field(yaml_text: str, field: str, reason: str) -> None:
+    error = config_error(yaml_text + MINIMAL)
+    assert error.field == field
+    assert reason in error.reason
+    assert str(error).startswith(f"{CONFIG_PATH}: {field}: ")
+
+
+def test_service_wait_for_errors_name_the_service() -> None:
+    error = config_error(one_service("wait_for: [ok, 3.5]"))
+    assert (error.field, error.reason) == ("services[0].wait_for[1]", "must be a check name (a string), got a number")
+    assert config_error(one_service("wait_for: nope")).field == "services[0].wait_for"

@@ -1,0 +1,170 @@
+"""Deploy a pull request's head only once the checks its config waits for have succeeded.
+
+Level-triggered like the rest of the bot: each call reads the PR's head, the config, the commit's check
+runs and statuses and the environment's latest GitHub Deployment, decides (bot.checks, pure) and
+converges: deploy, show "waiting for checks", or show why nothing was deployed. Nothing sleeps per PR: a
+later check event, a push, a `/preview` or the process-wide pass over `WaitRegistry` calls again.
+GitHub is written to only when what the PR shows changes, so a repeated event costs reads only.
+
+While waiting, the PR has a GitHub Deployment of the head SHA whose payload carries `waiting_for`; its
+`created_at` is when the wait began (it survives restarts), and its latest status says what it waits for.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bot import checks
+from bot.checks import Decision, Verdict
+from bot.comment import Report, State
+from bot.errors import ConfigError
+from bot.github.client import RepoClient
+from bot.naming import PreviewKey
+from bot.previews import DeployResult, Previewer
+from bot.repo_config import CONFIG_PATH, RepoConfig, check_policy, parse_repo_config
+
+log = logging.getLogger(__name__)
+
+GATE_KEY = "waiting_for"  # in a Deployment's payload: this deployment is a wait, not a rollout
+WAITING_STATE = "queued"
+
+
+class WaitRegistry:
+    """(repository id, PR) -> when its wait times out (epoch seconds) and the repository's name as last
+    seen: one process-wide pass reports checks that never appear. In memory: after a restart the first
+    reconciliation pass resumes waiting PRs, which notes them again."""
+
+    def __init__(self) -> None:
+        self._deadlines: dict[tuple[int, int], tuple[float, str]] = {}
+
+    def note(self, gh: RepoClient, number: int, deadline: float) -> None:
+        self._deadlines[(gh.repo_id, number)] = (deadline, gh.repo)
+
+    def done(self, gh: RepoClient, number: int) -> None:
+        self._deadlines.pop((gh.repo_id, number), None)
+
+    def due(self, now: float) -> list[tuple[int, str, int]]:
+        """(repository id, repository name, PR) of every wait that ran out by `now`."""
+        return sorted((repo_id, name, number) for (repo_id, number), (deadline, name)
+                      in self._deadlines.items() if deadline <= now)
+
+    def forget(self, repo_id: int, number: int) -> None:
+        self._deadlines.pop((repo_id, number), None)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._deadlines
+
+
+async def load_config_at(gh: RepoClient, branch: str, previewer: Previewer) -> RepoConfig | None:
+    """The config on `branch` (the default branch, named by the event: saves a read); None when absent.
+    Raises ConfigError."""
+    text = await gh.file_text(CONFIG_PATH, branch)
+    if text is None:
+        return None
+    config = parse_repo_config(text, CONFIG_PATH)
+    check_policy(config, previewer.settings.policy, CONFIG_PATH)
+    return config
+
+
+def _is_gate(deployment: dict[str, Any]) -> bool:
+    payload = deployment.get("payload")
+    return isinstance(payload, dict) and GATE_KEY in payload
+
+
+def _created(deployment: dict[str, Any]) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(deployment.get("created_at") or "").replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+async def deploy_when_ready(previewer: Previewer, waits: WaitRegistry, gh: RepoClient, number: int, *,
+                            config: RepoConfig | None = None, head_sha: str | None = None,
+                            superseded: Callable[[], bool] = lambda: False,
+                            now: datetime | None = None) -> DeployResult | None:
+    """Converge PR `number` towards a preview of its head; returns the deploy's result, or None when it
+    waits, failed its checks, or the PR is closed. `head_sha`: the head as just read (else read here)."""
+    if head_sha is None:
+        pull = await gh.pull(number)
+        if pull.get("state") != "open":
+            waits.done(gh, number)
+            return None
+        head_sha = str(pull["head"]["sha"])
+    if config is None:
+        try:
+            config = await previewer.load_config(gh)
+        except ConfigError:
+            config = None  # deploy() reads it again and reports the error on the PR
+    if config is None or not config.checks_for():
+        return await previewer.deploy(gh, number, head_sha, config=config, force=False, superseded=superseded)
+    wanted = None
+    if any(s.paths for s in config.services) and len({s.wait_for for s in config.services}) > 1:
+        # Only the services this PR changes deploy, so only their checks matter.
+        changed = await gh.changed_files(number)
+        wanted = [s.name for s in config.services if s.affected_by(changed)]
+    required = config.checks_for(wanted)
+    if not required:
+        return await previewer.deploy(gh, number, head_sha, config=config, force=False, superseded=superseded)
+
+    key = PreviewKey(gh.repo, number, gh.repo_id)
+    deployments = await gh.deployments(key.environment)
+    latest = deployments[0] if deployments else None
+    if latest is not None and latest.get("sha") == head_sha and not _is_gate(latest):
+        # This commit was rolled out already (the checks passed, or a `/preview` overrode them).
+        waits.done(gh, number)
+        return await previewer.deploy(gh, number, head_sha, config=config, force=False, superseded=superseded)
+    gate = latest if latest is not None and latest.get("sha") == head_sha else None
+
+    now = now or datetime.now(UTC)
+    since = (_created(gate) if gate is not None else None) or now
+    runs = checks.from_check_runs(await gh.check_runs(head_sha))
+    statuses = {} if all(name in runs for name in required) else \
+        checks.from_statuses(await gh.commit_statuses(head_sha))
+    timeout = timedelta(minutes=config.wait_timeout_minutes)
+    decision = checks.decide(required, runs, statuses, waited=now - since, timeout=timeout)
+    log.info("checks decided %s", decision.verdict.value,
+             extra={"repo": gh.repo, "pr": number, "sha": head_sha, "summary": decision.summary()})
+    if decision.verdict is Verdict.DEPLOY:
+        waits.done(gh, number)
+        # deploy() marks the waiting deployment inactive when it creates the real one.
+        return await previewer.deploy(gh, number, head_sha, config=config, force=True, superseded=superseded)
+    if decision.verdict is Verdict.WAIT:
+        waits.note(gh, number, (since + timeout).timestamp())
+    else:
+        waits.done(gh, number)
+    await _show(previewer, gh, number, key, head_sha, decision, gate, latest, required)
+    return None
+
+
+async def _show(previewer: Previewer, gh: RepoClient, number: int, key: PreviewKey, sha: str,
+                decision: Decision, gate: dict[str, Any] | None, latest: dict[str, Any] | None,
+                required: tuple[str, ...]) -> None:
+    """Put the decision on the Deployment and the sticky comment, unless they already say it."""
+    state = WAITING_STATE if decision.verdict is Verdict.WAIT else "failure"
+    summary = decision.summary()
+    if gate is not None:
+        status = await gh.latest_status(int(gate["id"]))
+        if status is not None and status.get("state") == state and status.get("description") == summary:
+            return  # the PR shows this already: reads only
+        deployment_id = int(gate["id"])
+    else:
+        deployment_id = await gh.create_deployment(
+            ref=sha, environment=key.environment, description=f"Preview of #{number}: waiting for checks",
+            payload={"key": key.value, GATE_KEY: list(required), "replica": previewer.identity})
+        if latest is not None and _is_gate(latest):
+            # The wait of an older commit is over: a push resets the wait, the old commit never deploys.
+            await gh.deployment_status(int(latest["id"]), "inactive", description="superseded by a newer commit")
+    url = decision.failed.url if decision.failed is not None else None
+    await gh.deployment_status(deployment_id, state, description=summary, log_url=url)
+    if decision.verdict is Verdict.WAIT:
+        detail = (f"The preview is {summary}. It deploys when they succeed; a maintainer can deploy now "
+                  "with `/preview`.")
+        await previewer.report(gh, number, Report(State.WAITING_CHECKS, sha=sha, detail=detail))
+    else:
+        link = f" ([details]({url}))" if url else ""
+        detail = (f"Preview {summary}{link}. Re-run it or push a fix; a maintainer can deploy anyway "
+                  "with `/preview`.")
+        await previewer.report(gh, number, Report(State.NOT_DEPLOYED, sha=sha, detail=detail))
