@@ -32,7 +32,9 @@ Mesh API (everything a test adds is removed at its end):
   mesh.bot_env -> dict                    settings to pass to the bot (`running_bot(..., **mesh.bot_env)`)
   mesh.gateway -> Proxy                   the gateway Envoy (.ip, .port 8080, .admin_url)
   mesh.client  -> Proxy                   the session sidecar in namespace `mesh-client`
-  mesh.sidecar(name, namespace) -> Proxy  a new sidecar Envoy (own address, own Sidecar object)
+  mesh.namespace(prefix="m") -> str       a fresh namespace (e.g. a team's own), deleted after the test
+  mesh.sidecar(name, namespace) -> Proxy  a new sidecar Envoy (own address, own Sidecar object) for a
+      calling service in `namespace` (exportTo is decided by the proxy's namespace)
   mesh.real_service(namespace, name, ports=(8080,), calls=None, host=None) -> Workload
       an echo workload for the real service, ServiceEntry host `host` or `<name>.<ns>.svc.cluster.local`;
       with several ports the workload answers on each (its answer says which `port` it saw).
@@ -54,11 +56,16 @@ Mesh API (everything a test adds is removed at its end):
       `check(Answer) -> bool`. Never use fixed sleeps to wait for routes.
   mesh.apply(obj) / mesh.delete(obj)      create-or-replace / delete any Istio object (e.g. a team's own
       VirtualService in another namespace); applied objects are deleted at the end of the test.
-  mesh.set_mesh_config(defaultVirtualServiceExportTo=["."], ...)   rewrite istiod's mesh config (file,
-      watched by istiod) and wait until istiod serves it; restored at the end of the test.
+  mesh.set_mesh_config(defaultVirtualServiceExportTo=["."], ...)   restart istiod on a changed mesh
+      config (a live reload does not re-apply exportTo defaults) and wait until it serves it and every
+      Envoy has reconnected (5-10 s); the session's config is restored (another restart) after the test.
   mesh.dup_domains() -> dict[str, str]    istiod's `pilot_vservice_dup_domain` entries of the last push
       (domain -> message; /debug/push_status); mesh.dup_domain_metric() -> float, the gauge from
       /metrics on the monitoring port. Both empty/0 when no two VirtualServices claim one host.
+  await mesh.assert_no_conflicts(host=None)   bounded poll until istiod reports no duplicate domain for
+      `host` (any host when None); await mesh.wait_dup_domains(host, expect=True) until it reports one.
+      istiod recomputes them on each push: a test's own conflict can linger into the next test for a
+      push, so assert with these, not with a single read.
   proxy.routes() -> dict                  route config name -> virtual host name -> route names,
       from the Envoy admin `config_dump` (debugging; e.g. the bot's route name is the preview key).
   mesh.logs() -> str                      tails of istiod's and every Envoy's log.
@@ -78,6 +85,7 @@ import json
 import os
 import random
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -477,8 +485,10 @@ class Proxy:
             "node": {"id": self.node_id, "cluster": f"{self.name}.{self.namespace}", "metadata": metadata},
             "admin": {"address": {"socket_address": {"address": self.admin_ip, "port_value": self.admin_port}}},
             "dynamic_resources": {
-                "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
-                               "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
+                "ads_config": {"api_type": "GRPC", "transport_api_version": "V3", "grpc_services": [{"envoy_grpc": {
+                    "cluster_name": "xds-grpc",
+                    # Reconnect quickly when the fixture restarts istiod (default backoff grows to 30 s).
+                    "retry_policy": {"retry_back_off": {"base_interval": "0.1s", "max_interval": "1s"}}}}]},
                 "lds_config": {"ads": {}, "resource_api_version": "V3"},
                 "cds_config": {"ads": {}, "resource_api_version": "V3"},
             },
@@ -645,7 +655,8 @@ class MeshPlane:
         self.istiod = Proc("istiod", argv, self.dir / "istiod.log", env=env)
         self.istiod.start()
         _wait("istiod /ready", lambda: _http_get(f"{self.istiod_url}/ready")[0] == 200, READY_TIMEOUT, self.istiod)
-        self.default_mesh = self.debug("mesh") or {}
+        if not self.default_mesh:
+            self.default_mesh = self.debug("mesh") or {}
 
     def debug(self, path: str) -> Any:
         """GET an istiod debug endpoint (e.g. `configz`, `push_status`, `mesh`) as JSON."""
@@ -664,14 +675,18 @@ class MeshPlane:
         return False
 
     def set_mesh_config(self, **overrides: Any) -> None:
-        """Merge `overrides` (None: back to istiod's default) into the mesh config file; returns once istiod
-        serves every given value."""
+        """Merge `overrides` (None: back to istiod's default) into the mesh config and restart istiod on it;
+        returns once istiod serves every given value and every Envoy has reconnected.
+
+        A restart, not a file reload: istiod reloads the file, but keeps the exportTo defaults it computed
+        (defaultVirtualServiceExportTo changed live was still ignored by this istiod)."""
         for key, value in overrides.items():
             if value is None:
                 self.mesh_config.pop(key, None)
             else:
                 self.mesh_config[key] = value
         self._write_mesh_config()
+        self.restart_istiod()
         want = {k: self.default_mesh.get(k) if v is None else v for k, v in overrides.items()}
 
         def served() -> bool:
@@ -679,6 +694,19 @@ class MeshPlane:
             # protobuf JSON leaves out empty and false values
             return all((mesh.get(k) or None) == (v or None) for k, v in want.items())
         _wait(f"istiod serving mesh config {want}", served, 30, self.istiod)
+
+    def restart_istiod(self) -> None:
+        """Stop istiod (by PID) and start it again on the same addresses; wait for every Envoy to reconnect."""
+        assert self.istiod is not None
+        self.istiod.stop()
+        self._start_istiod()
+        names = {f"{p.name}.{p.namespace}" for p in self.proxies if p.proc is not None and p.proc.running}
+        _wait(f"Envoys {sorted(names)} reconnected to istiod", lambda: names <= self.connected(), 60, self.istiod,
+              interval=0.2)
+
+    def connected(self) -> set[str]:
+        """`name.namespace` of every Envoy connected to istiod (/debug/syncz)."""
+        return {str(item.get("proxy", "")) for item in self.debug("syncz") or []}
 
     def reset_mesh_config(self) -> None:
         """Back to the session's mesh config."""
@@ -691,8 +719,25 @@ class MeshPlane:
     def dup_domains(self) -> dict[str, str]:
         """`pilot_vservice_dup_domain` entries of istiod's last push: virtual host -> message."""
         status = self.debug("push_status") or {}
-        entries = (status.get("ProxyStatus") or {}).get("pilot_vservice_dup_domain") or {}
+        entries = status.get("pilot_vservice_dup_domain") or {}
         return {domain: str(entry.get("message", "")) for domain, entry in entries.items()}
+
+    async def wait_dup_domains(self, host: str | None = None, *, expect: bool = False,
+                               timeout: float = 30.0) -> dict[str, str]:
+        """Poll (0.2 s, bounded) istiod's last push until `pilot_vservice_dup_domain` has (expect=True) or
+        has no (expect=False) entry for `host` (any host when None); the matching entries. Conflicts are
+        recomputed on each push, so a conflict that went away clears within a push or two.
+        AssertionError naming the entries otherwise."""
+        deadline = time.monotonic() + timeout
+        while True:
+            entries = await asyncio.to_thread(self.dup_domains)
+            found = {d: m for d, m in entries.items() if host is None or d == host or d.startswith(host + ":")}
+            if bool(found) == expect:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"pilot_vservice_dup_domain for {host or 'any host'}: "
+                                     f"{'none' if expect else found} after {timeout:.0f}s\n{self.logs(10)}")
+            await asyncio.sleep(0.2)
 
     def dup_domain_metric(self) -> float:
         """The `pilot_vservice_dup_domain` gauge on istiod's monitoring port (0 when absent)."""
@@ -714,6 +759,16 @@ class MeshPlane:
             client.CoreV1Api(self.api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
         except ApiException as e:
             if e.status != 409:
+                raise
+
+    def delete_namespace(self, name: str) -> None:
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            client.CoreV1Api(self.api).delete_namespace(name)
+        except ApiException as e:
+            if e.status != 404:
                 raise
 
     @staticmethod
@@ -963,11 +1018,19 @@ class Mesh:
         self._proxies: list[Proxy] = []
         self._objects: list[dict[str, Any]] = []
         self._preview_calls: list[tuple[str, str]] = []
+        self._namespaces: list[str] = []
         self._mesh_config_changed = False
 
     gateway = property(lambda self: self.plane.gateway)
     client = property(lambda self: self.plane.client)
     bot_env = property(lambda self: self.plane.bot_env)
+
+    def namespace(self, prefix: str = "m") -> str:
+        """A fresh namespace `<prefix>-<random>` (e.g. a team's own), deleted at the end of the test."""
+        name = f"{prefix}-{secrets.token_hex(4)}"
+        self.plane.ensure_namespace(name)
+        self._namespaces.append(name)
+        return name
 
     def sidecar(self, name: str, namespace: str) -> Proxy:
         proxy = self.plane.sidecar(name, namespace)
@@ -1017,6 +1080,14 @@ class Mesh:
     def dup_domain_metric(self) -> float:
         return self.plane.dup_domain_metric()
 
+    async def wait_dup_domains(self, host: str | None = None, *, expect: bool = False,
+                               timeout: float = 30.0) -> dict[str, str]:
+        return await self.plane.wait_dup_domains(host, expect=expect, timeout=timeout)
+
+    async def assert_no_conflicts(self, host: str | None = None, timeout: float = 30.0) -> None:
+        """No two VirtualServices claim `host` (any host when None), by istiod's own signal."""
+        await self.plane.wait_dup_domains(host, expect=False, timeout=timeout)
+
     def explain(self, via: Proxy, what: str, answer: Answer | None = None) -> str:
         return self.plane.explain(via, what, answer)
 
@@ -1035,6 +1106,8 @@ class Mesh:
             self.plane.preview_calls.pop(key, None)
         if self._mesh_config_changed:
             self.plane.reset_mesh_config()
+        for name in self._namespaces:
+            self.plane.delete_namespace(name)
 
 
 @pytest.fixture
