@@ -1,7 +1,7 @@
 """pytest plugin: a real Istio data plane on loopback (istiod + Envoy) for tests marked `mesh`.
 
-What runs (one set per pytest session, on a /24 of loopback locked for the session, 127.0.N.0/24,
-so concurrent sessions on one machine never share an address):
+What runs (one set per pytest session; every process and workload on its own loopback address from
+127.0.N.0/24 blocks locked for the session, so concurrent sessions on one machine never share one):
   - istiod (`pilot-discovery`, built by `scripts/controlplane binaries`) against the session control
     plane (`cluster` fixture), plaintext xDS, no CA, mesh config below; ready on `/ready`.
     It reads Istio config (VirtualService, Gateway, ServiceEntry, Sidecar) from the API server but
@@ -204,9 +204,15 @@ def pilot_discovery_binary(cluster: Cluster | None = None) -> Path | None:
 
 
 class AddressBlock:
-    """127.0.N.1..254 for this session; N is held with a lock file so sessions never share it."""
+    """Loopback addresses for this session: 127.0.N.1..254, N held with a lock file so sessions never share
+    a block; another block is taken when one is used up (every preview Service gets an address)."""
 
     def __init__(self) -> None:
+        self._locks: list[IO[str]] = []
+        self._take_lock = threading.Lock()
+        self._grow()
+
+    def _grow(self) -> None:
         lock_dir = Path(tempfile.gettempdir())
         candidates = list(range(1, 255))
         random.shuffle(candidates)
@@ -217,23 +223,23 @@ class AddressBlock:
             except OSError:
                 handle.close()
                 continue
-            self._lock: IO[str] = handle
+            self._locks.append(handle)
             self.prefix = f"127.0.{n}."
             self._next = 1
-            self._take_lock = threading.Lock()
             return
-        raise RuntimeError("no free 127.0.N.0/24 block for the mesh")
+        raise RuntimeError("no free 127.0.N.0/24 block left for the mesh")
 
     def take(self) -> str:
         with self._take_lock:
             if self._next > 254:
-                raise RuntimeError(f"the mesh used all 254 addresses of {self.prefix}0/24")
+                self._grow()
             address = f"{self.prefix}{self._next}"
             self._next += 1
             return address
 
     def close(self) -> None:
-        self._lock.close()
+        for handle in self._locks:
+            handle.close()
 
 
 def free_port(address: str) -> int:
