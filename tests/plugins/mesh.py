@@ -68,6 +68,8 @@ Mesh API (everything a test adds is removed at its end):
       push, so assert with these, not with a single read.
   proxy.routes() -> dict                  route config name -> virtual host name -> route names,
       from the Envoy admin `config_dump` (debugging; e.g. the bot's route name is the preview key).
+  proxy.listeners() -> list[str]          `ip:port` Envoy listens on.
+  proxy.endpoints() -> dict               cluster name -> `ip:port` endpoints (admin /clusters).
   mesh.logs() -> str                      tails of istiod's and every Envoy's log.
 """
 
@@ -533,6 +535,20 @@ class Proxy:
             if sock:
                 found.append(f"{sock.get('address')}:{sock.get('port_value')}")
         return found
+
+    def endpoints(self) -> dict[str, list[str]]:
+        """Cluster name -> `ip:port` of every endpoint Envoy may connect to (admin /clusters)."""
+        status, body = _http_get(f"{self.admin_url}/clusters?format=json", timeout=5)
+        if status != 200:
+            raise AssertionError(f"Envoy {self.name} /clusters: {status} {body[:300]}")
+        out: dict[str, list[str]] = {}
+        for cluster in json.loads(body).get("cluster_statuses", []):
+            addresses = []
+            for host in cluster.get("host_statuses", []):
+                sock = (host.get("address") or {}).get("socket_address") or {}
+                addresses.append(f"{sock.get('address')}:{sock.get('port_value')}")
+            out[cluster.get("name", "?")] = addresses
+        return out
 
     def ready(self) -> bool:
         return _http_get(f"{self.admin_url}/ready", timeout=1)[0] == 200
