@@ -65,7 +65,7 @@ async def measure(plane: MeshPlane, rounds: int) -> dict[str, list[float]]:
 
     try:
         for number in range(1, rounds + 1):
-            key = PreviewKey("acme/shop", number)
+            key = PreviewKey("acme/shop", number, 1296269)
             plan = manifests.plan_preview(settings, config, key, "a" * 40)
             service = plan.services[0]
             preview = plane.add_workload(service.destination, namespace, (8080,)).host

@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from bot.naming import PreviewKey
-from tests.e2e.harness import REPO, ClusterView, RunningBot, running_bot
+from tests.e2e.harness import REPO, ClusterView, RunningBot, key_of, running_bot
 from tests.fakegithub import FakeGitHub, pull_request_event
 from tests.plugins.cluster import Cluster
 from tests.plugins.mesh import Call, Mesh
@@ -35,9 +34,9 @@ def fqdn(name: str, namespace: str) -> str:
     return f"{name}.{namespace}.svc.cluster.local"
 
 
-def preview_of(number: int, service: str, namespace: str) -> str:
+def preview_of(fake: FakeGitHub, number: int, service: str, namespace: str) -> str:
     """The host of PR `number`'s build of `service`: what its workload answers as."""
-    return fqdn(PreviewKey(REPO, number).object_name(service), namespace)
+    return fqdn(key_of(fake, REPO, number).object_name(service), namespace)
 
 
 def gateway_host(number: int, service: str = "a") -> str:
@@ -63,15 +62,15 @@ async def test_gateway_request_reaches_the_prs_build_with_its_key(bot: RunningBo
     mesh.real_service(namespace, "a")
     await open_pr(bot, 7)
     await bot.settle()
-    key = PreviewKey(REPO, 7)
+    key = key_of(bot.fake, REPO, 7)
 
-    answer = await mesh.wait_for(mesh.gateway, gateway_host(7), preview_of(7, "a", namespace))
+    answer = await mesh.wait_for(mesh.gateway, gateway_host(7), preview_of(bot.fake, 7, "a", namespace))
     assert answer.status == 200
     assert answer.headers["x-preview"] == key.value
 
     # A client cannot pick another preview: the gateway overwrites the header it sent.
     who, seen = await mesh.request(mesh.gateway, gateway_host(7), {"x-preview": "preview-1-000000"})
-    assert who == preview_of(7, "a", namespace)
+    assert who == preview_of(bot.fake, 7, "a", namespace)
     assert seen["x-preview"] == key.value
     # A host the bot did not publish is not routed anywhere.
     assert (await mesh.request(mesh.gateway, gateway_host(8))).status == 404  # Envoy: no route for the host
@@ -85,8 +84,8 @@ async def test_sidecar_routes_the_exact_key_only(bot: RunningBot, mesh: Mesh, na
     real = mesh.real_service(namespace, "a").host
     await open_pr(bot, 123)
     await bot.settle()
-    key = PreviewKey(REPO, 123).value
-    preview = preview_of(123, "a", namespace)
+    key = key_of(bot.fake, REPO, 123).value
+    preview = preview_of(bot.fake, 123, "a", namespace)
 
     _, seen = await mesh.wait_for(mesh.client, real, preview, {"x-preview": key})
     assert seen["x-preview"] == key
@@ -106,12 +105,12 @@ async def test_two_prs_each_reach_their_own_build_and_closing_one_restores_the_r
     await open_pr(bot, 21)
     await open_pr(bot, 22)
     await bot.settle()
-    first, second = PreviewKey(REPO, 21).value, PreviewKey(REPO, 22).value
+    first, second = key_of(bot.fake, REPO, 21).value, key_of(bot.fake, REPO, 22).value
 
-    await mesh.wait_for(mesh.client, real, preview_of(21, "a", namespace), {"x-preview": first})
-    await mesh.wait_for(mesh.client, real, preview_of(22, "a", namespace), {"x-preview": second})
-    await mesh.wait_for(mesh.gateway, gateway_host(21), preview_of(21, "a", namespace))
-    await mesh.wait_for(mesh.gateway, gateway_host(22), preview_of(22, "a", namespace))
+    await mesh.wait_for(mesh.client, real, preview_of(bot.fake, 21, "a", namespace), {"x-preview": first})
+    await mesh.wait_for(mesh.client, real, preview_of(bot.fake, 22, "a", namespace), {"x-preview": second})
+    await mesh.wait_for(mesh.gateway, gateway_host(21), preview_of(bot.fake, 21, "a", namespace))
+    await mesh.wait_for(mesh.gateway, gateway_host(22), preview_of(bot.fake, 22, "a", namespace))
     assert (await mesh.request(mesh.client, real)).workload == real
     assert envoy_route_names(mesh, real) == [first, second, "default"]
 
@@ -119,9 +118,10 @@ async def test_two_prs_each_reach_their_own_build_and_closing_one_restores_the_r
     await bot.settle()
     # The closed PR's key now reaches the real service; the other PR is untouched.
     await mesh.wait_for(mesh.client, real, real, {"x-preview": first})
-    assert (await mesh.request(mesh.client, real, {"x-preview": second})).workload == preview_of(22, "a", namespace)
+    second_build = preview_of(bot.fake, 22, "a", namespace)
+    assert (await mesh.request(mesh.client, real, {"x-preview": second})).workload == second_build
     await mesh.wait_for(mesh.gateway, gateway_host(21), None, status=404)
-    assert (await mesh.request(mesh.gateway, gateway_host(22))).workload == preview_of(22, "a", namespace)
+    assert (await mesh.request(mesh.gateway, gateway_host(22))).workload == preview_of(bot.fake, 22, "a", namespace)
     assert [r["name"] for r in view.mesh_routes(real)] == [second, "default"]
     assert envoy_route_names(mesh, real) == [second, "default"]
 
@@ -149,17 +149,17 @@ async def test_seed_story_a_calls_b_and_the_key_follows(shop_ab: FakeGitHub, clu
     calls_b = Call(via=sidecar_a, host=real_b, mode=mode)
     real_a = mesh.real_service(namespace, "a", calls=calls_b).host
     mesh.on_preview(namespace, "a", calls_b)
-    key = PreviewKey(REPO, 5).value
+    key = key_of(shop_ab, REPO, 5).value
     carry = {"baggage": f"tenant=acme,preview={key};ttl=60"} if mode == "baggage" else {"x-preview": key}
 
     async with running_bot(shop_ab, cluster, namespace, PREVIEW_MATCH=match, **mesh.bot_env) as bot:
         await open_pr(bot, 5)
         await bot.settle()
         # Wait for both hops' routes, then take the whole chain in one request.
-        await mesh.wait_for(sidecar_a, real_b, preview_of(5, "b", namespace), carry)
-        answer = await mesh.wait_for(mesh.client, real_a, preview_of(5, "a", namespace), carry)
+        await mesh.wait_for(sidecar_a, real_b, preview_of(shop_ab, 5, "b", namespace), carry)
+        answer = await mesh.wait_for(mesh.client, real_a, preview_of(shop_ab, 5, "a", namespace), carry)
         assert answer.downstream is not None
-        assert answer.downstream.workload == preview_of(5, "b", namespace), answer.downstream
+        assert answer.downstream.workload == preview_of(shop_ab, 5, "b", namespace), answer.downstream
         assert answer.downstream.headers.get("baggage" if mode == "baggage" else "x-preview", "").find(key) >= 0
 
         plain = await mesh.request(mesh.client, real_a)
@@ -168,12 +168,12 @@ async def test_seed_story_a_calls_b_and_the_key_follows(shop_ab: FakeGitHub, clu
 
         if match == "header":
             # Entering at the gateway: the gateway sets the key, a forwards it, b's preview answers.
-            entry = await mesh.wait_for(mesh.gateway, gateway_host(5), preview_of(5, "a", namespace))
-            assert entry.downstream is not None and entry.downstream.workload == preview_of(5, "b", namespace)
+            entry = await mesh.wait_for(mesh.gateway, gateway_host(5), preview_of(shop_ab, 5, "a", namespace))
+            assert entry.downstream is not None and entry.downstream.workload == preview_of(shop_ab, 5, "b", namespace)
         if match == "both":
             # Either carrier routes: baggage alone too.
             alone = await mesh.request(sidecar_a, real_b, {"baggage": f"preview={key}"})
-            assert alone.workload == preview_of(5, "b", namespace)
+            assert alone.workload == preview_of(shop_ab, 5, "b", namespace)
         if match != "header":
             # Baggage entries are matched whole: a prefix of the key or another entry's value is not the key.
             for other in (f"preview={key[:-1]}", f"notpreview={key}", f"x=1,preview={key}0"):

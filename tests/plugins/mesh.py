@@ -82,7 +82,7 @@ Example (tests/e2e, with the harness's `shop`, `cluster`, `namespace` fixtures):
                     "spec": {"hosts": [real], "http": [{"route": [{"destination": {"host": real}}]}]}})
         async with running_bot(shop, cluster, namespace, **mesh.bot_env) as bot:
             ...  # open PR 1 (see tests/e2e/test_mesh_routing.py), then `await bot.settle()`
-            key = PreviewKey("acme/shop", 1)
+            key = key_of(shop, "acme/shop", 1)  # tests/e2e/harness.py
             preview = f"{key.object_name('a')}.{namespace}.svc.cluster.local"
             who, seen = await mesh.wait_for(mesh.client, real, preview, {"x-preview": key.value})
             other = await mesh.request(mesh.client, f"{real}:9090", {"x-preview": key.value})
