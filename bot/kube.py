@@ -430,6 +430,12 @@ class Kube:
             ))
         return previews
 
+    async def recorded_shas(self, key: PreviewKey) -> dict[str, str]:
+        """Deployment name -> the commit it runs (its SHA annotation), for one preview."""
+        items = await self.list_objects("apps/v1", "deployments", self.settings.namespace, key.selector())
+        return {i["metadata"]["name"]: str((i["metadata"].get("annotations") or {}).get(naming.SHA_ANNOTATION, ""))
+                for i in items}
+
     async def set_keep(self, key: PreviewKey, keep: bool) -> int:
         """Mark (or unmark) a preview's Deployments so idle clean-up leaves them alone."""
         changed = 0

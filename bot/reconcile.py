@@ -15,8 +15,7 @@ from typing import Any
 
 import gidgethub
 
-from bot import comment, mesh_routes, metrics
-from bot.comment import Report, State
+from bot import mesh_routes, metrics
 from bot.github.client import RepoClient
 from bot.kube import Kube, LivePreview
 from bot.naming import PreviewKey, valid_repo
@@ -153,11 +152,6 @@ async def _needs_resume(pull: Mapping[str, Any], preview: LivePreview, client_fo
 
 
 async def _stop(previewer: Previewer, client_for: ClientFor, preview: LivePreview, reason: str) -> None:
-    key = PreviewKey(preview.repo, preview.number)
+    """The same teardown as a close or `/preview stop` (cluster, GitHub deployments, comment)."""
     client = await client_for(preview.repo)
-    if client is None:
-        await previewer.teardown(key)
-        return
-    await previewer.teardown(key)
-    await client.deactivate(key.environment)
-    await client.upsert_sticky(preview.number, comment.render(Report(State.STOPPED, detail=reason)))
+    await previewer.stop(client, preview.number, reason, repo=preview.repo)

@@ -20,6 +20,7 @@ from aiohttp import web
 from gidgethub import routing
 
 from bot import logs
+from bot.arbiter import Arbiter
 from bot.context import Context
 from bot.errors import ConfigError
 from bot.github.api import Pacer
@@ -66,8 +67,10 @@ class Bot:
                             session=session, pacer=Pacer(settings.content_requests_per_minute,
                                                                 per_hour=settings.content_requests_per_hour),
                             timeout=settings.github_timeout)
+        self.arbiter = Arbiter(kube, namespace=settings.lease_namespace, identity=settings.identity)
         self.previewer = Previewer(settings.cluster, kube, ready_timeout=settings.ready_timeout,
-                                   identity=settings.identity)
+                                   arbiter=self.arbiter, identity=settings.identity,
+                                   delete_environments=settings.delete_environments)
         self.queue = WorkQueue(settings.max_concurrency)
         self.ctx = Context(settings=settings, kube=kube, auth=self.auth, previewer=self.previewer,
                            queue=self.queue, router=build_router())
@@ -136,12 +139,9 @@ class Bot:
             client = await self.client_for(repo)
             if client is None:
                 return
-            pull = await client.pull(number)
-            if pull.get("state") != "open":
-                return
-            # A webhook may have got there first (this job waited behind it in the PR's queue): the
-            # deploy is then a no-op.
-            await self.previewer.deploy(client, number, str(pull["head"]["sha"]), force=False,
+            # A webhook may have got there first (this job waited behind it in the PR's queue, or
+            # for its lock): the deploy, at the head it reads, is then a no-op.
+            await self.previewer.deploy(client, number, force=False, supersedes=False,
                                         superseded=lambda: self.ctx.superseded(repo, number))
         with suppress(QueueClosed):
             self.queue.submit((repo, number), job, supersedes=False)

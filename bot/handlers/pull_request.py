@@ -51,12 +51,9 @@ async def on_update(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
         return  # this repository does not use previews
     decision = decide(config, facts(event))
     if decision is Decision.DEPLOY:
-        # The head as of now, not as of the event: another replica may be handling a newer push, and
-        # both must converge on the same commit.
-        current = await client.pull(number)
-        if current.get("state") != "open":
-            return
-        await ctx.previewer.deploy(client, number, current["head"]["sha"], config=config, force=False,
+        # The head as of now, not as of the event, read under the PR's lock: another replica may be
+        # handling a newer push, and both must converge on the same commit.
+        await ctx.previewer.deploy(client, number, config=config, force=False,
                                    superseded=lambda: ctx.superseded(client.repo, number))
     elif decision is Decision.TEARDOWN:
         await ctx.previewer.stop(client, number, f"The `{config.label}` label was removed: preview removed.")

@@ -144,6 +144,8 @@ class Repo:
     comments: dict[int, Comment] = field(default_factory=dict)
     reactions: list[Reaction] = field(default_factory=list)
     deployments: list[Deployment] = field(default_factory=list)
+    deleted_deployments: list[Deployment] = field(default_factory=list)  # for tests to inspect
+    environments: set[str] = field(default_factory=set)
     commit_statuses: dict[str, dict[str, str]] = field(default_factory=dict)  # sha -> {context: state}
     label_ids: dict[str, int] = field(default_factory=dict)
 
