@@ -134,25 +134,44 @@ class PrLock:
         self._task = asyncio.create_task(self._renew_forever(), name=f"pr-lock:{self.key.value}")
 
     async def _renew_forever(self) -> None:
+        """Renew every third of the duration; in between, look for a waiting replica every `poll` seconds
+        so that a deploy learns of a newer event within about a second."""
+        last = time.monotonic()
         while not self.lost:
-            await asyncio.sleep(LOCK_SECONDS / 3)
+            await asyncio.sleep(self.arbiter.poll * 2)
             try:
-                await self.renew()
+                if time.monotonic() - last >= LOCK_SECONDS / 3:
+                    await self.renew()
+                    last = time.monotonic()
+                else:
+                    await self.refresh()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # an API hiccup: `held` lapses by itself if it lasts
                 log.warning("could not renew the lock of %s: %s", self.key.value, type(exc).__name__)
 
+    def _observe(self, lease: dict[str, Any] | None) -> bool:
+        """Update `lost` and `superseded` from a fresh read; True while we hold the Lease."""
+        if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.arbiter.token:
+            if not self.lost:
+                log.warning("lost the lock of %s to another replica", self.key.value)
+            self.lost = True
+            return False
+        waiting = int((lease["metadata"].get("annotations") or {}).get(WAITING_ANNOTATION) or 0)
+        if waiting > self._waiting_seen:
+            self.superseded = True
+        return True
+
+    async def refresh(self) -> None:
+        """Read the Lease now: is another replica waiting with a newer event, do we still hold it?"""
+        self._observe(await self.arbiter.kube.get(self.path))
+
     async def renew(self) -> None:
         for _attempt in range(_ATTEMPTS):
             lease = await self.arbiter.kube.get(self.path)
-            if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.arbiter.token:
-                self.lost = True
-                log.warning("lost the lock of %s to another replica", self.key.value)
+            if not self._observe(lease):
                 return
-            waiting = int((lease["metadata"].get("annotations") or {}).get(WAITING_ANNOTATION) or 0)
-            if waiting > self._waiting_seen:
-                self.superseded = True
+            assert lease is not None
             renewed = {**lease, "spec": self._spec(lease["spec"].get("acquireTime"))}
             try:
                 await self.arbiter.kube.call("PUT", self.path, body=renewed)

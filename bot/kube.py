@@ -207,11 +207,11 @@ class Kube:
 
     # -- one preview's own objects ----------------------------------------------------------------
 
-    async def ensure_owned(self, manifest: Mapping[str, Any], repo: str) -> None:
-        """Refuse to overwrite an object that belongs to another repository's preview."""
+    async def ensure_owned(self, manifest: Mapping[str, Any], repo: str) -> bool:
+        """Refuse to overwrite an object that belongs to another repository's preview; True if it exists."""
         existing = await self.get(object_path(manifest))
         if existing is None:
-            return
+            return False
         owner = ((existing.get("metadata") or {}).get("annotations") or {}).get(naming.REPO_ANNOTATION)
         if owner is not None and owner != repo:
             host = (manifest["metadata"].get("annotations") or {}).get(naming.HOST_ANNOTATION)
@@ -221,10 +221,22 @@ class Kube:
         if owner is None and manifest["kind"] == "VirtualService":
             raise HostConflictError(f"VirtualService {manifest['metadata']['name']} exists and is not managed "
                                     "by preview-bot; refusing to overwrite it")
+        return True
 
     async def apply_preview(self, plan: manifests.PreviewPlan) -> None:
-        for manifest in plan.manifests():
-            await self.ensure_owned(manifest, plan.key.repo)
+        """Apply the preview's objects. A gateway VirtualService (named by its host, so another
+        repository's preview may want the same one) that does not exist yet is created with POST first:
+        the API server lets only one creator win (409 for the other), so the ownership check cannot be
+        raced by two repositories at once, on one replica or several."""
+        absent = [m for m in plan.manifests() if not await self.ensure_owned(m, plan.key.repo)]
+        for manifest in absent:
+            if manifest["kind"] == "VirtualService":
+                try:
+                    await self.call("POST", collection_path(manifest["apiVersion"], "virtualservices",
+                                                            manifest["metadata"]["namespace"]),
+                                    body=dict(manifest), query=[("fieldManager", naming.FIELD_MANAGER)])
+                except Conflict:
+                    await self.ensure_owned(manifest, plan.key.repo)  # created meanwhile: whose is it?
         for manifest in plan.manifests():
             await self.apply(manifest)
 

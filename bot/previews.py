@@ -8,7 +8,7 @@ to it, so repeating an event, or running after a missed one, gives the same resu
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -98,10 +98,12 @@ class Previewer:
             def stale() -> bool:
                 return superseded() or lock.superseded or not lock.held
 
-            return await self._deploy(gh, key, head_sha, pull=pull, config=config, force=force, stale=stale)
+            return await self._deploy(gh, key, head_sha, pull=pull, config=config, force=force, stale=stale,
+                                      refresh=lock.refresh)
 
     async def _deploy(self, gh: RepoClient, key: PreviewKey, head_sha: str, *, pull: Mapping[str, Any] | None,
-                      config: RepoConfig | None, force: bool, stale: Callable[[], bool]) -> DeployResult:
+                      config: RepoConfig | None, force: bool, stale: Callable[[], bool],
+                      refresh: Callable[[], Awaitable[None]]) -> DeployResult:
         number = key.number
         if not force and await self.settled(gh, key, head_sha):
             return DeployResult(State.READY, "already deployed")
@@ -170,6 +172,7 @@ class Previewer:
         # What the cluster runs now: a deploy that was cut short, or whose objects another writer
         # replaced meanwhile, is no longer the PR's head and never reports success.
         recorded = set((await self.kube.recorded_shas(key)).values())
+        await refresh()  # a replica that started waiting just now comes with a newer event
         if stale() or recorded != {head_sha}:
             return await self._superseded(gh, key, deployment_id)
         failed = {name: reason for name, reason in failures.items() if reason}
@@ -198,6 +201,8 @@ class Previewer:
     async def _failed(self, gh: RepoClient, number: int, deployment_id: int, sha: str,
                       lines: list[ServiceLine], key: PreviewKey, reason: str) -> DeployResult:
         log.warning("preview deploy failed: %s", reason, extra={"repo": gh.repo, "pr": number})
+        if not await self.kube.recorded_shas(key):
+            await self.arbiter.release_slot(key)  # nothing of it was created (a refused host): no slot used
         await gh.deployment_status(deployment_id, "failure", description=reason)
         await gh.deactivate(key.environment, older_than=deployment_id)  # the cluster no longer runs them
         await self.report(gh, number, Report(State.FAILED, sha=sha, services=lines, header_value=key.value,

@@ -354,7 +354,8 @@ async def create_status(gh: FakeGitHub, ctx: Ctx) -> Reply:
     target_url = body.get("target_url") or log_url
     assert ctx.actor is not None
     s = DeploymentStatus(next_id("status"), body["state"], description, environment, target_url, log_url,
-                         body.get("environment_url", ""), ctx.actor, time.time())
+                         body.get("environment_url", ""), ctx.actor, time.time(),
+                         {p.number: p.head_sha for p in repo.pulls.values()})
     d.environment = environment
     d.statuses.append(s)
     if s.state == "success" and body.get("auto_inactive", True):

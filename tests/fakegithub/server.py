@@ -409,7 +409,8 @@ class FakeGitHub:
         """Oldest first (the API lists newest first); deleted deployments' statuses too."""
         r = self.repos[repo]
         d = next(d for d in [*r.deployments, *r.deleted_deployments] if d.id == deployment_id)
-        return [self.status_json(r, d, s) for s in d.statuses]
+        return [self.status_json(r, d, s) | {"created": s.created_at, "pull_heads": dict(s.pull_heads)}
+                for s in d.statuses]
 
     def reactions(self, repo: str, *, comment_id: int | None = None,
                   number: int | None = None) -> list[dict[str, Any]]:

@@ -83,6 +83,8 @@ class DeploymentStatus:
     environment_url: str
     creator: User
     created_at: float
+    # Every PR's head commit when this status was posted (lets a test tell a stale success apart).
+    pull_heads: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass
