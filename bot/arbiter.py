@@ -83,11 +83,11 @@ class PrLock:
 
     @property
     def held(self) -> bool:
-        return not self.lost and time.monotonic() - self._renewed_at < LOCK_SECONDS * 2 / 3
+        return not self.lost and time.monotonic() - self._renewed_at < self.arbiter.lock_seconds * 2 / 3
 
     def _spec(self, acquired: str | None = None) -> dict[str, Any]:
         now = _format(_now())
-        return {"holderIdentity": self.arbiter.token, "leaseDurationSeconds": LOCK_SECONDS,
+        return {"holderIdentity": self.arbiter.token, "leaseDurationSeconds": self.arbiter.lock_seconds,
                 "acquireTime": acquired or now, "renewTime": now}
 
     def _free_for_us(self, lease: dict[str, Any]) -> bool:
@@ -98,12 +98,12 @@ class PrLock:
         if holder.split(" ", 1)[0] == self.arbiter.identity:
             return True  # an earlier process of this same pod: it is gone
         renewed = _parse(spec.get("renewTime")) or datetime.min.replace(tzinfo=UTC)
-        duration = timedelta(seconds=int(spec.get("leaseDurationSeconds") or LOCK_SECONDS))
+        duration = timedelta(seconds=int(spec.get("leaseDurationSeconds") or self.arbiter.lock_seconds))
         return renewed + duration < _now()
 
     async def acquire(self, *, supersedes: bool, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        signalled = False
+        signalled = None  # the uid of the Lease we told that we wait
         while True:
             lease = await self.arbiter.kube.get(self.path)
             try:
@@ -118,14 +118,16 @@ class PrLock:
                     self._waiting_seen = int((lease["metadata"].get("annotations") or {}).get(WAITING_ANNOTATION) or 0)
                     await self.arbiter.kube.call("PUT", self.path, body={**lease, "spec": self._spec()})
                     break
-                if supersedes and not signalled:
+                if supersedes and signalled != lease["metadata"].get("uid"):
                     annotations = dict(lease["metadata"].get("annotations") or {})
                     annotations[WAITING_ANNOTATION] = str(int(annotations.get(WAITING_ANNOTATION) or 0) + 1)
                     await self.arbiter.kube.call("PUT", self.path, body={
                         **lease, "metadata": {**lease["metadata"], "annotations": annotations}})
-                    signalled = True
+                    signalled = lease["metadata"].get("uid")
             except (Conflict, NotFound):
-                continue  # another replica wrote first: read again
+                # Another replica wrote first: read again, after a moment when many wait.
+                await asyncio.sleep(random.uniform(0, self.arbiter.poll / 2))  # noqa: S311 - jitter
+                continue
             if time.monotonic() >= deadline:
                 raise TemporaryError(f"pull request {self.key.repo}#{self.key.number} is busy on another "
                                      f"replica for more than {timeout:.0f} s")
@@ -140,7 +142,7 @@ class PrLock:
         while not self.lost:
             await asyncio.sleep(self.arbiter.poll * 2)
             try:
-                if time.monotonic() - last >= LOCK_SECONDS / 3:
+                if time.monotonic() - last >= self.arbiter.lock_seconds / 3:
                     await self.renew()
                     last = time.monotonic()
                 else:
@@ -196,8 +198,9 @@ class PrLock:
 
 class Arbiter:
     def __init__(self, kube: Kube, *, namespace: str, identity: str, poll: float = 0.5,
-                 stale_claim: timedelta = timedelta(minutes=10)) -> None:
+                 lock_seconds: int = LOCK_SECONDS, stale_claim: timedelta = timedelta(minutes=10)) -> None:
         self.kube = kube
+        self.lock_seconds = lock_seconds
         self.namespace = namespace
         self.identity = identity.replace(" ", "-")
         self.token = f"{self.identity} {uuid.uuid4().hex[:12]}"
@@ -205,6 +208,7 @@ class Arbiter:
         self.poll = poll
         self.stale_claim = stale_claim
         self._local: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # lock, users
+        self._holders: dict[str, PrLock] = {}
 
     @contextlib.asynccontextmanager
     async def pr_lock(self, key: PreviewKey, *, supersedes: bool, timeout: float) -> AsyncIterator[PrLock]:
@@ -213,12 +217,16 @@ class Arbiter:
         entry = self._local.setdefault(key.value, (asyncio.Lock(), [0]))
         entry[1][0] += 1
         try:
+            if supersedes and key.value in self._holders:
+                self._holders[key.value].superseded = True  # a newer event of this process waits
             async with entry[0]:
                 lock = PrLock(self, key)
                 await lock.acquire(supersedes=supersedes, timeout=timeout)
+                self._holders[key.value] = lock
                 try:
                     yield lock
                 finally:
+                    self._holders.pop(key.value, None)
                     try:
                         await lock.release()
                     except Exception as exc:  # it expires by itself

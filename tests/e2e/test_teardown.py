@@ -62,8 +62,8 @@ async def test_every_teardown_path_retires_the_prs_deployments(
     fake_github.add_repo(repo, files={".github/preview.yml": config}, collaborators={"alice": "write"})
     env = {"PREVIEW_IDLE_TTL_DAYS": "0.00001"} if path == "idle" else {}  # about a second stands for days
     async with running_bot(fake_github, cluster, namespace, **env) as bot:
-        fake_github.add_pull(repo, 1, labels=["deploy-me"] if path == "unlabel" else None,
-                             files={"services/a/main.go": "package main\n"})
+        fake_github.add_pull(repo, 1, labels=["deploy-me"] if path == "unlabel" else None)
+        fake_github.push(repo, 1, "1" * 40, files={"services/a/main.go": "package main\n"})
         await deliver(bot, "pull_request", pull_request_event(fake_github, repo, 1, "opened"))
         # A push too, so there is an older (inactive) deployment beside the live one.
         fake_github.push(repo, 1, "2" * 40, files={"services/a/util.go": "package main\n"})
