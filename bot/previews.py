@@ -3,6 +3,11 @@
 Level-triggered, like a controller: every deploy computes the whole desired state of the PR
 (config from the default branch, the PR's changed files, its head SHA) and converges the cluster
 to it, so repeating an event, or running after a missed one, gives the same result.
+
+One PR's deploys and teardowns run one at a time on all replicas together (arbiter.py), and a deploy
+reports success only while it is still the newest work for the PR: so a PR has at most one active
+GitHub deployment, the head's. Every teardown retires the PR's GitHub deployments (inactive, then
+deleted).
 """
 
 from __future__ import annotations
