@@ -83,31 +83,37 @@ def _created(deployment: dict[str, Any]) -> datetime | None:
 
 async def deploy_when_ready(previewer: Previewer, waits: WaitRegistry, gh: RepoClient, number: int, *,
                             config: RepoConfig | None = None, head_sha: str | None = None,
-                            superseded: Callable[[], bool] = lambda: False,
+                            supersedes: bool = True, superseded: Callable[[], bool] = lambda: False,
                             now: datetime | None = None) -> DeployResult | None:
     """Converge PR `number` towards a preview of its head; returns the deploy's result, or None when it
-    waits, failed its checks, or the PR is closed. `head_sha`: the head as just read (else read here)."""
-    if head_sha is None:
-        pull = await gh.pull(number)
-        if pull.get("state") != "open":
-            waits.done(gh, number)
-            return None
-        head_sha = str(pull["head"]["sha"])
+    waits, failed its checks, or the PR is closed. `head_sha`: the head as just read; None: read here when
+    checks gate the deploy, else by the deploy under the PR's lock. `supersedes`: as in Previewer.deploy."""
     if config is None:
         try:
             config = await previewer.load_config(gh)
         except ConfigError:
             config = None  # deploy() reads it again and reports the error on the PR
     if config is None or not config.checks_for():
-        return await previewer.deploy(gh, number, head_sha, config=config, force=False, superseded=superseded)
+        return await previewer.deploy(gh, number, head_sha, config=config, force=False, supersedes=supersedes,
+                                      superseded=superseded)
+    pull = None
+    if head_sha is None:
+        pull = await gh.pull(number)
+        if pull.get("state") != "open":
+            waits.done(gh, number)
+            return None
+        head_sha = str(pull["head"]["sha"])
     wanted = None
     if any(s.paths for s in config.services) and len({s.wait_for for s in config.services}) > 1:
-        # Only the services this PR changes deploy, so only their checks matter.
-        changed = await gh.changed_files(number)
-        wanted = [s.name for s in config.services if s.affected_by(changed)]
+        # Only the services this PR changes deploy, so only their checks matter (all of them when GitHub's
+        # listing is cut short).
+        changed = await gh.changed_files(number, pull)
+        if changed.complete:
+            wanted = [s.name for s in config.services if s.affected_by(changed.names)]
     required = config.checks_for(wanted)
     if not required:
-        return await previewer.deploy(gh, number, head_sha, config=config, force=False, superseded=superseded)
+        return await previewer.deploy(gh, number, head_sha, pull=pull, config=config, force=False,
+                                      supersedes=supersedes, superseded=superseded)
 
     key = PreviewKey(gh.repo, number, gh.repo_id)
     deployments = await gh.deployments(key.environment)
@@ -115,7 +121,8 @@ async def deploy_when_ready(previewer: Previewer, waits: WaitRegistry, gh: RepoC
     if latest is not None and latest.get("sha") == head_sha and not _is_gate(latest):
         # This commit was rolled out already (the checks passed, or a `/preview` overrode them).
         waits.done(gh, number)
-        return await previewer.deploy(gh, number, head_sha, config=config, force=False, superseded=superseded)
+        return await previewer.deploy(gh, number, head_sha, pull=pull, config=config, force=False,
+                                      supersedes=supersedes, superseded=superseded)
     gate = latest if latest is not None and latest.get("sha") == head_sha else None
 
     now = now or datetime.now(UTC)
@@ -130,7 +137,8 @@ async def deploy_when_ready(previewer: Previewer, waits: WaitRegistry, gh: RepoC
     if decision.verdict is Verdict.DEPLOY:
         waits.done(gh, number)
         # deploy() marks the waiting deployment inactive when it creates the real one.
-        return await previewer.deploy(gh, number, head_sha, config=config, force=True, superseded=superseded)
+        return await previewer.deploy(gh, number, head_sha, pull=pull, config=config, force=True,
+                                      supersedes=supersedes, superseded=superseded)
     if decision.verdict is Verdict.WAIT:
         waits.note(gh, number, (since + timeout).timestamp())
     else:

@@ -240,14 +240,14 @@ class Kube:
 
     # -- one preview's own objects ----------------------------------------------------------------
 
-    async def ensure_owned(self, manifest: Mapping[str, Any], key: PreviewKey) -> None:
-        """Refuse to overwrite an object that belongs to another repository's preview.
+    async def ensure_owned(self, manifest: Mapping[str, Any], key: PreviewKey) -> bool:
+        """Refuse to overwrite an object that belongs to another repository's preview; True if it exists.
 
         Ownership is the repository id label; an object from before ids (no id label) is ours when it
         carries this preview's key (adopted, see naming.resolve_key) or our current full name."""
         existing = await self.get(object_path(manifest))
         if existing is None:
-            return
+            return False
         meta = existing.get("metadata") or {}
         labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
         owner_name = annotations.get(naming.REPO_ANNOTATION)
@@ -266,12 +266,25 @@ class Kube:
             what = f"host {host}" if host else f"{manifest['kind']} {manifest['metadata']['name']}"
             raise HostConflictError(f"{what} is already used by a preview of {owner_name or 'another repository'}; "
                                     "include {repo} or {owner} in PREVIEW_HOST_TEMPLATE to separate them")
+        return True
 
     async def apply_preview(self, plan: manifests.PreviewPlan) -> None:
         """Apply the preview's objects, then delete its gateway routes for hosts it no longer has (the
-        host template uses {repo} or {owner} and the repository was renamed or transferred)."""
-        for manifest in plan.manifests():
-            await self.ensure_owned(manifest, plan.key)
+        host template uses {repo} or {owner} and the repository was renamed or transferred).
+
+        A gateway VirtualService (named by its host, so another repository's preview may want the same
+        one) that does not exist yet is created with POST first: the API server lets only one creator win
+        (409 for the other), so the ownership check cannot be raced by two repositories at once, on one
+        replica or several."""
+        absent = [m for m in plan.manifests() if not await self.ensure_owned(m, plan.key)]
+        for manifest in absent:
+            if manifest["kind"] == "VirtualService":
+                try:
+                    await self.call("POST", collection_path(manifest["apiVersion"], "virtualservices",
+                                                            manifest["metadata"]["namespace"]),
+                                    body=dict(manifest), query=[("fieldManager", naming.FIELD_MANAGER)])
+                except Conflict:
+                    await self.ensure_owned(manifest, plan.key)  # created meanwhile: whose is it?
         for manifest in plan.manifests():
             await self.apply(manifest)
         wanted = {s.gateway_route["metadata"]["name"] for s in plan.services}
@@ -537,6 +550,12 @@ class Kube:
                 repo_id=int(raw_id) if raw_id.isdigit() and int(raw_id) > 0 else None,
             ))
         return previews
+
+    async def recorded_shas(self, key: PreviewKey) -> dict[str, str]:
+        """Deployment name -> the commit it runs (its SHA annotation), for one preview."""
+        items = await self.list_objects("apps/v1", "deployments", self.settings.namespace, key.selector())
+        return {i["metadata"]["name"]: str((i["metadata"].get("annotations") or {}).get(naming.SHA_ANNOTATION, ""))
+                for i in items}
 
     async def set_keep(self, key: PreviewKey, keep: bool) -> int:
         """Mark (or unmark) a preview's Deployments so idle clean-up leaves them alone."""

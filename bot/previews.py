@@ -3,21 +3,28 @@
 Level-triggered, like a controller: every deploy computes the whole desired state of the PR
 (config from the default branch, the PR's changed files, its head SHA) and converges the cluster
 to it, so repeating an event, or running after a missed one, gives the same result.
+
+One PR's deploys and teardowns run one at a time on all replicas together (arbiter.py), and a deploy
+reports success only while it is still the newest work for the PR: so a PR has at most one active
+GitHub deployment, the head's. Every teardown retires the PR's GitHub deployments (inactive, then
+deleted).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import gidgethub
 
 from bot import comment, manifests, mesh_routes, metrics, naming
+from bot.arbiter import Arbiter
 from bot.comment import Report, ServiceLine, State
 from bot.errors import ConfigError, PermanentError, PreviewError
-from bot.github.client import RepoClient
+from bot.github.client import LIST_FILES_MAX, RepoClient
 from bot.kube import Kube, KubeError, LivePreview
 from bot.naming import PreviewKey
 from bot.repo_config import CONFIG_PATH, RepoConfig, check_policy, parse_repo_config
@@ -33,13 +40,22 @@ class DeployResult:
 
 
 class Previewer:
-    def __init__(self, settings: ClusterSettings, kube: Kube, *, ready_timeout: float,
-                 identity: str = "preview-bot", image_pull_grace: float = 600.0) -> None:
+    def __init__(self, settings: ClusterSettings, kube: Kube, *, ready_timeout: float, arbiter: Arbiter,
+                 identity: str = "preview-bot", image_pull_grace: float = 600.0,
+                 delete_environments: bool = False) -> None:
         self.identity = identity
         self.settings = settings
         self.kube = kube
         self.ready_timeout = ready_timeout
         self.image_pull_grace = image_pull_grace
+        self.arbiter = arbiter
+        self.delete_environments = delete_environments
+
+    @property
+    def lock_timeout(self) -> float:
+        """How long an event waits for another replica's work on the same PR (a deploy, which stops
+        early when it sees the wait, or a teardown)."""
+        return self.ready_timeout + 60
 
     async def load_config(self, gh: RepoClient) -> RepoConfig | None:
         """The config on the default branch (never the PR's own); None when the repo has none."""
@@ -72,14 +88,38 @@ class Previewer:
             return True
         return state == "success" and any(p.key == key.value and p.sha == head_sha for p in previews)
 
-    async def deploy(self, gh: RepoClient, number: int, head_sha: str, *,
-                     config: RepoConfig | None = None, force: bool = True,
+    async def deploy(self, gh: RepoClient, number: int, head_sha: str | None = None, *,
+                     pull: Mapping[str, Any] | None = None, config: RepoConfig | None = None,
+                     force: bool = True, supersedes: bool = True,
                      superseded: Callable[[], bool] = lambda: False) -> DeployResult:
         """Converge the PR's preview to `head_sha`; reports to the PR comment and a GitHub Deployment.
 
-        Without `force`, a SHA already deployed to the end is left alone (a repeated event, or a resumed
-        one that a webhook already handled)."""
-        key, repo_previews = await self.key_for(gh, number)
+        Runs under the PR's lock (arbiter.py): one deploy or teardown of a PR at a time on any replica.
+        `head_sha` None: the PR's head, read under the lock, so that replicas handling one PR's events one
+        after the other all converge on the newest commit; `pull` is the PR as GitHub answered it, if
+        already read. Without `force`, a SHA already deployed to the end is left alone (a repeated event,
+        or a resumed one that a webhook already handled). `supersedes` False: an event that must not cut
+        another replica's deploy short (a reconciler follow-up)."""
+        key, _ = await self.key_for(gh, number)
+        async with self.arbiter.pr_lock(key, supersedes=supersedes, timeout=self.lock_timeout) as lock:
+            if head_sha is None:
+                pull = await gh.pull(number)
+                if pull.get("state") != "open":
+                    return DeployResult(State.STOPPED, "the pull request is closed")
+                head_sha = str(pull["head"]["sha"])
+
+            def stale() -> bool:
+                return superseded() or lock.superseded or not lock.held
+
+            return await self._deploy(gh, key, head_sha, pull=pull, config=config, force=force, stale=stale,
+                                      refresh=lock.refresh)
+
+    async def _deploy(self, gh: RepoClient, key: PreviewKey, head_sha: str, *, pull: Mapping[str, Any] | None,
+                      config: RepoConfig | None, force: bool, stale: Callable[[], bool],
+                      refresh: Callable[[], Awaitable[None]]) -> DeployResult:
+        number = key.number
+        # Listed under the lock: what another replica did before we got it counts.
+        repo_previews = await self.kube.live_previews((gh.repo_id, gh.repo))
         if not force and await self.settled(gh, key, head_sha, repo_previews):
             return DeployResult(State.READY, "already deployed")
         try:
@@ -95,23 +135,35 @@ class Previewer:
             return DeployResult(State.CONFIG_ERROR, detail)
 
         deployed = {s for p in repo_previews if p.key == key.value for s in p.services}
-        live = [p for p in repo_previews if p.key != key.value]
-        if len(live) >= self.settings.policy.max_previews_per_repo:
-            detail = (f"Nothing was deployed: this repository already has {len(live)} live previews "
-                      f"(the limit is {self.settings.policy.max_previews_per_repo}). Stop one with `/preview stop`.")
-            await self.report(gh, number, Report(State.NOT_DEPLOYED, sha=head_sha, detail=detail))
-            return DeployResult(State.NOT_DEPLOYED, detail)
 
         wanted = [s.name for s in config.services]
+        note = None
         if any(s.paths for s in config.services):
-            changed = await gh.changed_files(number)
-            wanted = [s.name for s in config.services if s.affected_by(changed)]
+            changed = await gh.changed_files(number, pull)
+            if changed.complete:
+                wanted = [s.name for s in config.services if s.affected_by(changed.names)]
+            else:
+                note = (f"This pull request changes more files than GitHub lists ({LIST_FILES_MAX}), so every "
+                        "service counts as changed.")
         plan = manifests.plan_preview(self.settings, config, key, head_sha, only=wanted,
                                       pushed_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
         if not plan.services:
             await self.teardown_services(key, deployed, keep=())
+            if deployed:
+                await self.retire(gh, key)
+            await self.arbiter.release_slot(key)
             detail = "No service of this repository's preview config is changed by this pull request."
             await self.report(gh, number, Report(State.NOT_DEPLOYED, sha=head_sha, detail=detail))
+            return DeployResult(State.NOT_DEPLOYED, detail)
+
+        cap = self.settings.policy.max_previews_per_repo
+        others = {p.key for p in repo_previews if p.key != key.value}
+        granted, used = await self.arbiter.claim_slot(key, others, cap)
+        if not granted:
+            detail = (f"Nothing was deployed: this repository already has {used} live previews "
+                      f"(the limit is {cap}). Stop one with `/preview stop`.")
+            await self.report(gh, number, Report(State.NOT_DEPLOYED, sha=head_sha, detail=detail))
+            metrics.PREVIEW_OUTCOMES.labels(action="deploy", outcome="over-limit").inc()
             return DeployResult(State.NOT_DEPLOYED, detail)
 
         lines = [ServiceLine(s.service.name, s.url, s.image, False) for s in plan.services]
@@ -119,9 +171,9 @@ class Previewer:
             ref=head_sha, environment=key.environment, description=f"Preview of #{number}",
             payload={"key": key.value, "services": [s.service.name for s in plan.services],
                      "replica": self.identity})
-        await gh.deactivate(key.environment, keep=[deployment_id])
         await gh.deployment_status(deployment_id, "in_progress", description="deploying")
-        await self.report(gh, number, Report(State.DEPLOYING, sha=head_sha, services=lines, header_value=key.value))
+        await self.report(gh, number, Report(State.DEPLOYING, sha=head_sha, services=lines, header_value=key.value,
+                                             detail=note))
         try:
             await self.kube.apply_preview(plan)
             for service in plan.services:
@@ -137,14 +189,16 @@ class Previewer:
                                                      header_value=key.value, detail=detail))
 
             failures = await self.kube.wait_available([s.name for s in plan.services], self.ready_timeout,
-                                                      stop=superseded, pull_grace=self.image_pull_grace,
+                                                      stop=stale, pull_grace=self.image_pull_grace,
                                                       on_image_wait=image_wait)
         except (PreviewError, KubeError) as exc:
             return await self._failed(gh, number, deployment_id, head_sha, lines, key, str(exc))
-        if superseded():
-            # A newer event for this PR is queued; it will report. This deployment is history.
-            await gh.deployment_status(deployment_id, "inactive", description="superseded by a newer event")
-            return DeployResult(State.DEPLOYING, "superseded")
+        # What the cluster runs now: a deploy that was cut short, or whose objects another writer
+        # replaced meanwhile, is no longer the PR's head and never reports success.
+        recorded = set((await self.kube.recorded_shas(key)).values())
+        await refresh()  # a replica that started waiting just now comes with a newer event
+        if stale() or recorded != {head_sha}:
+            return await self._superseded(gh, key, deployment_id)
         failed = {name: reason for name, reason in failures.items() if reason}
         ready_lines = [ServiceLine(line.name, line.url, line.image, plan.services[i].name not in failed)
                        for i, line in enumerate(lines)]
@@ -153,15 +207,28 @@ class Previewer:
             return await self._failed(gh, number, deployment_id, head_sha, ready_lines, key, reason)
         await gh.deployment_status(deployment_id, "success", description="preview is ready",
                                    environment_url=plan.services[0].url)
+        # After our own success: whatever came before is history (transient environments get no
+        # auto_inactive). Newer deployments are left to the deploy that made them.
+        await gh.deactivate(key.environment, older_than=deployment_id)
         await self.report(gh, number, Report(State.READY, sha=head_sha, services=ready_lines,
-                                             header_value=key.value))
+                                             header_value=key.value, detail=note))
         metrics.PREVIEW_OUTCOMES.labels(action="deploy", outcome="success").inc()
         return DeployResult(State.READY)
+
+    async def _superseded(self, gh: RepoClient, key: PreviewKey, deployment_id: int) -> DeployResult:
+        """A newer event for this PR (here or on another replica) will deploy and report; this deployment
+        is history. Older ones first, so that an inactive deployment means all before it are too."""
+        await gh.deactivate(key.environment, older_than=deployment_id)
+        await gh.deployment_status(deployment_id, "inactive", description="superseded by a newer event")
+        return DeployResult(State.DEPLOYING, "superseded")
 
     async def _failed(self, gh: RepoClient, number: int, deployment_id: int, sha: str,
                       lines: list[ServiceLine], key: PreviewKey, reason: str) -> DeployResult:
         log.warning("preview deploy failed: %s", reason, extra={"repo": gh.repo, "pr": number})
+        if not await self.kube.recorded_shas(key):
+            await self.arbiter.release_slot(key)  # nothing of it was created (a refused host): no slot used
         await gh.deployment_status(deployment_id, "failure", description=reason)
+        await gh.deactivate(key.environment, older_than=deployment_id)  # the cluster no longer runs them
         await self.report(gh, number, Report(State.FAILED, sha=sha, services=lines, header_value=key.value,
                                              detail=f"Deploy failed: {reason}"))
         metrics.PREVIEW_OUTCOMES.labels(action="deploy", outcome="failure").inc()
@@ -178,20 +245,39 @@ class Previewer:
         await self.kube.delete_preview(key, services=stale)
 
     async def teardown(self, key: PreviewKey) -> int:
-        """Remove every object and route of the preview; nothing deployed -> nothing done."""
+        """Remove every object and route of the preview and free its slot; nothing deployed -> nothing
+        done. The caller holds the PR's lock."""
         removed = await self.kube.remove_routes_of_key(key.value)
         removed += await self.kube.delete_preview(key)
+        await self.arbiter.release_slot(key)  # after the objects: a slot is never free while they live
         metrics.PREVIEW_OUTCOMES.labels(action="teardown", outcome="removed" if removed else "nothing").inc()
         return removed
 
-    async def stop(self, gh: RepoClient, number: int, reason: str) -> int:
-        """Tear down and tell GitHub; a PR that never had a preview gets no comment."""
-        key, _ = await self.key_for(gh, number)
-        removed = await self.teardown(key)
-        try:
-            deactivated = await gh.deactivate(key.environment)
-        except gidgethub.HTTPException as exc:
-            raise PermanentError(f"could not mark deployments inactive: {exc}") from exc
-        if removed or deactivated or await gh.has_sticky(number):
-            await self.report(gh, number, Report(State.STOPPED, detail=reason))
+    async def retire(self, gh: RepoClient, key: PreviewKey) -> int:
+        """The GitHub side of every teardown: the PR's deployments are marked inactive, then deleted (they
+        would pile up in the repository forever otherwise); with PREVIEW_DELETE_ENVIRONMENTS the emptied
+        environment `preview-<n>` goes too. Returns how many deployments there were."""
+        count = await gh.retire(key.environment)
+        if self.delete_environments:
+            await gh.delete_environment(key.environment)
+        return count
+
+    async def stop(self, gh: RepoClient | None, number: int, reason: str, *, key: PreviewKey | None = None) -> int:
+        """Tear down and tell GitHub; a PR that never had a preview gets no comment. `key`: the live
+        preview's, when the caller found it (the reconciler); else resolved from `gh`. `gh` None: the App
+        is gone from the repository, only the cluster side is done (then `key` is required)."""
+        if key is None:
+            if gh is None:
+                raise ValueError("stop() needs a client or the preview's key")
+            key, _ = await self.key_for(gh, number)
+        async with self.arbiter.pr_lock(key, supersedes=True, timeout=self.lock_timeout):
+            removed = await self.teardown(key)
+            if gh is None:
+                return removed
+            try:
+                retired = await self.retire(gh, key)
+            except gidgethub.HTTPException as exc:
+                raise PermanentError(f"could not mark deployments inactive: {exc}") from exc
+            if removed or retired or await gh.has_sticky(number):
+                await self.report(gh, number, Report(State.STOPPED, detail=reason))
         return removed

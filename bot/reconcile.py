@@ -15,8 +15,7 @@ from typing import Any
 
 import gidgethub
 
-from bot import comment, mesh_routes, metrics, naming
-from bot.comment import Report, State
+from bot import mesh_routes, metrics, naming
 from bot.github.client import RepoClient
 from bot.kube import Kube, LivePreview
 from bot.naming import PreviewKey, valid_repo
@@ -171,9 +170,7 @@ async def _needs_resume(pull: Mapping[str, Any], preview: LivePreview, client: R
 
 
 async def _stop(previewer: Previewer, client: RepoClient | None, preview: LivePreview, reason: str) -> None:
+    """The same teardown as a close or `/preview stop` (cluster, GitHub deployments, comment); `client`
+    None: the App left the repository, only the cluster side is done."""
     key = naming.existing_key(preview.repo, preview.number, preview.repo_id, preview.key)
-    await previewer.teardown(key)
-    if client is None:
-        return
-    await client.deactivate(key.environment)
-    await client.upsert_sticky(preview.number, comment.render(Report(State.STOPPED, detail=reason)))
+    await previewer.stop(client, preview.number, reason, key=key)

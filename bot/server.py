@@ -20,6 +20,7 @@ from aiohttp import web
 from gidgethub import routing
 
 from bot import gate, logs
+from bot.arbiter import Arbiter
 from bot.context import Context
 from bot.errors import ConfigError, PreviewError, StartupError
 from bot.gateway import gateway_problem
@@ -70,8 +71,11 @@ class Bot:
                             session=session, pacer=Pacer(settings.content_requests_per_minute,
                                                                 per_hour=settings.content_requests_per_hour),
                             timeout=settings.github_timeout)
+        self.arbiter = Arbiter(kube, namespace=settings.lease_namespace, identity=settings.identity)
         self.previewer = Previewer(settings.cluster, kube, ready_timeout=settings.ready_timeout,
-                                   identity=settings.identity, image_pull_grace=settings.image_pull_grace)
+                                   arbiter=self.arbiter, identity=settings.identity,
+                                   image_pull_grace=settings.image_pull_grace,
+                                   delete_environments=settings.delete_environments)
         self.queue = WorkQueue(settings.max_concurrency)
         self.ctx = Context(settings=settings, kube=kube, auth=self.auth, previewer=self.previewer,
                            queue=self.queue, router=build_router())
@@ -164,13 +168,10 @@ class Bot:
             client = await self.client_for(repo_id, repo)
             if client is None:
                 return
-            pull = await client.pull(number)
-            if pull.get("state") != "open":
-                return
-            # A webhook may have got there first (this job waited behind it in the PR's queue): the
-            # deploy is then a no-op. With `wait_for`, it deploys only once the checks succeeded.
-            await gate.deploy_when_ready(self.previewer, self.ctx.waits, client, number,
-                                         head_sha=str(pull["head"]["sha"]),
+            # A webhook may have got there first (this job waited behind it in the PR's queue, or
+            # for its lock): the deploy, at the head it reads, is then a no-op. With `wait_for`, it
+            # deploys only once the checks succeeded.
+            await gate.deploy_when_ready(self.previewer, self.ctx.waits, client, number, supersedes=False,
                                          superseded=lambda: self.ctx.superseded(repo_id, number))
         with suppress(QueueClosed):
             self.queue.submit((str(repo_id), number), job, supersedes=False)

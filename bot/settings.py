@@ -136,6 +136,7 @@ class Settings:
     github_timeout: float = 20.0
     kube_timeout: float = 30.0
     identity: str = "preview-bot"
+    delete_environments: bool = False
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -324,4 +325,5 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         github_timeout=_positive_float(env, "PREVIEW_GITHUB_TIMEOUT", 20.0),
         kube_timeout=_positive_float(env, "PREVIEW_KUBE_TIMEOUT", 30.0),
         identity=env.get("POD_NAME") or env.get("HOSTNAME") or "preview-bot",
+        delete_environments=_bool(env, "PREVIEW_DELETE_ENVIRONMENTS", False),
     )

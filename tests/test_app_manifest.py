@@ -18,7 +18,10 @@ Permission facts (GitHub REST docs, "Permissions required for GitHub Apps" and e
   https://docs.github.com/en/rest/reactions/reactions#create-reaction-for-an-issue-comment
       -> "Issues" OR "Pull requests" repository permissions (write)
   https://docs.github.com/en/rest/deployments/deployments, .../deployments/statuses
-      -> "Deployments" repository permissions (read for GET, write for POST)
+      -> "Deployments" repository permissions (read for GET, write for POST and DELETE)
+  https://docs.github.com/en/rest/deployments/environments#delete-an-environment
+      -> "Administration" repository permissions (write): OPT-IN only (PREVIEW_DELETE_ENVIRONMENTS), so
+         app.yml documents it and does not grant it (see OPT_IN below)
   https://docs.github.com/en/rest/repos/contents#get-repository-content -> "Contents" (read)
   https://docs.github.com/en/rest/pulls/pulls (get, list, list files) -> "Pull requests" (read)
   https://docs.github.com/en/rest/repos/repos#get-a-repository -> "Metadata" (read)
@@ -86,6 +89,15 @@ ENDPOINTS: dict[tuple[str, str], Alternatives | str] = {
     ("POST", "/repos/{owner}/{repo}/deployments/{deployment_id}/statuses"): ({"deployments": W},),
     ("GET", "/repos/{owner}/{repo}/commits/{ref}/check-runs"): ({"checks": R},),
     ("GET", "/repos/{owner}/{repo}/commits/{ref}/status"): ({"statuses": R},),
+    ("DELETE", "/repos/{owner}/{repo}/deployments/{deployment_id}"): ({"deployments": W},),
+}
+
+# Endpoints called only when an operator turns a setting on: (method, path) -> (setting, the attribute
+# the code tests before calling, the bot/ function that calls it, the permission it needs). app.yml must
+# not grant these by default (least privilege) but must document them next to the setting.
+OPT_IN: dict[tuple[str, str], tuple[str, str, str, Mapping[str, str]]] = {
+    ("DELETE", "/repos/{owner}/{repo}/environments/{environment_name}"):
+        ("PREVIEW_DELETE_ENVIRONMENTS", "delete_environments", "delete_environment", {"administration": W}),
 }
 
 # Webhook event -> the permission an App needs to subscribe to it.
@@ -188,6 +200,7 @@ def collect() -> tuple[list[CallSite], list[str]]:
 
 
 TABLE = {(method, normalize(path)): (path, need) for (method, path), need in ENDPOINTS.items()}
+OPT_IN_TABLE = {(method, normalize(path)): entry for (method, path), entry in OPT_IN.items()}
 
 
 @pytest.fixture(scope="module")
@@ -220,6 +233,8 @@ def endpoint_ok(grants: Mapping[str, str], need: Alternatives | str) -> bool:
 
 def unmet(grants: Mapping[str, str], sites: list[CallSite], events: list[str]) -> Iterator[str]:
     for site in sites:
+        if (site.method, normalize(site.path)) in OPT_IN_TABLE:
+            continue   # off by default; documented, not granted (test_opt_in_permissions_are_documented)
         _, need = TABLE[(site.method, normalize(site.path))]
         if not endpoint_ok(grants, need):
             yield f"{site.method} {site.path} ({site.where}) needs one of {need}"
@@ -243,7 +258,7 @@ def test_collector_finds_the_known_calls(call_sites: list[CallSite]) -> None:
 
 def test_every_called_endpoint_is_in_the_table(call_sites: list[CallSite]) -> None:
     unknown = sorted({f"{s.method} {s.path}  ({s.where})" for s in call_sites
-                      if (s.method, normalize(s.path)) not in TABLE})
+                      if (s.method, normalize(s.path)) not in TABLE | OPT_IN_TABLE})
     assert not unknown, ("GitHub endpoints called in bot/ without a documented permission in ENDPOINTS "
                          "(add them, with the permission from GitHub's docs, and to app.yml):\n"
                          + "\n".join(unknown))
@@ -251,6 +266,9 @@ def test_every_called_endpoint_is_in_the_table(call_sites: list[CallSite]) -> No
 
 def test_jwt_endpoints_are_called_with_the_app_jwt(call_sites: list[CallSite]) -> None:
     for site in call_sites:
+        if (site.method, normalize(site.path)) in OPT_IN_TABLE:
+            assert not site.uses_jwt, site
+            continue
         _, need = TABLE[(site.method, normalize(site.path))]
         assert site.uses_jwt == (need == JWT), \
             f"{site.where}: {site.method} {site.path} {'needs' if need == JWT else 'must not use'} the App JWT"
@@ -262,7 +280,7 @@ def test_table_endpoints_exist_in_githubs_openapi_description() -> None:
     paths = json.loads(OPENAPI.read_text(encoding="utf-8"))["paths"]
     shapes = {(method.upper(), normalize(path)) for path, ops in paths.items() for method in ops
               if method in ("get", "post", "patch", "put", "delete")}
-    missing = [f"{m} {p}" for (m, p) in ENDPOINTS if (m, normalize(p)) not in shapes]
+    missing = [f"{m} {p}" for (m, p) in [*ENDPOINTS, *OPT_IN] if (m, normalize(p)) not in shapes]
     assert not missing, missing
 
 
@@ -296,6 +314,53 @@ def test_no_permission_is_more_than_needed(manifest: dict[str, Any], call_sites:
             continue   # always read for Apps
         lower = {**grants, name: R if level == W else "none"}
         assert list(unmet(lower, call_sites, events)), f"{name}: {level} is more than the code needs"
+
+
+def _functions_calling(attr: str) -> dict[str, list[tuple[ast.AST, list[ast.AST]]]]:
+    """file:function -> (call node, its enclosing nodes) for every `x.<attr>(...)` call in bot/."""
+    found: dict[str, list[tuple[ast.AST, list[ast.AST]]]] = {}
+
+    def walk(node: ast.AST, parents: list[ast.AST], where: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            name = where
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                name = f"{where.split(':')[0]}:{child.name}"
+            if isinstance(child, ast.Call) and isinstance(child.func, ast.Attribute) and child.func.attr == attr:
+                found.setdefault(name, []).append((child, [*parents, node]))
+            walk(child, [*parents, node], name)
+
+    for file in sorted(BOT.rglob("*.py")):
+        walk(ast.parse(file.read_text(encoding="utf-8")), [], str(file.relative_to(REPO)))
+    return found
+
+
+def test_opt_in_endpoints_are_called_only_behind_their_setting(call_sites: list[CallSite]) -> None:
+    """An opt-in endpoint is called from one function, and that function only under `if <setting>`."""
+    for key, (setting, attribute, function, _need) in OPT_IN_TABLE.items():
+        sites = [s for s in call_sites if (s.method, normalize(s.path)) == key]
+        assert sites, f"{key}: no call site any more; drop it from OPT_IN"
+        callers = _functions_calling(function)
+        assert callers, f"{function} is never called"
+        for where, calls in callers.items():
+            for _call, parents in calls:
+                guarded = any(isinstance(p, ast.If) and attribute in ast.unparse(p.test) for p in parents)
+                assert guarded, f"{where}: {function}() is called without checking {attribute} ({setting})"
+
+
+def test_opt_in_permissions_are_documented_not_granted(manifest: dict[str, Any]) -> None:
+    text = MANIFEST.read_text(encoding="utf-8")
+    comments = "\n".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
+    grants = granted(manifest)
+    for (setting, _attribute, _function, need) in OPT_IN.values():
+        for name, level in need.items():
+            assert LEVELS[grants.get(name, "none")] < LEVELS[level], \
+                f"{name}: {level} is granted by default, but only {setting} needs it"
+            assert f"{name}: {level}" in comments and setting in comments, \
+                f"app.yml must say (in a comment) that {setting} needs {name}: {level}"
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for (setting, _attribute, _function, need) in OPT_IN.values():
+        assert setting in readme and all(name in readme.lower() for name in need), \
+            f"README.md must document {setting} and the permission it needs"
 
 
 # -- (c) events ----------------------------------------------------------------------------------------------

@@ -175,6 +175,76 @@ async def test_deactivate_marks_only_active_deployments(fake_github: FakeGitHub,
     assert await client.deactivate("preview-9") == 0
 
 
+async def test_deactivate_older_than_leaves_newer_deployments_alone(fake_github: FakeGitHub,
+                                                                    session: aiohttp.ClientSession) -> None:
+    fake_github.add_repo(REPO)
+    client = await repo_client(fake_github, make_auth(fake_github, session))
+    ids = [await client.create_deployment(ref="main", environment="preview-8", description="", payload={})
+           for _ in range(3)]
+    for deployment_id in ids:
+        await client.deployment_status(deployment_id, "success")
+    assert await client.deactivate("preview-8", older_than=ids[1]) == 1
+    assert [fake_github.statuses(REPO, i)[-1]["state"] for i in ids] == ["inactive", "success", "success"]
+
+
+async def test_retire_marks_inactive_then_deletes_every_deployment(fake_github: FakeGitHub,
+                                                                   session: aiohttp.ClientSession) -> None:
+    fake_github.add_repo(REPO)
+    client = await repo_client(fake_github, make_auth(fake_github, session))
+    other = await client.create_deployment(ref="main", environment="preview-1", description="", payload={})
+    ids = [await client.create_deployment(ref="main", environment="preview-2", description="", payload={})
+           for _ in range(3)]
+    await client.deployment_status(ids[0], "inactive")
+    await client.deployment_status(ids[1], "failure")
+    await client.deployment_status(ids[2], "success")
+    assert await client.retire("preview-2") == 3
+    assert [d["id"] for d in fake_github.deployments(REPO)] == [other]  # another PR's deployment stays
+    gone = {d["id"]: d for d in fake_github.deployments(REPO, deleted=True) if d.get("deleted")}
+    assert sorted(gone) == ids and all(d["state"] == "inactive" for d in gone.values())
+    # Only one status more than needed: the already inactive one was deleted as it was.
+    assert [s["state"] for s in fake_github.statuses(REPO, ids[0])] == ["inactive"]
+    assert await client.retire("preview-2") == 0
+    assert not fake_github.response_errors
+
+
+async def test_deleting_an_environment_needs_administration_write(fake_github: FakeGitHub,
+                                                                  session: aiohttp.ClientSession) -> None:
+    fake_github.add_repo(REPO)
+    client = await repo_client(fake_github, make_auth(fake_github, session))
+    await client.create_deployment(ref="main", environment="preview-3", description="", payload={})
+    assert await client.delete_environment("preview-3") is False  # the default permissions: refused, logged
+    assert statuses_of(fake_github, "repos/delete-an-environment") == [403]
+    assert fake_github.environments(REPO) == {"preview-3"}
+    installation = fake_github.repos[REPO].installation_id
+    assert installation is not None
+    fake_github.installations[installation].permissions["administration"] = "write"
+    client = await repo_client(fake_github, make_auth(fake_github, session))  # a token with the new grant
+    assert await client.delete_environment("preview-3") is True
+    assert fake_github.environments(REPO) == set()
+    assert not fake_github.response_errors
+
+
+async def test_changed_files_knows_when_github_stops_listing(fake_github: FakeGitHub,
+                                                              session: aiohttp.ClientSession) -> None:
+    """GitHub lists at most 3000 files of a PR, however far it is paginated; `changed_files` is the truth."""
+    fake_github.add_repo(REPO)
+    files: dict[str, str | None] = {f"docs/{i:04}.md": "x\n" for i in range(3000)}
+    files["services/b/main.go"] = "package main\n"
+    fake_github.add_pull(REPO, 5, files=files)
+    fake_github.add_pull(REPO, 6, files={"services/a/x.go": "package a\n"})
+    client = await repo_client(fake_github, make_auth(fake_github, session))
+    pull = await client.pull(5)
+    assert pull["changed_files"] == 3001
+    listed = await client.changed_files(5)  # no count at hand: a listing that reaches the cap is cut short
+    assert len(listed.names) == 3000 and "services/b/main.go" not in listed.names and not listed.complete
+    before = len(fake_github.calls)
+    assert not (await client.changed_files(5, pull)).complete
+    assert len(fake_github.calls) == before  # above the cap the listing is not even fetched
+    small = await client.changed_files(6, await client.pull(6))
+    assert small.names == ("services/a/x.go",) and small.complete
+    assert not fake_github.response_errors
+
+
 async def test_the_hourly_window_is_paced_too(fake_github: FakeGitHub, session: aiohttp.ClientSession) -> None:
     """Two windows at once: 50 per minute but only 4 per hour means the 5th request waits."""
     fake_github.add_repo(REPO)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import AsyncIterator, Sequence
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import cachetools
@@ -13,8 +15,22 @@ from gidgethub.abc import GitHubAPI
 
 from bot import comment as sticky
 
+log = logging.getLogger(__name__)
+
 WRITE_PERMISSIONS = frozenset({"admin", "maintain", "write"})
 DEPLOYMENT_DESCRIPTION_MAX = 140
+# "Responses include a maximum of 3000 files" (GitHub REST docs, pulls: list pull request files): past
+# that the listing is cut short, even when paginated to the end.
+LIST_FILES_MAX = 3000
+
+
+@dataclass(frozen=True)
+class ChangedFiles:
+    """The PR's changed paths (renames give both names); `complete` is False when GitHub listed fewer
+    files than the PR changes, so some changed paths are missing from `names`."""
+
+    names: tuple[str, ...]
+    complete: bool
 
 # (repository id, number) -> (comment id, last body). Process-wide: it saves a listing and skips no-op
 # edits. Keyed by id: a renamed repository keeps its comments.
@@ -56,14 +72,22 @@ class RepoClient:
     async def open_pulls(self) -> list[dict[str, Any]]:
         return [p async for p in self.gh.getiter(f"{self._base}/pulls?state=open&per_page=100")]
 
-    async def changed_files(self, number: int) -> list[str]:
-        files = self.gh.getiter(f"{self._base}/pulls/{number}/files?per_page=100")
+    async def changed_files(self, number: int, pull: Mapping[str, Any] | None = None) -> ChangedFiles:
+        """The PR's changed files. `pull` (the PR as GitHub answered it, any recent read) gives
+        `changed_files`, the true count: above LIST_FILES_MAX the listing is not even fetched, below it a
+        shorter listing is incomplete. Without `pull`, a listing that reaches the cap counts as cut short."""
+        expected = int(pull["changed_files"]) if pull and pull.get("changed_files") is not None else None
+        if expected is not None and expected > LIST_FILES_MAX:
+            return ChangedFiles((), complete=False)
         names: list[str] = []
-        async for item in files:
+        listed = 0
+        async for item in self.gh.getiter(f"{self._base}/pulls/{number}/files?per_page=100"):
+            listed += 1
             names.append(str(item["filename"]))
             if item.get("previous_filename"):
                 names.append(str(item["previous_filename"]))
-        return names
+        complete = listed >= expected if expected is not None else listed < LIST_FILES_MAX
+        return ChangedFiles(tuple(names), complete)
 
     async def permission(self, user: str) -> str:
         """The user's permission on the repository: admin, maintain, write, triage, read or none."""
@@ -179,15 +203,53 @@ class RepoClient:
         status = await self.latest_status(deployment_id)
         return None if status is None else str(status["state"])
 
-    async def deactivate(self, environment: str, *, keep: Sequence[int] = ()) -> int:
-        """Mark the environment's active deployments inactive (auto_inactive skips transient ones)."""
+    async def deactivate(self, environment: str, *, keep: Sequence[int] = (), older_than: int | None = None) -> int:
+        """Mark the environment's active deployments inactive (auto_inactive skips transient ones).
+
+        `keep` are left alone; with `older_than`, only deployments with a smaller id (created earlier) are
+        touched: a newer one belongs to a later deploy, which settles its own."""
         count = 0
         for deployment in await self.deployments(environment):
             deployment_id = int(deployment["id"])
-            if deployment_id in keep:
+            if deployment_id in keep or (older_than is not None and deployment_id >= older_than):
                 continue
             if await self.latest_state(deployment_id) == "inactive":
                 break  # newest first, and each deploy deactivates its predecessors: the rest are done
             await self.deployment_status(deployment_id, "inactive", description="preview removed")
             count += 1
         return count
+
+    async def retire(self, environment: str) -> int:
+        """Teardown: mark every deployment of the environment inactive, then delete it; returns how many.
+
+        GitHub deletes only inactive deployments when the repository has more than one ("Delete a
+        deployment", GitHub REST docs: deployments), hence the order. Needs Deployments: write."""
+        count = 0
+        for deployment in await self.deployments(environment):
+            deployment_id = int(deployment["id"])
+            if await self.latest_state(deployment_id) != "inactive":
+                await self.deployment_status(deployment_id, "inactive", description="preview removed")
+            try:
+                await self.gh.delete(f"{self._base}/deployments/{deployment_id}")
+            except gidgethub.BadRequest as exc:
+                if exc.status_code != 404:  # deleted meanwhile by another replica: done too
+                    raise
+            count += 1
+        return count
+
+    async def delete_environment(self, environment: str) -> bool:
+        """Delete the (now empty) environment; True if it went. Needs Administration: write ("Delete an
+        environment", GitHub REST docs: deployments/environments), which app.yml does not grant by
+        default: a refusal is logged once per call and leaves the environment, nothing else fails."""
+        try:
+            await self.gh.delete(f"{self._base}/environments/{{environment}}", {"environment": environment})
+        except gidgethub.BadRequest as exc:
+            if exc.status_code == 404:
+                return False
+            if exc.status_code == 403:
+                log.warning("could not delete GitHub environment %s: the App lacks Administration: write "
+                            "(see PREVIEW_DELETE_ENVIRONMENTS in the README)", environment,
+                            extra={"repo": self.repo})
+                return False
+            raise
+        return True

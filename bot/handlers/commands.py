@@ -48,7 +48,7 @@ async def on_comment(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
             await client.reply(number, "This pull request is closed; there is nothing to preview.")
             return
         # The head at this moment is what the maintainer approved (matters for forks).
-        await ctx.previewer.deploy(client, number, pr["head"]["sha"],
+        await ctx.previewer.deploy(client, number, pr["head"]["sha"], pull=pr,
                                    superseded=lambda: ctx.superseded(client.repo_id, number))
     elif command.action is Action.STOP:
         await ctx.previewer.stop(client, number, f"Stopped by @{user} with `/preview stop`.")

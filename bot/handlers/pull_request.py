@@ -52,14 +52,10 @@ async def on_update(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
         return  # this repository does not use previews
     decision = decide(config, facts(event))
     if decision is Decision.DEPLOY:
-        # The head as of now, not as of the event: another replica may be handling a newer push, and
-        # both must converge on the same commit.
-        current = await client.pull(number)
-        if current.get("state") != "open":
-            return
-        # Deploys now, or once the checks the config waits for have succeeded (bot.gate).
+        # The head as of now, not as of the event, read under the PR's lock: another replica may be
+        # handling a newer push, and both must converge on the same commit. Deploys now, or once the
+        # checks the config waits for have succeeded (bot.gate).
         await gate.deploy_when_ready(ctx.previewer, ctx.waits, client, number, config=config,
-                                     head_sha=str(current["head"]["sha"]),
                                      superseded=lambda: ctx.superseded(client.repo_id, number))
     elif decision is Decision.TEARDOWN:
         await ctx.previewer.stop(client, number, f"The `{config.label}` label was removed: preview removed.")

@@ -303,7 +303,7 @@ def _consistency(docs: list[Doc]) -> None:
     assert find(docs, "Role", "preview-bot-routing")["metadata"]["namespace"] == data["PREVIEW_ROUTING_NAMESPACE"]
     leader = find(docs, "Role", "preview-bot-leader")
     assert leader["metadata"]["namespace"] == bot_namespace
-    assert any(data.get("PREVIEW_LEASE_NAME", LEASE_NAME) in r.get("resourceNames", []) for r in leader["rules"])
+    assert {tuple(sorted(r["verbs"])) for r in leader["rules"]} == {("create", "delete", "get", "update")}
     account = deployment["spec"]["template"]["spec"]["serviceAccountName"]
     for binding in (d for d in docs if d["kind"] == "RoleBinding"):
         role = find(docs, "Role", binding["roleRef"]["name"])
@@ -456,7 +456,8 @@ def test_service_account_is_refused_everything_else(deployed: Deployed, namespac
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"}}),
         "edit its own Role": lambda: rbac.patch_namespaced_role("preview-bot-previews", PREVIEW_NAMESPACE,
                                                                {"rules": []}),
-        "read another Lease": lambda: client.CoordinationV1Api(bot).read_namespaced_lease("other", BOT_NAMESPACE),
+        "list Leases": lambda: client.CoordinationV1Api(bot).list_namespaced_lease(BOT_NAMESPACE),
+        "read Leases elsewhere": lambda: client.CoordinationV1Api(bot).read_namespaced_lease("x", PREVIEW_NAMESPACE),
     }
     answers = {what: status_of(call) for what, call in refused.items()}
     assert answers == dict.fromkeys(refused, 403)
@@ -478,8 +479,9 @@ NOT_GRANTED = [
     ("list", "networking.istio.io", "gateways", ROUTING_NAMESPACE),
     ("get", "networking.istio.io", "gateways", PREVIEW_NAMESPACE),
     ("create", "networking.istio.io", "virtualservices", PREVIEW_NAMESPACE),
-    ("delete", "coordination.k8s.io", "leases", BOT_NAMESPACE),
     ("list", "coordination.k8s.io", "leases", BOT_NAMESPACE),
+    ("watch", "coordination.k8s.io", "leases", BOT_NAMESPACE),
+    ("create", "coordination.k8s.io", "leases", PREVIEW_NAMESPACE),
     ("create", "apps", "deployments", BOT_NAMESPACE),
     ("impersonate", "", "serviceaccounts", BOT_NAMESPACE),
 ]
@@ -489,7 +491,7 @@ GRANTED = [
     ("list", "", "pods", PREVIEW_NAMESPACE),
     *[(verb, "networking.istio.io", "virtualservices", ROUTING_NAMESPACE)
       for verb in ("get", "list", "create", "update", "patch", "delete")],
-    ("create", "coordination.k8s.io", "leases", BOT_NAMESPACE),
+    *[(verb, "coordination.k8s.io", "leases", BOT_NAMESPACE) for verb in ("create", "get", "update", "delete")],
 ]
 
 
@@ -510,11 +512,6 @@ def _allowed(api: client.ApiClient, verb: str, group: str, resource: str, namesp
 def test_granted_verbs_are_exactly_the_needed_ones(deployed: Deployed) -> None:
     wrong = [r for r in GRANTED if not _allowed(deployed.bot, *r)]
     wrong += [("NOT", *r) for r in NOT_GRANTED if _allowed(deployed.bot, *r)]
-    for verb in ("get", "update"):
-        if not _allowed(deployed.bot, verb, "coordination.k8s.io", "leases", BOT_NAMESPACE, LEASE_NAME):
-            wrong.append((verb, "lease", LEASE_NAME))
-        if _allowed(deployed.bot, verb, "coordination.k8s.io", "leases", BOT_NAMESPACE, "another-lease"):
-            wrong.append(("NOT", verb, "lease", "another-lease"))
     # The Gateway PREVIEW_GATEWAY names can be read (the start-up check), no other one.
     if not _allowed(deployed.bot, "get", "networking.istio.io", "gateways", ROUTING_NAMESPACE, "preview-gateway"):
         wrong.append(("get", "gateway", "preview-gateway"))
@@ -526,6 +523,7 @@ def test_granted_verbs_are_exactly_the_needed_ones(deployed: Deployed) -> None:
 async def test_the_bots_own_adapter_runs_a_preview_as_the_service_account(deployed: Deployed) -> None:
     """apply_preview / add_mesh_route / wait_available / keep / list / teardown / leader election."""
     from bot import naming
+    from bot.arbiter import Arbiter, lock_name, slots_name
     from bot.kube import Kube, KubeError
     from bot.leader import LeaderElector
     from bot.manifests import plan_preview
@@ -572,9 +570,21 @@ async def test_the_bots_own_adapter_runs_a_preview_as_the_service_account(deploy
         assert await leader.try_acquire_or_renew()         # create (or take over an expired lease)
         assert await leader.try_acquire_or_renew()         # renew: get + update
         await leader.release()
-        stranger = LeaderElector(kube, namespace=BOT_NAMESPACE, name="another-lease", identity="x")
+        # The per-PR lock and the per-repository slots (bot/arbiter.py): create, get, update, delete.
+        arbiter = Arbiter(kube, namespace=BOT_NAMESPACE, identity=f"pod-{suffix}")
+        async with arbiter.pr_lock(key, supersedes=True, timeout=WAIT) as lock:
+            await lock.renew()
+            assert lock.held and not lock.superseded
+        assert client.CoordinationV1Api(deployed.admin).list_namespaced_lease(
+            BOT_NAMESPACE, field_selector=f"metadata.name={lock_name(key)}").items == []
+        assert await arbiter.claim_slot(key, set(), 1) == (True, 0)
+        assert await arbiter.claim_slot(other, set(), 1) == (False, 1)
+        await arbiter.release_slot(key)
+        assert await arbiter.claim_slot(other, set(), 1) == (True, 0)
+        await arbiter.release_slot(other)
+        elsewhere = Arbiter(kube, namespace=PREVIEW_NAMESPACE, identity="x")
         with pytest.raises(KubeError) as refused:
-            await stranger.try_acquire_or_renew()
+            await elsewhere.claim_slot(key, set(), 1)
         assert refused.value.status == 403
 
         assert await kube.remove_routes_of_key(other.value) == 1          # PUT
@@ -588,6 +598,8 @@ async def test_the_bots_own_adapter_runs_a_preview_as_the_service_account(deploy
     finally:
         kube.close()
         status_of(lambda: client.CoordinationV1Api(deployed.admin).delete_namespaced_lease(LEASE_NAME,
+                                                                                          BOT_NAMESPACE))
+        status_of(lambda: client.CoordinationV1Api(deployed.admin).delete_namespaced_lease(slots_name(key),
                                                                                           BOT_NAMESPACE))
         for item in admin_custom.list_namespaced_custom_object(
                 "networking.istio.io", "v1", ROUTING_NAMESPACE, "virtualservices")["items"]:

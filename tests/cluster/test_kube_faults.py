@@ -187,7 +187,9 @@ async def test_apply_failing_half_way_is_repaired_by_a_retry(kube: Kube, direct:
 
     bounded(fault_proxy.calls_to("PATCH", r"/services/"), "Service apply", limit=2)
     live = await objects_of(direct, p)
-    assert live["Deployment"] is not None and live["Service"] is None and live["VirtualService"] is None
+    # The gateway VirtualService was created first (POST: it claims the preview host), then the
+    # Deployment; the Service apply failed.
+    assert live["Deployment"] is not None and live["Service"] is None and live["VirtualService"] is not None
     fault_proxy.clear()
     await short.apply_preview(p)
     live = await objects_of(direct, p)

@@ -280,9 +280,10 @@ def sticky_comments(fake: FakeGitHub, repo: str, number: int) -> list[dict[str, 
 
 
 def deployment_history(fake: FakeGitHub, repo: str, number: int) -> list[tuple[dict[str, Any], list[str]]]:
-    """The PR's GitHub deployments, oldest first, each with its status states (oldest first)."""
+    """The PR's GitHub deployments, oldest first (deleted ones too, flagged `deleted`), each with its
+    status states (oldest first)."""
     environment = key_of(fake, repo, number).environment
-    records = sorted((d for d in fake.deployments(repo) if d["environment"] == environment), key=lambda d: d["id"])
+    records = [d for d in fake.deployments(repo, deleted=True) if d["environment"] == environment]
     return [(d, [s["state"] for s in fake.statuses(repo, d["id"])]) for d in records]
 
 

@@ -45,7 +45,8 @@ async def test_missed_close_is_cleaned_up(fake_github: FakeGitHub, cluster: Clus
     assert list(view.deployments()) == [key_of(fake_github, REPO, 2).object_name("a")]
     routes = view.mesh_routes(f"a.{namespace}.svc.cluster.local")
     assert [r["name"] for r in routes] == [key_of(fake_github, REPO, 2).value, "default"]
-    [closed] = [d for d in fake_github.deployments(REPO) if d["environment"] == "preview-1"]
+    [closed] = [d for d in fake_github.deployments(REPO, deleted=True) if d["environment"] == "preview-1"]
+    assert closed["deleted"]
     assert [s["state"] for s in fake_github.statuses(REPO, closed["id"])][-1] == "inactive"
     body = next(c["body"] for c in fake_github.comments(REPO, 1) if comment.MARKER in c["body"])
     assert "pull request is closed" in body

@@ -102,8 +102,10 @@ async def test_close_tears_everything_down(bot: RunningBot, view: ClusterView, n
     assert [n for n in view.virtual_services() if n.startswith("preview-gw")] == []
     # The mesh VirtualService the bot created for the host is gone with its last route.
     assert view.mesh_routes(MESH_HOST_TEMPLATE.format(ns=namespace)) == []
-    [record] = bot.fake.deployments(REPO)
-    assert states(bot.fake, REPO, record["id"])[-1] == "inactive"
+    # The GitHub deployment was marked inactive, then deleted (environments do not fill up).
+    assert bot.fake.deployments(REPO) == []
+    [record] = bot.fake.deployments(REPO, deleted=True)
+    assert record["deleted"] and states(bot.fake, REPO, record["id"])[-1] == "inactive"
     assert "merged" in str(sticky_comments(bot.fake, REPO, 3)[0]["body"])
 
 
@@ -221,6 +223,32 @@ async def test_same_host_from_two_repositories_is_refused(
     assert "already used by a preview of acme/shop" in body
     [record] = fake_github.deployments("other/shop")
     assert states(fake_github, "other/shop", record["id"])[-1] == "failure"
+
+
+async def test_same_host_from_two_repositories_at_once_has_one_owner(
+        fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView) -> None:
+    """Both repositories open PR #n at the same moment: the API server lets one create the host's gateway
+    VirtualService; the other is refused, however the two deploys interleave."""
+    repos = ("acme/shop", "other/shop")
+    for repo in repos:
+        fake_github.add_repo(repo, files={".github/preview.yml": CONFIG})
+    numbers = (31, 32, 33)
+    async with running_bot(fake_github, cluster, namespace) as bot:
+        for number in numbers:
+            for repo in repos:
+                fake_github.add_pull(repo, number)
+        await asyncio.gather(*(bot.send("pull_request", pull_request_event(fake_github, repo, number, "opened"))
+                               for number in numbers for repo in repos))
+        await bot.settle()
+    for number in numbers:
+        gateway = view.virtual_services()[f"preview-gw-preview-{number}-api-a-example-com"]
+        owner = gateway["metadata"]["annotations"]["preview-bot.dev/repository"]
+        [loser] = [r for r in repos if r != owner]
+        header = gateway["spec"]["http"][0]["headers"]["request"]["set"]["x-preview"]
+        assert header == key_of(fake_github, owner, number).value
+        assert "Preview: ready" in str(sticky_comments(fake_github, owner, number)[0]["body"])
+        assert f"already used by a preview of {owner}" in str(sticky_comments(fake_github, loser, number)[0]["body"])
+        assert key_of(fake_github, loser, number).object_name("a") not in view.deployments()
 
 
 async def test_only_changed_services_are_deployed(fake_github: FakeGitHub, cluster: Cluster, namespace: str,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -143,6 +144,44 @@ async def test_previews_per_repository_are_capped(fake_github: FakeGitHub, clust
             await bot.settle()
     assert list(view.deployments()) == [key_of(fake_github, REPO, 7).object_name("a")]
     assert "limit is 1" in sticky(fake_github, REPO, 8)
+
+
+async def test_the_cap_holds_for_a_burst_of_pull_requests(fake_github: FakeGitHub, cluster: Cluster, namespace: str,
+                                                          view: ClusterView) -> None:
+    """PREVIEW_MAX_PER_REPO=3 and 8 PRs opened at once, all processed concurrently: exactly 3 previews,
+    never more at any moment; the 5 others are told about the limit."""
+    fake_github.add_repo(REPO, files={".github/preview.yml": CONFIG})
+    numbers = list(range(21, 29))
+    peak = 0
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, len(await asyncio.to_thread(view.deployments)))
+            await asyncio.sleep(0.05)
+
+    async with running_bot(fake_github, cluster, namespace, PREVIEW_MAX_PER_REPO="3",
+                           PREVIEW_MAX_CONCURRENCY="8") as bot:
+        for number in numbers:
+            fake_github.add_pull(REPO, number)
+        watcher = asyncio.create_task(watch())
+        answers = await asyncio.gather(*(bot.send("pull_request", pull_request_event(fake_github, REPO, n, "opened"))
+                                         for n in numbers))
+        assert answers == [202] * len(numbers)
+        await bot.settle()
+        done.set()
+        await watcher
+    live = sorted(view.deployments())
+    assert len(live) == 3 and peak == 3, (live, peak)
+    deployed = {n for n in numbers if key_of(fake_github, REPO, n).object_name("a") in live}
+    for number in numbers:
+        body = sticky(fake_github, REPO, number)
+        if number in deployed:
+            assert "Preview: ready" in body
+        else:
+            assert "the limit is 3" in body and "already has 3 live previews" in body, body
+    assert {int(d["environment"].removeprefix("preview-")) for d in fake_github.deployments(REPO)} == deployed
 
 
 async def test_secrets_never_reach_the_logs(fake_github: FakeGitHub, cluster: Cluster, namespace: str) -> None:

@@ -9,6 +9,7 @@ webhook got through).
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -27,7 +28,7 @@ from tests.e2e.procs import (
     route_problems,
     sticky_comments,
 )
-from tests.fakegithub import FakeGitHub, pull_request_event
+from tests.fakegithub import FakeGitHub, issue_comment_event, pull_request_event
 from tests.fakegithub.state import fake_sha
 
 pytestmark = pytest.mark.cluster
@@ -208,3 +209,110 @@ async def test_a_slow_reconcile_pass_does_not_make_two_leaders(
     assert not overlaps, (f"both replicas acted as leader at once: {overlaps}; the Lease is renewed only "
                           f"between reconcile passes, so a pass longer than the lease lets another replica "
                           f"take over while this one still reconciles\n{procs.tails()}")
+
+
+async def test_the_cap_holds_across_two_replicas(shop: FakeGitHub, procs: BotProcesses, view: ClusterView,
+                                                 namespace: str) -> None:
+    """PREVIEW_MAX_PER_REPO=3, 8 PRs opened at once, deliveries spread over two replicas: never more than
+    3 live previews, the 5 others get the limit comment."""
+    env = {**REPLICA_ENV, "PREVIEW_MAX_PER_REPO": "3"}
+    a, b = await asyncio.gather(procs.start("a", POD_NAME="preview-bot-a", **env),
+                                procs.start("b", POD_NAME="preview-bot-b", **env))
+    numbers = list(range(41, 49))
+    for n in numbers:
+        shop.add_pull(REPO, n, head_sha=fake_sha(f"cap-{n}"))
+    peak = 0
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, len((await cluster_state(view, namespace)).deployments))
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.create_task(watch())
+    answers = await asyncio.gather(*((a if i % 2 else b).send("pull_request",
+                                                              pull_request_event(shop, REPO, n, "opened"))
+                                     for i, n in enumerate(numbers)))
+    assert answers == [202] * len(numbers)
+
+    def outcome(n: int) -> str:
+        stickies = sticky_comments(shop, REPO, n)
+        body = str(stickies[0]["body"]) if len(stickies) == 1 else ""
+        return "ready" if "Preview: ready" in body else "refused" if "the limit is 3" in body else "pending"
+
+    async def settled() -> list[str]:
+        outcomes = {n: outcome(n) for n in numbers}
+        return [] if sorted(outcomes.values()) == ["ready"] * 3 + ["refused"] * 5 else [f"outcomes: {outcomes}"]
+
+    problems = await eventually(settled, 90, interval=0.5)
+    done.set()
+    await watcher
+    assert not problems, "\n".join(problems) + "\n" + procs.tails()
+    state = await cluster_state(view, namespace)
+    ready = {n for n in numbers if outcome(n) == "ready"}
+    assert sorted(state.deployments) == sorted(key_of(shop, REPO, n).object_name("a") for n in ready)
+    assert peak == 3, f"{peak} previews were live at one moment"
+
+
+RACE_NUMBERS = (131, 132, 133)
+
+
+async def test_one_prs_events_on_two_replicas_leave_one_active_deployment_at_the_head(
+        shop: FakeGitHub, procs: BotProcesses, view: ClusterView, namespace: str) -> None:
+    """The issue's scenario, three times at once: PR opened (delivered to replica a) while a maintainer
+    comments `/preview` (delivered to replica b); 0.3 s later a push arrives at replica b. Whatever the
+    interleaving (the leader's reconciler runs every second too), each PR ends with exactly one active
+    GitHub deployment, at its head; no deployment reports success for a commit once its newer push has
+    been delivered; one sticky comment."""
+    a, b = await asyncio.gather(procs.start("a", POD_NAME="preview-bot-a", **REPLICA_ENV),
+                                procs.start("b", POD_NAME="preview-bot-b", **REPLICA_ENV))
+    heads: dict[int, str] = {}
+    pushed_at: dict[int, float] = {}
+
+    async def scenario(number: int) -> None:
+        first, second = fake_sha(f"race-{number}-1"), fake_sha(f"race-{number}-2")
+        shop.add_pull(REPO, number, head_sha=first)
+        opened = a.send("pull_request", pull_request_event(shop, REPO, number, "opened"))
+        command = b.send("issue_comment", issue_comment_event(shop, REPO, number, "/preview", user="alice"))
+        assert await asyncio.gather(opened, command) == [202, 202]
+        await asyncio.sleep(0.3)
+        shop.push(REPO, number, second)
+        heads[number] = second
+        assert await b.send("pull_request", pull_request_event(shop, REPO, number, "synchronize")) == 202
+        pushed_at[number] = time.time()
+
+    await asyncio.gather(*(scenario(n) for n in RACE_NUMBERS))
+
+    async def converged() -> list[str]:
+        state = await cluster_state(view, namespace)
+        problems = route_problems(state, [key_of(shop, REPO, n).value for n in RACE_NUMBERS])
+        for n in RACE_NUMBERS:
+            problems += preview_problems(shop, state, REPO, n, heads[n], strict_history=False)
+            problems += active_problems(shop, n, heads[n])
+        return problems
+
+    problems = await eventually(converged, 90, interval=1.0)
+    assert not problems, "did not converge:\n" + "\n".join(problems) + "\n" + procs.tails()
+    await asyncio.sleep(3)  # a late writer would show now
+    problems = await converged()
+    assert not problems, "diverged again:\n" + "\n".join(problems) + "\n" + procs.tails()
+    for n in RACE_NUMBERS:
+        for record, _states in deployment_history(shop, REPO, n):
+            stale = [s for s in shop.statuses(REPO, record["id"])
+                     if s["state"] == "success" and record["sha"] != heads[n] and s["created"] > pushed_at[n]]
+            assert not stale, f"#{n}: deployment {record['id']} at an old commit reported success after the push"
+    assert not shop.response_errors
+
+
+def active_problems(fake: FakeGitHub, number: int, head: str) -> list[str]:
+    """At most one active (success) deployment, and it is the head's; none left in progress."""
+    history = deployment_history(fake, REPO, number)
+    active = [(d["id"], d["sha"][:7]) for d, states in history if states[-1:] == ["success"]]
+    unfinished = [d["id"] for d, states in history if states[-1:] in (["in_progress"], [])]
+    problems = []
+    if len(active) != 1 or active[0][1] != head[:7]:
+        problems.append(f"#{number}: active deployments {active}, head {head[:7]}")
+    if unfinished:
+        problems.append(f"#{number}: deployments left unfinished {unfinished}")
+    return problems

@@ -8,7 +8,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from .server import LEVEL, ROLE_TO_PERMISSION, Ctx, FakeGitHub, GitHubError, Reply, iso, op
+from .server import LEVEL, LIST_FILES_MAX, ROLE_TO_PERMISSION, Ctx, FakeGitHub, GitHubError, Reply, iso, op
 from .state import CheckRun, Comment, Deployment, DeploymentStatus, Pull, Reaction, Repo, blob_sha, fake_sha, next_id
 
 
@@ -183,9 +183,9 @@ async def list_files(gh: FakeGitHub, ctx: Ctx) -> Reply:
     repo, pull = _repo(ctx), _pull(ctx)
     base, head = repo.trees[pull.base_sha], repo.trees[pull.head_sha]
     entries = []
-    # The PR's whole diff against its base, as GitHub computes it (plus any paths a test named).
-    diff = {p for p in base.keys() | head.keys() if base.get(p) != head.get(p)}
-    for path in sorted(diff | set(pull.changed_files)):
+    # The PR's whole diff against its base, as GitHub computes it (plus any paths a test named), cut at
+    # 3000 files even when paginated to the end ("Responses include a maximum of 3000 files").
+    for path in gh.pull_changed_paths(repo, pull)[:LIST_FILES_MAX]:
         status = "removed" if path not in head else "added" if path not in base else "modified"
         text = head.get(path, base.get(path, ""))
         lines = text.count("\n") + 1
@@ -299,6 +299,7 @@ async def create_deployment(gh: FakeGitHub, ctx: Ctx) -> Reply:
         bool(body.get("production_environment", environment == "production")), ctx.actor, time.time(),
     )
     repo.deployments.append(d)
+    repo.environments.add(environment)  # GitHub creates the environment on its first deployment
     return _created(gh.deployment_json(repo, d))
 
 
@@ -324,6 +325,18 @@ async def delete_deployment(gh: FakeGitHub, ctx: Ctx) -> Reply:
         raise GitHubError(422, "We cannot delete an active deployment unless it is the only deployment in a "
                                "given environment.")
     repo.deployments.remove(d)
+    repo.deleted_deployments.append(d)
+    return Reply(204)
+
+
+@op("repos/delete-an-environment")
+async def delete_environment(gh: FakeGitHub, ctx: Ctx) -> Reply:
+    # GitHub answers 204 whether or not the environment existed; its deployments go with it.
+    repo, name = _repo(ctx), ctx.params["environment_name"]
+    repo.environments.discard(name)
+    gone = [d for d in repo.deployments if d.environment == name]
+    repo.deployments = [d for d in repo.deployments if d.environment != name]
+    repo.deleted_deployments += gone
     return Reply(204)
 
 
@@ -341,7 +354,8 @@ async def create_status(gh: FakeGitHub, ctx: Ctx) -> Reply:
     target_url = body.get("target_url") or log_url
     assert ctx.actor is not None
     s = DeploymentStatus(next_id("status"), body["state"], description, environment, target_url, log_url,
-                         body.get("environment_url", ""), ctx.actor, time.time())
+                         body.get("environment_url", ""), ctx.actor, time.time(),
+                         {p.number: p.head_sha for p in repo.pulls.values()})
     d.environment = environment
     d.statuses.append(s)
     if s.state == "success" and body.get("auto_inactive", True):

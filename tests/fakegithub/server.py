@@ -89,7 +89,9 @@ REQUIRED_PERMISSIONS: dict[str, tuple[tuple[str, str], ...]] = {
     **{op: (("statuses", "read"),)
        for op in ("repos/get-combined-status-for-ref", "repos/list-commit-statuses-for-ref")},
     "repos/create-commit-status": (("statuses", "write"),),
+    "repos/delete-an-environment": (("administration", "write"),),
 }
+LIST_FILES_MAX = 3000  # pulls/list-files stops there, however far it is paginated
 # GitHub's own examples our answers are built from (kept in the cached index).
 EXAMPLES = frozenset({
     "integration", "installation", "installation-token", "full-repository", "pull-request",
@@ -517,15 +519,23 @@ class FakeGitHub:
         return [self.comment_json(r, c) for c in sorted(r.comments.values(), key=lambda c: c.id)
                 if c.number == number]
 
-    def deployments(self, repo: str) -> list[dict[str, Any]]:
+    def deployments(self, repo: str, *, deleted: bool = False) -> list[dict[str, Any]]:
+        """The repository's deployments; with `deleted`, also those deleted through the API (flagged)."""
         r = self.repos[repo]
-        return [self.deployment_json(r, d) | {"state": d.state} for d in r.deployments]
+        found = [self.deployment_json(r, d) | {"state": d.state} for d in r.deployments]
+        if deleted:
+            found += [self.deployment_json(r, d) | {"state": d.state, "deleted": True} for d in r.deleted_deployments]
+        return sorted(found, key=lambda d: int(d["id"]))
+
+    def environments(self, repo: str) -> set[str]:
+        return set(self.repos[repo].environments)
 
     def statuses(self, repo: str, deployment_id: int) -> list[dict[str, Any]]:
-        """Oldest first (the API lists newest first)."""
+        """Oldest first (the API lists newest first); deleted deployments' statuses too."""
         r = self.repos[repo]
-        d = next(d for d in r.deployments if d.id == deployment_id)
-        return [self.status_json(r, d, s) for s in d.statuses]
+        d = next(d for d in [*r.deployments, *r.deleted_deployments] if d.id == deployment_id)
+        return [self.status_json(r, d, s) | {"created": s.created_at, "pull_heads": dict(s.pull_heads)}
+                for s in d.statuses]
 
     def reactions(self, repo: str, *, comment_id: int | None = None,
                   number: int | None = None) -> list[dict[str, Any]]:
@@ -625,9 +635,17 @@ class FakeGitHub:
             html_url=f"{HTML}/{r.full_name}/pull/{n}", url=f"{api}/pulls/{n}",
             statuses_url=f"{api}/statuses/{p.head_sha}", author_association=self._association(r, p.user),
             head=side(p.head_repo, p.head_ref, p.head_sha), base=side(r, r.default_branch, base_branch_sha),
-            changed_files=len(p.changed_files), comments=sum(c.number == n for c in r.comments.values()),
+            changed_files=len(self.pull_changed_paths(r, p)),
+            comments=sum(c.number == n for c in r.comments.values()),
         )
         return shaped
+
+    @staticmethod
+    def pull_changed_paths(r: Repo, p: Pull) -> list[str]:
+        """Every path the PR changes: its whole diff against its base (plus any a test named), sorted."""
+        base, head = r.trees[p.base_sha], r.trees[p.head_sha]
+        diff = {path for path in base.keys() | head.keys() if base.get(path) != head.get(path)}
+        return sorted(diff | set(p.changed_files))
 
     def pull_simple_json(self, r: Repo, p: Pull) -> dict[str, Any]:
         # pulls/list returns "pull-request-simple": the full shape minus the counters and merge state.

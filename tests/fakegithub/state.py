@@ -84,6 +84,8 @@ class DeploymentStatus:
     environment_url: str
     creator: User
     created_at: float
+    # Every PR's head commit when this status was posted (lets a test tell a stale success apart).
+    pull_heads: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -194,6 +196,8 @@ class Repo:
     comments: dict[int, Comment] = field(default_factory=dict)
     reactions: list[Reaction] = field(default_factory=list)
     deployments: list[Deployment] = field(default_factory=list)
+    deleted_deployments: list[Deployment] = field(default_factory=list)  # for tests to inspect
+    environments: set[str] = field(default_factory=set)
     commit_statuses: dict[str, dict[str, str]] = field(default_factory=dict)  # sha -> {context: state}
     status_records: list[CommitStatus] = field(default_factory=list)  # oldest first
     check_suites: list[CheckSuite] = field(default_factory=list)

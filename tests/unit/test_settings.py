@@ -157,6 +157,7 @@ def test_private_key_not_pem_is_named_without_echoing_it() -> None:
         ("PREVIEW_MAX_CONCURRENCY", "0"),
         ("PREVIEW_MAX_BODY_BYTES", "1MB"),
         ("PREVIEW_LEADER_ELECTION", "maybe"),
+        ("PREVIEW_DELETE_ENVIRONMENTS", "sometimes"),
         ("POD_NAMESPACE", "Not_A_Namespace"),
         ("PREVIEW_LEASE_NAME", "UPPER"),
     ],
@@ -204,8 +205,11 @@ def test_optional_values_are_parsed() -> None:
         PREVIEW_MAX_CONCURRENCY="3",
         PREVIEW_READY_TIMEOUT="12.5",
         PREVIEW_LEADER_ELECTION="Yes",
+        PREVIEW_DELETE_ENVIRONMENTS="true",
         POD_NAME="bot-0",
     ))
+    assert settings.delete_environments is True
+    assert load_settings(base_env()).delete_environments is False  # opt-in: needs Administration: write
     assert settings.api_url == "https://ghe.example.com/api/v3"
     assert settings.cluster.domain == "preview.example.com"
     assert settings.cluster.gateway == "gw-ns/my-gateway"

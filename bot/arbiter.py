@@ -1,0 +1,294 @@
+"""Check-then-act on shared state, decided by the API server, so it holds across replicas.
+
+In-process locks only order one replica's work; deploy/ runs two, and GitHub spreads deliveries over
+both. Two kinds of objects, both `coordination.k8s.io` Leases in the bot's own namespace
+(`POD_NAMESPACE`), written only with create-if-absent (POST) or a resourceVersion precondition (PUT),
+so a concurrent writer gets 409 and re-reads:
+
+- **one Lease per pull request** (`preview-bot-lock-<preview key>`): its deploys and teardowns run one at
+  a time across replicas, like the per-PR queue orders them inside one. The holder renews it every third
+  of its duration. A replica that finds it held and comes with a newer event bumps the Lease's
+  `preview-bot.dev/waiting` counter: the holder sees it at its next renewal and stops early, as it does
+  for a newer event queued in its own process (the newer event deploys the head it reads under the lock).
+  A holder that crashed stops renewing: the Lease expires and is taken over; the same identity (a
+  restarted process of the same pod) takes it over at once.
+- **one Lease per repository** (`preview-bot-slots-<repo hash>`) whose `preview-bot.dev/claims`
+  annotation lists the previews holding one of the `PREVIEW_MAX_PER_REPO` slots (see slots.py).
+
+The Lease fields follow Kubernetes' own leader election (holderIdentity, leaseDurationSeconds,
+renewTime; kubernetes.io/docs/concepts/architecture/leases).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bot import naming, slots
+from bot.errors import TemporaryError
+from bot.kube import Conflict, Kube, NotFound, collection_path
+from bot.naming import PreviewKey
+
+log = logging.getLogger(__name__)
+
+LEASE_API = "coordination.k8s.io/v1"
+WAITING_ANNOTATION = "preview-bot.dev/waiting"
+LOCK_SECONDS = 30
+_ATTEMPTS = 50
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _format(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse(text: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(text).replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return None
+
+
+def _repository(key: PreviewKey) -> str:
+    # By the numeric id when known, so a renamed repository and its legacy (name-keyed) previews share
+    # one lock per PR and one set of slots.
+    return f"id-{key.repo_id}" if key.repo_id is not None else key.repo_hash
+
+
+def lock_name(key: PreviewKey) -> str:
+    return naming.dns_label(f"preview-bot-lock-{_repository(key)}-{key.number}")
+
+
+def slots_name(key: PreviewKey) -> str:
+    return naming.dns_label(f"preview-bot-slots-{_repository(key)}")
+
+
+class PrLock:
+    """A held per-PR Lease. `superseded` turns True when another replica waits with a newer event;
+    `held` turns False when renewals stop succeeding (then nothing may be reported as done)."""
+
+    def __init__(self, arbiter: Arbiter, key: PreviewKey) -> None:
+        self.arbiter = arbiter
+        self.key = key
+        self.path = f"{arbiter.collection}/{lock_name(key)}"
+        self.superseded = False
+        self.lost = False
+        self._waiting_seen = 0
+        self._renewed_at = -float("inf")
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def held(self) -> bool:
+        return not self.lost and time.monotonic() - self._renewed_at < self.arbiter.lock_seconds * 2 / 3
+
+    def _spec(self, acquired: str | None = None) -> dict[str, Any]:
+        now = _format(_now())
+        return {"holderIdentity": self.arbiter.token, "leaseDurationSeconds": self.arbiter.lock_seconds,
+                "acquireTime": acquired or now, "renewTime": now}
+
+    def _free_for_us(self, lease: dict[str, Any]) -> bool:
+        spec = lease.get("spec") or {}
+        holder = str(spec.get("holderIdentity") or "")
+        if not holder or holder == self.arbiter.token:
+            return True
+        if holder.split(" ", 1)[0] == self.arbiter.identity:
+            return True  # an earlier process of this same pod: it is gone
+        renewed = _parse(spec.get("renewTime")) or datetime.min.replace(tzinfo=UTC)
+        duration = timedelta(seconds=int(spec.get("leaseDurationSeconds") or self.arbiter.lock_seconds))
+        return renewed + duration < _now()
+
+    async def acquire(self, *, supersedes: bool, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        signalled = None  # the uid of the Lease we told that we wait
+        while True:
+            lease = await self.arbiter.kube.get(self.path)
+            try:
+                if lease is None:
+                    await self.arbiter.kube.call("POST", self.arbiter.collection, body={
+                        "apiVersion": LEASE_API, "kind": "Lease",
+                        "metadata": {"name": lock_name(self.key), "namespace": self.arbiter.namespace,
+                                     "labels": {naming.MANAGED_BY_LABEL: naming.MANAGED_BY}},
+                        "spec": self._spec()})
+                    break
+                if self._free_for_us(lease):
+                    self._waiting_seen = int((lease["metadata"].get("annotations") or {}).get(WAITING_ANNOTATION) or 0)
+                    await self.arbiter.kube.call("PUT", self.path, body={**lease, "spec": self._spec()})
+                    break
+                if supersedes and signalled != lease["metadata"].get("uid"):
+                    annotations = dict(lease["metadata"].get("annotations") or {})
+                    annotations[WAITING_ANNOTATION] = str(int(annotations.get(WAITING_ANNOTATION) or 0) + 1)
+                    await self.arbiter.kube.call("PUT", self.path, body={
+                        **lease, "metadata": {**lease["metadata"], "annotations": annotations}})
+                    signalled = lease["metadata"].get("uid")
+            except (Conflict, NotFound):
+                # Another replica wrote first: read again, after a moment when many wait.
+                await asyncio.sleep(random.uniform(0, self.arbiter.poll / 2))  # noqa: S311 - jitter
+                continue
+            if time.monotonic() >= deadline:
+                raise TemporaryError(f"pull request {self.key.repo}#{self.key.number} is busy on another "
+                                     f"replica for more than {timeout:.0f} s")
+            await asyncio.sleep(self.arbiter.poll * random.uniform(0.5, 1.5))  # noqa: S311 - jitter
+        self._renewed_at = time.monotonic()
+        self._task = asyncio.create_task(self._renew_forever(), name=f"pr-lock:{self.key.value}")
+
+    async def _renew_forever(self) -> None:
+        """Renew every third of the duration; in between, look for a waiting replica every `poll` seconds
+        so that a deploy learns of a newer event within about a second."""
+        last = time.monotonic()
+        while not self.lost:
+            await asyncio.sleep(self.arbiter.poll * 2)
+            try:
+                if time.monotonic() - last >= self.arbiter.lock_seconds / 3:
+                    await self.renew()
+                    last = time.monotonic()
+                else:
+                    await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # an API hiccup: `held` lapses by itself if it lasts
+                log.warning("could not renew the lock of %s: %s", self.key.value, type(exc).__name__)
+
+    def _observe(self, lease: dict[str, Any] | None) -> bool:
+        """Update `lost` and `superseded` from a fresh read; True while we hold the Lease."""
+        if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.arbiter.token:
+            if not self.lost:
+                log.warning("lost the lock of %s to another replica", self.key.value)
+            self.lost = True
+            return False
+        waiting = int((lease["metadata"].get("annotations") or {}).get(WAITING_ANNOTATION) or 0)
+        if waiting > self._waiting_seen:
+            self.superseded = True
+        return True
+
+    async def refresh(self) -> None:
+        """Read the Lease now: is another replica waiting with a newer event, do we still hold it?"""
+        self._observe(await self.arbiter.kube.get(self.path))
+
+    async def renew(self) -> None:
+        for _attempt in range(_ATTEMPTS):
+            lease = await self.arbiter.kube.get(self.path)
+            if not self._observe(lease):
+                return
+            assert lease is not None
+            renewed = {**lease, "spec": self._spec(lease["spec"].get("acquireTime"))}
+            try:
+                await self.arbiter.kube.call("PUT", self.path, body=renewed)
+            except Conflict:
+                continue
+            self._renewed_at = time.monotonic()
+            return
+
+    async def release(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        lease = await self.arbiter.kube.get(self.path)
+        if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.arbiter.token:
+            return
+        # Deleted rather than emptied: one object per open PR at most. The precondition keeps a
+        # replica that took it over meanwhile from losing it.
+        with contextlib.suppress(Conflict, NotFound):
+            await self.arbiter.kube.delete(self.path, resource_version=lease["metadata"]["resourceVersion"])
+
+
+class Arbiter:
+    def __init__(self, kube: Kube, *, namespace: str, identity: str, poll: float = 0.5,
+                 lock_seconds: int = LOCK_SECONDS, stale_claim: timedelta = timedelta(minutes=10)) -> None:
+        self.kube = kube
+        self.lock_seconds = lock_seconds
+        self.namespace = namespace
+        self.identity = identity.replace(" ", "-")
+        self.token = f"{self.identity} {uuid.uuid4().hex[:12]}"
+        self.collection = collection_path(LEASE_API, "leases", namespace)
+        self.poll = poll
+        self.stale_claim = stale_claim
+        self._local: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # lock, users
+        self._holders: dict[str, PrLock] = {}
+
+    @contextlib.asynccontextmanager
+    async def pr_lock(self, key: PreviewKey, *, supersedes: bool, timeout: float) -> AsyncIterator[PrLock]:
+        """Hold the PR's Lease for the block (and this process's own lock for it: the reconciler runs
+        beside the per-PR queue)."""
+        entry = self._local.setdefault(key.value, (asyncio.Lock(), [0]))
+        entry[1][0] += 1
+        try:
+            if supersedes and key.value in self._holders:
+                self._holders[key.value].superseded = True  # a newer event of this process waits
+            async with entry[0]:
+                lock = PrLock(self, key)
+                await lock.acquire(supersedes=supersedes, timeout=timeout)
+                self._holders[key.value] = lock
+                try:
+                    yield lock
+                finally:
+                    self._holders.pop(key.value, None)
+                    try:
+                        await lock.release()
+                    except Exception as exc:  # it expires by itself
+                        log.warning("could not release the lock of %s: %s", key.value, type(exc).__name__)
+        finally:
+            entry[1][0] -= 1
+            if not entry[1][0]:
+                self._local.pop(key.value, None)
+
+    # -- slots --------------------------------------------------------------------------------------------
+
+    async def _claims(self, key: PreviewKey) -> tuple[dict[str, Any] | None, dict[str, str]]:
+        lease = await self.kube.get(f"{self.collection}/{slots_name(key)}")
+        annotations = ((lease or {}).get("metadata") or {}).get("annotations") or {}
+        return lease, slots.parse_claims(annotations.get(slots.CLAIMS_ANNOTATION))
+
+    async def _write_claims(self, key: PreviewKey, lease: dict[str, Any] | None, claims: dict[str, str]) -> None:
+        annotations = {slots.CLAIMS_ANNOTATION: slots.render_claims(claims)}
+        if lease is None:
+            await self.kube.call("POST", self.collection, body={
+                "apiVersion": LEASE_API, "kind": "Lease",
+                "metadata": {"name": slots_name(key), "namespace": self.namespace, "annotations": annotations,
+                             "labels": {naming.MANAGED_BY_LABEL: naming.MANAGED_BY}},
+                "spec": {}})
+        else:
+            meta = lease["metadata"]
+            await self.kube.call("PUT", f"{self.collection}/{slots_name(key)}", body={
+                **lease, "metadata": {**meta, "annotations": {**(meta.get("annotations") or {}), **annotations}}})
+
+    async def claim_slot(self, key: PreviewKey, live: set[str], cap: int) -> tuple[bool, int]:
+        """Take one of the repository's `cap` slots for `key` (kept if it has one); (granted, slots used
+        by others). Atomic across replicas: the write carries the resourceVersion it was decided on."""
+        for _attempt in range(_ATTEMPTS):
+            lease, claims = await self._claims(key)
+            if key.value in claims:
+                return True, slots.used_count(claims, live, key.value)
+            granted, updated = slots.decide(claims, live, key.value, cap, _now(), self.stale_claim)
+            if not granted:
+                return False, slots.used_count(updated, live, key.value)
+            try:
+                await self._write_claims(key, lease, updated)
+            except Conflict:
+                await asyncio.sleep(random.uniform(0, 0.1))  # noqa: S311 - jitter
+                continue
+            return True, len(updated) - 1
+        raise TemporaryError(f"could not claim a preview slot of {key.repo} after {_ATTEMPTS} conflicts")
+
+    async def release_slot(self, key: PreviewKey) -> None:
+        for _attempt in range(_ATTEMPTS):
+            lease, claims = await self._claims(key)
+            if lease is None or key.value not in claims:
+                return
+            claims.pop(key.value)
+            try:
+                await self._write_claims(key, lease, claims)
+            except (Conflict, NotFound):
+                continue
+            return
+        raise TemporaryError(f"could not release the preview slot of {key.value} after {_ATTEMPTS} conflicts")
