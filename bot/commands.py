@@ -13,6 +13,7 @@ class Action(enum.Enum):
     STOP = "stop"
     HELP = "help"
     KEEP = "keep"
+    EXPLAIN = "explain"
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,13 @@ HELP_TEXT = """\
 | `/preview` | deploy (or redeploy) this pull request's head commit now |
 | `/preview stop` | tear the preview down |
 | `/preview keep` | keep the preview even when it is idle (no automatic clean-up) |
+| `/preview explain` | show how requests reach this preview: which route matches, and why the others do not |
 | `/preview help` | show this help |
 
-Deploying and stopping need write access to the repository."""
+Deploying, stopping, keeping and explaining need write access to the repository."""
 
 _SUBCOMMANDS = {"": Action.DEPLOY, "deploy": Action.DEPLOY, "stop": Action.STOP, "help": Action.HELP,
-                "keep": Action.KEEP}
+                "keep": Action.KEEP, "explain": Action.EXPLAIN}
 
 
 def parse_command(body: str) -> Command | None:

@@ -1,4 +1,4 @@
-"""`/preview` comments on pull requests: deploy, stop, keep, help."""
+"""`/preview` comments on pull requests: deploy, stop, keep, explain, help."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from gidgethub.abc import GitHubAPI
 
 from bot.commands import HELP_TEXT, Action, parse_command
 from bot.context import Context, repo_client
+from bot.explaining import explain_pull_request
 from bot.naming import PreviewKey
 
 router = routing.Router()
 
-NEEDS_WRITE = frozenset({Action.DEPLOY, Action.STOP, Action.KEEP})
+# `explain` shows the routing objects of the cluster: writers only, like the commands that change them.
+NEEDS_WRITE = frozenset({Action.DEPLOY, Action.STOP, Action.KEEP, Action.EXPLAIN})
 
 
 @router.register("issue_comment", action="created")
@@ -55,3 +57,5 @@ async def on_comment(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
         await ctx.previewer.stop(client, number, f"Stopped by @{user} with `/preview stop`.")
     elif command.action is Action.KEEP:
         await ctx.kube.set_keep(PreviewKey(client.repo, number), True)
+    elif command.action is Action.EXPLAIN:
+        await client.reply(number, await explain_pull_request(ctx.kube, PreviewKey(client.repo, number)))

@@ -17,6 +17,8 @@ from bot.commands import HELP_TEXT, Action, Command, parse_command
         ("/preview stop", Command(Action.STOP)),
         ("/preview keep", Command(Action.KEEP)),
         ("/preview help", Command(Action.HELP)),
+        ("/preview explain", Command(Action.EXPLAIN)),
+        ("/preview Explain please", Command(Action.EXPLAIN)),
         ("/preview STOP", Command(Action.STOP)),
         ("  /preview\tstop  ", Command(Action.STOP)),
         ("/preview stop now please", Command(Action.STOP)),
