@@ -15,7 +15,7 @@ from typing import Any
 
 import gidgethub
 
-from bot import comment, mesh_routes, metrics
+from bot import comment, mesh_routes, metrics, ttl_warning
 from bot.comment import Report, State
 from bot.github.client import RepoClient
 from bot.kube import Kube, LivePreview
@@ -31,7 +31,7 @@ ClientFor = Callable[[str], Awaitable[RepoClient | None]]
 
 @dataclass
 class Action:
-    kind: str  # "teardown-closed", "teardown-idle", "remove-route"
+    kind: str  # "teardown-closed", "teardown-idle", "remove-route", "resume", "warn-idle"
     target: str
     reason: str
 
@@ -72,9 +72,11 @@ def dangling_routes(mesh_services: list[dict[str, Any]], services: set[str]) -> 
 async def reconcile(kube: Kube, previewer: Previewer, client_for: ClientFor, *, idle_ttl: timedelta,
                     dry_run: bool = False, now: datetime | None = None,
                     resume: Callable[[str, int], None] | None = None, check_stuck: bool = False,
-                    stuck_after: timedelta = timedelta(minutes=10), identity: str = "") -> GcReport:
+                    stuck_after: timedelta = timedelta(minutes=10), identity: str = "",
+                    warn_before: timedelta = timedelta(0)) -> GcReport:
     """One pass. `resume` queues a redeploy of previews behind their PR's head (a missed push), and with
-    `check_stuck` of those whose last GitHub deployment never finished (a crash mid-deploy)."""
+    `check_stuck` of those whose last GitHub deployment never finished (a crash mid-deploy). Previews within
+    `warn_before` of the idle TTL get one warning comment per idle period (bot.ttl_warning)."""
     now = now or datetime.now(UTC)
     report = GcReport()
     previews = await kube.live_previews()
@@ -104,7 +106,12 @@ async def reconcile(kube: Kube, previewer: Previewer, client_for: ClientFor, *, 
                 resume(preview.repo, preview.number)
                 continue
             labels = {str(label["name"]) for label in pull.get("labels") or []}
-            if preview.keep or KEEP_LABEL in labels or not is_idle(preview, now, idle_ttl):
+            if preview.keep or KEEP_LABEL in labels:
+                continue
+            if not is_idle(preview, now, idle_ttl):
+                if await ttl_warning.maybe_warn(kube, client_for, preview, now=now, ttl=idle_ttl, before=warn_before,
+                                                dry_run=dry_run):
+                    report.actions.append(Action("warn-idle", target, "the idle TTL is near: warned on the PR"))
                 continue
             days = idle_ttl.total_seconds() / 86400
             report.actions.append(Action("teardown-idle", target, f"no push for more than {days:g} days"))

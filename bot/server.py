@@ -102,7 +102,8 @@ class Bot:
                                  idle_ttl=timedelta(days=self.settings.idle_ttl_days), dry_run=dry_run,
                                  resume=None if dry_run else self.resume, check_stuck=self._first_pass,
                                  stuck_after=timedelta(seconds=self.settings.ready_timeout + 60),
-                                 identity=self.settings.identity)
+                                 identity=self.settings.identity,
+                                 warn_before=timedelta(hours=self.settings.ttl_warning_hours))
         self._first_pass = False
         return report
 

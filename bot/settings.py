@@ -110,6 +110,7 @@ class Settings:
     content_requests_per_hour: int = 450
     reconcile_interval: float = 300.0
     idle_ttl_days: float = 7.0
+    ttl_warning_hours: float = 24.0  # 0: no warning before the idle TTL
     leader_election: bool = False
     lease_namespace: str = "preview-bot"
     lease_name: str = "preview-bot-reconciler"
@@ -142,6 +143,19 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
         raise _env_error(name, f"must be a number, got {raw!r}") from None
     if not value > 0:
         raise _env_error(name, f"must be greater than 0, got {raw}")
+    return value
+
+
+def _non_negative_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _env_error(name, f"must be a number, got {raw!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise _env_error(name, f"must be 0 or more, got {raw}")
     return value
 
 
@@ -281,6 +295,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         content_requests_per_hour=_positive_int(env, "PREVIEW_GITHUB_CONTENT_PER_HOUR", 450),
         reconcile_interval=_positive_float(env, "PREVIEW_RECONCILE_INTERVAL", 300.0),
         idle_ttl_days=_positive_float(env, "PREVIEW_IDLE_TTL_DAYS", 7.0),
+        ttl_warning_hours=_non_negative_float(env, "PREVIEW_TTL_WARNING", 24.0),
         leader_election=_bool(env, "PREVIEW_LEADER_ELECTION", False),
         lease_namespace=_dns_label(env, "POD_NAMESPACE", "preview-bot"),
         lease_name=_dns_label(env, "PREVIEW_LEASE_NAME", "preview-bot-reconciler"),
