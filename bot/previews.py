@@ -8,13 +8,13 @@ to it, so repeating an event, or running after a missed one, gives the same resu
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import gidgethub
 
-from bot import comment, manifests, mesh_routes, metrics, naming
+from bot import comment, links, manifests, mesh_routes, metrics, naming
 from bot.comment import Report, ServiceLine, State
 from bot.errors import ConfigError, PermanentError, PreviewError
 from bot.github.client import RepoClient
@@ -39,6 +39,8 @@ class Previewer:
         self.settings = settings
         self.kube = kube
         self.ready_timeout = ready_timeout
+        # Rewrites the link lines of any PR's sticky comment (bot.links); set by the server.
+        self.link_refresh: Callable[[str, int], Awaitable[None]] | None = None
 
     async def load_config(self, gh: RepoClient) -> RepoConfig | None:
         """The config on the default branch (never the PR's own); None when the repo has none."""
@@ -51,6 +53,7 @@ class Previewer:
         return config
 
     async def report(self, gh: RepoClient, number: int, report: Report) -> None:
+        report = replace(report, links=await links.report_lines(self.kube, gh.repo, number))
         await gh.upsert_sticky(number, comment.render(report))
 
     async def settled(self, gh: RepoClient, key: PreviewKey, head_sha: str) -> bool:
@@ -102,6 +105,7 @@ class Previewer:
             wanted = [s.name for s in config.services if s.affected_by(changed)]
         plan = manifests.plan_preview(self.settings, config, key, head_sha, only=wanted,
                                       pushed_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        plan = await links.extend_plan(self.kube, plan)  # a linked PR keeps matching its owner's key
         if not plan.services:
             await self.teardown_services(key, deployed, keep=())
             detail = "No service of this repository's preview config is changed by this pull request."
@@ -163,6 +167,7 @@ class Previewer:
 
     async def teardown(self, key: PreviewKey) -> int:
         """Remove every object and route of the preview; nothing deployed -> nothing done."""
+        await links.release(self.kube, key, self.link_refresh)
         removed = await self.kube.remove_routes_of_key(key.value)
         removed += await self.kube.delete_preview(key)
         metrics.PREVIEW_OUTCOMES.labels(action="teardown", outcome="removed" if removed else "nothing").inc()

@@ -19,7 +19,7 @@ import gidgethub
 from aiohttp import web
 from gidgethub import routing
 
-from bot import logs
+from bot import links, logs
 from bot.context import Context
 from bot.errors import ConfigError
 from bot.github.api import Pacer
@@ -68,6 +68,7 @@ class Bot:
                             timeout=settings.github_timeout)
         self.previewer = Previewer(settings.cluster, kube, ready_timeout=settings.ready_timeout,
                                    identity=settings.identity)
+        self.previewer.link_refresh = lambda repo, number: links.refresh_sticky(kube, self.client_for, repo, number)
         self.queue = WorkQueue(settings.max_concurrency)
         self.ctx = Context(settings=settings, kube=kube, auth=self.auth, previewer=self.previewer,
                            queue=self.queue, router=build_router())

@@ -1,4 +1,4 @@
-"""`/preview` comments on pull requests: deploy, stop, keep, explain, help."""
+"""`/preview` comments on pull requests: deploy, stop, keep, explain, link, unlink, help."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from gidgethub.abc import GitHubAPI
 from bot.commands import HELP_TEXT, Action, parse_command
 from bot.context import Context, repo_client
 from bot.explaining import explain_pull_request
+from bot.handlers.linking import link_command
 from bot.naming import PreviewKey
 
 router = routing.Router()
 
 # `explain` shows the routing objects of the cluster: writers only, like the commands that change them.
-NEEDS_WRITE = frozenset({Action.DEPLOY, Action.STOP, Action.KEEP, Action.EXPLAIN})
+NEEDS_WRITE = frozenset({Action.DEPLOY, Action.STOP, Action.KEEP, Action.EXPLAIN, Action.LINK, Action.UNLINK})
 
 
 @router.register("issue_comment", action="created")
@@ -59,3 +60,5 @@ async def on_comment(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
         await ctx.kube.set_keep(PreviewKey(client.repo, number), True)
     elif command.action is Action.EXPLAIN:
         await client.reply(number, await explain_pull_request(ctx.kube, PreviewKey(client.repo, number)))
+    elif command.action in (Action.LINK, Action.UNLINK):
+        await client.reply(number, await link_command(ctx, client, number, user, command))
