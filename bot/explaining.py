@@ -159,6 +159,7 @@ async def explain_pull_request(kube: Kube, key: PreviewKey) -> str:
         if preview.key == key.value:
             gateway_hosts += list(preview.hosts)
     mesh_hosts = sorted({str(h) for item in routing.virtual_services
-                         if key.value in mesh_routes.preview_keys(item.get("spec") or {})
+                         if explain.MESH in explain.gateways_of(item)
+                         and key.value in mesh_routes.preview_keys(item.get("spec") or {})
                          for h in (item.get("spec") or {}).get("hosts") or []})
     return pr_reply(key, pr_cases(kube.settings, key, sorted(gateway_hosts), mesh_hosts), routing, notes)

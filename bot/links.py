@@ -92,6 +92,17 @@ def linked_lines(owner: str, key: str) -> list[str]:
 # -- the cluster record ---------------------------------------------------------------------------------
 
 
+def _mesh_only(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mesh VirtualServices (no `gateways`, or `mesh` among them), not the preview hosts' gateway routes."""
+    return [i for i in items if not (i.get("spec") or {}).get("gateways") or "mesh" in i["spec"]["gateways"]]
+
+
+async def _mesh_hosts(kube: Kube, key: str) -> set[str]:
+    """In-mesh hosts where `key` has a route."""
+    return {str(h) for item in _mesh_only(await kube.mesh_services())
+            if key in mesh_routes.preview_keys(item["spec"]) for h in item["spec"].get("hosts") or []}
+
+
 async def _deployments(kube: Kube, selector: str) -> list[dict[str, Any]]:
     return await kube.list_objects("apps/v1", "deployments", kube.settings.namespace, selector)
 
@@ -133,7 +144,7 @@ async def _reroute(kube: Kube, key: PreviewKey, owner_key: str, *, add: bool) ->
     """Add (or remove) the owner's key to every mesh route of the linked preview."""
     settings = kube.settings
     changed = 0
-    for item in await kube.mesh_services():
+    for item in _mesh_only(await kube.mesh_services()):
         if key.value not in mesh_routes.preview_keys(item.get("spec") or {}):
             continue
         host = ((item.get("metadata") or {}).get("annotations") or {}).get(naming.HOST_ANNOTATION) \
@@ -242,16 +253,15 @@ async def link(kube: Kube, client_for: ClientFor, deploy: Callable[[RepoClient, 
     if pull.get("state") != "open":
         raise LinkRefused(f"{ref(client.repo, other)} is closed.")
     # The two builds may not both route one in-mesh host: the route sorted first would win.
-    ours = {h for item in await kube.mesh_services() if owner_key.value in mesh_routes.preview_keys(item["spec"])
-            for h in item["spec"].get("hosts") or []}
+    ours = await _mesh_hosts(kube, owner_key.value)
     failure = await deploy(client, other, str(pull["head"]["sha"]))
     if failure is not None:
         raise LinkRefused(f"{ref(client.repo, other)} could not be deployed: {failure}")
-    theirs = {h for item in await kube.mesh_services() if linked_key.value in mesh_routes.preview_keys(item["spec"])
-              for h in item["spec"].get("hosts") or []}
+    theirs = await _mesh_hosts(kube, linked_key.value)
     if ours & theirs:
-        raise LinkRefused(f"Both pull requests change the service of {', '.join(sorted(ours & theirs))}; "
-                          "a request could reach only one of the builds, so they are not linked.")
+        raise LinkRefused(f"Both pull requests change the service of {', '.join(sorted(ours & theirs))}; a "
+                          f"request could reach only one of the builds. {ref(client.repo, other)} now has its own "
+                          "preview, not linked.")
     await _mark(kube, linked_key, ref(owner.repo, number), owner_key.value)
     await _reroute(kube, linked_key, owner_key.value, add=True)
     await refresh_sticky(kube, client_for, owner.repo, number)
