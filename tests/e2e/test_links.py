@@ -13,6 +13,7 @@ from bot.naming import PreviewKey
 from tests.e2e.harness import RunningBot, running_bot
 from tests.fakegithub import FakeGitHub, issue_comment_event, pull_request_event
 from tests.plugins.cluster import Cluster
+from tests.plugins.mesh import Call, Mesh
 
 pytestmark = pytest.mark.cluster
 
@@ -137,3 +138,32 @@ async def test_link_deploys_a_fork_and_respects_the_other_repositorys_cap(repos:
         reply = await say(bot, WEB, 1, f"/preview link {API}#6")
         assert reply.startswith(f"Not linked: {API}#6 could not be deployed: Nothing was deployed: this repository "
                                 "already has 1 live previews")
+
+
+@pytest.mark.mesh
+async def test_one_url_exercises_both_builds_on_the_data_plane(repos: FakeGitHub, cluster: Cluster, namespace: str,
+                                                               mesh: Mesh) -> None:
+    """Real istiod + Envoy: web#1's preview URL -> web#1's build, which calls the API -> api#2's build."""
+    web1, api2 = PreviewKey(WEB, 1), PreviewKey(API, 2)
+    real_api = mesh.real_service(namespace, "api").host
+    sidecar_web = mesh.sidecar("web", namespace)
+    mesh.on_preview(namespace, "web", Call(via=sidecar_web, host=real_api))
+    web_build = f"{web1.object_name('web')}.{namespace}.svc.cluster.local"
+    api_build = f"{api2.object_name('api')}.{namespace}.svc.cluster.local"
+    async with running_bot(repos, cluster, namespace, **mesh.bot_env) as bot:
+        for repo, number in ((WEB, 1), (API, 2)):
+            repos.add_pull(repo, number)
+            await bot.send("pull_request", pull_request_event(repos, repo, number, "opened"))
+        await bot.settle()
+        answer = await mesh.wait_for(mesh.gateway, "preview-1-api-web.example.com", web_build)
+        assert answer.downstream is not None and answer.downstream.workload == real_api
+
+        assert (await say(bot, WEB, 1, f"/preview link {API}#2")).startswith("🔗 Linked")
+        answer = await mesh.wait_until(mesh.gateway, "preview-1-api-web.example.com",
+                                       lambda a: a.downstream is not None and a.downstream.workload == api_build)
+        assert answer.workload == web_build and answer.downstream is not None
+        assert answer.downstream.headers["x-preview"] == web1.value
+
+        await say(bot, API, 2, "/preview unlink")
+        await mesh.wait_until(mesh.gateway, "preview-1-api-web.example.com",
+                              lambda a: a.downstream is not None and a.downstream.workload == real_api)

@@ -1,5 +1,5 @@
 """Browser sessions on the real API server: the bot's objects, what explain reads from them, teardown.
-(The data-plane proof with real requests is in tests/e2e/test_sessions_mesh.py when the mesh tier runs.)"""
+(The proof with real requests through istiod and Envoy is tests/e2e/test_sessions_mesh.py.)"""
 
 from __future__ import annotations
 
