@@ -24,6 +24,7 @@ from bot.settings import ClusterSettings, load_cluster_settings
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 field-name / method token
 _HOST = re.compile(r"^(?=.{1,253}(:|$))[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?"
                    r"(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*\.?(:[0-9]{1,5})?$")
+MAX_REPLY = 60_000
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -148,7 +149,10 @@ def pr_reply(key: PreviewKey, cases: Sequence[Case], routing: explain.Routing, n
         lines += [f"- {message.replace('`', '')}" for message in findings]
     for note in notes:
         lines.append(f"\n<sub>{note}</sub>")
-    return explain.redact_other_keys("\n".join(lines), key.repo_hash)
+    text = explain.redact_other_keys("\n".join(lines), key.repo_hash)
+    if len(text) > MAX_REPLY:  # GitHub refuses comments over 65,536 characters
+        text = text[:MAX_REPLY].rsplit("\n", 1)[0] + "\n  ```\n\n… cut here: `preview-bot explain` prints the rest."
+    return text
 
 
 async def explain_pull_request(kube: Kube, key: PreviewKey) -> str:

@@ -56,3 +56,11 @@ def test_pr_reply_explains_the_prs_hosts_and_hides_other_repositories() -> None:
     assert PreviewKey("acme/shop", 12).value in text  # the same repository's keys stay readable
     assert "<sub>a note</sub>" in text
     assert "Nothing to explain" in explaining.pr_reply(key, [], routing, [])
+
+
+def test_pr_reply_stays_under_githubs_comment_limit() -> None:
+    routing = bot_routing(list(range(1, 200)))
+    key = PreviewKey("acme/shop", 150)
+    hosts = ["a.shop.svc.cluster.local"] * 60
+    text = explaining.pr_reply(key, explaining.pr_cases(SETTINGS, key, [], hosts), routing, [])
+    assert len(text) <= explaining.MAX_REPLY + 100 and text.endswith("prints the rest.")
