@@ -3,6 +3,7 @@ the linked PR, `/preview unlink`, closing either PR, and the refusals."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from bot import comment, explain, links
 from bot.explaining import read_routing
 from bot.naming import PreviewKey
+from bot.reconcile import reconcile
 from tests.e2e.harness import RunningBot, running_bot
 from tests.fakegithub import FakeGitHub, issue_comment_event, pull_request_event
 from tests.plugins.cluster import Cluster
@@ -167,3 +169,23 @@ async def test_one_url_exercises_both_builds_on_the_data_plane(repos: FakeGitHub
         await say(bot, API, 2, "/preview unlink")
         await mesh.wait_until(mesh.gateway, "preview-1-api-web.example.com",
                               lambda a: a.downstream is not None and a.downstream.workload == real_api)
+
+
+async def test_the_owners_idle_ttl_ends_the_link(repos: FakeGitHub, cluster: Cluster, namespace: str) -> None:
+    web1, api2 = PreviewKey(WEB, 1), PreviewKey(API, 2)
+    async with running_bot(repos, cluster, namespace) as bot:
+        repos.add_pull(WEB, 1)
+        repos.add_pull(API, 2)
+        await bot.send("pull_request", pull_request_event(repos, WEB, 1, "opened"))
+        await bot.settle()
+        assert (await say(bot, WEB, 1, f"/preview link {API}#2")).startswith("🔗 Linked")
+        await bot.send("issue_comment", issue_comment_event(repos, API, 2, "/preview keep", user="alice"))
+        await bot.settle()
+        b = bot.bot
+        report = await reconcile(b.kube, b.previewer, b.client_for, idle_ttl=timedelta(days=7),
+                                 now=datetime.now(UTC) + timedelta(days=8))
+        assert [(a.kind, a.target) for a in report.actions] == [("teardown-idle", f"{WEB}#1")]
+        assert [p.key for p in await b.kube.live_previews()] == [api2.value]
+        assert await links.owner_of(b.kube, api2) is None
+        assert await reached(bot, web1, namespace) == f"api.{namespace}.svc.cluster.local"
+        assert "🔗" not in sticky(repos, API, 2)
