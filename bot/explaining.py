@@ -12,10 +12,10 @@ import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from bot import explain, mesh_routes
+from bot import explain
 from bot.errors import ConfigError, TemporaryError
 from bot.kube import Kube, KubeError
 from bot.naming import PreviewKey
@@ -109,9 +109,11 @@ class Case:
 
 
 def pr_cases(settings: ClusterSettings, key: PreviewKey, gateway_hosts: Sequence[str],
-             mesh_hosts: Sequence[str]) -> list[Case]:
+             mesh_hosts: Sequence[str], ports: Mapping[str, int] | None = None) -> list[Case]:
     """The requests `/preview explain` answers for one PR: each preview host without and with the key, and
-    each mesh host carrying the PR's route with and without the key (sent from the preview namespace)."""
+    each mesh host carrying the PR's route with and without the key (sent from the preview namespace, to
+    the port of the PR's route when `ports` names it)."""
+    ports = ports or {}
     header = settings.header_name
     cases = []
     for host in gateway_hosts:
@@ -120,10 +122,10 @@ def pr_cases(settings: ClusterSettings, key: PreviewKey, gateway_hosts: Sequence
                           explain.Request(host=host, headers={header: key.value})))
     for host in mesh_hosts:
         cases.append(Case(f"`{host}` called with `{header}: {key.value}`",
-                          explain.Request(host=host, headers={header: key.value},
+                          explain.Request(host=host, headers={header: key.value}, port=ports.get(host),
                                           source_namespace=settings.namespace)))
         cases.append(Case(f"`{host}` called without the header",
-                          explain.Request(host=host, source_namespace=settings.namespace)))
+                          explain.Request(host=host, port=ports.get(host), source_namespace=settings.namespace)))
     return cases
 
 
@@ -162,8 +164,17 @@ async def explain_pull_request(kube: Kube, key: PreviewKey) -> str:
     for preview in await kube.live_previews(key.repo):
         if preview.key == key.value:
             gateway_hosts += list(preview.hosts)
-    mesh_hosts = sorted({str(h) for item in routing.virtual_services
-                         if explain.MESH in explain.gateways_of(item)
-                         and key.value in mesh_routes.preview_keys(item.get("spec") or {})
-                         for h in (item.get("spec") or {}).get("hosts") or []})
-    return pr_reply(key, pr_cases(kube.settings, key, sorted(gateway_hosts), mesh_hosts), routing, notes)
+    ports: dict[str, int] = {}
+    for item in routing.virtual_services:
+        spec = item.get("spec") or {}
+        if explain.MESH not in explain.gateways_of(item):
+            continue
+        for route in spec.get("http") or []:
+            if route.get("name") != key.value:
+                continue
+            port = ((route.get("route") or [{}])[0].get("destination") or {}).get("port", {}).get("number")
+            for host in spec.get("hosts") or []:
+                ports[str(host)] = int(port) if port else 0
+    mesh_hosts = sorted(ports)
+    known = {h: p for h, p in ports.items() if p}
+    return pr_reply(key, pr_cases(kube.settings, key, sorted(gateway_hosts), mesh_hosts, known), routing, notes)
