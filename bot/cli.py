@@ -1,4 +1,4 @@
-"""Command line: serve | render | gc | list. Nothing runs at import time."""
+"""Command line: serve | render | gc | list | explain. Nothing runs at import time."""
 
 from __future__ import annotations
 
@@ -60,6 +60,12 @@ def _list(args: argparse.Namespace) -> int:
     return run_list(output=args.output)
 
 
+def _explain(args: argparse.Namespace) -> int:
+    from bot.explaining import run_cli
+
+    return run_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="preview-bot", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +92,21 @@ def build_parser() -> argparse.ArgumentParser:
     listing = sub.add_parser("list", help="list live previews from the cluster")
     listing.add_argument("--output", choices=["table", "json"], default="table")
     listing.set_defaults(func=_list)
+
+    explain = sub.add_parser("explain", help="which VirtualService rule a request matches, and why the others do not")
+    explain.add_argument("--host", required=True, help="Host of the request, e.g. preview-12-api-a.example.com")
+    explain.add_argument("--header", action="append", metavar="NAME=VALUE", help="a request header (repeatable)")
+    explain.add_argument("--from", dest="source", metavar="NAMESPACE",
+                         help="sent by a workload in this namespace (in-mesh); default: from outside, via the Gateway")
+    explain.add_argument("--port", type=int, help="port of the request (default: the Gateway's, or unknown in-mesh)")
+    explain.add_argument("--path", default="/", help="path and query (default /)")
+    explain.add_argument("--method", default="GET")
+    explain.add_argument("--then", action="append", metavar="HOST",
+                         help="the workload reached then calls HOST, forwarding the preview header (repeatable)")
+    explain.add_argument("--default-export-to", default="*",
+                         help="the mesh's defaultVirtualServiceExportTo (default *), comma-separated")
+    explain.add_argument("--output", choices=["text", "json"], default="text")
+    explain.set_defaults(func=_explain)
     return parser
 
 

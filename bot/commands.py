@@ -13,12 +13,16 @@ class Action(enum.Enum):
     STOP = "stop"
     HELP = "help"
     KEEP = "keep"
+    EXPLAIN = "explain"
+    LINK = "link"
+    UNLINK = "unlink"
 
 
 @dataclass(frozen=True)
 class Command:
     action: Action
     unknown: str | None = None  # the subcommand we did not understand, answered with help
+    argument: str | None = None  # the word after the subcommand (`/preview link owner/repo#N`)
 
 
 HELP_TEXT = """\
@@ -29,12 +33,15 @@ HELP_TEXT = """\
 | `/preview` | deploy (or redeploy) this pull request's head commit now |
 | `/preview stop` | tear the preview down |
 | `/preview keep` | keep the preview even when it is idle (no automatic clean-up) |
+| `/preview explain` | show how requests reach this preview: which route matches, and why the others do not |
+| `/preview link owner/repo#N` | PR N of owner/repo joins this preview: one URL reaches both builds (write on both) |
+| `/preview unlink` | end this pull request's links |
 | `/preview help` | show this help |
 
-Deploying and stopping need write access to the repository."""
+Every command but help needs write access to the repository."""
 
 _SUBCOMMANDS = {"": Action.DEPLOY, "deploy": Action.DEPLOY, "stop": Action.STOP, "help": Action.HELP,
-                "keep": Action.KEEP}
+                "keep": Action.KEEP, "explain": Action.EXPLAIN, "link": Action.LINK, "unlink": Action.UNLINK}
 
 
 def parse_command(body: str) -> Command | None:
@@ -55,5 +62,7 @@ def parse_command(body: str) -> Command | None:
         action = _SUBCOMMANDS.get(sub)
         if action is None:
             return Command(Action.HELP, unknown=words[0][:40])
+        if action is Action.LINK:
+            return Command(action, argument=words[1][:200] if len(words) > 1 else None)
         return Command(action)
     return None

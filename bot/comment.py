@@ -7,6 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 MARKER = "<!-- preview-bot:sticky -->"
+LINKS_START = "<!-- preview-bot:links -->"
+LINKS_END = "<!-- /preview-bot:links -->"
+_FOOTER = "<sub>Comment `/preview help` for commands. This comment is updated in place.</sub>"
 
 
 class State(enum.Enum):
@@ -40,6 +43,7 @@ class Report:
     services: Sequence[ServiceLine] = ()
     detail: str | None = None
     header_value: str | None = None
+    links: Sequence[str] = ()  # linked previews across repositories (bot.links), one line each
 
 
 def is_sticky(body: str | None) -> bool:
@@ -62,5 +66,24 @@ def render(report: Report) -> str:
                   for s in report.services]
     if report.detail:
         lines += ["", report.detail]
-    lines += ["", "<sub>Comment `/preview help` for commands. This comment is updated in place.</sub>"]
-    return "\n".join(lines)
+    lines += ["", _FOOTER]
+    return with_links("\n".join(lines), report.links)
+
+
+def links_section(links: Sequence[str]) -> str:
+    return "\n".join([LINKS_START, *links, LINKS_END]) if links else ""
+
+
+def with_links(body: str, links: Sequence[str]) -> str:
+    """The sticky text with its links section replaced (or added above the footer, or removed)."""
+    start, end = body.find(LINKS_START), body.find(LINKS_END)
+    section = links_section(links)
+    if start != -1 and end > start:
+        head, tail = body[:start].rstrip("\n"), body[end + len(LINKS_END):].lstrip("\n")
+        return f"{head}\n\n{section}\n\n{tail}" if section else f"{head}\n\n{tail}"
+    if not section:
+        return body
+    footer = body.rfind(_FOOTER)
+    if footer == -1:
+        return f"{body.rstrip()}\n\n{section}"
+    return f"{body[:footer].rstrip()}\n\n{section}\n\n{body[footer:]}"

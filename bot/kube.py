@@ -576,6 +576,38 @@ class Kube:
         namespace, _, gateway = name.partition("/")
         return await self.get(f"{collection_path(manifests.VIRTUAL_SERVICE_API, 'gateways', namespace)}/{gateway}")
 
+    async def routing_objects(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[str]]:
+        """(the Gateway PREVIEW_GATEWAY or None, VirtualServices, notes) for `explain`: every namespace's
+        VirtualServices when the credentials may list them cluster-wide, else the routing namespace's
+        (the bot's own RBAC); the notes say what could not be read."""
+        notes: list[str] = []
+        gw_namespace, _, gw_name = self.settings.gateway.partition("/")
+        gateway_path = f"{collection_path(manifests.VIRTUAL_SERVICE_API, 'gateways', gw_namespace)}/{gw_name}"
+        try:
+            gateway = await self.get(gateway_path)
+            if gateway is None:
+                notes.append(f"the Gateway {self.settings.gateway} does not exist")
+        except KubeError as exc:
+            gateway = None
+            notes.append(f"the Gateway {self.settings.gateway} could not be read ({exc.status})")
+        try:
+            items: list[dict[str, Any]] = []
+            token = ""
+            while True:
+                query = [("limit", "500")] + ([("continue", token)] if token else [])
+                page = await self.call("GET", f"/apis/{manifests.VIRTUAL_SERVICE_API}/virtualservices", query=query)
+                items.extend(page.get("items") or [])
+                token = (page.get("metadata") or {}).get("continue") or ""
+                if not token:
+                    break
+        except KubeError as exc:
+            if exc.status != 403:
+                raise
+            items = await self.virtual_services()
+            notes.append(f"VirtualServices read in namespace {self.settings.routing_namespace} only "
+                         "(no right to list them cluster-wide)")
+        return gateway, items, notes
+
     async def ping(self) -> None:
         """Cheap call proving the API server answers and our credentials work."""
         await self.call("GET", "/version")

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bot import mesh_routes, naming
+from bot import mesh_routes, naming, sessions
 from bot.naming import PreviewKey
 from bot.repo_config import RepoConfig, ServiceConfig, effective_resources
 from bot.settings import ClusterSettings
@@ -43,10 +43,11 @@ class PreviewPlan:
     key: PreviewKey
     sha: str
     services: tuple[ServicePlan, ...]
+    session_routes: tuple[Manifest, ...] = ()  # browser sessions (bot.sessions), when enabled
 
     def manifests(self) -> list[Manifest]:
         """The preview's own objects (not the shared mesh VirtualServices)."""
-        return [m for s in self.services for m in (*s.workload, s.gateway_route)]
+        return [m for s in self.services for m in (*s.workload, s.gateway_route)] + list(self.session_routes)
 
 
 def _metadata(name: str, namespace: str, labels: dict[str, str], annotations: dict[str, str]) -> dict[str, Any]:
@@ -114,7 +115,9 @@ def gateway_route(settings: ClusterSettings, key: PreviewKey, service: ServiceCo
             "http": [{
                 "name": key.value,
                 # Set here so that every hop behind the gateway is routed to the preview.
-                "headers": {"request": {"set": {settings.header_name: key.value}}},
+                "headers": {"request": {"set": {settings.header_name: key.value}},
+                            **({"response": response} if (response := sessions.response_headers(settings, key))
+                               else {})},
                 "route": [{"destination": {"host": destination, "port": {"number": service.port}}}],
             }],
         },
@@ -162,7 +165,9 @@ def plan_preview(settings: ClusterSettings, config: RepoConfig, key: PreviewKey,
             mesh_route=mesh_routes.preview_route(key.value, destination=destination, port=service.port,
                                                  header_name=settings.header_name, mode=settings.match_mode),
         ))
-    return PreviewPlan(key=key, sha=sha, services=tuple(plans))
+    previews = {p.mesh_host: (p.destination, p.service.port) for p in plans}
+    return PreviewPlan(key=key, sha=sha, services=tuple(plans),
+                       session_routes=tuple(sessions.session_routes(settings, key, previews, annotations)))
 
 
 def render(settings: ClusterSettings, config: RepoConfig, key: PreviewKey, sha: str) -> list[Manifest]:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import gidgethub
 
-from bot import comment, manifests, mesh_routes, metrics, naming
+from bot import comment, links, manifests, mesh_routes, metrics, naming
 from bot.arbiter import Arbiter
 from bot.comment import Report, ServiceLine, State
 from bot.errors import ConfigError, PermanentError, PreviewError
@@ -50,6 +50,8 @@ class Previewer:
         self.image_pull_grace = image_pull_grace
         self.arbiter = arbiter
         self.delete_environments = delete_environments
+        # Rewrites the link lines of any PR's sticky comment (bot.links); set by the server.
+        self.link_refresh: Callable[[str, int], Awaitable[None]] | None = None
 
     @property
     def lock_timeout(self) -> float:
@@ -68,6 +70,7 @@ class Previewer:
         return config
 
     async def report(self, gh: RepoClient, number: int, report: Report) -> None:
+        report = replace(report, links=await links.report_lines(self.kube, gh.repo, gh.repo_id, number))
         await gh.upsert_sticky(number, comment.render(report))
 
     async def key_for(self, gh: RepoClient, number: int) -> tuple[PreviewKey, list[LivePreview]]:
@@ -147,6 +150,7 @@ class Previewer:
                         "service counts as changed.")
         plan = manifests.plan_preview(self.settings, config, key, head_sha, only=wanted,
                                       pushed_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        plan = await links.extend_plan(self.kube, plan)  # a linked PR keeps matching its owner's key
         if not plan.services:
             await self.teardown_services(key, deployed, keep=())
             if deployed:
@@ -247,6 +251,7 @@ class Previewer:
     async def teardown(self, key: PreviewKey) -> int:
         """Remove every object and route of the preview and free its slot; nothing deployed -> nothing
         done. The caller holds the PR's lock."""
+        await links.release(self.kube, key, self.link_refresh)
         removed = await self.kube.remove_routes_of_key(key.value)
         removed += await self.kube.delete_preview(key)
         await self.arbiter.release_slot(key)  # after the objects: a slot is never free while they live

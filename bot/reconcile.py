@@ -15,7 +15,7 @@ from typing import Any
 
 import gidgethub
 
-from bot import mesh_routes, metrics, naming
+from bot import mesh_routes, metrics, naming, ttl_warning
 from bot.github.client import RepoClient
 from bot.kube import Kube, LivePreview
 from bot.naming import PreviewKey, valid_repo
@@ -33,7 +33,7 @@ Resume = Callable[[int, str, int], None]
 
 @dataclass
 class Action:
-    kind: str  # "teardown-closed", "teardown-idle", "remove-route", "resume", "adopt"
+    kind: str  # "teardown-closed", "teardown-idle", "remove-route", "resume", "adopt", "warn-idle"
     target: str
     reason: str
 
@@ -74,9 +74,11 @@ def dangling_routes(mesh_services: list[dict[str, Any]], services: set[str]) -> 
 async def reconcile(kube: Kube, previewer: Previewer, client_for: ClientFor, *, idle_ttl: timedelta,
                     dry_run: bool = False, now: datetime | None = None,
                     resume: Resume | None = None, check_stuck: bool = False,
-                    stuck_after: timedelta = timedelta(minutes=10), identity: str = "") -> GcReport:
+                    stuck_after: timedelta = timedelta(minutes=10), identity: str = "",
+                    warn_before: timedelta = timedelta(0)) -> GcReport:
     """One pass. `resume` queues a redeploy of previews behind their PR's head (a missed push), and with
-    `check_stuck` of those whose last GitHub deployment never finished (a crash mid-deploy)."""
+    `check_stuck` of those whose last GitHub deployment never finished (a crash mid-deploy). Previews within
+    `warn_before` of the idle TTL get one warning comment per idle period (bot.ttl_warning)."""
     now = now or datetime.now(UTC)
     report = GcReport()
     previews = await kube.live_previews()
@@ -116,7 +118,12 @@ async def reconcile(kube: Kube, previewer: Previewer, client_for: ClientFor, *, 
                 resume(client.repo_id, client.repo, preview.number)
                 continue
             labels = {str(label["name"]) for label in pull.get("labels") or []}
-            if preview.keep or KEEP_LABEL in labels or not is_idle(preview, now, idle_ttl):
+            if preview.keep or KEEP_LABEL in labels:
+                continue
+            if not is_idle(preview, now, idle_ttl):
+                if await ttl_warning.maybe_warn(kube, client_for, preview, now=now, ttl=idle_ttl, before=warn_before,
+                                                dry_run=dry_run):
+                    report.actions.append(Action("warn-idle", target, "the idle TTL is near: warned on the PR"))
                 continue
             days = idle_ttl.total_seconds() / 86400
             report.actions.append(Action("teardown-idle", target, f"no push for more than {days:g} days"))

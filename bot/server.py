@@ -19,7 +19,7 @@ import gidgethub
 from aiohttp import web
 from gidgethub import routing
 
-from bot import gate, logs
+from bot import gate, links, logs
 from bot.arbiter import Arbiter
 from bot.context import Context
 from bot.errors import ConfigError, PreviewError, StartupError
@@ -76,6 +76,7 @@ class Bot:
                                    arbiter=self.arbiter, identity=settings.identity,
                                    image_pull_grace=settings.image_pull_grace,
                                    delete_environments=settings.delete_environments)
+        self.previewer.link_refresh = lambda repo, number: links.refresh_sticky(kube, self.client_for, repo, number)
         self.queue = WorkQueue(settings.max_concurrency)
         self.ctx = Context(settings=settings, kube=kube, auth=self.auth, previewer=self.previewer,
                            queue=self.queue, router=build_router())
@@ -134,7 +135,8 @@ class Bot:
                                  idle_ttl=timedelta(days=self.settings.idle_ttl_days), dry_run=dry_run,
                                  resume=None if dry_run else self.resume, check_stuck=self._first_pass,
                                  stuck_after=timedelta(seconds=self.settings.ready_timeout + 60),
-                                 identity=self.settings.identity)
+                                 identity=self.settings.identity,
+                                 warn_before=timedelta(hours=self.settings.ttl_warning_hours))
         self._first_pass = False
         return report
 

@@ -91,6 +91,16 @@ class Policy:
 
 
 @dataclass(frozen=True)
+class SessionHost:
+    """A normal public host whose gateway routes honour a preview's browser-session cookie: requests to
+    `host` carrying the cookie go to `mesh_host:port` (or to the PR's build of that service)."""
+
+    host: str
+    mesh_host: str
+    port: int
+
+
+@dataclass(frozen=True)
 class ClusterSettings:
     """What rendering a preview needs: no credentials."""
 
@@ -102,6 +112,8 @@ class ClusterSettings:
     header_name: str = "x-preview"
     match_mode: MatchMode = "header"
     policy: Policy = field(default_factory=Policy)
+    browser_sessions: bool = False
+    session_hosts: tuple[SessionHost, ...] = ()
 
     def host_for(self, **values: str | int) -> str:
         """The template filled in, lowercased; a label over 63 characters is cut and given a hash of
@@ -129,6 +141,7 @@ class Settings:
     content_requests_per_hour: int = 450
     reconcile_interval: float = 300.0
     idle_ttl_days: float = 7.0
+    ttl_warning_hours: float = 24.0  # 0: no warning before the idle TTL
     leader_election: bool = False
     lease_namespace: str = "preview-bot"
     lease_name: str = "preview-bot-reconciler"
@@ -162,6 +175,19 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
         raise _env_error(name, f"must be a number, got {raw!r}") from None
     if not value > 0:
         raise _env_error(name, f"must be greater than 0, got {raw}")
+    return value
+
+
+def _non_negative_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise _env_error(name, f"must be a number, got {raw!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise _env_error(name, f"must be 0 or more, got {raw}")
     return value
 
 
@@ -208,6 +234,27 @@ def validate_host_template(template: str, domain: str) -> str:
     return template
 
 
+def parse_session_hosts(text: str, domain: str) -> tuple[SessionHost, ...]:
+    """`api.example.com=api.shop.svc.cluster.local:8080,...` -> SessionHosts; errors name PREVIEW_SESSION_HOSTS."""
+    name = "PREVIEW_SESSION_HOSTS"
+    hosts: list[SessionHost] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        public, sep, target = item.partition("=")
+        mesh_host, colon, port = target.strip().rpartition(":")
+        public, mesh_host = public.strip().lower(), mesh_host.strip().lower()
+        if not sep or not colon or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise _env_error(name, f"expected public.host=mesh.host:port, got {item!r}")
+        if not _DNS_NAME.match(public) or not _DNS_NAME.match(mesh_host):
+            raise _env_error(name, f"not valid host names in {item!r}")
+        if public != domain and not public.endswith("." + domain):
+            # The session cookie is set for the domain: a host outside it never receives it.
+            raise _env_error(name, f"{public} is not inside PREVIEW_DOMAIN {domain}")
+        if any(h.host == public for h in hosts):
+            raise _env_error(name, f"{public} is listed twice")
+        hosts.append(SessionHost(public, mesh_host, int(port)))
+    return tuple(hosts)
+
+
 def load_cluster_settings(env: Mapping[str, str], *, domain: str | None = None) -> ClusterSettings:
     domain = (domain or env.get("PREVIEW_DOMAIN", "")).strip().lower().rstrip(".")
     if not domain:
@@ -228,7 +275,14 @@ def load_cluster_settings(env: Mapping[str, str], *, domain: str | None = None) 
     match_mode = (env.get("PREVIEW_MATCH") or "header").lower()
     if match_mode not in ("header", "baggage", "both"):
         raise _env_error("PREVIEW_MATCH", f"must be header, baggage or both, got {match_mode!r}")
+    browser_sessions = _bool(env, "PREVIEW_BROWSER_SESSIONS", False)
+    session_hosts = parse_session_hosts(env.get("PREVIEW_SESSION_HOSTS", ""), domain)
+    if browser_sessions and not session_hosts:
+        raise _env_error("PREVIEW_SESSION_HOSTS", "is required when PREVIEW_BROWSER_SESSIONS is true "
+                         "(e.g. api.example.com=api.shop.svc.cluster.local:8080)")
     return ClusterSettings(
+        browser_sessions=browser_sessions,
+        session_hosts=session_hosts if browser_sessions else (),
         domain=domain,
         host_template=template,
         namespace=_dns_label(env, "PREVIEW_NAMESPACE", "default"),
@@ -318,6 +372,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         content_requests_per_hour=_positive_int(env, "PREVIEW_GITHUB_CONTENT_PER_HOUR", 450),
         reconcile_interval=_positive_float(env, "PREVIEW_RECONCILE_INTERVAL", 300.0),
         idle_ttl_days=_positive_float(env, "PREVIEW_IDLE_TTL_DAYS", 7.0),
+        ttl_warning_hours=_non_negative_float(env, "PREVIEW_TTL_WARNING", 24.0),
         leader_election=_bool(env, "PREVIEW_LEADER_ELECTION", False),
         lease_namespace=_dns_label(env, "POD_NAMESPACE", "preview-bot"),
         lease_name=_dns_label(env, "PREVIEW_LEASE_NAME", "preview-bot-reconciler"),

@@ -115,6 +115,11 @@ class RepoClient:
                 return int(item["id"]), str(item["body"])
         return None
 
+    async def sticky_body(self, number: int) -> str | None:
+        """The current text of the PR's bot comment, or None when it has none."""
+        known = _STICKY.get((self.repo_id, number)) or await self._find_sticky(number)
+        return known[1] if known is not None else None
+
     async def has_sticky(self, number: int) -> bool:
         return (self.repo_id, number) in _STICKY or await self._find_sticky(number) is not None
 

@@ -1,4 +1,4 @@
-"""`/preview` comments on pull requests: deploy, stop, keep, help."""
+"""`/preview` comments on pull requests: deploy, stop, keep, explain, link, unlink, help."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ from gidgethub.abc import GitHubAPI
 
 from bot.commands import HELP_TEXT, Action, parse_command
 from bot.context import Context, repo_client
+from bot.explaining import explain_pull_request
+from bot.handlers.linking import link_command
 
 router = routing.Router()
 
-NEEDS_WRITE = frozenset({Action.DEPLOY, Action.STOP, Action.KEEP})
+# `explain` shows the routing objects of the cluster: writers only, like the commands that change them.
+NEEDS_WRITE = frozenset({Action.DEPLOY, Action.STOP, Action.KEEP, Action.EXPLAIN, Action.LINK, Action.UNLINK})
 
 
 @router.register("issue_comment", action="created")
@@ -55,3 +58,8 @@ async def on_comment(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
     elif command.action is Action.KEEP:
         key, _ = await ctx.previewer.key_for(client, number)
         await ctx.kube.set_keep(key, True)
+    elif command.action is Action.EXPLAIN:
+        key, _ = await ctx.previewer.key_for(client, number)
+        await client.reply(number, await explain_pull_request(ctx.kube, key))
+    elif command.action in (Action.LINK, Action.UNLINK):
+        await client.reply(number, await link_command(ctx, client, number, user, command))

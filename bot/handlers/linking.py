@@ -1,0 +1,37 @@
+"""`/preview link owner/repo#N` and `/preview unlink` (the rules are in bot.links)."""
+
+from __future__ import annotations
+
+from bot import links
+from bot.commands import Action, Command
+from bot.comment import State
+from bot.context import Context
+from bot.github.client import RepoClient
+
+USAGE = "Usage: `/preview link owner/repo#N` (a pull request of a repository this App is installed on)."
+
+
+async def link_command(ctx: Context, client: RepoClient, number: int, user: str, command: Command) -> str:
+    """Run the command; returns the reply."""
+    refresh = ctx.previewer.link_refresh
+    if command.action is Action.UNLINK:
+        key, _ = await ctx.previewer.key_for(client, number)
+        ended = await links.unlink(ctx.kube, refresh, key)
+        return ("🔗 Unlinked " + ", ".join(ended) + ".") if ended else "This pull request has no links."
+    target = links.parse_target(command.argument or "")
+    if target is None:
+        return USAGE
+
+    async def client_for(repo: str) -> RepoClient | None:
+        if repo.lower() == client.repo.lower():
+            return client
+        return await links.client_for_repo(ctx.auth, repo)
+
+    async def deploy(other: RepoClient, other_number: int, sha: str) -> str | None:
+        result = await ctx.previewer.deploy(other, other_number, sha)
+        return None if result.state is State.READY else (result.detail or result.state.value)
+
+    try:
+        return await links.link(ctx.kube, client_for, deploy, client, number, user, target)
+    except links.LinkRefused as exc:
+        return f"Not linked: {exc}"

@@ -1,0 +1,59 @@
+"""bot.links (pure parts) and the sticky comment's links section."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot import comment, explain, links, mesh_routes
+from bot.comment import Report, State
+from bot.naming import PreviewKey
+from bot.settings import ClusterSettings
+from tests.unit.test_explain import GATEWAY
+
+OWNER, LINKED = PreviewKey("acme/web", 12, 1296271), PreviewKey("acme/api", 7, 1296272)
+HOST = "api.shop.svc.cluster.local"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("acme/api#7", ("acme/api", 7)),
+    (" acme/api.v2#123 ", ("acme/api.v2", 123)),
+    ("acme/api", None), ("acme/api#0", None), ("acme/api#x", None), ("#7", None), ("a/b#7`", None),
+    ("https://github.com/acme/api/pull/7", None), ("acme/api#1234567890", None),
+])
+def test_parse_target(text: str, expected: tuple[str, int] | None) -> None:
+    assert links.parse_target(text) == expected
+
+
+@pytest.mark.parametrize("mode", ["header", "baggage", "both"])
+def test_linked_route_matches_both_keys_and_unlinking_restores_it(mode: str) -> None:
+    settings = ClusterSettings(domain="example.com", match_mode=mode)  # type: ignore[arg-type]
+    route = mesh_routes.preview_route(LINKED.value, destination=f"{LINKED.value}-api.shop.svc.cluster.local",
+                                      port=8080, header_name="x-preview", mode=mode)  # type: ignore[arg-type]
+    joined = links.with_linked_key(route, OWNER.value, settings)
+    assert links.with_linked_key(joined, OWNER.value, settings) == joined  # idempotent
+    assert joined["name"] == LINKED.value and len(joined["match"]) == 2 * len(route["match"])
+    assert links.without_linked_key(joined, OWNER.value, settings) == route
+    spec = mesh_routes.with_route(mesh_routes.new_spec(HOST), HOST, joined)
+    routing = explain.Routing(GATEWAY, [{"metadata": {"name": "m", "namespace": "istio-system"}, "spec": spec}])
+    for key in (OWNER, LINKED):
+        headers = {"x-preview": key.value} if mode != "baggage" else {"baggage": f"preview={key.value}"}
+        result = explain.explain(routing, explain.Request(host=HOST, headers=headers, source_namespace="shop"))
+        assert result.reached() == f"{LINKED.value}-api.shop.svc.cluster.local"
+    assert explain.explain(routing, explain.Request(host=HOST, source_namespace="shop")).reached() == HOST
+
+
+def test_sticky_links_section_is_rendered_and_replaced_in_place() -> None:
+    lines = links.owner_lines([("acme/api", 7)], OWNER.value)
+    body = comment.render(Report(State.READY, links=lines))
+    assert comment.LINKS_START in body and "🔗 Linked: acme/api#7 joins this preview" in body
+    plain = comment.render(Report(State.READY))
+    assert comment.LINKS_START not in plain
+    added = comment.with_links(plain, lines)
+    assert added == body
+    removed = comment.with_links(body, [])
+    assert [line for line in removed.splitlines() if line] == [line for line in plain.splitlines() if line]
+    other = links.linked_lines("acme/web#12", OWNER.value)
+    replaced = comment.with_links(body, other)
+    assert "Linked to acme/web#12" in replaced and "joins this preview" not in replaced
+    assert replaced.endswith("updated in place.</sub>") and replaced.count(comment.LINKS_START) == 1
+    assert comment.with_links(plain, []) == plain
