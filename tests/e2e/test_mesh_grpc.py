@@ -76,10 +76,12 @@ async def test_grpc_calls_with_the_key_reach_the_preview(shop_grpc: FakeGitHub, 
             answer = await mesh.request(mesh.client, target, {"x-preview": other}, grpc=True)
             assert answer.ok and answer.workload == real, (other, answer)
 
-        # Through the gateway: gRPC over h2c to its HTTP server on 8080; the preview host reaches the preview
-        # with the gateway's key, whatever key the client sent.
+        # Through the gateway: gRPC over h2c to its HTTP server on 8080 (Istio gives HTTP gateway servers an
+        # HTTP connection manager with the default codec AUTO, which takes HTTP/2 prior knowledge); the preview
+        # host reaches the preview with the gateway's key, whatever key the client sent.
         entry = await mesh.wait_for(mesh.gateway, gateway_host(9), preview, grpc=True)
         assert entry.ok and entry.headers["x-preview"] == key, entry
+        assert "http2_protocol_options" in upstream_cluster(mesh.gateway, preview)
         forged = await mesh.request(mesh.gateway, gateway_host(9), {"x-preview": "preview-1-000000"}, grpc=True)
         assert forged.ok and forged.workload == preview and forged.headers["x-preview"] == key, forged
         # A host the bot did not publish: Envoy answers 404, which gRPC reports as UNIMPLEMENTED.
