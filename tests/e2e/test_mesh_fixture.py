@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.plugins.mesh import Mesh
+from tests.plugins.mesh import Mesh, istio_protocol
 
 pytestmark = [pytest.mark.cluster, pytest.mark.mesh]
 
@@ -74,3 +74,26 @@ async def test_default_export_to_dot_hides_other_namespaces_virtual_services(mes
     await mesh.wait_for(mesh.client, real, real, {"x-preview": key})
     local = mesh.sidecar("local", namespace)
     assert (await mesh.wait_for(local, real, preview, {"x-preview": key})).workload == preview
+
+
+async def test_grpc_workloads_need_a_grpc_port_declaration(mesh: Mesh, namespace: str) -> None:
+    """A gRPC workload answers real gRPC calls when its port is declared GRPC; declared HTTP, Envoy speaks
+    HTTP/1.1 to it and the call fails: what a preview Service port named `http` does to a gRPC server."""
+    good = mesh.real_service(namespace, "g", ports=(50051,), serves="grpc").host
+    answer = await mesh.wait_for(mesh.client, f"{good}:50051", good, {"x-preview": "k"}, grpc=True)
+    assert answer.ok and answer.port == 50051 and answer.headers["x-preview"] == "k", answer
+    # HTTP/1.1 from the client is not gRPC: the workload never sees it as a call.
+    assert (await mesh.request(mesh.client, f"{good}:50051")).workload is None
+
+    wrong = mesh.plane.add_workload(f"w.{namespace}.svc.cluster.local", namespace, (50051,), port_names=("http",),
+                                    protocols=(istio_protocol(50051, "http", "http"),), serves="grpc")
+    try:
+        failed = await mesh.wait_until(mesh.client, f"{wrong.host}:50051",
+                                       lambda a: a.grpc == "UNAVAILABLE" and "protocol error" in a.body, grpc=True)
+        assert failed.workload is None, failed
+    finally:
+        mesh.plane.remove_workload(wrong)
+    # How the fixture reads the bot's Service ports (Istio: appProtocol, else the name prefix).
+    assert [istio_protocol(50051, n, a) for n, a in [("grpc", "grpc"), ("http", None), ("grpc-api", None),
+                                                     ("http", "grpc"), ("grpc-web", None), ("http2", "http2")]] == [
+        "GRPC", "HTTP", "GRPC", "GRPC", "GRPC-Web", "HTTP2"]

