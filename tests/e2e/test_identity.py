@@ -43,8 +43,8 @@ def gateway_hosts(view: ClusterView) -> list[str]:
 
 
 def last_state(fake: FakeGitHub, repo: str) -> str:
-    """The state of the repository's newest GitHub deployment."""
-    return str(max(fake.deployments(repo), key=lambda d: d["id"])["state"])
+    """The state of the repository's newest GitHub deployment (a teardown deletes them: those count too)."""
+    return str(max(fake.deployments(repo, deleted=True), key=lambda d: d["id"])["state"])
 
 
 def nothing_left(view: ClusterView) -> None:
