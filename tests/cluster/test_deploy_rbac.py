@@ -442,8 +442,10 @@ def test_service_account_is_refused_everything_else(deployed: Deployed, namespac
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
             "spec": {"containers": [{"name": "c", "image": "example.invalid/c:1"}]}}),
         "read ConfigMaps": lambda: core.list_namespaced_config_map(BOT_NAMESPACE),
-        "read VirtualServices outside the routing namespace": lambda: client.CustomObjectsApi(bot)
-        .list_namespaced_custom_object("networking.istio.io", "v1", PREVIEW_NAMESPACE, "virtualservices"),
+        "write a VirtualService outside the routing namespace": lambda: client.CustomObjectsApi(bot)
+        .create_namespaced_custom_object("networking.istio.io", "v1", PREVIEW_NAMESPACE, "virtualservices", {
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "x"},
+            "spec": {"hosts": ["x.example.com"], "http": [{"route": [{"destination": {"host": "x"}}]}]}}),
         "grant itself a ClusterRoleBinding": lambda: rbac.create_cluster_role_binding({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
             "metadata": {"name": "escalate"}, "subjects": [
@@ -471,6 +473,12 @@ NOT_GRANTED = [
     ("deletecollection", "networking.istio.io", "virtualservices", ROUTING_NAMESPACE),
     ("create", "networking.istio.io", "gateways", ROUTING_NAMESPACE),
     ("create", "networking.istio.io", "virtualservices", PREVIEW_NAMESPACE),
+    # Reading every namespace's VirtualServices, yes; writing outside the routing namespace, only where an
+    # operator binds preview-bot-team-routes (nowhere by default).
+    *[(verb, "networking.istio.io", "virtualservices", ns) for verb in ("update", "patch", "delete", "watch")
+      for ns in (PREVIEW_NAMESPACE, "kube-system", "shop")],
+    ("create", "networking.istio.io", "destinationrules", PREVIEW_NAMESPACE),
+    ("list", "networking.istio.io", "gateways", PREVIEW_NAMESPACE),
     ("delete", "coordination.k8s.io", "leases", BOT_NAMESPACE),
     ("list", "coordination.k8s.io", "leases", BOT_NAMESPACE),
     ("create", "apps", "deployments", BOT_NAMESPACE),
@@ -483,6 +491,9 @@ GRANTED = [
     *[(verb, "networking.istio.io", "virtualservices", ROUTING_NAMESPACE)
       for verb in ("get", "list", "create", "update", "patch", "delete")],
     ("create", "coordination.k8s.io", "leases", BOT_NAMESPACE),
+    # Istio uses one mesh VirtualService per host, wherever it lives: the bot reads them all.
+    *[(verb, "networking.istio.io", "virtualservices", ns) for verb in ("get", "list")
+      for ns in (PREVIEW_NAMESPACE, "kube-system", "shop", "")],
 ]
 
 

@@ -171,7 +171,7 @@ def test_spec_round_trips_idempotently(start: Any, added: list[str]) -> None:
 
 def test_new_spec_has_only_the_default_route() -> None:
     default = {"name": "default", "route": [{"destination": {"host": HOST}}]}
-    assert new_spec(HOST) == {"hosts": [HOST], "http": [default]}
+    assert new_spec(HOST) == {"hosts": [HOST], "http": [default], "exportTo": ["*"]}
 
 
 def test_add_replaces_the_same_key_and_keeps_the_other() -> None:
