@@ -217,7 +217,8 @@ def choose(found: Iterable[Claimant], service_host: str, own: Ref) -> Decision:
                 f"does not expand (only names without a dot are), so it takes those requests away from "
                 f"the preview routes. Write `{service_host}` in its hosts, then comment `/preview`."))
     if exact:
-        return Decision(target=exact[0].ref, fold=ours, shadowed=tuple(c.ref for c in exact[1:]))
+        # Istio already ignores the team's others for this host: newer exact ones, and wildcards.
+        return Decision(target=exact[0].ref, fold=ours, shadowed=tuple(c.ref for c in team if c is not exact[0]))
     wildcards = [c for c in team if c.claim is Claim.WILDCARD]
     if wildcards:
         c = wildcards[0]
