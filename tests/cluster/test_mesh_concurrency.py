@@ -57,7 +57,7 @@ def assert_routes(spec: dict[str, Any], host: str, keys: list[str], tail: list[d
     assert names == [*sorted(keys), *(r.get("name") for r in tail)], names
     assert len(set(names)) == len(names), f"duplicate routes: {names}"
     for route in http[: len(keys)]:
-        assert route["match"] == [{"headers": {"x-preview": {"exact": route["name"]}}}], route
+        assert route["match"] == [{"headers": {"x-preview": {"exact": route["name"]}}, "port": 8080}], route
         assert route["route"][0]["destination"]["host"].startswith(route["name"] + "-a."), route
     assert http[len(keys):] == tail
     assert not http[-1].get("match"), "the last route must catch everything"
@@ -119,7 +119,7 @@ async def test_team_virtual_service_is_adopted_and_given_back_unchanged(kube: Ku
     ]
     team = {"apiVersion": VIRTUAL_SERVICE_API, "kind": "VirtualService",
             "metadata": {"name": "team-a", "namespace": settings.routing_namespace, "labels": {"team": "a"}},
-            "spec": {"hosts": [host], "http": copy.deepcopy(team_routes)}}
+            "spec": {"hosts": [host], "exportTo": ["*"], "http": copy.deepcopy(team_routes)}}
     created = await kube.call("POST", vs_collection(settings), body=team)
     team_path = f"{vs_collection(settings)}/team-a"
 
