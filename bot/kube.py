@@ -323,17 +323,19 @@ class Kube:
 
     def _decide(self, items: list[dict[str, Any]], mesh_host: str) -> mesh_hosts.Decision:
         found = mesh_hosts.claimants(items, mesh_host, managed_by=(naming.MANAGED_BY_LABEL, naming.MANAGED_BY),
-                                     role=(naming.ROLE_LABEL, naming.ROLE_MESH))
+                                     role=(naming.ROLE_LABEL, naming.ROLE_MESH),
+                                     own_namespace=self.settings.routing_namespace)
         return mesh_hosts.choose(found, mesh_host, self._own_ref(mesh_host))
 
     @staticmethod
     def _ref(item: Mapping[str, Any]) -> Ref:
         return Ref(str(item["metadata"]["namespace"]), str(item["metadata"]["name"]))
 
-    @staticmethod
-    def _is_ours(item: Mapping[str, Any]) -> bool:
-        return mesh_hosts.is_ours(item, (naming.MANAGED_BY_LABEL, naming.MANAGED_BY),
-                                  (naming.ROLE_LABEL, naming.ROLE_MESH))
+    def _is_ours(self, item: Mapping[str, Any]) -> bool:
+        """A mesh VirtualService this bot created: its labels, in its routing namespace."""
+        here = (item.get("metadata") or {}).get("namespace") == self.settings.routing_namespace
+        return here and mesh_hosts.is_ours(item, (naming.MANAGED_BY_LABEL, naming.MANAGED_BY),
+                                           (naming.ROLE_LABEL, naming.ROLE_MESH))
 
     @staticmethod
     def _host_of(item: Mapping[str, Any]) -> str:

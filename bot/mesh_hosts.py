@@ -144,11 +144,12 @@ def is_ours(item: Mapping[str, Any], managed_by: tuple[str, str], role: tuple[st
 
 
 def claimants(items: Iterable[Mapping[str, Any]], service_host: str, *, managed_by: tuple[str, str],
-              role: tuple[str, str], domain: str = CLUSTER_DOMAIN) -> list[Claimant]:
+              role: tuple[str, str], own_namespace: str, domain: str = CLUSTER_DOMAIN) -> list[Claimant]:
     """The mesh VirtualServices (cluster-wide list items) that cover `service_host`, oldest first.
 
     One bound only to gateways, or exported to nobody (`~`), covers nothing. Each claims the host by its
-    strongest host entry: exact, then alias, then wildcard."""
+    strongest host entry: exact, then alias, then wildcard. `ours` only for the bot's labels in the bot's
+    routing namespace `own_namespace`: another installation's VirtualService is treated like a team's."""
     host = service_host.lower()
     aliases = kubernetes_aliases(host, domain)
     found = []
@@ -177,7 +178,7 @@ def claimants(items: Iterable[Mapping[str, Any]], service_host: str, *, managed_
             ref=Ref(namespace, str(meta.get("name", ""))), created=str(meta.get("creationTimestamp") or ""),
             claim=best[0], written=best[1], visibility=visibility(spec),
             export_to=tuple(str(e) for e in spec.get("exportTo") or []),
-            ours=is_ours(item, managed_by, role)))
+            ours=namespace == own_namespace and is_ours(item, managed_by, role)))
     return sorted(found, key=lambda c: c.order)
 
 
@@ -226,5 +227,5 @@ def choose(found: Iterable[Claimant], service_host: str, own: Ref) -> Decision:
             f"VirtualService {c.ref} routes {service_host} through the wildcard `{c.written}`; a "
             f"VirtualService for {service_host} itself would replace its routes for this host. Give "
             f"{service_host} a VirtualService of its own (exportTo: [\"*\"]), then comment `/preview`."))
-    # Only the bot's own: the one by the bot's name; others (a changed routing namespace) fold into it.
+    # Only the bot's own: the one by the bot's name; others of its own for the host fold into it.
     return Decision(target=own, create=own not in ours, fold=tuple(r for r in ours if r != own))

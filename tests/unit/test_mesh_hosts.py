@@ -34,7 +34,7 @@ def own(created: str = "2026-01-01T00:00:00Z", export_to: list[str] | None = Non
 
 
 def decide(*items: dict[str, Any]) -> mesh_hosts.Decision:
-    return choose(claimants(items, HOST, managed_by=MANAGED, role=ROLE), HOST, OWN)
+    return choose(claimants(items, HOST, managed_by=MANAGED, role=ROLE, own_namespace=OWN.namespace), HOST, OWN)
 
 
 @pytest.mark.parametrize(
@@ -136,7 +136,7 @@ def test_wildcard_is_refused_unless_an_exact_team_virtual_service_shadows_it() -
 def test_only_the_strongest_host_entry_counts() -> None:
     both = vs("shop", "team-a", ["a.shop", "a"], export_to=["*"])
     assert decide(both).target == Ref("shop", "team-a")
-    found = claimants([both], HOST, managed_by=MANAGED, role=ROLE)
+    found = claimants([both], HOST, managed_by=MANAGED, role=ROLE, own_namespace=OWN.namespace)
     assert [(c.claim, c.written) for c in found] == [(Claim.EXACT, "a")]
 
 
@@ -146,9 +146,17 @@ def test_mesh_among_gateways_counts() -> None:
 
 
 def test_the_bots_other_virtual_services_fold_into_its_own() -> None:
-    stray = vs("old-routing", "preview-mesh-a-shop", [HOST], created="2025-01-01T00:00:00Z", ours=True)
-    expected = mesh_hosts.Decision(target=OWN, create=True, fold=(Ref("old-routing", "preview-mesh-a-shop"),))
+    stray = vs(OWN.namespace, "preview-mesh-a-shop-old", [HOST], created="2025-01-01T00:00:00Z", ours=True)
+    expected = mesh_hosts.Decision(target=OWN, create=True, fold=(Ref(OWN.namespace, "preview-mesh-a-shop-old"),))
     assert decide(stray) == expected
+    assert decide(stray, own()) == mesh_hosts.Decision(target=OWN, fold=expected.fold)
+
+
+def test_another_installations_virtual_service_is_not_taken_over() -> None:
+    """The bot's labels outside its routing namespace: another installation's, treated like a team's."""
+    other = vs("other-routing", "preview-mesh-a-shop", [HOST], ours=True, export_to=["*"])
+    assert decide(other) == mesh_hosts.Decision(target=Ref("other-routing", "preview-mesh-a-shop"))
+    assert decide(vs("other-routing", "preview-mesh-a-shop", [HOST], ours=True)).refusal is not None
 
 
 # -- properties ---------------------------------------------------------------------------------------------
@@ -209,7 +217,7 @@ def test_decision_agrees_with_istio_and_never_leaves_routes_ignored(items: list[
     assert istio_winner(after) == decision.target
     # Nothing else that covers the host for sidecars is left competing with it (exact, alias, restricted,
     # mesh-default or wildcard), other than team VirtualServices Istio already shadows.
-    left = claimants(after, HOST, managed_by=MANAGED, role=ROLE)
+    left = claimants(after, HOST, managed_by=MANAGED, role=ROLE, own_namespace=OWN.namespace)
     assert {c.ref for c in left} - {decision.target} <= set(decision.shadowed)
     if decision.target == OWN:
         assert not any(c.ref != OWN for c in left)
