@@ -440,9 +440,11 @@ class Kube:
         return bool(await self.remove_routes_where(lambda route: route.get("name") == key, host=mesh_host))
 
     async def mesh_services(self) -> list[dict[str, Any]]:
-        """Every mesh VirtualService in the cluster that carries preview routes (the bot's or a team's)."""
+        """Every mesh VirtualService in the cluster that carries preview routes (the bot's or a team's);
+        gateway-bound ones (the previews' gateway routes, also named by key) are not mesh routes."""
         items = await self.all_virtual_services()
-        return [item for item in items if mesh_routes.preview_keys(item.get("spec") or {})]
+        return [item for item in items if mesh_hosts.applies_to_sidecars(item.get("spec") or {})
+                and mesh_routes.preview_keys(item.get("spec") or {})]
 
     async def remove_routes_where(self, drop: Callable[[dict[str, Any]], bool], *, host: str | None = None) -> int:
         """Remove matching preview routes wherever they are (optionally only for one host); returns how many

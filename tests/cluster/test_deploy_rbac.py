@@ -309,8 +309,18 @@ def _consistency(docs: list[Doc]) -> None:
         role = find(docs, "Role", binding["roleRef"]["name"])
         assert role["metadata"]["namespace"] == binding["metadata"]["namespace"]
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": bot_namespace}]
-    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding", "Secret")], \
-        "no cluster-wide rights and no Secret values in deploy/"
+    assert not [d for d in docs if d["kind"] == "Secret"], "no Secret values in deploy/"
+    # The only cluster-wide right: reading VirtualServices (Istio picks one per host from any namespace).
+    cluster_roles = {d["metadata"]["name"]: d["rules"] for d in docs if d["kind"] == "ClusterRole"}
+    virtual_services = {"apiGroups": ["networking.istio.io"], "resources": ["virtualservices"]}
+    assert cluster_roles == {
+        "preview-bot-virtualservices-read": [{**virtual_services, "verbs": ["get", "list"]}],
+        "preview-bot-team-routes": [{**virtual_services, "verbs": ["update"]}],
+    }
+    bindings = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    assert [(b["roleRef"]["name"], b["subjects"]) for b in bindings] == [
+        ("preview-bot-virtualservices-read", [{"kind": "ServiceAccount", "name": account, "namespace": bot_namespace}])
+    ], "preview-bot-team-routes is bound per namespace by the operator, never cluster-wide"
 
 
 def test_base_and_overlay_render_consistently() -> None:

@@ -214,3 +214,19 @@ async def test_the_bots_existing_virtual_service_gets_export_to(kube: Kube, sett
     now = await kube.get(path)
     assert now is not None and now["spec"]["exportTo"] == ["*"]
     assert mesh_routes.preview_keys(now["spec"]) == [key1, key2]
+
+
+async def test_removing_routes_by_key_leaves_gateway_virtual_services_alone(kube: Kube,
+                                                                           settings: ClusterSettings) -> None:
+    """Gateway routes are named by the key too, but they are not mesh routes: teardown deletes them whole."""
+    plan = plan_preview(settings, CONFIG, PreviewKey("acme/shop", 1), SHA)
+    service = plan.services[0]
+    await kube.apply_preview(plan)
+    assert await kube.add_mesh_route(service.mesh_host, service.mesh_route)
+    gateway_path = vs_path(settings.routing_namespace, service.gateway_route["metadata"]["name"])
+    before = await kube.get(gateway_path)
+    assert before is not None
+    assert [i["metadata"]["name"] for i in await kube.mesh_services()] == [mesh_route_name(service.mesh_host)]
+    assert await kube.remove_routes_of_key(service.mesh_route["name"]) == 1
+    after = await kube.get(gateway_path)
+    assert after is not None and after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
