@@ -38,7 +38,9 @@ def kube(direct: Kube) -> Kube:
 
 def mesh_route(settings: ClusterSettings, number: int) -> tuple[str, str, dict[str, Any]]:
     """(mesh host, key, route) of PR `number`'s service `a`."""
-    service = plan_preview(settings, CONFIG, PreviewKey("acme/shop", number), SHA).services[0]
+    # One repository per test namespace: teardown finds a key's routes cluster-wide, and other tests'
+    # namespaces may still be terminating.
+    service = plan_preview(settings, CONFIG, PreviewKey(f"acme/{settings.namespace}", number), SHA).services[0]
     return service.mesh_host, service.mesh_route["name"], service.mesh_route
 
 

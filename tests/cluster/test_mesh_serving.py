@@ -49,8 +49,13 @@ def team_namespace(cluster: Cluster) -> Iterator[str]:
             core.delete_namespace(name)
 
 
+def key_of(settings: ClusterSettings, number: int) -> PreviewKey:
+    """Keys are cluster-wide (teardown removes a key's routes wherever they are): one repository per test."""
+    return PreviewKey(f"acme/{settings.namespace}", number)
+
+
 def route_of(settings: ClusterSettings, number: int) -> tuple[str, str, dict[str, Any]]:
-    service = plan_preview(settings, CONFIG, PreviewKey("acme/shop", number), SHA).services[0]
+    service = plan_preview(settings, CONFIG, key_of(settings, number), SHA).services[0]
     return service.mesh_host, service.mesh_route["name"], service.mesh_route
 
 
@@ -219,7 +224,7 @@ async def test_the_bots_existing_virtual_service_gets_export_to(kube: Kube, sett
 async def test_removing_routes_by_key_leaves_gateway_virtual_services_alone(kube: Kube,
                                                                            settings: ClusterSettings) -> None:
     """Gateway routes are named by the key too, but they are not mesh routes: teardown deletes them whole."""
-    plan = plan_preview(settings, CONFIG, PreviewKey("acme/shop", 1), SHA)
+    plan = plan_preview(settings, CONFIG, key_of(settings, 1), SHA)
     service = plan.services[0]
     await kube.apply_preview(plan)
     assert await kube.add_mesh_route(service.mesh_host, service.mesh_route)
