@@ -25,7 +25,7 @@ install-test: $(BIN)/python
 npm:
 	npm install --silent --no-audit --no-fund --no-package-lock --prefix tests/fakegithub
 
-# etcd, kube-apiserver, scheduler, controller-manager, kwok and Istio's CRDs (built once, then cached).
+# etcd, kube-apiserver, scheduler, controller-manager, kwok, istiod and Istio's CRDs (built once, then cached).
 controlplane:
 	scripts/controlplane binaries
 
@@ -43,6 +43,7 @@ test-unit: install-test
 
 bench: install-test npm controlplane
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.mesh_latency
 
 clean:
 	rm -rf $(VENV) tests/fakegithub/node_modules tests/fakegithub/.cache
