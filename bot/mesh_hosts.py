@@ -11,7 +11,8 @@ in istiod's `pilot_vservice_dup_domain` metric. Rules followed here (istio.io/is
 - Hosts are resolved against the VirtualService's own namespace: a name without a dot `a` in namespace
   `shop` is `a.shop.svc.cluster.local`. Istio expands nothing else: `a.shop` and `a.shop.svc` stay as
   written, are not bound to the Service, and take those Host names away from it (its virtual host
-  domains) on the port-80 listener, so they are reported as aliases, never adopted.
+  domains) on the port-80 listener (seen on istiod + Envoy; istiod reports no duplicate for it), so
+  they are reported as aliases, never adopted.
 - Visibility (`exportTo`): `*` anywhere -> every namespace; otherwise `~` -> nobody; otherwise the listed
   namespaces (`.` is the VirtualService's own). Unset -> the mesh's `defaultVirtualServiceExportTo`,
   which the bot cannot see. For a sidecar, VirtualServices exported to its namespace only (private or
@@ -215,8 +216,9 @@ def choose(found: Iterable[Claimant], service_host: str, own: Ref) -> Decision:
         if c.claim is Claim.ALIAS:
             return Decision(refusal=(
                 f"VirtualService {c.ref} names `{c.written}`, a short form of {service_host} that Istio "
-                f"does not expand (only names without a dot are), so it takes those requests away from "
-                f"the preview routes. Write `{service_host}` in its hosts, then comment `/preview`."))
+                f"does not expand (only names without a dot are): on port 80, requests with that Host "
+                f"follow it and not the preview routes. Write `{service_host}` in its hosts, then comment "
+                f"`/preview`."))
     if exact:
         # Istio already ignores the team's others for this host: newer exact ones, and wildcards.
         return Decision(target=exact[0].ref, fold=ours, shadowed=tuple(c.ref for c in team if c is not exact[0]))
