@@ -133,13 +133,16 @@ async def test_team_virtual_service_older_in_another_namespace_carries_the_previ
     await mesh.assert_no_conflicts(real)  # istiod's pilot_vservice_dup_domain: one VirtualService for the host
 
 
+@pytest.mark.parametrize("moved_by", ["deploy", "reconciler"])
 async def test_team_virtual_service_newer_than_the_bots_takes_over_both_route_sets(
-        bot: RunningBot, mesh: Mesh, namespace: str, team_namespace: str, view: ClusterView) -> None:
+        bot: RunningBot, mesh: Mesh, namespace: str, team_namespace: str, view: ClusterView, moved_by: str) -> None:
     """Fault: the bot kept writing its own, older VirtualService, which Istio used: the team's routes
-    (here, a header it sets) were silently dropped."""
+    (here, a header it sets) were silently dropped. Now the next deploy for the host, or the reconciler,
+    moves every preview route into the team's VirtualService and deletes the bot's."""
+    first, second = (34, 35) if moved_by == "deploy" else (44, 45)
     real = mesh.real_service(namespace, "a").host
-    await open_pr(bot, 34)
-    await mesh.wait_for(mesh.client, real, preview_of(34, namespace), key_of(34))
+    await open_pr(bot, first)
+    await mesh.wait_for(mesh.client, real, preview_of(first, namespace), key_of(first))
     assert mesh_route_name(real) in view.virtual_services()
     # Sorts after the bot's VirtualService by name too, so it is the newer one even within one second.
     mesh.apply(team_virtual_service(team_namespace, "zz-team-a", real, export_to=["*"]))
@@ -147,14 +150,19 @@ async def test_team_virtual_service_newer_than_the_bots_takes_over_both_route_se
     await mesh.wait_dup_domains(real, expect=True)
     assert TEAM_HEADER not in (await mesh.request(mesh.client, real)).headers
 
-    await open_pr(bot, 35)  # the next deploy for the host moves every preview route into the team's
-    assert "ready" in sticky_title(bot.fake, 35).split("\n")[0]
+    if moved_by == "deploy":
+        await open_pr(bot, second)
+        assert "ready" in sticky_title(bot.fake, second).split("\n")[0]
+    else:
+        report = await bot.bot.reconcile_once()
+        assert [(a.kind, a.target) for a in report.actions] == [("fold-routes", real)], report.lines()
 
     def team_routes_used(answer: Answer) -> bool:
         return answer.workload == real and answer.headers.get(TEAM_HEADER) == "yes"
     await mesh.wait_until(mesh.client, real, team_routes_used)
-    assert (await mesh.request(mesh.client, real, key_of(34))).workload == preview_of(34, namespace)
-    assert (await mesh.request(mesh.client, real, key_of(35))).workload == preview_of(35, namespace)
+    assert (await mesh.request(mesh.client, real, key_of(first))).workload == preview_of(first, namespace)
+    if moved_by == "deploy":
+        assert (await mesh.request(mesh.client, real, key_of(second))).workload == preview_of(second, namespace)
     assert mesh_route_name(real) not in view.virtual_services()
     await mesh.assert_no_conflicts(real)  # istiod's pilot_vservice_dup_domain: one VirtualService for the host
 
