@@ -3,7 +3,9 @@
 The official client is blocking, so each call runs in a worker thread and never blocks the event
 loop. Writes are server-side apply (field manager `preview-bot`), except the shared mesh
 VirtualService, which is a read-modify-write guarded by resourceVersion and retried on 409 so that
-concurrent previews never lose each other's routes.
+concurrent previews never lose each other's routes. Which VirtualService that is, is decided from every
+VirtualService in the cluster (bot/mesh_hosts.py: the one Istio really uses for the host); preview
+routes are removed object by object wherever they are.
 """
 
 from __future__ import annotations
