@@ -75,6 +75,10 @@ async def test_gateway_request_reaches_the_prs_build_with_its_key(bot: RunningBo
     assert seen["x-preview"] == key.value
     # A host the bot did not publish is not routed anywhere.
     assert (await mesh.request(mesh.gateway, gateway_host(8))).status == 404  # Envoy: no route for the host
+    # The preview's kwok pod has a 10.x IP; Envoy knows only loopback workloads (and istiod's xDS).
+    for proxy in (mesh.gateway, mesh.client):
+        endpoints = [a for addresses in proxy.endpoints().values() for a in addresses]
+        assert endpoints and all(a.startswith("127.") for a in endpoints), endpoints
 
 
 async def test_sidecar_routes_the_exact_key_only(bot: RunningBot, mesh: Mesh, namespace: str) -> None:

@@ -68,7 +68,25 @@ Mesh API (everything a test adds is removed at its end):
       push, so assert with these, not with a single read.
   proxy.routes() -> dict                  route config name -> virtual host name -> route names,
       from the Envoy admin `config_dump` (debugging; e.g. the bot's route name is the preview key).
+  proxy.listeners() -> list[str]          `ip:port` Envoy listens on.
+  proxy.endpoints() -> dict               cluster name -> `ip:port` endpoints (admin /clusters).
   mesh.logs() -> str                      tails of istiod's and every Envoy's log.
+
+Example (tests/e2e, with the harness's `shop`, `cluster`, `namespace` fixtures):
+
+    async def test_key_reaches_preview(shop, cluster, namespace, mesh):
+        real = mesh.real_service(namespace, "a", ports=(8080, 9090)).host   # before the bot writes
+        team = mesh.namespace("team")
+        mesh.apply({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                    "metadata": {"name": "a", "namespace": team},
+                    "spec": {"hosts": [real], "http": [{"route": [{"destination": {"host": real}}]}]}})
+        async with running_bot(shop, cluster, namespace, **mesh.bot_env) as bot:
+            ...  # open PR 1 (see tests/e2e/test_mesh_routing.py), then `await bot.settle()`
+            key = PreviewKey("acme/shop", 1)
+            preview = f"{key.object_name('a')}.{namespace}.svc.cluster.local"
+            who, seen = await mesh.wait_for(mesh.client, real, preview, {"x-preview": key.value})
+            other = await mesh.request(mesh.client, f"{real}:9090", {"x-preview": key.value})
+            await mesh.assert_no_conflicts(real)
 """
 
 from __future__ import annotations
@@ -534,6 +552,20 @@ class Proxy:
                 found.append(f"{sock.get('address')}:{sock.get('port_value')}")
         return found
 
+    def endpoints(self) -> dict[str, list[str]]:
+        """Cluster name -> `ip:port` of every endpoint Envoy may connect to (admin /clusters)."""
+        status, body = _http_get(f"{self.admin_url}/clusters?format=json", timeout=5)
+        if status != 200:
+            raise AssertionError(f"Envoy {self.name} /clusters: {status} {body[:300]}")
+        out: dict[str, list[str]] = {}
+        for cluster in json.loads(body).get("cluster_statuses", []):
+            addresses = []
+            for host in cluster.get("host_statuses", []):
+                sock = (host.get("address") or {}).get("socket_address") or {}
+                addresses.append(f"{sock.get('address')}:{sock.get('port_value')}")
+            out[cluster.get("name", "?")] = addresses
+        return out
+
     def ready(self) -> bool:
         return _http_get(f"{self.admin_url}/ready", timeout=1)[0] == 200
 
@@ -863,6 +895,8 @@ class MeshPlane:
     def stop_proxy(self, proxy: Proxy) -> None:
         if proxy.proc is not None:
             proxy.proc.stop()
+        if proxy in self.proxies:
+            self.proxies.remove(proxy)
         if proxy.kind == "sidecar":
             self.delete(self.sidecar_object(proxy))
 
@@ -892,6 +926,9 @@ class MeshPlane:
         self.delete({"apiVersion": "/".join(ISTIO), "kind": "ServiceEntry",
                      "metadata": {"name": workload.service_entry, "namespace": workload.namespace}}, api=api)
         self.host.stop(workload)
+
+    def forget_preview_call(self, key: tuple[str, str]) -> None:
+        self.preview_calls.pop(key, None)
 
     def _watch_previews(self) -> None:
         """Give each preview Service of the bot a loopback workload; remove it when the Service goes."""
@@ -1101,19 +1138,22 @@ class Mesh:
         return self.plane.logs()
 
     def cleanup(self) -> None:
-        for obj in reversed(self._objects):
-            with contextlib.suppress(Exception):
-                self.plane.delete(obj)
-        for workload in self._workloads:
-            self.plane.remove_workload(workload)
-        for proxy in self._proxies:
-            self.plane.stop_proxy(proxy)
-        for key in self._preview_calls:
-            self.plane.preview_calls.pop(key, None)
+        """Undo what the test added; every step runs, the first error is raised at the end."""
+        steps: list[Callable[[], None]] = [lambda obj=obj: self.plane.delete(obj) for obj in reversed(self._objects)]
+        steps += [lambda w=w: self.plane.remove_workload(w) for w in self._workloads]
+        steps += [lambda p=p: self.plane.stop_proxy(p) for p in self._proxies]
+        steps += [lambda k=k: self.plane.forget_preview_call(k) for k in self._preview_calls]
         if self._mesh_config_changed:
-            self.plane.reset_mesh_config()
-        for name in self._namespaces:
-            self.plane.delete_namespace(name)
+            steps.append(self.plane.reset_mesh_config)
+        steps += [lambda n=n: self.plane.delete_namespace(n) for n in self._namespaces]
+        errors = []
+        for step in steps:
+            try:
+                step()
+            except Exception as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
 
 
 @pytest.fixture
