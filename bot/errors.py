@@ -35,3 +35,8 @@ class StartupError(PermanentError):
 
 class HostConflictError(PermanentError):
     """A preview host is already served by another repository's preview."""
+
+
+class MeshRoutingError(PermanentError):
+    """Istio would not use the preview's mesh routes (another VirtualService serves the host); the
+    message names that VirtualService as `namespace/name` and what to change."""

@@ -3,7 +3,9 @@
 The official client is blocking, so each call runs in a worker thread and never blocks the event
 loop. Writes are server-side apply (field manager `preview-bot`), except the shared mesh
 VirtualService, which is a read-modify-write guarded by resourceVersion and retried on 409 so that
-concurrent previews never lose each other's routes.
+concurrent previews never lose each other's routes. Which VirtualService that is, is decided from every
+VirtualService in the cluster (bot/mesh_hosts.py: the one Istio really uses for the host); preview
+routes are removed object by object wherever they are.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import yaml
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from bot import manifests, mesh_routes, metrics, naming
-from bot.errors import HostConflictError, StartupError, TemporaryError
+from bot import manifests, mesh_hosts, mesh_routes, metrics, naming
+from bot.errors import HostConflictError, MeshRoutingError, StartupError, TemporaryError
+from bot.mesh_hosts import Ref
 from bot.naming import PreviewKey
 from bot.settings import ClusterSettings
 
@@ -81,8 +84,11 @@ def _load_kubeconfig(path: str | None, configuration: k8s_client.Configuration) 
                            "clusters, users and contexts)") from None
 
 
-def collection_path(api_version: str, kind_plural: str, namespace: str) -> str:
+def collection_path(api_version: str, kind_plural: str, namespace: str | None) -> str:
+    """The collection in `namespace`; None: the cluster-wide collection (every namespace)."""
     prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    if namespace is None:
+        return f"{prefix}/{kind_plural}"
     return f"{prefix}/namespaces/{namespace}/{kind_plural}"
 
 
@@ -205,8 +211,8 @@ class Kube:
             return None
         return result
 
-    async def list_objects(self, api_version: str, plural: str, namespace: str,
-                   selector: str | None = None) -> list[dict[str, Any]]:
+    async def list_objects(self, api_version: str, plural: str, namespace: str | None,
+                           selector: str | None = None) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
         token = ""
         while True:
@@ -293,7 +299,8 @@ class Kube:
         for item in await self.virtual_services(selector):
             meta = item["metadata"]
             if meta["name"] not in wanted and (meta.get("labels") or {}).get(naming.SERVICE_LABEL) in services:
-                await self.delete(f"{self._vs_collection()}/{meta['name']}")
+                collection = collection_path(manifests.VIRTUAL_SERVICE_API, "virtualservices", meta["namespace"])
+                await self.delete(f"{collection}/{meta['name']}")
 
     async def adopt(self, key: str, repo_id: int) -> int:
         """Add the repository id label to a legacy preview's objects (Deployments, Services, gateway routes);
@@ -415,67 +422,129 @@ class Kube:
     # -- the shared mesh VirtualService -------------------------------------------------------------
 
     async def virtual_services(self, selector: str | None = None) -> list[dict[str, Any]]:
+        """The VirtualServices of the routing namespace."""
         return await self.list_objects(manifests.VIRTUAL_SERVICE_API, "virtualservices",
                                        self.settings.routing_namespace, selector)
 
-    def _vs_collection(self) -> str:
-        return collection_path(manifests.VIRTUAL_SERVICE_API, "virtualservices", self.settings.routing_namespace)
+    async def all_virtual_services(self) -> list[dict[str, Any]]:
+        """Every VirtualService in the cluster: a team's may serve a host from any namespace (list on the
+        ClusterRole `preview-bot-virtualservices-read`)."""
+        return await self.list_objects(manifests.VIRTUAL_SERVICE_API, "virtualservices", None)
 
-    async def find_mesh_service(self, mesh_host: str) -> dict[str, Any] | None:
-        """The mesh VirtualService for the host: ours by name, or one the team already has."""
-        ours = await self.get(f"{self._vs_collection()}/{naming.mesh_route_name(mesh_host)}")
-        if ours is not None:
-            return ours
-        for item in await self.virtual_services():
-            spec = item.get("spec") or {}
-            gateways = spec.get("gateways") or []
-            if mesh_host in (spec.get("hosts") or []) and (not gateways or "mesh" in gateways):
-                return item
-        return None
+    def _vs_path(self, ref: Ref) -> str:
+        return f"{collection_path(manifests.VIRTUAL_SERVICE_API, 'virtualservices', ref.namespace)}/{ref.name}"
 
-    async def update_mesh_routes(self, mesh_host: str,
-                                 change: Callable[[dict[str, Any]], dict[str, Any]], *,
-                                 create: bool = True, attempts: int = 40) -> bool:
-        """Read-modify-write of the host's mesh VirtualService, retried on 409; True if it changed.
+    def _own_ref(self, mesh_host: str) -> Ref:
+        return Ref(self.settings.routing_namespace, naming.mesh_route_name(mesh_host))
 
-        Writers in this process take turns per host (no self-inflicted conflicts); other replicas are
-        kept apart by resourceVersion."""
+    def _decide(self, items: list[dict[str, Any]], mesh_host: str) -> mesh_hosts.Decision:
+        found = mesh_hosts.claimants(items, mesh_host, managed_by=(naming.MANAGED_BY_LABEL, naming.MANAGED_BY),
+                                     role=(naming.ROLE_LABEL, naming.ROLE_MESH),
+                                     own_namespace=self.settings.routing_namespace)
+        return mesh_hosts.choose(found, mesh_host, self._own_ref(mesh_host))
+
+    @staticmethod
+    def _ref(item: Mapping[str, Any]) -> Ref:
+        return Ref(str(item["metadata"]["namespace"]), str(item["metadata"]["name"]))
+
+    def _is_ours(self, item: Mapping[str, Any]) -> bool:
+        """A mesh VirtualService this bot created: its labels, in its routing namespace."""
+        here = (item.get("metadata") or {}).get("namespace") == self.settings.routing_namespace
+        return here and mesh_hosts.is_ours(item, (naming.MANAGED_BY_LABEL, naming.MANAGED_BY),
+                                           (naming.ROLE_LABEL, naming.ROLE_MESH))
+
+    @staticmethod
+    def _host_of(item: Mapping[str, Any]) -> str:
+        """The service host a mesh VirtualService routes: the bot's annotation, else its first host."""
+        meta, spec = item.get("metadata") or {}, item.get("spec") or {}
+        annotated = (meta.get("annotations") or {}).get(naming.HOST_ANNOTATION)
+        return str(annotated) if annotated else mesh_hosts.fqdn(str((spec.get("hosts") or [""])[0]),
+                                                                   str(meta.get("namespace", "")))
+
+    def _not_editable(self, ref: Ref, mesh_host: str) -> MeshRoutingError:
+        return MeshRoutingError(
+            f"VirtualService {ref} routes {mesh_host} for the mesh, and preview-bot may not edit it: bind the "
+            f"ClusterRole preview-bot-team-routes to preview-bot's ServiceAccount in namespace {ref.namespace} "
+            f"(deploy/README.md), then comment `/preview`.")
+
+    async def check_mesh_hosts(self, hosts: Iterable[str]) -> None:
+        """Raise MeshRoutingError when preview routes for one of `hosts` could not be made to count:
+        another VirtualService serves it in a way the bot must not change, or the bot may not edit the
+        team's VirtualService it would add them to (a server-side dry run of the write). Writes nothing."""
+        items = await self.all_virtual_services()
+        by_ref = {self._ref(i): i for i in items}
+        for host in dict.fromkeys(hosts):
+            decision = self._decide(items, host)
+            if decision.refusal:
+                raise MeshRoutingError(decision.refusal)
+            target = by_ref.get(decision.target) if decision.target else None
+            if target is not None and not self._is_ours(target):
+                try:
+                    await self.call("PUT", self._vs_path(self._ref(target)), body=target,
+                                    query=[("dryRun", "All"), ("fieldManager", naming.FIELD_MANAGER)])
+                except KubeError as exc:
+                    if exc.status == 403:
+                        raise self._not_editable(self._ref(target), host) from None
+                    if not isinstance(exc, Conflict | NotFound):
+                        raise
+
+    async def update_mesh_routes(self, mesh_host: str, change: Callable[[dict[str, Any]], dict[str, Any]], *,
+                                 attempts: int = 40) -> bool:
+        """Read-modify-write of the VirtualService that serves the host in the mesh, retried on 409; True
+        if anything was written. Raises MeshRoutingError when Istio would ignore the routes.
+
+        The target is chosen cluster-wide by mesh_hosts.choose(): the team's VirtualService if it serves
+        the host (the bot's own ones are folded into it and deleted), else the bot's own, created in the
+        routing namespace and exported everywhere. Writers in this process take turns per host (no
+        self-inflicted conflicts); other replicas are kept apart by resourceVersion."""
         async with self._host_locks.setdefault(mesh_host, asyncio.Lock()):
-            return await self._update_mesh_routes(mesh_host, change, create=create, attempts=attempts)
+            return await self._update_mesh_routes(mesh_host, change, attempts=attempts)
 
     async def _update_mesh_routes(self, mesh_host: str, change: Callable[[dict[str, Any]], dict[str, Any]], *,
-                                  create: bool, attempts: int) -> bool:
+                                  attempts: int) -> bool:
+        changed = False
         for attempt in range(attempts):
-            current = await self.find_mesh_service(mesh_host)
-            if current is None:
-                if not create:
-                    return False
-                body = manifests.mesh_virtual_service(self.settings, mesh_host,
-                                                      change(mesh_routes.new_spec(mesh_host)))
-                try:
-                    await self.call("POST", self._vs_collection(), body=body,
-                                    query=[("fieldManager", naming.FIELD_MANAGER)])
-                    return True
-                except Conflict:
-                    pass  # created meanwhile by another PR: read it and retry
-            else:
-                spec = current.get("spec") or {}
-                updated = change(spec)
-                meta = current["metadata"]
-                path = f"{self._vs_collection()}/{meta['name']}"
-                ours = (meta.get("labels") or {}).get(naming.ROLE_LABEL) == naming.ROLE_MESH
-                try:
-                    if ours and not mesh_routes.preview_keys(updated) and not create:
-                        # No preview left: remove what the bot created, unless it changed meanwhile.
-                        await self.delete(path, resource_version=meta["resourceVersion"])
-                        return True
-                    if updated == spec:
-                        return False
-                    await self.call("PUT", path, body={**current, "spec": updated},
-                                    query=[("fieldManager", naming.FIELD_MANAGER)])
-                    return True
-                except (Conflict, NotFound):
-                    pass  # someone else wrote (or deleted it) first: re-read, re-apply our change
+            items = await self.all_virtual_services()
+            by_ref = {self._ref(i): i for i in items}
+            decision = self._decide(items, mesh_host)
+            if decision.refusal or decision.target is None:
+                raise MeshRoutingError(decision.refusal or f"no VirtualService can route {mesh_host}")
+            folded = [by_ref[r] for r in decision.fold if r in by_ref]
+            current = None if decision.create else by_ref.get(decision.target)
+            try:
+                if current is None:
+                    spec = mesh_routes.new_spec(mesh_host)
+                    for item in folded:
+                        spec = mesh_routes.with_routes_of(spec, mesh_host, item.get("spec") or {})
+                    body = manifests.mesh_virtual_service(self.settings, mesh_host, change(spec))
+                    await self.call("POST", collection_path(manifests.VIRTUAL_SERVICE_API, "virtualservices",
+                                                            self.settings.routing_namespace),
+                                    body=body, query=[("fieldManager", naming.FIELD_MANAGER)])
+                    changed = True
+                else:
+                    spec = current.get("spec") or {}
+                    updated = spec
+                    for item in folded:
+                        updated = mesh_routes.with_routes_of(updated, mesh_host, item.get("spec") or {})
+                    updated = change(updated)
+                    if self._is_ours(current):
+                        updated = mesh_routes.exported_everywhere(updated)
+                    if updated != spec:
+                        try:
+                            await self.call("PUT", self._vs_path(decision.target), body={**current, "spec": updated},
+                                            query=[("fieldManager", naming.FIELD_MANAGER)])
+                        except KubeError as exc:
+                            if exc.status == 403:
+                                raise self._not_editable(decision.target, mesh_host) from None
+                            raise
+                        changed = True
+                for item in folded:
+                    # Its routes now live in the target; gone unless it changed since it was read.
+                    changed |= await self.delete(self._vs_path(self._ref(item)),
+                                                 resource_version=item["metadata"]["resourceVersion"])
+                return changed
+            except (Conflict, NotFound):
+                pass  # someone else wrote (or deleted) first: re-read, re-apply our change
             metrics.MESH_CONFLICTS.inc()
             await asyncio.sleep(random.uniform(0, min(0.05 * 2**attempt, 1.0)))  # noqa: S311
         raise TemporaryError(f"could not update the mesh routes of {mesh_host} after {attempts} conflicts")
@@ -484,28 +553,70 @@ class Kube:
         return await self.update_mesh_routes(mesh_host, lambda spec: mesh_routes.with_route(spec, mesh_host, route))
 
     async def remove_mesh_route(self, mesh_host: str, key: str) -> bool:
-        return await self.update_mesh_routes(
-            mesh_host, lambda spec: mesh_routes.without_key(spec, mesh_host, key), create=False)
+        return bool(await self.remove_routes_where(lambda route: route.get("name") == key, host=mesh_host))
 
     async def mesh_services(self) -> list[dict[str, Any]]:
-        """Every mesh VirtualService in the routing namespace that carries preview routes."""
-        items = await self.virtual_services()
-        return [item for item in items if mesh_routes.preview_keys(item.get("spec") or {})]
+        """Every mesh VirtualService in the cluster that carries preview routes (the bot's or a team's);
+        gateway-bound ones (the previews' gateway routes, also named by key) are not mesh routes."""
+        items = await self.all_virtual_services()
+        return [item for item in items if mesh_hosts.applies_to_sidecars(item.get("spec") or {})
+                and mesh_routes.preview_keys(item.get("spec") or {})]
 
-    async def remove_routes_where(self, drop: Callable[[dict[str, Any]], bool]) -> int:
-        """Remove matching preview routes from every mesh VirtualService; returns how many objects changed."""
+    async def remove_routes_where(self, drop: Callable[[dict[str, Any]], bool], *, host: str | None = None) -> int:
+        """Remove matching preview routes wherever they are (optionally only for one host); returns how many
+        VirtualServices changed. Works object by object: a teardown never depends on which one serves."""
         changed = 0
         for item in await self.mesh_services():
+            if host is not None and self._host_of(item) != host:
+                continue
             if not any(drop(r) for r in item["spec"]["http"] if mesh_routes.is_preview_route(r)):
                 continue
-            annotations = item.get("metadata", {}).get("annotations") or {}
-            host = annotations.get(naming.HOST_ANNOTATION) or item["spec"]["hosts"][0]
-            changed += await self._drop_routes(host, drop)
+            changed += await self._drop_routes(self._ref(item), self._host_of(item), drop)
         return changed
 
-    async def _drop_routes(self, host: str, drop: Callable[[dict[str, Any]], bool]) -> bool:
-        return await self.update_mesh_routes(host, lambda spec: mesh_routes.without_routes(spec, host, drop),
-                                             create=False)
+    async def _drop_routes(self, ref: Ref, host: str, drop: Callable[[dict[str, Any]], bool], *,
+                           attempts: int = 40) -> bool:
+        async with self._host_locks.setdefault(host, asyncio.Lock()):
+            for attempt in range(attempts):
+                current = await self.get(self._vs_path(ref))
+                if current is None:
+                    return False
+                spec = current.get("spec") or {}
+                updated = mesh_routes.without_routes(spec, host, drop)
+                meta = current["metadata"]
+                try:
+                    if self._is_ours(current) and not mesh_routes.preview_keys(updated):
+                        # No preview left: remove what the bot created, unless it changed meanwhile.
+                        return await self.delete(self._vs_path(ref), resource_version=meta["resourceVersion"])
+                    if updated == spec:
+                        return False
+                    await self.call("PUT", self._vs_path(ref), body={**current, "spec": updated},
+                                    query=[("fieldManager", naming.FIELD_MANAGER)])
+                    return True
+                except (Conflict, NotFound):
+                    pass
+                metrics.MESH_CONFLICTS.inc()
+                await asyncio.sleep(random.uniform(0, min(0.05 * 2**attempt, 1.0)))  # noqa: S311
+        raise TemporaryError(f"could not remove preview routes from VirtualService {ref} after {attempts} conflicts")
+
+    async def misplaced_mesh_routes(self) -> list[tuple[str, Ref, mesh_hosts.Decision]]:
+        """(host, the bot's VirtualService, decision) for each of the bot's mesh VirtualServices that is not
+        where the host's preview routes must live: a team's VirtualService for the host appeared (older or
+        newer), or the host is refused now. A redeploy or `fold_mesh_routes` puts them right."""
+        items = await self.all_virtual_services()
+        found = []
+        for item in items:
+            if not self._is_ours(item):
+                continue
+            host = self._host_of(item)
+            decision = self._decide(items, host)
+            if decision.refusal or decision.target != self._ref(item) or decision.fold:
+                found.append((host, self._ref(item), decision))
+        return found
+
+    async def fold_mesh_routes(self, mesh_host: str) -> bool:
+        """Move the host's preview routes to the VirtualService that serves it (no route added or dropped)."""
+        return await self.update_mesh_routes(mesh_host, lambda spec: spec)
 
     async def remove_routes_of_key(self, key: str) -> int:
         """Teardown needs no config: the routes are found by their name, the preview key."""

@@ -68,15 +68,22 @@ def ref(repo: str, number: int) -> str:
 # -- pure: routes -------------------------------------------------------------------------------------
 
 
+def _owner_match(route: Mapping[str, Any], key: str, settings: ClusterSettings) -> list[dict[str, Any]]:
+    # On the route's own port, as its own entries are (bot.mesh_routes.preview_route).
+    destinations = route.get("route") or [{}]
+    port = ((destinations[0].get("destination") or {}).get("port") or {}).get("number")
+    return mesh_routes.preview_match(key, header_name=settings.header_name, mode=settings.match_mode,
+                                     port=int(port) if port is not None else None)
+
+
 def with_linked_key(route: Mapping[str, Any], key: str, settings: ClusterSettings) -> dict[str, Any]:
     """The linked PR's route, also matching the owner's key (entries are ORed)."""
-    extra = [m for m in mesh_routes.preview_match(key, header_name=settings.header_name, mode=settings.match_mode)
-             if m not in (route.get("match") or [])]
+    extra = [m for m in _owner_match(route, key, settings) if m not in (route.get("match") or [])]
     return {**route, "match": [*(route.get("match") or []), *extra]}
 
 
 def without_linked_key(route: Mapping[str, Any], key: str, settings: ClusterSettings) -> dict[str, Any]:
-    gone = mesh_routes.preview_match(key, header_name=settings.header_name, mode=settings.match_mode)
+    gone = _owner_match(route, key, settings)
     return {**route, "match": [m for m in route.get("match") or [] if m not in gone]}
 
 
@@ -159,7 +166,8 @@ async def _reroute(kube: Kube, key: PreviewKey, owner_key: str, *, add: bool) ->
             new = with_linked_key(route, owner_key, settings) if add else without_linked_key(route, owner_key, settings)
             return mesh_routes.with_route(spec, host, new)
 
-        changed += await kube.update_mesh_routes(host, change, create=False)
+        # The VirtualService holding the key's route exists: update_mesh_routes finds it (cluster-wide).
+        changed += await kube.update_mesh_routes(host, change)
     return changed
 
 

@@ -112,6 +112,9 @@ def gateway_route(settings: ClusterSettings, key: PreviewKey, service: ServiceCo
         "spec": {
             "hosts": [host],
             "gateways": [settings.gateway],
+            # The gateway's proxy may run in another namespace than its Gateway object and this
+            # VirtualService; without exportTo the mesh's defaultVirtualServiceExportTo decides.
+            "exportTo": ["*"],
             "http": [{
                 "name": key.value,
                 # Set here so that every hop behind the gateway is routed to the preview.

@@ -1,12 +1,19 @@
 """The shared in-mesh VirtualService of one service host, as a value (pure).
 
 Istio does not merge mesh VirtualServices for one host, so every open preview's route lives in this
-one object. Invariants kept by every function here, whatever the input:
+one object (which one: bot/mesh_hosts.py). Invariants kept by every function here, whatever the input:
 - each preview has at most one route, named by its key, matching its header value exactly;
+- a preview route matches only the port the preview serves (`match[].port`, Istio's
+  HTTPMatchRequest.port: "the ports on the host that is being addressed") and sends to that same port
+  of the preview; a request with the key to another port of the real service matches no preview route
+  and stays on the real service (without `port`, Envoy would send it to the preview's one port);
 - preview routes come first (sorted by key, so the result does not depend on arrival order);
 - routes that are not the bot's keep their order after them (a team's catch-all stays where the team
   put it; the bot's own default is last);
-- there is always a route that catches all, so requests without the header reach the real service.
+- there is always a route that catches all, so requests without the header reach the real service;
+  the bot's default route names no port, so each port of the real service keeps going to itself;
+- a VirtualService the bot creates is exported to every namespace (`exportTo: ["*"]`), so sidecars
+  everywhere use it whatever the mesh's `defaultVirtualServiceExportTo` is.
 """
 
 from __future__ import annotations
@@ -34,21 +41,28 @@ def baggage_regex(key: str) -> str:
     return rf"^(.*,)?\s*{BAGGAGE_ENTRY}={key}\s*(;[^,]*)?(,.*)?$"
 
 
-def preview_match(key: str, *, header_name: str, mode: MatchMode) -> list[dict[str, Any]]:
-    """Match conditions for one preview; several entries in `match` are ORed by Istio."""
+def preview_match(key: str, *, header_name: str, mode: MatchMode, port: int | None = None) -> list[dict[str, Any]]:
+    """Match conditions for one preview; several entries in `match` are ORed by Istio, so each entry
+    carries the `port` (when given) itself."""
     matches: list[dict[str, Any]] = []
     if mode in ("header", "both"):
         # Exact, never prefix: `preview-12` must not catch `preview-123`.
         matches.append({"headers": {header_name: {"exact": key}}})
     if mode in ("baggage", "both"):
         matches.append({"headers": {"baggage": {"regex": baggage_regex(key)}}})
+    if port is not None:
+        matches = [{**m, "port": port} for m in matches]
     return matches
 
 
 def preview_route(key: str, *, destination: str, port: int, header_name: str, mode: MatchMode) -> Route:
+    """The preview's route: requests with its key to `port` of the real service go to `port` of the
+    preview Service `destination`; other ports of the real service are left to the default route."""
+    if not 1 <= port <= 65535:
+        raise ValueError(f"not a port: {port!r}")
     return {
         "name": key,
-        "match": preview_match(key, header_name=header_name, mode=mode),
+        "match": preview_match(key, header_name=header_name, mode=mode, port=port),
         "route": [{"destination": {"host": destination, "port": {"number": port}}}],
     }
 
@@ -101,6 +115,20 @@ def without_key(spec: Mapping[str, Any], mesh_host: str, key: str) -> Spec:
     return without_routes(spec, mesh_host, lambda r: r.get("name") == key)
 
 
+def with_routes_of(spec: Mapping[str, Any], mesh_host: str, other: Mapping[str, Any]) -> Spec:
+    """Add the preview routes of `other` (another VirtualService for the host) that `spec` lacks;
+    a key `spec` already routes keeps its route."""
+    have = set(preview_keys(spec))
+    carried = [r for r in other.get("http") or [] if is_preview_route(r) and r.get("name") not in have]
+    kept = [r for r in spec.get("http") or [] if is_preview_route(r)]
+    return _normalise(spec, mesh_host, [*kept, *carried])
+
+
+def exported_everywhere(spec: Mapping[str, Any]) -> Spec:
+    """The spec with `exportTo: ["*"]` (only for VirtualServices the bot owns)."""
+    return {**spec, "exportTo": ["*"]}
+
+
 def new_spec(mesh_host: str) -> Spec:
-    """A mesh VirtualService spec for a host that has none: default route only."""
-    return _normalise({"hosts": [mesh_host]}, mesh_host, [])
+    """A mesh VirtualService spec for a host that has none: default route only, exported everywhere."""
+    return exported_everywhere(_normalise({"hosts": [mesh_host]}, mesh_host, []))

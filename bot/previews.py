@@ -179,6 +179,8 @@ class Previewer:
         await self.report(gh, number, Report(State.DEPLOYING, sha=head_sha, services=lines, header_value=key.value,
                                              detail=note))
         try:
+            # Before anything is written: never "ready" with mesh routes that Istio would ignore.
+            await self.kube.check_mesh_hosts(s.mesh_host for s in plan.services)
             await self.kube.apply_preview(plan)
             for service in plan.services:
                 await self.kube.add_mesh_route(service.mesh_host, service.mesh_route)

@@ -16,6 +16,7 @@ from typing import Any
 import gidgethub
 
 from bot import mesh_routes, metrics, naming, ttl_warning
+from bot.errors import PreviewError
 from bot.github.client import RepoClient
 from bot.kube import Kube, LivePreview
 from bot.naming import PreviewKey, valid_repo
@@ -33,7 +34,7 @@ Resume = Callable[[int, str, int], None]
 
 @dataclass
 class Action:
-    kind: str  # "teardown-closed", "teardown-idle", "remove-route", "resume", "adopt", "warn-idle"
+    kind: str  # "teardown-closed", "teardown-idle", "remove-route", "resume", "adopt", "warn-idle", "fold-routes"
     target: str
     reason: str
 
@@ -140,6 +141,19 @@ async def reconcile(kube: Kube, previewer: Previewer, client_for: ClientFor, *, 
     if not dry_run and any(a.kind == "remove-route" for a in report.actions):
         await kube.remove_routes_where(lambda route: any(
             d not in services for d in mesh_routes.route_destinations({"http": [route]}).get(str(route["name"]), [])))
+    # The bot's mesh VirtualServices that Istio ignores, or that hide a team's: a team's VirtualService for
+    # the host appeared after the previews' routes were written. Fold them into it, or say why not.
+    for host, ref, decision in await kube.misplaced_mesh_routes():
+        if decision.refusal:
+            report.errors.append(f"{host}: preview routes in VirtualService {ref} are not used: {decision.refusal}")
+            continue
+        report.actions.append(Action("fold-routes", host, f"VirtualService {decision.target} serves the host; "
+                                                          f"moving the preview routes from {ref}"))
+        if not dry_run:
+            try:
+                await kube.fold_mesh_routes(host)
+            except PreviewError as exc:
+                report.errors.append(f"{host}: {exc}")
     for action in report.actions:
         log.info("reconcile: %s %s (%s)", action.kind, action.target, action.reason, extra={"dry_run": dry_run})
     return report

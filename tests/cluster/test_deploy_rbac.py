@@ -309,8 +309,18 @@ def _consistency(docs: list[Doc]) -> None:
         role = find(docs, "Role", binding["roleRef"]["name"])
         assert role["metadata"]["namespace"] == binding["metadata"]["namespace"]
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": bot_namespace}]
-    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding", "Secret")], \
-        "no cluster-wide rights and no Secret values in deploy/"
+    assert not [d for d in docs if d["kind"] == "Secret"], "no Secret values in deploy/"
+    # The only cluster-wide right: reading VirtualServices (Istio picks one per host from any namespace).
+    cluster_roles = {d["metadata"]["name"]: d["rules"] for d in docs if d["kind"] == "ClusterRole"}
+    virtual_services = {"apiGroups": ["networking.istio.io"], "resources": ["virtualservices"]}
+    assert cluster_roles == {
+        "preview-bot-virtualservices-read": [{**virtual_services, "verbs": ["get", "list"]}],
+        "preview-bot-team-routes": [{**virtual_services, "verbs": ["update"]}],
+    }
+    bindings = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    assert [(b["roleRef"]["name"], b["subjects"]) for b in bindings] == [
+        ("preview-bot-virtualservices-read", [{"kind": "ServiceAccount", "name": account, "namespace": bot_namespace}])
+    ], "preview-bot-team-routes is bound per namespace by the operator, never cluster-wide"
 
 
 def test_base_and_overlay_render_consistently() -> None:
@@ -447,8 +457,10 @@ def test_service_account_is_refused_everything_else(deployed: Deployed, namespac
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
             "spec": {"containers": [{"name": "c", "image": "example.invalid/c:1"}]}}),
         "read ConfigMaps": lambda: core.list_namespaced_config_map(BOT_NAMESPACE),
-        "read VirtualServices outside the routing namespace": lambda: client.CustomObjectsApi(bot)
-        .list_namespaced_custom_object("networking.istio.io", "v1", PREVIEW_NAMESPACE, "virtualservices"),
+        "write a VirtualService outside the routing namespace": lambda: client.CustomObjectsApi(bot)
+        .create_namespaced_custom_object("networking.istio.io", "v1", PREVIEW_NAMESPACE, "virtualservices", {
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "x"},
+            "spec": {"hosts": ["x.example.com"], "http": [{"route": [{"destination": {"host": "x"}}]}]}}),
         "grant itself a ClusterRoleBinding": lambda: rbac.create_cluster_role_binding({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
             "metadata": {"name": "escalate"}, "subjects": [
@@ -479,6 +491,12 @@ NOT_GRANTED = [
     ("list", "networking.istio.io", "gateways", ROUTING_NAMESPACE),
     ("get", "networking.istio.io", "gateways", PREVIEW_NAMESPACE),
     ("create", "networking.istio.io", "virtualservices", PREVIEW_NAMESPACE),
+    # Reading every namespace's VirtualServices, yes; writing outside the routing namespace, only where an
+    # operator binds preview-bot-team-routes (nowhere by default).
+    *[(verb, "networking.istio.io", "virtualservices", ns) for verb in ("update", "patch", "delete", "watch")
+      for ns in (PREVIEW_NAMESPACE, "kube-system", "shop")],
+    ("create", "networking.istio.io", "destinationrules", PREVIEW_NAMESPACE),
+    ("list", "networking.istio.io", "gateways", PREVIEW_NAMESPACE),
     ("list", "coordination.k8s.io", "leases", BOT_NAMESPACE),
     ("watch", "coordination.k8s.io", "leases", BOT_NAMESPACE),
     ("create", "coordination.k8s.io", "leases", PREVIEW_NAMESPACE),
@@ -492,6 +510,9 @@ GRANTED = [
     *[(verb, "networking.istio.io", "virtualservices", ROUTING_NAMESPACE)
       for verb in ("get", "list", "create", "update", "patch", "delete")],
     *[(verb, "coordination.k8s.io", "leases", BOT_NAMESPACE) for verb in ("create", "get", "update", "delete")],
+    # Istio uses one mesh VirtualService per host, wherever it lives: the bot reads them all.
+    *[(verb, "networking.istio.io", "virtualservices", ns) for verb in ("get", "list")
+      for ns in (PREVIEW_NAMESPACE, "kube-system", "shop", "")],
 ]
 
 
@@ -659,3 +680,58 @@ async def test_full_lifecycle_as_the_service_account(deployed: Deployed, fake_gi
         assert apps.list_namespaced_deployment(PREVIEW_NAMESPACE, label_selector=key.selector()).items == []
         assert mesh_route_names() == []
         assert bot.bot.elector is not None and bot.bot.elector.is_leader
+
+
+async def test_team_virtual_service_elsewhere_needs_the_team_routes_binding(deployed: Deployed) -> None:
+    """Reading every namespace's VirtualServices is granted; editing a team's only where an operator binds
+    preview-bot-team-routes. Without it the bot refuses before writing anything, naming the binding."""
+    from bot import mesh_routes
+    from bot.errors import MeshRoutingError
+    from bot.kube import Kube
+    from bot.manifests import plan_preview
+    from bot.naming import PreviewKey
+    from bot.repo_config import RepoConfig, ServiceConfig
+    from bot.settings import ClusterSettings
+
+    suffix = secrets.token_hex(3)
+    team_ns = f"team-{suffix}"
+    admin_custom, admin_rbac = client.CustomObjectsApi(deployed.admin), client.RbacAuthorizationV1Api(deployed.admin)
+    ensure_namespace(deployed.admin, team_ns)
+    settings = ClusterSettings(domain="example.com", namespace=PREVIEW_NAMESPACE, routing_namespace=ROUTING_NAMESPACE)
+    service = ServiceConfig(name=f"svc{suffix}", image="example.invalid/svc:{sha}", port=8080)
+    plan = plan_preview(settings, RepoConfig(services=(service,)), PreviewKey(f"team-{suffix}/shop", 3), "2" * 40)
+    host, route = plan.services[0].mesh_host, plan.services[0].mesh_route
+    team = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "team-vs"},
+            "spec": {"hosts": [host], "exportTo": ["*"],
+                     "http": [{"name": "main", "route": [{"destination": {"host": host}}]}]}}
+    admin_custom.create_namespaced_custom_object("networking.istio.io", "v1", team_ns, "virtualservices", team)
+    kube = Kube(client_from_kubeconfig(deployed.kubeconfig), settings, request_timeout=20, attempts=2)
+    try:
+        assert len(await kube.all_virtual_services()) >= 1          # cluster-wide list as the ServiceAccount
+        with pytest.raises(MeshRoutingError) as refused:
+            await kube.check_mesh_hosts([host])
+        assert f"VirtualService {team_ns}/team-vs" in str(refused.value)
+        assert f"preview-bot-team-routes to preview-bot's ServiceAccount in namespace {team_ns}" in str(refused.value)
+
+        admin_rbac.create_namespaced_role_binding(team_ns, {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "preview-bot-team-routes"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "preview-bot-team-routes"},
+            "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": BOT_NAMESPACE}]})
+        wait_until("the RoleBinding takes effect",
+                   lambda: _allowed(deployed.bot, "update", "networking.istio.io", "virtualservices", team_ns))
+        assert not _allowed(deployed.bot, "delete", "networking.istio.io", "virtualservices", team_ns)
+        assert not _allowed(deployed.bot, "create", "networking.istio.io", "virtualservices", team_ns)
+        await kube.check_mesh_hosts([host])
+        assert await kube.add_mesh_route(host, route)                  # PUT on the team's VirtualService
+        adopted = admin_custom.get_namespaced_custom_object("networking.istio.io", "v1", team_ns, "virtualservices",
+                                                            "team-vs")
+        assert mesh_routes.preview_keys(adopted["spec"]) == [route["name"]]
+        assert await kube.remove_routes_of_key(route["name"]) == 1     # GET + PUT, never DELETE of the team's
+        given_back = admin_custom.get_namespaced_custom_object("networking.istio.io", "v1", team_ns,
+                                                               "virtualservices", "team-vs")
+        assert given_back["spec"] == team["spec"]
+    finally:
+        kube.close()
+        status_of(lambda: client.CoreV1Api(deployed.admin).delete_namespace(team_ns))

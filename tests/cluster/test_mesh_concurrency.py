@@ -18,7 +18,7 @@ import pytest
 from bot import mesh_routes, metrics
 from bot.kube import Kube, NotFound, collection_path
 from bot.manifests import VIRTUAL_SERVICE_API, plan_preview
-from bot.naming import PreviewKey, mesh_route_name
+from bot.naming import PreviewKey, mesh_route_name, short_hash
 from bot.repo_config import RepoConfig, ServiceConfig
 from bot.settings import ClusterSettings
 from tests.plugins.cluster import Cluster
@@ -38,7 +38,11 @@ def kube(direct: Kube) -> Kube:
 
 def mesh_route(settings: ClusterSettings, number: int) -> tuple[str, str, dict[str, Any]]:
     """(mesh host, key, route) of PR `number`'s service `a`."""
-    service = plan_preview(settings, CONFIG, PreviewKey("acme/shop", number, 1296269), SHA).services[0]
+    # One repository per test namespace: teardown finds a key's routes cluster-wide, and other tests'
+    # namespaces may still be terminating.
+    repo_id = int(short_hash(settings.namespace, 8), 16)
+    service = plan_preview(settings, CONFIG, PreviewKey(f"acme/{settings.namespace}", number, repo_id),
+                           SHA).services[0]
     return service.mesh_host, service.mesh_route["name"], service.mesh_route
 
 
@@ -57,7 +61,7 @@ def assert_routes(spec: dict[str, Any], host: str, keys: list[str], tail: list[d
     assert names == [*sorted(keys), *(r.get("name") for r in tail)], names
     assert len(set(names)) == len(names), f"duplicate routes: {names}"
     for route in http[: len(keys)]:
-        assert route["match"] == [{"headers": {"x-preview": {"exact": route["name"]}}}], route
+        assert route["match"] == [{"headers": {"x-preview": {"exact": route["name"]}}, "port": 8080}], route
         assert route["route"][0]["destination"]["host"].startswith(route["name"] + "-a."), route
     assert http[len(keys):] == tail
     assert not http[-1].get("match"), "the last route must catch everything"
@@ -119,7 +123,7 @@ async def test_team_virtual_service_is_adopted_and_given_back_unchanged(kube: Ku
     ]
     team = {"apiVersion": VIRTUAL_SERVICE_API, "kind": "VirtualService",
             "metadata": {"name": "team-a", "namespace": settings.routing_namespace, "labels": {"team": "a"}},
-            "spec": {"hosts": [host], "http": copy.deepcopy(team_routes)}}
+            "spec": {"hosts": [host], "exportTo": ["*"], "http": copy.deepcopy(team_routes)}}
     created = await kube.call("POST", vs_collection(settings), body=team)
     team_path = f"{vs_collection(settings)}/team-a"
 

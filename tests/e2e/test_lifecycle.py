@@ -53,7 +53,7 @@ async def test_open_deploys_and_reports(bot: RunningBot, view: ClusterView, name
     assert gateway["spec"]["http"][0]["headers"]["request"]["set"] == {"x-preview": key.value}
     routes = view.mesh_routes(MESH_HOST_TEMPLATE.format(ns=namespace))
     assert [r["name"] for r in routes] == [key.value, "default"]
-    assert routes[0]["match"] == [{"headers": {"x-preview": {"exact": key.value}}}]
+    assert routes[0]["match"] == [{"headers": {"x-preview": {"exact": key.value}}, "port": 8080}]
 
     stickies = sticky_comments(bot.fake, REPO, 1)
     assert len(stickies) == 1

@@ -72,7 +72,9 @@ def test_render_example(capsys: pytest.CaptureFixture[str]) -> None:
     assert sorted(m["spec"]["hosts"][0] for m in mesh) == ["a.default.svc.cluster.local", "b.shop.svc.cluster.local"]
     for route in mesh:
         http = route["spec"]["http"]
-        assert http[0]["match"] == [{"headers": {"x-preview": {"exact": KEY.value}}}]
+        assert http[0]["match"] == [{"headers": {"x-preview": {"exact": KEY.value}},
+                                     "port": http[0]["route"][0]["destination"]["port"]["number"]}]
+        assert route["spec"]["exportTo"] == ["*"]
         assert http[0]["name"] == KEY.value
         assert "match" not in http[-1] and http[-1]["name"] == "default"
         assert http[-1]["route"][0]["destination"]["host"] == route["spec"]["hosts"][0]

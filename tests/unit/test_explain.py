@@ -354,8 +354,9 @@ def test_bot_routes_send_exactly_the_matching_key_to_its_preview(numbers: list[i
                                                                  mode: str) -> None:
     routing = bot_routing(numbers, mode)
     keys = {PreviewKey("acme/shop", n, 1296269).value: n for n in numbers}
-    result = explain.explain(routing, Request(host="a.shop", headers={"x-preview": sent} if sent is not None else {},
-                                              source_namespace="web"))
+    # On the Service's port: preview routes match their port (bot.mesh_routes).
+    headers = {"x-preview": sent} if sent is not None else {}
+    result = explain.explain(routing, Request(host="a.shop:8080", headers=headers, source_namespace="web"))
     expected = f"{sent}-a.shop.svc.cluster.local" if sent in keys else HOST
     assert result.reached() == expected
     hop = result.final
@@ -366,7 +367,7 @@ def test_bot_routes_send_exactly_the_matching_key_to_its_preview(numbers: list[i
     for number in numbers[:2]:
         key = PreviewKey("acme/shop", number, 1296269)
         via = explain.explain(routing, Request(host=f"preview-{number}-api-a.example.com",
-                                               headers={"x-preview": sent or ""}), then=["a.shop"])
+                                               headers={"x-preview": sent or ""}), then=["a.shop:8080"])
         assert [h.proxy for h in via.hops] == [f"gateway {GW}", "sidecar in namespace shop"]
         assert via.reached() == f"{key.value}-a.shop.svc.cluster.local"
 

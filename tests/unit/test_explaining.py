@@ -47,7 +47,8 @@ def test_pr_reply_explains_the_prs_hosts_and_hides_other_repositories() -> None:
                      "route": [{"destination": {"host": f"{other.value}-a.shop.svc.cluster.local"}}]}, *spec["http"]]
     routing = explain.Routing(GATEWAY, [*routing.virtual_services[:-1], {**mesh_vs, "spec": spec}])
     key = PreviewKey("acme/shop", 123, 1296269)
-    cases = explaining.pr_cases(SETTINGS, key, ["preview-123-api-a.example.com"], ["a.shop.svc.cluster.local"])
+    cases = explaining.pr_cases(SETTINGS, key, ["preview-123-api-a.example.com"], ["a.shop.svc.cluster.local"],
+                                {"a.shop.svc.cluster.local": 8080})  # the port of the PR's route
     assert [c.request.source_namespace for c in cases] == [None, None, "shop", "shop"]
     text = explaining.pr_reply(key, cases, routing, ["a note"])
     assert text.count(f"reaches `{key.value}-a.shop.svc.cluster.local` (this preview)") == 3

@@ -37,7 +37,8 @@ def test_linked_route_matches_both_keys_and_unlinking_restores_it(mode: str) -> 
     routing = explain.Routing(GATEWAY, [{"metadata": {"name": "m", "namespace": "istio-system"}, "spec": spec}])
     for key in (OWNER, LINKED):
         headers = {"x-preview": key.value} if mode != "baggage" else {"baggage": f"preview={key.value}"}
-        result = explain.explain(routing, explain.Request(host=HOST, headers=headers, source_namespace="shop"))
+        request = explain.Request(host=f"{HOST}:8080", headers=headers, source_namespace="shop")
+        result = explain.explain(routing, request)
         assert result.reached() == f"{LINKED.value}-api.shop.svc.cluster.local"
     assert explain.explain(routing, explain.Request(host=HOST, source_namespace="shop")).reached() == HOST
 

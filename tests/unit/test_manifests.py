@@ -124,6 +124,8 @@ def test_gateway_route(config: RepoConfig) -> None:
     spec = route["spec"]
     assert spec["hosts"] == ["preview-7-api-a.example.com"]
     assert spec["gateways"] == ["istio-system/preview-gateway"]
+    # The gateway's proxy may run in another namespace: visible everywhere, whatever the mesh default.
+    assert spec["exportTo"] == ["*"]
     (http,) = spec["http"]
     assert http["headers"] == {"request": {"set": {"x-preview": KEY.value}}}
     assert http["route"] == [{"destination": {"host": plan.services[0].destination, "port": {"number": 8080}}}]
@@ -135,6 +137,7 @@ def test_mesh_route_follows_match_mode(config: RepoConfig, mode: str) -> None:
     route = manifests.plan_preview(settings, config, KEY, SHA).services[0].mesh_route
     assert route["name"] == KEY.value
     headers = [m["headers"] for m in route["match"]]
+    assert {m["port"] for m in route["match"]} == {config.services[0].port}
     assert ({"x-pr": {"exact": KEY.value}} in headers) == (mode in ("header", "both"))
     assert any("baggage" in h for h in headers) == (mode in ("baggage", "both"))
 
@@ -144,12 +147,21 @@ def test_render_adds_one_mesh_virtual_service_per_service(config: RepoConfig) ->
     assert len(documents) == 8
     mesh = [d for d in documents if d["metadata"]["labels"].get(naming.ROLE_LABEL) == naming.ROLE_MESH]
     assert [d["spec"]["hosts"] for d in mesh] == [["a.previews.svc.cluster.local"], ["b.shop.svc.cluster.local"]]
-    for document in mesh:
+    ports = {s.name: s.port for s in config.services}
+    for document, service in zip(mesh, ("a", "b"), strict=True):
         http = document["spec"]["http"]
         assert http[0]["name"] == KEY.value
-        assert http[0]["match"] == [{"headers": {"x-preview": {"exact": KEY.value}}}]
+        # The key routes the service's own port only; other ports of the real service stay on it.
+        assert http[0]["match"] == [{"headers": {"x-preview": {"exact": KEY.value}}, "port": ports[service]}]
+        assert http[0]["route"][0]["destination"]["port"] == {"number": ports[service]}
         assert http[-1] == mesh_routes.default_route(document["spec"]["hosts"][0])
+        assert "port" not in http[-1]["route"][0]["destination"]
         assert document["metadata"]["namespace"] == "istio-system"
+        # Seen by sidecars in every namespace whatever the mesh's defaultVirtualServiceExportTo.
+        assert document["spec"]["exportTo"] == ["*"]
+    for document in documents:
+        if document["kind"] == "VirtualService":
+            assert document["spec"]["exportTo"] == ["*"], document["metadata"]["name"]
     for document in documents:
         assert DNS_LABEL.match(document["metadata"]["name"]) and len(document["metadata"]["name"]) <= 63
 

@@ -91,6 +91,11 @@ def check_invariants(spec: dict[str, Any], model: dict[str, dict[str, Any]], use
     assert {r["name"]: r for r in http if is_preview_route(r)} == model
     # Preview routes come before every non-preview route.
     assert names == [r.get("name") for r in http[: len(names)]]
+    # A preview route matches only its own port, in every ORed match entry, and sends to that port.
+    for route in http:
+        if is_preview_route(route):
+            port = route["route"][0]["destination"]["port"]["number"]
+            assert route["match"] and all(m.get("port") == port for m in route["match"]), route
     # Header matches on x-preview are exact on the route's own key.
     for route in http:
         for match in route.get("match") or []:
@@ -171,7 +176,7 @@ def test_spec_round_trips_idempotently(start: Any, added: list[str]) -> None:
 
 def test_new_spec_has_only_the_default_route() -> None:
     default = {"name": "default", "route": [{"destination": {"host": HOST}}]}
-    assert new_spec(HOST) == {"hosts": [HOST], "http": [default]}
+    assert new_spec(HOST) == {"hosts": [HOST], "http": [default], "exportTo": ["*"]}
 
 
 def test_add_replaces_the_same_key_and_keeps_the_other() -> None:
@@ -227,3 +232,33 @@ def test_preview_match_modes() -> None:
 def test_is_preview_route(name: str | None, expected: bool) -> None:
     route = {} if name is None else {"name": name}
     assert is_preview_route(route) is expected
+
+
+@pytest.mark.parametrize("mode", ["header", "baggage", "both"])
+def test_preview_route_matches_only_its_port(mode: str) -> None:
+    """Istio HTTPMatchRequest.port: without it a request with the key to the real service's other port
+    would be sent to the preview's one port."""
+    route = preview_route("preview-1-abcdef", destination="p.previews.svc.cluster.local", port=9090,
+                          header_name=HEADER, mode=mode)  # type: ignore[arg-type]
+    assert route["match"] and all(m["port"] == 9090 for m in route["match"])
+    assert route["route"] == [{"destination": {"host": "p.previews.svc.cluster.local", "port": {"number": 9090}}}]
+    # The default route names no port: each port of the real service keeps going to itself.
+    assert default_route(HOST) == {"name": "default", "route": [{"destination": {"host": HOST}}]}
+    for bad in (0, 65536, -1):
+        with pytest.raises(ValueError, match="not a port"):
+            preview_route("preview-1-abcdef", destination="p", port=bad, header_name=HEADER, mode="header")
+
+
+@settings(max_examples=100, deadline=None)
+@given(starting_specs(), starting_specs())
+def test_with_routes_of_carries_missing_previews_and_keeps_its_own(one: Any, two: Any) -> None:
+    (target, target_model), (other, other_model) = one, two
+    user = non_preview(target)
+    merged = mesh_routes.with_routes_of(target, HOST, other)
+    check_invariants(merged, {**other_model, **target_model}, user)
+    assert mesh_routes.with_routes_of(merged, HOST, other) == merged
+
+
+def test_exported_everywhere_sets_export_to_only() -> None:
+    spec = with_route(new_spec(HOST), HOST, route_for("preview-1-abcdef"))
+    assert mesh_routes.exported_everywhere({**spec, "exportTo": ["."]}) == spec
