@@ -738,9 +738,20 @@ def _mesh_hop(routing: Routing, request: Request, namespace: str, findings: list
                                 f"and the routes of {', '.join(map(name_of, ignored))} are ignored (IST0109)"))
     findings.extend(_shadowed(vs))
     findings.extend(_prefix_keys(vs))
+    notes: tuple[str, ...] = ()
+    if port is None:
+        ports = sorted({int(m["port"]) for rule in (vs.get("spec") or {}).get("http") or []
+                        for m in rule.get("match") or [] if m and m.get("port")})
+        if len(ports) == 1:  # the one port the rules know: the request cannot reach another route
+            proxy = replace(proxy, listen_port=ports[0])
+            notes = (f"request port not given: assumed {ports[0]}, the only port {name_of(vs)} routes by",)
+        elif ports:
+            notes = (f"request port not given: {name_of(vs)} routes ports {', '.join(map(str, ports))} "
+                     "differently (pass --port)",)
     entries, missing = _entries(vs, proxy)
     absent = [(name_of(vs), p, r, why) for p, r, why in missing]
-    return _decide(proxy, host, entries, request, request.host.lower(), absent)
+    hop = _decide(proxy, host, entries, request, request.host.lower(), absent)
+    return replace(hop, notes=(*notes, *hop.notes))
 
 
 def explain(routing: Routing, request: Request, *, then: Sequence[str] = (),

@@ -699,7 +699,8 @@ async def test_team_virtual_service_elsewhere_needs_the_team_routes_binding(depl
     ensure_namespace(deployed.admin, team_ns)
     settings = ClusterSettings(domain="example.com", namespace=PREVIEW_NAMESPACE, routing_namespace=ROUTING_NAMESPACE)
     service = ServiceConfig(name=f"svc{suffix}", image="example.invalid/svc:{sha}", port=8080)
-    plan = plan_preview(settings, RepoConfig(services=(service,)), PreviewKey(f"team-{suffix}/shop", 3), "2" * 40)
+    key = PreviewKey(f"team-{suffix}/shop", 3, int(suffix, 16) + 1)
+    plan = plan_preview(settings, RepoConfig(services=(service,)), key, "2" * 40)
     host, route = plan.services[0].mesh_host, plan.services[0].mesh_route
     team = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "team-vs"},
             "spec": {"hosts": [host], "exportTo": ["*"],

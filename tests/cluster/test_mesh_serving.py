@@ -51,7 +51,7 @@ def team_namespace(cluster: Cluster) -> Iterator[str]:
 
 def key_of(settings: ClusterSettings, number: int) -> PreviewKey:
     """Keys are cluster-wide (teardown removes a key's routes wherever they are): one repository per test."""
-    return PreviewKey(f"acme/{settings.namespace}", number)
+    return PreviewKey(f"acme/{settings.namespace}", number, int(settings.namespace.split("-")[-1], 16) + 1)
 
 
 def route_of(settings: ClusterSettings, number: int) -> tuple[str, str, dict[str, Any]]:

@@ -145,9 +145,10 @@ async def test_explain_agrees_with_envoy(fake_github: FakeGitHub, cluster: objec
         await check(mesh, bot, proxies, [Case("client", real_a, {"x-preview": k12}),
                                          Case("caller", real_a, {"x-preview": k12})], namespace)
 
-        # Under defaultVirtualServiceExportTo ["."], VirtualServices without exportTo are private to their
-        # namespace. istiod applies a changed default to VirtualServices written after the change (its merged
-        # view compares the objects, not their computed exportTo), so team-b is rewritten and PR 7 deployed.
+        # Under defaultVirtualServiceExportTo ["."], VirtualServices without exportTo (team-b) are private to
+        # their namespace; the bot's say exportTo ["*"] and keep working everywhere. istiod applies a changed
+        # default to VirtualServices written after the change (its merged view compares the objects, not their
+        # computed exportTo), so team-b is rewritten and PR 7 deployed.
         mesh.delete(vs("team-a", "mesh-client", real_a, []))
         mesh.set_mesh_config(defaultVirtualServiceExportTo=["."])
         rewritten = vs("team-b", namespace, real_b, [
@@ -161,8 +162,8 @@ async def test_explain_agrees_with_envoy(fake_github: FakeGitHub, cluster: objec
         p7 = f"{k7}-a.{namespace}.svc.cluster.local"
         await mesh.wait_for(caller, real_a, p7, {"x-preview": k7})
         await mesh.wait_for(mesh.client, real_b, real_b, path="/v2/x")
-        await mesh.wait_for(mesh.client, real_a, real_a, {"x-preview": k7})
-        await mesh.wait_for(mesh.gateway, "preview-7-api-a.example.com", None, status=404)
+        await mesh.wait_for(mesh.client, real_a, p7, {"x-preview": k7})
+        await mesh.wait_for(mesh.gateway, "preview-7-api-a.example.com", p7)
         await check(mesh, bot, proxies, [
             Case("client", real_b, path="/v2/x"),
             Case("caller", real_b, path="/v2/x"),

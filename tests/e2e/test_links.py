@@ -130,12 +130,12 @@ async def test_link_deploys_a_fork_and_respects_the_other_repositorys_cap(repos:
         await bot.send("pull_request", pull_request_event(repos, WEB, 1, "opened"))
         await bot.send("pull_request", pull_request_event(repos, API, 5, "opened"))
         await bot.settle()
-        live: list[Any] = await bot.bot.kube.live_previews(API)
+        live: list[Any] = await bot.bot.kube.live_previews((bot.fake.repos[API].id, API))
         assert live == []  # a fork's code does not run before a writer approves it
         # The link, by a writer of both repositories, approves the fork's current head.
         reply = await say(bot, WEB, 1, f"/preview link {API}#5")
         assert reply.startswith(f"🔗 Linked {API}#5")
-        assert [p.key for p in await bot.bot.kube.live_previews(API)] == [api5.value]
+        assert [p.key for p in await bot.bot.kube.live_previews((bot.fake.repos[API].id, API))] == [api5.value]
         # acme/api is at its cap of one live preview: a second linked deploy is refused with the reason.
         reply = await say(bot, WEB, 1, f"/preview link {API}#6")
         assert reply.startswith(f"Not linked: {API}#6 could not be deployed: Nothing was deployed: this repository "

@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 
 from bot import comment
-from bot.naming import PreviewKey, mesh_route_name
+from bot.naming import mesh_route_name
 from tests.e2e.harness import REPO, ClusterView, RunningBot, running_bot
+from tests.e2e.harness import key_of as harness_key
 from tests.fakegithub import FakeGitHub, pull_request_event
 from tests.plugins.cluster import Cluster
 from tests.plugins.mesh import Answer, Mesh
@@ -34,12 +35,12 @@ def fqdn(name: str, namespace: str) -> str:
     return f"{name}.{namespace}.svc.cluster.local"
 
 
-def preview_of(number: int, namespace: str, service: str = "a") -> str:
-    return fqdn(PreviewKey(REPO, number).object_name(service), namespace)
+def preview_of(fake: FakeGitHub, number: int, namespace: str, service: str = "a") -> str:
+    return fqdn(harness_key(fake, REPO, number).object_name(service), namespace)
 
 
-def key_of(number: int) -> dict[str, str]:
-    return {"x-preview": PreviewKey(REPO, number).value}
+def key_of(fake: FakeGitHub, number: int) -> dict[str, str]:
+    return {"x-preview": harness_key(fake, REPO, number).value}
 
 
 async def open_pr(bot: RunningBot, number: int) -> None:
@@ -81,12 +82,12 @@ async def test_the_key_to_another_port_stays_on_the_real_service(bot: RunningBot
     """Real service `a` on 8080 and 9090; the preview serves 8080 (the config's port)."""
     real = mesh.real_service(namespace, "a", ports=(8080, 9090)).host
     await open_pr(bot, 31)
-    preview = preview_of(31, namespace)
+    preview = preview_of(bot.fake, 31, namespace)
 
-    answer = await mesh.wait_for(mesh.client, real, preview, key_of(31), port=8080)
+    answer = await mesh.wait_for(mesh.client, real, preview, key_of(bot.fake, 31), port=8080)
     assert answer.port == 8080
     # Fault: the preview route had no match.port, so this went to the preview's 8080.
-    other = await mesh.request(mesh.client, real, key_of(31), port=9090)
+    other = await mesh.request(mesh.client, real, key_of(bot.fake, 31), port=9090)
     assert (other.workload, other.port) == (real, 9090), mesh.explain(mesh.client, f"{real}:9090", other)
     plain = await mesh.request(mesh.client, real, port=9090)
     assert (plain.workload, plain.port) == (real, 9090)
@@ -99,13 +100,13 @@ async def test_routes_work_from_other_namespaces_under_a_private_export_default(
     mesh.set_mesh_config(defaultVirtualServiceExportTo=["."])
     real = mesh.real_service(namespace, "a").host
     await open_pr(bot, 32)
-    preview = preview_of(32, namespace)
+    preview = preview_of(bot.fake, 32, namespace)
 
-    _, seen = await mesh.wait_for(mesh.client, real, preview, key_of(32))
-    assert seen["x-preview"] == key_of(32)["x-preview"]
+    _, seen = await mesh.wait_for(mesh.client, real, preview, key_of(bot.fake, 32))
+    assert seen["x-preview"] == key_of(bot.fake, 32)["x-preview"]
     assert (await mesh.request(mesh.client, real)).workload == real
     _, seen = await mesh.wait_for(mesh.gateway, "preview-32-api-a.example.com", preview)
-    assert seen["x-preview"] == key_of(32)["x-preview"]
+    assert seen["x-preview"] == key_of(bot.fake, 32)["x-preview"]
 
 
 @pytest.mark.parametrize("form", ["fqdn", "short"])
@@ -125,7 +126,7 @@ async def test_team_virtual_service_older_in_another_namespace_carries_the_previ
 
     await open_pr(bot, 33)
     assert "ready" in sticky_title(bot.fake, 33).split("\n")[0]
-    answer = await mesh.wait_for(mesh.client, real, preview_of(33, namespace), key_of(33))
+    answer = await mesh.wait_for(mesh.client, real, preview_of(bot.fake, 33, namespace), key_of(bot.fake, 33))
     assert TEAM_HEADER not in answer.headers
     plain = await mesh.request(mesh.client, real)
     assert plain.workload == real and plain.headers.get(TEAM_HEADER) == "yes", "the team's route is kept"
@@ -142,7 +143,7 @@ async def test_team_virtual_service_newer_than_the_bots_takes_over_both_route_se
     first, second = (34, 35) if moved_by == "deploy" else (44, 45)
     real = mesh.real_service(namespace, "a").host
     await open_pr(bot, first)
-    await mesh.wait_for(mesh.client, real, preview_of(first, namespace), key_of(first))
+    await mesh.wait_for(mesh.client, real, preview_of(bot.fake, first, namespace), key_of(bot.fake, first))
     assert mesh_route_name(real) in view.virtual_services()
     # Sorts after the bot's VirtualService by name too, so it is the newer one even within one second.
     mesh.apply(team_virtual_service(team_namespace, "zz-team-a", real, export_to=["*"]))
@@ -160,9 +161,9 @@ async def test_team_virtual_service_newer_than_the_bots_takes_over_both_route_se
     def team_routes_used(answer: Answer) -> bool:
         return answer.workload == real and answer.headers.get(TEAM_HEADER) == "yes"
     await mesh.wait_until(mesh.client, real, team_routes_used)
-    assert (await mesh.request(mesh.client, real, key_of(first))).workload == preview_of(first, namespace)
-    if moved_by == "deploy":
-        assert (await mesh.request(mesh.client, real, key_of(second))).workload == preview_of(second, namespace)
+    for number in (first, second) if moved_by == "deploy" else (first,):
+        answer = await mesh.request(mesh.client, real, key_of(bot.fake, number))
+        assert answer.workload == preview_of(bot.fake, number, namespace)
     assert mesh_route_name(real) not in view.virtual_services()
     await mesh.assert_no_conflicts(real)  # istiod's pilot_vservice_dup_domain: one VirtualService for the host
 
@@ -179,6 +180,6 @@ async def test_team_virtual_service_relying_on_the_mesh_default_is_refused_not_r
     title = sticky_title(bot.fake, 36)
     assert "ready" not in title.split("\n")[0] and f"VirtualService {team_namespace}/team-a" in title, title
     assert view.deployments() == {}
-    answer = await mesh.request(mesh.client, real, key_of(36))
+    answer = await mesh.request(mesh.client, real, key_of(bot.fake, 36))
     assert answer.workload == real and answer.headers.get(TEAM_HEADER) == "yes"
     await mesh.assert_no_conflicts(real)  # istiod's pilot_vservice_dup_domain: one VirtualService for the host

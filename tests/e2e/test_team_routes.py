@@ -15,8 +15,8 @@ import pytest
 from kubernetes import client
 
 from bot import comment, mesh_routes
-from bot.naming import PreviewKey, mesh_route_name
-from tests.e2e.harness import REPO, ClusterView, RunningBot, running_bot
+from bot.naming import mesh_route_name
+from tests.e2e.harness import REPO, ClusterView, RunningBot, key_of, running_bot
 from tests.fakegithub import FakeGitHub, issue_comment_event, pull_request_event
 from tests.plugins.cluster import Cluster
 
@@ -74,7 +74,7 @@ async def test_refused_naming_the_team_virtual_service_then_deployed_into_it(
     assert await bot.send("issue_comment", issue_comment_event(bot.fake, REPO, 5, "/preview", user="alice")) == 202
     await bot.settle()
     assert "ready" in sticky(bot.fake, 5).split("\n")[1]
-    key = PreviewKey(REPO, 5)
+    key = key_of(bot.fake, REPO, 5)
     adopted = custom.get_namespaced_custom_object("networking.istio.io", "v1", team_namespace,
                                                   "virtualservices", "team-a")
     assert mesh_routes.preview_keys(adopted["spec"]) == [key.value]

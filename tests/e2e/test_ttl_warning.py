@@ -28,7 +28,7 @@ async def pass_at(bot: RunningBot, now: datetime) -> GcReport:
 
 
 async def pushed_at(bot: RunningBot, number: int) -> datetime:
-    [preview] = [p for p in await bot.bot.kube.live_previews(REPO) if p.number == number]
+    [preview] = [p for p in await bot.bot.kube.live_previews((bot.fake.repos[REPO].id, REPO)) if p.number == number]
     assert preview.pushed_at
     return datetime.fromisoformat(preview.pushed_at.replace("Z", "+00:00"))
 

@@ -111,7 +111,7 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], bool, str]] = [
     ("query-missing", {"queryParams": {"v": {"exact": "2"}}}, {"path": "/x"}, False, "no `v` query parameter"),
     ("port", {"port": 8080, "headers": {"x-preview": {}}}, {"port": 8080, "headers": {"x-preview": "1"}}, True, ""),
     ("port-other", {"port": 8080}, {"port": 9090}, False, "only for port 8080, the request is on port 9090"),
-    ("port-unknown", {"port": 8080}, {}, False, "request port unknown"),
+    ("port-unknown-assumed", {"port": 8080}, {}, True, ""),  # the one port the VirtualService routes by
     ("source-namespace", {"sourceNamespace": "web"}, {}, False, "only for callers in namespace `web`"),
     ("source-labels", {"sourceLabels": {"app": "web"}}, {"source_labels": {"app": "web"}}, True, ""),
     ("match-gateways-mesh", {"gateways": ["mesh"]}, {}, True, ""),
@@ -131,6 +131,15 @@ def test_one_match_entry(match: dict[str, Any], request_kwargs: dict[str, Any], 
     else:
         assert name is None and reached is None and result.final.outcome == "not-found"
         assert any(reason in r for r in reasons), reasons
+
+
+def test_unknown_port_is_not_guessed_when_rules_route_ports_differently() -> None:
+    result = in_mesh(mesh(rule("r8080", {"port": 8080}, dest="hit.shop.svc.cluster.local"),
+                          rule("r9090", {"port": 9090}, dest="other.shop.svc.cluster.local")))
+    name, reached, reasons = verdict(result)
+    assert name is None and reached is None
+    assert any("request port unknown" in r for r in reasons), reasons
+    assert any("routes ports 8080, 9090 differently (pass --port)" in n for n in result.final.notes)
 
 
 def test_entries_are_ored_and_the_first_matching_rule_wins() -> None:
