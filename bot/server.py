@@ -29,7 +29,7 @@ from bot.handlers import commands, pull_request
 from bot.kube import Kube
 from bot.leader import LeaderElector
 from bot.previews import Previewer
-from bot.queue import QueueClosed, WorkQueue
+from bot.queue import QueueClosed, QueueFull, WorkQueue
 from bot.reconcile import GcReport, reconcile
 from bot.settings import Settings, load_cluster_settings, load_settings
 from bot.triggers import Decision, decide, facts_from_pull
@@ -68,7 +68,7 @@ class Bot:
                             timeout=settings.github_timeout)
         self.previewer = Previewer(settings.cluster, kube, ready_timeout=settings.ready_timeout,
                                    identity=settings.identity)
-        self.queue = WorkQueue(settings.max_concurrency)
+        self.queue = WorkQueue(settings.max_concurrency, max_pending=settings.max_queue)
         self.ctx = Context(settings=settings, kube=kube, auth=self.auth, previewer=self.previewer,
                            queue=self.queue, router=build_router())
         self.webhook = WebhookConfig(
@@ -143,8 +143,13 @@ class Bot:
             # deploy is then a no-op.
             await self.previewer.deploy(client, number, str(pull["head"]["sha"]), force=False,
                                         superseded=lambda: self.ctx.superseded(repo, number))
-        with suppress(QueueClosed):
-            self.queue.submit((repo, number), job, supersedes=False)
+        try:
+            self.queue.submit((repo, number), job, supersedes=False, slot="resume")
+        except QueueClosed:
+            pass
+        except QueueFull:
+            log.warning("work queue full: resume left to the next reconciliation pass",
+                        extra={"repo": repo, "pr": number})
 
     def leading(self) -> bool:
         return self.elector is None or self.elector.leading

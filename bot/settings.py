@@ -104,6 +104,7 @@ class Settings:
     api_url: str = DEFAULT_API_URL
     ready_timeout: float = 300.0
     max_concurrency: int = 8
+    max_queue: int = 2000
     max_body_bytes: int = 25 * 1024 * 1024
     drain_timeout: float = 30.0
     content_requests_per_minute: int = 60
@@ -275,6 +276,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         api_url=api_url,
         ready_timeout=_positive_float(env, "PREVIEW_READY_TIMEOUT", 300.0),
         max_concurrency=_positive_int(env, "PREVIEW_MAX_CONCURRENCY", 8),
+        max_queue=_positive_int(env, "PREVIEW_MAX_QUEUE", 2000),
         max_body_bytes=_positive_int(env, "PREVIEW_MAX_BODY_BYTES", 25 * 1024 * 1024),
         drain_timeout=_positive_float(env, "PREVIEW_DRAIN_TIMEOUT", 30.0),
         content_requests_per_minute=_positive_int(env, "PREVIEW_GITHUB_CONTENT_PER_MINUTE", 60),

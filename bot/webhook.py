@@ -17,14 +17,14 @@ from aiohttp import web
 from gidgethub import sansio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from bot import metrics
-from bot.queue import QueueClosed
+from bot import coalesce, metrics
+from bot.queue import Job, QueueClosed, QueueFull
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 Dispatch = Callable[[sansio.Event], Awaitable[None]]
-Submit = Callable[[tuple[str, int], Callable[[], Awaitable[None]]], None]
+Submit = Callable[..., bool]  # WorkQueue.submit
 ReadinessCheck = Callable[[], Awaitable[None]]
 
 CONTEXT_KEY: web.AppKey[WebhookConfig] = web.AppKey("webhook_config")
@@ -40,6 +40,27 @@ class WebhookConfig:
         self.readiness = readiness
         self.seen: cachetools.TTLCache[str, bool] = cachetools.TTLCache(maxsize=50_000, ttl=6 * 3600)
         self.draining = False
+
+
+class EventJob:
+    """The background job for one (possibly merged) event."""
+
+    __slots__ = ("dispatch", "event")
+
+    def __init__(self, dispatch: Dispatch, event: sansio.Event) -> None:
+        self.dispatch = dispatch
+        self.event = event
+
+    def __call__(self) -> Awaitable[None]:
+        return self.dispatch(self.event)
+
+
+def merge_converge(older: Job, newer: Job) -> Job:
+    """Two pending `pull_request` jobs of one PR as one (rules: bot.coalesce)."""
+    assert isinstance(older, EventJob) and isinstance(newer, EventJob)
+    data = coalesce.merge_pull_events(older.event.data, newer.event.data)
+    return EventJob(newer.dispatch, sansio.Event(data, event=newer.event.event,
+                                                 delivery_id=newer.event.delivery_id))
 
 
 def _error(status: int, message: str, event: str = "unknown") -> web.Response:
@@ -107,13 +128,27 @@ async def handle_webhook(request: web.Request) -> web.Response:
     if "installation" not in data or "repository" not in data:
         metrics.WEBHOOKS.labels(event=event_name, outcome="ignored").inc()
         return web.json_response({"msg": "not a repository event of an installation; ignored"}, status=202)
-    event = sansio.Event(data, event=event_name, delivery_id=delivery)
+    kind = coalesce.classify(event_name, data)
+    if kind is None:
+        config.seen[delivery] = True
+        metrics.WEBHOOKS.labels(event=event_name, outcome="ignored").inc()
+        return web.json_response({"msg": "no preview work in this event; ignored"}, status=202)
+    job = EventJob(config.dispatch, sansio.Event(data, event=event_name, delivery_id=delivery))
     try:
-        config.submit(work_key(data), lambda: config.dispatch(event))
+        if kind == coalesce.CONVERGE:
+            merged = config.submit(work_key(data), job, slot=kind, merge=merge_converge)
+        else:
+            merged = config.submit(work_key(data), job)
     except QueueClosed:
         return _error(503, "shutting down", event_name)
+    except QueueFull:
+        # Not remembered as seen: GitHub shows a failed delivery (redeliverable), and the reconciler
+        # converges every open PR anyway.
+        log.warning("work queue full: delivery refused with 503",
+                    extra={"delivery": delivery, "event": event_name, "action": data.get("action")})
+        return _error(503, "too much work queued; retry later (the reconciler also catches up)", event_name)
     config.seen[delivery] = True
-    metrics.WEBHOOKS.labels(event=event_name, outcome="accepted").inc()
+    metrics.WEBHOOKS.labels(event=event_name, outcome="merged" if merged else "accepted").inc()
     return web.json_response({"msg": "accepted"}, status=202)
 
 
