@@ -42,8 +42,7 @@ class Previewer:
 
     async def load_config(self, gh: RepoClient) -> RepoConfig | None:
         """The config on the default branch (never the PR's own); None when the repo has none."""
-        branch = await gh.default_branch()
-        text = await gh.file_text(CONFIG_PATH, branch)
+        text = await gh.file_text(CONFIG_PATH)  # no ref: the default branch
         if text is None:
             return None
         config = parse_repo_config(text, CONFIG_PATH)
@@ -55,15 +54,17 @@ class Previewer:
 
     async def settled(self, gh: RepoClient, key: PreviewKey, head_sha: str) -> bool:
         """`head_sha` was deployed to the end: it runs (success), or it failed and a retry needs a push or
-        `/preview`. A deploy cut short (in_progress, a crash) is not settled."""
+        `/preview`. A deploy cut short (in_progress, a crash), or one that failed before anything reached
+        the cluster, is not settled."""
+        # The cluster first: a deploy that got anywhere left objects at this SHA, so a new preview costs
+        # no GitHub read here.
+        if not any(p.key == key.value and p.sha == head_sha for p in await self.kube.live_previews(gh.repo)):
+            return False
         deployments = await gh.deployments(key.environment)
         if not deployments or deployments[0].get("sha") != head_sha:
             return False
         state = await gh.latest_state(int(deployments[0]["id"]))
-        if state in ("failure", "error"):
-            return True
-        return state == "success" and any(
-            p.key == key.value and p.sha == head_sha for p in await self.kube.live_previews(gh.repo))
+        return state in ("failure", "error", "success")
 
     async def deploy(self, gh: RepoClient, number: int, head_sha: str, *,
                      config: RepoConfig | None = None, force: bool = True,
@@ -113,7 +114,10 @@ class Previewer:
             ref=head_sha, environment=key.environment, description=f"Preview of #{number}",
             payload={"key": key.value, "services": [s.service.name for s in plan.services],
                      "replica": self.identity})
-        await gh.deactivate(key.environment, keep=[deployment_id])
+        if deployed:
+            # Earlier deployments are active only while their objects run (a teardown deactivates
+            # them), so a preview with nothing in the cluster has none to deactivate.
+            await gh.deactivate(key.environment, keep=[deployment_id])
         await gh.deployment_status(deployment_id, "in_progress", description="deploying")
         await self.report(gh, number, Report(State.DEPLOYING, sha=head_sha, services=lines, header_value=key.value))
         try:

@@ -18,6 +18,8 @@ DEPLOYMENT_DESCRIPTION_MAX = 140
 
 # (repo, number) -> (comment id, last body). Process-wide: it saves a listing and skips no-op edits.
 _STICKY: cachetools.LRUCache[tuple[str, int], tuple[int, str]] = cachetools.LRUCache(maxsize=4096)
+# PRs a webhook payload showed with no comments at all: their first sticky needs no search.
+_NO_COMMENTS: cachetools.LRUCache[tuple[str, int], bool] = cachetools.LRUCache(maxsize=4096)
 
 
 class RepoClient:
@@ -30,9 +32,11 @@ class RepoClient:
         data = await self.gh.getitem(self._base)
         return str(data["default_branch"])
 
-    async def file_text(self, path: str, ref: str) -> str | None:
+    async def file_text(self, path: str, ref: str | None = None) -> str | None:
+        """The file's text at `ref`; without `ref`, GitHub reads the repository's default branch ("Get
+        repository content": `ref` defaults to the default branch), which saves asking for its name."""
         try:
-            data = await self.gh.getitem(f"{self._base}/contents/{path}{{?ref}}", {"ref": ref})
+            data = await self.gh.getitem(f"{self._base}/contents/{path}{{?ref}}", {"ref": ref} if ref else {})
         except gidgethub.BadRequest as exc:
             if exc.status_code == 404:
                 return None
@@ -86,13 +90,30 @@ class RepoClient:
                 return int(item["id"]), str(item["body"])
         return None
 
+    def assume_no_comments(self, number: int) -> None:
+        """The PR had no comment when GitHub sent the event (`pull_request.comments == 0`): the first
+        sticky comment is created without listing comments first (a race with another replica is
+        still caught: every creation checks for an older sticky)."""
+        if (self.repo, number) not in _STICKY:
+            _NO_COMMENTS[(self.repo, number)] = True
+
+    async def _known_sticky(self, number: int) -> tuple[int, str] | None:
+        cache_key = (self.repo, number)
+        if cache_key in _STICKY:
+            return _STICKY[cache_key]
+        if _NO_COMMENTS.pop(cache_key, False):
+            return None
+        return await self._find_sticky(number)
+
     async def has_sticky(self, number: int) -> bool:
+        if (self.repo, number) in _NO_COMMENTS:
+            return False
         return (self.repo, number) in _STICKY or await self._find_sticky(number) is not None
 
     async def upsert_sticky(self, number: int, body: str) -> int:
         """Edit the PR's one bot comment in place, or create it; an unchanged body costs nothing."""
         cache_key = (self.repo, number)
-        known = _STICKY.get(cache_key) or await self._find_sticky(number)
+        known = await self._known_sticky(number)
         if known is not None:
             comment_id, current = known
             if current == body:

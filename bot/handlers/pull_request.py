@@ -40,6 +40,8 @@ async def on_pull_request(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> N
     number = int(pr["number"])
     client = repo_client(event, gh)
     pairs = pairs_of(event.data)
+    if pr.get("comments") == 0:
+        client.assume_no_comments(number)
     actions = {action for action, _label in pairs}
     if pr.get("state") == "closed":
         # A closed PR never keeps a preview, whatever the repository's config says (or fails to say).
