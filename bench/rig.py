@@ -39,17 +39,22 @@ SERVER_CORE = "0"
 LOAD_CORE = "1"
 
 WRK_SCRIPT = r"""
--- Every request: the same signed body, a fresh X-GitHub-Delivery (GitHub's UUID shape).
-local f = assert(io.open(os.getenv("BENCH_BODY"), "rb")); local body = f:read("*a"); f:close()
-local headers = {["Content-Type"] = "application/json", ["X-GitHub-Event"] = os.getenv("BENCH_EVENT"),
-                 ["X-Hub-Signature-256"] = os.getenv("BENCH_SIGNATURE")}
+-- Every request: the next of the signed bodies (round robin), a fresh X-GitHub-Delivery (GitHub's UUID shape).
+local bodies, signatures = {}, {}
+for path in string.gmatch(os.getenv("BENCH_BODIES"), "[^,]+") do
+  local f = assert(io.open(path, "rb")); table.insert(bodies, f:read("*a")); f:close()
+end
+for sig in string.gmatch(os.getenv("BENCH_SIGNATURES"), "[^,]+") do table.insert(signatures, sig) end
+local headers = {["Content-Type"] = "application/json", ["X-GitHub-Event"] = os.getenv("BENCH_EVENT")}
 local round = tonumber(os.getenv("BENCH_ROUND"))
 local limit = tonumber(os.getenv("BENCH_LIMIT") or "0")
 local n, answered = 0, 0
 request = function()
+  local i = n % #bodies + 1
   n = n + 1
   headers["X-GitHub-Delivery"] = string.format("%08x-%04x-4000-8000-%012x", round, os.time() % 65536, n)
-  return wrk.format("POST", nil, headers, body)
+  headers["X-Hub-Signature-256"] = signatures[i]
+  return wrk.format("POST", nil, headers, bodies[i])
 end
 if limit > 0 then
   response = function(status, hdrs, b)
@@ -214,23 +219,28 @@ async def probot(*, core: str | None = SERVER_CORE) -> AsyncIterator[tuple[str, 
         yield f"http://127.0.0.1:{port}/api/github/webhooks", proc.pid
 
 
-def wrk(url: str, body: bytes, *, seconds: float, connections: int, round_id: int, event: str = "pull_request",
-        limit: int = 0) -> dict[str, float]:
-    """wrk (one thread, pinned to the load core): requests/s, p50/p99/max in ms, errors. With `limit`,
-    it stops after that many answers (or `seconds`, whichever comes first)."""
+def wrk(url: str, bodies: bytes | list[bytes], *, seconds: float, connections: int, round_id: int,
+        event: str = "pull_request", limit: int = 0) -> dict[str, float]:
+    """wrk (one thread, pinned to the load core), the bodies in turn: requests/s, p50/p99/max in ms,
+    errors (non-2xx answers and socket errors). With `limit`, it stops after that many answers (or
+    `seconds`, whichever comes first)."""
+    bodies = [bodies] if isinstance(bodies, bytes) else bodies
     with tempfile.TemporaryDirectory() as folder:
-        script, body_file = Path(folder) / "load.lua", Path(folder) / "body.json"
+        script = Path(folder) / "load.lua"
         script.write_text(WRK_SCRIPT)
-        body_file.write_bytes(body)
-        env = {**os.environ, "BENCH_BODY": str(body_file), "BENCH_SIGNATURE": sign(body), "BENCH_EVENT": event,
+        files = []
+        for i, body in enumerate(bodies):
+            files.append(Path(folder) / f"body-{i}.json")
+            files[-1].write_bytes(body)
+        env = {**os.environ, "BENCH_BODIES": ",".join(map(str, files)),
+               "BENCH_SIGNATURES": ",".join(sign(b) for b in bodies), "BENCH_EVENT": event,
                "BENCH_ROUND": str(round_id), "BENCH_LIMIT": str(limit)}
-        out = subprocess.run(["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-                              "--timeout", "5s", "-s", str(script), url], capture_output=True, text=True,
-                             env=env, timeout=seconds + 60, check=False)
+        out = subprocess.run(["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}",
+                              f"-d{max(1, round(seconds))}s", "--timeout", "5s", "-s", str(script), url],
+                             capture_output=True, text=True, env=env, timeout=seconds + 60, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"wrk failed: {out.stdout[-2000:]}{out.stderr[-2000:]}")
-    line = next(x for x in out.stdout.splitlines() if x.startswith("{"))
-    data = json.loads(line)
+    data = json.loads(next(x for x in out.stdout.splitlines() if x.startswith("{")))
     return {"requests": data["requests"], "rps": data["requests"] / (data["duration_us"] / 1e6),
             "p50_ms": data["p50_us"] / 1000, "p99_ms": data["p99_us"] / 1000, "max_ms": data["max_us"] / 1000,
             "errors": data["status_errors"] + data["socket_errors"]}

@@ -1,0 +1,147 @@
+"""End-to-end figures on loopback: `preview-bot serve` against the fake GitHub and the real API server.
+
+- flood: deliveries for a few PRs while GitHub answers 502 to everything: the server's memory and
+  acknowledgement latency, then the time until every PR's preview runs its head once GitHub is back;
+- preview: PR opened -> preview URL in the PR comment (rollout excluded), and the GitHub requests one
+  new preview costs, counted at the fake;
+- burst: many PRs opened at once: the time until all are ready, and how GitHub writes were paced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+
+from bench import rig
+from tests.fakegithub import FakeGitHub, pull_request_event, webhook_headers
+from tests.plugins.cluster import Cluster
+
+REPO = rig.EXAMPLE_REPO
+WRITES = frozenset({"POST", "PATCH", "PUT", "DELETE"})
+
+
+def _ready_at(fake: FakeGitHub, number: int, sha: str) -> bool:
+    """The PR's newest Deployment is for `sha` and succeeded."""
+    environment = f"preview-{number}"
+    ours = [d for d in fake.deployments(REPO) if d["environment"] == environment]
+    if not ours:
+        return False
+    newest = max(ours, key=lambda d: d["id"])
+    states = [s["state"] for s in fake.statuses(REPO, newest["id"])]
+    return newest["sha"] == sha and bool(states) and states[-1] == "success"
+
+
+async def _until(what: str, check: Any, timeout: float) -> float:
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"not within {timeout:.0f} s: {what}")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+async def _send(session: aiohttp.ClientSession, url: str, fake: FakeGitHub, number: int, action: str) -> int:
+    body = rig.body_of(pull_request_event(fake, REPO, number, action))
+    headers = webhook_headers("pull_request", body, rig.SECRET, str(uuid.uuid4()))
+    async with session.post(url, data=body, headers=headers) as response:
+        return response.status
+
+
+def _flood_body(fake: FakeGitHub, number: int) -> bytes:
+    installation = fake.repos[REPO].installation_id
+    assert installation is not None
+    payload = rig.example_opened(installation, number)
+    payload["action"] = "synchronize"
+    return rig.body_of(payload)
+
+
+async def bench_flood(cluster: Cluster, *, prs: int, deliveries: int, connections: int) -> dict[str, float]:
+    async with FakeGitHub() as fake, aiohttp.ClientSession() as session:
+        fake.add_repo(REPO, files={".github/preview.yml": rig.CONFIG})
+        env = rig.bot_env(fake, cluster, rig.new_namespace(cluster, "bench-flood"), PREVIEW_RECONCILE_INTERVAL="10",
+                          PREVIEW_GITHUB_CONTENT_PER_MINUTE="600", PREVIEW_GITHUB_CONTENT_PER_HOUR="20000")
+        async with rig.preview_bot(env) as (url, pid):
+            for n in range(1, prs + 1):
+                fake.add_pull(REPO, n)
+                assert await _send(session, url, fake, n, "opened") == 202
+            heads = {n: fake.repos[REPO].pulls[n].head_sha for n in range(1, prs + 1)}
+            await _until("first previews ready", lambda: all(_ready_at(fake, n, s) for n, s in heads.items()), 300)
+            rss_before = rig.rss_mib(pid)
+
+            fake.inject("*", "", status=502, times=10**9)  # GitHub is down
+            for n in range(1, prs + 1):
+                fake.push(REPO, n, uuid.uuid4().hex + "0" * 8)
+            heads = {n: fake.repos[REPO].pulls[n].head_sha for n in range(1, prs + 1)}
+            bodies = [_flood_body(fake, n) for n in range(1, prs + 1)]
+            load = await asyncio.to_thread(rig.wrk, url, bodies, seconds=120, connections=connections,
+                                           round_id=7, limit=deliveries)
+            rss_after, peak = rig.rss_mib(pid), rig.peak_rss_mib(pid)
+
+            fake.clear_faults()  # GitHub is back
+            converge = await _until("every PR at its head after the outage",
+                                    lambda: all(_ready_at(fake, n, s) for n, s in heads.items()), 300)
+            fake.response_errors.clear()
+    return {"deliveries": load["requests"], "refused": load["errors"], "ack_p99_ms": load["p99_ms"],
+            "ack_p50_ms": load["p50_ms"], "rss_before_mib": rss_before, "rss_after_mib": rss_after,
+            "peak_rss_mib": peak, "converge_s": converge}
+
+
+async def bench_preview(cluster: Cluster, *, prs: int) -> dict[str, float]:
+    """PR opened -> URL in the sticky comment, one PR at a time; GitHub requests per new preview."""
+    async with FakeGitHub() as fake, aiohttp.ClientSession() as session:
+        fake.add_repo(REPO, files={".github/preview.yml": rig.CONFIG})
+        # Pacing of writes is tested elsewhere; here it would measure GitHub's limit, not the bot.
+        env = rig.bot_env(fake, cluster, rig.new_namespace(cluster, "bench-preview"),
+                          PREVIEW_GITHUB_CONTENT_PER_MINUTE="100000", PREVIEW_GITHUB_CONTENT_PER_HOUR="100000")
+        latencies: list[float] = []
+        calls: list[int] = []
+        writes: list[int] = []
+        async with rig.preview_bot(env) as (url, _pid):
+            for n in range(1, prs + 2):
+                pull = fake.add_pull(REPO, n)
+                host = f"preview-{n}-api-a.example.com"
+                before = len(fake.calls)
+                started = time.monotonic()
+                assert await _send(session, url, fake, n, "opened") == 202
+                await _until(f"URL of PR {n} in its comment",
+                             lambda n=n, host=host: any(host in str(c["body"]) for c in fake.comments(REPO, n)), 60)
+                elapsed = time.monotonic() - started
+                await _until(f"PR {n} ready", lambda n=n, sha=pull.head_sha: _ready_at(fake, n, sha), 120)
+                await asyncio.sleep(0.2)  # the READY edit lands after the status
+                if n == 1:
+                    continue  # the first one also mints the installation token: not the steady state
+                latencies.append(elapsed)
+                made = fake.calls[before:]
+                calls.append(len(made))
+                writes.append(sum(c.method in WRITES for c in made))
+            fake.response_errors.clear()
+    latencies.sort()
+    return {"url_p50_ms": statistics.median(latencies) * 1000,
+            "url_p99_ms": latencies[max(0, round(len(latencies) * 0.99) - 1)] * 1000,
+            "github_calls_per_preview": max(calls), "github_writes_per_preview": max(writes)}
+
+
+async def bench_burst(cluster: Cluster, *, prs: int) -> dict[str, float]:
+    """`prs` PRs opened at once, with the default pacing of GitHub writes (60 a minute per replica)."""
+    async with FakeGitHub() as fake, aiohttp.ClientSession() as session:
+        fake.add_repo(REPO, files={".github/preview.yml": rig.CONFIG})
+        fake.secondary_limit(80)  # GitHub's documented content-creation limit: 80 a minute
+        env = rig.bot_env(fake, cluster, rig.new_namespace(cluster, "bench-burst"))
+        async with rig.preview_bot(env) as (url, _pid):
+            for n in range(1, prs + 1):
+                fake.add_pull(REPO, n)
+            started = time.monotonic()
+            statuses = await asyncio.gather(*(_send(session, url, fake, n, "opened") for n in range(1, prs + 1)))
+            assert statuses == [202] * prs, statuses
+            heads = {n: fake.repos[REPO].pulls[n].head_sha for n in range(1, prs + 1)}
+            await _until(f"{prs} previews ready", lambda: all(_ready_at(fake, n, s) for n, s in heads.items()), 1800)
+            elapsed = time.monotonic() - started
+            refused = sum(c.status == 403 for c in fake.calls)
+            fake.response_errors.clear()
+            return {"converge_s": elapsed, "max_writes_per_min": fake.max_content_requests_in_window(60),
+                    "secondary_limit_403s": refused}
