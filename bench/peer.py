@@ -27,7 +27,7 @@ async def bench_peer(cluster: Cluster, *, rounds: int, seconds: float, connectio
             runs: dict[str, list[dict[str, float]]] = {"preview-bot": [], "probot": []}
             async with rig.preview_bot(env) as (bot_url, _), rig.probot() as (probot_url, _):
                 urls = {"preview-bot": bot_url, "probot": probot_url}
-                for name, url in urls.items():  # warm-up (JIT, caches, connections), not counted
+                for url in urls.values():  # warm-up (JIT, caches, connections), not counted
                     await asyncio.to_thread(rig.wrk, url, body, seconds=2, connections=connections, round_id=99)
                 for round_id in range(rounds):
                     for name, url in urls.items():

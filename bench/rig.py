@@ -176,25 +176,25 @@ async def process(argv: list[str], env: Mapping[str, str], ready_url: str, *, co
                   cwd: Path | None = None) -> AsyncIterator[subprocess.Popen[bytes]]:
     """Start `argv` (pinned to `core`), wait until `ready_url` answers, stop it (SIGTERM, then SIGKILL)."""
     pinned = ["taskset", "-c", core, *argv] if core is not None else argv
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(pinned, env=dict(env), cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
-    try:
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(pinned, env=dict(env), cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
         try:
-            await wait_http(ready_url)
-        except RuntimeError:
-            log.seek(0)
-            raise RuntimeError(f"{argv[0]} did not start:\n{log.read()[-3000:].decode(errors='replace')}") from None
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(asyncio.to_thread(proc.wait), 40)
-            except TimeoutError:
-                proc.kill()
-                proc.wait()
-        log.close()
+                await wait_http(ready_url)
+            except RuntimeError:
+                log.seek(0)
+                output = log.read()[-3000:].decode(errors="replace")
+                raise RuntimeError(f"{argv[0]} did not start:\n{output}") from None
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(asyncio.to_thread(proc.wait), 40)
+                except TimeoutError:
+                    proc.kill()
+                    proc.wait()
 
 
 @contextlib.asynccontextmanager

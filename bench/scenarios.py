@@ -126,12 +126,16 @@ async def bench_preview(cluster: Cluster, *, prs: int) -> dict[str, float]:
             "github_calls_per_preview": max(calls), "github_writes_per_preview": max(writes)}
 
 
-async def bench_burst(cluster: Cluster, *, prs: int) -> dict[str, float]:
-    """`prs` PRs opened at once, with the default pacing of GitHub writes (60 a minute per replica)."""
+async def bench_burst(cluster: Cluster, *, prs: int, speedup: int) -> dict[str, float]:
+    """`prs` PRs opened at once. GitHub's content limit (80 a minute; the bot paces itself to 60) is
+    scaled by `speedup` on both sides, so the bench takes minutes, not half an hour; the figures say
+    what that means at the real limits."""
     async with FakeGitHub() as fake, aiohttp.ClientSession() as session:
         fake.add_repo(REPO, files={".github/preview.yml": rig.CONFIG})
-        fake.secondary_limit(80)  # GitHub's documented content-creation limit: 80 a minute
-        env = rig.bot_env(fake, cluster, rig.new_namespace(cluster, "bench-burst"))
+        fake.secondary_limit(80 * speedup)
+        env = rig.bot_env(fake, cluster, rig.new_namespace(cluster, "bench-burst"),
+                          PREVIEW_GITHUB_CONTENT_PER_MINUTE=str(60 * speedup),
+                          PREVIEW_GITHUB_CONTENT_PER_HOUR=str(450 * speedup))
         async with rig.preview_bot(env) as (url, _pid):
             for n in range(1, prs + 1):
                 fake.add_pull(REPO, n)
@@ -141,7 +145,93 @@ async def bench_burst(cluster: Cluster, *, prs: int) -> dict[str, float]:
             heads = {n: fake.repos[REPO].pulls[n].head_sha for n in range(1, prs + 1)}
             await _until(f"{prs} previews ready", lambda: all(_ready_at(fake, n, s) for n, s in heads.items()), 1800)
             elapsed = time.monotonic() - started
-            refused = sum(c.status == 403 for c in fake.calls)
+            writes = sum(c.method in WRITES and "/access_tokens" not in str(c.path_template) for c in fake.calls)
             fake.response_errors.clear()
-            return {"converge_s": elapsed, "max_writes_per_min": fake.max_content_requests_in_window(60),
-                    "secondary_limit_403s": refused}
+            return {"converge_s": elapsed, "writes": writes,
+                    "max_writes_per_min_scaled": fake.max_content_requests_in_window(60) / speedup,
+                    "secondary_limit_403s": sum(c.status == 403 for c in fake.calls),
+                    "minutes_at_real_pacing": writes / 60}
+
+
+async def _counters(base: str) -> dict[str, float]:
+    """Sum of the bot's GitHub and Kubernetes request counters, from its /metrics."""
+    async with aiohttp.ClientSession() as session, session.get(f"{base}/metrics") as response:
+        text = await response.text()
+    totals = {"kube": 0.0, "github": 0.0}
+    for line in text.splitlines():
+        for name, metric in (("kube", "preview_bot_kubernetes_requests_total{"),
+                             ("github", "preview_bot_github_requests_total{")):
+            if line.startswith(metric):
+                totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+async def bench_scale(cluster: Cluster, *, repos: int, per_repo: int) -> dict[str, float]:
+    """GitHub and Kubernetes requests for one push to a live preview, with 1 and with repos*per_repo
+    previews live (the others made with the bot's own adapter: the same objects and mesh routes)."""
+    from datetime import UTC, datetime
+
+    from bot import manifests
+    from bot.kube import Kube
+    from bot.naming import PreviewKey
+    from bot.repo_config import parse_repo_config
+    from bot.settings import ClusterSettings, Policy
+
+    namespace = rig.new_namespace(cluster, "bench-scale")
+    settings = ClusterSettings(domain="example.com", namespace=namespace, routing_namespace=namespace,
+                               policy=Policy(max_previews_per_repo=10_000))
+    config = parse_repo_config(rig.CONFIG)
+
+    async with FakeGitHub() as fake, aiohttp.ClientSession() as session:
+        fake.add_repo(REPO, files={".github/preview.yml": rig.CONFIG})
+        env = rig.bot_env(fake, cluster, namespace, PREVIEW_GITHUB_CONTENT_PER_MINUTE="100000",
+                          PREVIEW_GITHUB_CONTENT_PER_HOUR="100000")
+        async with rig.preview_bot(env) as (url, _pid):
+            base = url.rsplit("/", 1)[0]
+            fake.add_pull(REPO, 1)
+            assert await _send(session, url, fake, 1, "opened") == 202
+            await _until("PR 1 ready", lambda: _ready_at(fake, 1, fake.repos[REPO].pulls[1].head_sha), 120)
+
+            async def one_push() -> tuple[float, float]:
+                await asyncio.sleep(0.5)
+                before_fake, before = len(fake.calls), await _counters(base)
+                sha = uuid.uuid4().hex + "0" * 8
+                fake.push(REPO, 1, sha)
+                assert await _send(session, url, fake, 1, "synchronize") == 202
+                await _until("the push deployed", lambda: _ready_at(fake, 1, sha), 120)
+                await asyncio.sleep(0.5)
+                after = await _counters(base)
+                return len(fake.calls) - before_fake, after["kube"] - before["kube"]
+
+            github_small, kube_small = await one_push()
+
+            kube = Kube.from_environment(settings, str(cluster.kubeconfig))
+            started = time.monotonic()
+            limit = asyncio.Semaphore(8)
+
+            async def make(repo: str, number: int) -> None:
+                plan = manifests.plan_preview(settings, config, PreviewKey(repo, number), "b" * 40, only=["a"],
+                                              pushed_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+                async with limit:
+                    await kube.apply_preview(plan)
+                    for service in plan.services:
+                        await kube.add_mesh_route(service.mesh_host, service.mesh_route)
+
+            try:
+                await asyncio.gather(*(make(f"bench{r}/shop{r}", n) for r in range(repos)
+                                       for n in range(1, per_repo + 1) if (r, n) != (0, 1)))
+                fill_s = time.monotonic() - started
+                live = len(await kube.live_previews())
+                mesh = await kube.find_mesh_service(f"a.{namespace}.svc.cluster.local")
+            finally:
+                kube.close()
+            assert mesh is not None
+            from bot import mesh_routes
+            github_big, kube_big = await one_push()
+            fake.response_errors.clear()
+    return {"live_previews": live, "fill_s": fill_s,
+            "github_calls_push_1": github_small, f"github_calls_push_{live}": github_big,
+            "kube_calls_push_1": kube_small, f"kube_calls_push_{live}": kube_big,
+            "github_calls_growth": github_big - github_small, "kube_calls_growth": kube_big - kube_small,
+            "mesh_routes": len(mesh["spec"]["http"]), "mesh_spec_kib": mesh_routes.spec_bytes(mesh["spec"]) / 1024,
+            "mesh_share_of_etcd_limit_pct": mesh_routes.spec_bytes(mesh["spec"]) / (1.5 * 2**20) * 100}
