@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import cachetools
 import gidgethub
 
 from bot import comment, manifests, mesh_routes, metrics, naming
@@ -24,6 +25,8 @@ from bot.repo_config import CONFIG_PATH, RepoConfig, check_policy, parse_repo_co
 from bot.settings import ClusterSettings
 
 log = logging.getLogger(__name__)
+# (repo, preview key) -> the SHA this process last deployed to the end (success or failure).
+_FINISHED: cachetools.LRUCache[tuple[str, str], str] = cachetools.LRUCache(maxsize=8192)
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ class Previewer:
         # no GitHub read here.
         if not any(p.key == key.value and p.sha == head_sha for p in await self.kube.live_previews(gh.repo)):
             return False
+        if _FINISHED.get((gh.repo, key.value)) == head_sha:
+            return True  # this process saw that deploy to its end: no need to ask GitHub
         deployments = await gh.deployments(key.environment)
         if not deployments or deployments[0].get("sha") != head_sha:
             return False
@@ -144,6 +149,7 @@ class Previewer:
         await self.report(gh, number, Report(State.READY, sha=head_sha, services=ready_lines,
                                              header_value=key.value))
         metrics.PREVIEW_OUTCOMES.labels(action="deploy", outcome="success").inc()
+        _FINISHED[(gh.repo, key.value)] = head_sha
         return DeployResult(State.READY)
 
     async def _failed(self, gh: RepoClient, number: int, deployment_id: int, sha: str,
@@ -153,6 +159,7 @@ class Previewer:
         await self.report(gh, number, Report(State.FAILED, sha=sha, services=lines, header_value=key.value,
                                              detail=f"Deploy failed: {reason}"))
         metrics.PREVIEW_OUTCOMES.labels(action="deploy", outcome="failure").inc()
+        _FINISHED[(gh.repo, key.value)] = sha
         return DeployResult(State.FAILED, reason)
 
     async def teardown_services(self, key: PreviewKey, deployed: set[str], keep: list[str] | tuple[()]) -> None:
@@ -167,6 +174,7 @@ class Previewer:
 
     async def teardown(self, key: PreviewKey) -> int:
         """Remove every object and route of the preview; nothing deployed -> nothing done."""
+        _FINISHED.pop((key.repo, key.value), None)
         removed = await self.kube.remove_routes_of_key(key.value)
         removed += await self.kube.delete_preview(key)
         metrics.PREVIEW_OUTCOMES.labels(action="teardown", outcome="removed" if removed else "nothing").inc()
