@@ -112,8 +112,13 @@ def peak_rss_mib(pid: int) -> float:
 
 @contextlib.contextmanager
 def control_plane() -> Iterator[Cluster]:
-    """A fresh control plane for the bench (scripts/controlplane), taken down at the end."""
+    """A fresh control plane for the bench (scripts/controlplane), taken down at the end; with
+    PREVIEW_BOT_CLUSTER_DIR (as for the tests), the one already running there, left running."""
     script = [sys.executable, str(ROOT / "scripts" / "controlplane")]
+    reuse = os.environ.get("PREVIEW_BOT_CLUSTER_DIR")
+    if reuse:
+        yield Cluster.from_dir(Path(reuse).resolve())
+        return
     folder = Path(tempfile.mkdtemp(prefix="preview-bot-bench-"))
     up = subprocess.run([*script, "up", "--watch-pid", str(os.getpid()), str(folder)], capture_output=True,
                         text=True, timeout=600, check=False)
