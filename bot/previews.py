@@ -19,7 +19,7 @@ from bot import comment, manifests, mesh_routes, metrics, naming
 from bot.comment import Report, ServiceLine, State
 from bot.errors import ConfigError, PermanentError, PreviewError
 from bot.github.client import RepoClient
-from bot.kube import Kube, KubeError
+from bot.kube import Kube, KubeError, LivePreview
 from bot.naming import PreviewKey
 from bot.repo_config import CONFIG_PATH, RepoConfig, check_policy, parse_repo_config
 from bot.settings import ClusterSettings
@@ -55,13 +55,16 @@ class Previewer:
     async def report(self, gh: RepoClient, number: int, report: Report) -> None:
         await gh.upsert_sticky(number, comment.render(report))
 
-    async def settled(self, gh: RepoClient, key: PreviewKey, head_sha: str) -> bool:
+    async def settled(self, gh: RepoClient, key: PreviewKey, head_sha: str,
+                      previews: list[LivePreview] | None = None) -> bool:
         """`head_sha` was deployed to the end: it runs (success), or it failed and a retry needs a push or
         `/preview`. A deploy cut short (in_progress, a crash), or one that failed before anything reached
         the cluster, is not settled."""
         # The cluster first: a deploy that got anywhere left objects at this SHA, so a new preview costs
         # no GitHub read here.
-        if not any(p.key == key.value and p.sha == head_sha for p in await self.kube.live_previews(gh.repo)):
+        if previews is None:
+            previews = await self.kube.live_previews(gh.repo)
+        if not any(p.key == key.value and p.sha == head_sha for p in previews):
             return False
         if _FINISHED.get((gh.repo, key.value)) == head_sha:
             return True  # this process saw that deploy to its end: no need to ask GitHub
@@ -79,7 +82,8 @@ class Previewer:
         Without `force`, a SHA already deployed to the end is left alone (a repeated event, or a resumed
         one that a webhook already handled)."""
         key = PreviewKey(gh.repo, number)
-        if not force and await self.settled(gh, key, head_sha):
+        repo_previews = await self.kube.live_previews(gh.repo)
+        if not force and await self.settled(gh, key, head_sha, repo_previews):
             return DeployResult(State.READY, "already deployed")
         try:
             config = config or await self.load_config(gh)
@@ -93,7 +97,6 @@ class Previewer:
             await self.report(gh, number, Report(State.CONFIG_ERROR, sha=head_sha, detail=detail))
             return DeployResult(State.CONFIG_ERROR, detail)
 
-        repo_previews = await self.kube.live_previews(gh.repo)
         deployed = {s for p in repo_previews if p.key == key.value for s in p.services}
         live = [p for p in repo_previews if p.key != key.value]
         if len(live) >= self.settings.policy.max_previews_per_repo:
@@ -115,6 +118,8 @@ class Previewer:
             return DeployResult(State.NOT_DEPLOYED, detail)
 
         lines = [ServiceLine(s.service.name, s.url, s.image, False) for s in plan.services]
+        # The URL reaches the PR first; the Deployment's records follow.
+        await self.report(gh, number, Report(State.DEPLOYING, sha=head_sha, services=lines, header_value=key.value))
         deployment_id = await gh.create_deployment(
             ref=head_sha, environment=key.environment, description=f"Preview of #{number}",
             payload={"key": key.value, "services": [s.service.name for s in plan.services],
@@ -124,7 +129,6 @@ class Previewer:
             # them), so a preview with nothing in the cluster has none to deactivate.
             await gh.deactivate(key.environment, keep=[deployment_id])
         await gh.deployment_status(deployment_id, "in_progress", description="deploying")
-        await self.report(gh, number, Report(State.DEPLOYING, sha=head_sha, services=lines, header_value=key.value))
         try:
             await self.kube.apply_preview(plan)
             for service in plan.services:
