@@ -171,67 +171,76 @@ async def bench_scale(cluster: Cluster, *, repos: int, per_repo: int) -> dict[st
     previews live (the others made with the bot's own adapter: the same objects and mesh routes)."""
     from datetime import UTC, datetime
 
-    from bot import manifests
+    from bot import manifests, mesh_routes
     from bot.kube import Kube
     from bot.naming import PreviewKey
     from bot.repo_config import parse_repo_config
     from bot.settings import ClusterSettings, Policy
 
     namespace = rig.new_namespace(cluster, "bench-scale")
-    settings = ClusterSettings(domain="example.com", namespace=namespace, routing_namespace=namespace,
-                               policy=Policy(max_previews_per_repo=10_000))
+    template = "{key}-{service}.{domain}"  # 50 repositories: hosts must tell them apart
+    settings = ClusterSettings(domain="example.com", host_template=template, namespace=namespace,
+                               routing_namespace=namespace, policy=Policy(max_previews_per_repo=10_000))
     config = parse_repo_config(rig.CONFIG)
 
     async with FakeGitHub() as fake, aiohttp.ClientSession() as session:
         fake.add_repo(REPO, files={".github/preview.yml": rig.CONFIG})
         env = rig.bot_env(fake, cluster, namespace, PREVIEW_GITHUB_CONTENT_PER_MINUTE="100000",
-                          PREVIEW_GITHUB_CONTENT_PER_HOUR="100000")
+                          PREVIEW_GITHUB_CONTENT_PER_HOUR="100000", PREVIEW_HOST_TEMPLATE=template)
         async with rig.preview_bot(env) as (url, _pid):
             base = url.rsplit("/", 1)[0]
             fake.add_pull(REPO, 1)
             assert await _send(session, url, fake, 1, "opened") == 202
             await _until("PR 1 ready", lambda: _ready_at(fake, 1, fake.repos[REPO].pulls[1].head_sha), 120)
 
-            async def one_push() -> tuple[float, float]:
+            async def one_push() -> tuple[float, float, float]:
                 await asyncio.sleep(0.5)
                 before_fake, before = len(fake.calls), await _counters(base)
                 sha = uuid.uuid4().hex + "0" * 8
                 fake.push(REPO, 1, sha)
                 assert await _send(session, url, fake, 1, "synchronize") == 202
-                await _until("the push deployed", lambda: _ready_at(fake, 1, sha), 120)
+                took = await _until("the push deployed", lambda: _ready_at(fake, 1, sha), 120)
                 await asyncio.sleep(0.5)
                 after = await _counters(base)
-                return len(fake.calls) - before_fake, after["kube"] - before["kube"]
+                return len(fake.calls) - before_fake, after["kube"] - before["kube"], took
 
-            github_small, kube_small = await one_push()
+            await one_push()  # the first push also deactivates the first Deployment: not the steady state
+            github_small, kube_small, push_small = await one_push()
 
             kube = Kube.from_environment(settings, str(cluster.kubeconfig))
             started = time.monotonic()
             limit = asyncio.Semaphore(8)
 
-            async def make(repo: str, number: int) -> None:
-                plan = manifests.plan_preview(settings, config, PreviewKey(repo, number), "b" * 40, only=["a"],
-                                              pushed_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            plans = [manifests.plan_preview(settings, config, PreviewKey(f"bench{r}/shop{r}", n), "b" * 40,
+                                            only=["a"], pushed_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+                     for r in range(repos) for n in range(1, per_repo + 1) if (r, n) != (0, 1)]
+
+            async def make(plan: manifests.PreviewPlan) -> None:
                 async with limit:
                     await kube.apply_preview(plan)
+
+            def add_all(spec: dict[str, Any]) -> dict[str, Any]:
+                for plan in plans:
                     for service in plan.services:
-                        await kube.add_mesh_route(service.mesh_host, service.mesh_route)
+                        spec = mesh_routes.with_route(spec, service.mesh_host, service.mesh_route)
+                return spec
 
             try:
-                await asyncio.gather(*(make(f"bench{r}/shop{r}", n) for r in range(repos)
-                                       for n in range(1, per_repo + 1) if (r, n) != (0, 1)))
+                await asyncio.gather(*(make(plan) for plan in plans))
+                # The routes in one write: adding 999 one by one rewrites a growing object 999 times.
+                await kube.update_mesh_routes(plans[0].services[0].mesh_host, add_all)
                 fill_s = time.monotonic() - started
                 live = len(await kube.live_previews())
                 mesh = await kube.find_mesh_service(f"a.{namespace}.svc.cluster.local")
             finally:
                 kube.close()
             assert mesh is not None
-            from bot import mesh_routes
-            github_big, kube_big = await one_push()
+            github_big, kube_big, push_big = await one_push()
             fake.response_errors.clear()
     return {"live_previews": live, "fill_s": fill_s,
             "github_calls_push_1": github_small, f"github_calls_push_{live}": github_big,
             "kube_calls_push_1": kube_small, f"kube_calls_push_{live}": kube_big,
+            "push_to_ready_s_1": push_small, f"push_to_ready_s_{live}": push_big,
             "github_calls_growth": github_big - github_small, "kube_calls_growth": kube_big - kube_small,
             "mesh_routes": len(mesh["spec"]["http"]), "mesh_spec_kib": mesh_routes.spec_bytes(mesh["spec"]) / 1024,
             "mesh_share_of_etcd_limit_pct": mesh_routes.spec_bytes(mesh["spec"]) / (1.5 * 2**20) * 100}
