@@ -117,7 +117,9 @@ def control_plane() -> Iterator[Cluster]:
     script = [sys.executable, str(ROOT / "scripts" / "controlplane")]
     reuse = os.environ.get("PREVIEW_BOT_CLUSTER_DIR")
     if reuse:
-        yield Cluster.from_dir(Path(reuse).resolve())
+        cluster = Cluster.from_dir(Path(reuse).resolve())
+        ensure_capacity(cluster)
+        yield cluster
         return
     folder = Path(tempfile.mkdtemp(prefix="preview-bot-bench-"))
     up = subprocess.run([*script, "up", "--watch-pid", str(os.getpid()), str(folder)], capture_output=True,
@@ -125,10 +127,31 @@ def control_plane() -> Iterator[Cluster]:
     if up.returncode != 0:
         raise RuntimeError(f"control plane did not start:\n{up.stdout[-3000:]}{up.stderr[-3000:]}")
     try:
-        yield Cluster.from_dir(folder)
+        cluster = Cluster.from_dir(folder)
+        ensure_capacity(cluster)
+        yield cluster
     finally:
         subprocess.run([*script, "down", "--purge", str(folder)], capture_output=True, timeout=120, check=False)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def ensure_capacity(cluster: Cluster, pods: int = 5000) -> None:
+    """One more fake node (kwok manages every node) so a thousand preview pods can run: the control
+    plane's own node takes 110 pods, as a kubelet does by default."""
+    from kubernetes import client
+
+    node = {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "kwok-bench-0", "annotations": {"kwok.x-k8s.io/node": "fake"},
+                         "labels": {"type": "kwok", "kubernetes.io/hostname": "kwok-bench-0",
+                                    "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}},
+            "status": {"allocatable": {"cpu": "512", "memory": "4Ti", "pods": str(pods)},
+                       "capacity": {"cpu": "512", "memory": "4Ti", "pods": str(pods)}}}
+    with cluster.api_client() as api:
+        try:
+            client.CoreV1Api(api).create_node(node)
+        except client.exceptions.ApiException as exc:
+            if exc.status != 409:
+                raise
 
 
 def new_namespace(cluster: Cluster, prefix: str) -> str:

@@ -111,7 +111,10 @@ async def bench_preview(cluster: Cluster, *, prs: int) -> dict[str, float]:
                 await _until(f"URL of PR {n} in its comment",
                              lambda n=n, host=host: any(host in str(c["body"]) for c in fake.comments(REPO, n)), 60)
                 elapsed = time.monotonic() - started
-                await _until(f"PR {n} ready", lambda n=n, sha=pull.head_sha: _ready_at(fake, n, sha), 120)
+                try:
+                    await _until(f"PR {n} ready", lambda n=n, sha=pull.head_sha: _ready_at(fake, n, sha), 120)
+                except RuntimeError as exc:
+                    raise RuntimeError(f"{exc}; its comment: {fake.comments(REPO, n)[-1]['body']}") from None
                 await asyncio.sleep(0.2)  # the READY edit lands after the status
                 if n == 1:
                     continue  # the first one also mints the installation token: not the steady state
