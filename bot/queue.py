@@ -5,6 +5,8 @@ Coalescing: a job submitted with a `slot` (e.g. "converge") replaces the key's p
 slot, merged with it by `merge`, and moves to the end of the key's pending work (see bot.coalesce for
 why the end). So a flood of events for one PR holds one pending job, not one per event.
 
+Pace: with `min_interval`, a key's mergeable jobs start at most that often (commands never wait).
+
 Bound: at most `max_pending` jobs wait in all (running ones not counted). A submit that would add one
 more raises QueueFull; a merge into a pending job adds nothing and is always taken.
 """
@@ -41,12 +43,15 @@ class _Entry:
 
 
 class WorkQueue:
-    def __init__(self, max_concurrency: int, max_pending: int = 10_000) -> None:
+    def __init__(self, max_concurrency: int, max_pending: int = 10_000, min_interval: float = 0.0) -> None:
         self._pending: dict[Hashable, deque[_Entry]] = {}
         self._workers: dict[Hashable, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(max_concurrency)
         self._waiting = 0
         self.max_pending = max_pending
+        # A key's mergeable (slot) jobs start at most once per `min_interval` seconds: under a flood the
+        # events in between merge into the waiting job instead of each costing a converge.
+        self.min_interval = min_interval
         self.accepting = True
 
     @property
@@ -92,12 +97,19 @@ class WorkQueue:
         return False
 
     async def _work(self, key: Hashable) -> None:
+        loop = asyncio.get_running_loop()
+        last_start = -float("inf")
         try:
             while self._pending.get(key):
+                wait = last_start + self.min_interval - loop.time()
+                if self._pending[key][0].slot is not None and wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
                 async with self._slots:
                     # Taken only once a slot is free: until then later events still merge into it.
                     entry = self._pending[key].popleft()
                     self._waiting -= 1
+                    last_start = loop.time()
                     try:
                         await entry.job()
                     except asyncio.CancelledError:

@@ -37,6 +37,8 @@ from bot.triggers import Decision, decide, facts_from_pull
 from bot.webhook import WebhookConfig, create_app
 
 log = logging.getLogger(__name__)
+# One PR is converged at most once a second; `pull_request` events in between merge (bot.coalesce).
+CONVERGE_INTERVAL = 1.0
 
 
 def build_router() -> routing.Router:
@@ -69,7 +71,8 @@ class Bot:
                             timeout=settings.github_timeout)
         self.previewer = Previewer(settings.cluster, kube, ready_timeout=settings.ready_timeout,
                                    identity=settings.identity)
-        self.queue = WorkQueue(settings.max_concurrency, max_pending=settings.max_queue)
+        self.queue = WorkQueue(settings.max_concurrency, max_pending=settings.max_queue,
+                               min_interval=CONVERGE_INTERVAL)
         self.ctx = Context(settings=settings, kube=kube, auth=self.auth, previewer=self.previewer,
                            queue=self.queue, router=build_router())
         self.webhook = WebhookConfig(

@@ -259,3 +259,25 @@ async def test_full_queue_answers_503_counts_it_and_does_not_remember_the_delive
     pr2 = dispatched[1].data
     assert pr2["pull_request"]["head"]["sha"] == f"{49:040d}", "the merged job carries the newest payload"
     assert coalesce.pairs_of(pr2) == [("opened", None), ("synchronize", None)]
+
+
+async def test_mergeable_jobs_of_one_key_start_at_most_once_per_interval_commands_never_wait() -> None:
+    queue = WorkQueue(max_concurrency=2, max_pending=10, min_interval=0.3)
+    loop = asyncio.get_running_loop()
+    starts: dict[str, float] = {}
+
+    class Timed(Rec):
+        async def __call__(self) -> None:
+            starts[self.name] = loop.time()
+
+    log: list[str] = []
+    queue.submit("pr", Timed(log, "first"), slot="converge")
+    await asyncio.sleep(0.01)
+    queue.submit("pr", Timed(log, "command"))
+    queue.submit("pr", Timed(log, "second"), slot="converge")
+    for i in range(20):  # a flood while the second waits out the interval: all merge into it
+        queue.submit("pr", Timed(log, f"e{i}"), slot="converge", merge=lambda old, new: Timed(log, "merged"))
+    await queue.join()
+    assert set(starts) == {"first", "command", "merged"}
+    assert starts["command"] - starts["first"] < 0.2, "a command does not wait for the interval"
+    assert starts["merged"] - starts["first"] >= 0.3 - 0.01
