@@ -25,6 +25,15 @@ REPO = rig.EXAMPLE_REPO
 WRITES = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 
 
+def _final_state(fake: FakeGitHub, number: int) -> str | None:
+    """success or failure of the PR's newest Deployment; None while it is on its way."""
+    ours = [d for d in fake.deployments(REPO) if d["environment"] == f"preview-{number}"]
+    if not ours:
+        return None
+    states = [s["state"] for s in fake.statuses(REPO, max(ours, key=lambda d: d["id"])["id"])]
+    return states[-1] if states and states[-1] in ("success", "failure", "error") else None
+
+
 def _ready_at(fake: FakeGitHub, number: int, sha: str) -> bool:
     """The PR's newest Deployment is for `sha` and succeeded."""
     environment = f"preview-{number}"
@@ -120,6 +129,9 @@ async def bench_preview(cluster: Cluster, *, prs: int) -> dict[str, float]:
                     continue  # the first one also mints the installation token: not the steady state
                 latencies.append(elapsed)
                 made = fake.calls[before:]
+                if len(made) > 8:
+                    print(f"  PR {n}: {len(made)} GitHub requests:",
+                          ", ".join(f"{c.method} {c.path_template} {c.status}" for c in made), flush=True)
                 calls.append(len(made))
                 writes.append(sum(c.method in WRITES for c in made))
             fake.response_errors.clear()
@@ -136,7 +148,7 @@ async def bench_burst(cluster: Cluster, *, prs: int, speedup: int) -> dict[str, 
     async with FakeGitHub() as fake, aiohttp.ClientSession() as session:
         fake.add_repo(REPO, files={".github/preview.yml": rig.CONFIG})
         fake.secondary_limit(80 * speedup)
-        env = rig.bot_env(fake, cluster, rig.new_namespace(cluster, "bench-burst"),
+        env = rig.bot_env(fake, cluster, rig.new_namespace(cluster, "bench-burst"), PREVIEW_READY_TIMEOUT="300",
                           PREVIEW_GITHUB_CONTENT_PER_MINUTE=str(60 * speedup),
                           PREVIEW_GITHUB_CONTENT_PER_HOUR=str(450 * speedup))
         async with rig.preview_bot(env) as (url, _pid):
@@ -145,12 +157,13 @@ async def bench_burst(cluster: Cluster, *, prs: int, speedup: int) -> dict[str, 
             started = time.monotonic()
             statuses = await asyncio.gather(*(_send(session, url, fake, n, "opened") for n in range(1, prs + 1)))
             assert statuses == [202] * prs, statuses
-            heads = {n: fake.repos[REPO].pulls[n].head_sha for n in range(1, prs + 1)}
-            await _until(f"{prs} previews ready", lambda: all(_ready_at(fake, n, s) for n, s in heads.items()), 1800)
+            await _until(f"{prs} previews deployed", lambda: all(_final_state(fake, n) for n in range(1, prs + 1)),
+                         1200)
             elapsed = time.monotonic() - started
+            ready = sum(_final_state(fake, n) == "success" for n in range(1, prs + 1))
             writes = sum(c.method in WRITES and "/access_tokens" not in str(c.path_template) for c in fake.calls)
             fake.response_errors.clear()
-            return {"converge_s": elapsed, "writes": writes,
+            return {"converge_s": elapsed, "ready": ready, "writes": writes,
                     "max_writes_per_min_scaled": fake.max_content_requests_in_window(60) / speedup,
                     "secondary_limit_403s": sum(c.status == 403 for c in fake.calls),
                     "minutes_at_real_pacing": writes / 60}
