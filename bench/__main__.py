@@ -166,7 +166,7 @@ TARGETS: list[Target] = [
     ("preview", "github_calls_per_preview", lambda v: v <= 8, "<= 8"),
     ("preview", "github_writes_per_preview", lambda v: v <= 5, "<= 5"),
     ("burst", "secondary_limit_403s", lambda v: v == 0, "= 0"),
-    ("burst", "ready", lambda v: v == 200, "= 200"),
+    ("burst", "not_ready", lambda v: v == 0, "= 0"),
     ("burst", "max_writes_per_min_scaled", lambda v: v <= 80, "<= 80 (GitHub's limit)"),
     ("scale", "github_calls_growth", lambda v: v <= 0, "<= 0"),
     ("scale", "kube_calls_growth", lambda v: v <= 0, "<= 0"),

@@ -163,7 +163,7 @@ async def bench_burst(cluster: Cluster, *, prs: int, speedup: int) -> dict[str, 
             ready = sum(_final_state(fake, n) == "success" for n in range(1, prs + 1))
             writes = sum(c.method in WRITES and "/access_tokens" not in str(c.path_template) for c in fake.calls)
             fake.response_errors.clear()
-            return {"converge_s": elapsed, "ready": ready, "writes": writes,
+            return {"converge_s": elapsed, "not_ready": prs - ready, "writes": writes,
                     "max_writes_per_min_scaled": fake.max_content_requests_in_window(60) / speedup,
                     "secondary_limit_403s": sum(c.status == 403 for c in fake.calls),
                     "minutes_at_real_pacing": writes / 60}
