@@ -111,7 +111,9 @@ async def bench_preview(cluster: Cluster, *, prs: int) -> dict[str, float]:
         calls: list[int] = []
         writes: list[int] = []
         async with rig.preview_bot(env) as (url, _pid):
-            await asyncio.sleep(3)  # the start-up pass (open PRs missed while down) is not a preview's cost
+            # The start-up pass (open PRs missed while down, deploys left half-done) is not a preview's cost.
+            await _until("the start-up pass", lambda: any(c.operation_id == "pulls/list" for c in fake.calls), 60)
+            await asyncio.sleep(2)
             for n in range(1, prs + 2):
                 pull = fake.add_pull(REPO, n)
                 host = f"preview-{n}-api-a.example.com"
