@@ -172,6 +172,14 @@ async def bench_burst(cluster: Cluster, *, prs: int, speedup: int) -> dict[str, 
                     "minutes_at_real_pacing": writes / 60}
 
 
+def _running_pods(cluster: Cluster, namespace: str) -> int:
+    from kubernetes import client
+
+    with cluster.api_client() as api:
+        pods = client.CoreV1Api(api).list_namespaced_pod(namespace).items
+    return sum(p.status.phase == "Running" for p in pods)
+
+
 async def _counters(base: str) -> dict[str, float]:
     """Sum of the bot's GitHub and Kubernetes request counters, from its /metrics."""
     async with aiohttp.ClientSession() as session, session.get(f"{base}/metrics") as response:
@@ -248,6 +256,9 @@ async def bench_scale(cluster: Cluster, *, repos: int, per_repo: int) -> dict[st
                 await asyncio.gather(*(make(plan) for plan in plans))
                 # The routes in one write: adding 999 one by one rewrites a growing object 999 times.
                 await kube.update_mesh_routes(plans[0].services[0].mesh_host, add_all)
+                # Every pod scheduled and running first: the push's pod must not queue behind 999 others.
+                await _until("the previews' pods running", lambda: _running_pods(cluster, namespace) >= len(plans) + 1,
+                             900)
                 fill_s = time.monotonic() - started
                 live = len(await kube.live_previews())
                 mesh = await kube.find_mesh_service(f"a.{namespace}.svc.cluster.local")
