@@ -118,15 +118,17 @@ class Previewer:
             return DeployResult(State.NOT_DEPLOYED, detail)
 
         lines = [ServiceLine(s.service.name, s.url, s.image, False) for s in plan.services]
-        # The URL reaches the PR first; the Deployment's records follow.
+        # The URL reaches the PR first; the Deployment's records follow. So every Deployment of a PR is
+        # created after its comment: a deploy that creates the PR's first comment has none to deactivate
+        # (unless a person deleted the bot's comment and no replica remembers it: then an old
+        # Deployment may stay shown as active, nothing else).
         await self.report(gh, number, Report(State.DEPLOYING, sha=head_sha, services=lines, header_value=key.value))
+        first_comment = gh.created_sticky
         deployment_id = await gh.create_deployment(
             ref=head_sha, environment=key.environment, description=f"Preview of #{number}",
             payload={"key": key.value, "services": [s.service.name for s in plan.services],
                      "replica": self.identity})
-        if deployed:
-            # Earlier deployments are active only while their objects run (a teardown deactivates
-            # them), so a preview with nothing in the cluster has none to deactivate.
+        if not first_comment:
             await gh.deactivate(key.environment, keep=[deployment_id])
         await gh.deployment_status(deployment_id, "in_progress", description="deploying")
         try:

@@ -27,6 +27,7 @@ class RepoClient:
         self.gh = gh
         self.repo = repo
         self._base = f"/repos/{repo}"
+        self.created_sticky = False  # the last upsert_sticky created the PR's first bot comment
 
     async def default_branch(self) -> str:
         data = await self.gh.getitem(self._base)
@@ -113,6 +114,7 @@ class RepoClient:
     async def upsert_sticky(self, number: int, body: str) -> int:
         """Edit the PR's one bot comment in place, or create it; an unchanged body costs nothing."""
         cache_key = (self.repo, number)
+        self.created_sticky = replaced = False
         known = await self._known_sticky(number)
         if known is not None:
             comment_id, current = known
@@ -127,12 +129,15 @@ class RepoClient:
                 if exc.status_code != 404:
                     raise
                 _STICKY.pop(cache_key, None)  # deleted by a person: make a new one
+                replaced = True
         created = await self.gh.post(f"{self._base}/issues/{number}/comments", data={"body": body})
         comment_id = int(created["id"])
+        self.created_sticky = not replaced
         # Two replicas may both have found no comment and both created one: keep the oldest.
         ids = [cid async for cid in self._sticky_ids(number)]
         if ids and ids[0] != comment_id:
             await self.gh.delete(f"{self._base}/issues/comments/{comment_id}")
+            self.created_sticky = False
             comment_id = ids[0]
             await self.gh.patch(f"{self._base}/issues/comments/{comment_id}", data={"body": body})
         _STICKY[cache_key] = (comment_id, body)
