@@ -119,7 +119,10 @@ def control_plane() -> Iterator[Cluster]:
     if reuse:
         cluster = Cluster.from_dir(Path(reuse).resolve())
         ensure_capacity(cluster)
-        yield cluster
+        try:
+            yield cluster
+        finally:
+            drop_capacity(cluster)
         return
     folder = Path(tempfile.mkdtemp(prefix="preview-bot-bench-"))
     up = subprocess.run([*script, "up", "--watch-pid", str(os.getpid()), str(folder)], capture_output=True,
@@ -152,6 +155,19 @@ def ensure_capacity(cluster: Cluster, pods: int = 5000) -> None:
         except client.exceptions.ApiException as exc:
             if exc.status != 409:
                 raise
+
+
+def drop_capacity(cluster: Cluster) -> None:
+    """Leave a reused control plane as it was: the extra node and the bench's namespaces go."""
+    from kubernetes import client
+
+    with cluster.api_client() as api:
+        core = client.CoreV1Api(api)
+        for namespace in core.list_namespace().items:
+            if namespace.metadata.name.startswith("bench-"):
+                core.delete_namespace(namespace.metadata.name)
+        with contextlib.suppress(client.exceptions.ApiException):
+            core.delete_node("kwok-bench-0")
 
 
 def new_namespace(cluster: Cluster, prefix: str) -> str:
