@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 import aiohttp
 import cachetools
 import gidgethub
-import uvloop
 from aiohttp import web
 from gidgethub import routing
 
@@ -259,9 +258,7 @@ def run(host: str, port: int) -> int:
     except ConfigError as exc:
         print(f"preview-bot: error: {exc}", file=sys.stderr)
         return 2
-    # uvloop: the event loop in C (libuv); the webhook intake is mostly loop and socket work.
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(settings, host, port))
+    asyncio.run(serve(settings, host, port))
     return 0
 
 
