@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 SHA    ?= 4f9c2b1e8d7a6c5b4a3f2e1d0c9b8a7f6e5d4c3b
 
-.PHONY: render install install-test npm controlplane lint test test-unit test-cluster bench clean
+.PHONY: render install install-test npm controlplane lint test test-unit test-cluster bench bench-tools clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,9 +41,14 @@ test: install-test npm controlplane lint
 test-unit: install-test
 	$(BIN)/python -m pytest tests/unit -q
 
-bench: install-test npm controlplane
+# The load generator (wrk, from the distribution) and the peer (Probot, pinned in bench/probot/package.json).
+bench-tools:
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	npm install --silent --no-audit --no-fund --no-package-lock --prefix bench/probot
+
+bench: install-test npm controlplane bench-tools
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.mesh_latency
 
 clean:
-	rm -rf $(VENV) tests/fakegithub/node_modules tests/fakegithub/.cache
+	rm -rf $(VENV) tests/fakegithub/node_modules tests/fakegithub/.cache bench/probot/node_modules

@@ -188,7 +188,9 @@ class Kube:
                     return data
                 message = str((data or {}).get("message", "")) if isinstance(data, dict) else ""
                 reason = str((data or {}).get("reason", "")) if isinstance(data, dict) else ""
-                if status not in _RETRY_STATUSES or attempt == self._attempts:
+                # etcd's "request is too large" comes back as a 500: it fails the same way every time.
+                too_large = status == 413 or "too large" in message
+                if status not in _RETRY_STATUSES or attempt == self._attempts or too_large:
                     error_type = {404: NotFound, 409: Conflict}.get(status, KubeError)
                     raise error_type(status, reason, message)
                 log.warning("kubernetes call answered %s, retrying", status, extra={"method": method, "path": path})
@@ -550,7 +552,8 @@ class Kube:
         raise TemporaryError(f"could not update the mesh routes of {mesh_host} after {attempts} conflicts")
 
     async def add_mesh_route(self, mesh_host: str, route: dict[str, Any]) -> bool:
-        return await self.update_mesh_routes(mesh_host, lambda spec: mesh_routes.with_route(spec, mesh_host, route))
+        return await self.update_mesh_routes(mesh_host,
+                                             lambda spec: mesh_routes.with_route_checked(spec, mesh_host, route))
 
     async def remove_mesh_route(self, mesh_host: str, key: str) -> bool:
         return bool(await self.remove_routes_where(lambda route: route.get("name") == key, host=mesh_host))

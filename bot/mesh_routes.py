@@ -18,10 +18,12 @@ one object (which one: bot/mesh_hosts.py). Invariants kept by every function her
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from bot.errors import PermanentError
 from bot.settings import MatchMode
 
 DEFAULT_ROUTE_NAME = "default"
@@ -30,6 +32,16 @@ _PREVIEW_ROUTE = re.compile(r"^preview-[0-9]+-[0-9a-f]{6}$")
 
 Route = dict[str, Any]
 Spec = dict[str, Any]
+
+# The API server stores a custom resource whole, as one etcd value, and etcd refuses requests over
+# 1.5 MiB (its --max-request-bytes default; etcd docs, "System limits"). The spec is kept under 1 MB so
+# metadata and managedFields fit too. A route is ~0.2 kB (header match) to ~0.3 kB (`both`): about
+# 5,000 (3,400) previews of one service host; 1,000 routes take 195 KiB (285 KiB).
+MAX_SPEC_BYTES = 1_000_000
+
+
+class TooManyRoutes(PermanentError):
+    """One more preview route would make the shared mesh VirtualService too large to store."""
 
 
 def baggage_regex(key: str) -> str:
@@ -103,6 +115,24 @@ def with_route(spec: Mapping[str, Any], mesh_host: str, route: Route) -> Spec:
     """Add or replace one preview's route, keeping every other preview's."""
     kept = [r for r in spec.get("http") or [] if is_preview_route(r) and r.get("name") != route["name"]]
     return _normalise(spec, mesh_host, [*kept, route])
+
+
+def spec_bytes(spec: Mapping[str, Any]) -> int:
+    """Size of the spec as the API server receives it (compact JSON), in bytes."""
+    return len(json.dumps(spec, separators=(",", ":")))
+
+
+def with_route_checked(spec: Mapping[str, Any], mesh_host: str, route: Route) -> Spec:
+    """`with_route`, refusing a *new* preview route that would take the spec over MAX_SPEC_BYTES (an
+    existing preview's route is always replaced: its redeploy must not fail). Raises TooManyRoutes."""
+    result = with_route(spec, mesh_host, route)
+    size = spec_bytes(result)
+    if size > MAX_SPEC_BYTES and route["name"] not in preview_keys(spec):
+        raise TooManyRoutes(
+            f"the shared mesh VirtualService of {mesh_host} would hold {len(preview_keys(result))} preview routes "
+            f"({size // 1024} KiB), more than the {MAX_SPEC_BYTES // 1024} KiB it is kept under (Kubernetes stores "
+            "it as one etcd value of at most 1.5 MiB); stop previews that are no longer needed with `/preview stop`")
+    return result
 
 
 def without_routes(spec: Mapping[str, Any], mesh_host: str, drop: Callable[[Route], bool]) -> Spec:

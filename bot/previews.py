@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import cachetools
 import gidgethub
 
 from bot import comment, links, manifests, mesh_routes, metrics, naming
@@ -31,6 +32,8 @@ from bot.repo_config import CONFIG_PATH, RepoConfig, check_policy, parse_repo_co
 from bot.settings import ClusterSettings
 
 log = logging.getLogger(__name__)
+# (repository id, preview key) -> the SHA this process last deployed to the end (success or failure).
+_FINISHED: cachetools.LRUCache[tuple[int | None, str], str] = cachetools.LRUCache(maxsize=8192)
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,7 @@ class Previewer:
 
     async def load_config(self, gh: RepoClient) -> RepoConfig | None:
         """The config on the default branch (never the PR's own); None when the repo has none."""
-        branch = await gh.default_branch()
-        text = await gh.file_text(CONFIG_PATH, branch)
+        text = await gh.file_text(CONFIG_PATH)  # no ref: the default branch
         if text is None:
             return None
         config = parse_repo_config(text, CONFIG_PATH)
@@ -82,14 +84,19 @@ class Previewer:
     async def settled(self, gh: RepoClient, key: PreviewKey, head_sha: str,
                       previews: list[LivePreview]) -> bool:
         """`head_sha` was deployed to the end: it runs (success), or it failed and a retry needs a push or
-        `/preview`. A deploy cut short (in_progress, a crash) is not settled."""
+        `/preview`. A deploy cut short (in_progress, a crash), or one that failed before anything reached
+        the cluster, is not settled."""
+        # The cluster first: a deploy that got anywhere left objects at this SHA, so a new preview costs
+        # no GitHub read here.
+        if not any(p.key == key.value and p.sha == head_sha for p in previews):
+            return False
+        if _FINISHED.get((gh.repo_id, key.value)) == head_sha:
+            return True  # this process saw that deploy to its end: no need to ask GitHub
         deployments = await gh.deployments(key.environment)
         if not deployments or deployments[0].get("sha") != head_sha:
             return False
         state = await gh.latest_state(int(deployments[0]["id"]))
-        if state in ("failure", "error"):
-            return True
-        return state == "success" and any(p.key == key.value and p.sha == head_sha for p in previews)
+        return state in ("failure", "error", "success")
 
     async def deploy(self, gh: RepoClient, number: int, head_sha: str | None = None, *,
                      pull: Mapping[str, Any] | None = None, config: RepoConfig | None = None,
@@ -171,13 +178,18 @@ class Previewer:
             return DeployResult(State.NOT_DEPLOYED, detail)
 
         lines = [ServiceLine(s.service.name, s.url, s.image, False) for s in plan.services]
+        # The URL reaches the PR first; the Deployment's records follow. So every Deployment of a PR is
+        # created after its comment: a deploy that creates the PR's first comment has none to deactivate
+        # (unless a person deleted the bot's comment and no replica remembers it: then an old
+        # Deployment may stay shown as active, nothing else).
+        await self.report(gh, number, Report(State.DEPLOYING, sha=head_sha, services=lines, header_value=key.value,
+                                             detail=note))
+        first_comment = gh.created_sticky
         deployment_id = await gh.create_deployment(
             ref=head_sha, environment=key.environment, description=f"Preview of #{number}",
             payload={"key": key.value, "services": [s.service.name for s in plan.services],
                      "replica": self.identity})
         await gh.deployment_status(deployment_id, "in_progress", description="deploying")
-        await self.report(gh, number, Report(State.DEPLOYING, sha=head_sha, services=lines, header_value=key.value,
-                                             detail=note))
         try:
             # Before anything is written: never "ready" with mesh routes that Istio would ignore.
             await self.kube.check_mesh_hosts(s.mesh_host for s in plan.services)
@@ -214,11 +226,14 @@ class Previewer:
         await gh.deployment_status(deployment_id, "success", description="preview is ready",
                                    environment_url=plan.services[0].url)
         # After our own success: whatever came before is history (transient environments get no
-        # auto_inactive). Newer deployments are left to the deploy that made them.
-        await gh.deactivate(key.environment, older_than=deployment_id)
+        # auto_inactive). Newer deployments are left to the deploy that made them. The PR's first comment
+        # was just created: it has no earlier deployment.
+        if not first_comment:
+            await gh.deactivate(key.environment, older_than=deployment_id)
         await self.report(gh, number, Report(State.READY, sha=head_sha, services=ready_lines,
                                              header_value=key.value, detail=note))
         metrics.PREVIEW_OUTCOMES.labels(action="deploy", outcome="success").inc()
+        _FINISHED[(gh.repo_id, key.value)] = head_sha
         return DeployResult(State.READY)
 
     async def _superseded(self, gh: RepoClient, key: PreviewKey, deployment_id: int) -> DeployResult:
@@ -238,6 +253,7 @@ class Previewer:
         await self.report(gh, number, Report(State.FAILED, sha=sha, services=lines, header_value=key.value,
                                              detail=f"Deploy failed: {reason}"))
         metrics.PREVIEW_OUTCOMES.labels(action="deploy", outcome="failure").inc()
+        _FINISHED[(gh.repo_id, key.value)] = sha
         return DeployResult(State.FAILED, reason)
 
     async def teardown_services(self, key: PreviewKey, deployed: set[str], keep: list[str] | tuple[()]) -> None:
@@ -253,6 +269,7 @@ class Previewer:
     async def teardown(self, key: PreviewKey) -> int:
         """Remove every object and route of the preview and free its slot; nothing deployed -> nothing
         done. The caller holds the PR's lock."""
+        _FINISHED.pop((key.repo_id, key.value), None)
         await links.release(self.kube, key, self.link_refresh)
         removed = await self.kube.remove_routes_of_key(key.value)
         removed += await self.kube.delete_preview(key)

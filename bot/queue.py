@@ -1,5 +1,15 @@
-"""Per-pull-request ordered work: one PR's events run strictly in arrival order, different PRs in
-parallel, with a bound on how many run at once."""
+"""Per-pull-request ordered work: one PR's jobs run strictly in order, different PRs in parallel, with a
+bound on how many run at once and on how many wait.
+
+Coalescing: a job submitted with a `slot` (e.g. "converge") replaces the key's pending job of the same
+slot, merged with it by `merge`, and moves to the end of the key's pending work (see bot.coalesce for
+why the end). So a flood of events for one PR holds one pending job, not one per event.
+
+Pace: with `min_interval`, a key's mergeable jobs start at most that often (commands never wait).
+
+Bound: at most `max_pending` jobs wait in all (running ones not counted). A submit that would add one
+more raises QueueFull; a merge into a pending job adds nothing and is always taken.
+"""
 
 from __future__ import annotations
 
@@ -12,51 +22,103 @@ from bot import metrics
 
 log = logging.getLogger(__name__)
 Job = Callable[[], Awaitable[None]]
+Merge = Callable[[Job, Job], Job]
 
 
 class QueueClosed(Exception):
     """The queue is draining for shutdown and takes no new work."""
 
 
+class QueueFull(Exception):
+    """`max_pending` jobs already wait; the caller refuses the work (webhook: 503)."""
+
+
+class _Entry:
+    __slots__ = ("job", "slot", "supersedes")
+
+    def __init__(self, job: Job, slot: Hashable | None, supersedes: bool) -> None:
+        self.job = job
+        self.slot = slot
+        self.supersedes = supersedes
+
+
 class WorkQueue:
-    def __init__(self, max_concurrency: int) -> None:
-        self._pending: dict[Hashable, deque[tuple[Job, bool]]] = {}
+    def __init__(self, max_concurrency: int, max_pending: int = 10_000, min_interval: float = 0.0) -> None:
+        self._pending: dict[Hashable, deque[_Entry]] = {}
         self._workers: dict[Hashable, asyncio.Task[None]] = {}
         self._slots = asyncio.Semaphore(max_concurrency)
+        self._waiting = 0
+        self.max_pending = max_pending
+        # A key's mergeable (slot) jobs start at most once per `min_interval` seconds: under a flood the
+        # events in between merge into the waiting job instead of each costing a converge.
+        self.min_interval = min_interval
         self.accepting = True
 
     @property
     def depth(self) -> int:
-        return sum(len(q) for q in self._pending.values()) + len(self._workers)
+        """Jobs waiting plus keys with a running job."""
+        return self._waiting + len(self._workers)
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
 
     def has_pending(self, key: Hashable) -> bool:
         """True when newer work for `key` that supersedes the running job waits behind it."""
-        return any(supersedes for _job, supersedes in self._pending.get(key) or ())
+        return any(entry.supersedes for entry in self._pending.get(key) or ())
 
-    def submit(self, key: Hashable, job: Job, *, supersedes: bool = True) -> None:
-        """Queue `job` after `key`'s earlier work. A job that `supersedes` (an event) lets the running
-        job stop waiting early; a follow-up check (supersedes=False) does not."""
+    def submit(self, key: Hashable, job: Job, *, supersedes: bool = True, slot: Hashable | None = None,
+               merge: Merge | None = None) -> bool:
+        """Queue `job` after `key`'s earlier work; returns True when it was merged into a pending job.
+
+        A job that `supersedes` (an event) lets the running job stop waiting early; a follow-up check
+        (supersedes=False) does not. With `slot`, a pending job of the same slot is replaced by
+        `merge(pending, job)` (default: `job`) at the end of the key's work.
+        Raises QueueClosed while draining, QueueFull when `max_pending` jobs already wait."""
         if not self.accepting:
             raise QueueClosed
-        self._pending.setdefault(key, deque()).append((job, supersedes))
+        pending = self._pending.get(key)
+        if slot is not None and pending:
+            for entry in pending:
+                if entry.slot == slot:
+                    pending.remove(entry)
+                    merged = merge(entry.job, job) if merge is not None else job
+                    pending.append(_Entry(merged, slot, entry.supersedes or supersedes))
+                    return True
+        if self._waiting >= self.max_pending:
+            raise QueueFull
+        if pending is None:
+            pending = self._pending[key] = deque()
+        pending.append(_Entry(job, slot, supersedes))
+        self._waiting += 1
         if key not in self._workers:
             self._workers[key] = asyncio.create_task(self._work(key), name=f"queue:{key}")
         metrics.QUEUE_DEPTH.set(self.depth)
+        return False
 
     async def _work(self, key: Hashable) -> None:
+        loop = asyncio.get_running_loop()
+        last_start = -float("inf")
         try:
             while self._pending.get(key):
-                job, _supersedes = self._pending[key].popleft()
+                wait = last_start + self.min_interval - loop.time()
+                if self._pending[key][0].slot is not None and wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
                 async with self._slots:
+                    # Taken only once a slot is free: until then later events still merge into it.
+                    entry = self._pending[key].popleft()
+                    self._waiting -= 1
+                    last_start = loop.time()
                     try:
-                        await job()
+                        await entry.job()
                     except asyncio.CancelledError:
                         raise
                     except Exception:
                         log.exception("background job failed", extra={"queue_key": str(key)})
                 metrics.QUEUE_DEPTH.set(self.depth)
         finally:
-            self._pending.pop(key, None)
+            self._waiting -= len(self._pending.pop(key, ()))
             self._workers.pop(key, None)
             metrics.QUEUE_DEPTH.set(self.depth)
 

@@ -31,7 +31,7 @@ from bot.handlers import checks, commands, pull_request
 from bot.kube import Kube, KubeError
 from bot.leader import LeaderElector
 from bot.previews import Previewer
-from bot.queue import QueueClosed, WorkQueue
+from bot.queue import QueueClosed, QueueFull, WorkQueue
 from bot.reconcile import GcReport, reconcile
 from bot.settings import Settings, load_cluster_settings, load_settings
 from bot.triggers import Decision, decide, facts_from_pull
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 REPOSITORIES_TTL = 60.0  # seconds a list of the App's repositories is reused (each reconcile pass re-reads it)
 REPOSITORIES_MIN_AGE = 10.0  # a repository missing from the list re-reads it, at most this often
+# One PR is converged at most once a second; `pull_request` events in between merge (bot.coalesce).
+CONVERGE_INTERVAL = 1.0
 
 
 def build_router() -> routing.Router:
@@ -77,7 +79,8 @@ class Bot:
                                    image_pull_grace=settings.image_pull_grace,
                                    delete_environments=settings.delete_environments)
         self.previewer.link_refresh = lambda repo, number: links.refresh_sticky(kube, self.client_for, repo, number)
-        self.queue = WorkQueue(settings.max_concurrency)
+        self.queue = WorkQueue(settings.max_concurrency, max_pending=settings.max_queue,
+                               min_interval=CONVERGE_INTERVAL)
         self.ctx = Context(settings=settings, kube=kube, auth=self.auth, previewer=self.previewer,
                            queue=self.queue, router=build_router())
         self.webhook = WebhookConfig(
@@ -175,8 +178,13 @@ class Bot:
             # deploys only once the checks succeeded.
             await gate.deploy_when_ready(self.previewer, self.ctx.waits, client, number, supersedes=False,
                                          superseded=lambda: self.ctx.superseded(repo_id, number))
-        with suppress(QueueClosed):
-            self.queue.submit((str(repo_id), number), job, supersedes=False)
+        try:
+            self.queue.submit((str(repo_id), number), job, supersedes=False, slot="resume")
+        except QueueClosed:
+            pass
+        except QueueFull:
+            log.warning("work queue full: resume left to the next reconciliation pass",
+                        extra={"repo": repo, "pr": number})
 
     @property
     def first_pass_done(self) -> bool:

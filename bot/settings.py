@@ -135,6 +135,7 @@ class Settings:
     # pushed yet" (CI builds it after the push), not a failure.
     image_pull_grace: float = 600.0
     max_concurrency: int = 8
+    max_queue: int = 2000
     max_body_bytes: int = 25 * 1024 * 1024
     drain_timeout: float = 30.0
     content_requests_per_minute: int = 60
@@ -366,6 +367,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         ready_timeout=_positive_float(env, "PREVIEW_READY_TIMEOUT", 300.0),
         image_pull_grace=_positive_float(env, "PREVIEW_IMAGE_PULL_GRACE", 600.0),
         max_concurrency=_positive_int(env, "PREVIEW_MAX_CONCURRENCY", 8),
+        max_queue=_positive_int(env, "PREVIEW_MAX_QUEUE", 2000),
         max_body_bytes=_positive_int(env, "PREVIEW_MAX_BODY_BYTES", 25 * 1024 * 1024),
         drain_timeout=_positive_float(env, "PREVIEW_DRAIN_TIMEOUT", 30.0),
         content_requests_per_minute=_positive_int(env, "PREVIEW_GITHUB_CONTENT_PER_MINUTE", 60),

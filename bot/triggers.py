@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bot.repo_config import RepoConfig
@@ -40,7 +40,7 @@ def facts_from_pull(pull: Mapping[str, Any], action: str, changed_label: str | N
     )
 
 
-_UPDATES = frozenset({"opened", "reopened", "synchronize", "ready_for_review"})
+UPDATES = frozenset({"opened", "reopened", "synchronize", "ready_for_review"})
 
 
 def decide(config: RepoConfig, facts: PullRequestFacts) -> Decision:
@@ -52,10 +52,22 @@ def decide(config: RepoConfig, facts: PullRequestFacts) -> Decision:
         if facts.action == "unlabeled" and facts.changed_label == config.label:
             return Decision.TEARDOWN
         wants = config.label in facts.labels and (
-            facts.action in _UPDATES or (facts.action == "labeled" and facts.changed_label == config.label))
+            facts.action in UPDATES or (facts.action == "labeled" and facts.changed_label == config.label))
     else:
-        wants = facts.action in _UPDATES
+        wants = facts.action in UPDATES
     if not wants or facts.draft:
         return Decision.IGNORE
     # Code from a fork runs in the cluster only after a maintainer's `/preview`.
     return Decision.AWAIT_APPROVAL if facts.fork else Decision.DEPLOY
+
+
+def decide_merged(config: RepoConfig, latest: PullRequestFacts,
+                  pairs: Sequence[tuple[str, str | None]]) -> tuple[Decision, str | None]:
+    """The decision for several merged events of one PR (see bot.coalesce): each `(action, changed
+    label)` pair is judged against the PR's newest state `latest`, and the last one that asks for
+    something wins. Returns that decision and the action that asked for it (None with IGNORE)."""
+    for action, label in reversed(pairs):
+        decision = decide(config, replace(latest, action=action, changed_label=label))
+        if decision is not Decision.IGNORE:
+            return decision, action
+    return Decision.IGNORE, None

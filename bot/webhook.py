@@ -5,26 +5,25 @@ Nothing here calls GitHub or Kubernetes before answering: the work runs in the b
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import cachetools
+import orjson
 from aiohttp import web
 from gidgethub import sansio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from bot import metrics
-from bot.queue import QueueClosed
+from bot import coalesce, metrics
+from bot.queue import Job, QueueClosed, QueueFull
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 Dispatch = Callable[[sansio.Event], Awaitable[None]]
-Submit = Callable[[tuple[str, int], Callable[[], Awaitable[None]]], None]
+Submit = Callable[..., bool]  # WorkQueue.submit
 ReadinessCheck = Callable[[], Awaitable[None]]
 
 CONTEXT_KEY: web.AppKey[WebhookConfig] = web.AppKey("webhook_config")
@@ -42,15 +41,51 @@ class WebhookConfig:
         self.draining = False
 
 
+class EventJob:
+    """The background job for one (possibly merged) event."""
+
+    __slots__ = ("dispatch", "event")
+
+    def __init__(self, dispatch: Dispatch, event: sansio.Event) -> None:
+        self.dispatch = dispatch
+        self.event = event
+
+    def __call__(self) -> Awaitable[None]:
+        return self.dispatch(self.event)
+
+
+def merge_converge(older: Job, newer: Job) -> Job:
+    """Two pending `pull_request` jobs of one PR as one (rules: bot.coalesce)."""
+    assert isinstance(older, EventJob) and isinstance(newer, EventJob)
+    data = coalesce.merge_pull_events(older.event.data, newer.event.data)
+    return EventJob(newer.dispatch, sansio.Event(data, event=newer.event.event,
+                                                 delivery_id=newer.event.delivery_id))
+
+
+_COUNTERS: dict[tuple[str, str], Any] = {}
+
+
+def _count(event: str, outcome: str) -> None:
+    """preview_bot_webhooks_total{event, outcome} += 1 (label children looked up once: the hot path)."""
+    child = _COUNTERS.get((event, outcome))
+    if child is None:
+        child = _COUNTERS[(event, outcome)] = metrics.WEBHOOKS.labels(event=event, outcome=outcome)
+    child.inc()
+
+
+def _answer(status: int, body: bytes) -> web.Response:
+    return web.Response(body=body, status=status, content_type="application/json")
+
+
 def _error(status: int, message: str, event: str = "unknown") -> web.Response:
-    metrics.WEBHOOKS.labels(event=event, outcome=str(status)).inc()
-    return web.json_response({"error": message}, status=status)
+    _count(event, str(status))
+    return _answer(status, orjson.dumps({"error": message}))
 
 
 def signature_valid(secret: bytes, body: bytes, header: str) -> bool:
     """`sha256=<hex HMAC>` compared in constant time; the SHA-1 header is never accepted."""
-    expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected.encode("ascii"), header.strip().encode("ascii", "replace"))
+    expected = b"sha256=" + hmac.digest(secret, body, "sha256").hex().encode("ascii")
+    return hmac.compare_digest(expected, header.strip().encode("ascii", "replace"))
 
 
 def work_key(data: dict[str, Any]) -> tuple[str, int]:
@@ -94,29 +129,43 @@ async def handle_webhook(request: web.Request) -> web.Response:
     delivery = request.headers.get("X-GitHub-Delivery", "")
     if not event_name or not delivery:
         return _error(400, "missing X-GitHub-Event or X-GitHub-Delivery")
+    if delivery in config.seen:  # before parsing: a redelivery costs no more than the signature check
+        _count(event_name, "duplicate")
+        return _answer(200, b'{"msg":"duplicate delivery ignored"}')
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:  # also raised for bytes that are not UTF-8
         return _error(400, "body is not JSON", event_name)
     if not isinstance(data, dict):
         return _error(400, "body is not a JSON object", event_name)
     if event_name == "ping":
-        metrics.WEBHOOKS.labels(event=event_name, outcome="200").inc()
-        return web.json_response({"msg": "pong"})
-    if delivery in config.seen:
-        metrics.WEBHOOKS.labels(event=event_name, outcome="duplicate").inc()
-        return web.json_response({"msg": "duplicate delivery ignored"}, status=200)
+        _count(event_name, "200")
+        return _answer(200, b'{"msg":"pong"}')
     if "installation" not in data or "repository" not in data:
-        metrics.WEBHOOKS.labels(event=event_name, outcome="ignored").inc()
-        return web.json_response({"msg": "not a repository event of an installation; ignored"}, status=202)
-    event = sansio.Event(data, event=event_name, delivery_id=delivery)
+        _count(event_name, "ignored")
+        return _answer(202, b'{"msg":"not a repository event of an installation; ignored"}')
+    kind = coalesce.classify(event_name, data)
+    if kind is None:
+        config.seen[delivery] = True
+        _count(event_name, "ignored")
+        return _answer(202, b'{"msg":"no preview work in this event; ignored"}')
+    job = EventJob(config.dispatch, sansio.Event(data, event=event_name, delivery_id=delivery))
     try:
-        config.submit(work_key(data), lambda: config.dispatch(event))
+        if kind == coalesce.CONVERGE:
+            merged = config.submit(work_key(data), job, slot=kind, merge=merge_converge)
+        else:
+            merged = config.submit(work_key(data), job)
     except QueueClosed:
         return _error(503, "shutting down", event_name)
+    except QueueFull:
+        # Not remembered as seen: GitHub shows a failed delivery (redeliverable), and the reconciler
+        # converges every open PR anyway.
+        log.warning("work queue full: delivery refused with 503",
+                    extra={"delivery": delivery, "event": event_name, "action": data.get("action")})
+        return _error(503, "too much work queued; retry later (the reconciler also catches up)", event_name)
     config.seen[delivery] = True
-    metrics.WEBHOOKS.labels(event=event_name, outcome="accepted").inc()
-    return web.json_response({"msg": "accepted"}, status=202)
+    _count(event_name, "merged" if merged else "accepted")
+    return _answer(202, b'{"msg":"accepted"}')
 
 
 async def healthz(_request: web.Request) -> web.Response:

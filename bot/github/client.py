@@ -35,6 +35,8 @@ class ChangedFiles:
 # (repository id, number) -> (comment id, last body). Process-wide: it saves a listing and skips no-op
 # edits. Keyed by id: a renamed repository keeps its comments.
 _STICKY: cachetools.LRUCache[tuple[int, int], tuple[int, str]] = cachetools.LRUCache(maxsize=4096)
+# PRs a webhook payload showed with no comments at all: their first sticky needs no search.
+_NO_COMMENTS: cachetools.LRUCache[tuple[int, int], bool] = cachetools.LRUCache(maxsize=4096)
 
 
 class RepoClient:
@@ -46,14 +48,17 @@ class RepoClient:
         self.repo = repo
         self.repo_id = repo_id
         self._base = f"/repos/{repo}"
+        self.created_sticky = False  # the last upsert_sticky created the PR's first bot comment
 
     async def default_branch(self) -> str:
         data = await self.gh.getitem(self._base)
         return str(data["default_branch"])
 
-    async def file_text(self, path: str, ref: str) -> str | None:
+    async def file_text(self, path: str, ref: str | None = None) -> str | None:
+        """The file's text at `ref`; without `ref`, GitHub reads the repository's default branch ("Get
+        repository content": `ref` defaults to the default branch), which saves asking for its name."""
         try:
-            data = await self.gh.getitem(f"{self._base}/contents/{path}{{?ref}}", {"ref": ref})
+            data = await self.gh.getitem(f"{self._base}/contents/{path}{{?ref}}", {"ref": ref} if ref else {})
         except gidgethub.BadRequest as exc:
             if exc.status_code == 404:
                 return None
@@ -115,18 +120,39 @@ class RepoClient:
                 return int(item["id"]), str(item["body"])
         return None
 
+    def assume_no_comments(self, number: int) -> None:
+        """The PR had no comment when GitHub sent the event (`pull_request.comments == 0`): the first
+        sticky comment is created without listing comments first (a race with another replica is
+        still caught: every creation checks for an older sticky)."""
+        if (self.repo_id, number) not in _STICKY:
+            _NO_COMMENTS[(self.repo_id, number)] = True
+
+    async def _known_sticky(self, number: int) -> tuple[int, str] | None:
+        cache_key = (self.repo_id, number)
+        if cache_key in _STICKY:
+            return _STICKY[cache_key]
+        if _NO_COMMENTS.pop(cache_key, False):
+            return None
+        return await self._find_sticky(number)
+
     async def sticky_body(self, number: int) -> str | None:
         """The current text of the PR's bot comment, or None when it has none."""
-        known = _STICKY.get((self.repo_id, number)) or await self._find_sticky(number)
+        cache_key = (self.repo_id, number)
+        if cache_key in _NO_COMMENTS:
+            return None
+        known = _STICKY.get(cache_key) or await self._find_sticky(number)
         return known[1] if known is not None else None
 
     async def has_sticky(self, number: int) -> bool:
+        if (self.repo_id, number) in _NO_COMMENTS:
+            return False
         return (self.repo_id, number) in _STICKY or await self._find_sticky(number) is not None
 
     async def upsert_sticky(self, number: int, body: str) -> int:
         """Edit the PR's one bot comment in place, or create it; an unchanged body costs nothing."""
         cache_key = (self.repo_id, number)
-        known = _STICKY.get(cache_key) or await self._find_sticky(number)
+        self.created_sticky = replaced = False
+        known = await self._known_sticky(number)
         if known is not None:
             comment_id, current = known
             if current == body:
@@ -140,12 +166,15 @@ class RepoClient:
                 if exc.status_code != 404:
                     raise
                 _STICKY.pop(cache_key, None)  # deleted by a person: make a new one
+                replaced = True
         created = await self.gh.post(f"{self._base}/issues/{number}/comments", data={"body": body})
         comment_id = int(created["id"])
+        self.created_sticky = not replaced
         # Two replicas may both have found no comment and both created one: keep the oldest.
         ids = [cid async for cid in self._sticky_ids(number)]
         if ids and ids[0] != comment_id:
             await self.gh.delete(f"{self._base}/issues/comments/{comment_id}")
+            self.created_sticky = False
             comment_id = ids[0]
             await self.gh.patch(f"{self._base}/issues/comments/{comment_id}", data={"body": body})
         _STICKY[cache_key] = (comment_id, body)

@@ -22,7 +22,7 @@ from gidgethub.abc import GitHubAPI
 from bot import checks, gate
 from bot.context import Context, repo_client
 from bot.errors import ConfigError
-from bot.queue import QueueClosed
+from bot.queue import QueueClosed, QueueFull
 from bot.triggers import Decision, decide, facts_from_pull
 
 router = routing.Router()
@@ -62,3 +62,5 @@ async def on_check(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
             ctx.queue.submit((str(client.repo_id), number), job, supersedes=False)
         except QueueClosed:
             log.warning("shutting down; the check event is left to the next pass", extra={"pr": number})
+        except QueueFull:
+            log.warning("work queue full: the check event is left to the next pass", extra={"pr": number})

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from gidgethub import routing, sansio
 from gidgethub.abc import GitHubAPI
 
 from bot import gate
+from bot.coalesce import PULL_ACTIONS, pairs_of
 from bot.comment import Report, State
 from bot.context import Context, repo_client
 from bot.errors import ConfigError
-from bot.triggers import Decision, PullRequestFacts, decide, facts_from_pull
+from bot.triggers import UPDATES, Decision, PullRequestFacts, decide_merged, facts_from_pull
 
 router = routing.Router()
+Handler = Callable[..., Awaitable[Any]]
 
 FORK_WAITING = ("This pull request comes from a fork, so its code is not deployed automatically. "
                 "A maintainer (write access) can deploy the current head commit with `/preview`; "
@@ -23,34 +28,39 @@ def facts(event: sansio.Event) -> PullRequestFacts:
                            (event.data.get("label") or {}).get("name"))
 
 
-@router.register("pull_request", action="closed")
-async def on_closed(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
-    pr = event.data["pull_request"]
-    reason = "The pull request was merged: preview removed." if pr.get("merged") else \
-        "The pull request was closed: preview removed."
-    await ctx.previewer.stop(repo_client(event, gh), int(pr["number"]), reason)
+def _register(fn: Handler) -> Handler:
+    for action in sorted(PULL_ACTIONS):
+        router.add(fn, "pull_request", action=action)
+    return fn
 
 
-@router.register("pull_request", action="opened")
-@router.register("pull_request", action="reopened")
-@router.register("pull_request", action="synchronize")
-@router.register("pull_request", action="ready_for_review")
-@router.register("pull_request", action="labeled")
-@router.register("pull_request", action="unlabeled")
-async def on_update(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
+@_register
+async def on_pull_request(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
+    """One or several merged `pull_request` events of one PR (bot.coalesce): converge its preview."""
     pr = event.data["pull_request"]
     number = int(pr["number"])
     client = repo_client(event, gh)
+    pairs = pairs_of(event.data)
+    if pr.get("comments") == 0:
+        client.assume_no_comments(number)
+    actions = {action for action, _label in pairs}
+    if pr.get("state") == "closed":
+        # A closed PR never keeps a preview, whatever the repository's config says (or fails to say).
+        if "closed" in actions:
+            reason = "The pull request was merged: preview removed." if pr.get("merged") else \
+                "The pull request was closed: preview removed."
+            await ctx.previewer.stop(client, number, reason)
+        return
     try:
         config = await ctx.previewer.load_config(client)
     except ConfigError as exc:
-        if facts(event).action in ("opened", "reopened", "synchronize", "ready_for_review"):
+        if actions & UPDATES:
             await ctx.previewer.report(client, number, Report(
                 State.CONFIG_ERROR, sha=pr["head"]["sha"], detail=f"Nothing was deployed: `{exc}`"))
         return
     if config is None:
         return  # this repository does not use previews
-    decision = decide(config, facts(event))
+    decision, action = decide_merged(config, facts(event), pairs)
     if decision is Decision.DEPLOY:
         # The head as of now, not as of the event, read under the PR's lock: another replica may be
         # handling a newer push, and both must converge on the same commit. Deploys now, or once the
@@ -58,7 +68,9 @@ async def on_update(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
         await gate.deploy_when_ready(ctx.previewer, ctx.waits, client, number, config=config,
                                      superseded=lambda: ctx.superseded(client.repo_id, number))
     elif decision is Decision.TEARDOWN:
-        await ctx.previewer.stop(client, number, f"The `{config.label}` label was removed: preview removed.")
+        reason = f"The `{config.label}` label was removed: preview removed." if action == "unlabeled" else \
+            "The pull request was closed: preview removed."
+        await ctx.previewer.stop(client, number, reason)
     elif decision is Decision.AWAIT_APPROVAL:
         await ctx.previewer.report(client, number, Report(State.WAITING_APPROVAL, sha=pr["head"]["sha"],
                                                           detail=FORK_WAITING))

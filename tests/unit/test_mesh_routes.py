@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from bot import mesh_routes
 from bot.mesh_routes import default_route, is_preview_route, new_spec, preview_route, with_route, without_key
+from bot.naming import PreviewKey
 
 HOST = "a.default.svc.cluster.local"
 HEADER = "x-preview"
@@ -262,3 +263,34 @@ def test_with_routes_of_carries_missing_previews_and_keeps_its_own(one: Any, two
 def test_exported_everywhere_sets_export_to_only() -> None:
     spec = with_route(new_spec(HOST), HOST, route_for("preview-1-abcdef"))
     assert mesh_routes.exported_everywhere({**spec, "exportTo": ["."]}) == spec
+
+
+def _route(n: int) -> dict[str, object]:
+    key = PreviewKey("acme/shop", n, 1296269).value
+    return mesh_routes.preview_route(key, destination=f"{key}-a.ns.svc.cluster.local", port=8080,
+                                     header_name="x-preview", mode="header")
+
+
+def test_a_new_route_over_the_size_limit_is_refused_but_an_existing_one_is_replaced(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    host = "a.ns.svc.cluster.local"
+    spec = mesh_routes.new_spec(host)
+    for n in range(1, 4):
+        spec = mesh_routes.with_route_checked(spec, host, _route(n))
+    monkeypatch.setattr(mesh_routes, "MAX_SPEC_BYTES", mesh_routes.spec_bytes(spec) + 10)
+    with pytest.raises(mesh_routes.TooManyRoutes) as refused:
+        mesh_routes.with_route_checked(spec, host, _route(4))
+    assert f"mesh VirtualService of {host} would hold 4 preview routes" in str(refused.value)
+    assert "/preview stop" in str(refused.value)
+    # Redeploying a preview that already has its route is never refused.
+    moved = {**_route(2), "route": [{"destination": {"host": "elsewhere-much-longer.ns.svc.cluster.local"}}]}
+    assert mesh_routes.preview_keys(mesh_routes.with_route_checked(spec, host, moved)) == \
+        mesh_routes.preview_keys(spec)
+
+
+def test_a_thousand_routes_fit_well_under_the_limit() -> None:
+    host = "a.ns.svc.cluster.local"
+    spec = mesh_routes.new_spec(host)
+    for n in range(1, 1001):
+        spec = mesh_routes.with_route(spec, host, _route(n))
+    assert mesh_routes.spec_bytes(spec) < mesh_routes.MAX_SPEC_BYTES / 4

@@ -58,12 +58,13 @@ class Recorder:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     run_jobs: bool = False
 
-    def submit(self, key: tuple[str, int], job: Callable[[], Awaitable[None]]) -> None:
+    def submit(self, key: tuple[str, int], job: Callable[[], Awaitable[None]], **_options: Any) -> bool:
         if self.closed:
             raise QueueClosed
         self.submitted.append((key, job))
         if self.run_jobs:
             self.tasks.append(asyncio.ensure_future(job()))  # type: ignore[arg-type]
+        return False
 
     async def dispatch(self, event: sansio.Event) -> None:
         self.dispatched.append(event)
