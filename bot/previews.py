@@ -32,8 +32,8 @@ from bot.repo_config import CONFIG_PATH, RepoConfig, check_policy, parse_repo_co
 from bot.settings import ClusterSettings
 
 log = logging.getLogger(__name__)
-# (repository id, preview key) -> the SHA this process last deployed to the end (success or failure).
-_FINISHED: cachetools.LRUCache[tuple[int | None, str], str] = cachetools.LRUCache(maxsize=8192)
+# (repository id, preview key) -> (SHA, "success" | "failure") of the deploy this process last saw end.
+_FINISHED: cachetools.LRUCache[tuple[int | None, str], tuple[str, str]] = cachetools.LRUCache(maxsize=8192)
 
 
 @dataclass(frozen=True)
@@ -84,19 +84,19 @@ class Previewer:
     async def settled(self, gh: RepoClient, key: PreviewKey, head_sha: str,
                       previews: list[LivePreview]) -> bool:
         """`head_sha` was deployed to the end: it runs (success), or it failed and a retry needs a push or
-        `/preview`. A deploy cut short (in_progress, a crash), or one that failed before anything reached
-        the cluster, is not settled."""
-        # The cluster first: a deploy that got anywhere left objects at this SHA, so a new preview costs
-        # no GitHub read here.
-        if not any(p.key == key.value and p.sha == head_sha for p in previews):
-            return False
-        if _FINISHED.get((gh.repo_id, key.value)) == head_sha:
-            return True  # this process saw that deploy to its end: no need to ask GitHub
+        `/preview` (also a refusal before anything was written: retrying it on every event or reconcile
+        pass would only repeat the failure). A deploy cut short (in_progress, a crash) is not settled."""
+        live = any(p.key == key.value and p.sha == head_sha for p in previews)
+        finished = _FINISHED.get((gh.repo_id, key.value))
+        if finished is not None and finished[0] == head_sha:
+            return live or finished[1] == "failure"  # this process saw that deploy end: no GitHub read
+        if gh.known_without_sticky(number=key.number):
+            return False  # every finished deploy reported on the PR, which has no comment of the bot
         deployments = await gh.deployments(key.environment)
         if not deployments or deployments[0].get("sha") != head_sha:
             return False
         state = await gh.latest_state(int(deployments[0]["id"]))
-        return state in ("failure", "error", "success")
+        return state in ("failure", "error") or (state == "success" and live)
 
     async def deploy(self, gh: RepoClient, number: int, head_sha: str | None = None, *,
                      pull: Mapping[str, Any] | None = None, config: RepoConfig | None = None,
@@ -233,7 +233,7 @@ class Previewer:
         await self.report(gh, number, Report(State.READY, sha=head_sha, services=ready_lines,
                                              header_value=key.value, detail=note))
         metrics.PREVIEW_OUTCOMES.labels(action="deploy", outcome="success").inc()
-        _FINISHED[(gh.repo_id, key.value)] = head_sha
+        _FINISHED[(gh.repo_id, key.value)] = (head_sha, "success")
         return DeployResult(State.READY)
 
     async def _superseded(self, gh: RepoClient, key: PreviewKey, deployment_id: int) -> DeployResult:
@@ -253,7 +253,7 @@ class Previewer:
         await self.report(gh, number, Report(State.FAILED, sha=sha, services=lines, header_value=key.value,
                                              detail=f"Deploy failed: {reason}"))
         metrics.PREVIEW_OUTCOMES.labels(action="deploy", outcome="failure").inc()
-        _FINISHED[(gh.repo_id, key.value)] = sha
+        _FINISHED[(gh.repo_id, key.value)] = (sha, "failure")
         return DeployResult(State.FAILED, reason)
 
     async def teardown_services(self, key: PreviewKey, deployed: set[str], keep: list[str] | tuple[()]) -> None:

@@ -127,6 +127,11 @@ class RepoClient:
         if (self.repo_id, number) not in _STICKY:
             _NO_COMMENTS[(self.repo_id, number)] = True
 
+    def known_without_sticky(self, number: int) -> bool:
+        """The PR has no comment of the bot, known without a request (its webhook payload said it had no
+        comment, and none was created since)."""
+        return (self.repo_id, number) in _NO_COMMENTS
+
     async def _known_sticky(self, number: int) -> tuple[int, str] | None:
         cache_key = (self.repo_id, number)
         if cache_key in _STICKY:
