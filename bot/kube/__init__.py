@@ -63,6 +63,7 @@ class Kube:
             m.update_mesh_routes, m.add_mesh_route, m.remove_mesh_route)
         self.fold_mesh_routes, self.misplaced_mesh_routes = m.fold_mesh_routes, m.misplaced_mesh_routes
         self.mesh_services, self.check_mesh_hosts = m.mesh_services, m.check_mesh_hosts
+        self.find_mesh_service = m.find_mesh_service
         self.remove_routes_where, self.remove_routes_of_key = m.remove_routes_where, m.remove_routes_of_key
 
     @classmethod

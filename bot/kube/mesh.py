@@ -215,6 +215,15 @@ class MeshStore:
                 await asyncio.sleep(random.uniform(0, min(0.05 * 2**attempt, 1.0)))  # noqa: S311
         raise TemporaryError(f"could not remove preview routes from VirtualService {ref} after {attempts} conflicts")
 
+    async def find_mesh_service(self, mesh_host: str) -> dict[str, Any] | None:
+        """The VirtualService whose preview routes Istio uses for the host (mesh_hosts.choose): the team's
+        or the bot's own; None when it does not exist yet or the host is refused. Writes nothing."""
+        items = await self.all_virtual_services()
+        decision = self._decide(items, mesh_host)
+        if decision.refusal or decision.target is None:
+            return None
+        return next((item for item in items if self._ref(item) == decision.target), None)
+
     async def misplaced_mesh_routes(self) -> list[tuple[str, Ref, mesh_hosts.Decision]]:
         """(host, the bot's VirtualService, decision) for each of the bot's mesh VirtualServices that is not
         where the host's preview routes must live: a team's VirtualService for the host appeared (older or

@@ -17,7 +17,7 @@ from bot.settings import ClusterSettings
 
 
 def route(n: int, namespace: str) -> dict[str, Any]:
-    key = PreviewKey("acme/shop", n).value
+    key = PreviewKey("acme/shop", n, 1296269).value
     return mesh_routes.preview_route(key, destination=f"{key}-a.{namespace}.svc.cluster.local", port=8080,
                                      header_name="x-preview", mode="header")
 
@@ -48,7 +48,7 @@ async def test_a_spec_over_etcds_limit_is_refused_by_the_real_api_server_once(
     assert puts() - before == 1, "refused for its size: not retried"
     assert time.monotonic() - started < 10
     still = await direct.find_mesh_service(host)
-    assert still is not None and mesh_routes.preview_keys(still["spec"]) == [PreviewKey("acme/shop", 1).value]
+    assert still is not None and mesh_routes.preview_keys(still["spec"]) == [PreviewKey("acme/shop", 1, 1296269).value]
 
 
 async def test_the_bot_refuses_a_new_route_before_the_limit_and_keeps_the_others(
@@ -68,4 +68,4 @@ async def test_the_bot_refuses_a_new_route_before_the_limit_and_keeps_the_others
         {"destination": {"host": f"x.{namespace}.svc.cluster.local", "port": {"number": 80}}}]})
     after = await direct.find_mesh_service(host)
     assert after is not None
-    assert mesh_routes.preview_keys(after["spec"]) == sorted(PreviewKey("acme/shop", n).value for n in (1, 2))
+    assert mesh_routes.preview_keys(after["spec"]) == sorted(PreviewKey("acme/shop", n, 1296269).value for n in (1, 2))
