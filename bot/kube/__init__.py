@@ -47,24 +47,24 @@ class Kube:
         self.inventory = Inventory(t, settings)
         self.rollouts = Rollouts(t, settings)
         self.mesh = MeshStore(t, settings)
-        # The callers' names, each served by one part.
+        # The callers' names, each served by one part (the part's docstring says what it guarantees).
         self.call, self.get, self.list_objects = t.call, t.get, t.list_objects
         self.apply, self.delete, self.ping, self.close = t.apply, t.delete, t.ping, t.close
-        o = self.objects
-        self.ensure_owned, self.apply_preview, self.adopt = o.ensure_owned, o.apply_preview, o.adopt
-        self.delete_preview, self.set_keep = o.delete_preview, o.set_keep
-        i = self.inventory
-        self.live_previews, self.recorded_shas, self.service_names = i.live_previews, i.recorded_shas, i.service_names
-        self.gateway, self.routing_objects = i.gateway, i.routing_objects
+        objects = self.objects
+        self.ensure_owned, self.apply_preview = objects.ensure_owned, objects.apply_preview
+        self.adopt, self.delete_preview, self.set_keep = objects.adopt, objects.delete_preview, objects.set_keep
+        inventory = self.inventory
+        self.live_previews, self.recorded_shas = inventory.live_previews, inventory.recorded_shas
+        self.service_names, self.gateway = inventory.service_names, inventory.gateway
+        self.routing_objects = inventory.routing_objects
         self.deployment_state, self.wait_available = self.rollouts.deployment_state, self.rollouts.wait_available
-        m = self.mesh
-        self.virtual_services, self.all_virtual_services = m.virtual_services, m.all_virtual_services
-        self.update_mesh_routes, self.add_mesh_route, self.remove_mesh_route = (
-            m.update_mesh_routes, m.add_mesh_route, m.remove_mesh_route)
-        self.fold_mesh_routes, self.misplaced_mesh_routes = m.fold_mesh_routes, m.misplaced_mesh_routes
-        self.mesh_services, self.check_mesh_hosts = m.mesh_services, m.check_mesh_hosts
-        self.find_mesh_service = m.find_mesh_service
-        self.remove_routes_where, self.remove_routes_of_key = m.remove_routes_where, m.remove_routes_of_key
+        mesh = self.mesh
+        self.virtual_services, self.all_virtual_services = mesh.virtual_services, mesh.all_virtual_services
+        self.find_mesh_service, self.mesh_services = mesh.find_mesh_service, mesh.mesh_services
+        self.check_mesh_hosts, self.update_mesh_routes = mesh.check_mesh_hosts, mesh.update_mesh_routes
+        self.add_mesh_route, self.remove_mesh_route = mesh.add_mesh_route, mesh.remove_mesh_route
+        self.fold_mesh_routes, self.misplaced_mesh_routes = mesh.fold_mesh_routes, mesh.misplaced_mesh_routes
+        self.remove_routes_where, self.remove_routes_of_key = mesh.remove_routes_where, mesh.remove_routes_of_key
 
     @classmethod
     def from_environment(cls, settings: ClusterSettings, kubeconfig: str | None = None, *,

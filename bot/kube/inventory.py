@@ -102,25 +102,15 @@ class Inventory:
         VirtualServices when the credentials may list them cluster-wide, else the routing namespace's
         (the bot's own RBAC); the notes say what could not be read."""
         notes: list[str] = []
-        gw_namespace, _, gw_name = self._settings.gateway.partition("/")
-        gateway_path = f"{collection_path(manifests.VIRTUAL_SERVICE_API, 'gateways', gw_namespace)}/{gw_name}"
         try:
-            gateway = await self._t.get(gateway_path)
+            gateway = await self.gateway(self._settings.gateway)
             if gateway is None:
                 notes.append(f"the Gateway {self._settings.gateway} does not exist")
         except KubeError as exc:
             gateway = None
             notes.append(f"the Gateway {self._settings.gateway} could not be read ({exc.status})")
         try:
-            items: list[dict[str, Any]] = []
-            token = ""
-            while True:
-                query = [("limit", "500")] + ([("continue", token)] if token else [])
-                page = await self._t.call("GET", f"/apis/{manifests.VIRTUAL_SERVICE_API}/virtualservices", query=query)
-                items.extend(page.get("items") or [])
-                token = (page.get("metadata") or {}).get("continue") or ""
-                if not token:
-                    break
+            items = await self._t.list_objects(manifests.VIRTUAL_SERVICE_API, "virtualservices", None)
         except KubeError as exc:
             if exc.status != 403:
                 raise

@@ -39,7 +39,7 @@ class MeshStore:
     async def virtual_services(self, selector: str | None = None) -> list[dict[str, Any]]:
         """The VirtualServices of the routing namespace."""
         return await self._t.list_objects(manifests.VIRTUAL_SERVICE_API, "virtualservices",
-                                       self._settings.routing_namespace, selector)
+                                          self._settings.routing_namespace, selector)
 
     async def all_virtual_services(self) -> list[dict[str, Any]]:
         """Every VirtualService in the cluster: a team's may serve a host from any namespace (list on the
@@ -96,7 +96,7 @@ class MeshStore:
             if target is not None and not self._is_ours(target):
                 try:
                     await self._t.call("PUT", self._vs_path(self._ref(target)), body=target,
-                                    query=[("dryRun", "All"), ("fieldManager", naming.FIELD_MANAGER)])
+                                       query=[("dryRun", "All"), ("fieldManager", naming.FIELD_MANAGER)])
                 except KubeError as exc:
                     if exc.status == 403:
                         raise self._not_editable(self._ref(target), host) from None
@@ -128,41 +128,44 @@ class MeshStore:
             current = None if decision.create else by_ref.get(decision.target)
             try:
                 if current is None:
-                    spec = mesh_routes.new_spec(mesh_host)
-                    for item in folded:
-                        spec = mesh_routes.with_routes_of(spec, mesh_host, item.get("spec") or {})
-                    body = manifests.mesh_virtual_service(self._settings, mesh_host, change(spec))
-                    await self._t.call("POST", collection_path(manifests.VIRTUAL_SERVICE_API, "virtualservices",
-                                                            self._settings.routing_namespace),
-                                    body=body, query=[("fieldManager", naming.FIELD_MANAGER)])
+                    await self._create(mesh_host, change(_with_folded(mesh_routes.new_spec(mesh_host), folded,
+                                                                      mesh_host)))
                     changed = True
                 else:
                     spec = current.get("spec") or {}
-                    updated = spec
-                    for item in folded:
-                        updated = mesh_routes.with_routes_of(updated, mesh_host, item.get("spec") or {})
-                    updated = change(updated)
+                    updated = change(_with_folded(spec, folded, mesh_host))
                     if self._is_ours(current):
                         updated = mesh_routes.exported_everywhere(updated)
                     if updated != spec:
-                        try:
-                            await self._t.call("PUT", self._vs_path(decision.target), body={**current, "spec": updated},
-                                            query=[("fieldManager", naming.FIELD_MANAGER)])
-                        except KubeError as exc:
-                            if exc.status == 403:
-                                raise self._not_editable(decision.target, mesh_host) from None
-                            raise
+                        await self._replace(decision.target, current, updated, mesh_host)
                         changed = True
                 for item in folded:
                     # Its routes now live in the target; gone unless it changed since it was read.
                     changed |= await self._t.delete(self._vs_path(self._ref(item)),
-                                                 resource_version=item["metadata"]["resourceVersion"])
+                                                    resource_version=item["metadata"]["resourceVersion"])
                 return changed
             except (Conflict, NotFound):
                 pass  # someone else wrote (or deleted) first: re-read, re-apply our change
             metrics.MESH_CONFLICTS.inc()
             await asyncio.sleep(random.uniform(0, min(0.05 * 2**attempt, 1.0)))  # noqa: S311
         raise TemporaryError(f"could not update the mesh routes of {mesh_host} after {attempts} conflicts")
+
+    async def _create(self, mesh_host: str, spec: dict[str, Any]) -> None:
+        """POST the bot's own VirtualService for the host (409 Conflict when another writer was first)."""
+        await self._t.call("POST", collection_path(manifests.VIRTUAL_SERVICE_API, "virtualservices",
+                                                   self._settings.routing_namespace),
+                           body=manifests.mesh_virtual_service(self._settings, mesh_host, spec),
+                           query=[("fieldManager", naming.FIELD_MANAGER)])
+
+    async def _replace(self, ref: Ref, current: dict[str, Any], spec: dict[str, Any], mesh_host: str) -> None:
+        """PUT `current` with `spec` (its resourceVersion guards it: 409 when it changed since read)."""
+        try:
+            await self._t.call("PUT", self._vs_path(ref), body={**current, "spec": spec},
+                               query=[("fieldManager", naming.FIELD_MANAGER)])
+        except KubeError as exc:
+            if exc.status == 403:
+                raise self._not_editable(ref, mesh_host) from None
+            raise
 
     async def add_mesh_route(self, mesh_host: str, route: dict[str, Any]) -> bool:
         return await self.update_mesh_routes(mesh_host,
@@ -207,7 +210,7 @@ class MeshStore:
                     if updated == spec:
                         return False
                     await self._t.call("PUT", self._vs_path(ref), body={**current, "spec": updated},
-                                    query=[("fieldManager", naming.FIELD_MANAGER)])
+                                       query=[("fieldManager", naming.FIELD_MANAGER)])
                     return True
                 except (Conflict, NotFound):
                     pass
@@ -246,3 +249,10 @@ class MeshStore:
     async def remove_routes_of_key(self, key: str) -> int:
         """Teardown needs no config: the routes are found by their name, the preview key."""
         return await self.remove_routes_where(lambda route: route.get("name") == key)
+
+
+def _with_folded(spec: dict[str, Any], folded: Iterable[Mapping[str, Any]], mesh_host: str) -> dict[str, Any]:
+    """`spec` with the preview routes of the VirtualServices being folded into it."""
+    for item in folded:
+        spec = mesh_routes.with_routes_of(spec, mesh_host, item.get("spec") or {})
+    return spec
