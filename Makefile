@@ -32,6 +32,7 @@ controlplane:
 lint: install-test
 	$(BIN)/ruff check bot tests bench propagation
 	$(BIN)/mypy bot
+	$(BIN)/lint-imports --no-cache
 	cd propagation && ../$(BIN)/mypy --strict src
 
 test: install-test npm controlplane lint

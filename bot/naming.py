@@ -4,7 +4,7 @@ A preview is identified by its key, `preview-<number>-<repo hash>`. The 6-hex-di
 repository's numeric id (GitHub's `repository.id`, which survives a rename or a transfer, unlike
 `full_name`) keeps two repositories that both have a PR #7 apart in object names, in the `x-preview`
 header value and in mesh routes. The id is also a label, and ownership is checked by it before
-anything is overwritten (see kube.py), so even a hash collision cannot make one repository's preview
+anything is overwritten (see ownership.py), so even a hash collision cannot make one repository's preview
 replace another's. The full name is kept in an annotation for people only.
 
 Previews made before ids were used ("legacy": key hash of the lower-cased full name, a

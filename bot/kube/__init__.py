@@ -1,0 +1,80 @@
+"""The Kubernetes adapter: every call the bot makes to the API server goes through this package.
+
+Its parts, each over one Transport:
+- transport.py: one API call (retries, errors, paths, server-side apply, delete, list); the only module
+  of the bot that imports `kubernetes`.
+- objects.py: one preview's own objects (write only over what is ours, label, mark, delete).
+- inventory.py: what is live (previews, their Services, the routing objects), read from labels.
+- rollout.py: whether a preview's Deployments rolled out, and the wait for it.
+- mesh.py: the shared mesh VirtualServices (read-modify-write of preview routes).
+The rule of whose an object is lives apart, pure: bot/ownership.py.
+
+`Kube` is the one entry point callers hold: it builds the parts over one transport and offers their
+methods under the names callers always used. New code may take the part it needs (`kube.mesh`, ...).
+"""
+
+from __future__ import annotations
+
+from bot.kube.inventory import Inventory, LivePreview
+from bot.kube.mesh import MeshStore
+from bot.kube.objects import PreviewObjects
+from bot.kube.rollout import Rollouts
+from bot.kube.transport import (
+    ApiClient,
+    Conflict,
+    KubeError,
+    NotFound,
+    Transport,
+    api_client_from_environment,
+    collection_path,
+    object_path,
+)
+from bot.settings import ClusterSettings
+
+__all__ = ["Conflict", "Kube", "KubeError", "LivePreview", "NotFound", "collection_path", "object_path"]
+
+
+class Kube:
+    """The parts of the adapter over one API client, for `settings` (namespaces, gateway); `request_timeout`
+    seconds a request, at most `attempts` requests a call (bot/kube/transport.py)."""
+
+    def __init__(self, api_client: ApiClient, settings: ClusterSettings, *,
+                 request_timeout: float = 30.0, attempts: int = 6) -> None:
+        self._api = api_client
+        self.settings = settings
+        self.transport = t = Transport(api_client, request_timeout=request_timeout, attempts=attempts)
+        self.objects = PreviewObjects(t, settings)
+        self.inventory = Inventory(t, settings)
+        self.rollouts = Rollouts(t, settings)
+        self.mesh = MeshStore(t, settings)
+        # The callers' names, each served by one part (the part's docstring says what it guarantees).
+        self.call, self.get, self.list_objects = t.call, t.get, t.list_objects
+        self.apply, self.delete, self.ping, self.close = t.apply, t.delete, t.ping, t.close
+        objects = self.objects
+        self.ensure_owned, self.apply_preview = objects.ensure_owned, objects.apply_preview
+        self.adopt, self.delete_preview, self.set_keep = objects.adopt, objects.delete_preview, objects.set_keep
+        inventory = self.inventory
+        self.live_previews, self.recorded_shas = inventory.live_previews, inventory.recorded_shas
+        self.service_names, self.gateway = inventory.service_names, inventory.gateway
+        self.routing_objects = inventory.routing_objects
+        self.deployment_state, self.wait_available = self.rollouts.deployment_state, self.rollouts.wait_available
+        mesh = self.mesh
+        self.virtual_services, self.all_virtual_services = mesh.virtual_services, mesh.all_virtual_services
+        self.find_mesh_service, self.mesh_services = mesh.find_mesh_service, mesh.mesh_services
+        self.check_mesh_hosts, self.update_mesh_routes = mesh.check_mesh_hosts, mesh.update_mesh_routes
+        self.add_mesh_route, self.remove_mesh_route = mesh.add_mesh_route, mesh.remove_mesh_route
+        self.fold_mesh_routes, self.misplaced_mesh_routes = mesh.fold_mesh_routes, mesh.misplaced_mesh_routes
+        self.remove_routes_where, self.remove_routes_of_key = mesh.remove_routes_where, mesh.remove_routes_of_key
+
+    @classmethod
+    def from_environment(cls, settings: ClusterSettings, kubeconfig: str | None = None, *,
+                         timeout: float = 30.0) -> Kube:
+        """In-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config (or `kubeconfig`).
+
+        Raises StartupError with one line when there is no configuration or it cannot be loaded."""
+        return cls(api_client_from_environment(kubeconfig), settings, request_timeout=timeout)
+
+    @property
+    def server(self) -> str:
+        """The API server's URL (for messages; no credentials)."""
+        return self.transport.server

@@ -1,0 +1,120 @@
+"""What is live in the cluster, read from labels and annotations: previews, their Services, the routing.
+
+Reads only. A preview is the set of Deployments labelled with one preview key (bot/naming.py); its
+hosts are its gateway VirtualServices' host annotations. Repository identity is the id label; legacy
+previews (made before ids, no id label) are found by the hash of their repository's name
+(naming.repo_selectors). The cluster is the record: nothing here is cached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bot import manifests, naming
+from bot.kube.transport import KubeError, Transport, collection_path
+from bot.naming import PreviewKey
+from bot.settings import ClusterSettings
+
+
+@dataclass(frozen=True)
+class LivePreview:
+    """A preview as the cluster sees it, from labels and annotations."""
+
+    key: str
+    repo: str  # full name when last deployed: for people
+    number: int
+    sha: str
+    services: tuple[str, ...]
+    created: str
+    pushed_at: str | None
+    keep: bool
+    hosts: tuple[str, ...] = ()
+    repo_id: int | None = None  # None: a legacy preview, made before ids (found by its name's hash)
+
+
+class Inventory:
+    """Reads of what is live, over one transport."""
+
+    def __init__(self, transport: Transport, settings: ClusterSettings) -> None:
+        self._t = transport
+        self._settings = settings
+
+    async def _routing_virtual_services(self, selector: str | None = None) -> list[dict[str, Any]]:
+        return await self._t.list_objects(manifests.VIRTUAL_SERVICE_API, "virtualservices",
+                                          self._settings.routing_namespace, selector)
+
+    async def live_previews(self, repo: tuple[int, str] | None = None) -> list[LivePreview]:
+        """Every live preview, or those of one repository `(id, current full name)`: found by its id, and
+        legacy ones (no id label) by the hash of its name."""
+        selectors = naming.repo_selectors(*repo) if repo else (naming.MANAGED_SELECTOR,)
+        deployments: list[dict[str, Any]] = []
+        routes: list[dict[str, Any]] = []
+        for selector in selectors:
+            deployments += await self._t.list_objects("apps/v1", "deployments", self._settings.namespace, selector)
+            routes += await self._routing_virtual_services(f"{selector},{naming.ROLE_LABEL}={naming.ROLE_GATEWAY}")
+        hosts: dict[str, list[str]] = {}
+        for route in routes:
+            meta = route["metadata"]
+            hosts.setdefault(meta["labels"][naming.KEY_LABEL], []).append(
+                (meta.get("annotations") or {}).get(naming.HOST_ANNOTATION, ""))
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for item in deployments:
+            grouped.setdefault(item["metadata"]["labels"].get(naming.KEY_LABEL, ""), []).append(item)
+        previews = []
+        for key, items in sorted(grouped.items()):
+            metas = [i["metadata"] for i in items]
+            annotations = [m.get("annotations") or {} for m in metas]
+            pushed = [a[naming.PUSHED_AT_ANNOTATION] for a in annotations if a.get(naming.PUSHED_AT_ANNOTATION)]
+            ids = {m["labels"].get(naming.REPO_ID_LABEL, "") for m in metas}
+            raw_id = ids.pop() if len(ids) == 1 else ""
+            previews.append(LivePreview(
+                key=key,
+                repo=annotations[0].get(naming.REPO_ANNOTATION, ""),
+                number=int(metas[0]["labels"].get(naming.PR_LABEL, "0")),
+                sha=annotations[0].get(naming.SHA_ANNOTATION, ""),
+                services=tuple(sorted(m["labels"].get(naming.SERVICE_LABEL, "") for m in metas)),
+                created=min(m.get("creationTimestamp", "") for m in metas),
+                pushed_at=max(pushed) if pushed else None,
+                keep=any(a.get(naming.KEEP_ANNOTATION) == "true" for a in annotations),
+                hosts=tuple(sorted(hosts.get(key, []))),
+                repo_id=int(raw_id) if raw_id.isdigit() and int(raw_id) > 0 else None,
+            ))
+        return previews
+
+    async def recorded_shas(self, key: PreviewKey) -> dict[str, str]:
+        """Deployment name -> the commit it runs (its SHA annotation), for one preview."""
+        items = await self._t.list_objects("apps/v1", "deployments", self._settings.namespace, key.selector())
+        return {i["metadata"]["name"]: str((i["metadata"].get("annotations") or {}).get(naming.SHA_ANNOTATION, ""))
+                for i in items}
+
+    async def service_names(self) -> set[str]:
+        items = await self._t.list_objects("v1", "services", self._settings.namespace, naming.MANAGED_SELECTOR)
+        return {naming.service_fqdn(i["metadata"]["name"], self._settings.namespace) for i in items}
+
+    async def gateway(self, name: str) -> dict[str, Any] | None:
+        """The Istio Gateway `<namespace>/<name>` (PREVIEW_GATEWAY), or None when it does not exist."""
+        namespace, _, gateway = name.partition("/")
+        return await self._t.get(f"{collection_path(manifests.VIRTUAL_SERVICE_API, 'gateways', namespace)}/{gateway}")
+
+    async def routing_objects(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[str]]:
+        """(the Gateway PREVIEW_GATEWAY or None, VirtualServices, notes) for `explain`: every namespace's
+        VirtualServices when the credentials may list them cluster-wide, else the routing namespace's
+        (the bot's own RBAC); the notes say what could not be read."""
+        notes: list[str] = []
+        try:
+            gateway = await self.gateway(self._settings.gateway)
+            if gateway is None:
+                notes.append(f"the Gateway {self._settings.gateway} does not exist")
+        except KubeError as exc:
+            gateway = None
+            notes.append(f"the Gateway {self._settings.gateway} could not be read ({exc.status})")
+        try:
+            items = await self._t.list_objects(manifests.VIRTUAL_SERVICE_API, "virtualservices", None)
+        except KubeError as exc:
+            if exc.status != 403:
+                raise
+            items = await self._routing_virtual_services()
+            notes.append(f"VirtualServices read in namespace {self._settings.routing_namespace} only "
+                         "(no right to list them cluster-wide)")
+        return gateway, items, notes

@@ -1,0 +1,112 @@
+"""One preview's own objects in the cluster: write them (only over what is ours), label, mark, delete.
+
+A preview's objects are its Deployments and Services (PREVIEW_NAMESPACE) and its gateway
+VirtualServices (the routing namespace), all labelled with the preview key (bot/naming.py) and found by
+label selectors, so teardown needs no configuration. Invariants:
+- Nothing is written over an object of another repository's preview (bot/ownership.py), checked
+  before any write; a gateway VirtualService that does not exist yet is created with POST, so of two
+  repositories wanting one host only one creator wins (409 for the other).
+- Writes are server-side apply; deletes are by label, so a partly made preview is removed whole.
+Mesh routes (the shared VirtualServices) are not here: bot/kube/mesh.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from bot import manifests, naming, ownership
+from bot.kube.transport import Conflict, NotFound, Transport, collection_path, object_path
+from bot.naming import PreviewKey
+from bot.settings import ClusterSettings
+
+
+class PreviewObjects:
+    """Writes of previews' own objects, over one transport."""
+
+    def __init__(self, transport: Transport, settings: ClusterSettings) -> None:
+        self._t = transport
+        self._settings = settings
+
+    async def ensure_owned(self, manifest: Mapping[str, Any], key: PreviewKey) -> bool:
+        """Refuse to overwrite an object that belongs to another repository's preview (HostConflictError,
+        bot/ownership.py); True if it exists."""
+        existing = await self._t.get(object_path(manifest))
+        if existing is None:
+            return False
+        ownership.check_owner(existing, manifest, key)
+        return True
+
+    async def apply_preview(self, plan: manifests.PreviewPlan) -> None:
+        """Apply the preview's objects, then delete its gateway routes for hosts it no longer has (the
+        host template uses {repo} or {owner} and the repository was renamed or transferred).
+
+        A gateway VirtualService (named by its host, so another repository's preview may want the same
+        one) that does not exist yet is created with POST first: the API server lets only one creator win
+        (409 for the other), so the ownership check cannot be raced by two repositories at once, on one
+        replica or several."""
+        absent = [m for m in plan.manifests() if not await self.ensure_owned(m, plan.key)]
+        for manifest in absent:
+            if manifest["kind"] == "VirtualService":
+                try:
+                    await self._t.call("POST", collection_path(manifest["apiVersion"], "virtualservices",
+                                                               manifest["metadata"]["namespace"]),
+                                       body=dict(manifest), query=[("fieldManager", naming.FIELD_MANAGER)])
+                except Conflict:
+                    await self.ensure_owned(manifest, plan.key)  # created meanwhile: whose is it?
+        for manifest in plan.manifests():
+            await self._t.apply(manifest)
+        wanted = {s.gateway_route["metadata"]["name"] for s in plan.services}
+        services = {naming.dns_label(s.service.name) for s in plan.services}
+        selector = f"{plan.key.selector()},{naming.ROLE_LABEL}={naming.ROLE_GATEWAY}"
+        for item in await self._t.list_objects(manifests.VIRTUAL_SERVICE_API, "virtualservices",
+                                               self._settings.routing_namespace, selector):
+            meta = item["metadata"]
+            if meta["name"] not in wanted and (meta.get("labels") or {}).get(naming.SERVICE_LABEL) in services:
+                collection = collection_path(manifests.VIRTUAL_SERVICE_API, "virtualservices", meta["namespace"])
+                await self._t.delete(f"{collection}/{meta['name']}")
+
+    async def adopt(self, key: str, repo_id: int) -> int:
+        """Add the repository id label to a legacy preview's objects (Deployments, Services, gateway routes);
+        returns how many were labelled. Later renames then find the preview by its id."""
+        selector = f"{naming.MANAGED_BY_LABEL}={naming.MANAGED_BY},{naming.KEY_LABEL}={key},!{naming.REPO_ID_LABEL}"
+        patch = {"metadata": {"labels": {naming.REPO_ID_LABEL: str(repo_id)}}}
+        changed = 0
+        for api_version, plural, namespace in self._own_kinds():
+            for item in await self._t.list_objects(api_version, plural, namespace, selector):
+                path = f"{collection_path(api_version, plural, namespace)}/{item['metadata']['name']}"
+                try:
+                    await self._t.call("PATCH", path, body=patch, content_type="application/merge-patch+json")
+                except NotFound:
+                    continue
+                changed += 1
+        return changed
+
+    def _own_kinds(self) -> list[tuple[str, str, str]]:
+        return [("apps/v1", "deployments", self._settings.namespace), ("v1", "services", self._settings.namespace),
+                (manifests.VIRTUAL_SERVICE_API, "virtualservices", self._settings.routing_namespace)]
+
+    async def delete_preview(self, key: PreviewKey, *, services: Iterable[str] | None = None) -> int:
+        """Delete the preview's objects (optionally only some services'); returns how many went."""
+        selector = key.selector()
+        if services is not None:
+            names = ",".join(sorted(naming.dns_label(s) for s in services))
+            if not names:
+                return 0
+            selector += f",{naming.SERVICE_LABEL} in ({names})"
+        deleted = 0
+        for api_version, plural, namespace in self._own_kinds():
+            for item in await self._t.list_objects(api_version, plural, namespace, selector):
+                path = f"{collection_path(api_version, plural, namespace)}/{item['metadata']['name']}"
+                deleted += await self._t.delete(path)
+        return deleted
+
+    async def set_keep(self, key: PreviewKey, keep: bool) -> int:
+        """Mark (or unmark) a preview's Deployments so idle clean-up leaves them alone."""
+        changed = 0
+        for item in await self._t.list_objects("apps/v1", "deployments", self._settings.namespace, key.selector()):
+            path = f"{collection_path('apps/v1', 'deployments', self._settings.namespace)}/{item['metadata']['name']}"
+            patch = {"metadata": {"annotations": {naming.KEEP_ANNOTATION: "true" if keep else None}}}
+            await self._t.call("PATCH", path, body=patch, content_type="application/merge-patch+json")
+            changed += 1
+        return changed

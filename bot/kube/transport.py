@@ -1,0 +1,235 @@
+"""Kubernetes transport: one API call, with its retries, errors and paths (no policy, no domain).
+
+The official client is blocking, so each call runs in a worker thread and never blocks the event
+loop. Invariants:
+- Every request the bot makes to the API server goes through `Transport.call` (metrics, bounded
+  retries on 429/5xx/network errors with Retry-After capped at MAX_RETRY_AFTER; urllib3's own
+  retries are off). A status >= 400 that is not retried raises KubeError (NotFound for 404,
+  Conflict for 409); a network error after the last attempt raises TemporaryError.
+- A request the API server refuses for its size (413, or etcd's "too large" as a 500) is never retried.
+- Writes of whole objects are server-side apply (field manager `preview-bot`, forced).
+- This is the only module of the bot that imports the `kubernetes` package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import urllib3
+import yaml
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+
+from bot import manifests, metrics, naming
+from bot.errors import StartupError, TemporaryError
+
+log = logging.getLogger(__name__)
+
+_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_RETRY_AFTER = 10.0
+_PLURALS = {
+    ("apps/v1", "Deployment"): "deployments",
+    ("v1", "Service"): "services",
+    (manifests.VIRTUAL_SERVICE_API, "VirtualService"): "virtualservices",
+    ("coordination.k8s.io/v1", "Lease"): "leases",
+}
+
+
+class KubeError(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        self.status = status
+        self.reason = reason
+        super().__init__(f"Kubernetes API answered {status} {reason}: {message}")
+
+
+class NotFound(KubeError):
+    pass
+
+
+class Conflict(KubeError):
+    pass
+
+
+def _load_kubeconfig(path: str | None, configuration: k8s_client.Configuration) -> None:
+    """KUBECONFIG (or the given path, or ~/.kube/config) into `configuration`; one-line errors."""
+    named = path or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
+    default = os.path.expanduser(k8s_config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION)
+    if named is None and not os.path.exists(default):
+        raise StartupError("Kubernetes: no configuration found: set KUBECONFIG or run in a pod")
+    where = named or default
+    if not os.path.exists(where):
+        raise StartupError(f"Kubernetes: the kubeconfig {where} does not exist (KUBECONFIG)")
+    try:
+        k8s_config.load_kube_config(config_file=path, client_configuration=configuration)
+    except OSError as exc:
+        raise StartupError(f"Kubernetes: cannot read the kubeconfig {where}: {exc.strerror}") from None
+    except k8s_config.ConfigException as exc:
+        # The library's messages name fields and files, never credentials.
+        reason = str(exc).splitlines()[0] if str(exc) else "invalid"
+        raise StartupError(f"Kubernetes: the kubeconfig {where} cannot be used: {reason}") from None
+    except (ValueError, TypeError, AttributeError, KeyError, yaml.YAMLError):
+        raise StartupError(f"Kubernetes: the kubeconfig {where} is not a kubeconfig (a YAML mapping of "
+                           "clusters, users and contexts)") from None
+
+
+def collection_path(api_version: str, kind_plural: str, namespace: str | None) -> str:
+    """The collection in `namespace`; None: the cluster-wide collection (every namespace)."""
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    if namespace is None:
+        return f"{prefix}/{kind_plural}"
+    return f"{prefix}/namespaces/{namespace}/{kind_plural}"
+
+
+def object_path(manifest: Mapping[str, Any]) -> str:
+    plural = _PLURALS[(manifest["apiVersion"], manifest["kind"])]
+    meta = manifest["metadata"]
+    return f"{collection_path(manifest['apiVersion'], plural, meta['namespace'])}/{meta['name']}"
+
+
+
+ApiClient = k8s_client.ApiClient  # for the type of Kube's constructor, without importing `kubernetes` there
+
+
+def api_client_from_environment(kubeconfig: str | None = None) -> ApiClient:
+    """In-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config (or `kubeconfig`).
+
+    Raises StartupError with one line when there is no configuration or it cannot be loaded."""
+    configuration = k8s_client.Configuration()
+    try:
+        if kubeconfig is None:
+            k8s_config.load_incluster_config(client_configuration=configuration)
+        else:
+            raise k8s_config.ConfigException("explicit kubeconfig")
+    except k8s_config.ConfigException:
+        _load_kubeconfig(kubeconfig, configuration)
+    # Retries are ours (bounded, Retry-After capped); urllib3's would multiply them unseen.
+    configuration.retries = False
+    return k8s_client.ApiClient(configuration)
+
+
+class Transport:
+    """Async calls to the API server over the blocking Kubernetes client: `request_timeout` seconds a
+    request, at most `attempts` requests a call."""
+
+    def __init__(self, api_client: ApiClient, *, request_timeout: float = 30.0, attempts: int = 6) -> None:
+        self._api = api_client
+        self._timeout = request_timeout
+        self._attempts = attempts
+
+    def close(self) -> None:
+        self._api.close()
+
+    @property
+    def server(self) -> str:
+        """The API server's URL (for messages; no credentials)."""
+        return str(self._api.configuration.host)
+
+    def _request_once(self, method: str, path: str, query: list[tuple[str, str]], body: Any,
+                      content_type: str | None) -> tuple[int, Any, float | None]:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type or "application/json"
+        params = self._api.param_serialize(method=method, resource_path=path, query_params=query,
+                                           header_params=headers, body=body, auth_settings=["BearerToken"])
+        response = self._api.call_api(*params, _request_timeout=self._timeout)
+        response.read()
+        header = (response.getheaders() or {}).get("Retry-After", "")
+        data = json.loads(response.data) if response.data else None
+        return int(response.status), data, float(header) if header.strip().isdigit() else None
+
+    def _request(self, method: str, path: str, *, query: Iterable[tuple[str, str]] = (), body: Any = None,
+                 content_type: str | None = None) -> Any:
+        """One API call with retries on 429/5xx/timeouts; raises KubeError subclasses."""
+        query_list = list(query)
+        delay = 0.2
+        for attempt in range(1, self._attempts + 1):
+            started = time.monotonic()
+            try:
+                status, data, retry_after = self._request_once(method, path, query_list, body, content_type)
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                metrics.KUBE_CALLS.labels(method=method, outcome="network-error").inc()
+                if attempt == self._attempts:
+                    raise TemporaryError(f"Kubernetes API unreachable: {type(exc).__name__}") from None
+                log.warning("kubernetes call failed, retrying",
+                            extra={"method": method, "path": path, "error": type(exc).__name__})
+            else:
+                metrics.KUBE_LATENCY.observe(time.monotonic() - started)
+                metrics.KUBE_CALLS.labels(method=method, outcome=str(status)).inc()
+                if status < 400:
+                    return data
+                message = str((data or {}).get("message", "")) if isinstance(data, dict) else ""
+                reason = str((data or {}).get("reason", "")) if isinstance(data, dict) else ""
+                # etcd's "request is too large" comes back as a 500: it fails the same way every time.
+                too_large = status == 413 or "too large" in message
+                if status not in _RETRY_STATUSES or attempt == self._attempts or too_large:
+                    error_type = {404: NotFound, 409: Conflict}.get(status, KubeError)
+                    raise error_type(status, reason, message)
+                log.warning("kubernetes call answered %s, retrying", status, extra={"method": method, "path": path})
+                if retry_after is not None:
+                    time.sleep(min(retry_after, MAX_RETRY_AFTER))
+                    continue
+            time.sleep(delay + random.uniform(0, delay))  # noqa: S311 - jitter, not crypto
+            delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
+
+    async def call(self, method: str, path: str, *, query: Iterable[tuple[str, str]] = (), body: Any = None,
+                   content_type: str | None = None) -> Any:
+        """The decoded JSON answer (None when empty); raises KubeError subclasses or TemporaryError."""
+        return await asyncio.to_thread(self._request, method, path, query=list(query), body=body,
+                                       content_type=content_type)
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        """The object at `path`, or None when it does not exist (404)."""
+        try:
+            result: dict[str, Any] = await self.call("GET", path)
+        except NotFound:
+            return None
+        return result
+
+    async def list_objects(self, api_version: str, plural: str, namespace: str | None,
+                           selector: str | None = None) -> list[dict[str, Any]]:
+        """Every object of the collection matching the label `selector`, read in pages of 500."""
+        items: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            query = [("limit", "500")]
+            if selector:
+                query.append(("labelSelector", selector))
+            if token:
+                query.append(("continue", token))
+            page = await self.call("GET", collection_path(api_version, plural, namespace), query=query)
+            items.extend(page.get("items") or [])
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return items
+
+    async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply; JSON is YAML, so the body is sent as the dict's JSON."""
+        result: dict[str, Any] = await self.call(
+            "PATCH", object_path(manifest), body=dict(manifest), content_type="application/apply-patch+yaml",
+            query=[("fieldManager", naming.FIELD_MANAGER), ("force", "true")])
+        return result
+
+    async def delete(self, path: str, *, resource_version: str | None = None) -> bool:
+        """Delete (background propagation), only if still at `resource_version` when given (else 409,
+        Conflict); False when it was already gone."""
+        body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        if resource_version:
+            body["preconditions"] = {"resourceVersion": resource_version}
+        try:
+            await self.call("DELETE", path, body=body)
+        except NotFound:
+            return False
+        return True
+
+    async def ping(self) -> None:
+        """Cheap call proving the API server answers and our credentials work."""
+        await self.call("GET", "/version")
+
