@@ -19,6 +19,11 @@ GITHUB_RATE_REMAINING = Gauge("preview_bot_github_rate_limit_remaining",
                               "x-ratelimit-remaining of the last GitHub answer", registry=REGISTRY)
 KUBE_CALLS = Counter("preview_bot_kubernetes_requests_total", "Kubernetes API requests",
                      ["method", "outcome"], registry=REGISTRY)
+# The readiness wait polls for as long as a rollout takes: its requests are counted apart too, so that the
+# requests an event costs besides that wait can be told (they must not grow with the number of previews).
+ROLLOUT_CHECKS = Counter("preview_bot_kubernetes_rollout_requests_total",
+                         "Kubernetes API requests made by the wait for Deployments to become Available",
+                         registry=REGISTRY)
 KUBE_LATENCY = Histogram("preview_bot_kubernetes_request_seconds", "Kubernetes API request latency",
                          registry=REGISTRY)
 MESH_CONFLICTS = Counter("preview_bot_mesh_update_conflicts_total",

@@ -13,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
+from bot import metrics
 from bot.kube.transport import Transport, collection_path
 from bot.settings import ClusterSettings
 
@@ -38,6 +39,7 @@ class Rollouts:
         """(available, hopeless reason, the pod's waiting reason behind it, e.g. ErrImagePull)."""
         path = f"{collection_path('apps/v1', 'deployments', self._settings.namespace)}/{name}"
         deployment = await self._t.get(path)
+        metrics.ROLLOUT_CHECKS.inc()
         if deployment is None:
             return False, "the Deployment disappeared", None
         spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
@@ -57,7 +59,9 @@ class Rollouts:
             return True, None, None
         selector = ",".join(f"{k}={v}" for k, v in spec["selector"]["matchLabels"].items())
         pulling: tuple[bool, str | None, str | None] = (False, None, None)
-        for pod in await self._t.list_objects("v1", "pods", self._settings.namespace, selector):
+        pods = await self._t.list_objects("v1", "pods", self._settings.namespace, selector)
+        metrics.ROLLOUT_CHECKS.inc()
+        for pod in pods:
             for container in (pod.get("status") or {}).get("containerStatuses") or []:
                 waiting = (container.get("state") or {}).get("waiting") or {}
                 if waiting.get("reason") in _HOPELESS_WAITING:

@@ -543,7 +543,7 @@ def test_granted_verbs_are_exactly_the_needed_ones(deployed: Deployed) -> None:
 
 async def test_the_bots_own_adapter_runs_a_preview_as_the_service_account(deployed: Deployed) -> None:
     """apply_preview / add_mesh_route / wait_available / keep / list / teardown / leader election."""
-    from bot import naming
+    from bot import metrics, naming
     from bot.arbiter import Arbiter, lock_name, slots_name
     from bot.kube import Kube, KubeError
     from bot.leader import LeaderElector
@@ -579,7 +579,11 @@ async def test_the_bots_own_adapter_runs_a_preview_as_the_service_account(deploy
         stuck_plan = plan_preview(settings, RepoConfig(services=(stuck,)), key, plan.sha)
         await kube.apply_preview(stuck_plan)
         stuck_name = stuck_plan.services[0].name
+        checks = metrics.REGISTRY.get_sample_value("preview_bot_kubernetes_rollout_requests_total") or 0.0
         assert await kube.wait_available([stuck_name], 2) == {stuck_name: "not Available after 2 s"}
+        # Each poll is a GET of the Deployment and a list of its pods, counted apart from other requests.
+        polls = (metrics.REGISTRY.get_sample_value("preview_bot_kubernetes_rollout_requests_total") or 0.0) - checks
+        assert polls >= 4 and polls % 2 == 0, polls
         assert await kube.delete_preview(key, services=[stuck.name]) == 3
         live = await kube.live_previews((1296269, key.repo))
         assert [p.key for p in live] == [key.value]
