@@ -30,12 +30,13 @@ from typing import Any
 
 import gidgethub
 
-from bot import comment, mesh_routes, naming
+from bot import mesh_routes, naming
 from bot.github.auth import AppAuth
 from bot.github.client import RepoClient
 from bot.kube import Kube, collection_path
 from bot.manifests import PreviewPlan
 from bot.naming import PreviewKey
+from bot.reporting import Reporter
 from bot.settings import ClusterSettings
 
 log = logging.getLogger(__name__)
@@ -200,17 +201,12 @@ async def report_lines(kube: Kube, repo: str, repo_id: int, number: int) -> tupl
     return tuple(lines)
 
 
-async def refresh_sticky(kube: Kube, client_for: ClientForId, repo: str, number: int) -> None:
+async def refresh_sticky(reporter: Reporter, client_for: ClientForId, repo: str, number: int) -> None:
     """Rewrite the links section of a PR's sticky comment from the cluster (no-op without a comment)."""
     client = await client_for(None, repo)
     if client is None:
         return
-    body = await client.sticky_body(number)
-    if body is None:
-        return
-    updated = comment.with_links(body, await report_lines(kube, client.repo, client.repo_id, number))
-    if updated != body:
-        await client.upsert_sticky(number, updated)
+    await reporter.refresh_links(client, number)
 
 
 # -- commands and teardown -----------------------------------------------------------------------------
@@ -229,7 +225,8 @@ async def client_for_repo(auth: AppAuth, repo: str) -> RepoClient | None:
     return RepoClient(gh, str(found["full_name"]), int(found["id"]))
 
 
-async def link(kube: Kube, client_for: ClientFor, deploy: Callable[[RepoClient, int, str], Awaitable[str | None]],
+async def link(kube: Kube, reporter: Reporter, client_for: ClientFor,
+               deploy: Callable[[RepoClient, int, str], Awaitable[str | None]],
                owner: RepoClient, number: int, user: str, target: tuple[str, int]) -> str:
     """Link `target` to the owner PR; returns the reply. `deploy(client, number, sha)` deploys the target and
     returns why it failed (None: it runs). Raises LinkRefused with the reason."""
@@ -279,8 +276,8 @@ async def link(kube: Kube, client_for: ClientFor, deploy: Callable[[RepoClient, 
     async def by_name(_repo_id: int | None, name: str) -> RepoClient | None:
         return await client_for(name)
 
-    await refresh_sticky(kube, by_name, owner.repo, number)
-    await refresh_sticky(kube, by_name, client.repo, other)
+    await refresh_sticky(reporter, by_name, owner.repo, number)
+    await refresh_sticky(reporter, by_name, client.repo, other)
     urls = ", ".join(f"https://{h}" for h in live[owner_key.value].hosts)
     return (f"🔗 Linked {ref(client.repo, other)} (commit `{str(pull['head']['sha'])[:12]}`) to this preview: "
             f"requests with `X-PREVIEW: {owner_key.value}` reach both builds ({urls}).")

@@ -33,6 +33,7 @@ from bot.leader import LeaderElector
 from bot.previews import Previewer
 from bot.queue import QueueClosed, QueueFull, WorkQueue
 from bot.reconcile import GcReport, reconcile
+from bot.reporting import Reporter
 from bot.settings import Settings, load_cluster_settings, load_settings
 from bot.triggers import Decision, decide, facts_from_pull
 from bot.webhook import WebhookConfig, create_app
@@ -74,15 +75,19 @@ class Bot:
                                                                 per_hour=settings.content_requests_per_hour),
                             timeout=settings.github_timeout)
         self.arbiter = Arbiter(kube, namespace=settings.lease_namespace, identity=settings.identity)
+        # What PRs show (sticky comments, Deployments): one per process, its caches with it.
+        self.reporter = Reporter(link_lines=lambda repo, repo_id, n: links.report_lines(kube, repo, repo_id, n),
+                                 identity=settings.identity, delete_environments=settings.delete_environments)
         self.previewer = Previewer(settings.cluster, kube, ready_timeout=settings.ready_timeout,
                                    arbiter=self.arbiter, identity=settings.identity,
                                    image_pull_grace=settings.image_pull_grace,
-                                   delete_environments=settings.delete_environments)
-        self.previewer.link_refresh = lambda repo, number: links.refresh_sticky(kube, self.client_for, repo, number)
+                                   delete_environments=settings.delete_environments, reporter=self.reporter)
+        self.previewer.link_refresh = lambda repo, number: links.refresh_sticky(self.reporter, self.client_for,
+                                                                                repo, number)
         self.queue = WorkQueue(settings.max_concurrency, max_pending=settings.max_queue,
                                min_interval=CONVERGE_INTERVAL)
         self.ctx = Context(settings=settings, kube=kube, auth=self.auth, previewer=self.previewer,
-                           queue=self.queue, router=build_router())
+                           queue=self.queue, router=build_router(), reporter=self.reporter)
         self.webhook = WebhookConfig(
             secret=settings.webhook_secret, max_body_bytes=settings.max_body_bytes,
             dispatch=self.ctx.dispatch, submit=self.queue.submit,
