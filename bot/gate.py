@@ -20,8 +20,8 @@ from typing import Any
 from bot import checks
 from bot.checks import Verdict
 from bot.errors import ConfigError
-from bot.github.client import RepoClient
 from bot.naming import PreviewKey
+from bot.ports import GitHubRepo
 from bot.previews import DeployResult, Previewer
 from bot.repo_config import CONFIG_PATH, RepoConfig, check_policy, parse_repo_config
 from bot.reporting import is_gate
@@ -37,10 +37,10 @@ class WaitRegistry:
     def __init__(self) -> None:
         self._deadlines: dict[tuple[int, int], tuple[float, str]] = {}
 
-    def note(self, gh: RepoClient, number: int, deadline: float) -> None:
+    def note(self, gh: GitHubRepo, number: int, deadline: float) -> None:
         self._deadlines[(gh.repo_id, number)] = (deadline, gh.repo)
 
-    def done(self, gh: RepoClient, number: int) -> None:
+    def done(self, gh: GitHubRepo, number: int) -> None:
         self._deadlines.pop((gh.repo_id, number), None)
 
     def due(self, now: float) -> list[tuple[int, str, int]]:
@@ -55,7 +55,7 @@ class WaitRegistry:
         return key in self._deadlines
 
 
-async def load_config_at(gh: RepoClient, branch: str, previewer: Previewer) -> RepoConfig | None:
+async def load_config_at(gh: GitHubRepo, branch: str, previewer: Previewer) -> RepoConfig | None:
     """The config on `branch` (the default branch, named by the event: saves a read); None when absent.
     Raises ConfigError."""
     text = await gh.file_text(CONFIG_PATH, branch)
@@ -73,7 +73,7 @@ def _created(deployment: dict[str, Any]) -> datetime | None:
         return None
 
 
-async def deploy_when_ready(previewer: Previewer, waits: WaitRegistry, gh: RepoClient, number: int, *,
+async def deploy_when_ready(previewer: Previewer, waits: WaitRegistry, gh: GitHubRepo, number: int, *,
                             config: RepoConfig | None = None, head_sha: str | None = None,
                             supersedes: bool = True, superseded: Callable[[], bool] = lambda: False,
                             now: datetime | None = None) -> DeployResult | None:

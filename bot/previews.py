@@ -21,12 +21,12 @@ from typing import Any
 import cachetools
 
 from bot import links, manifests, mesh_routes, metrics, naming
-from bot.arbiter import Arbiter
 from bot.comment import Report, ServiceLine, State
 from bot.errors import ConfigError, PreviewError
-from bot.github.client import LIST_FILES_MAX, RepoClient
-from bot.kube import Kube, KubeError, LivePreview
+from bot.github.client import LIST_FILES_MAX
+from bot.kube import KubeError, LivePreview
 from bot.naming import PreviewKey
+from bot.ports import Cluster, GitHubRepo, Locks
 from bot.repo_config import CONFIG_PATH, RepoConfig, check_policy, parse_repo_config
 from bot.reporting import Reporter, Rollout
 from bot.settings import ClusterSettings
@@ -41,7 +41,7 @@ class DeployResult:
 
 
 class Previewer:
-    def __init__(self, settings: ClusterSettings, kube: Kube, *, ready_timeout: float, arbiter: Arbiter,
+    def __init__(self, settings: ClusterSettings, kube: Cluster, *, ready_timeout: float, arbiter: Locks,
                  identity: str = "preview-bot", image_pull_grace: float = 600.0,
                  delete_environments: bool = False, reporter: Reporter | None = None) -> None:
         self.identity = identity
@@ -64,7 +64,7 @@ class Previewer:
         early when it sees the wait, or a teardown)."""
         return self.ready_timeout + 60
 
-    async def load_config(self, gh: RepoClient) -> RepoConfig | None:
+    async def load_config(self, gh: GitHubRepo) -> RepoConfig | None:
         """The config on the default branch (never the PR's own); None when the repo has none."""
         text = await gh.file_text(CONFIG_PATH)  # no ref: the default branch
         if text is None:
@@ -73,17 +73,17 @@ class Previewer:
         check_policy(config, self.settings.policy, CONFIG_PATH)
         return config
 
-    async def report(self, gh: RepoClient, number: int, report: Report) -> None:
+    async def report(self, gh: GitHubRepo, number: int, report: Report) -> None:
         """Show `report` on the PR's sticky comment (bot.reporting)."""
         await self.reporter.show(gh, number, report)
 
-    async def key_for(self, gh: RepoClient, number: int) -> tuple[PreviewKey, list[LivePreview]]:
+    async def key_for(self, gh: GitHubRepo, number: int) -> tuple[PreviewKey, list[LivePreview]]:
         """The PR's preview key (an existing preview's is kept, see naming.resolve_key) and the
         repository's live previews."""
         previews = await self.kube.live_previews((gh.repo_id, gh.repo))
         return naming.resolve_key(gh.repo, gh.repo_id, number, (p.key for p in previews)), previews
 
-    async def settled(self, gh: RepoClient, key: PreviewKey, head_sha: str,
+    async def settled(self, gh: GitHubRepo, key: PreviewKey, head_sha: str,
                       previews: list[LivePreview]) -> bool:
         """`head_sha` was deployed to the end: it runs (success), or it failed and a retry needs a push or
         `/preview`. A deploy cut short (in_progress, a crash), or one that failed before anything reached
@@ -100,7 +100,7 @@ class Previewer:
         state = await gh.latest_state(int(deployments[0]["id"]))
         return state in ("failure", "error", "success")
 
-    async def deploy(self, gh: RepoClient, number: int, head_sha: str | None = None, *,
+    async def deploy(self, gh: GitHubRepo, number: int, head_sha: str | None = None, *,
                      pull: Mapping[str, Any] | None = None, config: RepoConfig | None = None,
                      force: bool = True, supersedes: bool = True,
                      superseded: Callable[[], bool] = lambda: False) -> DeployResult:
@@ -126,7 +126,7 @@ class Previewer:
             return await self._deploy(gh, key, head_sha, pull=pull, config=config, force=force, stale=stale,
                                       refresh=lock.refresh)
 
-    async def _deploy(self, gh: RepoClient, key: PreviewKey, head_sha: str, *, pull: Mapping[str, Any] | None,
+    async def _deploy(self, gh: GitHubRepo, key: PreviewKey, head_sha: str, *, pull: Mapping[str, Any] | None,
                       config: RepoConfig | None, force: bool, stale: Callable[[], bool],
                       refresh: Callable[[], Awaitable[None]]) -> DeployResult:
         number = key.number
@@ -219,7 +219,7 @@ class Previewer:
         self._finished[(gh.repo_id, key.value)] = head_sha
         return DeployResult(State.READY)
 
-    async def _failed(self, gh: RepoClient, rollout: Rollout, lines: list[ServiceLine], reason: str) -> DeployResult:
+    async def _failed(self, gh: GitHubRepo, rollout: Rollout, lines: list[ServiceLine], reason: str) -> DeployResult:
         key = rollout.key
         log.warning("preview deploy failed: %s", reason, extra={"repo": gh.repo, "pr": key.number})
         if not await self.kube.recorded_shas(key):
@@ -250,7 +250,7 @@ class Previewer:
         metrics.PREVIEW_OUTCOMES.labels(action="teardown", outcome="removed" if removed else "nothing").inc()
         return removed
 
-    async def stop(self, gh: RepoClient | None, number: int, reason: str, *, key: PreviewKey | None = None) -> int:
+    async def stop(self, gh: GitHubRepo | None, number: int, reason: str, *, key: PreviewKey | None = None) -> int:
         """Tear down and tell GitHub; a PR that never had a preview gets no comment. `key`: the live
         preview's, when the caller found it (the reconciler); else resolved from `gh`. `gh` None: the App
         is gone from the repository, only the cluster side is done (then `key` is required)."""

@@ -28,8 +28,8 @@ from bot import comment
 from bot.checks import Decision, Verdict
 from bot.comment import Report, ServiceLine, State
 from bot.errors import PermanentError
-from bot.github.client import RepoClient
 from bot.naming import PreviewKey
+from bot.ports import GitHubRepo
 
 log = logging.getLogger(__name__)
 
@@ -61,24 +61,24 @@ class StickyComments:
         self._known.clear()
         self._no_comments.clear()
 
-    def assume_no_comments(self, gh: RepoClient, number: int) -> None:
+    def assume_no_comments(self, gh: GitHubRepo, number: int) -> None:
         """The PR had no comment when GitHub sent the event (`pull_request.comments == 0`): the first
         sticky comment is created without listing comments first (a race with another replica is
         still caught: every creation checks for an older sticky)."""
         if (gh.repo_id, number) not in self._known:
             self._no_comments[(gh.repo_id, number)] = True
 
-    async def _ids_and_bodies(self, gh: RepoClient, number: int) -> AsyncIterator[tuple[int, str]]:
+    async def _ids_and_bodies(self, gh: GitHubRepo, number: int) -> AsyncIterator[tuple[int, str]]:
         async for item in gh.comments(number):
             if comment.is_sticky(item.get("body")) and (item.get("user") or {}).get("type") == "Bot":
                 yield int(item["id"]), str(item["body"])
 
-    async def _find(self, gh: RepoClient, number: int) -> tuple[int, str] | None:
+    async def _find(self, gh: GitHubRepo, number: int) -> tuple[int, str] | None:
         async for found in self._ids_and_bodies(gh, number):
             return found
         return None
 
-    async def _cached(self, gh: RepoClient, number: int) -> tuple[int, str] | None:
+    async def _cached(self, gh: GitHubRepo, number: int) -> tuple[int, str] | None:
         cache_key = (gh.repo_id, number)
         if cache_key in self._known:
             return self._known[cache_key]
@@ -86,7 +86,7 @@ class StickyComments:
             return None
         return await self._find(gh, number)
 
-    async def body(self, gh: RepoClient, number: int) -> str | None:
+    async def body(self, gh: GitHubRepo, number: int) -> str | None:
         """The current text of the PR's bot comment, or None when it has none."""
         cache_key = (gh.repo_id, number)
         if cache_key in self._no_comments:
@@ -94,12 +94,12 @@ class StickyComments:
         known = self._known.get(cache_key) or await self._find(gh, number)
         return known[1] if known is not None else None
 
-    async def exists(self, gh: RepoClient, number: int) -> bool:
+    async def exists(self, gh: GitHubRepo, number: int) -> bool:
         if (gh.repo_id, number) in self._no_comments:
             return False
         return (gh.repo_id, number) in self._known or await self._find(gh, number) is not None
 
-    async def upsert(self, gh: RepoClient, number: int, body: str) -> tuple[int, bool]:
+    async def upsert(self, gh: GitHubRepo, number: int, body: str) -> tuple[int, bool]:
         """Edit the PR's one bot comment in place, or create it; an unchanged body costs nothing.
         Returns (comment id, whether this call created the PR's first bot comment)."""
         cache_key = (gh.repo_id, number)
@@ -156,7 +156,7 @@ class Reporter:
 
     # -- the comment --------------------------------------------------------------------------
 
-    async def show(self, gh: RepoClient, number: int, report: Report) -> bool:
+    async def show(self, gh: GitHubRepo, number: int, report: Report) -> bool:
         """Put `report` on the PR's sticky comment (with its current link lines); True when that created
         the PR's first bot comment."""
         if self.link_lines is not None:
@@ -164,7 +164,7 @@ class Reporter:
         _, created = await self.sticky.upsert(gh, number, comment.render(report))
         return created
 
-    async def refresh_links(self, gh: RepoClient, number: int) -> None:
+    async def refresh_links(self, gh: GitHubRepo, number: int) -> None:
         """Rewrite the links section of the PR's sticky comment (no-op without a comment)."""
         body = await self.sticky.body(gh, number)
         if body is None or self.link_lines is None:
@@ -173,12 +173,12 @@ class Reporter:
         if updated != body:
             await self.sticky.upsert(gh, number, updated)
 
-    def assume_no_comments(self, gh: RepoClient, number: int) -> None:
+    def assume_no_comments(self, gh: GitHubRepo, number: int) -> None:
         self.sticky.assume_no_comments(gh, number)
 
     # -- a rollout ----------------------------------------------------------------------------
 
-    async def begin(self, gh: RepoClient, key: PreviewKey, sha: str, services: Sequence[ServiceLine], *,
+    async def begin(self, gh: GitHubRepo, key: PreviewKey, sha: str, services: Sequence[ServiceLine], *,
                     note: str | None = None) -> Rollout:
         """Deploying: the URL reaches the PR first; the Deployment's records follow. So every Deployment of
         a PR is created after its comment: a deploy that creates the PR's first comment has none to
@@ -192,13 +192,13 @@ class Reporter:
         await gh.deployment_status(deployment_id, "in_progress", description="deploying")
         return Rollout(key, sha, deployment_id, tuple(services), note, first)
 
-    async def progress(self, gh: RepoClient, rollout: Rollout, *, status: str, detail: str) -> None:
+    async def progress(self, gh: GitHubRepo, rollout: Rollout, *, status: str, detail: str) -> None:
         """Still deploying, with news (`status` on the Deployment, `detail` in the comment)."""
         await gh.deployment_status(rollout.deployment_id, "in_progress", description=status)
         await self.show(gh, rollout.key.number, Report(State.DEPLOYING, sha=rollout.sha, services=rollout.services,
                                                        header_value=rollout.key.value, detail=detail))
 
-    async def ready(self, gh: RepoClient, rollout: Rollout, services: Sequence[ServiceLine], url: str) -> None:
+    async def ready(self, gh: GitHubRepo, rollout: Rollout, services: Sequence[ServiceLine], url: str) -> None:
         await gh.deployment_status(rollout.deployment_id, "success", description="preview is ready",
                                    environment_url=url)
         # After our own success: whatever came before is history (transient environments get no
@@ -209,7 +209,7 @@ class Reporter:
         await self.show(gh, rollout.key.number, Report(State.READY, sha=rollout.sha, services=services,
                                                        header_value=rollout.key.value, detail=rollout.note))
 
-    async def failed(self, gh: RepoClient, rollout: Rollout, services: Sequence[ServiceLine], reason: str) -> None:
+    async def failed(self, gh: GitHubRepo, rollout: Rollout, services: Sequence[ServiceLine], reason: str) -> None:
         await gh.deployment_status(rollout.deployment_id, "failure", description=reason)
         # The cluster no longer runs the older ones.
         await self.deactivate(gh, rollout.key.environment, older_than=rollout.deployment_id)
@@ -217,7 +217,7 @@ class Reporter:
                                                        header_value=rollout.key.value,
                                                        detail=f"Deploy failed: {reason}"))
 
-    async def superseded(self, gh: RepoClient, rollout: Rollout) -> None:
+    async def superseded(self, gh: GitHubRepo, rollout: Rollout) -> None:
         """A newer event for this PR (here or on another replica) will deploy and report; this deployment
         is history. Older ones first, so that an inactive deployment means all before it are too."""
         await self.deactivate(gh, rollout.key.environment, older_than=rollout.deployment_id)
@@ -225,7 +225,7 @@ class Reporter:
 
     # -- no preview ---------------------------------------------------------------------------
 
-    async def stopped(self, gh: RepoClient, key: PreviewKey, reason: str, *, removed: int) -> None:
+    async def stopped(self, gh: GitHubRepo, key: PreviewKey, reason: str, *, removed: int) -> None:
         """After a teardown: retire the PR's Deployments, and say so on a PR that had a preview or a
         comment (`removed`: cluster objects removed). Raises PermanentError when GitHub refuses."""
         try:
@@ -235,7 +235,7 @@ class Reporter:
         if removed or retired or await self.sticky.exists(gh, key.number):
             await self.show(gh, key.number, Report(State.STOPPED, detail=reason))
 
-    async def retire(self, gh: RepoClient, key: PreviewKey) -> int:
+    async def retire(self, gh: GitHubRepo, key: PreviewKey) -> int:
         """The GitHub side of every teardown: the PR's deployments are marked inactive, then deleted (they
         would pile up in the repository forever otherwise); with `delete_environments` the emptied
         environment `preview-<n>` goes too. Returns how many deployments there were."""
@@ -244,7 +244,7 @@ class Reporter:
             await gh.delete_environment(key.environment)
         return count
 
-    async def waiting(self, gh: RepoClient, key: PreviewKey, sha: str, decision: Decision, *,
+    async def waiting(self, gh: GitHubRepo, key: PreviewKey, sha: str, decision: Decision, *,
                       gate: dict[str, Any] | None, latest: dict[str, Any] | None, required: Sequence[str]) -> None:
         """Put a checks decision (wait, or refused) on the Deployment and the sticky comment, unless they
         already say it. `gate`: the head's waiting deployment, if any; `latest`: the environment's newest."""
@@ -279,7 +279,7 @@ class Reporter:
     # -- the environment's deployments -----------------------------------------------------------
 
     @staticmethod
-    async def deactivate(gh: RepoClient, environment: str, *, keep: Sequence[int] = (),
+    async def deactivate(gh: GitHubRepo, environment: str, *, keep: Sequence[int] = (),
                          older_than: int | None = None) -> int:
         """Mark the environment's active deployments inactive (auto_inactive skips transient ones).
 
@@ -297,7 +297,7 @@ class Reporter:
         return count
 
     @staticmethod
-    async def retire_environment(gh: RepoClient, environment: str) -> int:
+    async def retire_environment(gh: GitHubRepo, environment: str) -> int:
         """Teardown: mark every deployment of the environment inactive, then delete it; returns how many.
 
         GitHub deletes only inactive deployments when the repository has more than one ("Delete a
