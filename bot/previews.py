@@ -41,18 +41,17 @@ class DeployResult:
 
 
 class Previewer:
+    """Deploys and tears down previews; `reporter` says on GitHub what the PR shows (bot.reporting), one
+    per process; `arbiter` serialises a PR's work across replicas and holds the repository's slots."""
+
     def __init__(self, settings: ClusterSettings, kube: Cluster, *, ready_timeout: float, arbiter: Locks,
-                 identity: str = "preview-bot", image_pull_grace: float = 600.0,
-                 delete_environments: bool = False, reporter: Reporter | None = None) -> None:
-        self.identity = identity
+                 reporter: Reporter, image_pull_grace: float = 600.0) -> None:
         self.settings = settings
         self.kube = kube
         self.ready_timeout = ready_timeout
         self.image_pull_grace = image_pull_grace
         self.arbiter = arbiter
-        self.delete_environments = delete_environments
-        # What the PR shows (comment, Deployments); one per process, its caches included.
-        self.reporter = reporter or Reporter(identity=identity, delete_environments=delete_environments)
+        self.reporter = reporter
         # (repository id, preview key) -> the SHA this process last deployed to the end (success or failure).
         self._finished: cachetools.LRUCache[tuple[int | None, str], str] = cachetools.LRUCache(maxsize=8192)
         # Rewrites the link lines of any PR's sticky comment (bot.links); set by the server.
@@ -72,10 +71,6 @@ class Previewer:
         config = parse_repo_config(text, CONFIG_PATH)
         check_policy(config, self.settings.policy, CONFIG_PATH)
         return config
-
-    async def report(self, gh: GitHubRepo, number: int, report: Report) -> None:
-        """Show `report` on the PR's sticky comment (bot.reporting)."""
-        await self.reporter.show(gh, number, report)
 
     async def key_for(self, gh: GitHubRepo, number: int) -> tuple[PreviewKey, list[LivePreview]]:
         """The PR's preview key (an existing preview's is kept, see naming.resolve_key) and the
@@ -137,13 +132,13 @@ class Previewer:
         try:
             config = config or await self.load_config(gh)
         except ConfigError as exc:
-            await self.report(gh, number, Report(State.CONFIG_ERROR, sha=head_sha,
+            await self.reporter.show(gh, number, Report(State.CONFIG_ERROR, sha=head_sha,
                                                  detail=f"Nothing was deployed: `{exc}`"))
             metrics.PREVIEW_OUTCOMES.labels(action="deploy", outcome="config-error").inc()
             return DeployResult(State.CONFIG_ERROR, str(exc))
         if config is None:
             detail = f"Nothing was deployed: this repository has no `{CONFIG_PATH}` on its default branch."
-            await self.report(gh, number, Report(State.CONFIG_ERROR, sha=head_sha, detail=detail))
+            await self.reporter.show(gh, number, Report(State.CONFIG_ERROR, sha=head_sha, detail=detail))
             return DeployResult(State.CONFIG_ERROR, detail)
 
         deployed = {s for p in repo_previews if p.key == key.value for s in p.services}
@@ -166,7 +161,7 @@ class Previewer:
                 await self.reporter.retire(gh, key)
             await self.arbiter.release_slot(key)
             detail = "No service of this repository's preview config is changed by this pull request."
-            await self.report(gh, number, Report(State.NOT_DEPLOYED, sha=head_sha, detail=detail))
+            await self.reporter.show(gh, number, Report(State.NOT_DEPLOYED, sha=head_sha, detail=detail))
             return DeployResult(State.NOT_DEPLOYED, detail)
 
         cap = self.settings.policy.max_previews_per_repo
@@ -175,7 +170,7 @@ class Previewer:
         if not granted:
             detail = (f"Nothing was deployed: this repository already has {used} live previews "
                       f"(the limit is {cap}). Stop one with `/preview stop`.")
-            await self.report(gh, number, Report(State.NOT_DEPLOYED, sha=head_sha, detail=detail))
+            await self.reporter.show(gh, number, Report(State.NOT_DEPLOYED, sha=head_sha, detail=detail))
             metrics.PREVIEW_OUTCOMES.labels(action="deploy", outcome="over-limit").inc()
             return DeployResult(State.NOT_DEPLOYED, detail)
 

@@ -75,9 +75,8 @@ class Bot:
         self.reporter = Reporter(link_lines=lambda repo, repo_id, n: links.report_lines(kube, repo, repo_id, n),
                                  identity=settings.identity, delete_environments=settings.delete_environments)
         self.previewer = Previewer(settings.cluster, kube, ready_timeout=settings.ready_timeout,
-                                   arbiter=self.arbiter, identity=settings.identity,
-                                   image_pull_grace=settings.image_pull_grace,
-                                   delete_environments=settings.delete_environments, reporter=self.reporter)
+                                   arbiter=self.arbiter, reporter=self.reporter,
+                                   image_pull_grace=settings.image_pull_grace)
         self.previewer.link_refresh = lambda repo, number: links.refresh_sticky(self.reporter, self.client_for,
                                                                                 repo, number)
         self.queue = WorkQueue(settings.max_concurrency, max_pending=settings.max_queue,
