@@ -152,6 +152,14 @@ async def reconcile(kube: Cluster, previewer: Previewer, client_for: ClientFor, 
                             f"again, or `/preview keep` (or the `{KEEP_LABEL}` label) to keep it.")
         except (gidgethub.GitHubException, OSError) as exc:
             report.errors.append(f"{target}: {type(exc).__name__}: {exc}")
+    await _clean_mesh(kube, report, dry_run=dry_run)
+    for action in report.actions:
+        log.info("reconcile: %s %s (%s)", action.kind, action.target, action.reason, extra={"dry_run": dry_run})
+    return report
+
+
+async def _clean_mesh(kube: Cluster, report: GcReport, *, dry_run: bool) -> None:
+    """The mesh side of a pass: routes to missing Services, and the bot's VirtualServices in the wrong place."""
     # Routes whose Service is gone (deleted by hand, or a crash between steps).
     services = await kube.service_names()
     for key, destination in dangling_routes(await kube.mesh_services(), services):
@@ -172,9 +180,6 @@ async def reconcile(kube: Cluster, previewer: Previewer, client_for: ClientFor, 
                 await kube.fold_mesh_routes(host)
             except PreviewError as exc:
                 report.errors.append(f"{host}: {exc}")
-    for action in report.actions:
-        log.info("reconcile: %s %s (%s)", action.kind, action.target, action.reason, extra={"dry_run": dry_run})
-    return report
 
 
 def _key_intact(preview: LivePreview) -> bool:
