@@ -56,11 +56,6 @@ class StickyComments:
         self._known: cachetools.LRUCache[tuple[int, int], tuple[int, str]] = cachetools.LRUCache(maxsize=maxsize)
         self._no_comments: cachetools.LRUCache[tuple[int, int], bool] = cachetools.LRUCache(maxsize=maxsize)
 
-    def forget(self) -> None:
-        """Drop both caches (as after a restart)."""
-        self._known.clear()
-        self._no_comments.clear()
-
     def assume_no_comments(self, gh: GitHubRepo, number: int) -> None:
         """The PR had no comment when GitHub sent the event (`pull_request.comments == 0`): the first
         sticky comment is created without listing comments first (a race with another replica is
