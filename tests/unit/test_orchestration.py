@@ -12,8 +12,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bot import comment
+from bot import comment, gate
 from bot.comment import Report, State
+from bot.gate import WaitRegistry
 from bot.naming import PreviewKey
 from bot.previews import Previewer
 from bot.reconcile import reconcile
@@ -217,3 +218,17 @@ async def test_the_sticky_comment_is_found_once_then_cached_and_unchanged_text_c
     await fresh.show(gh, 5, Report(State.READY, sha=SHA1))
     assert gh.writes == ["create_comment", "edit_comment"]
     assert [c["body"] for c in gh.comment_list] == [comment.render(Report(State.READY, sha=SHA1))]
+
+
+async def test_a_gated_pr_shows_waiting_once_and_a_repeated_event_costs_reads_only() -> None:
+    gh, kube, _locks, previewer = setup()
+    gh.config = CONFIG + "wait_for: [build]\n"
+    gh.add_pull(1, SHA1, files=["services/a/main.go"])
+    waits = WaitRegistry()
+    assert await gate.deploy_when_ready(previewer, waits, gh, 1) is None
+    assert kube.applied == [] and (gh.repo_id, 1) in waits
+    assert gh.states("preview-1") == ["queued"]
+    assert "Preview: waiting for checks" in (gh.sticky(1) or "")
+    writes = list(gh.writes)
+    assert await gate.deploy_when_ready(previewer, waits, gh, 1) is None
+    assert gh.writes == writes
