@@ -138,7 +138,7 @@ def bench_mesh_size(routes: int) -> dict[str, float]:
     for mode in ("header", "both"):
         spec = mesh_routes.new_spec(host)
         for i in range(routes):
-            key = PreviewKey(f"org{i % 50}/repo{i % 50}", i // 50 + 1).value
+            key = PreviewKey(f"org{i % 50}/repo{i % 50}", i // 50 + 1, 5000 + i % 50).value
             spec = mesh_routes.with_route(spec, host, mesh_routes.preview_route(
                 key, destination=f"{key}-a.default.svc.cluster.local", port=8080, header_name="x-preview",
                 mode=mode))  # type: ignore[arg-type]

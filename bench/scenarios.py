@@ -200,7 +200,7 @@ async def bench_scale(cluster: Cluster, *, repos: int, per_repo: int) -> dict[st
 
     from bot import manifests, mesh_routes
     from bot.kube import Kube
-    from bot.naming import PreviewKey
+    from bot.naming import PreviewKey, mesh_route_name
     from bot.repo_config import parse_repo_config
     from bot.settings import ClusterSettings, Policy
 
@@ -238,7 +238,7 @@ async def bench_scale(cluster: Cluster, *, repos: int, per_repo: int) -> dict[st
             started = time.monotonic()
             limit = asyncio.Semaphore(8)
 
-            plans = [manifests.plan_preview(settings, config, PreviewKey(f"bench{r}/shop{r}", n), "b" * 40,
+            plans = [manifests.plan_preview(settings, config, PreviewKey(f"bench{r}/shop{r}", n, 7000 + r), "b" * 40,
                                             only=["a"], pushed_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
                      for r in range(repos) for n in range(1, per_repo + 1) if (r, n) != (0, 1)]
 
@@ -261,7 +261,8 @@ async def bench_scale(cluster: Cluster, *, repos: int, per_repo: int) -> dict[st
                              900)
                 fill_s = time.monotonic() - started
                 live = len(await kube.live_previews())
-                mesh = await kube.find_mesh_service(f"a.{namespace}.svc.cluster.local")
+                mesh = await kube.get(f"/apis/networking.istio.io/v1/namespaces/{namespace}/virtualservices/"
+                                      f"{mesh_route_name(f'a.{namespace}.svc.cluster.local')}")
             finally:
                 kube.close()
             assert mesh is not None

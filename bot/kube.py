@@ -25,7 +25,7 @@ import yaml
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
-from bot import manifests, mesh_hosts, mesh_routes, metrics, naming
+from bot import manifests, mesh_hosts, mesh_routes, metrics, naming, sessions
 from bot.errors import HostConflictError, MeshRoutingError, StartupError, TemporaryError
 from bot.mesh_hosts import Ref
 from bot.naming import PreviewKey
@@ -429,9 +429,13 @@ class Kube:
                                        self.settings.routing_namespace, selector)
 
     async def all_virtual_services(self) -> list[dict[str, Any]]:
-        """Every VirtualService in the cluster: a team's may serve a host from any namespace (list on the
-        ClusterRole `preview-bot-virtualservices-read`)."""
-        return await self.list_objects(manifests.VIRTUAL_SERVICE_API, "virtualservices", None)
+        """Every VirtualService in the cluster that may route a host in the mesh: a team's may serve it from
+        any namespace (list on the ClusterRole `preview-bot-virtualservices-read`). The bot's per-preview
+        gateway and session VirtualServices are left out on the server: they are bound to the Gateway only,
+        and without them the list does not grow with the number of previews."""
+        excluded = f"{naming.ROLE_GATEWAY},{sessions.ROLE_SESSION}"
+        return await self.list_objects(manifests.VIRTUAL_SERVICE_API, "virtualservices", None,
+                                       f"{naming.ROLE_LABEL} notin ({excluded})")
 
     def _vs_path(self, ref: Ref) -> str:
         return f"{collection_path(manifests.VIRTUAL_SERVICE_API, 'virtualservices', ref.namespace)}/{ref.name}"

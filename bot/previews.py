@@ -52,8 +52,9 @@ class Previewer:
         self.image_pull_grace = image_pull_grace
         self.arbiter = arbiter
         self.reporter = reporter
-        # (repository id, preview key) -> the SHA this process last deployed to the end (success or failure).
-        self._finished: cachetools.LRUCache[tuple[int | None, str], str] = cachetools.LRUCache(maxsize=8192)
+        # (repository id, preview key) -> (SHA, "success" | "failure") of the deploy this process last saw end.
+        self._finished: cachetools.LRUCache[tuple[int | None, str], tuple[str, str]] = \
+            cachetools.LRUCache(maxsize=8192)
         # Rewrites the link lines of any PR's sticky comment (bot.links); set by the server.
         self.link_refresh: Callable[[str, int], Awaitable[None]] | None = None
 
@@ -81,19 +82,19 @@ class Previewer:
     async def settled(self, gh: GitHubRepo, key: PreviewKey, head_sha: str,
                       previews: list[LivePreview]) -> bool:
         """`head_sha` was deployed to the end: it runs (success), or it failed and a retry needs a push or
-        `/preview`. A deploy cut short (in_progress, a crash), or one that failed before anything reached
-        the cluster, is not settled."""
-        # The cluster first: a deploy that got anywhere left objects at this SHA, so a new preview costs
-        # no GitHub read here.
-        if not any(p.key == key.value and p.sha == head_sha for p in previews):
-            return False
-        if self._finished.get((gh.repo_id, key.value)) == head_sha:
-            return True  # this process saw that deploy to its end: no need to ask GitHub
+        `/preview` (also a refusal before anything was written: retrying it on every event or reconcile
+        pass would only repeat the failure). A deploy cut short (in_progress, a crash) is not settled."""
+        live = any(p.key == key.value and p.sha == head_sha for p in previews)
+        finished = self._finished.get((gh.repo_id, key.value))
+        if finished is not None and finished[0] == head_sha:
+            return live or finished[1] == "failure"  # this process saw that deploy end: no GitHub read
+        if self.reporter.sticky.known_absent(gh, key.number):
+            return False  # every finished deploy reported on the PR, which has no comment of the bot
         deployments = await gh.deployments(key.environment)
         if not deployments or deployments[0].get("sha") != head_sha:
             return False
         state = await gh.latest_state(int(deployments[0]["id"]))
-        return state in ("failure", "error", "success")
+        return state in ("failure", "error") or (state == "success" and live)
 
     async def deploy(self, gh: GitHubRepo, number: int, head_sha: str | None = None, *,
                      pull: Mapping[str, Any] | None = None, config: RepoConfig | None = None,
@@ -211,7 +212,7 @@ class Previewer:
             return await self._failed(gh, rollout, ready_lines, reason)
         await self.reporter.ready(gh, rollout, ready_lines, plan.services[0].url)
         metrics.PREVIEW_OUTCOMES.labels(action="deploy", outcome="success").inc()
-        self._finished[(gh.repo_id, key.value)] = head_sha
+        self._finished[(gh.repo_id, key.value)] = (head_sha, "success")
         return DeployResult(State.READY)
 
     async def _failed(self, gh: GitHubRepo, rollout: Rollout, lines: list[ServiceLine], reason: str) -> DeployResult:
@@ -221,7 +222,7 @@ class Previewer:
             await self.arbiter.release_slot(key)  # nothing of it was created (a refused host): no slot used
         await self.reporter.failed(gh, rollout, lines, reason)
         metrics.PREVIEW_OUTCOMES.labels(action="deploy", outcome="failure").inc()
-        self._finished[(gh.repo_id, key.value)] = rollout.sha
+        self._finished[(gh.repo_id, key.value)] = (rollout.sha, "failure")
         return DeployResult(State.FAILED, reason)
 
     async def teardown_services(self, key: PreviewKey, deployed: set[str], keep: list[str] | tuple[()]) -> None:

@@ -63,6 +63,11 @@ class StickyComments:
         if (gh.repo_id, number) not in self._known:
             self._no_comments[(gh.repo_id, number)] = True
 
+    def known_absent(self, gh: GitHubRepo, number: int) -> bool:
+        """The PR has no comment of the bot, known without a request (its webhook payload said it had no
+        comment, and none was created since)."""
+        return (gh.repo_id, number) in self._no_comments
+
     async def _ids_and_bodies(self, gh: GitHubRepo, number: int) -> AsyncIterator[tuple[int, str]]:
         async for item in gh.comments(number):
             if comment.is_sticky(item.get("body")) and (item.get("user") or {}).get("type") == "Bot":

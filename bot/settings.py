@@ -166,7 +166,8 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
-def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, *, zero: bool) -> float:
+    """A finite number of the environment: greater than 0, or also 0 when `zero`."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -174,22 +175,19 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise _env_error(name, f"must be a number, got {raw!r}") from None
-    if not value > 0:
+    if zero and not (value >= 0 and value != float("inf")):
+        raise _env_error(name, f"must be 0 or more, got {raw}")
+    if not zero and not value > 0:
         raise _env_error(name, f"must be greater than 0, got {raw}")
     return value
 
 
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    return _float(env, name, default, zero=False)
+
+
 def _non_negative_float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise _env_error(name, f"must be a number, got {raw!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise _env_error(name, f"must be 0 or more, got {raw}")
-    return value
+    return _float(env, name, default, zero=True)
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:

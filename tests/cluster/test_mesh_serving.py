@@ -9,12 +9,9 @@ bot's). The data-plane side of the same cases is in tests/mesh/.
 from __future__ import annotations
 
 import copy
-import secrets
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kubernetes import client
 
 from bot import mesh_routes
 from bot.errors import MeshRoutingError
@@ -23,7 +20,6 @@ from bot.manifests import VIRTUAL_SERVICE_API, plan_preview
 from bot.naming import PreviewKey, mesh_route_name
 from bot.repo_config import RepoConfig, ServiceConfig
 from bot.settings import ClusterSettings
-from tests.plugins.cluster import Cluster
 
 pytestmark = pytest.mark.cluster
 
@@ -34,19 +30,6 @@ SHA = "c" * 40
 @pytest.fixture
 def kube(direct: Kube) -> Kube:
     return direct
-
-
-@pytest.fixture
-def team_namespace(cluster: Cluster) -> Iterator[str]:
-    """Another namespace, where a team keeps its own VirtualServices."""
-    name = "team-" + secrets.token_hex(4)
-    with cluster.api_client() as api:
-        core = client.CoreV1Api(api)
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-        try:
-            yield name
-        finally:
-            core.delete_namespace(name)
 
 
 def key_of(settings: ClusterSettings, number: int) -> PreviewKey:

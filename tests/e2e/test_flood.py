@@ -9,8 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bot import comment
-from bot.naming import PreviewKey
-from tests.e2e.harness import REPO, ClusterView, RunningBot, running_bot
+from tests.e2e.harness import REPO, ClusterView, RunningBot, key_of, running_bot
 from tests.fakegithub import FakeGitHub, issue_comment_event, pull_request_event
 from tests.plugins.cluster import Cluster
 
@@ -25,8 +24,9 @@ async def bot(shop: FakeGitHub, cluster: Cluster, namespace: str) -> AsyncIterat
         yield running
 
 
-def image(view: ClusterView, number: int) -> str:
-    return str(view.deployments()[PreviewKey(REPO, number).object_name("a")].spec.template.spec.containers[0].image)
+def image(view: ClusterView, fake: FakeGitHub, number: int) -> str:
+    name = key_of(fake, REPO, number).object_name("a")
+    return str(view.deployments()[name].spec.template.spec.containers[0].image)
 
 
 async def test_a_flood_of_pushes_converges_to_the_head_with_few_deploys(bot: RunningBot, view: ClusterView) -> None:
@@ -50,7 +50,7 @@ async def test_a_flood_of_pushes_converges_to_the_head_with_few_deploys(bot: Run
     await bot.settle()
 
     head = f"{PUSHES:040x}"
-    assert image(view, 1).endswith(head)
+    assert image(view, bot.fake, 1).endswith(head)
     [sticky] = [c for c in bot.fake.comments(REPO, 1) if comment.MARKER in str(c["body"])]
     assert head[:12] in str(sticky["body"]) and "ready" in str(sticky["body"])
     deployments = bot.fake.deployments(REPO)
@@ -80,4 +80,4 @@ async def test_a_stop_inside_a_flood_is_kept_and_answered(bot: RunningBot, view:
     bot.fake.push(REPO, 2, "f" * 40)
     assert await bot.send("pull_request", pull_request_event(bot.fake, REPO, 2, "synchronize")) == 202
     await asyncio.wait_for(bot.settle(), 180)
-    assert image(view, 2).endswith("f" * 40)
+    assert image(view, bot.fake, 2).endswith("f" * 40)

@@ -121,6 +121,13 @@ async def test_a_repository_the_app_left_loses_its_preview(shop: FakeGitHub, clu
 def legacy_documents(namespace: str) -> list[dict[str, Any]]:
     """The name-keyed version's objects for acme/shop PR #123 (`make render` then), moved into `namespace`."""
     text = LEGACY.read_text()
+    # Object names derive from the hosts: renamed with them, as that version would have named them here.
+    for old, new in ((naming.mesh_route_name("a.default.svc.cluster.local"),
+                      naming.mesh_route_name(f"a.{namespace}.svc.cluster.local")),
+                     (naming.mesh_route_name("b.shop.svc.cluster.local"),
+                      naming.mesh_route_name(f"b.{namespace}.svc.cluster.local"))):
+        assert old in text, old
+        text = text.replace(old, new)
     for old, new in (("namespace: istio-system", f"namespace: {namespace}"),
                      ("namespace: default", f"namespace: {namespace}"),
                      (".default.svc.cluster.local", f".{namespace}.svc.cluster.local"),

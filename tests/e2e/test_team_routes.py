@@ -7,8 +7,7 @@ VirtualService is exported everywhere, `/preview` adds the routes to it and keep
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -27,18 +26,6 @@ pytestmark = pytest.mark.cluster
 async def bot(shop: FakeGitHub, cluster: Cluster, namespace: str) -> AsyncIterator[RunningBot]:
     async with running_bot(shop, cluster, namespace) as running:
         yield running
-
-
-@pytest.fixture
-def team_namespace(cluster: Cluster) -> Iterator[str]:
-    name = "team-" + secrets.token_hex(4)
-    with cluster.api_client() as api:
-        core = client.CoreV1Api(api)
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-        try:
-            yield name
-        finally:
-            core.delete_namespace(name)
 
 
 def sticky(fake: FakeGitHub, number: int) -> str:

@@ -192,6 +192,21 @@ def namespace(cluster: Cluster) -> Iterator[str]:
                     raise
 
 
+@pytest.fixture
+def team_namespace(cluster: Cluster) -> Iterator[str]:
+    """Another namespace, where a team keeps its own VirtualServices."""
+    from kubernetes import client
+
+    name = "team-" + secrets.token_hex(4)
+    with cluster.api_client() as api:
+        core = client.CoreV1Api(api)
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+        try:
+            yield name
+        finally:
+            core.delete_namespace(name)
+
+
 def wait_until(what: str, pred: Callable[[], Any], timeout: float = 60.0) -> Any:
     """Poll a blocking predicate until it is truthy; fail naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -144,6 +144,9 @@ async def test_a_refused_mesh_host_fails_before_anything_is_written_and_frees_th
     assert result.state is State.FAILED
     assert kube.applied == [] and locks.claims[str(gh.repo_id)] == {}
     assert gh.states("preview-1") == ["failure"]
+    writes = len(gh.writes)  # a repeated event does not retry the refusal: it needs a push or `/preview`
+    assert (await previewer.deploy(gh, 1, SHA1, force=False)).detail == "already deployed"
+    assert len(gh.writes) == writes
 
 
 async def test_a_config_error_is_shown_and_nothing_is_deployed() -> None:
