@@ -18,6 +18,7 @@ from bot.github.client import RepoClient
 from bot.kube import Kube
 from bot.previews import Previewer
 from bot.queue import WorkQueue
+from bot.reporting import Reporter
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class Context:
     previewer: Previewer
     queue: WorkQueue
     router: routing.Router
+    reporter: Reporter  # what the PR shows (bot.reporting), shared with the previewer
     # (repository id, pr, user) that were already told "no permission": a stranger cannot make the bot spam.
     refused: cachetools.TTLCache[tuple[int, int, str], bool] = field(
         default_factory=lambda: cachetools.TTLCache(maxsize=10_000, ttl=3600))

@@ -18,18 +18,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bot import checks
-from bot.checks import Decision, Verdict
-from bot.comment import Report, State
+from bot.checks import Verdict
 from bot.errors import ConfigError
-from bot.github.client import RepoClient
 from bot.naming import PreviewKey
+from bot.ports import GitHubRepo
 from bot.previews import DeployResult, Previewer
 from bot.repo_config import CONFIG_PATH, RepoConfig, check_policy, parse_repo_config
+from bot.reporting import is_gate
 
 log = logging.getLogger(__name__)
-
-GATE_KEY = "waiting_for"  # in a Deployment's payload: this deployment is a wait, not a rollout
-WAITING_STATE = "queued"
 
 
 class WaitRegistry:
@@ -40,10 +37,10 @@ class WaitRegistry:
     def __init__(self) -> None:
         self._deadlines: dict[tuple[int, int], tuple[float, str]] = {}
 
-    def note(self, gh: RepoClient, number: int, deadline: float) -> None:
+    def note(self, gh: GitHubRepo, number: int, deadline: float) -> None:
         self._deadlines[(gh.repo_id, number)] = (deadline, gh.repo)
 
-    def done(self, gh: RepoClient, number: int) -> None:
+    def done(self, gh: GitHubRepo, number: int) -> None:
         self._deadlines.pop((gh.repo_id, number), None)
 
     def due(self, now: float) -> list[tuple[int, str, int]]:
@@ -58,7 +55,7 @@ class WaitRegistry:
         return key in self._deadlines
 
 
-async def load_config_at(gh: RepoClient, branch: str, previewer: Previewer) -> RepoConfig | None:
+async def load_config_at(gh: GitHubRepo, branch: str, previewer: Previewer) -> RepoConfig | None:
     """The config on `branch` (the default branch, named by the event: saves a read); None when absent.
     Raises ConfigError."""
     text = await gh.file_text(CONFIG_PATH, branch)
@@ -69,11 +66,6 @@ async def load_config_at(gh: RepoClient, branch: str, previewer: Previewer) -> R
     return config
 
 
-def _is_gate(deployment: dict[str, Any]) -> bool:
-    payload = deployment.get("payload")
-    return isinstance(payload, dict) and GATE_KEY in payload
-
-
 def _created(deployment: dict[str, Any]) -> datetime | None:
     try:
         return datetime.fromisoformat(str(deployment.get("created_at") or "").replace("Z", "+00:00"))
@@ -81,7 +73,7 @@ def _created(deployment: dict[str, Any]) -> datetime | None:
         return None
 
 
-async def deploy_when_ready(previewer: Previewer, waits: WaitRegistry, gh: RepoClient, number: int, *,
+async def deploy_when_ready(previewer: Previewer, waits: WaitRegistry, gh: GitHubRepo, number: int, *,
                             config: RepoConfig | None = None, head_sha: str | None = None,
                             supersedes: bool = True, superseded: Callable[[], bool] = lambda: False,
                             now: datetime | None = None) -> DeployResult | None:
@@ -118,7 +110,7 @@ async def deploy_when_ready(previewer: Previewer, waits: WaitRegistry, gh: RepoC
     key = PreviewKey(gh.repo, number, gh.repo_id)
     deployments = await gh.deployments(key.environment)
     latest = deployments[0] if deployments else None
-    if latest is not None and latest.get("sha") == head_sha and not _is_gate(latest):
+    if latest is not None and latest.get("sha") == head_sha and not is_gate(latest):
         # This commit was rolled out already (the checks passed, or a `/preview` overrode them).
         waits.done(gh, number)
         return await previewer.deploy(gh, number, head_sha, pull=pull, config=config, force=False,
@@ -143,36 +135,5 @@ async def deploy_when_ready(previewer: Previewer, waits: WaitRegistry, gh: RepoC
         waits.note(gh, number, (since + timeout).timestamp())
     else:
         waits.done(gh, number)
-    await _show(previewer, gh, number, key, head_sha, decision, gate, latest, required)
+    await previewer.reporter.waiting(gh, key, head_sha, decision, gate=gate, latest=latest, required=required)
     return None
-
-
-async def _show(previewer: Previewer, gh: RepoClient, number: int, key: PreviewKey, sha: str,
-                decision: Decision, gate: dict[str, Any] | None, latest: dict[str, Any] | None,
-                required: tuple[str, ...]) -> None:
-    """Put the decision on the Deployment and the sticky comment, unless they already say it."""
-    state = WAITING_STATE if decision.verdict is Verdict.WAIT else "failure"
-    summary = decision.summary()
-    if gate is not None:
-        status = await gh.latest_status(int(gate["id"]))
-        if status is not None and status.get("state") == state and status.get("description") == summary:
-            return  # the PR shows this already: reads only
-        deployment_id = int(gate["id"])
-    else:
-        deployment_id = await gh.create_deployment(
-            ref=sha, environment=key.environment, description=f"Preview of #{number}: waiting for checks",
-            payload={"key": key.value, GATE_KEY: list(required), "replica": previewer.identity})
-        if latest is not None and _is_gate(latest):
-            # The wait of an older commit is over: a push resets the wait, the old commit never deploys.
-            await gh.deployment_status(int(latest["id"]), "inactive", description="superseded by a newer commit")
-    url = decision.failed.url if decision.failed is not None else None
-    await gh.deployment_status(deployment_id, state, description=summary, log_url=url)
-    if decision.verdict is Verdict.WAIT:
-        detail = (f"The preview is {summary}. It deploys when they succeed; a maintainer can deploy now "
-                  "with `/preview`.")
-        await previewer.report(gh, number, Report(State.WAITING_CHECKS, sha=sha, detail=detail))
-    else:
-        link = f" ([details]({url}))" if url else ""
-        detail = (f"Preview {summary}{link}. Re-run it or push a fix; a maintainer can deploy anyway "
-                  "with `/preview`.")
-        await previewer.report(gh, number, Report(State.NOT_DEPLOYED, sha=sha, detail=detail))

@@ -30,12 +30,14 @@ from typing import Any
 
 import gidgethub
 
-from bot import comment, mesh_routes, naming
+from bot import mesh_routes, naming
 from bot.github.auth import AppAuth
 from bot.github.client import RepoClient
-from bot.kube import Kube, collection_path
+from bot.kube import collection_path
 from bot.manifests import PreviewPlan
 from bot.naming import PreviewKey
+from bot.ports import Cluster, GitHubRepo
+from bot.reporting import Reporter
 from bot.settings import ClusterSettings
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ _TARGET = re.compile(r"^([A-Za-z0-9-]{1,39}/[A-Za-z0-9._-]{1,100})#([1-9][0-9]{0
 
 ClientFor = Callable[[str], Awaitable[RepoClient | None]]
 # The server's: by repository id, or (None) by full name.
-ClientForId = Callable[[int | None, str], Awaitable[RepoClient | None]]
+ClientForId = Callable[[int | None, str], Awaitable[GitHubRepo | None]]
 Refresh = Callable[[str, int], Awaitable[None]]
 
 
@@ -106,17 +108,17 @@ def _mesh_only(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [i for i in items if not (i.get("spec") or {}).get("gateways") or "mesh" in i["spec"]["gateways"]]
 
 
-async def _mesh_hosts(kube: Kube, key: str) -> set[str]:
+async def _mesh_hosts(kube: Cluster, key: str) -> set[str]:
     """In-mesh hosts where `key` has a route."""
     return {str(h) for item in _mesh_only(await kube.mesh_services())
             if key in mesh_routes.preview_keys(item["spec"]) for h in item["spec"].get("hosts") or []}
 
 
-async def _deployments(kube: Kube, selector: str) -> list[dict[str, Any]]:
+async def _deployments(kube: Cluster, selector: str) -> list[dict[str, Any]]:
     return await kube.list_objects("apps/v1", "deployments", kube.settings.namespace, selector)
 
 
-async def owner_of(kube: Kube, key: PreviewKey) -> tuple[str, str] | None:
+async def owner_of(kube: Cluster, key: PreviewKey) -> tuple[str, str] | None:
     """(owner `repo#N`, owner key) when `key`'s preview is linked, from its Deployments."""
     for item in await _deployments(kube, key.selector()):
         meta = item["metadata"]
@@ -127,7 +129,7 @@ async def owner_of(kube: Kube, key: PreviewKey) -> tuple[str, str] | None:
     return None
 
 
-async def linked_to(kube: Kube, owner_key: str) -> list[tuple[str, int, str]]:
+async def linked_to(kube: Cluster, owner_key: str) -> list[tuple[str, int, str]]:
     """(repo, number, key) of the PRs linked to `owner_key`."""
     found: dict[str, tuple[str, int, str]] = {}
     selector = f"{naming.MANAGED_SELECTOR},{LINKED_KEY_LABEL}={owner_key}"
@@ -140,7 +142,7 @@ async def linked_to(kube: Kube, owner_key: str) -> list[tuple[str, int, str]]:
     return sorted(found.values())
 
 
-async def _mark(kube: Kube, key: PreviewKey, owner: str | None, owner_key: str | None) -> None:
+async def _mark(kube: Cluster, key: PreviewKey, owner: str | None, owner_key: str | None) -> None:
     """Record (or, with None, erase) the link on every Deployment of the linked preview."""
     for item in await _deployments(kube, key.selector()):
         path = f"{collection_path('apps/v1', 'deployments', kube.settings.namespace)}/{item['metadata']['name']}"
@@ -149,7 +151,7 @@ async def _mark(kube: Kube, key: PreviewKey, owner: str | None, owner_key: str |
         await kube.call("PATCH", path, body=patch, content_type="application/merge-patch+json")
 
 
-async def _reroute(kube: Kube, key: PreviewKey, owner_key: str, *, add: bool) -> int:
+async def _reroute(kube: Cluster, key: PreviewKey, owner_key: str, *, add: bool) -> int:
     """Add (or remove) the owner's key to every mesh route of the linked preview."""
     settings = kube.settings
     changed = 0
@@ -171,7 +173,7 @@ async def _reroute(kube: Kube, key: PreviewKey, owner_key: str, *, add: bool) ->
     return changed
 
 
-async def extend_plan(kube: Kube, plan: PreviewPlan) -> PreviewPlan:
+async def extend_plan(kube: Cluster, plan: PreviewPlan) -> PreviewPlan:
     """A deploy of a linked PR keeps the link: its routes also match the owner's key, and new Deployments
     carry the record."""
     found = await owner_of(kube, plan.key)
@@ -190,7 +192,7 @@ async def extend_plan(kube: Kube, plan: PreviewPlan) -> PreviewPlan:
     return replace(plan, services=tuple(services))
 
 
-async def report_lines(kube: Kube, repo: str, repo_id: int, number: int) -> tuple[str, ...]:
+async def report_lines(kube: Cluster, repo: str, repo_id: int, number: int) -> tuple[str, ...]:
     """The sticky comment's link lines for one PR."""
     key = PreviewKey(repo, number, repo_id)
     lines = owner_lines([(r, n) for r, n, _ in await linked_to(kube, key.value)], key.value)
@@ -200,17 +202,12 @@ async def report_lines(kube: Kube, repo: str, repo_id: int, number: int) -> tupl
     return tuple(lines)
 
 
-async def refresh_sticky(kube: Kube, client_for: ClientForId, repo: str, number: int) -> None:
+async def refresh_sticky(reporter: Reporter, client_for: ClientForId, repo: str, number: int) -> None:
     """Rewrite the links section of a PR's sticky comment from the cluster (no-op without a comment)."""
     client = await client_for(None, repo)
     if client is None:
         return
-    body = await client.sticky_body(number)
-    if body is None:
-        return
-    updated = comment.with_links(body, await report_lines(kube, client.repo, client.repo_id, number))
-    if updated != body:
-        await client.upsert_sticky(number, updated)
+    await reporter.refresh_links(client, number)
 
 
 # -- commands and teardown -----------------------------------------------------------------------------
@@ -229,7 +226,8 @@ async def client_for_repo(auth: AppAuth, repo: str) -> RepoClient | None:
     return RepoClient(gh, str(found["full_name"]), int(found["id"]))
 
 
-async def link(kube: Kube, client_for: ClientFor, deploy: Callable[[RepoClient, int, str], Awaitable[str | None]],
+async def link(kube: Cluster, reporter: Reporter, client_for: ClientFor,
+               deploy: Callable[[RepoClient, int, str], Awaitable[str | None]],
                owner: RepoClient, number: int, user: str, target: tuple[str, int]) -> str:
     """Link `target` to the owner PR; returns the reply. `deploy(client, number, sha)` deploys the target and
     returns why it failed (None: it runs). Raises LinkRefused with the reason."""
@@ -279,14 +277,14 @@ async def link(kube: Kube, client_for: ClientFor, deploy: Callable[[RepoClient, 
     async def by_name(_repo_id: int | None, name: str) -> RepoClient | None:
         return await client_for(name)
 
-    await refresh_sticky(kube, by_name, owner.repo, number)
-    await refresh_sticky(kube, by_name, client.repo, other)
+    await refresh_sticky(reporter, by_name, owner.repo, number)
+    await refresh_sticky(reporter, by_name, client.repo, other)
     urls = ", ".join(f"https://{h}" for h in live[owner_key.value].hosts)
     return (f"🔗 Linked {ref(client.repo, other)} (commit `{str(pull['head']['sha'])[:12]}`) to this preview: "
             f"requests with `X-PREVIEW: {owner_key.value}` reach both builds ({urls}).")
 
 
-async def unlink_key(kube: Kube, refresh: Refresh | None, linked: PreviewKey, owner: str, owner_key: str) -> None:
+async def unlink_key(kube: Cluster, refresh: Refresh | None, linked: PreviewKey, owner: str, owner_key: str) -> None:
     await _reroute(kube, linked, owner_key, add=False)
     await _mark(kube, linked, None, None)
     if refresh is not None:
@@ -299,7 +297,7 @@ async def unlink_key(kube: Kube, refresh: Refresh | None, linked: PreviewKey, ow
                             extra={"repo": repo, "pr": number})
 
 
-async def unlink(kube: Kube, refresh: Refresh | None, key: PreviewKey) -> list[str]:
+async def unlink(kube: Cluster, refresh: Refresh | None, key: PreviewKey) -> list[str]:
     """End every link of this PR, as owner or as linked PR; returns the other PRs' references."""
     ended = []
     for repo, number, linked_key in await linked_to(kube, key.value):
@@ -313,7 +311,7 @@ async def unlink(kube: Kube, refresh: Refresh | None, key: PreviewKey) -> list[s
     return ended
 
 
-async def release(kube: Kube, key: PreviewKey, refresh: Refresh | None) -> None:
+async def release(kube: Cluster, key: PreviewKey, refresh: Refresh | None) -> None:
     """Before a preview is removed: its links end (see the module docstring)."""
     try:
         await unlink(kube, refresh, key)

@@ -3,31 +3,49 @@
 GitHub never redelivers a failed webhook by itself, so this pass is what guarantees that previews of
 closed PRs go away, that mesh routes never point at missing Services, and that idle previews are
 removed after the TTL unless someone asked to keep them.
+
+`reconcile` is one pass (pure decisions over the cluster and GitHub reads); `Reconciler` owns the loop
+around it (every `reconcile_interval`, while leading), the start-up discovery of PRs whose events were
+lost, and the resumption (a queued redeploy) of previews found behind or half-done. `Repositories` is
+the App's installations and their repositories, by id.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 import gidgethub
 
-from bot import mesh_routes, metrics, naming, ttl_warning
-from bot.errors import PreviewError
+from bot import gate, mesh_routes, metrics, naming, ttl_warning
+from bot.errors import ConfigError, PreviewError
+from bot.gate import WaitRegistry
+from bot.github.auth import AppAuth
 from bot.github.client import RepoClient
 from bot.kube import Kube, LivePreview
+from bot.leader import LeaderElector
 from bot.naming import PreviewKey, valid_repo
+from bot.ports import Cluster, GitHubRepo
 from bot.previews import Previewer
+from bot.queue import QueueClosed, QueueFull, WorkQueue
+from bot.settings import Settings
+from bot.triggers import Decision, decide, facts_from_pull
 
 log = logging.getLogger(__name__)
 
 KEEP_LABEL = "preview-keep"
+REPOSITORIES_TTL = 60.0  # seconds a list of the App's repositories is reused (each reconcile pass re-reads it)
+REPOSITORIES_MIN_AGE = 10.0  # a repository missing from the list re-reads it, at most this often
 # (repository id, full name) -> a client for it, or None when the App is no longer installed there. The
 # id is None for a legacy preview (made before ids): the name finds it then.
-ClientFor = Callable[[int | None, str], Awaitable[RepoClient | None]]
+ClientFor = Callable[[int | None, str], Awaitable[GitHubRepo | None]]
 # (repository id, current full name, number): queue a redeploy.
 Resume = Callable[[int, str, int], None]
 
@@ -72,7 +90,7 @@ def dangling_routes(mesh_services: list[dict[str, Any]], services: set[str]) -> 
     return found
 
 
-async def reconcile(kube: Kube, previewer: Previewer, client_for: ClientFor, *, idle_ttl: timedelta,
+async def reconcile(kube: Cluster, previewer: Previewer, client_for: ClientFor, *, idle_ttl: timedelta,
                     dry_run: bool = False, now: datetime | None = None,
                     resume: Resume | None = None, check_stuck: bool = False,
                     stuck_after: timedelta = timedelta(minutes=10), identity: str = "",
@@ -84,7 +102,7 @@ async def reconcile(kube: Kube, previewer: Previewer, client_for: ClientFor, *, 
     report = GcReport()
     previews = await kube.live_previews()
     metrics.LIVE_PREVIEWS.set(len(previews))
-    pulls_by_repo: dict[int | str, tuple[RepoClient | None, Mapping[int, dict[str, Any]] | None]] = {}
+    pulls_by_repo: dict[int | str, tuple[GitHubRepo | None, Mapping[int, dict[str, Any]] | None]] = {}
     for preview in previews:
         target = f"{preview.repo}#{preview.number}"
         if not valid_repo(preview.repo) or preview.number < 1 or not _key_intact(preview):
@@ -134,6 +152,14 @@ async def reconcile(kube: Kube, previewer: Previewer, client_for: ClientFor, *, 
                             f"again, or `/preview keep` (or the `{KEEP_LABEL}` label) to keep it.")
         except (gidgethub.GitHubException, OSError) as exc:
             report.errors.append(f"{target}: {type(exc).__name__}: {exc}")
+    await _clean_mesh(kube, report, dry_run=dry_run)
+    for action in report.actions:
+        log.info("reconcile: %s %s (%s)", action.kind, action.target, action.reason, extra={"dry_run": dry_run})
+    return report
+
+
+async def _clean_mesh(kube: Cluster, report: GcReport, *, dry_run: bool) -> None:
+    """The mesh side of a pass: routes to missing Services, and the bot's VirtualServices in the wrong place."""
     # Routes whose Service is gone (deleted by hand, or a crash between steps).
     services = await kube.service_names()
     for key, destination in dangling_routes(await kube.mesh_services(), services):
@@ -154,9 +180,6 @@ async def reconcile(kube: Kube, previewer: Previewer, client_for: ClientFor, *, 
                 await kube.fold_mesh_routes(host)
             except PreviewError as exc:
                 report.errors.append(f"{host}: {exc}")
-    for action in report.actions:
-        log.info("reconcile: %s %s (%s)", action.kind, action.target, action.reason, extra={"dry_run": dry_run})
-    return report
 
 
 def _key_intact(preview: LivePreview) -> bool:
@@ -167,7 +190,7 @@ def _key_intact(preview: LivePreview) -> bool:
     return True
 
 
-async def _needs_resume(pull: Mapping[str, Any], preview: LivePreview, client: RepoClient,
+async def _needs_resume(pull: Mapping[str, Any], preview: LivePreview, client: GitHubRepo,
                         stuck_after: timedelta | None, now: datetime, identity: str) -> bool:
     """Behind the PR's head (a missed push), or its last deploy is unfinished and nobody is running it:
     it was started by this replica before a restart, or it is older than any live deploy can be
@@ -190,8 +213,173 @@ async def _needs_resume(pull: Mapping[str, Any], preview: LivePreview, client: R
     return since is not None and now - since > stuck_after
 
 
-async def _stop(previewer: Previewer, client: RepoClient | None, preview: LivePreview, reason: str) -> None:
+async def _stop(previewer: Previewer, client: GitHubRepo | None, preview: LivePreview, reason: str) -> None:
     """The same teardown as a close or `/preview stop` (cluster, GitHub deployments, comment); `client`
     None: the App left the repository, only the cluster side is done."""
     key = naming.existing_key(preview.repo, preview.number, preview.repo_id, preview.key)
     await previewer.stop(client, preview.number, reason, key=key)
+
+
+class Repositories:
+    """Every repository the App is installed on, by id, and clients for them."""
+
+    def __init__(self, auth: AppAuth) -> None:
+        self.auth = auth
+        # repository id -> (installation id, current full name), from the installations' repository lists.
+        self._repositories: dict[int, tuple[int, str]] = {}
+        self._repositories_at = -float("inf")
+
+    async def listing(self, *, max_age: float = REPOSITORIES_TTL) -> dict[int, tuple[int, str]]:
+        """Every repository the App is installed on: id -> (installation id, current full name).
+
+        Read from `GET /app/installations` and each installation's `GET /installation/repositories`,
+        refreshed when older than `max_age` seconds. Keyed by id: the full name changes with a rename or
+        a transfer, the id does not (GitHub REST docs, "Repositories": `id`)."""
+        if time.monotonic() - self._repositories_at > max_age:
+            found: dict[int, tuple[int, str]] = {}
+            async for installation in self.auth.api().getiter("/app/installations", jwt=self.auth.app_jwt()):
+                gh = await self.auth.installation_api(int(installation["id"]))
+                async for repo in gh.getiter("/installation/repositories", iterable_key="repositories"):
+                    found[int(repo["id"])] = (int(installation["id"]), str(repo["full_name"]))
+            self._repositories, self._repositories_at = found, time.monotonic()
+        return self._repositories
+
+    async def client_for(self, repo_id: int | None, repo: str) -> RepoClient | None:
+        """A client on the repository's installation, by id (a legacy preview without one: by its name);
+        None when the App is not installed there. A miss re-reads the list unless it is fresh."""
+        for max_age in (REPOSITORIES_TTL, REPOSITORIES_MIN_AGE):
+            repositories = await self.listing(max_age=max_age)
+            if repo_id is not None:
+                found = (repo_id, *repositories[repo_id]) if repo_id in repositories else None
+            else:
+                found = next(((rid, inst, name) for rid, (inst, name) in repositories.items()
+                              if name.lower() == repo.lower()), None)
+            if found is not None:
+                rid, installation, name = found
+                return RepoClient(await self.auth.installation_api(installation), name, rid)
+        return None
+
+
+class Reconciler:
+    """The reconciliation loop of one `serve` process, its start-up discovery and the resumption of
+    previews. `superseded(repo_id, number)`: a newer event of the PR waits in the queue."""
+
+    def __init__(self, settings: Settings, kube: Kube, previewer: Previewer, repositories: Repositories,
+                 queue: WorkQueue, waits: WaitRegistry, *, superseded: Callable[[int, int], bool],
+                 elector: LeaderElector | None = None) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.previewer = previewer
+        self.repositories = repositories
+        self.queue = queue
+        self.waits = waits
+        self.superseded = superseded
+        self.elector = elector
+        self._first_pass = True  # after a restart, look for deploys a crash left half-done
+
+    @property
+    def first_pass_done(self) -> bool:
+        """The start-up pass (discovery of missed events, then reconciliation) has run."""
+        return not self._first_pass
+
+    async def reconcile_once(self, *, dry_run: bool = False) -> GcReport:
+        # Current names for every repository id: a rename since the last pass must not look like a 404.
+        try:
+            await self.repositories.listing(max_age=0)
+        except (gidgethub.GitHubException, aiohttp.ClientError, OSError) as exc:
+            # GitHub is down: each preview's look-up fails on its own and is reported; routes to missing
+            # Services are still cleaned up.
+            log.warning("could not list the App's repositories: %s", type(exc).__name__)
+        report = await reconcile(self.kube, self.previewer, self.repositories.client_for,
+                                 idle_ttl=timedelta(days=self.settings.idle_ttl_days), dry_run=dry_run,
+                                 resume=None if dry_run else self.resume, check_stuck=self._first_pass,
+                                 stuck_after=timedelta(seconds=self.settings.ready_timeout + 60),
+                                 identity=self.settings.identity,
+                                 warn_before=timedelta(hours=self.settings.ttl_warning_hours))
+        self._first_pass = False
+        return report
+
+    async def discover_missed(self) -> list[tuple[str, int]]:
+        """After a restart: open PRs that should have a preview and have none (an event lost mid-flight).
+
+        GitHub does not redeliver, so this walks every installation's repositories once at start."""
+        previews = await self.kube.live_previews()
+        live = {(p.repo_id, p.number) for p in previews} | {(p.repo.lower(), p.number) for p in previews
+                                                            if p.repo_id is None}
+        missed: list[tuple[str, int]] = []
+        for repo_id, (installation, name) in sorted((await self.repositories.listing(max_age=0)).items()):
+            client = RepoClient(await self.repositories.auth.installation_api(installation), name, repo_id)
+            try:
+                config = await self.previewer.load_config(client)
+            except ConfigError:
+                continue  # reported on the PR when its next event comes
+            if config is None:
+                continue
+            for pull in await client.open_pulls():
+                number = int(pull["number"])
+                wanted = decide(config, facts_from_pull(pull, "synchronize")) is Decision.DEPLOY
+                if wanted and not {(client.repo_id, number), (client.repo.lower(), number)} & live:
+                    missed.append((client.repo, number))
+                    self.resume(client.repo_id, client.repo, number)
+        return missed
+
+    def resume(self, repo_id: int, repo: str, number: int) -> None:
+        """Queue a redeploy of a preview found half-done (crash mid-deploy) or behind its PR's head."""
+        async def job() -> None:
+            client = await self.repositories.client_for(repo_id, repo)
+            if client is None:
+                return
+            # A webhook may have got there first (this job waited behind it in the PR's queue, or
+            # for its lock): the deploy, at the head it reads, is then a no-op. With `wait_for`, it
+            # deploys only once the checks succeeded.
+            await gate.deploy_when_ready(self.previewer, self.waits, client, number, supersedes=False,
+                                         superseded=lambda: self.superseded(repo_id, number))
+        try:
+            self.queue.submit((str(repo_id), number), job, supersedes=False, slot="resume")
+        except QueueClosed:
+            pass
+        except QueueFull:
+            log.warning("work queue full: resume left to the next reconciliation pass",
+                        extra={"repo": repo, "pr": number})
+
+    def leading(self) -> bool:
+        return self.elector is None or self.elector.leading
+
+    async def run_forever(self) -> None:
+        """Reconcile every `reconcile_interval` while leading; leadership is renewed by its own task, so a
+        long pass never lets the lease lapse unnoticed, and a pass stops as soon as leadership is lost."""
+        elector = asyncio.create_task(self.elector.run(), name="leader-election") if self.elector else None
+        next_pass = 0.0
+        try:
+            while True:
+                if self.leading() and self.queue.accepting and time.monotonic() >= next_pass:
+                    await self._pass_while_leading()
+                    next_pass = time.monotonic() + self.settings.reconcile_interval
+                await asyncio.sleep(min(1.0, max(next_pass - time.monotonic(), 0.05)))
+        finally:
+            if elector is not None:
+                elector.cancel()
+                with suppress(asyncio.CancelledError):
+                    await elector
+
+    async def _pass_while_leading(self) -> None:
+        task = asyncio.create_task(self._pass(), name="reconcile-pass")
+        while not task.done():
+            await asyncio.wait({task}, timeout=0.5)
+            if not task.done() and not self.leading():
+                log.warning("leadership lost during a reconciliation pass; stopping it")
+                task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+
+    async def _pass(self) -> None:
+        try:
+            if self._first_pass:
+                missed = await self.discover_missed()
+                if missed:
+                    log.info("resuming previews missed while down", extra={"count": len(missed)})
+            await self.reconcile_once()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("reconciliation pass failed")

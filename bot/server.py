@@ -11,15 +11,14 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TextIO
 
 import aiohttp
-import gidgethub
 from aiohttp import web
 from gidgethub import routing
 
-from bot import gate, links, logs
+from bot import links, logs
 from bot.arbiter import Arbiter
 from bot.context import Context
 from bot.errors import ConfigError, PreviewError, StartupError
@@ -31,16 +30,14 @@ from bot.handlers import checks, commands, pull_request
 from bot.kube import Kube, KubeError
 from bot.leader import LeaderElector
 from bot.previews import Previewer
-from bot.queue import QueueClosed, QueueFull, WorkQueue
-from bot.reconcile import GcReport, reconcile
+from bot.queue import WorkQueue
+from bot.reconcile import GcReport, Reconciler, Repositories
+from bot.reporting import Reporter
 from bot.settings import Settings, load_cluster_settings, load_settings
-from bot.triggers import Decision, decide, facts_from_pull
 from bot.webhook import WebhookConfig, create_app
 
 log = logging.getLogger(__name__)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-REPOSITORIES_TTL = 60.0  # seconds a list of the App's repositories is reused (each reconcile pass re-reads it)
-REPOSITORIES_MIN_AGE = 10.0  # a repository missing from the list re-reads it, at most this often
 # One PR is converged at most once a second; `pull_request` events in between merge (bot.coalesce).
 CONVERGE_INTERVAL = 1.0
 
@@ -74,15 +71,18 @@ class Bot:
                                                                 per_hour=settings.content_requests_per_hour),
                             timeout=settings.github_timeout)
         self.arbiter = Arbiter(kube, namespace=settings.lease_namespace, identity=settings.identity)
+        # What PRs show (sticky comments, Deployments): one per process, its caches with it.
+        self.reporter = Reporter(link_lines=lambda repo, repo_id, n: links.report_lines(kube, repo, repo_id, n),
+                                 identity=settings.identity, delete_environments=settings.delete_environments)
         self.previewer = Previewer(settings.cluster, kube, ready_timeout=settings.ready_timeout,
-                                   arbiter=self.arbiter, identity=settings.identity,
-                                   image_pull_grace=settings.image_pull_grace,
-                                   delete_environments=settings.delete_environments)
-        self.previewer.link_refresh = lambda repo, number: links.refresh_sticky(kube, self.client_for, repo, number)
+                                   arbiter=self.arbiter, reporter=self.reporter,
+                                   image_pull_grace=settings.image_pull_grace)
+        self.previewer.link_refresh = lambda repo, number: links.refresh_sticky(self.reporter, self.client_for,
+                                                                                repo, number)
         self.queue = WorkQueue(settings.max_concurrency, max_pending=settings.max_queue,
                                min_interval=CONVERGE_INTERVAL)
         self.ctx = Context(settings=settings, kube=kube, auth=self.auth, previewer=self.previewer,
-                           queue=self.queue, router=build_router())
+                           queue=self.queue, router=build_router(), reporter=self.reporter)
         self.webhook = WebhookConfig(
             secret=settings.webhook_secret, max_body_bytes=settings.max_body_bytes,
             dispatch=self.ctx.dispatch, submit=self.queue.submit,
@@ -91,105 +91,21 @@ class Bot:
                                      identity=settings.identity, lease_seconds=settings.lease_seconds) \
             if settings.leader_election else None
         self.port = 0
-        self._first_pass = True  # after a restart, look for deploys a crash left half-done
-        # repository id -> (installation id, current full name), from the installations' repository lists.
-        self._repositories: dict[int, tuple[int, str]] = {}
-        self._repositories_at = -float("inf")
-
-    async def repositories(self, *, max_age: float = REPOSITORIES_TTL) -> dict[int, tuple[int, str]]:
-        """Every repository the App is installed on: id -> (installation id, current full name).
-
-        Read from `GET /app/installations` and each installation's `GET /installation/repositories`,
-        refreshed when older than `max_age` seconds. Keyed by id: the full name changes with a rename or
-        a transfer, the id does not (GitHub REST docs, "Repositories": `id`)."""
-        if time.monotonic() - self._repositories_at > max_age:
-            found: dict[int, tuple[int, str]] = {}
-            async for installation in self.auth.api().getiter("/app/installations", jwt=self.auth.app_jwt()):
-                gh = await self.auth.installation_api(int(installation["id"]))
-                async for repo in gh.getiter("/installation/repositories", iterable_key="repositories"):
-                    found[int(repo["id"])] = (int(installation["id"]), str(repo["full_name"]))
-            self._repositories, self._repositories_at = found, time.monotonic()
-        return self._repositories
+        self.repositories = Repositories(self.auth)
+        self.reconciler = Reconciler(settings, kube, self.previewer, self.repositories, self.queue, self.ctx.waits,
+                                     superseded=self.ctx.superseded, elector=self.elector)
 
     async def client_for(self, repo_id: int | None, repo: str) -> RepoClient | None:
-        """A client on the repository's installation, by id (a legacy preview without one: by its name);
-        None when the App is not installed there. A miss re-reads the list unless it is fresh."""
-        for max_age in (REPOSITORIES_TTL, REPOSITORIES_MIN_AGE):
-            repositories = await self.repositories(max_age=max_age)
-            if repo_id is not None:
-                found = (repo_id, *repositories[repo_id]) if repo_id in repositories else None
-            else:
-                found = next(((rid, inst, name) for rid, (inst, name) in repositories.items()
-                              if name.lower() == repo.lower()), None)
-            if found is not None:
-                rid, installation, name = found
-                return RepoClient(await self.auth.installation_api(installation), name, rid)
-        return None
+        """A client on the repository's installation (bot.reconcile.Repositories.client_for)."""
+        return await self.repositories.client_for(repo_id, repo)
 
     async def reconcile_once(self, *, dry_run: bool = False) -> GcReport:
-        # Current names for every repository id: a rename since the last pass must not look like a 404.
-        try:
-            await self.repositories(max_age=0)
-        except (gidgethub.GitHubException, aiohttp.ClientError, OSError) as exc:
-            # GitHub is down: each preview's look-up fails on its own and is reported; routes to missing
-            # Services are still cleaned up.
-            log.warning("could not list the App's repositories: %s", type(exc).__name__)
-        report = await reconcile(self.kube, self.previewer, self.client_for,
-                                 idle_ttl=timedelta(days=self.settings.idle_ttl_days), dry_run=dry_run,
-                                 resume=None if dry_run else self.resume, check_stuck=self._first_pass,
-                                 stuck_after=timedelta(seconds=self.settings.ready_timeout + 60),
-                                 identity=self.settings.identity,
-                                 warn_before=timedelta(hours=self.settings.ttl_warning_hours))
-        self._first_pass = False
-        return report
-
-    async def discover_missed(self) -> list[tuple[str, int]]:
-        """After a restart: open PRs that should have a preview and have none (an event lost mid-flight).
-
-        GitHub does not redeliver, so this walks every installation's repositories once at start."""
-        previews = await self.kube.live_previews()
-        live = {(p.repo_id, p.number) for p in previews} | {(p.repo.lower(), p.number) for p in previews
-                                                            if p.repo_id is None}
-        missed: list[tuple[str, int]] = []
-        for repo_id, (installation, name) in sorted((await self.repositories(max_age=0)).items()):
-            client = RepoClient(await self.auth.installation_api(installation), name, repo_id)
-            try:
-                config = await self.previewer.load_config(client)
-            except ConfigError:
-                continue  # reported on the PR when its next event comes
-            if config is None:
-                continue
-            for pull in await client.open_pulls():
-                number = int(pull["number"])
-                wanted = decide(config, facts_from_pull(pull, "synchronize")) is Decision.DEPLOY
-                if wanted and not {(client.repo_id, number), (client.repo.lower(), number)} & live:
-                    missed.append((client.repo, number))
-                    self.resume(client.repo_id, client.repo, number)
-        return missed
-
-    def resume(self, repo_id: int, repo: str, number: int) -> None:
-        """Queue a redeploy of a preview found half-done (crash mid-deploy) or behind its PR's head."""
-        async def job() -> None:
-            client = await self.client_for(repo_id, repo)
-            if client is None:
-                return
-            # A webhook may have got there first (this job waited behind it in the PR's queue, or
-            # for its lock): the deploy, at the head it reads, is then a no-op. With `wait_for`, it
-            # deploys only once the checks succeeded.
-            await gate.deploy_when_ready(self.previewer, self.ctx.waits, client, number, supersedes=False,
-                                         superseded=lambda: self.ctx.superseded(repo_id, number))
-        try:
-            self.queue.submit((str(repo_id), number), job, supersedes=False, slot="resume")
-        except QueueClosed:
-            pass
-        except QueueFull:
-            log.warning("work queue full: resume left to the next reconciliation pass",
-                        extra={"repo": repo, "pr": number})
+        return await self.reconciler.reconcile_once(dry_run=dry_run)
 
     @property
     def first_pass_done(self) -> bool:
         """The start-up pass (discovery of missed events, then reconciliation) has run."""
-        return not self._first_pass
+        return self.reconciler.first_pass_done
 
     def check_waits(self, now: float | None = None) -> list[tuple[int, str, int]]:
         """Queue a new look at every PR whose wait for checks ran out (the decision reports it); returns
@@ -197,7 +113,7 @@ class Bot:
         due = self.ctx.waits.due(time.time() if now is None else now)
         for repo_id, repo, number in due:
             self.ctx.waits.forget(repo_id, number)  # noted again if it still waits
-            self.resume(repo_id, repo, number)
+            self.reconciler.resume(repo_id, repo, number)
         return due
 
     async def watch_waits_forever(self, every: float = 5.0) -> None:
@@ -207,48 +123,6 @@ class Bot:
             if self.queue.accepting:
                 self.check_waits()
             await asyncio.sleep(every)
-
-    def leading(self) -> bool:
-        return self.elector is None or self.elector.leading
-
-    async def reconcile_forever(self) -> None:
-        """Reconcile every `reconcile_interval` while leading; leadership is renewed by its own task, so a
-        long pass never lets the lease lapse unnoticed, and a pass stops as soon as leadership is lost."""
-        elector = asyncio.create_task(self.elector.run(), name="leader-election") if self.elector else None
-        next_pass = 0.0
-        try:
-            while True:
-                if self.leading() and self.queue.accepting and time.monotonic() >= next_pass:
-                    await self._pass_while_leading()
-                    next_pass = time.monotonic() + self.settings.reconcile_interval
-                await asyncio.sleep(min(1.0, max(next_pass - time.monotonic(), 0.05)))
-        finally:
-            if elector is not None:
-                elector.cancel()
-                with suppress(asyncio.CancelledError):
-                    await elector
-
-    async def _pass_while_leading(self) -> None:
-        task = asyncio.create_task(self._pass(), name="reconcile-pass")
-        while not task.done():
-            await asyncio.wait({task}, timeout=0.5)
-            if not task.done() and not self.leading():
-                log.warning("leadership lost during a reconciliation pass; stopping it")
-                task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
-
-    async def _pass(self) -> None:
-        try:
-            if self._first_pass:
-                missed = await self.discover_missed()
-                if missed:
-                    log.info("resuming previews missed while down", extra={"count": len(missed)})
-            await self.reconcile_once()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("reconciliation pass failed")
 
 
 async def check_gateway(kube: Kube, settings: Settings) -> None:
@@ -301,7 +175,7 @@ async def running(settings: Settings, host: str, port: int, *,
             log.info("GitHub accepts the App key", extra={"app": await bot.auth.verify_with_github()})
         except Exception as exc:  # a warning, not a crash: GitHub may be down while we start
             log.warning("GitHub did not accept the App key yet: %s", type(exc).__name__)
-        reconciler = asyncio.create_task(bot.reconcile_forever(), name="reconciler")
+        reconciler = asyncio.create_task(bot.reconciler.run_forever(), name="reconciler")
         waits = asyncio.create_task(bot.watch_waits_forever(), name="check-waits")
         try:
             yield bot

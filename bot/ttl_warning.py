@@ -19,13 +19,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from bot import naming
-from bot.github.client import RepoClient
-from bot.kube import Conflict, Kube, LivePreview, collection_path
+from bot.kube import Conflict, LivePreview, collection_path
+from bot.ports import Cluster, GitHubRepo
 
 log = logging.getLogger(__name__)
 
 WARNED_ANNOTATION = "preview-bot.dev/ttl-warned-for"
-ClientFor = Callable[[int | None, str], Awaitable[RepoClient | None]]
+ClientFor = Callable[[int | None, str], Awaitable[GitHubRepo | None]]
 
 
 def period_start(preview: LivePreview) -> str:
@@ -74,14 +74,14 @@ def warning_text(preview: LivePreview, now: datetime, ttl: timedelta) -> str:
             "`/preview stop`), or push a commit, or comment `/preview` to redeploy (both start a new idle period).")
 
 
-async def _carrier(kube: Kube, preview: LivePreview) -> dict[str, Any] | None:
+async def _carrier(kube: Cluster, preview: LivePreview) -> dict[str, Any] | None:
     """The preview's first Deployment by name: where the warning of a period is recorded."""
     selector = f"{naming.MANAGED_BY_LABEL}={naming.MANAGED_BY},{naming.KEY_LABEL}={preview.key}"
     items = await kube.list_objects("apps/v1", "deployments", kube.settings.namespace, selector)
     return min(items, key=lambda i: str(i["metadata"]["name"])) if items else None
 
 
-async def _annotate(kube: Kube, deployment: dict[str, Any], value: str | None, *, guarded: bool) -> None:
+async def _annotate(kube: Cluster, deployment: dict[str, Any], value: str | None, *, guarded: bool) -> None:
     meta = deployment["metadata"]
     path = f"{collection_path('apps/v1', 'deployments', kube.settings.namespace)}/{meta['name']}"
     patch: dict[str, Any] = {"metadata": {"annotations": {WARNED_ANNOTATION: value}}}
@@ -90,7 +90,7 @@ async def _annotate(kube: Kube, deployment: dict[str, Any], value: str | None, *
     await kube.call("PATCH", path, body=patch, content_type="application/merge-patch+json")
 
 
-async def maybe_warn(kube: Kube, client_for: ClientFor, preview: LivePreview, *, now: datetime, ttl: timedelta,
+async def maybe_warn(kube: Cluster, client_for: ClientFor, preview: LivePreview, *, now: datetime, ttl: timedelta,
                      before: timedelta, dry_run: bool = False) -> bool:
     """Warn once for the preview's current idle period when it is due; True when a warning was (or, with
     `dry_run`, would be) posted."""

@@ -13,7 +13,8 @@ import pytest
 from bot import comment
 from bot.github.api import Pacer
 from bot.github.auth import AppAuth
-from bot.github.client import _STICKY, RepoClient
+from bot.github.client import RepoClient
+from bot.reporting import Reporter, StickyComments
 from tests.fakegithub import FakeGitHub
 
 REPO = "acme/shop"
@@ -39,11 +40,6 @@ async def repo_client(fake: FakeGitHub, auth: AppAuth) -> RepoClient:
 
 def statuses_of(fake: FakeGitHub, operation: str) -> list[int]:
     return [c.status for c in fake.calls if c.operation_id == operation]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_sticky_cache() -> None:
-    _STICKY.clear()
 
 
 async def test_installation_token_is_cached_until_near_expiry(fake_github: FakeGitHub,
@@ -83,7 +79,7 @@ async def test_server_errors_are_retried(fake_github: FakeGitHub, session: aioht
     fake_github.add_pull(REPO, 1)
     client = await repo_client(fake_github, make_auth(fake_github, session))
     fake_github.inject("POST", r"/issues/1/comments$", status=502, times=2)
-    await client.upsert_sticky(1, comment.MARKER + "\nhello")
+    await StickyComments().upsert(client, 1, comment.MARKER + "\nhello")
     assert statuses_of(fake_github, "issues/create-comment") == [502, 502, 201]
     assert len(fake_github.comments(REPO, 1)) == 1
 
@@ -137,11 +133,12 @@ async def test_sticky_comment_is_edited_in_place_and_unchanged_text_costs_nothin
     fake_github.add_pull(REPO, 3)
     fake_github.add_comment(REPO, 3, "a person's comment " + "x", user="alice")
     client = await repo_client(fake_github, make_auth(fake_github, session))
-    first = await client.upsert_sticky(3, comment.MARKER + "\none")
-    _STICKY.clear()  # as after a restart: found again by its marker
-    second = await client.upsert_sticky(3, comment.MARKER + "\ntwo")
+    sticky = StickyComments()
+    first, _ = await sticky.upsert(client, 3, comment.MARKER + "\none")
+    sticky = StickyComments()  # as after a restart: found again by its marker
+    second, _ = await sticky.upsert(client, 3, comment.MARKER + "\ntwo")
     calls = len(fake_github.calls)
-    third = await client.upsert_sticky(3, comment.MARKER + "\ntwo")
+    third, _ = await sticky.upsert(client, 3, comment.MARKER + "\ntwo")
     assert first == second == third
     assert len(fake_github.calls) == calls
     bodies = [c["body"] for c in fake_github.comments(REPO, 3)]
@@ -155,7 +152,9 @@ async def test_concurrent_first_comments_end_as_one(fake_github: FakeGitHub,
     fake_github.add_pull(REPO, 4)
     auth = make_auth(fake_github, session)
     clients = [await repo_client(fake_github, auth) for _ in range(2)]
-    await asyncio.gather(*(c.upsert_sticky(4, comment.MARKER + f"\nfrom {i}") for i, c in enumerate(clients)))
+    # One StickyComments each: two replicas share no cache.
+    await asyncio.gather(*(StickyComments().upsert(c, 4, comment.MARKER + f"\nfrom {i}")
+                           for i, c in enumerate(clients)))
     stickies = [c for c in fake_github.comments(REPO, 4) if comment.MARKER in c["body"]]
     assert len(stickies) == 1
 
@@ -168,11 +167,11 @@ async def test_deactivate_marks_only_active_deployments(fake_github: FakeGitHub,
     await client.deployment_status(old, "success", environment_url="https://x.example.com")
     new = await client.create_deployment(ref="main", environment="preview-9", description="", payload={})
     await client.deployment_status(new, "in_progress")
-    assert await client.deactivate("preview-9", keep=[new]) == 1
+    assert await Reporter.deactivate(client, "preview-9", keep=[new]) == 1
     assert [s["state"] for s in fake_github.statuses(REPO, old)] == ["success", "inactive"]
     assert [s["state"] for s in fake_github.statuses(REPO, new)] == ["in_progress"]
-    assert await client.deactivate("preview-9") == 1
-    assert await client.deactivate("preview-9") == 0
+    assert await Reporter.deactivate(client, "preview-9") == 1
+    assert await Reporter.deactivate(client, "preview-9") == 0
 
 
 async def test_deactivate_older_than_leaves_newer_deployments_alone(fake_github: FakeGitHub,
@@ -183,7 +182,7 @@ async def test_deactivate_older_than_leaves_newer_deployments_alone(fake_github:
            for _ in range(3)]
     for deployment_id in ids:
         await client.deployment_status(deployment_id, "success")
-    assert await client.deactivate("preview-8", older_than=ids[1]) == 1
+    assert await Reporter.deactivate(client, "preview-8", older_than=ids[1]) == 1
     assert [fake_github.statuses(REPO, i)[-1]["state"] for i in ids] == ["inactive", "success", "success"]
 
 
@@ -197,13 +196,13 @@ async def test_retire_marks_inactive_then_deletes_every_deployment(fake_github: 
     await client.deployment_status(ids[0], "inactive")
     await client.deployment_status(ids[1], "failure")
     await client.deployment_status(ids[2], "success")
-    assert await client.retire("preview-2") == 3
+    assert await Reporter.retire_environment(client, "preview-2") == 3
     assert [d["id"] for d in fake_github.deployments(REPO)] == [other]  # another PR's deployment stays
     gone = {d["id"]: d for d in fake_github.deployments(REPO, deleted=True) if d.get("deleted")}
     assert sorted(gone) == ids and all(d["state"] == "inactive" for d in gone.values())
     # Only one status more than needed: the already inactive one was deleted as it was.
     assert [s["state"] for s in fake_github.statuses(REPO, ids[0])] == ["inactive"]
-    assert await client.retire("preview-2") == 0
+    assert await Reporter.retire_environment(client, "preview-2") == 0
     assert not fake_github.response_errors
 
 

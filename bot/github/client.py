@@ -5,15 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import cachetools
 import gidgethub
 from gidgethub.abc import GitHubAPI
-
-from bot import comment as sticky
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +29,6 @@ class ChangedFiles:
     names: tuple[str, ...]
     complete: bool
 
-# (repository id, number) -> (comment id, last body). Process-wide: it saves a listing and skips no-op
-# edits. Keyed by id: a renamed repository keeps its comments.
-_STICKY: cachetools.LRUCache[tuple[int, int], tuple[int, str]] = cachetools.LRUCache(maxsize=4096)
-# PRs a webhook payload showed with no comments at all: their first sticky needs no search.
-_NO_COMMENTS: cachetools.LRUCache[tuple[int, int], bool] = cachetools.LRUCache(maxsize=4096)
-
 
 class RepoClient:
     """`repo` is the current full name (URLs are by name); `repo_id` is GitHub's `repository.id`, the
@@ -48,7 +39,6 @@ class RepoClient:
         self.repo = repo
         self.repo_id = repo_id
         self._base = f"/repos/{repo}"
-        self.created_sticky = False  # the last upsert_sticky created the PR's first bot comment
 
     async def default_branch(self) -> str:
         data = await self.gh.getitem(self._base)
@@ -114,81 +104,27 @@ class RepoClient:
     async def reply(self, number: int, body: str) -> None:
         await self.gh.post(f"{self._base}/issues/{number}/comments", data={"body": body})
 
-    async def _find_sticky(self, number: int) -> tuple[int, str] | None:
+    async def comments(self, number: int) -> AsyncIterator[dict[str, Any]]:
+        """The PR's comments, oldest first (GitHub REST docs, "List issue comments")."""
         async for item in self.gh.getiter(f"{self._base}/issues/{number}/comments?per_page=100"):
-            if sticky.is_sticky(item.get("body")) and (item.get("user") or {}).get("type") == "Bot":
-                return int(item["id"]), str(item["body"])
-        return None
+            yield item
 
-    def assume_no_comments(self, number: int) -> None:
-        """The PR had no comment when GitHub sent the event (`pull_request.comments == 0`): the first
-        sticky comment is created without listing comments first (a race with another replica is
-        still caught: every creation checks for an older sticky)."""
-        if (self.repo_id, number) not in _STICKY:
-            _NO_COMMENTS[(self.repo_id, number)] = True
-
-    def known_without_sticky(self, number: int) -> bool:
-        """The PR has no comment of the bot, known without a request (its webhook payload said it had no
-        comment, and none was created since)."""
-        return (self.repo_id, number) in _NO_COMMENTS
-
-    async def _known_sticky(self, number: int) -> tuple[int, str] | None:
-        cache_key = (self.repo_id, number)
-        if cache_key in _STICKY:
-            return _STICKY[cache_key]
-        if _NO_COMMENTS.pop(cache_key, False):
-            return None
-        return await self._find_sticky(number)
-
-    async def sticky_body(self, number: int) -> str | None:
-        """The current text of the PR's bot comment, or None when it has none."""
-        cache_key = (self.repo_id, number)
-        if cache_key in _NO_COMMENTS:
-            return None
-        known = _STICKY.get(cache_key) or await self._find_sticky(number)
-        return known[1] if known is not None else None
-
-    async def has_sticky(self, number: int) -> bool:
-        if (self.repo_id, number) in _NO_COMMENTS:
-            return False
-        return (self.repo_id, number) in _STICKY or await self._find_sticky(number) is not None
-
-    async def upsert_sticky(self, number: int, body: str) -> int:
-        """Edit the PR's one bot comment in place, or create it; an unchanged body costs nothing."""
-        cache_key = (self.repo_id, number)
-        self.created_sticky = replaced = False
-        known = await self._known_sticky(number)
-        if known is not None:
-            comment_id, current = known
-            if current == body:
-                _STICKY[cache_key] = known
-                return comment_id
-            try:
-                await self.gh.patch(f"{self._base}/issues/comments/{comment_id}", data={"body": body})
-                _STICKY[cache_key] = (comment_id, body)
-                return comment_id
-            except gidgethub.BadRequest as exc:
-                if exc.status_code != 404:
-                    raise
-                _STICKY.pop(cache_key, None)  # deleted by a person: make a new one
-                replaced = True
+    async def create_comment(self, number: int, body: str) -> int:
         created = await self.gh.post(f"{self._base}/issues/{number}/comments", data={"body": body})
-        comment_id = int(created["id"])
-        self.created_sticky = not replaced
-        # Two replicas may both have found no comment and both created one: keep the oldest.
-        ids = [cid async for cid in self._sticky_ids(number)]
-        if ids and ids[0] != comment_id:
-            await self.gh.delete(f"{self._base}/issues/comments/{comment_id}")
-            self.created_sticky = False
-            comment_id = ids[0]
-            await self.gh.patch(f"{self._base}/issues/comments/{comment_id}", data={"body": body})
-        _STICKY[cache_key] = (comment_id, body)
-        return comment_id
+        return int(created["id"])
 
-    async def _sticky_ids(self, number: int) -> AsyncIterator[int]:
-        async for item in self.gh.getiter(f"{self._base}/issues/{number}/comments?per_page=100"):
-            if sticky.is_sticky(item.get("body")) and (item.get("user") or {}).get("type") == "Bot":
-                yield int(item["id"])
+    async def edit_comment(self, comment_id: int, body: str) -> bool:
+        """False when the comment is gone (404: deleted by a person)."""
+        try:
+            await self.gh.patch(f"{self._base}/issues/comments/{comment_id}", data={"body": body})
+        except gidgethub.BadRequest as exc:
+            if exc.status_code != 404:
+                raise
+            return False
+        return True
+
+    async def delete_comment(self, comment_id: int) -> None:
+        await self.gh.delete(f"{self._base}/issues/comments/{comment_id}")
 
     # -- checks and commit statuses -------------------------------------------------------------
 
@@ -242,39 +178,15 @@ class RepoClient:
         status = await self.latest_status(deployment_id)
         return None if status is None else str(status["state"])
 
-    async def deactivate(self, environment: str, *, keep: Sequence[int] = (), older_than: int | None = None) -> int:
-        """Mark the environment's active deployments inactive (auto_inactive skips transient ones).
-
-        `keep` are left alone; with `older_than`, only deployments with a smaller id (created earlier) are
-        touched: a newer one belongs to a later deploy, which settles its own."""
-        count = 0
-        for deployment in await self.deployments(environment):
-            deployment_id = int(deployment["id"])
-            if deployment_id in keep or (older_than is not None and deployment_id >= older_than):
-                continue
-            if await self.latest_state(deployment_id) == "inactive":
-                break  # newest first, and each deploy deactivates its predecessors: the rest are done
-            await self.deployment_status(deployment_id, "inactive", description="preview removed")
-            count += 1
-        return count
-
-    async def retire(self, environment: str) -> int:
-        """Teardown: mark every deployment of the environment inactive, then delete it; returns how many.
-
-        GitHub deletes only inactive deployments when the repository has more than one ("Delete a
-        deployment", GitHub REST docs: deployments), hence the order. Needs Deployments: write."""
-        count = 0
-        for deployment in await self.deployments(environment):
-            deployment_id = int(deployment["id"])
-            if await self.latest_state(deployment_id) != "inactive":
-                await self.deployment_status(deployment_id, "inactive", description="preview removed")
-            try:
-                await self.gh.delete(f"{self._base}/deployments/{deployment_id}")
-            except gidgethub.BadRequest as exc:
-                if exc.status_code != 404:  # deleted meanwhile by another replica: done too
-                    raise
-            count += 1
-        return count
+    async def delete_deployment(self, deployment_id: int) -> bool:
+        """Delete an (inactive) deployment; False when it was gone already (404)."""
+        try:
+            await self.gh.delete(f"{self._base}/deployments/{deployment_id}")
+        except gidgethub.BadRequest as exc:
+            if exc.status_code != 404:  # deleted meanwhile by another replica: done too
+                raise
+            return False
+        return True
 
     async def delete_environment(self, environment: str) -> bool:
         """Delete the (now empty) environment; True if it went. Needs Administration: write ("Delete an

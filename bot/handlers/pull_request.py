@@ -42,7 +42,7 @@ async def on_pull_request(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> N
     client = repo_client(event, gh)
     pairs = pairs_of(event.data)
     if pr.get("comments") == 0:
-        client.assume_no_comments(number)
+        ctx.reporter.assume_no_comments(client, number)
     actions = {action for action, _label in pairs}
     if pr.get("state") == "closed":
         # A closed PR never keeps a preview, whatever the repository's config says (or fails to say).
@@ -55,7 +55,7 @@ async def on_pull_request(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> N
         config = await ctx.previewer.load_config(client)
     except ConfigError as exc:
         if actions & UPDATES:
-            await ctx.previewer.report(client, number, Report(
+            await ctx.reporter.show(client, number, Report(
                 State.CONFIG_ERROR, sha=pr["head"]["sha"], detail=f"Nothing was deployed: `{exc}`"))
         return
     if config is None:
@@ -72,5 +72,5 @@ async def on_pull_request(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> N
             "The pull request was closed: preview removed."
         await ctx.previewer.stop(client, number, reason)
     elif decision is Decision.AWAIT_APPROVAL:
-        await ctx.previewer.report(client, number, Report(State.WAITING_APPROVAL, sha=pr["head"]["sha"],
-                                                          detail=FORK_WAITING))
+        await ctx.reporter.show(client, number, Report(State.WAITING_APPROVAL, sha=pr["head"]["sha"],
+                                                     detail=FORK_WAITING))

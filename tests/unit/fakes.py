@@ -1,0 +1,302 @@
+"""Small in-memory stand-ins for the orchestration's ports (bot.ports), for fast decision tests.
+
+They keep just enough state to answer what the domain reads back (comments, deployments and their
+statuses, live previews, preview slots) and record every write. The real adapters are tested elsewhere:
+bot.github.client against the schema-checked fake GitHub, bot.kube and bot.arbiter on the real
+kube-apiserver; these fakes are checked against the Protocols by mypy (tests/unit/test_orchestration.py
+passes them where the ports are expected).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bot import manifests, mesh_hosts, naming, slots
+from bot.github.client import ChangedFiles
+from bot.kube import LivePreview
+from bot.mesh_hosts import Ref
+from bot.naming import PreviewKey
+from bot.settings import ClusterSettings
+
+_ids = itertools.count(1000)
+
+
+class FakeRepo:
+    """One repository on GitHub (bot.ports.GitHubRepo)."""
+
+    def __init__(self, repo: str = "acme/shop", repo_id: int = 101, *, config: str | None = None) -> None:
+        self.repo = repo
+        self.repo_id = repo_id
+        self.config = config
+        self.pulls: dict[int, dict[str, Any]] = {}
+        self.files: dict[int, list[str]] = {}
+        self.comment_list: list[dict[str, Any]] = []
+        self.deployment_list: list[dict[str, Any]] = []  # oldest first; GitHub lists newest first
+        self.statuses: dict[int, list[dict[str, Any]]] = {}
+        self.writes: list[str] = []  # one entry per write call, by name
+        self.reads: list[str] = []
+
+    def add_pull(self, number: int, sha: str, *, fork: bool = False, state: str = "open",
+                 labels: Iterable[str] = (), files: Iterable[str] = ()) -> dict[str, Any]:
+        pull = {"number": number, "state": state, "labels": [{"name": n} for n in labels],
+                "head": {"sha": sha, "repo": {"id": self.repo_id + 1 if fork else self.repo_id}},
+                "changed_files": len(list(files))}
+        self.pulls[number] = pull
+        self.files[number] = list(files)
+        return pull
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def pull(self, number: int) -> dict[str, Any]:
+        self.reads.append("pull")
+        return dict(self.pulls[number])
+
+    async def open_pulls(self) -> list[dict[str, Any]]:
+        self.reads.append("open_pulls")
+        return [dict(p) for p in self.pulls.values() if p["state"] == "open"]
+
+    async def file_text(self, path: str, ref: str | None = None) -> str | None:
+        self.reads.append("file_text")
+        return self.config if path == ".github/preview.yml" else None
+
+    async def changed_files(self, number: int, pull: Any = None) -> ChangedFiles:
+        self.reads.append("changed_files")
+        return ChangedFiles(tuple(self.files.get(number, ())), complete=True)
+
+    async def comments(self, number: int) -> AsyncIterator[dict[str, Any]]:
+        self.reads.append("comments")
+        for item in [c for c in self.comment_list if c["number"] == number]:
+            yield item
+
+    async def check_runs(self, sha: str) -> list[dict[str, Any]]:
+        self.reads.append("check_runs")
+        return []
+
+    async def commit_statuses(self, sha: str) -> list[dict[str, Any]]:
+        self.reads.append("commit_statuses")
+        return []
+
+    async def deployments(self, environment: str) -> list[dict[str, Any]]:
+        self.reads.append("deployments")
+        return [dict(d) for d in reversed(self.deployment_list) if d["environment"] == environment]
+
+    async def latest_status(self, deployment_id: int) -> dict[str, Any] | None:
+        self.reads.append("latest_status")
+        found = self.statuses.get(deployment_id) or []
+        return dict(found[-1]) if found else None
+
+    async def latest_state(self, deployment_id: int) -> str | None:
+        status = await self.latest_status(deployment_id)
+        return None if status is None else str(status["state"])
+
+    # -- writes -------------------------------------------------------------------------------
+
+    async def reply(self, number: int, body: str) -> None:
+        await self.create_comment(number, body)
+
+    async def create_comment(self, number: int, body: str) -> int:
+        self.writes.append("create_comment")
+        comment_id = next(_ids)
+        self.comment_list.append({"id": comment_id, "number": number, "body": body, "user": {"type": "Bot"}})
+        return comment_id
+
+    async def edit_comment(self, comment_id: int, body: str) -> bool:
+        self.writes.append("edit_comment")
+        for item in self.comment_list:
+            if item["id"] == comment_id:
+                item["body"] = body
+                return True
+        return False
+
+    async def delete_comment(self, comment_id: int) -> None:
+        self.writes.append("delete_comment")
+        self.comment_list = [c for c in self.comment_list if c["id"] != comment_id]
+
+    async def create_deployment(self, *, ref: str, environment: str, description: str,
+                                payload: dict[str, Any]) -> int:
+        self.writes.append("create_deployment")
+        deployment_id = next(_ids)
+        self.deployment_list.append({"id": deployment_id, "sha": ref, "environment": environment,
+                                     "payload": payload, "created_at": _now()})
+        return deployment_id
+
+    async def deployment_status(self, deployment_id: int, state: str, *, description: str = "",
+                                environment_url: str | None = None, log_url: str | None = None) -> None:
+        self.writes.append("deployment_status")
+        self.statuses.setdefault(deployment_id, []).append(
+            {"state": state, "description": description, "created_at": _now()})
+
+    async def delete_deployment(self, deployment_id: int) -> bool:
+        self.writes.append("delete_deployment")
+        before = len(self.deployment_list)
+        self.deployment_list = [d for d in self.deployment_list if d["id"] != deployment_id]
+        return len(self.deployment_list) < before
+
+    async def delete_environment(self, environment: str) -> bool:
+        self.writes.append("delete_environment")
+        return False
+
+    # -- for assertions -----------------------------------------------------------------------
+
+    def sticky(self, number: int) -> str | None:
+        bodies = [c["body"] for c in self.comment_list if c["number"] == number]
+        return bodies[0] if bodies else None
+
+    def states(self, environment: str) -> list[str | None]:
+        """The latest state of each deployment of the environment, oldest first."""
+        return [(self.statuses.get(d["id"]) or [{"state": None}])[-1]["state"]
+                for d in self.deployment_list if d["environment"] == environment]
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class FakeCluster:
+    """The cluster (bot.ports.Cluster): previews as LivePreview records, no mesh VirtualServices."""
+
+    settings: ClusterSettings
+    previews: dict[str, LivePreview] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)  # service name -> why it never became ready
+    refused_hosts: set[str] = field(default_factory=set)
+    applied: list[str] = field(default_factory=list)  # preview keys, one per apply
+    deleted: list[str] = field(default_factory=list)
+    on_wait: Callable[[], None] | None = None  # runs while the deploy waits (e.g. another writer)
+
+    def add_preview(self, key: PreviewKey, sha: str, services: Iterable[str] = ("a",), *,
+                    pushed_at: datetime | None = None, keep: bool = False) -> LivePreview:
+        stamp = (pushed_at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        preview = LivePreview(key.value, key.repo, key.number, sha, tuple(services), stamp, stamp, keep,
+                              repo_id=key.repo_id)
+        self.previews[key.value] = preview
+        return preview
+
+    async def call(self, method: str, path: str, *, query: Iterable[tuple[str, str]] = (), body: Any = None,
+                   content_type: str | None = None) -> Any:
+        return None
+
+    async def list_objects(self, api_version: str, plural: str, namespace: str | None,
+                           selector: str | None = None) -> list[dict[str, Any]]:
+        return []  # no linked previews, no TTL-warning records
+
+    async def live_previews(self, repo: tuple[int, str] | None = None) -> list[LivePreview]:
+        return [p for p in self.previews.values() if repo is None or p.repo_id == repo[0]]
+
+    async def recorded_shas(self, key: PreviewKey) -> dict[str, str]:
+        preview = self.previews.get(key.value)
+        return {} if preview is None else {key.object_name(s): preview.sha for s in preview.services}
+
+    async def apply_preview(self, plan: manifests.PreviewPlan) -> None:
+        self.applied.append(plan.key.value)
+        old = self.previews.get(plan.key.value)
+        services = {naming.dns_label(s.service.name) for s in plan.services} | set(old.services if old else ())
+        now = _now()
+        self.previews[plan.key.value] = LivePreview(
+            plan.key.value, plan.key.repo, plan.key.number, plan.sha, tuple(sorted(services)),
+            old.created if old else now, now, old.keep if old else False, repo_id=plan.key.repo_id)
+
+    async def adopt(self, key: str, repo_id: int) -> int:
+        return 0
+
+    async def delete_preview(self, key: PreviewKey, *, services: Iterable[str] | None = None) -> int:
+        preview = self.previews.get(key.value)
+        if preview is None:
+            return 0
+        self.deleted.append(key.value)
+        if services is None:
+            del self.previews[key.value]
+            return len(preview.services)
+        gone = set(services)
+        rest = tuple(s for s in preview.services if s not in gone)
+        self.previews[key.value] = LivePreview(preview.key, preview.repo, preview.number, preview.sha, rest,
+                                               preview.created, preview.pushed_at, preview.keep,
+                                               repo_id=preview.repo_id)
+        return len(preview.services) - len(rest)
+
+    async def wait_available(self, names: Iterable[str], timeout: float, *,
+                             stop: Callable[[], bool] = lambda: False, pull_grace: float = 0.0,
+                             on_image_wait: Callable[[str, str], Awaitable[None]] | None = None,
+                             ) -> dict[str, str | None]:
+        if self.on_wait is not None:
+            self.on_wait()
+        return {name: next((why for svc, why in self.failures.items() if name.endswith(svc)), None)
+                for name in names}
+
+    async def service_names(self) -> set[str]:
+        return set()
+
+    async def check_mesh_hosts(self, hosts: Iterable[str]) -> None:
+        from bot.errors import MeshRoutingError
+
+        refused = sorted(set(hosts) & self.refused_hosts)
+        if refused:
+            raise MeshRoutingError(f"{refused[0]}: served by a team's VirtualService the bot may not change")
+
+    async def update_mesh_routes(self, mesh_host: str, change: Callable[[dict[str, Any]], dict[str, Any]], *,
+                                 attempts: int = 40) -> bool:
+        return True
+
+    async def add_mesh_route(self, mesh_host: str, route: dict[str, Any]) -> bool:
+        return True
+
+    async def mesh_services(self) -> list[dict[str, Any]]:
+        return []
+
+    async def remove_routes_where(self, drop: Callable[[dict[str, Any]], bool], *,
+                                  host: str | None = None) -> int:
+        return 0
+
+    async def remove_routes_of_key(self, key: str) -> int:
+        return 0
+
+    async def misplaced_mesh_routes(self) -> list[tuple[str, Ref, mesh_hosts.Decision]]:
+        return []
+
+    async def fold_mesh_routes(self, mesh_host: str) -> bool:
+        return False
+
+
+@dataclass
+class FakeLock:
+    superseded: bool = False
+    lost: bool = False
+
+    @property
+    def held(self) -> bool:
+        return not self.lost
+
+    async def refresh(self) -> None:
+        return None
+
+
+@dataclass
+class FakeLocks:
+    """Per-PR locks (one process: nothing waits) and preview slots decided by bot.slots, as the Arbiter."""
+
+    claims: dict[str, dict[str, str]] = field(default_factory=dict)  # repository id -> key -> claimed at
+    locked: list[str] = field(default_factory=list)
+    lock: FakeLock = field(default_factory=FakeLock)
+
+    @contextlib.asynccontextmanager
+    async def pr_lock(self, key: PreviewKey, *, supersedes: bool, timeout: float) -> AsyncIterator[FakeLock]:
+        self.locked.append(key.value)
+        yield self.lock
+
+    async def claim_slot(self, key: PreviewKey, live: set[str], cap: int) -> tuple[bool, int]:
+        claims = self.claims.setdefault(str(key.repo_id), {})
+        if key.value in claims:
+            return True, slots.used_count(claims, live, key.value)
+        granted, updated = slots.decide(claims, live, key.value, cap, datetime.now(UTC), timedelta(minutes=10))
+        if not granted:
+            return False, slots.used_count(updated, live, key.value)
+        self.claims[str(key.repo_id)] = dict(updated)
+        return True, len(updated) - 1
+
+    async def release_slot(self, key: PreviewKey) -> None:
+        self.claims.get(str(key.repo_id), {}).pop(key.value, None)

@@ -1,0 +1,237 @@
+"""The orchestration's decisions (Previewer.deploy/stop, reconcile, Reporter) over in-memory ports.
+
+Fast and in addition to the end-to-end tests on the real kube-apiserver and the schema-checked fake
+GitHub (tests/e2e), which remain the proof that the adapters behave: here only the choices are checked
+(deploy or not, what the PR shows, which Deployments end inactive, what a reconciliation pass removes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from bot import comment, gate
+from bot.comment import Report, State
+from bot.gate import WaitRegistry
+from bot.naming import PreviewKey
+from bot.previews import Previewer
+from bot.reconcile import reconcile
+from bot.reporting import Reporter
+from bot.settings import ClusterSettings, Policy
+from tests.unit.fakes import FakeCluster, FakeLocks, FakeRepo
+
+CONFIG = """\
+services:
+  - name: a
+    image: registry.example.com/acme/a:{sha}
+    port: 8080
+    paths: ["services/a/**"]
+"""
+SHA1, SHA2 = "1" * 40, "2" * 40
+
+
+def setup(*, cap: int = 10) -> tuple[FakeRepo, FakeCluster, FakeLocks, Previewer]:
+    settings = ClusterSettings(domain="example.com", namespace="previews", routing_namespace="istio-system",
+                               gateway="istio-system/preview-gateway",
+                               policy=Policy(max_previews_per_repo=cap))
+    gh, kube, locks = FakeRepo(config=CONFIG), FakeCluster(settings), FakeLocks()
+    previewer = Previewer(settings, kube, ready_timeout=5, arbiter=locks, reporter=Reporter(identity="test"))
+    return gh, kube, locks, previewer
+
+
+def key(gh: FakeRepo, number: int) -> PreviewKey:
+    return PreviewKey(gh.repo, number, gh.repo_id)
+
+
+def client_for(gh: FakeRepo | None) -> Callable[[int | None, str], Awaitable[FakeRepo | None]]:
+    async def find(_repo_id: int | None, _repo: str) -> FakeRepo | None:
+        return gh
+    return find
+
+
+async def test_a_new_preview_shows_deploying_then_ready_with_one_deployment() -> None:
+    gh, kube, _locks, previewer = setup()
+    gh.add_pull(1, SHA1, files=["services/a/main.go"])
+    result = await previewer.deploy(gh, 1, SHA1)
+    assert result.state is State.READY
+    assert kube.previews[key(gh, 1).value].sha == SHA1
+    assert gh.states("preview-1") == ["success"]
+    # The PR's first comment: no earlier deployment to deactivate, so no read or write for it.
+    assert gh.writes == ["create_comment", "create_deployment", "deployment_status", "deployment_status",
+                         "edit_comment"]
+    assert "Preview: ready" in (gh.sticky(1) or "")
+
+
+async def test_cap_reached_deploys_nothing_and_says_why() -> None:
+    gh, kube, _locks, previewer = setup(cap=1)
+    kube.add_preview(key(gh, 2), SHA1)
+    gh.add_pull(1, SHA1, files=["services/a/main.go"])
+    result = await previewer.deploy(gh, 1, SHA1)
+    assert result.state is State.NOT_DEPLOYED
+    assert kube.applied == [] and gh.deployment_list == []
+    assert "the limit is 1" in (gh.sticky(1) or "")
+
+
+async def test_nothing_changed_any_more_tears_the_preview_down() -> None:
+    gh, kube, locks, previewer = setup()
+    gh.add_pull(1, SHA1, files=["services/a/main.go"])
+    await previewer.deploy(gh, 1, SHA1)
+    gh.add_pull(1, SHA2, files=["README.md"])  # the push reverted the service's change
+    result = await previewer.deploy(gh, 1, SHA2)
+    assert result.state is State.NOT_DEPLOYED
+    assert kube.previews[key(gh, 1).value].services == ()
+    assert gh.deployment_list == []  # retired: inactive, then deleted
+    assert locks.claims[str(gh.repo_id)] == {}  # its slot is free
+    assert "No service" in (gh.sticky(1) or "")
+
+
+async def test_a_settled_sha_is_left_alone_without_force() -> None:
+    gh, _kube, _locks, previewer = setup()
+    gh.add_pull(1, SHA1, files=["services/a/main.go"])
+    await previewer.deploy(gh, 1, SHA1)
+    writes = len(gh.writes)
+    result = await previewer.deploy(gh, 1, SHA1, force=False)
+    assert (result.state, result.detail) == (State.READY, "already deployed")
+    assert len(gh.writes) == writes
+
+
+async def test_an_unfinished_deploy_of_the_head_is_not_settled() -> None:
+    """A restart found objects at the head but its Deployment still in progress: deploy again."""
+    gh, kube, _locks, previewer = setup()
+    gh.add_pull(1, SHA1, files=["services/a/main.go"])
+    kube.add_preview(key(gh, 1), SHA1)
+    await gh.create_comment(1, comment.render(Report(State.DEPLOYING, sha=SHA1)))  # it got that far
+    stuck = await gh.create_deployment(ref=SHA1, environment="preview-1", description="", payload={})
+    await gh.deployment_status(stuck, "in_progress")
+    result = await previewer.deploy(gh, 1, SHA1, force=False)
+    assert result.state is State.READY
+    assert gh.states("preview-1") == ["inactive", "success"]
+
+
+async def test_a_superseded_deploy_goes_inactive_and_never_reports_ready() -> None:
+    gh, kube, locks, previewer = setup()
+    gh.add_pull(1, SHA1, files=["services/a/main.go"])
+
+    def newer_event_arrives() -> None:
+        locks.lock.superseded = True
+
+    kube.on_wait = newer_event_arrives
+    result = await previewer.deploy(gh, 1, SHA1)
+    assert (result.state, result.detail) == (State.DEPLOYING, "superseded")
+    assert gh.states("preview-1") == ["inactive"]
+    assert "Preview: ready" not in (gh.sticky(1) or "")
+
+
+async def test_a_failed_service_fails_the_deploy_and_deactivates_the_older_one() -> None:
+    gh, kube, _locks, previewer = setup()
+    gh.add_pull(1, SHA1, files=["services/a/main.go"])
+    await previewer.deploy(gh, 1, SHA1)
+    kube.failures = {"a": "CrashLoopBackOff"}
+    gh.add_pull(1, SHA2, files=["services/a/main.go"])
+    result = await previewer.deploy(gh, 1, SHA2)
+    assert result.state is State.FAILED and "CrashLoopBackOff" in (result.detail or "")
+    assert gh.states("preview-1") == ["inactive", "failure"]
+    assert "Deploy failed" in (gh.sticky(1) or "")
+
+
+async def test_a_refused_mesh_host_fails_before_anything_is_written_and_frees_the_slot() -> None:
+    gh, kube, locks, previewer = setup()
+    kube.refused_hosts = {"a.previews.svc.cluster.local"}
+    gh.add_pull(1, SHA1, files=["services/a/main.go"])
+    result = await previewer.deploy(gh, 1, SHA1)
+    assert result.state is State.FAILED
+    assert kube.applied == [] and locks.claims[str(gh.repo_id)] == {}
+    assert gh.states("preview-1") == ["failure"]
+    writes = len(gh.writes)  # a repeated event does not retry the refusal: it needs a push or `/preview`
+    assert (await previewer.deploy(gh, 1, SHA1, force=False)).detail == "already deployed"
+    assert len(gh.writes) == writes
+
+
+async def test_a_config_error_is_shown_and_nothing_is_deployed() -> None:
+    gh, kube, _locks, previewer = setup()
+    gh.config = "services: 3\n"
+    gh.add_pull(1, SHA1)
+    result = await previewer.deploy(gh, 1, SHA1)
+    assert result.state is State.CONFIG_ERROR
+    assert kube.applied == [] and gh.deployment_list == []
+    assert ".github/preview.yml" in (gh.sticky(1) or "")
+
+
+async def test_stop_removes_and_says_so_only_where_there_was_something() -> None:
+    gh, kube, _locks, previewer = setup()
+    gh.add_pull(1, SHA1, files=["services/a/main.go"])
+    await previewer.deploy(gh, 1, SHA1)
+    assert await previewer.stop(gh, 1, "Stopped by @alice.") == 1
+    assert key(gh, 1).value not in kube.previews and gh.deployment_list == []
+    assert "Stopped by @alice." in (gh.sticky(1) or "")
+    gh.add_pull(2, SHA1)
+    assert await previewer.stop(gh, 2, "closed") == 0
+    assert gh.sticky(2) is None  # never had a preview nor a comment: nothing said
+
+
+async def test_reconcile_removes_a_closed_prs_preview_and_resumes_a_missed_push() -> None:
+    gh, kube, _locks, previewer = setup()
+    kube.add_preview(key(gh, 1), SHA1)  # PR 1 was closed while the bot was down
+    kube.add_preview(key(gh, 2), SHA1)  # PR 2 got a push the bot missed
+    kube.add_preview(key(gh, 3), SHA1)  # PR 3 is a fork's: its new commits wait for approval
+    gh.add_pull(1, SHA1, state="closed")
+    gh.add_pull(2, SHA2)
+    gh.add_pull(3, SHA2, fork=True)
+    resumed: list[tuple[int, str, int]] = []
+    report = await reconcile(kube, previewer, client_for(gh), idle_ttl=timedelta(days=7),
+                             resume=lambda *args: resumed.append(args))
+    assert [(a.kind, a.target) for a in report.actions] == [("teardown-closed", "acme/shop#1"),
+                                                            ("resume", "acme/shop#2")]
+    assert set(kube.previews) == {key(gh, 2).value, key(gh, 3).value}
+    assert resumed == [(gh.repo_id, gh.repo, 2)]
+    assert "pull request is closed" in (gh.sticky(1) or "")
+
+
+async def test_reconcile_without_the_app_removes_only_the_cluster_side() -> None:
+    gh, kube, _locks, previewer = setup()
+    kube.add_preview(key(gh, 1), SHA1)
+    report = await reconcile(kube, previewer, client_for(None), idle_ttl=timedelta(days=7))
+    assert [(a.kind, a.reason) for a in report.actions] == [("teardown-closed", "App not installed on the repository")]
+    assert kube.previews == {} and gh.writes == []
+
+
+@pytest.mark.parametrize(("keep", "labels", "removed"), [(False, (), True), (True, (), False),
+                                                         (False, ("preview-keep",), False)])
+async def test_reconcile_removes_an_idle_preview_unless_kept(keep: bool, labels: tuple[str, ...],
+                                                              removed: bool) -> None:
+    gh, kube, _locks, previewer = setup()
+    kube.add_preview(key(gh, 1), SHA1, pushed_at=datetime.now(UTC) - timedelta(days=8), keep=keep)
+    gh.add_pull(1, SHA1, labels=labels)
+    report = await reconcile(kube, previewer, client_for(gh), idle_ttl=timedelta(days=7))
+    assert [a.kind for a in report.actions] == (["teardown-idle"] if removed else [])
+    assert (key(gh, 1).value not in kube.previews) is removed
+
+
+async def test_the_sticky_comment_is_found_once_then_cached_and_unchanged_text_costs_nothing() -> None:
+    gh = FakeRepo()
+    reporter = Reporter()
+    reporter.assume_no_comments(gh, 5)  # the event said the PR has no comment: no listing first
+    assert await reporter.show(gh, 5, Report(State.DEPLOYING, sha=SHA1)) is True
+    assert gh.reads == ["comments"]  # only the check for another replica's concurrent comment
+    assert await reporter.show(gh, 5, Report(State.DEPLOYING, sha=SHA1)) is False
+    assert gh.writes == ["create_comment"] and gh.reads == ["comments"]
+    fresh = Reporter()  # another process: finds the comment by its marker, edits it in place
+    await fresh.show(gh, 5, Report(State.READY, sha=SHA1))
+    assert gh.writes == ["create_comment", "edit_comment"]
+    assert [c["body"] for c in gh.comment_list] == [comment.render(Report(State.READY, sha=SHA1))]
+
+
+async def test_a_gated_pr_shows_waiting_once_and_a_repeated_event_costs_reads_only() -> None:
+    gh, kube, _locks, previewer = setup()
+    gh.config = CONFIG + "wait_for: [build]\n"
+    gh.add_pull(1, SHA1, files=["services/a/main.go"])
+    waits = WaitRegistry()
+    assert await gate.deploy_when_ready(previewer, waits, gh, 1) is None
+    assert kube.applied == [] and (gh.repo_id, 1) in waits
+    assert gh.states("preview-1") == ["queued"]
+    assert "Preview: waiting for checks" in (gh.sticky(1) or "")
+    writes = list(gh.writes)
+    assert await gate.deploy_when_ready(previewer, waits, gh, 1) is None
+    assert gh.writes == writes
