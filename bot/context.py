@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass, field
 
 import cachetools
-import gidgethub
 from gidgethub import routing, sansio
 from gidgethub.abc import GitHubAPI
 
@@ -15,6 +14,7 @@ from bot import logs, metrics
 from bot.gate import WaitRegistry
 from bot.github.auth import AppAuth
 from bot.github.client import RepoClient
+from bot.github.errors import Unauthorized
 from bot.kube import Kube
 from bot.previews import Previewer
 from bot.queue import WorkQueue
@@ -53,9 +53,7 @@ class Context:
         try:
             try:
                 await self.router.dispatch(event, await self.auth.installation_api(installation), self)
-            except gidgethub.BadRequest as exc:
-                if exc.status_code != 401:
-                    raise
+            except Unauthorized:
                 # The cached token was revoked or rotated: mint a new one and run the (idempotent)
                 # handlers again, once.
                 self.auth.forget(installation)

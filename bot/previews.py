@@ -19,13 +19,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import cachetools
-import gidgethub
 
 from bot import comment, links, manifests, mesh_routes, metrics, naming
 from bot.arbiter import Arbiter
 from bot.comment import Report, ServiceLine, State
 from bot.errors import ConfigError, PermanentError, PreviewError
 from bot.github.client import LIST_FILES_MAX, RepoClient
+from bot.github.errors import GitHubError
 from bot.kube import Kube, KubeError, LivePreview
 from bot.naming import PreviewKey
 from bot.repo_config import CONFIG_PATH, RepoConfig, check_policy, parse_repo_config
@@ -300,7 +300,7 @@ class Previewer:
                 return removed
             try:
                 retired = await self.retire(gh, key)
-            except gidgethub.HTTPException as exc:
+            except GitHubError as exc:
                 raise PermanentError(f"could not mark deployments inactive: {exc}") from exc
             if removed or retired or await gh.has_sticky(number):
                 await self.report(gh, number, Report(State.STOPPED, detail=reason))

@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import gidgethub
-
 from bot import mesh_routes, metrics, naming, ttl_warning
 from bot.errors import PreviewError
 from bot.github.client import RepoClient
+from bot.github.errors import GitHubError
 from bot.kube import Kube, LivePreview
 from bot.naming import PreviewKey, valid_repo
 from bot.previews import Previewer
@@ -132,7 +131,7 @@ async def reconcile(kube: Kube, previewer: Previewer, client_for: ClientFor, *, 
                 await _stop(previewer, client, preview,
                             f"Preview removed after {days:g} days without a push. Comment `/preview` to deploy "
                             f"again, or `/preview keep` (or the `{KEEP_LABEL}` label) to keep it.")
-        except (gidgethub.GitHubException, OSError) as exc:
+        except (GitHubError, OSError) as exc:
             report.errors.append(f"{target}: {type(exc).__name__}: {exc}")
     # Routes whose Service is gone (deleted by hand, or a crash between steps).
     services = await kube.service_names()

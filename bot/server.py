@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
 import aiohttp
-import gidgethub
 from aiohttp import web
 from gidgethub import routing
 
@@ -27,6 +26,7 @@ from bot.gateway import gateway_problem
 from bot.github.api import Pacer
 from bot.github.auth import AppAuth
 from bot.github.client import RepoClient
+from bot.github.errors import GitHubError
 from bot.handlers import checks, commands, pull_request
 from bot.kube import Kube, KubeError
 from bot.leader import LeaderElector
@@ -130,7 +130,7 @@ class Bot:
         # Current names for every repository id: a rename since the last pass must not look like a 404.
         try:
             await self.repositories(max_age=0)
-        except (gidgethub.GitHubException, aiohttp.ClientError, OSError) as exc:
+        except (GitHubError, aiohttp.ClientError, OSError) as exc:
             # GitHub is down: each preview's look-up fails on its own and is reported; routes to missing
             # Services are still cleaned up.
             log.warning("could not list the App's repositories: %s", type(exc).__name__)

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import cachetools
-import gidgethub
 from gidgethub.abc import GitHubAPI
 
 from bot import comment as sticky
+from bot.github.errors import GitHubError, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,8 @@ class RepoClient:
         repository content": `ref` defaults to the default branch), which saves asking for its name."""
         try:
             data = await self.gh.getitem(f"{self._base}/contents/{path}{{?ref}}", {"ref": ref} if ref else {})
-        except gidgethub.BadRequest as exc:
-            if exc.status_code == 404:
-                return None
-            raise
+        except NotFound:
+            return None
         if not isinstance(data, dict) or data.get("type") != "file":
             return None
         try:
@@ -98,8 +97,8 @@ class RepoClient:
         """The user's permission on the repository: admin, maintain, write, triage, read or none."""
         try:
             data = await self.gh.getitem(f"{self._base}/collaborators/{{user}}/permission", {"user": user})
-        except gidgethub.BadRequest as exc:
-            if exc.status_code in (403, 404):
+        except GitHubError as exc:
+            if exc.status in (403, 404):  # a 403 of a rate limit too (RateLimited)
                 return "none"
             raise
         role = str(data.get("role_name") or "")
@@ -167,9 +166,7 @@ class RepoClient:
                 await self.gh.patch(f"{self._base}/issues/comments/{comment_id}", data={"body": body})
                 _STICKY[cache_key] = (comment_id, body)
                 return comment_id
-            except gidgethub.BadRequest as exc:
-                if exc.status_code != 404:
-                    raise
+            except NotFound:
                 _STICKY.pop(cache_key, None)  # deleted by a person: make a new one
                 replaced = True
         created = await self.gh.post(f"{self._base}/issues/{number}/comments", data={"body": body})
@@ -268,11 +265,8 @@ class RepoClient:
             deployment_id = int(deployment["id"])
             if await self.latest_state(deployment_id) != "inactive":
                 await self.deployment_status(deployment_id, "inactive", description="preview removed")
-            try:
+            with contextlib.suppress(NotFound):  # deleted meanwhile by another replica: done too
                 await self.gh.delete(f"{self._base}/deployments/{deployment_id}")
-            except gidgethub.BadRequest as exc:
-                if exc.status_code != 404:  # deleted meanwhile by another replica: done too
-                    raise
             count += 1
         return count
 
@@ -282,10 +276,10 @@ class RepoClient:
         default: a refusal is logged once per call and leaves the environment, nothing else fails."""
         try:
             await self.gh.delete(f"{self._base}/environments/{{environment}}", {"environment": environment})
-        except gidgethub.BadRequest as exc:
-            if exc.status_code == 404:
-                return False
-            if exc.status_code == 403:
+        except NotFound:
+            return False
+        except GitHubError as exc:
+            if exc.status == 403:  # Forbidden, or a rate limit (RateLimited)
                 log.warning("could not delete GitHub environment %s: the App lacks Administration: write "
                             "(see PREVIEW_DELETE_ENVIRONMENTS in the README)", environment,
                             extra={"repo": self.repo})
