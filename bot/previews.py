@@ -23,7 +23,7 @@ import cachetools
 from bot import comment, links, manifests, mesh_routes, metrics, naming
 from bot.arbiter import Arbiter
 from bot.comment import Report, ServiceLine, State
-from bot.errors import ConfigError, PermanentError, PreviewError
+from bot.errors import ConfigError, PreviewError
 from bot.github.client import LIST_FILES_MAX, RepoClient
 from bot.github.errors import GitHubError
 from bot.kube import Kube, KubeError, LivePreview
@@ -301,7 +301,7 @@ class Previewer:
             try:
                 retired = await self.retire(gh, key)
             except GitHubError as exc:
-                raise PermanentError(f"could not mark deployments inactive: {exc}") from exc
+                raise PreviewError(f"could not mark deployments inactive: {exc}") from exc
             if removed or retired or await gh.has_sticky(number):
                 await self.report(gh, number, Report(State.STOPPED, detail=reason))
         return removed
