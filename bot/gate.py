@@ -25,6 +25,7 @@ from bot.github.client import RepoClient
 from bot.naming import PreviewKey
 from bot.previews import DeployResult, Previewer
 from bot.repo_config import CONFIG_PATH, RepoConfig, check_policy, parse_repo_config
+from bot.timestamps import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +75,6 @@ def _is_gate(deployment: dict[str, Any]) -> bool:
     return isinstance(payload, dict) and GATE_KEY in payload
 
 
-def _created(deployment: dict[str, Any]) -> datetime | None:
-    try:
-        return datetime.fromisoformat(str(deployment.get("created_at") or "").replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 async def deploy_when_ready(previewer: Previewer, waits: WaitRegistry, gh: RepoClient, number: int, *,
                             config: RepoConfig | None = None, head_sha: str | None = None,
                             supersedes: bool = True, superseded: Callable[[], bool] = lambda: False,
@@ -126,7 +120,7 @@ async def deploy_when_ready(previewer: Previewer, waits: WaitRegistry, gh: RepoC
     gate = latest if latest is not None and latest.get("sha") == head_sha else None
 
     now = now or datetime.now(UTC)
-    since = (_created(gate) if gate is not None else None) or now
+    since = (parse_time(str(gate.get("created_at") or "")) if gate is not None else None) or now
     runs = checks.from_check_runs(await gh.check_runs(head_sha))
     statuses = {} if all(name in runs for name in required) else \
         checks.from_statuses(await gh.commit_statuses(head_sha))

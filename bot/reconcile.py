@@ -20,6 +20,7 @@ from bot.github.errors import GitHubError
 from bot.kube import Kube, LivePreview
 from bot.naming import PreviewKey, valid_repo
 from bot.previews import Previewer
+from bot.timestamps import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +48,9 @@ class GcReport:
         return [f"{a.kind}\t{a.target}\t{a.reason}" for a in self.actions] + [f"error\t{e}" for e in self.errors]
 
 
-def _parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def is_idle(preview: LivePreview, now: datetime, ttl: timedelta) -> bool:
     """Idle: no push (deploy) for longer than the TTL."""
-    last = _parse_time(preview.pushed_at) or _parse_time(preview.created)
+    last = parse_time(preview.pushed_at) or parse_time(preview.created)
     return last is not None and now - last > ttl
 
 
@@ -185,7 +177,7 @@ async def _needs_resume(pull: Mapping[str, Any], preview: LivePreview, client: R
         return False
     if (deployments[0].get("payload") or {}).get("replica") == identity:
         return True
-    since = _parse_time(str((status or deployments[0]).get("created_at") or ""))
+    since = parse_time(str((status or deployments[0]).get("created_at") or ""))
     return since is not None and now - since > stuck_after
 
 

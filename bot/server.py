@@ -34,6 +34,7 @@ from bot.previews import Previewer
 from bot.queue import QueueClosed, QueueFull, WorkQueue
 from bot.reconcile import GcReport, reconcile
 from bot.settings import Settings, load_cluster_settings, load_settings
+from bot.timestamps import parse_time
 from bot.triggers import Decision, decide, facts_from_pull
 from bot.webhook import WebhookConfig, create_app
 
@@ -380,10 +381,10 @@ def run_gc(*, dry_run: bool) -> int:
 
 
 def _age(created: str, now: datetime) -> str:
-    try:
-        seconds = int((now - datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds())
-    except ValueError:
+    moment = parse_time(created)
+    if moment is None:
         return "?"
+    seconds = int((now - moment).total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds // size}{unit}"
