@@ -19,6 +19,7 @@ from bot.kube import Kube
 from bot.previews import Previewer
 from bot.queue import WorkQueue
 from bot.settings import Settings
+from bot.triggers import event_subject
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,9 @@ class Context:
     async def dispatch(self, event: sansio.Event) -> None:
         """Run the routers for one event on a fresh installation client (in the background)."""
         data = event.data
-        repo = (data.get("repository") or {}).get("full_name", "")
-        number = (data.get("pull_request") or data.get("issue") or {}).get("number")
+        subject = event_subject(data)
         logs.EVENT_FIELDS.set({"delivery": event.delivery_id, "event": event.event, "action": data.get("action"),
-                               "repo": repo, "pr": number})
+                               "repo": subject.repo, "pr": subject.number})
         started = time.monotonic()
         installation = int(data["installation"]["id"])
         try:

@@ -1,4 +1,4 @@
-"""What a pull_request event means for its preview (pure)."""
+"""Who a webhook event is about, and what a pull_request event means for its preview (pure)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,24 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bot.repo_config import RepoConfig
+
+
+@dataclass(frozen=True)
+class EventSubject:
+    """The repository and pull request a webhook payload is about (GitHub webhook docs: every
+    repository event has `repository`; PR events `pull_request`, comment events `issue`)."""
+
+    repo_id: int | None  # `repository.id`, the identity (None: the payload has none)
+    repo: str  # `repository.full_name`, for people and URLs ("" when absent)
+    number: int | None  # the PR's (or issue's) number; None for an event about no PR (check_run, status)
+
+
+def event_subject(data: Mapping[str, Any]) -> EventSubject:
+    repository = data.get("repository") or {}
+    number = (data.get("pull_request") or data.get("issue") or {}).get("number")
+    return EventSubject(repo_id=int(repository["id"]) if repository.get("id") else None,
+                        repo=str(repository.get("full_name") or ""),
+                        number=int(number) if number is not None else None)
 
 
 class Decision(enum.Enum):
