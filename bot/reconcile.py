@@ -21,6 +21,7 @@ from bot.kube import Kube, LivePreview
 from bot.naming import PreviewKey, valid_repo
 from bot.previews import Previewer
 from bot.timestamps import parse_time
+from bot.triggers import is_fork
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +165,8 @@ async def _needs_resume(pull: Mapping[str, Any], preview: LivePreview, client: R
     it was started by this replica before a restart, or it is older than any live deploy can be
     (another replica's deploy in progress is younger)."""
     head = pull.get("head") or {}
-    fork = (head.get("repo") or {}).get("id") != client.repo_id
     if head.get("sha") != preview.sha:
-        return not fork  # a fork's new commits wait for approval
+        return not is_fork(pull)  # a fork's new commits wait for approval
     if stuck_after is None:
         return False
     deployments = await client.deployments(PreviewKey(client.repo, preview.number, client.repo_id).environment)

@@ -44,15 +44,21 @@ class PullRequestFacts:
     changed_label: str | None = None  # the label of a labeled/unlabeled event
 
 
-def facts_from_pull(pull: Mapping[str, Any], action: str, changed_label: str | None = None) -> PullRequestFacts:
+def is_fork(pull: Mapping[str, Any]) -> bool:
+    """The PR's head is in another repository than its base (a pull request object as GitHub's REST API
+    and webhooks give it). A deleted fork has `head.repo` null: it counts as a fork. Compared by id (a
+    name can change); by name only for a repository object without one."""
     head_repo = (pull.get("head") or {}).get("repo") or {}
     base_repo = (pull.get("base") or {}).get("repo") or {}
+    return not head_repo or head_repo.get("id", head_repo.get("full_name")) != \
+        base_repo.get("id", base_repo.get("full_name"))
+
+
+def facts_from_pull(pull: Mapping[str, Any], action: str, changed_label: str | None = None) -> PullRequestFacts:
     return PullRequestFacts(
         action=action,
         draft=bool(pull.get("draft")),
-        # A deleted fork has head.repo null: treat it as a fork. Compared by id (a name can change).
-        fork=not head_repo or head_repo.get("id", head_repo.get("full_name")) !=
-        base_repo.get("id", base_repo.get("full_name")),
+        fork=is_fork(pull),
         labels=frozenset(str(label["name"]) for label in pull.get("labels") or []),
         changed_label=changed_label,
     )

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.repo_config import RepoConfig, ServiceConfig
-from bot.triggers import Decision, EventSubject, PullRequestFacts, decide, event_subject
+from bot.triggers import Decision, EventSubject, PullRequestFacts, decide, event_subject, facts_from_pull, is_fork
 
 SERVICES = (ServiceConfig(name="a", image="i", port=1),)
 AUTO = RepoConfig(services=SERVICES, trigger="auto")
@@ -110,3 +110,15 @@ def test_fork_is_told_by_repository_id_not_name() -> None:
 ])
 def test_event_subject(data: dict[str, Any], subject: EventSubject) -> None:
     assert event_subject(data) == subject
+
+
+@pytest.mark.parametrize(("head_repo", "fork"), [
+    ({"id": 1, "full_name": "acme/shop"}, False),
+    ({"id": 1, "full_name": "acme/renamed"}, False),  # by id: a rename is the same repository
+    ({"id": 2, "full_name": "someone/shop"}, True),
+    (None, True),  # a deleted fork
+])
+def test_is_fork(head_repo: dict[str, Any] | None, fork: bool) -> None:
+    pull = {"head": {"repo": head_repo}, "base": {"repo": {"id": 1, "full_name": "acme/shop"}}}
+    assert is_fork(pull) is fork
+    assert facts_from_pull(pull, "opened").fork is fork  # the trigger and the reconciler's resume agree
