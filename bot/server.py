@@ -27,7 +27,7 @@ from bot.github.api import Pacer
 from bot.github.auth import AppAuth
 from bot.github.client import RepoClient
 from bot.github.errors import GitHubError
-from bot.handlers import checks, commands, pull_request
+from bot.handlers import checks, preview_commands, pull_request
 from bot.kube import Kube, KubeError
 from bot.leader import LeaderElector
 from bot.previews import Previewer
@@ -47,7 +47,7 @@ CONVERGE_INTERVAL = 1.0
 
 
 def build_router() -> routing.Router:
-    return routing.Router(pull_request.router, commands.router, checks.router)
+    return routing.Router(pull_request.router, preview_commands.router, checks.router)
 
 
 def cached_check(check: Callable[[], Awaitable[None]], ttl: float) -> Callable[[], Awaitable[None]]:
