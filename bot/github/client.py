@@ -1,4 +1,5 @@
-"""The GitHub calls the bot makes for one repository, on one installation's token."""
+"""The GitHub calls the bot makes for one repository, on one installation's token. Errors are
+`bot.github.errors` kinds (raised by `bot.github.api.PacedGitHubAPI`, the `gh` every client is given)."""
 
 from __future__ import annotations
 
