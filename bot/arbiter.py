@@ -35,6 +35,7 @@ from bot import naming, slots
 from bot.errors import TemporaryError
 from bot.kube import Conflict, Kube, NotFound, collection_path
 from bot.naming import PreviewKey
+from bot.timestamps import format_micro_time, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +47,6 @@ _ATTEMPTS = 50
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _format(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse(text: str | None) -> datetime | None:
-    try:
-        return datetime.fromisoformat(str(text).replace("Z", "+00:00")) if text else None
-    except ValueError:
-        return None
 
 
 def _repository(key: PreviewKey) -> str:
@@ -92,7 +82,7 @@ class PrLock:
         return not self.lost and time.monotonic() - self._renewed_at < self.arbiter.lock_seconds * 2 / 3
 
     def _spec(self, acquired: str | None = None) -> dict[str, Any]:
-        now = _format(_now())
+        now = format_micro_time(_now())
         return {"holderIdentity": self.arbiter.token, "leaseDurationSeconds": self.arbiter.lock_seconds,
                 "acquireTime": acquired or now, "renewTime": now}
 
@@ -103,7 +93,7 @@ class PrLock:
             return True
         if holder.split(" ", 1)[0] == self.arbiter.identity:
             return True  # an earlier process of this same pod: it is gone
-        renewed = _parse(spec.get("renewTime")) or datetime.min.replace(tzinfo=UTC)
+        renewed = parse_time(spec.get("renewTime")) or datetime.min.replace(tzinfo=UTC)
         duration = timedelta(seconds=int(spec.get("leaseDurationSeconds") or self.arbiter.lock_seconds))
         return renewed + duration < _now()
 

@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass, field
 
 import cachetools
-import gidgethub
 from gidgethub import routing, sansio
 from gidgethub.abc import GitHubAPI
 
@@ -15,11 +14,13 @@ from bot import logs, metrics
 from bot.gate import WaitRegistry
 from bot.github.auth import AppAuth
 from bot.github.client import RepoClient
+from bot.github.errors import Unauthorized
 from bot.kube import Kube
 from bot.previews import Previewer
 from bot.queue import WorkQueue
 from bot.reporting import Reporter
 from bot.settings import Settings
+from bot.triggers import event_subject
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +47,15 @@ class Context:
     async def dispatch(self, event: sansio.Event) -> None:
         """Run the routers for one event on a fresh installation client (in the background)."""
         data = event.data
-        repo = (data.get("repository") or {}).get("full_name", "")
-        number = (data.get("pull_request") or data.get("issue") or {}).get("number")
+        subject = event_subject(data)
         logs.EVENT_FIELDS.set({"delivery": event.delivery_id, "event": event.event, "action": data.get("action"),
-                               "repo": repo, "pr": number})
+                               "repo": subject.repo, "pr": subject.number})
         started = time.monotonic()
         installation = int(data["installation"]["id"])
         try:
             try:
                 await self.router.dispatch(event, await self.auth.installation_api(installation), self)
-            except gidgethub.BadRequest as exc:
-                if exc.status_code != 401:
-                    raise
+            except Unauthorized:
                 # The cached token was revoked or rotated: mint a new one and run the (idempotent)
                 # handlers again, once.
                 self.auth.forget(installation)

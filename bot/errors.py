@@ -1,7 +1,12 @@
 """Error kinds shared by the pure logic and the adapters.
 
-The split follows kopf: a PermanentError will fail the same way on retry (bad config, policy),
-a TemporaryError may succeed later (API unavailable, conflict storms).
+Every error the bot reports to users is a PreviewError. There is no kopf-style Permanent/Temporary split
+deciding retries: nothing ever branched on it, and nothing should. Retries belong to the adapters, which
+see the status and headers (`bot.github.api`: 5xx, rate limits, dropped connections; `bot.kube`: an
+unreachable API server, 409 conflicts); above them the bot is level-triggered (the PR's next event and
+the reconciler's passes converge again), so an error that outlived the adapter's retries is reported,
+not retried. TemporaryError is kept as one named kind for such an error; the adapters' own errors
+(`bot.kube.KubeError`, `bot.github.errors.GitHubError`) are not PreviewErrors.
 """
 
 
@@ -9,15 +14,13 @@ class PreviewError(Exception):
     """Base class for errors the bot reports to users."""
 
 
-class PermanentError(PreviewError):
-    """Retrying will not help: tell the user and stop."""
-
-
 class TemporaryError(PreviewError):
-    """A retry later may succeed."""
+    """An adapter gave up after its own retries (API server unreachable, a conflict storm) or the PR is
+    busy on another replica: the same request may succeed later, when the next event or the reconciler
+    comes; nothing retries it at once."""
 
 
-class ConfigError(PermanentError):
+class ConfigError(PreviewError):
     """A configuration value is invalid; the message names where and why."""
 
     def __init__(self, source: str, field: str, reason: str) -> None:
@@ -28,15 +31,15 @@ class ConfigError(PermanentError):
         super().__init__(f"{location}: {reason}")
 
 
-class StartupError(PermanentError):
+class StartupError(PreviewError):
     """`serve` (or another command) cannot start; the message is the one line the CLI prints. It never
     contains a secret."""
 
 
-class HostConflictError(PermanentError):
+class HostConflictError(PreviewError):
     """A preview host is already served by another repository's preview."""
 
 
-class MeshRoutingError(PermanentError):
+class MeshRoutingError(PreviewError):
     """Istio would not use the preview's mesh routes (another VirtualService serves the host); the
     message names that VirtualService as `namespace/name` and what to change."""

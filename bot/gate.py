@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from bot import checks
 from bot.checks import Verdict
@@ -25,6 +24,7 @@ from bot.ports import GitHubRepo
 from bot.previews import DeployResult, Previewer
 from bot.repo_config import CONFIG_PATH, RepoConfig, check_policy, parse_repo_config
 from bot.reporting import is_gate
+from bot.timestamps import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +64,6 @@ async def load_config_at(gh: GitHubRepo, branch: str, previewer: Previewer) -> R
     config = parse_repo_config(text, CONFIG_PATH)
     check_policy(config, previewer.settings.policy, CONFIG_PATH)
     return config
-
-
-def _created(deployment: dict[str, Any]) -> datetime | None:
-    try:
-        return datetime.fromisoformat(str(deployment.get("created_at") or "").replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 async def deploy_when_ready(previewer: Previewer, waits: WaitRegistry, gh: GitHubRepo, number: int, *,
@@ -118,7 +111,7 @@ async def deploy_when_ready(previewer: Previewer, waits: WaitRegistry, gh: GitHu
     gate = latest if latest is not None and latest.get("sha") == head_sha else None
 
     now = now or datetime.now(UTC)
-    since = (_created(gate) if gate is not None else None) or now
+    since = (parse_time(str(gate.get("created_at") or "")) if gate is not None else None) or now
     runs = checks.from_check_runs(await gh.check_runs(head_sha))
     statuses = {} if all(name in runs for name in required) else \
         checks.from_statuses(await gh.commit_statuses(head_sha))

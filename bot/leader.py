@@ -14,22 +14,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bot.kube import Conflict, Kube, collection_path
+from bot.timestamps import format_micro_time, parse_time
 
 log = logging.getLogger(__name__)
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _format(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 class LeaderElector:
@@ -46,7 +37,7 @@ class LeaderElector:
         self._renewed_at = -float("inf")
 
     def _spec(self, transitions: int, acquired: str | None = None) -> dict[str, Any]:
-        now = _format(_now())
+        now = format_micro_time(_now())
         return {"holderIdentity": self.identity, "leaseDurationSeconds": self.lease_seconds,
                 "acquireTime": acquired or now, "renewTime": now, "leaseTransitions": transitions}
 
@@ -62,7 +53,7 @@ class LeaderElector:
                 return self._became(True)
             spec = lease.get("spec") or {}
             holder = spec.get("holderIdentity")
-            renewed = _parse(spec.get("renewTime")) or datetime.min.replace(tzinfo=UTC)
+            renewed = parse_time(spec.get("renewTime")) or datetime.min.replace(tzinfo=UTC)
             duration = timedelta(seconds=int(spec.get("leaseDurationSeconds") or self.lease_seconds))
             if holder != self.identity and holder and renewed + duration > _now():
                 return self._became(False)

@@ -28,11 +28,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-import gidgethub
-
 from bot import mesh_routes, naming
 from bot.github.auth import AppAuth
 from bot.github.client import RepoClient
+from bot.github.errors import GitHubError, NotFound
 from bot.kube import collection_path
 from bot.manifests import PreviewPlan
 from bot.naming import PreviewKey
@@ -217,10 +216,8 @@ async def client_for_repo(auth: AppAuth, repo: str) -> RepoClient | None:
     """A client on the App's installation for `repo`; None when the App is not installed there."""
     try:
         data = await auth.api().getitem(f"/repos/{repo}/installation", jwt=auth.app_jwt())
-    except gidgethub.BadRequest as exc:
-        if exc.status_code == 404:
-            return None
-        raise
+    except NotFound:
+        return None
     gh = await auth.installation_api(int(data["id"]))
     found = await gh.getitem(f"/repos/{repo}")  # its id: previews are keyed by it (bot.naming)
     return RepoClient(gh, str(found["full_name"]), int(found["id"]))
@@ -256,10 +253,8 @@ async def link(kube: Cluster, reporter: Reporter, client_for: ClientFor,
         raise LinkRefused(f"{ref(client.repo, other)} is already linked to {already[0]}; `/preview unlink` it first.")
     try:
         pull = await client.pull(other)
-    except gidgethub.BadRequest as exc:
-        if exc.status_code == 404:
-            raise LinkRefused(f"{ref(client.repo, other)} is not a pull request.") from None
-        raise
+    except NotFound:
+        raise LinkRefused(f"{ref(client.repo, other)} is not a pull request.") from None
     if pull.get("state") != "open":
         raise LinkRefused(f"{ref(client.repo, other)} is closed.")
     # The two builds may not both route one in-mesh host: the route sorted first would win.
@@ -292,7 +287,7 @@ async def unlink_key(kube: Cluster, refresh: Refresh | None, linked: PreviewKey,
         for repo, number in ((linked.repo, linked.number), (owner_repo, int(owner_number))):
             try:
                 await refresh(repo, number)
-            except (gidgethub.GitHubException, OSError) as exc:
+            except (GitHubError, OSError) as exc:
                 log.warning("link: sticky comment not refreshed: %s", type(exc).__name__,
                             extra={"repo": repo, "pr": number})
 

@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from bot.errors import PermanentError
+from bot.errors import PreviewError
 from bot.settings import MatchMode
 
 DEFAULT_ROUTE_NAME = "default"
@@ -40,7 +40,7 @@ Spec = dict[str, Any]
 MAX_SPEC_BYTES = 1_000_000
 
 
-class TooManyRoutes(PermanentError):
+class TooManyRoutes(PreviewError):
     """One more preview route would make the shared mesh VirtualService too large to store."""
 
 

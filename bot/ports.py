@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 class GitHubRepo(Protocol):
     """One repository's REST calls on an installation token. `repo` is the current full name, `repo_id`
-    GitHub's `repository.id`. Errors: gidgethub's exceptions, as the adapter documents per call."""
+    GitHub's `repository.id`. Errors: `bot.github.errors` kinds, as the adapter documents per call."""
 
     repo: str
     repo_id: int

@@ -22,13 +22,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
-import gidgethub
 
 from bot import gate, mesh_routes, metrics, naming, ttl_warning
 from bot.errors import ConfigError, PreviewError
 from bot.gate import WaitRegistry
 from bot.github.auth import AppAuth
 from bot.github.client import RepoClient
+from bot.github.errors import GitHubError
 from bot.kube import Kube, LivePreview
 from bot.leader import LeaderElector
 from bot.naming import PreviewKey, valid_repo
@@ -36,7 +36,8 @@ from bot.ports import Cluster, GitHubRepo
 from bot.previews import Previewer
 from bot.queue import QueueClosed, QueueFull, WorkQueue
 from bot.settings import Settings
-from bot.triggers import Decision, decide, facts_from_pull
+from bot.timestamps import parse_time
+from bot.triggers import Decision, decide, facts_from_pull, is_fork
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +67,9 @@ class GcReport:
         return [f"{a.kind}\t{a.target}\t{a.reason}" for a in self.actions] + [f"error\t{e}" for e in self.errors]
 
 
-def _parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def is_idle(preview: LivePreview, now: datetime, ttl: timedelta) -> bool:
     """Idle: no push (deploy) for longer than the TTL."""
-    last = _parse_time(preview.pushed_at) or _parse_time(preview.created)
+    last = parse_time(preview.pushed_at) or parse_time(preview.created)
     return last is not None and now - last > ttl
 
 
@@ -150,7 +142,7 @@ async def reconcile(kube: Cluster, previewer: Previewer, client_for: ClientFor, 
                 await _stop(previewer, client, preview,
                             f"Preview removed after {days:g} days without a push. Comment `/preview` to deploy "
                             f"again, or `/preview keep` (or the `{KEEP_LABEL}` label) to keep it.")
-        except (gidgethub.GitHubException, OSError) as exc:
+        except (GitHubError, OSError) as exc:
             report.errors.append(f"{target}: {type(exc).__name__}: {exc}")
     await _clean_mesh(kube, report, dry_run=dry_run)
     for action in report.actions:
@@ -196,9 +188,8 @@ async def _needs_resume(pull: Mapping[str, Any], preview: LivePreview, client: G
     it was started by this replica before a restart, or it is older than any live deploy can be
     (another replica's deploy in progress is younger)."""
     head = pull.get("head") or {}
-    fork = (head.get("repo") or {}).get("id") != client.repo_id
     if head.get("sha") != preview.sha:
-        return not fork  # a fork's new commits wait for approval
+        return not is_fork(pull)  # a fork's new commits wait for approval
     if stuck_after is None:
         return False
     deployments = await client.deployments(PreviewKey(client.repo, preview.number, client.repo_id).environment)
@@ -209,7 +200,7 @@ async def _needs_resume(pull: Mapping[str, Any], preview: LivePreview, client: G
         return False
     if (deployments[0].get("payload") or {}).get("replica") == identity:
         return True
-    since = _parse_time(str((status or deployments[0]).get("created_at") or ""))
+    since = parse_time(str((status or deployments[0]).get("created_at") or ""))
     return since is not None and now - since > stuck_after
 
 
@@ -286,7 +277,7 @@ class Reconciler:
         # Current names for every repository id: a rename since the last pass must not look like a 404.
         try:
             await self.repositories.listing(max_age=0)
-        except (gidgethub.GitHubException, aiohttp.ClientError, OSError) as exc:
+        except (GitHubError, aiohttp.ClientError, OSError) as exc:
             # GitHub is down: each preview's look-up fails on its own and is reported; routes to missing
             # Services are still cleaned up.
             log.warning("could not list the App's repositories: %s", type(exc).__name__)

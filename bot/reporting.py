@@ -22,12 +22,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import cachetools
-import gidgethub
 
 from bot import comment
 from bot.checks import Decision, Verdict
 from bot.comment import Report, ServiceLine, State
-from bot.errors import PermanentError
+from bot.errors import PreviewError
+from bot.github.errors import GitHubError
 from bot.naming import PreviewKey
 from bot.ports import GitHubRepo
 
@@ -227,11 +227,11 @@ class Reporter:
 
     async def stopped(self, gh: GitHubRepo, key: PreviewKey, reason: str, *, removed: int) -> None:
         """After a teardown: retire the PR's Deployments, and say so on a PR that had a preview or a
-        comment (`removed`: cluster objects removed). Raises PermanentError when GitHub refuses."""
+        comment (`removed`: cluster objects removed). Raises PreviewError when GitHub refuses."""
         try:
             retired = await self.retire(gh, key)
-        except gidgethub.HTTPException as exc:
-            raise PermanentError(f"could not mark deployments inactive: {exc}") from exc
+        except GitHubError as exc:
+            raise PreviewError(f"could not mark deployments inactive: {exc}") from exc
         if removed or retired or await self.sticky.exists(gh, key.number):
             await self.show(gh, key.number, Report(State.STOPPED, detail=reason))
 

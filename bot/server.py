@@ -26,7 +26,7 @@ from bot.gateway import gateway_problem
 from bot.github.api import Pacer
 from bot.github.auth import AppAuth
 from bot.github.client import RepoClient
-from bot.handlers import checks, commands, pull_request
+from bot.handlers import checks, preview_commands, pull_request
 from bot.kube import Kube, KubeError
 from bot.leader import LeaderElector
 from bot.previews import Previewer
@@ -34,6 +34,7 @@ from bot.queue import WorkQueue
 from bot.reconcile import GcReport, Reconciler, Repositories
 from bot.reporting import Reporter
 from bot.settings import Settings, load_cluster_settings, load_settings
+from bot.timestamps import parse_time
 from bot.webhook import WebhookConfig, create_app
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ CONVERGE_INTERVAL = 1.0
 
 
 def build_router() -> routing.Router:
-    return routing.Router(pull_request.router, commands.router, checks.router)
+    return routing.Router(pull_request.router, preview_commands.router, checks.router)
 
 
 def cached_check(check: Callable[[], Awaitable[None]], ttl: float) -> Callable[[], Awaitable[None]]:
@@ -254,10 +255,10 @@ def run_gc(*, dry_run: bool) -> int:
 
 
 def _age(created: str, now: datetime) -> str:
-    try:
-        seconds = int((now - datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds())
-    except ValueError:
+    moment = parse_time(created)
+    if moment is None:
         return "?"
+    seconds = int((now - moment).total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds // size}{unit}"

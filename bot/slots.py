@@ -11,6 +11,8 @@ import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 
+from bot.timestamps import parse_time
+
 CLAIMS_ANNOTATION = "preview-bot.dev/claims"
 
 
@@ -29,13 +31,6 @@ def render_claims(claims: Mapping[str, str]) -> str:
     return json.dumps(dict(sorted(claims.items())), separators=(",", ":"))
 
 
-def _time(text: str) -> datetime | None:
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def decide(claims: Mapping[str, str], live: Iterable[str], key: str, cap: int, now: datetime,
            stale_after: timedelta) -> tuple[bool, dict[str, str]]:
     """(may `key` take a slot, the claims to write if so).
@@ -45,7 +40,7 @@ def decide(claims: Mapping[str, str], live: Iterable[str], key: str, cap: int, n
     and its first object). Older claims without objects are leftovers of a crash and are dropped."""
     live_keys = set(live)
     kept = {k: at for k, at in claims.items()
-            if k in live_keys or ((t := _time(at)) is not None and now - t <= stale_after)}
+            if k in live_keys or ((t := parse_time(at)) is not None and now - t <= stale_after)}
     used = (set(kept) | live_keys) - {key}
     if len(used) >= cap:
         return False, kept

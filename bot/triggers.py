@@ -1,4 +1,4 @@
-"""What a pull_request event means for its preview (pure)."""
+"""Who a webhook event is about, and what a pull_request event means for its preview (pure)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,24 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from bot.repo_config import RepoConfig
+
+
+@dataclass(frozen=True)
+class EventSubject:
+    """The repository and pull request a webhook payload is about (GitHub webhook docs: every
+    repository event has `repository`; PR events `pull_request`, comment events `issue`)."""
+
+    repo_id: int | None  # `repository.id`, the identity (None: the payload has none)
+    repo: str  # `repository.full_name`, for people and URLs ("" when absent)
+    number: int | None  # the PR's (or issue's) number; None for an event about no PR (check_run, status)
+
+
+def event_subject(data: Mapping[str, Any]) -> EventSubject:
+    repository = data.get("repository") or {}
+    number = (data.get("pull_request") or data.get("issue") or {}).get("number")
+    return EventSubject(repo_id=int(repository["id"]) if repository.get("id") else None,
+                        repo=str(repository.get("full_name") or ""),
+                        number=int(number) if number is not None else None)
 
 
 class Decision(enum.Enum):
@@ -26,15 +44,21 @@ class PullRequestFacts:
     changed_label: str | None = None  # the label of a labeled/unlabeled event
 
 
-def facts_from_pull(pull: Mapping[str, Any], action: str, changed_label: str | None = None) -> PullRequestFacts:
+def is_fork(pull: Mapping[str, Any]) -> bool:
+    """The PR's head is in another repository than its base (a pull request object as GitHub's REST API
+    and webhooks give it). A deleted fork has `head.repo` null: it counts as a fork. Compared by id (a
+    name can change); by name only for a repository object without one."""
     head_repo = (pull.get("head") or {}).get("repo") or {}
     base_repo = (pull.get("base") or {}).get("repo") or {}
+    return not head_repo or head_repo.get("id", head_repo.get("full_name")) != \
+        base_repo.get("id", base_repo.get("full_name"))
+
+
+def facts_from_pull(pull: Mapping[str, Any], action: str, changed_label: str | None = None) -> PullRequestFacts:
     return PullRequestFacts(
         action=action,
         draft=bool(pull.get("draft")),
-        # A deleted fork has head.repo null: treat it as a fork. Compared by id (a name can change).
-        fork=not head_repo or head_repo.get("id", head_repo.get("full_name")) !=
-        base_repo.get("id", base_repo.get("full_name")),
+        fork=is_fork(pull),
         labels=frozenset(str(label["name"]) for label in pull.get("labels") or []),
         changed_label=changed_label,
     )

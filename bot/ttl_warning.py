@@ -21,6 +21,7 @@ from typing import Any
 from bot import naming
 from bot.kube import Conflict, LivePreview, collection_path
 from bot.ports import Cluster, GitHubRepo
+from bot.timestamps import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +39,10 @@ def period(preview: LivePreview) -> str:
     return f"{period_start(preview)}@{preview.sha[:12]}"
 
 
-def _parse(text: str) -> datetime | None:
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def warning_due(preview: LivePreview, now: datetime, ttl: timedelta, before: timedelta,
                 warned_for: str | None) -> bool:
     """True when the preview is within `before` of the TTL, not past it, and this period was not warned."""
-    start = _parse(period_start(preview))
+    start = parse_time(period_start(preview))
     if start is None or preview.keep or before <= timedelta(0):
         return False
     idle = now - start
@@ -65,7 +59,7 @@ def _hours(delta: timedelta) -> str:
 
 def warning_text(preview: LivePreview, now: datetime, ttl: timedelta) -> str:
     """The comment: when the preview goes, and the three ways to keep it."""
-    start = _parse(period_start(preview)) or now
+    start = parse_time(period_start(preview)) or now
     left = max(start + ttl - now, timedelta(0))
     days = ttl.total_seconds() / 86400
     return (f"⏰ This preview (`{preview.key}`) has had no push since {period_start(preview)} and will be removed "

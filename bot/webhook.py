@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bot import coalesce, metrics
 from bot.queue import Job, QueueClosed, QueueFull
+from bot.triggers import event_subject
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +92,8 @@ def signature_valid(secret: bytes, body: bytes, header: str) -> bool:
 def work_key(data: dict[str, Any]) -> tuple[str, int]:
     """Events of one PR share a key (ordered); others get the repository's key 0. The repository is its
     numeric id (a rename between two events must not let them run at once)."""
-    repository = data.get("repository") or {}
-    repo = str(repository.get("id") or repository.get("full_name") or "")
-    number = (data.get("pull_request") or data.get("issue") or {}).get("number") or 0
-    return repo, int(number)
+    subject = event_subject(data)
+    return str(subject.repo_id or subject.repo), subject.number or 0
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes | None:

@@ -14,6 +14,7 @@ from bot import comment
 from bot.github.api import Pacer
 from bot.github.auth import AppAuth
 from bot.github.client import RepoClient
+from bot.github.errors import NotFound, Unauthorized
 from bot.reporting import Reporter, StickyComments
 from tests.fakegithub import FakeGitHub
 
@@ -60,7 +61,6 @@ async def test_installation_token_is_cached_until_near_expiry(fake_github: FakeG
 
 
 async def test_a_foreign_key_is_refused(fake_github: FakeGitHub, session: aiohttp.ClientSession) -> None:
-    import gidgethub
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -69,9 +69,9 @@ async def test_a_foreign_key_is_refused(fake_github: FakeGitHub, session: aiohtt
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
     auth = AppAuth(app_id=fake_github.app_id, private_key=other, api_url=fake_github.url, session=session,
                    pacer=Pacer(100))
-    with pytest.raises(gidgethub.BadRequest) as refused:
+    with pytest.raises(Unauthorized) as refused:
         await auth.installation_token(fake_github.repos[REPO].installation_id or 0)
-    assert refused.value.status_code == 401
+    assert refused.value.status == 401
 
 
 async def test_server_errors_are_retried(fake_github: FakeGitHub, session: aiohttp.ClientSession) -> None:
@@ -108,11 +108,9 @@ async def test_timeouts_are_retried(fake_github: FakeGitHub, session: aiohttp.Cl
 
 
 async def test_client_errors_are_not_retried(fake_github: FakeGitHub, session: aiohttp.ClientSession) -> None:
-    import gidgethub
-
     fake_github.add_repo(REPO)
     client = await repo_client(fake_github, make_auth(fake_github, session))
-    with pytest.raises(gidgethub.BadRequest):
+    with pytest.raises(NotFound):
         await client.deployment_status(424242, "success")
     assert statuses_of(fake_github, "repos/create-deployment-status") == [404]
 

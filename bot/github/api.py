@@ -4,7 +4,9 @@
 - secondary rate limits (403/429, often with Retry-After) and an exhausted primary limit wait for
   the time GitHub names, then retry;
 - content-creating requests (POST/PATCH/PUT/DELETE) share one pacer so that a burst of events stays
-  under GitHub's documented ~80 content-creating requests per minute.
+  under GitHub's documented ~80 content-creating requests per minute;
+- an error status that is not retried, or still there after the retries, raises the bot's own
+  `bot.github.errors.GitHubError` (a subclass per kind), never gidgethub's exceptions.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import gidgethub
 import gidgethub.aiohttp
 
 from bot import metrics
+from bot.github import errors
 
 log = logging.getLogger(__name__)
 
@@ -82,22 +85,19 @@ def _retry_delay(headers: Mapping[str, str], attempt: int) -> float:
     return min(2.0 ** attempt, 60.0)
 
 
-def _is_rate_limited(exc: gidgethub.HTTPException) -> bool:
-    if exc.status_code == 429:
-        return True
-    if exc.status_code != 403:
-        return False
-    headers = exc.headers or {}
-    return ("retry-after" in headers or headers.get("x-ratelimit-remaining") == "0"
-            or "rate limit" in str(exc).lower())
-
-
 class PacedGitHubAPI(gidgethub.aiohttp.GitHubAPI):
     def __init__(self, session: aiohttp.ClientSession, requester: str, *, pacer: Pacer,
                  timeout: float = REQUEST_TIMEOUT, **kwargs: Any) -> None:
         super().__init__(session, requester, **kwargs)
         self._pacer = pacer
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def _make_request(self, *args: Any, **kwargs: Any) -> tuple[bytes, str | None, int]:
+        # Every call (getitem, getiter, post, ...) goes through here, after gidgethub's retry loop.
+        try:
+            return await super()._make_request(*args, **kwargs)
+        except gidgethub.HTTPException as exc:
+            raise errors.from_gidgethub(exc) from exc
 
     async def _request(self, method: str, url: str, headers: Mapping[str, str],
                        body: bytes = b"") -> tuple[int, Mapping[str, str], bytes]:
@@ -139,7 +139,7 @@ class PacedGitHubAPI(gidgethub.aiohttp.GitHubAPI):
                                       attempt: int) -> bool:
         if attempt >= MAX_ATTEMPTS:
             return False
-        if _is_rate_limited(exception):
+        if errors.is_rate_limited(exception):
             delay = _retry_delay(exception.headers or {}, attempt)
             if delay > MAX_RATE_LIMIT_WAIT:
                 return False

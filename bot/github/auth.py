@@ -12,6 +12,7 @@ import cachetools
 from gidgethub import apps
 
 from bot.github.api import PacedGitHubAPI, Pacer
+from bot.timestamps import parse_time
 
 # Refresh a token this long before GitHub says it expires, so no request races its expiry.
 TOKEN_REFRESH_MARGIN = 300.0
@@ -54,7 +55,9 @@ class AppAuth:
             response: dict[str, Any] = await self.api().post(
                 f"/app/installations/{installation_id}/access_tokens", data=b"", jwt=self.app_jwt())
             token = str(response["token"])
-            expires_at = datetime.fromisoformat(str(response["expires_at"]).replace("Z", "+00:00"))
+            expires_at = parse_time(str(response["expires_at"]))
+            if expires_at is None:
+                raise ValueError(f"GitHub answered an unreadable token expiry: {response['expires_at']!r}")
             lifetime = (expires_at - datetime.now(UTC)).total_seconds()
             refresh_in = max(lifetime - TOKEN_REFRESH_MARGIN, min(lifetime / 2, 60.0), 0.0)
             self._tokens[installation_id] = (token, time.monotonic() + refresh_in)

@@ -1,4 +1,5 @@
-"""The GitHub calls the bot makes for one repository, on one installation's token."""
+"""The GitHub calls the bot makes for one repository, on one installation's token. Errors are
+`bot.github.errors` kinds (raised by `bot.github.api.PacedGitHubAPI`, the `gh` every client is given)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import gidgethub
 from gidgethub.abc import GitHubAPI
+
+from bot.github.errors import GitHubError, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +51,8 @@ class RepoClient:
         repository content": `ref` defaults to the default branch), which saves asking for its name."""
         try:
             data = await self.gh.getitem(f"{self._base}/contents/{path}{{?ref}}", {"ref": ref} if ref else {})
-        except gidgethub.BadRequest as exc:
-            if exc.status_code == 404:
-                return None
-            raise
+        except NotFound:
+            return None
         if not isinstance(data, dict) or data.get("type") != "file":
             return None
         try:
@@ -88,8 +88,8 @@ class RepoClient:
         """The user's permission on the repository: admin, maintain, write, triage, read or none."""
         try:
             data = await self.gh.getitem(f"{self._base}/collaborators/{{user}}/permission", {"user": user})
-        except gidgethub.BadRequest as exc:
-            if exc.status_code in (403, 404):
+        except GitHubError as exc:
+            if exc.status in (403, 404):  # a 403 of a rate limit too (RateLimited)
                 return "none"
             raise
         role = str(data.get("role_name") or "")
@@ -117,9 +117,7 @@ class RepoClient:
         """False when the comment is gone (404: deleted by a person)."""
         try:
             await self.gh.patch(f"{self._base}/issues/comments/{comment_id}", data={"body": body})
-        except gidgethub.BadRequest as exc:
-            if exc.status_code != 404:
-                raise
+        except NotFound:
             return False
         return True
 
@@ -182,9 +180,7 @@ class RepoClient:
         """Delete an (inactive) deployment; False when it was gone already (404)."""
         try:
             await self.gh.delete(f"{self._base}/deployments/{deployment_id}")
-        except gidgethub.BadRequest as exc:
-            if exc.status_code != 404:  # deleted meanwhile by another replica: done too
-                raise
+        except NotFound:  # deleted meanwhile by another replica: done too
             return False
         return True
 
@@ -194,10 +190,10 @@ class RepoClient:
         default: a refusal is logged once per call and leaves the environment, nothing else fails."""
         try:
             await self.gh.delete(f"{self._base}/environments/{{environment}}", {"environment": environment})
-        except gidgethub.BadRequest as exc:
-            if exc.status_code == 404:
-                return False
-            if exc.status_code == 403:
+        except NotFound:
+            return False
+        except GitHubError as exc:
+            if exc.status == 403:  # Forbidden, or a rate limit (RateLimited)
                 log.warning("could not delete GitHub environment %s: the App lacks Administration: write "
                             "(see PREVIEW_DELETE_ENVIRONMENTS in the README)", environment,
                             extra={"repo": self.repo})

@@ -45,6 +45,7 @@ class FakeRepo:
                  labels: Iterable[str] = (), files: Iterable[str] = ()) -> dict[str, Any]:
         pull = {"number": number, "state": state, "labels": [{"name": n} for n in labels],
                 "head": {"sha": sha, "repo": {"id": self.repo_id + 1 if fork else self.repo_id}},
+                "base": {"repo": {"id": self.repo_id}},
                 "changed_files": len(list(files))}
         self.pulls[number] = pull
         self.files[number] = list(files)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.repo_config import RepoConfig, ServiceConfig
-from bot.triggers import Decision, PullRequestFacts, decide
+from bot.triggers import Decision, EventSubject, PullRequestFacts, decide, event_subject, facts_from_pull, is_fork
 
 SERVICES = (ServiceConfig(name="a", image="i", port=1),)
 AUTO = RepoConfig(services=SERVICES, trigger="auto")
@@ -96,3 +98,27 @@ def test_fork_is_told_by_repository_id_not_name() -> None:
     assert not facts_from_pull(pull(same, {"id": 7, "full_name": "acme/storefront"}), "opened").fork
     assert facts_from_pull(pull({"id": 8, "full_name": "acme/shop"}, same), "opened").fork
     assert facts_from_pull(pull(None, same), "opened").fork  # a deleted fork
+
+
+@pytest.mark.parametrize(("data", "subject"), [
+    ({"repository": {"id": 99, "full_name": "acme/shop"}, "pull_request": {"number": 8}},
+     EventSubject(99, "acme/shop", 8)),
+    ({"repository": {"id": 99, "full_name": "acme/shop"}, "issue": {"number": 3}}, EventSubject(99, "acme/shop", 3)),
+    ({"repository": {"id": 99, "full_name": "acme/shop"}, "check_run": {"id": 1}}, EventSubject(99, "acme/shop", None)),
+    ({"repository": {"full_name": "acme/shop"}, "pull_request": {"number": 8}}, EventSubject(None, "acme/shop", 8)),
+    ({"repository": None, "pull_request": None}, EventSubject(None, "", None)),
+])
+def test_event_subject(data: dict[str, Any], subject: EventSubject) -> None:
+    assert event_subject(data) == subject
+
+
+@pytest.mark.parametrize(("head_repo", "fork"), [
+    ({"id": 1, "full_name": "acme/shop"}, False),
+    ({"id": 1, "full_name": "acme/renamed"}, False),  # by id: a rename is the same repository
+    ({"id": 2, "full_name": "someone/shop"}, True),
+    (None, True),  # a deleted fork
+])
+def test_is_fork(head_repo: dict[str, Any] | None, fork: bool) -> None:
+    pull = {"head": {"repo": head_repo}, "base": {"repo": {"id": 1, "full_name": "acme/shop"}}}
+    assert is_fork(pull) is fork
+    assert facts_from_pull(pull, "opened").fork is fork  # the trigger and the reconciler's resume agree

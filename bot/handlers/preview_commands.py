@@ -1,4 +1,5 @@
-"""`/preview` comments on pull requests: deploy, stop, keep, explain, link, unlink, help."""
+"""`/preview` comments on pull requests: deploy, stop, keep, explain, link, unlink, help (their syntax is
+bot.commands, pure; this module runs them)."""
 
 from __future__ import annotations
 
