@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 
+from tests.e2e.harness import ensure_gateway
 from tests.fakegithub import FakeGitHub
 from tests.fakegithub.spec import webhook_examples
 from tests.plugins.cluster import Cluster
@@ -184,7 +185,12 @@ def new_namespace(cluster: Cluster, prefix: str) -> str:
                 break
             except client.exceptions.ApiException:
                 time.sleep(0.1)
+    # `serve` checks at start that the Gateway it binds preview hosts to exists and covers them.
+    ensure_gateway(cluster, f"{name}/{GATEWAY_NAME}")
     return name
+
+
+GATEWAY_NAME = "preview-gateway"
 
 
 def bot_env(fake: FakeGitHub, cluster: Cluster, namespace: str, **overrides: str) -> dict[str, str]:
@@ -194,7 +200,7 @@ def bot_env(fake: FakeGitHub, cluster: Cluster, namespace: str, **overrides: str
         "GITHUB_WEBHOOK_SECRET": SECRET, "GITHUB_API_URL": fake.url, "PREVIEW_DOMAIN": "example.com",
         "PREVIEW_NAMESPACE": namespace, "PREVIEW_ROUTING_NAMESPACE": namespace, "POD_NAMESPACE": namespace,
         "PREVIEW_READY_TIMEOUT": "60", "PREVIEW_RECONCILE_INTERVAL": "3600", "KUBECONFIG": str(cluster.kubeconfig),
-        "PREVIEW_MAX_PER_REPO": "1000", "LOG_LEVEL": "INFO",
+        "PREVIEW_MAX_PER_REPO": "1000", "LOG_LEVEL": "INFO", "PREVIEW_GATEWAY": f"{namespace}/{GATEWAY_NAME}",
     })
     env.update(overrides)
     return env
