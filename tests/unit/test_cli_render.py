@@ -151,6 +151,13 @@ def test_invalid_repo_is_refused(capsys: pytest.CaptureFixture[str], repo: str) 
     assert "--repo" in err
 
 
+def test_invalid_domain_option_names_the_option(capsys: pytest.CaptureFixture[str]) -> None:
+    """The bad value came from --domain, not from PREVIEW_DOMAIN in the environment."""
+    code, _, err = render(capsys, "--domain", "example..com")
+    assert code == 2
+    assert err.startswith("preview-bot: error: --domain: ") and "environment" not in err
+
+
 @pytest.mark.parametrize(("option", "value"), [("pr", "0"), ("sha", "not-a-sha"), ("sha", "")])
 def test_invalid_pr_or_sha_is_refused(capsys: pytest.CaptureFixture[str], option: str, value: str) -> None:
     code, _, err = render(capsys, "--domain", "example.com", **{option: value})
