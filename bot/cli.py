@@ -38,6 +38,8 @@ def _render(args: argparse.Namespace) -> int:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:  # a ValueError, not an OSError: it escaped as a traceback
+        raise ConfigError(str(path), "", f"is not UTF-8 text (byte {exc.start})") from None
     config = parse_repo_config(text, source=str(path))
     check_policy(config, settings.policy, source=str(path))
     documents = manifests.render(settings, config, PreviewKey(args.repo, args.pr, args.repo_id), args.sha.lower())

@@ -151,6 +151,14 @@ def test_invalid_repo_is_refused(capsys: pytest.CaptureFixture[str], repo: str) 
     assert "--repo" in err
 
 
+def test_a_config_that_is_not_utf8_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = tmp_path / "preview.yml"
+    config.write_bytes(b"services: []\n\xff\xfe\n")
+    code, _, err = render(capsys, "--domain", "example.com", config=config)
+    assert code == 2
+    assert err.startswith(f"preview-bot: error: {config}: is not UTF-8 text") and err.count("\n") == 1
+
+
 def test_invalid_domain_option_names_the_option(capsys: pytest.CaptureFixture[str]) -> None:
     """The bad value came from --domain, not from PREVIEW_DOMAIN in the environment."""
     code, _, err = render(capsys, "--domain", "example..com")
