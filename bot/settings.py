@@ -371,6 +371,11 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         raise _env_error("GITHUB_WEBHOOK_SECRET", "is required")
     if len(secret) < 16:
         raise _env_error("GITHUB_WEBHOOK_SECRET", "is too short (use at least 16 characters)")
+    if "\n" in secret or "\r" in secret:
+        # GitHub's one-line secret field holds no line break: such a secret (a Secret made from a file
+        # written by `echo`) would make every delivery's signature fail with 401.
+        raise _env_error("GITHUB_WEBHOOK_SECRET", "contains a line break (a Secret made from a file ending in a "
+                         "newline?); GitHub's webhook secret is one line")
     api_url = (env.get("GITHUB_API_URL") or DEFAULT_API_URL).rstrip("/")
     if not re.match(r"^https?://[^/\s]+(/\S*)?$", api_url):
         raise _env_error("GITHUB_API_URL", f"must be an http(s) URL, got {api_url!r}")

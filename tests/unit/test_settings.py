@@ -137,6 +137,7 @@ def test_a_private_key_that_is_not_rsa_is_named_without_echoing_it() -> None:
         ("GITHUB_APP_ID", "12a"),
         ("GITHUB_APP_ID", "-5"),
         ("GITHUB_WEBHOOK_SECRET", "short"),
+        ("GITHUB_WEBHOOK_SECRET", SECRET + "\n"),  # every signature would fail with 401
         ("GITHUB_API_URL", "ftp://example.com"),
         ("GITHUB_API_URL", "not a url"),
         ("PREVIEW_DOMAIN", "exa mple.com"),
