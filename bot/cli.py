@@ -27,12 +27,19 @@ def _render(args: argparse.Namespace) -> int:
         raise ConfigError("--pr", "", f"must be a pull request number, got {args.pr}")
     if not args.sha or not all(c in "0123456789abcdef" for c in args.sha.lower()):
         raise ConfigError("--sha", "", f"must be a hexadecimal commit SHA, got {args.sha!r}")
-    settings = load_cluster_settings(os.environ, domain=args.domain)
+    try:
+        settings = load_cluster_settings(os.environ, domain=args.domain)
+    except ConfigError as exc:
+        if args.domain and exc.field == "PREVIEW_DOMAIN":  # the value came from the option: name the option
+            raise ConfigError("--domain", "", exc.reason) from None
+        raise
     path = Path(args.config)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:  # a ValueError, not an OSError: it escaped as a traceback
+        raise ConfigError(str(path), "", f"is not UTF-8 text (byte {exc.start})") from None
     config = parse_repo_config(text, source=str(path))
     check_policy(config, settings.policy, source=str(path))
     documents = manifests.render(settings, config, PreviewKey(args.repo, args.pr, args.repo_id), args.sha.lower())

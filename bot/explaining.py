@@ -15,8 +15,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from bot import explain
-from bot.errors import ConfigError, TemporaryError
+from bot import explain, logs
+from bot.errors import ConfigError, StartupError, TemporaryError
 from bot.kube import Kube, KubeError
 from bot.naming import PreviewKey
 from bot.settings import ClusterSettings, load_cluster_settings
@@ -80,13 +80,15 @@ def run_cli(args: argparse.Namespace) -> int:
         if not _HOST.match(next_host) or next_host.startswith("*"):
             raise ConfigError("--then", "", f"must be a host name, got {next_host!r}")
     export_to = parse_export_to(args.default_export_to)
+    # As for gc and list: the report is the output; a retried Kubernetes call is not worth a line.
+    logs.setup_from_environment(os.environ, "ERROR", sys.stderr)
     cluster = load_cluster_settings(os.environ, domain=os.environ.get("PREVIEW_DOMAIN") or "unset.invalid")
     kube = Kube.from_environment(cluster)
     try:
         routing, notes = asyncio.run(read_routing(kube, export_to))
     except (KubeError, TemporaryError) as exc:
-        print(f"preview-bot: error: reading the routing objects: {exc}", file=sys.stderr)
-        return 1
+        # As gc and list: one line naming the API server, exit status 2 (the CLI prints it).
+        raise StartupError(f"Kubernetes: {kube.server}: reading the routing objects: {exc}") from None
     finally:
         kube.close()
     result = explain.explain(routing, request, then=args.then or [], forward=(cluster.header_name, "baggage"))

@@ -7,8 +7,11 @@ import json
 import logging
 import re
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
+
+from bot.errors import ConfigError
 
 EVENT_FIELDS: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("event_fields", default={})  # noqa: B039
 
@@ -52,3 +55,14 @@ def setup(level: str = "INFO", stream: TextIO | None = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def setup_from_environment(env: Mapping[str, str], default: str, stream: TextIO) -> None:
+    """`setup` at LOG_LEVEL (else `default`); raises ConfigError naming LOG_LEVEL when it is not a level."""
+    level = (env.get("LOG_LEVEL") or default).upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError("environment", "LOG_LEVEL", f"must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    setup(level, stream)

@@ -125,7 +125,8 @@ class _Reader:
 
     def string(self, value: Any, where: str) -> str:
         if not isinstance(value, str) or not value.strip():
-            raise self.fail(where, f"must be a non-empty string, got {_kind(value)}")
+            got = "an empty string" if isinstance(value, str) else _kind(value)
+            raise self.fail(where, f"must be a non-empty string, got {got}")
         return value.strip()
 
     def integer(self, value: Any, where: str, low: int, high: int) -> int:

@@ -21,7 +21,7 @@ from gidgethub import routing
 from bot import links, logs
 from bot.arbiter import Arbiter
 from bot.context import Context
-from bot.errors import ConfigError, PreviewError, StartupError
+from bot.errors import PreviewError, StartupError
 from bot.gateway import gateway_problem
 from bot.github.api import Pacer
 from bot.github.auth import AppAuth
@@ -38,7 +38,6 @@ from bot.timestamps import parse_time
 from bot.webhook import WebhookConfig, create_app
 
 log = logging.getLogger(__name__)
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # One PR is converged at most once a second; `pull_request` events in between merge (bot.coalesce).
 CONVERGE_INTERVAL = 1.0
 
@@ -215,10 +214,7 @@ def run(host: str, port: int) -> int:
 
 
 def _setup_logs(default: str, stream: TextIO) -> None:
-    level = (os.environ.get("LOG_LEVEL") or default).upper()
-    if level not in LOG_LEVELS:
-        raise ConfigError("environment", "LOG_LEVEL", f"must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
-    logs.setup(level, stream)
+    logs.setup_from_environment(os.environ, default, stream)
 
 
 def _cluster_unusable(kube: Kube, exc: Exception) -> StartupError:

@@ -16,6 +16,7 @@ from typing import Literal
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bot import dns
 from bot.errors import ConfigError
@@ -39,6 +40,7 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _RESOURCE_NAMES = frozenset({"cpu", "memory", "ephemeral-storage"})
 SOURCE = "environment"
+MAX_DURATION = 1_000_000  # the largest number a duration setting takes, in its own unit (seconds, hours, days)
 
 
 def _env_error(name: str, reason: str) -> ConfigError:
@@ -175,10 +177,13 @@ def _float(env: Mapping[str, str], name: str, default: float, *, zero: bool) -> 
         value = float(raw)
     except ValueError:
         raise _env_error(name, f"must be a number, got {raw!r}") from None
-    if zero and not (value >= 0 and value != float("inf")):
+    if zero and not value >= 0:
         raise _env_error(name, f"must be 0 or more, got {raw}")
     if not zero and not value > 0:
         raise _env_error(name, f"must be greater than 0, got {raw}")
+    # Durations become timedeltas and timer deadlines: `inf` or 1e308 would overflow them mid-run.
+    if not value <= MAX_DURATION:
+        raise _env_error(name, f"must be at most {MAX_DURATION:,}, got {raw}")
     return value
 
 
@@ -218,8 +223,11 @@ def validate_host_template(template: str, domain: str) -> str:
     # Without the PR and the service two previews would share one host.
     if not ({"number", "key"} & names) or "service" not in names:
         raise _env_error("PREVIEW_HOST_TEMPLATE", "must contain {service} and {number} (or {key})")
-    sample = template.format(number=123, service="svc", domain=domain, key="preview-123-abcdef",
-                             repo="repo", owner="owner").lower()
+    try:
+        sample = template.format(number=123, service="svc", domain=domain, key="preview-123-abcdef",
+                                 repo="repo", owner="owner").lower()
+    except (ValueError, IndexError, KeyError) as exc:  # an unpaired `{` or `}`: str.format's own words
+        raise _env_error("PREVIEW_HOST_TEMPLATE", f"is not a valid template: {exc}") from None
     if not _DNS_NAME.match(sample):
         raise _env_error("PREVIEW_HOST_TEMPLATE", f"does not give a valid host name (e.g. {sample!r})")
     # The longest inputs: every label is at most 63 characters once shortened, so the host's length is
@@ -296,6 +304,12 @@ def load_cluster_settings(env: Mapping[str, str], *, domain: str | None = None) 
 def _load_policy(env: Mapping[str, str]) -> Policy:
     defaults = Policy()
     prefixes = tuple(p.strip() for p in env.get("PREVIEW_ALLOWED_IMAGES", "").split(",") if p.strip())
+    for prefix in prefixes:
+        # Without the final `/`, `ghcr.io/acme` also admits `ghcr.io/acme-evil/...` (and `ghcr.io` any host
+        # starting with it): the check is a plain string prefix.
+        if not prefix.endswith("/"):
+            raise _env_error("PREVIEW_ALLOWED_IMAGES",
+                             f"each prefix must end with `/` (e.g. {prefix}/), got {prefix!r}")
     policy = Policy(
         allowed_image_prefixes=prefixes,
         max_replicas=_positive_int(env, "PREVIEW_MAX_REPLICAS", defaults.max_replicas),
@@ -334,10 +348,14 @@ def _read_private_key(env: Mapping[str, str]) -> str:
     if "-----BEGIN" not in inline or "PRIVATE KEY-----" not in inline:
         raise _env_error(name, "is not a PEM private key")
     try:
-        serialization.load_pem_private_key(inline.encode("utf-8"), password=None)
+        key = serialization.load_pem_private_key(inline.encode("utf-8"), password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
         # Checked here so that a damaged key stops start-up, not the first JWT; never echoed.
         raise _env_error(name, "is not a usable PEM private key (it cannot be loaded)") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        # App JWTs are RS256 (GitHub: "Generating a JSON Web Token (JWT) for a GitHub App"): any other key
+        # would load here and fail at the first JWT.
+        raise _env_error(name, "is not an RSA private key (GitHub App keys are RSA; download the App's key again)")
     return inline + "\n"
 
 
@@ -353,6 +371,11 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         raise _env_error("GITHUB_WEBHOOK_SECRET", "is required")
     if len(secret) < 16:
         raise _env_error("GITHUB_WEBHOOK_SECRET", "is too short (use at least 16 characters)")
+    if "\n" in secret or "\r" in secret:
+        # GitHub's one-line secret field holds no line break: such a secret (a Secret made from a file
+        # written by `echo`) would make every delivery's signature fail with 401.
+        raise _env_error("GITHUB_WEBHOOK_SECRET", "contains a line break (a Secret made from a file ending in a "
+                         "newline?); GitHub's webhook secret is one line")
     api_url = (env.get("GITHUB_API_URL") or DEFAULT_API_URL).rstrip("/")
     if not re.match(r"^https?://[^/\s]+(/\S*)?$", api_url):
         raise _env_error("GITHUB_API_URL", f"must be an http(s) URL, got {api_url!r}")

@@ -104,7 +104,8 @@ def test_bad_port(tmp_path: Path) -> None:
     assert_one_line(code, err, "--port", "0 to 65535")
 
 
-@pytest.mark.parametrize("command", [["serve", "--host", "127.0.0.1", "--port", "0"], ["gc"], ["list"]])
+@pytest.mark.parametrize("command", [["serve", "--host", "127.0.0.1", "--port", "0"], ["gc"], ["list"],
+                                     ["explain", "--host", "preview-1-api-a.example.com"]])
 def test_an_unreachable_cluster_is_fatal(tmp_path: Path, command: list[str]) -> None:
     """Nothing listens on the port (bound, then closed): the adapter retries, then the command stops with
     the API server's URL."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from gidgethub.abc import GitHubAPI
 
+from bot.errors import ConfigError
 from bot.github.errors import GitHubError, NotFound
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,9 @@ class RepoClient:
 
     async def file_text(self, path: str, ref: str | None = None) -> str | None:
         """The file's text at `ref`; without `ref`, GitHub reads the repository's default branch ("Get
-        repository content": `ref` defaults to the default branch), which saves asking for its name."""
+        repository content": `ref` defaults to the default branch), which saves asking for its name.
+        None when there is no such file; raises ConfigError naming `path` when it is not UTF-8 text (the
+        repository has a config the bot cannot read: say so on the PR, never act as if it had none)."""
         try:
             data = await self.gh.getitem(f"{self._base}/contents/{path}{{?ref}}", {"ref": ref} if ref else {})
         except NotFound:
@@ -56,9 +59,13 @@ class RepoClient:
         if not isinstance(data, dict) or data.get("type") != "file":
             return None
         try:
-            return base64.b64decode(data.get("content", "")).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+            raw = base64.b64decode(data.get("content", ""))
+        except binascii.Error:
             return None
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(path, "", f"is not UTF-8 text (byte {exc.start})") from None
 
     async def pull(self, number: int) -> dict[str, Any]:
         data: dict[str, Any] = await self.gh.getitem(f"{self._base}/pulls/{number}")

@@ -151,6 +151,21 @@ def test_invalid_repo_is_refused(capsys: pytest.CaptureFixture[str], repo: str) 
     assert "--repo" in err
 
 
+def test_a_config_that_is_not_utf8_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = tmp_path / "preview.yml"
+    config.write_bytes(b"services: []\n\xff\xfe\n")
+    code, _, err = render(capsys, "--domain", "example.com", config=config)
+    assert code == 2
+    assert err.startswith(f"preview-bot: error: {config}: is not UTF-8 text") and err.count("\n") == 1
+
+
+def test_invalid_domain_option_names_the_option(capsys: pytest.CaptureFixture[str]) -> None:
+    """The bad value came from --domain, not from PREVIEW_DOMAIN in the environment."""
+    code, _, err = render(capsys, "--domain", "example..com")
+    assert code == 2
+    assert err.startswith("preview-bot: error: --domain: ") and "environment" not in err
+
+
 @pytest.mark.parametrize(("option", "value"), [("pr", "0"), ("sha", "not-a-sha"), ("sha", "")])
 def test_invalid_pr_or_sha_is_refused(capsys: pytest.CaptureFixture[str], option: str, value: str) -> None:
     code, _, err = render(capsys, "--domain", "example.com", **{option: value})

@@ -118,6 +118,18 @@ def test_private_key_not_pem_is_named_without_echoing_it() -> None:
     assert "hunter2" not in str(err)
 
 
+def test_a_private_key_that_is_not_rsa_is_named_without_echoing_it() -> None:
+    """GitHub App JWTs are RS256: an EC key loads but could never sign one, so start-up refuses it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    err = error_for(base_env(GITHUB_PRIVATE_KEY=pem))
+    assert err.field == "GITHUB_PRIVATE_KEY" and "RSA" in err.reason
+    assert pem.splitlines()[1] not in str(err)
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
@@ -125,6 +137,7 @@ def test_private_key_not_pem_is_named_without_echoing_it() -> None:
         ("GITHUB_APP_ID", "12a"),
         ("GITHUB_APP_ID", "-5"),
         ("GITHUB_WEBHOOK_SECRET", "short"),
+        ("GITHUB_WEBHOOK_SECRET", SECRET + "\n"),  # every signature would fail with 401
         ("GITHUB_API_URL", "ftp://example.com"),
         ("GITHUB_API_URL", "not a url"),
         ("PREVIEW_DOMAIN", "exa mple.com"),
@@ -137,6 +150,15 @@ def test_private_key_not_pem_is_named_without_echoing_it() -> None:
         ("PREVIEW_HOST_TEMPLATE", "preview-{number}-{service}-{branch}.{domain}"),
         ("PREVIEW_HOST_TEMPLATE", "preview-{number}-{service}-{}.{domain}"),
         ("PREVIEW_HOST_TEMPLATE", "preview_{number}_{service}.{domain}"),
+        ("PREVIEW_HOST_TEMPLATE", "preview-{number}-{service}.{domain"),  # str.format raised, uncaught
+        ("PREVIEW_HOST_TEMPLATE", "preview-{number}-{service}.{domain}}"),
+        ("PREVIEW_ALLOWED_IMAGES", "ghcr.io"),  # would admit ghcr.io.evil.example/...
+        ("PREVIEW_ALLOWED_IMAGES", "registry.example.com/acme/,ghcr.io/acme"),  # would admit ghcr.io/acme-evil/
+        ("PREVIEW_IDLE_TTL_DAYS", "inf"),  # timedelta(days=inf) overflowed in the reconciler
+        ("PREVIEW_IDLE_TTL_DAYS", "1e308"),
+        ("PREVIEW_TTL_WARNING", "inf"),
+        ("PREVIEW_RECONCILE_INTERVAL", "inf"),
+        ("PREVIEW_READY_TIMEOUT", "1e300"),
         ("PREVIEW_HEADER", "x preview"),
         ("PREVIEW_MATCH", "cookie"),
         ("PREVIEW_NAMESPACE", "Default"),
