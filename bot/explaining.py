@@ -19,7 +19,7 @@ from bot import explain, logs
 from bot.errors import ConfigError, StartupError, TemporaryError
 from bot.kube import Kube, KubeError
 from bot.naming import PreviewKey
-from bot.settings import ClusterSettings, load_cluster_settings
+from bot.settings import ClusterSettings, kube_timeout, load_cluster_settings
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 field-name / method token
 _HOST = re.compile(r"^(?=.{1,253}(:|$))[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?"
@@ -83,7 +83,7 @@ def run_cli(args: argparse.Namespace) -> int:
     # As for gc and list: the report is the output; a retried Kubernetes call is not worth a line.
     logs.setup_from_environment(os.environ, "ERROR", sys.stderr)
     cluster = load_cluster_settings(os.environ, domain=os.environ.get("PREVIEW_DOMAIN") or "unset.invalid")
-    kube = Kube.from_environment(cluster)
+    kube = Kube.from_environment(cluster, timeout=kube_timeout(os.environ))
     try:
         routing, notes = asyncio.run(read_routing(kube, export_to))
     except (KubeError, TemporaryError) as exc:

@@ -33,7 +33,7 @@ from bot.previews import Previewer
 from bot.queue import WorkQueue
 from bot.reconcile import GcReport, Reconciler, Repositories
 from bot.reporting import Reporter
-from bot.settings import Settings, load_cluster_settings, load_settings
+from bot.settings import Settings, kube_timeout, load_cluster_settings, load_settings
 from bot.timestamps import parse_time
 from bot.webhook import WebhookConfig, create_app
 
@@ -233,7 +233,8 @@ def run_gc(*, dry_run: bool) -> int:
     settings = load_settings(os.environ)
 
     async def main() -> GcReport:
-        async with _adapters(lambda: Kube.from_environment(settings.cluster)) as (session, kube):
+        async with _adapters(lambda: Kube.from_environment(settings.cluster,
+                                                           timeout=settings.kube_timeout)) as (session, kube):
             try:
                 return await Bot(settings, session, kube).reconcile_once(dry_run=dry_run)
             except (KubeError, PreviewError) as exc:
@@ -264,7 +265,7 @@ def _age(created: str, now: datetime) -> str:
 def run_list(*, output: str) -> int:
     _command_logs()
     cluster = load_cluster_settings(os.environ, domain=os.environ.get("PREVIEW_DOMAIN") or "unset.invalid")
-    kube = Kube.from_environment(cluster)
+    kube = Kube.from_environment(cluster, timeout=kube_timeout(os.environ))
     try:
         previews = asyncio.run(kube.live_previews())
     except (KubeError, PreviewError) as exc:

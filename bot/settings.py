@@ -195,6 +195,11 @@ def _non_negative_float(env: Mapping[str, str], name: str, default: float) -> fl
     return _float(env, name, default, zero=True)
 
 
+def kube_timeout(env: Mapping[str, str]) -> float:
+    """PREVIEW_KUBE_TIMEOUT: seconds one Kubernetes request may take (default 30), for every command."""
+    return _positive_float(env, "PREVIEW_KUBE_TIMEOUT", 30.0)
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name, "").strip().lower()
     if not raw:
@@ -401,7 +406,7 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         lease_name=_dns_label(env, "PREVIEW_LEASE_NAME", "preview-bot-reconciler"),
         lease_seconds=_positive_int(env, "PREVIEW_LEASE_SECONDS", 30),
         github_timeout=_positive_float(env, "PREVIEW_GITHUB_TIMEOUT", 20.0),
-        kube_timeout=_positive_float(env, "PREVIEW_KUBE_TIMEOUT", 30.0),
+        kube_timeout=kube_timeout(env),
         identity=env.get("POD_NAME") or env.get("HOSTNAME") or "preview-bot",
         delete_environments=_bool(env, "PREVIEW_DELETE_ENVIRONMENTS", False),
     )
