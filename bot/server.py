@@ -26,6 +26,7 @@ from bot.gateway import gateway_problem
 from bot.github.api import Pacer
 from bot.github.auth import AppAuth
 from bot.github.client import RepoClient
+from bot.github.errors import GitHubError
 from bot.handlers import checks, preview_commands, pull_request
 from bot.kube import Kube, KubeError
 from bot.leader import LeaderElector
@@ -171,18 +172,17 @@ async def running(settings: Settings, host: str, port: int, *,
             raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
         bot.port = runner.addresses[0][1]
         log.info("listening", extra={"host": host, "port": bot.port})
-        try:
-            log.info("GitHub accepts the App key", extra={"app": await bot.auth.verify_with_github()})
-        except Exception as exc:  # a warning, not a crash: GitHub may be down while we start
-            log.warning("GitHub did not accept the App key yet: %s", type(exc).__name__)
+        # In the background: its retries (GitHub down) must not hold up serving nor a SIGTERM.
+        key_check = asyncio.create_task(_check_app_key(bot.auth), name="app-key-check")
         reconciler = asyncio.create_task(bot.reconciler.run_forever(), name="reconciler")
         waits = asyncio.create_task(bot.watch_waits_forever(), name="check-waits")
         try:
             yield bot
         finally:
-            waits.cancel()
-            with suppress(asyncio.CancelledError):
-                await waits
+            for task in (key_check, waits):
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
             log.info("shutting down: intake closed, draining work", extra={"in_flight": bot.queue.depth})
             bot.webhook.draining = True
             finished = await bot.queue.drain(settings.drain_timeout)
@@ -194,6 +194,16 @@ async def running(settings: Settings, host: str, port: int, *,
                     await bot.elector.release()
             await runner.cleanup()
             log.info("stopped", extra={"drained": finished})
+
+
+async def _check_app_key(auth: AppAuth) -> None:
+    """Log whether GitHub accepts the App's key (GET /app with its JWT); a warning, never a crash."""
+    try:
+        log.info("GitHub accepts the App key", extra={"app": await auth.verify_with_github()})
+    except GitHubError as exc:
+        log.warning("GitHub refused the App key: %s %s", exc.status, exc)
+    except Exception as exc:  # GitHub may be unreachable while we start: the first event tells again
+        log.warning("GitHub could not be asked whether it accepts the App key: %s", type(exc).__name__)
 
 
 async def serve(settings: Settings, host: str, port: int) -> None:

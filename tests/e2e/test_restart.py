@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import time
 from collections.abc import Callable
 
@@ -193,3 +194,18 @@ async def test_drain_timeout_bounds_shutdown_and_a_restart_converges(
     shop.clear_faults()
     await procs.start("b")
     await assert_converged(shop, view, namespace, procs, 1, HEAD)
+
+
+async def test_sigterm_while_github_is_unreachable_at_start_exits_at_once(procs: BotProcesses) -> None:
+    """The start-up check of the App key retries while GitHub is unreachable; it runs in the background,
+    so it holds up neither serving nor a SIGTERM (the drain has nothing to wait for)."""
+    with socket.socket() as closed:  # a loopback port nothing listens on: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    a = await procs.start("a", GITHUB_API_URL=dead, PREVIEW_DRAIN_TIMEOUT=str(DRAIN_TIMEOUT))
+    await a.terminate()
+    assert await exit_code(a, DRAIN_TIMEOUT) == 0, a.tail()
+    [stopped] = logged(a, "stopped")
+    assert stopped["drained"] is True
+    # The key check (GitHub retried for seconds) was cancelled, not waited for: it said nothing.
+    assert not [r for r in a.logs() if "App key" in str(r.get("message"))], a.tail()
