@@ -145,4 +145,4 @@ def test_explain_with_the_bots_own_rights_reads_the_routing_namespace(cluster: C
     # No right at all: one line, no traceback.
     code, out, err = run(cluster, namespace, "--host", "x.example.com",
                          kubeconfig=cluster.kubeconfig_for_token("not-a-token"))
-    assert code == 1 and out == "" and err.count("\n") == 1 and "401" in err
+    assert code == 2 and out == "" and err.count("\n") == 1 and "401" in err
