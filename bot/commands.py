@@ -30,7 +30,7 @@ HELP_TEXT = """\
 
 | command | what it does |
 | --- | --- |
-| `/preview` | deploy (or redeploy) this pull request's head commit now |
+| `/preview` (or `/preview deploy`) | deploy (or redeploy) this pull request's head commit now |
 | `/preview stop` | tear the preview down |
 | `/preview keep` | keep the preview even when it is idle (no automatic clean-up) |
 | `/preview explain` | show how requests reach this preview: which route matches, and why the others do not |
