@@ -184,11 +184,12 @@ async def _counters(base: str) -> dict[str, float]:
     """Sum of the bot's GitHub and Kubernetes request counters, from its /metrics."""
     async with aiohttp.ClientSession() as session, session.get(f"{base}/metrics") as response:
         text = await response.text()
-    totals = {"kube": 0.0, "github": 0.0, "rollout": 0.0}
+    totals = {"kube": 0.0, "github": 0.0, "rollout": 0.0, "lease": 0.0}
     for line in text.splitlines():
         for name, metric in (("kube", "preview_bot_kubernetes_requests_total{"),
                              ("github", "preview_bot_github_requests_total{"),
-                             ("rollout", "preview_bot_kubernetes_rollout_requests_total ")):
+                             ("rollout", "preview_bot_kubernetes_rollout_requests_total "),
+                             ("lease", "preview_bot_kubernetes_lease_requests_total ")):
             if line.startswith(metric):
                 totals[name] += float(line.rsplit(" ", 1)[1])
     return totals
@@ -197,8 +198,8 @@ async def _counters(base: str) -> dict[str, float]:
 async def bench_scale(cluster: Cluster, *, repos: int, per_repo: int) -> dict[str, float]:
     """GitHub and Kubernetes requests for one push to a live preview, with 1 and with repos*per_repo
     previews live (the others made with the bot's own adapter: the same objects and mesh routes). Kubernetes
-    requests are counted besides the readiness wait, whose polls follow the rollout's duration (reported
-    apart as rollout_wait_calls)."""
+    requests are counted besides the readiness wait and Lease renewals, which follow the rollout's duration
+    (reported apart as rollout_wait_calls and lease_calls)."""
     from datetime import UTC, datetime
 
     from bot import manifests, mesh_routes
@@ -223,7 +224,7 @@ async def bench_scale(cluster: Cluster, *, repos: int, per_repo: int) -> dict[st
             assert await _send(session, url, fake, 1, "opened") == 202
             await _until("PR 1 ready", lambda: _ready_at(fake, 1, fake.repos[REPO].pulls[1].head_sha), 120)
 
-            async def one_push() -> tuple[float, float, float, float]:
+            async def one_push() -> tuple[float, float, float, float, float]:
                 await asyncio.sleep(0.5)
                 before_fake, before = len(fake.calls), await _counters(base)
                 sha = uuid.uuid4().hex + "0" * 8
@@ -232,11 +233,12 @@ async def bench_scale(cluster: Cluster, *, repos: int, per_repo: int) -> dict[st
                 took = await _until("the push deployed", lambda: _ready_at(fake, 1, sha), 120)
                 await asyncio.sleep(0.5)
                 after = await _counters(base)
-                rollout = after["rollout"] - before["rollout"]
-                return len(fake.calls) - before_fake, after["kube"] - before["kube"] - rollout, rollout, took
+                rollout, lease = after["rollout"] - before["rollout"], after["lease"] - before["lease"]
+                other = after["kube"] - before["kube"] - rollout - lease
+                return len(fake.calls) - before_fake, other, rollout, lease, took
 
             await one_push()  # the first push also deactivates the first Deployment: not the steady state
-            github_small, kube_small, rollout_small, push_small = await one_push()
+            github_small, kube_small, rollout_small, lease_small, push_small = await one_push()
 
             kube = Kube.from_environment(settings, str(cluster.kubeconfig))
             started = time.monotonic()
@@ -270,12 +272,13 @@ async def bench_scale(cluster: Cluster, *, repos: int, per_repo: int) -> dict[st
             finally:
                 kube.close()
             assert mesh is not None
-            github_big, kube_big, rollout_big, push_big = await one_push()
+            github_big, kube_big, rollout_big, lease_big, push_big = await one_push()
             fake.response_errors.clear()
     return {"live_previews": live, "fill_s": fill_s,
             "github_calls_push_1": github_small, f"github_calls_push_{live}": github_big,
             "kube_calls_push_1": kube_small, f"kube_calls_push_{live}": kube_big,
             "rollout_wait_calls_1": rollout_small, f"rollout_wait_calls_{live}": rollout_big,
+            "lease_calls_1": lease_small, f"lease_calls_{live}": lease_big,
             "push_to_ready_s_1": push_small, f"push_to_ready_s_{live}": push_big,
             "github_calls_growth": github_big - github_small, "kube_calls_growth": kube_big - kube_small,
             "mesh_routes": len(mesh["spec"]["http"]), "mesh_spec_kib": mesh_routes.spec_bytes(mesh["spec"]) / 1024,

@@ -24,6 +24,10 @@ KUBE_CALLS = Counter("preview_bot_kubernetes_requests_total", "Kubernetes API re
 ROLLOUT_CHECKS = Counter("preview_bot_kubernetes_rollout_requests_total",
                          "Kubernetes API requests made by the wait for Deployments to become Available",
                          registry=REGISTRY)
+# Leases (leader election, the per-PR lock, per-repository slots) are renewed every few seconds while
+# held: their requests follow time, not events, and are counted apart too.
+LEASE_CALLS = Counter("preview_bot_kubernetes_lease_requests_total",
+                      "Kubernetes API requests for Leases (leader election, PR locks, slots)", registry=REGISTRY)
 KUBE_LATENCY = Histogram("preview_bot_kubernetes_request_seconds", "Kubernetes API request latency",
                          registry=REGISTRY)
 MESH_CONFLICTS = Counter("preview_bot_mesh_update_conflicts_total",

@@ -162,6 +162,8 @@ class Transport:
             else:
                 metrics.KUBE_LATENCY.observe(time.monotonic() - started)
                 metrics.KUBE_CALLS.labels(method=method, outcome=str(status)).inc()
+                if "/leases" in path:
+                    metrics.LEASE_CALLS.inc()
                 if status < 400:
                     return data
                 message = str((data or {}).get("message", "")) if isinstance(data, dict) else ""

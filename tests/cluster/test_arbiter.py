@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client as k8s
 
+from bot import metrics
 from bot.arbiter import Arbiter, lock_name
 from bot.kube import Kube
 from bot.naming import PreviewKey
@@ -42,8 +43,11 @@ async def test_one_prs_lock_is_held_by_one_replica_at_a_time(replicas: list[Arbi
             await asyncio.sleep(0.05)
             inside.remove(f"{arbiter.identity}#{n}")
 
+    leases = metrics.REGISTRY.get_sample_value("preview_bot_kubernetes_lease_requests_total") or 0.0
     await asyncio.gather(*(work(replicas[i % 2], i) for i in range(8)))
     assert overlaps == []
+    # Lease requests are counted apart (they follow time while a lock is held, not events).
+    assert (metrics.REGISTRY.get_sample_value("preview_bot_kubernetes_lease_requests_total") or 0.0) - leases >= 16
 
 
 async def test_a_waiting_newer_event_supersedes_the_holder_within_a_second(replicas: list[Arbiter]) -> None:
