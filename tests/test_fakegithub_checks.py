@@ -3,7 +3,6 @@ and webhook payloads from @octokit/webhooks-examples."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -15,12 +14,6 @@ from tests.fakegithub.spec import webhook_examples
 
 REPO = "acme/shop"
 SHA = "c" * 40
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 @pytest.fixture

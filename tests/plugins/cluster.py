@@ -13,6 +13,7 @@ control plane that cannot start is an error.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -163,12 +164,13 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             _controlplane("down", str(d), timeout=120)
 
 
-@pytest.fixture
-def namespace(cluster: Cluster) -> Iterator[str]:
+@contextlib.contextmanager
+def _scratch_namespace(cluster: Cluster, prefix: str) -> Iterator[str]:
+    """A fresh namespace `<prefix>-<8 hex>`, ready for pods (its default ServiceAccount exists), deleted after."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
-    name = "t-" + secrets.token_hex(4)
+    name = f"{prefix}-{secrets.token_hex(4)}"
     with cluster.api_client() as api:
         core = client.CoreV1Api(api)
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
@@ -193,18 +195,16 @@ def namespace(cluster: Cluster) -> Iterator[str]:
 
 
 @pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    with _scratch_namespace(cluster, "t") as name:
+        yield name
+
+
+@pytest.fixture
 def team_namespace(cluster: Cluster) -> Iterator[str]:
     """Another namespace, where a team keeps its own VirtualServices."""
-    from kubernetes import client
-
-    name = "team-" + secrets.token_hex(4)
-    with cluster.api_client() as api:
-        core = client.CoreV1Api(api)
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-        try:
-            yield name
-        finally:
-            core.delete_namespace(name)
+    with _scratch_namespace(cluster, "team") as name:
+        yield name
 
 
 def wait_until(what: str, pred: Callable[[], Any], timeout: float = 60.0) -> Any:
