@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import cachetools
-import orjson
+import msgspec
 from aiohttp import web
 from gidgethub import sansio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from bot import coalesce, metrics
+from bot import coalesce, envelope, metrics
 from bot.queue import Job, QueueClosed, QueueFull
 from bot.triggers import event_subject
 
@@ -43,24 +43,33 @@ class WebhookConfig:
 
 
 class EventJob:
-    """The background job for one (possibly merged) event."""
+    """The background job for one (possibly merged) delivery: its body is decoded whole only when the job
+    runs (bot.envelope), so the deliveries merged away under a flood are never decoded whole."""
 
-    __slots__ = ("dispatch", "event")
+    __slots__ = ("body", "delivery", "dispatch", "envelope", "event")
 
-    def __init__(self, dispatch: Dispatch, event: sansio.Event) -> None:
+    def __init__(self, dispatch: Dispatch, event: str, delivery: str, body: bytes,
+                 envelope_: dict[str, Any]) -> None:
         self.dispatch = dispatch
         self.event = event
+        self.delivery = delivery
+        self.body = body
+        self.envelope = envelope_
 
     def __call__(self) -> Awaitable[None]:
-        return self.dispatch(self.event)
+        data = envelope.payload(self.body)  # intake accepted it with the same parser and rules
+        merged = self.envelope.get(coalesce.MERGED_KEY)
+        if merged is not None:
+            data[coalesce.MERGED_KEY] = merged
+        return self.dispatch(sansio.Event(data, event=self.event, delivery_id=self.delivery))
 
 
 def merge_converge(older: Job, newer: Job) -> Job:
-    """Two pending `pull_request` jobs of one PR as one (rules: bot.coalesce)."""
+    """Two pending `pull_request` jobs of one PR as one: the newer body, both envelopes' (action, label)
+    pairs (rules: bot.coalesce)."""
     assert isinstance(older, EventJob) and isinstance(newer, EventJob)
-    data = coalesce.merge_pull_events(older.event.data, newer.event.data)
-    return EventJob(newer.dispatch, sansio.Event(data, event=newer.event.event,
-                                                 delivery_id=newer.event.delivery_id))
+    return EventJob(newer.dispatch, newer.event, newer.delivery, newer.body,
+                    coalesce.merge_pull_events(older.envelope, newer.envelope))
 
 
 _COUNTERS: dict[tuple[str, str], Any] = {}
@@ -80,7 +89,7 @@ def _answer(status: int, body: bytes) -> web.Response:
 
 def _error(status: int, message: str, event: str = "unknown") -> web.Response:
     _count(event, str(status))
-    return _answer(status, orjson.dumps({"error": message}))
+    return _answer(status, msgspec.json.encode({"error": message}))
 
 
 def signature_valid(secret: bytes, body: bytes, header: str) -> bool:
@@ -89,9 +98,10 @@ def signature_valid(secret: bytes, body: bytes, header: str) -> bool:
     return hmac.compare_digest(expected, header.strip().encode("ascii", "replace"))
 
 
-def work_key(data: dict[str, Any]) -> tuple[str, int]:
+def work_key(data: Mapping[str, Any]) -> tuple[str, int]:
     """Events of one PR share a key (ordered); others get the repository's key 0. The repository is its
-    numeric id (a rename between two events must not let them run at once)."""
+    numeric id (a rename between two events must not let them run at once). `data`: a payload or its
+    envelope (bot.envelope)."""
     subject = event_subject(data)
     return str(subject.repo_id or subject.repo), subject.number or 0
 
@@ -132,11 +142,9 @@ async def handle_webhook(request: web.Request) -> web.Response:
         _count(event_name, "duplicate")
         return _answer(200, b'{"msg":"duplicate delivery ignored"}')
     try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:  # also raised for bytes that are not UTF-8
-        return _error(400, "body is not JSON", event_name)
-    if not isinstance(data, dict):
-        return _error(400, "body is not a JSON object", event_name)
+        data = envelope.decode_envelope(body)  # the fields deciding the work; the rest when it runs
+    except envelope.InvalidBody as exc:
+        return _error(400, str(exc), event_name)
     if event_name == "ping":
         _count(event_name, "200")
         return _answer(200, b'{"msg":"pong"}')
@@ -148,7 +156,7 @@ async def handle_webhook(request: web.Request) -> web.Response:
         config.seen[delivery] = True
         _count(event_name, "ignored")
         return _answer(202, b'{"msg":"no preview work in this event; ignored"}')
-    job = EventJob(config.dispatch, sansio.Event(data, event=event_name, delivery_id=delivery))
+    job = EventJob(config.dispatch, event_name, delivery, body, data)
     try:
         if kind == coalesce.CONVERGE:
             merged = config.submit(work_key(data), job, slot=kind, merge=merge_converge)
