@@ -139,6 +139,36 @@ def control_plane() -> Iterator[Cluster]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _started_at(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]  # field 22: starttime
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def control_plane_on(cluster: Cluster, core: str) -> Iterator[None]:
+    """Every thread of the control plane's processes (as scripts/controlplane recorded them, PID and
+    start time) runs on `core` for the block, then on every core again: under the peer load the
+    servers' core runs the server under test and nothing else (the API server, etcd, kwok and the
+    controllers answer the bot's background work from the load core)."""
+    state = json.loads((cluster.dir / "state.json").read_text())
+    threads = [int(task.name) for entry in state.get("pids", {}).values()
+               if _started_at(entry["pid"]) == entry.get("start")
+               for task in Path(f"/proc/{entry['pid']}/task").glob("*")]
+
+    def pin(cpus: set[int]) -> None:
+        for tid in threads:
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                os.sched_setaffinity(tid, cpus)
+
+    pin({int(core)})
+    try:
+        yield
+    finally:
+        pin(set(range(os.cpu_count() or 1)))
+
+
 def ensure_capacity(cluster: Cluster, pods: int = 5000) -> None:
     """One more fake node (kwok manages every node) so a thousand preview pods can run: the control
     plane's own node takes 110 pods, as a kubelet does by default."""

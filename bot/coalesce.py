@@ -68,10 +68,15 @@ def pairs_of(data: Mapping[str, Any]) -> list[Pair]:
 def merge_pull_events(older: Mapping[str, Any], newer: Mapping[str, Any]) -> dict[str, Any]:
     """One payload standing for `older` then `newer`: `newer`'s data, both events' pairs (each pair once,
     at its last occurrence, at most MAX_ACTIONS of them)."""
-    latest_first: list[Pair] = []
-    for pair in reversed(pairs_of(older) + pairs_of(newer)):
-        if pair not in latest_first:
-            latest_first.append(pair)
+    older_pairs, newer_pairs = pairs_of(older), pairs_of(newer)
+    if newer_pairs == older_pairs[-1:]:
+        pairs = older_pairs  # a flood repeating the last pair: nothing moves (the common case)
+    else:
+        latest_first: list[Pair] = []
+        for pair in reversed(older_pairs + newer_pairs):
+            if pair not in latest_first:
+                latest_first.append(pair)
+        pairs = list(reversed(latest_first[:MAX_ACTIONS]))
     merged = dict(newer)
-    merged[MERGED_KEY] = [list(p) for p in reversed(latest_first[:MAX_ACTIONS])]
+    merged[MERGED_KEY] = [list(p) for p in pairs]
     return merged

@@ -5,13 +5,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from bot.repo_config import RepoConfig
 
 
-@dataclass(frozen=True)
-class EventSubject:
+class EventSubject(NamedTuple):  # a tuple: built for every delivery on the intake path
     """The repository and pull request a webhook payload is about (GitHub webhook docs: every
     repository event has `repository`; PR events `pull_request`, comment events `issue`)."""
 
