@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot import coalesce, envelope
-from bot.webhook import work_key
+from bot.webhook import EventJob, merge_converge, work_key
 from tests.fakegithub.spec import webhook_examples
 
 
@@ -102,3 +102,35 @@ def test_payload_refuses_what_intake_refuses() -> None:
     for body in (b"[1]", b'{"a": 1} x', b'{"a": "\xff"}'):
         with pytest.raises(envelope.InvalidBody):
             envelope.payload(body)
+
+
+async def test_a_job_decodes_the_newest_body_and_carries_the_merged_pairs() -> None:
+    seen: list[Any] = []
+
+    async def dispatch(event: Any) -> None:
+        seen.append(event)
+
+    def job(action: str, sha: str) -> EventJob:
+        payload = {"action": action, "number": 7, "pull_request": {"number": 7, "head": {"sha": sha}},
+                   "repository": {"id": 1, "full_name": "acme/shop"}, "installation": {"id": 2}}
+        body = json.dumps(payload).encode()
+        return EventJob(dispatch, "pull_request", f"d-{sha}", body, envelope.decode_envelope(body))
+
+    merged = merge_converge(merge_converge(job("opened", "a"), job("synchronize", "b")), job("synchronize", "c"))
+    await merged()
+    (event,) = seen
+    assert event.delivery_id == "d-c"
+    assert event.data["pull_request"]["head"]["sha"] == "c"
+    assert coalesce.pairs_of(event.data) == [("opened", None), ("synchronize", None)]
+
+
+async def test_a_body_that_fails_to_decode_when_the_job_runs_is_logged_in_one_line(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def dispatch(event: Any) -> None:
+        raise AssertionError("must not be dispatched")
+
+    body = b'{"x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    await EventJob(dispatch, "pull_request", "d-deep", body, {})()
+    (record,) = caplog.records
+    assert record.levelname == "ERROR" and record.exc_info is None
+    assert record.delivery == "d-deep" and "nested too deeply" in record.error
