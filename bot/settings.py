@@ -332,6 +332,12 @@ def _load_policy(env: Mapping[str, str]) -> Policy:
             cap = policy.max_resources.get(name)
             if cap is not None and parse_quantity(value) > parse_quantity(cap):
                 raise _env_error(kind, f"{name}={value} is above PREVIEW_MAX_RESOURCES {name}={cap}")
+    for name in policy.default_requests.keys() & policy.default_limits.keys():
+        request, limit = policy.default_requests[name], policy.default_limits[name]
+        if parse_quantity(request) > parse_quantity(limit):
+            # Kubernetes refuses a container whose request is above its limit (core/v1 ResourceRequirements).
+            raise _env_error("PREVIEW_DEFAULT_REQUESTS",
+                             f"{name}={request} is above PREVIEW_DEFAULT_LIMITS {name}={limit}")
     return policy
 
 

@@ -199,6 +199,25 @@ def test_default_above_cap_is_named() -> None:
     assert err.field == "PREVIEW_DEFAULT_LIMITS"
 
 
+@pytest.mark.parametrize(("requests", "limits", "named"), [
+    ("cpu=1", None, "cpu=1 is above PREVIEW_DEFAULT_LIMITS cpu=500m"),  # over the built-in default limit
+    ("memory=512Mi", "memory=256Mi", "memory=512Mi is above PREVIEW_DEFAULT_LIMITS memory=256Mi"),
+    (None, "cpu=10m", "cpu=50m is above PREVIEW_DEFAULT_LIMITS cpu=10m"),  # the built-in request over a low limit
+])
+def test_default_request_above_default_limit_is_refused(requests: str | None, limits: str | None, named: str) -> None:
+    env = base_env(**{k: v for k, v in (("PREVIEW_DEFAULT_REQUESTS", requests), ("PREVIEW_DEFAULT_LIMITS", limits))
+                      if v is not None})
+    err = error_for(env)
+    assert err.field == "PREVIEW_DEFAULT_REQUESTS"
+    assert err.reason == named
+
+
+def test_default_request_equal_to_its_limit_is_accepted() -> None:
+    settings = load_settings(base_env(PREVIEW_DEFAULT_REQUESTS="cpu=200m,memory=128Mi",
+                                      PREVIEW_DEFAULT_LIMITS="cpu=0.2,memory=128Mi"))
+    assert settings.cluster.policy.default_requests == {"cpu": "200m", "memory": "128Mi"}
+
+
 @given(st.text(min_size=1, max_size=12))
 @example("\u00b2")  # superscript two: str.isdigit() is True, int() refuses it
 @example("\u0663")  # ARABIC-INDIC DIGIT THREE: int() accepts it
