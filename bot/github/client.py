@@ -50,18 +50,23 @@ class RepoClient:
     async def file_text(self, path: str, ref: str | None = None) -> str | None:
         """The file's text at `ref`; without `ref`, GitHub reads the repository's default branch ("Get
         repository content": `ref` defaults to the default branch), which saves asking for its name.
-        None when there is no such file; raises ConfigError naming `path` when it is not UTF-8 text (the
-        repository has a config the bot cannot read: say so on the PR, never act as if it had none)."""
+        None when there is no such file; raises ConfigError naming `path` when it is not UTF-8 text or
+        larger than the 1 MB GitHub returns (the repository has a config the bot cannot read: say so on the
+        PR, never act as if it had none)."""
         try:
             data = await self.gh.getitem(f"{self._base}/contents/{path}{{?ref}}", {"ref": ref} if ref else {})
         except NotFound:
             return None
         if not isinstance(data, dict) or data.get("type") != "file":
             return None
+        if data.get("encoding") == "none":
+            # GitHub leaves `content` empty for a file over 1 MB ("Get repository content", size limits).
+            raise ConfigError(path, "", f"is {data.get('size', 'over 1,000,000')} bytes; GitHub's contents API "
+                                        "returns files up to 1 MB, and a preview config needs far less")
         try:
             raw = base64.b64decode(data.get("content", ""))
         except binascii.Error:
-            return None
+            raise ConfigError(path, "", "cannot be read: GitHub's answer is not base64 content") from None
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as exc:

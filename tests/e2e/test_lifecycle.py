@@ -184,6 +184,20 @@ async def test_bad_config_is_reported_and_nothing_deployed(fake_github: FakeGitH
     assert fake_github.deployments("acme/broken") == []
 
 
+async def test_config_over_1_mb_is_reported_with_its_size(fake_github: FakeGitHub, cluster: Cluster,
+                                                           namespace: str, view: ClusterView) -> None:
+    """GitHub answers a file over 1 MB without its content: the PR says so (it read as an empty file)."""
+    padding = "# padding\n" * 120_000
+    fake_github.add_repo("acme/huge", files={".github/preview.yml": CONFIG + padding})
+    async with running_bot(fake_github, cluster, namespace) as bot:
+        await open_pr(bot, 9, repo="acme/huge")
+        await bot.settle()
+    body = str(sticky_comments(fake_github, "acme/huge", 9)[0]["body"])
+    assert f".github/preview.yml: is {len((CONFIG + padding).encode())} bytes; GitHub's contents API" in body
+    assert view.deployments() == {}
+    assert fake_github.deployments("acme/huge") == []
+
+
 async def test_two_repositories_with_the_same_pr_number_do_not_collide(
         fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView) -> None:
     template = "preview-{number}-{repo}-{service}.{domain}"

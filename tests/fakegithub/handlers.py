@@ -129,6 +129,9 @@ async def get_content(gh: FakeGitHub, ctx: Ctx) -> Reply:
 
     if path in tree:
         text = tree[path]
+        if len(text.encode()) > 1 << 20:
+            # Over 1 MB GitHub answers the JSON media type without the content ("Get repository content").
+            return Reply(200, entry(path, "file", text) | {"content": "", "encoding": "none"})
         # GitHub wraps the base64 at 60 columns, with a trailing newline.
         encoded = "\n".join(textwrap.wrap(base64.b64encode(text.encode()).decode(), 60)) + "\n"
         return Reply(200, entry(path, "file", text) | {"content": encoded, "encoding": "base64"})

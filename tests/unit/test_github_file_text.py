@@ -13,7 +13,8 @@ from bot.github.errors import NotFound
 
 
 class Contents:
-    """Answers "Get repository content" with one file's bytes, or 404 when `body` is None."""
+    """Answers "Get repository content" with one file's bytes, or 404 when `body` is None; a file over
+    1 MB as GitHub does (empty `content`, `encoding: none`)."""
 
     def __init__(self, body: bytes | None) -> None:
         self.body = body
@@ -21,7 +22,10 @@ class Contents:
     async def getitem(self, url: str, url_vars: Any = None) -> dict[str, Any]:
         if self.body is None:
             raise NotFound(404, "Not Found")
-        return {"type": "file", "encoding": "base64", "content": base64.b64encode(self.body).decode()}
+        if len(self.body) > 1 << 20:
+            return {"type": "file", "encoding": "none", "content": "", "size": len(self.body)}
+        return {"type": "file", "encoding": "base64", "content": base64.b64encode(self.body).decode(),
+                "size": len(self.body)}
 
 
 async def test_a_file_that_is_not_utf8_is_a_config_error_not_an_absent_file() -> None:
@@ -35,3 +39,11 @@ async def test_a_file_that_is_not_utf8_is_a_config_error_not_an_absent_file() ->
 async def test_text_and_absence() -> None:
     assert await RepoClient(Contents(b"trigger: auto\n"), "acme/shop", 1).file_text("x") == "trigger: auto\n"  # type: ignore[arg-type]
     assert await RepoClient(Contents(None), "acme/shop", 1).file_text("x") is None  # type: ignore[arg-type]
+
+
+async def test_a_file_over_1_mb_is_a_config_error_naming_its_size() -> None:
+    """GitHub gives no content for it: it used to read as an empty file ("must be a mapping")."""
+    client = RepoClient(Contents(b"#" * 1_200_000), "acme/shop", 1)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError) as info:
+        await client.file_text(".github/preview.yml")
+    assert str(info.value).startswith(".github/preview.yml: is 1200000 bytes; GitHub's contents API returns files up")
