@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import hmac
 import json
@@ -15,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gidgethub import sansio
 
 from bot.queue import QueueClosed
-from bot.webhook import WebhookConfig, create_app, signature_valid, work_key
+from bot.webhook import DEDUPE_TTL, WebhookConfig, create_app, signature_valid, work_key
 
 SECRET = "unit-test-webhook-secret-0123456789"
 LIMIT = 4096
@@ -292,6 +293,46 @@ async def test_same_delivery_twice_is_submitted_once(harness: Harness) -> None:
     third = await harness.post(body_of(), delivery="other-delivery")
     assert third[0] == 202
     assert len(harness.recorder.submitted) == 2
+
+
+def _config(**kw: Any) -> WebhookConfig:
+    recorder = Recorder()
+    return WebhookConfig(secret=SECRET, max_body_bytes=LIMIT, dispatch=recorder.dispatch,
+                         submit=recorder.submit, readiness={}, **kw)
+
+
+def test_a_delivery_id_counts_as_seen_for_its_ttl_only() -> None:
+    config = _config()
+    config.remember("d-1", now=1000.0)
+    assert config.seen_before("d-1", now=1000.0)
+    assert config.seen_before("d-1", now=1000.0 + DEDUPE_TTL - 1)
+    assert not config.seen_before("d-1", now=1000.0 + DEDUPE_TTL)
+    assert not config.seen_before("d-2", now=1000.0)
+    config.remember("d-1", now=1000.0 + DEDUPE_TTL)  # accepted again: counts from then
+    assert config.seen_before("d-1", now=1000.0 + DEDUPE_TTL + 1)
+
+
+def test_the_dedupe_remembers_the_newest_ids_up_to_its_size() -> None:
+    config = _config(dedupe_size=3)
+    for i in range(5):
+        config.remember(f"d-{i}", now=0.0)
+    assert [config.seen_before(f"d-{i}", now=1.0) for i in range(5)] == [False, False, True, True, True]
+    assert len(config.seen) == 3
+
+
+def test_remembered_delivery_ids_give_the_cycle_collector_no_work() -> None:
+    # Every accepted delivery is remembered: were each entry a GC-tracked object (cachetools.TTLCache's
+    # links are), a flood would fill the generations and the collector would stop intake for tens of ms.
+    config = _config(dedupe_size=10_000)
+    gc.collect()
+    gc.disable()
+    try:
+        before = gc.get_count()[0]
+        for i in range(5_000):
+            config.remember(f"d-{i}", now=float(i))
+        assert gc.get_count()[0] - before < 50
+    finally:
+        gc.enable()
 
 
 async def test_rejected_delivery_is_not_remembered_as_seen(harness: Harness) -> None:
