@@ -93,3 +93,18 @@ def gateway_problem(gateway: Mapping[str, Any] | None, settings: ClusterSettings
 
 def _listing(hosts: Sequence[str]) -> str:
     return ", ".join(repr(h) for h in hosts) if hosts else "none"
+
+
+ISTIO_RESOURCES = ("gateways", "virtualservices")
+
+
+def istio_api_problem(api_version: str, served: frozenset[str] | None, server: str) -> str | None:
+    """Why the cluster cannot hold previews' routing (None when it can): the API server at `server` does
+    not serve Istio's `api_version` (networking.istio.io/v1: Istio 1.22 or later), or serves it without
+    the Gateway or VirtualService resource. `served`: the discovery document's resource names, None when
+    the group version is not served at all."""
+    missing = [r for r in ISTIO_RESOURCES if served is None or r not in served]
+    if not missing:
+        return None
+    return (f"Kubernetes: {server} does not serve {api_version} {' or '.join(missing)}: Istio's CRDs are not "
+            f"installed (preview-bot needs Istio 1.22 or later, which serves {api_version})")

@@ -22,7 +22,7 @@ from bot import links, logs
 from bot.arbiter import Arbiter
 from bot.context import Context
 from bot.errors import PreviewError, StartupError
-from bot.gateway import gateway_problem
+from bot.gateway import ISTIO_RESOURCES, gateway_problem, istio_api_problem
 from bot.github.api import Pacer
 from bot.github.auth import AppAuth
 from bot.github.client import RepoClient
@@ -30,6 +30,7 @@ from bot.github.errors import GitHubError
 from bot.handlers import checks, preview_commands, pull_request
 from bot.kube import Kube, KubeError
 from bot.leader import LeaderElector
+from bot.manifests import VIRTUAL_SERVICE_API
 from bot.previews import Previewer
 from bot.queue import WorkQueue
 from bot.reconcile import GcReport, Reconciler, Repositories
@@ -138,6 +139,12 @@ async def check_gateway(kube: Kube, settings: Settings) -> None:
     except PreviewError as exc:  # TemporaryError: unreachable after the adapter's retries
         raise StartupError(f"Kubernetes: {kube.server}: {exc}") from None
     problem = gateway_problem(found, settings.cluster)
+    if problem and found is None:  # a 404 also when the cluster has no Istio CRDs: name that instead
+        try:
+            served = await kube.inventory.served_resources(VIRTUAL_SERVICE_API)
+        except (KubeError, PreviewError):
+            served = frozenset(ISTIO_RESOURCES)  # discovery unreadable: keep the Gateway's message
+        problem = istio_api_problem(VIRTUAL_SERVICE_API, served, kube.server) or problem
     if problem:
         raise StartupError(problem)
 

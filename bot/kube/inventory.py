@@ -97,6 +97,16 @@ class Inventory:
         namespace, _, gateway = name.partition("/")
         return await self._t.get(f"{collection_path(manifests.VIRTUAL_SERVICE_API, 'gateways', namespace)}/{gateway}")
 
+    async def served_resources(self, api_version: str) -> frozenset[str] | None:
+        """The resource names (plurals: `gateways`, ...) the API server serves in `api_version`, from its
+        discovery document (GET /apis/<group>/<version>); None when it serves no such group version (for
+        Istio's: its CRDs are not installed)."""
+        prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        found = await self._t.get(prefix)
+        if found is None:
+            return None
+        return frozenset(str(r.get("name", "")) for r in found.get("resources") or [])
+
     async def routing_objects(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[str]]:
         """(the Gateway PREVIEW_GATEWAY or None, VirtualServices, notes) for `explain`: every namespace's
         VirtualServices when the credentials may list them cluster-wide, else the routing namespace's
@@ -105,6 +115,11 @@ class Inventory:
         try:
             gateway = await self.gateway(self._settings.gateway)
             if gateway is None:
+                served = await self.served_resources(manifests.VIRTUAL_SERVICE_API)
+                if served is None or "virtualservices" not in served:
+                    notes.append(f"the API server does not serve {manifests.VIRTUAL_SERVICE_API} VirtualServices "
+                                 "(Istio's CRDs are not installed): no routing to explain")
+                    return None, [], notes
                 notes.append(f"the Gateway {self._settings.gateway} does not exist")
         except KubeError as exc:
             gateway = None

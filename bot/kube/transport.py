@@ -79,6 +79,23 @@ def _load_kubeconfig(path: str | None, configuration: k8s_client.Configuration) 
                            "clusters, users and contexts)") from None
 
 
+def _decoded(raw: bytes | None, status: int) -> Any:
+    """The answer's JSON (None when empty). Not every answer is JSON: the API server says `404 page not
+    found` in plain text for a path it does not serve (an API group whose CRDs are not installed), and a
+    proxy in front of it may send an HTML error page. Such an error answer becomes a Status-like
+    {"message": its first line}; a success answer that is not JSON raises KubeError (never retried)."""
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        lines = raw.decode("utf-8", "replace").strip().splitlines()
+        first = lines[0][:200] if lines else ""
+        if status >= 400:
+            return {"message": first}
+        raise KubeError(status, "NotJSON", f"the answer is not JSON: {first!r}") from None
+
+
 def collection_path(api_version: str, kind_plural: str, namespace: str | None) -> str:
     """The collection in `namespace`; None: the cluster-wide collection (every namespace)."""
     prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
@@ -141,8 +158,8 @@ class Transport:
         response = self._api.call_api(*params, _request_timeout=self._timeout)
         response.read()
         header = (response.getheaders() or {}).get("Retry-After", "")
-        data = json.loads(response.data) if response.data else None
-        return int(response.status), data, float(header) if header.strip().isdigit() else None
+        status = int(response.status)
+        return status, _decoded(response.data, status), float(header) if header.strip().isdigit() else None
 
     def _request(self, method: str, path: str, *, query: Iterable[tuple[str, str]] = (), body: Any = None,
                  content_type: str | None = None) -> Any:

@@ -260,3 +260,40 @@ async def test_retry_after_does_not_multiply_attempts(kube: Kube, fault_proxy: F
     bounded(fault_proxy.calls, f"GET under a persistent {status} with Retry-After", limit=2)
     assert isinstance(caught.value, KubeError) and caught.value.status == status, \
         f"the error names the wrong cause: {caught.value!r}"
+
+
+# -- answers that are not JSON --------------------------------------------------------------------------------
+
+
+async def test_a_path_the_api_server_does_not_serve_is_not_found(direct: Kube, settings: ClusterSettings) -> None:
+    """The real API server answers `404 page not found` in plain text for a group it does not serve
+    (a cluster without Istio's CRDs, for every Gateway or VirtualService path)."""
+    path = f"{collection_path('networking.preview-bot.invalid/v1', 'gateways', settings.namespace)}/g"
+    assert await direct.get(path) is None
+    with pytest.raises(KubeError) as caught:
+        await direct.call("DELETE", path)
+    assert caught.value.status == 404 and "404 page not found" in str(caught.value)
+
+
+@pytest.mark.parametrize("status", [502, 503])
+async def test_a_proxys_html_error_page_is_retried_then_named(kube: Kube, fault_proxy: FaultProxy,
+                                                              settings: ClusterSettings, status: int) -> None:
+    path = object_path(by_kind(plan(settings, 12), "Deployment"))
+    page = "<html><head><title>Bad Gateway</title></head>\n<body>upstream went away</body></html>"
+    fault_proxy.inject("GET", path + "$", status=status, times=None, body=page,
+                       headers={"Content-Type": "text/html"})
+    with pytest.raises(KubeError) as caught:
+        await _with_attempts(kube, 2).get(path)
+    assert caught.value.status == status and "Bad Gateway" in str(caught.value)
+    assert fault_proxy.statuses("GET", path + "$") == [status, status]
+
+
+async def test_a_success_answer_that_is_not_json_is_an_error_not_a_crash(
+        kube: Kube, fault_proxy: FaultProxy, settings: ClusterSettings) -> None:
+    path = object_path(by_kind(plan(settings, 13), "Deployment"))
+    fault_proxy.inject("GET", path + "$", status=200, body="<html>sign in to continue</html>",
+                       headers={"Content-Type": "text/html"})
+    with pytest.raises(KubeError) as caught:
+        await kube.get(path)
+    assert caught.value.status == 200 and "not JSON" in str(caught.value)
+    assert fault_proxy.statuses("GET", path + "$") == [200]

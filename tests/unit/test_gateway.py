@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from bot.gateway import covers, gateway_problem, host_shape
+from bot.errors import StartupError
+from bot.gateway import covers, gateway_problem, host_shape, istio_api_problem
+from bot.kube.inventory import Inventory
+from bot.server import check_gateway
 from bot.settings import ClusterSettings
 
 DEFAULT = host_shape("preview-{number}-api-{service}.{domain}", "example.com")
@@ -89,3 +93,64 @@ def test_servers_without_http_routes_do_not_count(protocol: str, mode: str | Non
 @pytest.mark.parametrize("protocol", ["HTTP", "HTTPS", "HTTP2", "GRPC"])
 def test_http_servers_count(protocol: str) -> None:
     assert gateway_problem(gateway((protocol, ["*"])), ClusterSettings(domain="example.com")) is None
+
+
+SERVER = "https://127.0.0.1:6443"
+
+
+@pytest.mark.parametrize(("served", "missing"), [
+    (None, "gateways or virtualservices"),
+    (frozenset(), "gateways or virtualservices"),
+    (frozenset({"gateways", "sidecars"}), "virtualservices"),
+    (frozenset({"virtualservices"}), "gateways"),
+])
+def test_istio_resources_not_served_are_named(served: frozenset[str] | None, missing: str) -> None:
+    problem = istio_api_problem("networking.istio.io/v1", served, SERVER)
+    assert problem == (f"Kubernetes: {SERVER} does not serve networking.istio.io/v1 {missing}: Istio's CRDs "
+                       "are not installed (preview-bot needs Istio 1.22 or later, which serves networking.istio.io/v1)")
+
+
+def test_istio_resources_served_are_no_problem() -> None:
+    assert istio_api_problem("networking.istio.io/v1", frozenset({"gateways", "virtualservices", "x"}), SERVER) is None
+
+
+class DiscoveryStub:
+    """The API server's answers as the transport gives them: GET path -> object, or None for a 404."""
+
+    def __init__(self, answers: dict[str, Any]) -> None:
+        self.answers = answers
+        self.asked: list[str] = []
+
+    async def get(self, path: str) -> Any:
+        self.asked.append(path)
+        return self.answers.get(path)
+
+    async def list_objects(self, *_args: Any, **_kw: Any) -> list[dict[str, Any]]:
+        raise AssertionError("nothing is listed when the group version is not served")
+
+
+ISTIO_DISCOVERY = {"/apis/networking.istio.io/v1": {"resources": [{"name": "gateways"}, {"name": "virtualservices"}]}}
+
+
+def kube_over(answers: dict[str, Any], settings: ClusterSettings) -> Any:
+    inventory = Inventory(DiscoveryStub(answers), settings)  # type: ignore[arg-type]
+    return SimpleNamespace(server=SERVER, gateway=inventory.gateway, inventory=inventory)
+
+
+@pytest.mark.parametrize(("answers", "expected"), [
+    ({}, "does not serve networking.istio.io/v1 gateways or virtualservices: Istio's CRDs are not installed"),
+    (ISTIO_DISCOVERY, "PREVIEW_GATEWAY: Gateway ns/gw does not exist"),
+])
+async def test_a_missing_gateway_is_told_apart_from_missing_istio_crds(answers: dict[str, Any], expected: str) -> None:
+    settings = ClusterSettings(domain="example.com", gateway="ns/gw")
+    with pytest.raises(StartupError) as caught:
+        await check_gateway(kube_over(answers, settings), SimpleNamespace(cluster=settings))  # type: ignore[arg-type]
+    assert expected in str(caught.value)
+
+
+async def test_explain_without_istio_crds_says_so_and_lists_nothing() -> None:
+    settings = ClusterSettings(domain="example.com", gateway="ns/gw")
+    gateway, items, notes = await kube_over({}, settings).inventory.routing_objects()
+    assert (gateway, items) == (None, [])
+    assert notes == ["the API server does not serve networking.istio.io/v1 VirtualServices (Istio's CRDs are "
+                     "not installed): no routing to explain"]
