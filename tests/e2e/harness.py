@@ -49,10 +49,15 @@ def bot_env(fake: FakeGitHub, namespace: str, **overrides: str) -> dict[str, str
 
 def ensure_gateway(cluster: Cluster, gateway: str, hosts: tuple[str, ...] = ("*.example.com",)) -> None:
     """The Istio Gateway `<namespace>/<name>` the bot checks at start: created (serving `hosts` over HTTP)
-    unless it exists."""
+    unless it exists, and its namespace with it (a test run alone has no istio-system)."""
     namespace, _, name = gateway.partition("/")
     api = cluster.api_client()
     try:
+        try:
+            k8s.CoreV1Api(api).create_namespace({"metadata": {"name": namespace}})
+        except k8s.ApiException as exc:
+            if exc.status != 409:
+                raise
         custom = k8s.CustomObjectsApi(api)
         try:
             custom.get_namespaced_custom_object("networking.istio.io", "v1", namespace, "gateways", name)
