@@ -360,7 +360,10 @@ def _read_private_key(env: Mapping[str, str]) -> str:
         raise _env_error(name, "is not a PEM private key")
     try:
         key = serialization.load_pem_private_key(inline.encode("utf-8"), password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
+    except TypeError:  # cryptography's answer for a key that needs a passphrase
+        raise _env_error(name, "is an encrypted (passphrase-protected) private key; GitHub App keys are "
+                         "unencrypted: use the .pem GitHub gave, or decrypt it with `openssl pkey`") from None
+    except (ValueError, UnsupportedAlgorithm):
         # Checked here so that a damaged key stops start-up, not the first JWT; never echoed.
         raise _env_error(name, "is not a usable PEM private key (it cannot be loaded)") from None
     if not isinstance(key, rsa.RSAPrivateKey):

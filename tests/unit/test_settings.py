@@ -130,6 +130,20 @@ def test_a_private_key_that_is_not_rsa_is_named_without_echoing_it() -> None:
     assert pem.splitlines()[1] not in str(err)
 
 
+@pytest.mark.parametrize("private_format", ["PKCS8", "TraditionalOpenSSL"])
+def test_an_encrypted_private_key_is_named_as_encrypted(private_format: str) -> None:
+    """`-----BEGIN ENCRYPTED PRIVATE KEY-----` and `Proc-Type: 4,ENCRYPTED`: both need a passphrase."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, getattr(serialization.PrivateFormat, private_format),
+        serialization.BestAvailableEncryption(b"passphrase")).decode()
+    err = error_for(base_env(GITHUB_PRIVATE_KEY=pem))
+    assert err.field == "GITHUB_PRIVATE_KEY" and "encrypted (passphrase-protected)" in err.reason
+    assert pem.splitlines()[-2] not in str(err)
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
