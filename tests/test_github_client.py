@@ -14,7 +14,7 @@ from bot import comment
 from bot.github.api import Pacer
 from bot.github.auth import AppAuth
 from bot.github.client import RepoClient
-from bot.github.errors import NotFound, Unauthorized
+from bot.github.errors import GitHubUnavailable, InvalidAnswer, NotFound, Unauthorized
 from bot.reporting import Reporter, StickyComments
 from tests.fakegithub import FakeGitHub
 
@@ -255,3 +255,52 @@ async def test_the_hourly_window_is_paced_too(fake_github: FakeGitHub, session: 
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(client.reply(1, "one too many"), 0.5)
     assert len(fake_github.comments(REPO, 1)) == 4
+
+
+SIGN_IN_PAGE = b"<!DOCTYPE html>\n<html><head><title>Sign in to continue</title></head><body></body></html>\n"
+UNICORN_PAGE = b"<html><head><title>Unicorn! &middot; GitHub</title></head></html>\n"
+
+
+async def test_a_success_answer_that_is_not_json_is_named_not_retried(fake_github: FakeGitHub,
+                                                                      session: aiohttp.ClientSession) -> None:
+    """A proxy in front of GitHub (a sign-in page with 200) where the REST API always answers JSON."""
+    fake_github.add_repo(REPO)
+    fake_github.add_pull(REPO, 3)
+    client = await repo_client(fake_github, make_auth(fake_github, session))
+    fake_github.inject("GET", r"/pulls/3$", status=200, body=SIGN_IN_PAGE,
+                       headers={"Content-Type": "text/html; charset=utf-8"})
+    with pytest.raises(InvalidAnswer) as caught:
+        await client.pull(3)
+    assert caught.value.status == 200
+    assert str(caught.value) == ("GitHub's answer is text/html, not JSON (a proxy between the bot and GitHub?): "
+                                 "'<!DOCTYPE html>'")
+    assert statuses_of(fake_github, "pulls/get") == [200]
+
+
+async def test_a_body_that_says_json_and_is_not_is_named(fake_github: FakeGitHub,
+                                                         session: aiohttp.ClientSession) -> None:
+    fake_github.add_repo(REPO)
+    fake_github.add_pull(REPO, 4)
+    client = await repo_client(fake_github, make_auth(fake_github, session))
+    fake_github.inject("GET", r"/pulls/4$", status=200, body=b'{"number": 4, "head": {"sha"',
+                       headers={"Content-Type": "application/json; charset=utf-8"})
+    with pytest.raises(InvalidAnswer) as caught:
+        await client.pull(4)
+    assert caught.value.status == 200 and "not valid JSON" in str(caught.value)
+
+
+async def test_githubs_html_outage_page_is_retried_as_a_5xx(fake_github: FakeGitHub,
+                                                            session: aiohttp.ClientSession) -> None:
+    fake_github.add_repo(REPO)
+    fake_github.add_pull(REPO, 5)
+    client = await repo_client(fake_github, make_auth(fake_github, session))
+    fake_github.inject("GET", r"/pulls/5$", status=503, body=UNICORN_PAGE, times=2,
+                       headers={"Content-Type": "text/html"})
+    pull = await client.pull(5)
+    assert pull["number"] == 5
+    assert statuses_of(fake_github, "pulls/get") == [503, 503, 200]
+    fake_github.inject("GET", r"/pulls/5$", status=503, body=UNICORN_PAGE, times=10,
+                       headers={"Content-Type": "text/html"})
+    with pytest.raises(GitHubUnavailable) as caught:
+        await client.pull(5)
+    assert caught.value.status == 503

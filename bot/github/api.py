@@ -32,6 +32,14 @@ MAX_ATTEMPTS = 5
 MAX_RATE_LIMIT_WAIT = 300.0
 REQUEST_TIMEOUT = 20.0
 _CONTENT_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
+_STATUS: contextvars.ContextVar[int] = contextvars.ContextVar("github_status", default=0)
+
+
+def _not_json(content_type: str, payload: bytes) -> str:
+    lines = payload.decode("utf-8", "replace").strip().splitlines()
+    first = lines[0][:120] if lines else ""
+    return (f"GitHub's answer is {content_type or 'untyped'}, not JSON (a proxy between the bot and GitHub?): "
+            f"{first!r}")
 
 
 class Pacer:
@@ -98,6 +106,8 @@ class PacedGitHubAPI(gidgethub.aiohttp.GitHubAPI):
             return await super()._make_request(*args, **kwargs)
         except gidgethub.HTTPException as exc:
             raise errors.from_gidgethub(exc) from exc
+        except ValueError:  # gidgethub decoding a body that says it is JSON and is not
+            raise errors.InvalidAnswer(_STATUS.get(), "GitHub's answer is not valid JSON") from None
 
     async def _request(self, method: str, url: str, headers: Mapping[str, str],
                        body: bytes = b"") -> tuple[int, Mapping[str, str], bytes]:
@@ -116,6 +126,11 @@ class PacedGitHubAPI(gidgethub.aiohttp.GitHubAPI):
                                                  timeout=self._timeout) as response:
                     payload = await response.read()
                     metrics.GITHUB_CALLS.labels(method=method, outcome=str(response.status)).inc()
+                    _STATUS.set(response.status)
+                    if response.status < 300 and payload and response.content_type != "application/json":
+                        # A proxy's page (a sign-in form) where GitHub answers JSON; error statuses keep
+                        # their meaning and retries (gidgethub reads a body that is not JSON as no message).
+                        raise errors.InvalidAnswer(response.status, _not_json(response.content_type, payload))
                     remaining = response.headers.get("x-ratelimit-remaining")
                     if remaining and remaining.isdigit():
                         metrics.GITHUB_RATE_REMAINING.set(int(remaining))

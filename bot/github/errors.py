@@ -1,17 +1,18 @@
 """The errors GitHub's answers raise, in the bot's own types: code outside `bot/github/` never sees
 gidgethub's exceptions (as kopf wraps its Kubernetes client's errors in `APIError` and subclasses).
 
-A `GitHubError` means GitHub *answered* with an error status, after the retries of `bot.github.api`
-(5xx answers and rate limits are retried there). A request that got no answer at all (refused
-connection, timeout, dropped connection) still raises what aiohttp raised (`aiohttp.ClientError`,
-`TimeoutError`), after the same retries.
+A `GitHubError` means GitHub *answered* with an error status (or with a body that is not JSON), after
+the retries of `bot.github.api` (5xx answers and rate limits are retried there). A request that got no
+answer at all (refused connection, timeout, dropped connection) still raises what aiohttp raised
+(`aiohttp.ClientError`, `TimeoutError`), after the same retries.
 
     GitHubError          any error status; `status` (int) and `headers` (lower-case names)
     ├── Unauthorized     401: the token or JWT is refused (revoked, expired, a rotated key)
     ├── Forbidden        403 that is not a rate limit: the App lacks a permission
     ├── NotFound         404: no such object, or one the token may not see
     ├── RateLimited      403/429 of a primary or secondary rate limit still hit after waiting
-    └── GitHubUnavailable  5xx: GitHub failed, still after the retries
+    ├── GitHubUnavailable  5xx: GitHub failed, still after the retries
+    └── InvalidAnswer    a success status whose body is not JSON (a proxy's page), or invalid JSON
 
 Statuses are documented in GitHub's REST docs ("Troubleshooting the REST API", "Rate limits for the
 REST API").
@@ -51,6 +52,11 @@ class RateLimited(GitHubError):
 
 class GitHubUnavailable(GitHubError):
     """5xx: GitHub could not serve the request, still after `bot.github.api`'s retries."""
+
+
+class InvalidAnswer(GitHubError):
+    """The answer is not the JSON GitHub's REST API always sends: a proxy or captive portal in between,
+    or a damaged body. `status` is the answer's own; not retried."""
 
 
 def is_rate_limited(exc: gidgethub.HTTPException) -> bool:

@@ -486,7 +486,9 @@ class FakeGitHub:
     def inject(self, method: str, path_regex: str, status: int | None = 502, times: int = 1,
                headers: dict[str, str] | None = None, body: Any = None, delay: float = 0.0) -> None:
         """The next `times` requests matching (method or "*", regex searched in the path) wait `delay`
-        seconds and then get `status` (None: after the delay they are served normally)."""
+        seconds and then get `status` (None: after the delay they are served normally). `body`: JSON,
+        or bytes sent as they are (an HTML page from a proxy or GitHub's own outage page; give its
+        Content-Type in `headers`)."""
         self._faults.append(Fault(method.upper(), re.compile(path_regex), status, times,
                                   dict(headers or {}), body, delay))
 
@@ -848,6 +850,8 @@ class FakeGitHub:
         headers.update(reply.headers)
         if reply.status == 204 or reply.body is None:
             return web.Response(status=reply.status, headers=headers)
+        if isinstance(reply.body, bytes):  # an injected page that is not JSON
+            return web.Response(status=reply.status, headers=headers, body=reply.body)
         return web.Response(status=reply.status, headers=headers, text=json.dumps(reply.body),
                             content_type="application/json", charset="utf-8")
 
