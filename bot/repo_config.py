@@ -131,13 +131,19 @@ class _Reader:
 
     def integer(self, value: Any, where: str, low: int, high: int) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise self.fail(where, f"must be a whole number from {low} to {high}, got {value!r}")
+            raise self.fail(where, f"must be a whole number from {low} to {high}, got {_shown(value)}")
         return value
 
     def string_list(self, value: Any, where: str) -> tuple[str, ...]:
         if not isinstance(value, list):
             raise self.fail(where, f"must be a list of strings, got {_kind(value)}")
         return tuple(self.string(item, f"{where}[{i}]") for i, item in enumerate(value))
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """`value` as a message quotes it, cut at `limit` characters: a message never grows with the input."""
+    text = repr(value) if not isinstance(value, (list, dict)) else f"{_kind(value)} of {len(value)}"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _kind(value: Any) -> str:
@@ -147,20 +153,63 @@ def _kind(value: Any) -> str:
             int: "a number", float: "a number"}.get(type(value), type(value).__name__)
 
 
+MAX_YAML_VALUES = 10_000  # a real config has a few hundred; an alias counts once for every use
+MAX_YAML_DEPTH = 20  # the schema nests 5 deep
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    """safe_load, bounded: PyYAML expands no alias while composing, so the node graph is checked before
+    anything is built from it. A few hundred bytes of nested aliases ("billion laughs") would otherwise
+    stand for billions of values, and deep nesting exhausts Python's recursion; both raise ConfigError."""
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            root = loader.get_single_node()
+        except RecursionError:
+            raise ConfigError(source, "", f"invalid YAML: nested more than {MAX_YAML_DEPTH} levels deep") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or "not valid YAML"
+            raise ConfigError(source, where, f"invalid YAML: {problem}") from None
+        if root is None:
+            return None
+        _check_size(root, source)
+        return loader.construct_document(root)
+    finally:
+        loader.dispose()
+
+
+def _check_size(root: yaml.Node, source: str) -> None:
+    """Walk the node graph as the built value would be walked (an alias once per use): at most
+    MAX_YAML_VALUES nodes, MAX_YAML_DEPTH levels. Stops at the first bound, so it is bounded itself."""
+    stack: list[tuple[yaml.Node, int]] = [(root, 1)]
+    count = 0
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise ConfigError(source, "", f"more than {MAX_YAML_VALUES:,} values once its aliases are expanded; "
+                              "write the values out")
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError(source, f"line {node.start_mark.line + 1}",
+                              f"nested more than {MAX_YAML_DEPTH} levels deep")
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack.append((key, depth + 1))
+                stack.append((value, depth + 1))
+
+
 def parse_repo_config(text: str, source: str = CONFIG_PATH) -> RepoConfig:
     """Parse and validate the YAML text; raises ConfigError."""
     reader = _Reader(source)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ConfigError(source, where, f"invalid YAML: {problem}") from None
+    data = _load_yaml(text, source)
     top = reader.mapping(data, "", _TOP_KEYS)
     trigger = top.get("trigger", "auto")
     if trigger not in ("auto", "label", "command"):
-        raise reader.fail("trigger", f"must be auto, label or command, got {trigger!r}")
+        raise reader.fail("trigger", f"must be auto, label or command, got {_shown(trigger)}")
     label = reader.string(top.get("label", "preview"), "label")
     raw_services = top.get("services")
     if not isinstance(raw_services, list) or not raw_services:
@@ -169,7 +218,7 @@ def parse_repo_config(text: str, source: str = CONFIG_PATH) -> RepoConfig:
     seen: set[str] = set()
     for i, service in enumerate(services):
         if service.name in seen:
-            raise reader.fail(f"services[{i}].name", f"duplicate service name {service.name!r}")
+            raise reader.fail(f"services[{i}].name", f"duplicate service name {_shown(service.name)}")
         seen.add(service.name)
     wait_for = _parse_check_names(reader, top["wait_for"], "wait_for") if top.get("wait_for") is not None else ()
     wait_timeout = _parse_minutes(reader, top.get("wait_timeout", DEFAULT_WAIT_TIMEOUT_MINUTES), "wait_timeout")
@@ -193,7 +242,7 @@ def _parse_check_names(reader: _Reader, raw: Any, where: str) -> tuple[str, ...]
         if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
             raise reader.fail(f"{where}[{i}]", "must not contain control characters")
         if name in names:
-            raise reader.fail(f"{where}[{i}]", f"duplicate check name {name!r}")
+            raise reader.fail(f"{where}[{i}]", f"duplicate check name {_shown(name)}")
         names.append(name)
     return tuple(names)
 
@@ -207,7 +256,7 @@ def _parse_minutes(reader: _Reader, raw: Any, where: str) -> int:
         minutes = int(match.group(1)) * (60 if match.group(2) == "h" else 1)
     if minutes is None or not 1 <= minutes <= MAX_WAIT_TIMEOUT_MINUTES:
         raise reader.fail(where, f"must be whole minutes from 1 to {MAX_WAIT_TIMEOUT_MINUTES} "
-                                 f"(e.g. 60, 90m or 2h), got {raw!r}")
+                                 f"(e.g. 60, 90m or 2h), got {_shown(raw)}")
     return minutes
 
 
@@ -219,7 +268,7 @@ def _parse_service(reader: _Reader, raw: Any, where: str) -> ServiceConfig:
     name = reader.string(item["name"], f"{where}.name")
     if not _SERVICE_NAME.match(name):
         raise reader.fail(f"{where}.name", f"must be lowercase letters, digits and '-', start with a letter, "
-                          f"at most 40 characters, got {name!r}")
+                          f"at most 40 characters, got {_shown(name)}")
     image = reader.string(item["image"], f"{where}.image")
     placeholders = set(re.findall(r"{([^{}]*)}", image))
     if placeholders - _IMAGE_PLACEHOLDERS:
@@ -237,10 +286,11 @@ def _parse_service(reader: _Reader, raw: Any, where: str) -> ServiceConfig:
     if item.get("host") is not None:
         host = reader.string(item["host"], f"{where}.host").lower()
         if not _HOST.match(host) or len(host) > 253:
-            raise reader.fail(f"{where}.host", f"must be a DNS name like a.default.svc.cluster.local, got {host!r}")
+            raise reader.fail(f"{where}.host",
+                              f"must be a DNS name like a.default.svc.cluster.local, got {_shown(host)}")
         problem = dns.name_problem(host)
         if problem:
-            raise reader.fail(f"{where}.host", f"{host!r} {problem}")
+            raise reader.fail(f"{where}.host", f"{_shown(host)} {problem}")
     env: dict[str, str] = {}
     if item.get("env") is not None:
         raw_env = item["env"]
@@ -248,7 +298,7 @@ def _parse_service(reader: _Reader, raw: Any, where: str) -> ServiceConfig:
             raise reader.fail(f"{where}.env", f"must be a mapping of NAME: value, got {_kind(raw_env)}")
         for key, value in raw_env.items():
             if not isinstance(key, str) or not _ENV_NAME.match(key):
-                raise reader.fail(f"{where}.env", f"invalid variable name {key!r}")
+                raise reader.fail(f"{where}.env", f"invalid variable name {_shown(key)}")
             if isinstance(value, dict | list) or value is None:
                 raise reader.fail(f"{where}.env.{key}", f"must be a string or number, got {_kind(value)}")
             env[key] = str(value).lower() if isinstance(value, bool) else str(value)
@@ -279,7 +329,7 @@ def _parse_protocol(reader: _Reader, raw: Any, where: str) -> str:
     if protocol in _UNROUTABLE_PROTOCOLS:
         raise reader.fail(where, f"{protocol} cannot be routed by a request header "
                           f"({_UNROUTABLE_PROTOCOLS[protocol]}); use one of {allowed}")
-    raise reader.fail(where, f"must be one of {allowed}, got {raw!r}")
+    raise reader.fail(where, f"must be one of {allowed}, got {_shown(raw)}")
 
 
 def _parse_resources(reader: _Reader, raw: Any, where: str) -> dict[str, str]:
@@ -304,7 +354,7 @@ def check_policy(config: RepoConfig, policy: Policy, source: str = CONFIG_PATH) 
         prefixes = policy.allowed_image_prefixes
         if prefixes and not any(service.image.startswith(prefix) for prefix in prefixes):
             raise ConfigError(source, f"{where}.image",
-                              f"image {service.image!r} is not allowed; it must start with one of: "
+                              f"image {_shown(service.image)} is not allowed; it must start with one of: "
                               f"{', '.join(prefixes)}")
         if service.replicas > policy.max_replicas:
             raise ConfigError(source, f"{where}.replicas",

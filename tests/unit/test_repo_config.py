@@ -182,6 +182,49 @@ def test_yaml_error_names_the_line() -> None:
     assert err.source == CONFIG_PATH
 
 
+def alias_bomb(levels: int = 9) -> str:
+    """Nested YAML aliases ("billion laughs"): a few hundred bytes standing for 9**levels strings."""
+    lines = ['  - &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"  - &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("field", ["trigger", "wait_timeout", "label", "services"])
+def test_an_alias_bomb_is_refused_before_it_is_expanded(field: str) -> None:
+    text = f"{field}:\n{alias_bomb()}" + ("" if field == "services" else one_service(""))
+    assert len(text) < 1000
+    err = config_error(text)
+    assert err.reason == "more than 10,000 values once its aliases are expanded; write the values out"
+
+
+def test_an_alias_bomb_in_a_service_field_is_refused() -> None:
+    text = "services:\n  - name: api\n    image: x:{sha}\n    port:\n" + alias_bomb().replace("  - ", "      - ")
+    assert "aliases are expanded" in config_error(text).reason
+
+
+def test_a_recursive_alias_is_refused() -> None:
+    assert config_error("trigger: &a [*a]\n" + one_service("")).reason == "nested more than 20 levels deep"
+
+
+@pytest.mark.parametrize("depth", [21, 500, 5_000])
+def test_deep_nesting_is_refused_whatever_the_depth(depth: int) -> None:
+    err = config_error("services: " + "[" * depth + "]" * depth + "\n")
+    assert err.reason.endswith("nested more than 20 levels deep") and "Traceback" not in str(err)
+
+
+def test_aliases_within_the_bounds_still_work() -> None:
+    text = "services:\n  - &api\n    name: api\n    image: x:{sha}\n    port: 8080\n    env: &env {A: '1'}\n" \
+           "  - name: web\n    image: y:{sha}\n    port: 80\n    env: *env\n"
+    config = parse_repo_config(text)
+    assert [s.name for s in config.services] == ["api", "web"]
+    assert config.services[1].env == config.services[0].env
+
+
+def test_a_long_bad_value_is_cut_in_the_message() -> None:
+    err = config_error("trigger: " + "x" * 100_000 + "\n" + one_service(""))
+    assert len(str(err)) < 300 and err.reason.endswith("...")
+
+
 # --- policy ---------------------------------------------------------------------------------------
 
 
