@@ -144,6 +144,9 @@ async def reconcile(kube: Cluster, previewer: Previewer, client_for: ClientFor, 
                             f"again, or `/preview keep` (or the `{KEEP_LABEL}` label) to keep it.")
         except (GitHubError, OSError) as exc:
             report.errors.append(f"{target}: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # a fault with one preview must not stop the pass for every other one
+            log.exception("reconcile failed for one preview", extra={"preview": target})
+            report.errors.append(f"{target}: unexpected {type(exc).__name__} (logged)")
     await _clean_mesh(kube, report, dry_run=dry_run)
     for action in report.actions:
         log.info("reconcile: %s %s (%s)", action.kind, action.target, action.reason, extra={"dry_run": dry_run})
@@ -304,6 +307,11 @@ class Reconciler:
                 config = await self.previewer.load_config(client)
             except ConfigError:
                 continue  # reported on the PR when its next event comes
+            except (GitHubError, aiohttp.ClientError, OSError):
+                raise  # GitHub unreachable: the pass fails and the next one discovers again
+            except Exception:  # one repository's fault must not stop discovery for the others
+                log.exception("discovery failed for one repository", extra={"repo": name})
+                continue
             if config is None:
                 continue
             for pull in await client.open_pulls():

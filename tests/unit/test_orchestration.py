@@ -189,6 +189,22 @@ async def test_reconcile_removes_a_closed_prs_preview_and_resumes_a_missed_push(
     assert "pull request is closed" in (gh.sticky(1) or "")
 
 
+async def test_a_fault_with_one_preview_does_not_stop_the_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    gh, kube, _locks, previewer = setup()
+    kube.add_preview(key(gh, 1), SHA1)  # open: its idle check meets a fault (a bug, say)
+    kube.add_preview(key(gh, 2), SHA1)  # closed while the bot was down
+    gh.add_pull(1, SHA1)
+    gh.add_pull(2, SHA1, state="closed")
+
+    async def broken(*_args: object, **_kw: object) -> bool:
+        raise RuntimeError("a bug")
+    monkeypatch.setattr("bot.reconcile.ttl_warning.maybe_warn", broken)
+    report = await reconcile(kube, previewer, client_for(gh), idle_ttl=timedelta(days=7))
+    assert report.errors == ["acme/shop#1: unexpected RuntimeError (logged)"]
+    assert [(a.kind, a.target) for a in report.actions] == [("teardown-closed", "acme/shop#2")]
+    assert set(kube.previews) == {key(gh, 1).value}
+
+
 async def test_reconcile_without_the_app_removes_only_the_cluster_side() -> None:
     gh, kube, _locks, previewer = setup()
     kube.add_preview(key(gh, 1), SHA1)
