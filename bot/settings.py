@@ -351,11 +351,18 @@ def _read_private_key(env: Mapping[str, str]) -> str:
             inline = Path(path).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise _env_error("GITHUB_PRIVATE_KEY_PATH", f"cannot read the key file: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise _env_error("GITHUB_PRIVATE_KEY_PATH", "is not a PEM private key (binary content: a DER key? "
+                             "`openssl pkey -inform DER` converts it)") from None
+        if not inline:
+            raise _env_error("GITHUB_PRIVATE_KEY_PATH", "the key file is empty")
         name = "GITHUB_PRIVATE_KEY_PATH"
     else:
         name = "GITHUB_PRIVATE_KEY"
     if not inline:
         raise _env_error("GITHUB_PRIVATE_KEY_PATH", "is required (or GITHUB_PRIVATE_KEY holding the PEM)")
+    if "-----BEGIN" in inline and "\n" not in inline and "\\n" in inline:
+        raise _env_error(name, "holds the PEM with literal \\n escapes on one line; give it with real line breaks")
     if "-----BEGIN" not in inline or "PRIVATE KEY-----" not in inline:
         raise _env_error(name, "is not a PEM private key")
     try:

@@ -130,6 +130,25 @@ def test_a_private_key_that_is_not_rsa_is_named_without_echoing_it() -> None:
     assert pem.splitlines()[1] not in str(err)
 
 
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"0\x82\x04\xa4\x02\x01\x00\x02\x82\x01\x01\x00\xc3", "binary content: a DER key?"),
+    (b"", "the key file is empty"),
+    (b"  \n", "the key file is empty"),
+])
+def test_a_key_file_that_is_not_pem_text_is_named(tmp_path: Path, content: bytes, reason: str) -> None:
+    key_file = tmp_path / "key.der"
+    key_file.write_bytes(content)
+    env = {k: v for k, v in base_env(GITHUB_PRIVATE_KEY_PATH=str(key_file)).items() if k != "GITHUB_PRIVATE_KEY"}
+    err = error_for(env)
+    assert err.field == "GITHUB_PRIVATE_KEY_PATH" and reason in err.reason
+
+
+def test_a_pem_with_literal_backslash_n_escapes_is_named() -> None:
+    err = error_for(base_env(GITHUB_PRIVATE_KEY=PEM.replace("\n", "\\n")))
+    assert err.field == "GITHUB_PRIVATE_KEY" and "literal \\n escapes" in err.reason
+    assert PEM.splitlines()[1] not in str(err)
+
+
 @pytest.mark.parametrize("private_format", ["PKCS8", "TraditionalOpenSSL"])
 def test_an_encrypted_private_key_is_named_as_encrypted(private_format: str) -> None:
     """`-----BEGIN ENCRYPTED PRIVATE KEY-----` and `Proc-Type: 4,ENCRYPTED`: both need a passphrase."""
