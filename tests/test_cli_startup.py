@@ -121,3 +121,76 @@ def test_render_errors_are_one_line(tmp_path: Path) -> None:
     code, _, err = cli(base_env(tmp_path), "render", "--config", str(tmp_path / "nope.yml"), "--repo",
                        "acme/shop", "--repo-id", "1", "--pr", "1", "--sha", "ab12")
     assert_one_line(code, err, "nope.yml", "cannot read")
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that no kubeconfig trusts, and its key."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "not-the-api-server")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    (folder / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "tls.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    return folder / "tls.crt", folder / "tls.key"
+
+
+@pytest.mark.parametrize("command", [["gc"], ["list"]])
+def test_an_api_server_certificate_that_does_not_verify_is_one_line(tmp_path: Path, command: list[str]) -> None:
+    """The kubeconfig trusts no CA that signed the server's certificate (certificate-authority missing or
+    wrong): the client's SSLError is named once, not retried, no traceback."""
+    import ssl
+    import threading
+
+    crt, key = _self_signed(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(crt, key)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(30)
+    port = listener.getsockname()[1]
+    handshakes: list[str] = []
+
+    def serve() -> None:  # bounded: at most 10 connections, each refused in the TLS handshake
+        for _ in range(10):
+            try:
+                conn, _addr = listener.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    context.wrap_socket(conn, server_side=True).close()
+                except (ssl.SSLError, OSError) as exc:
+                    handshakes.append(type(exc).__name__)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    path = tmp_path / "kc"
+    path.write_text(f"""apiVersion: v1
+kind: Config
+clusters: [{{name: c, cluster: {{server: "https://127.0.0.1:{port}"}}}}]
+users: [{{name: u, user: {{token: {TOKEN}}}}}]
+contexts: [{{name: x, context: {{cluster: c, user: u}}}}]
+current-context: x
+""")
+    try:
+        code, _, err = cli(base_env(tmp_path, KUBECONFIG=str(path)), *command)
+    finally:
+        listener.close()
+        thread.join(5)
+    assert_one_line(code, err, "not usable over TLS", "certificate verify failed", "certificate-authority")
+    assert len(handshakes) == 1, handshakes  # not retried

@@ -170,6 +170,14 @@ class Transport:
             started = time.monotonic()
             try:
                 status, data, retry_after = self._request_once(method, path, query_list, body, content_type)
+            except k8s_client.exceptions.ApiException as exc:
+                # The client's own answer to a TLS failure (status 0): the certificate will not verify
+                # on a second attempt either.
+                metrics.KUBE_CALLS.labels(method=method, outcome="network-error").inc()
+                lines = str(exc.reason or "").strip().splitlines()
+                detail = next((r for r in lines if "certificate" in r.lower()), lines[0] if lines else "")
+                raise TemporaryError(f"Kubernetes API not usable over TLS: {detail[:200]} (check the "
+                                     "kubeconfig's certificate-authority)") from None
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 metrics.KUBE_CALLS.labels(method=method, outcome="network-error").inc()
                 if attempt == self._attempts:
