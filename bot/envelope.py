@@ -105,3 +105,47 @@ def payload(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidBody("body is not a JSON object")
     return data
+
+
+# What the rules and handlers read of the events that can become work, with the JSON types GitHub's
+# webhook payloads give them (GitHub docs, "Webhook events and payloads"). (path, allowed types, required)
+_COMMON: tuple[tuple[tuple[str, ...], tuple[type, ...], bool], ...] = (
+    (("installation",), (dict,), True), (("installation", "id"), (int,), True),
+    (("repository",), (dict,), True), (("repository", "id"), (int,), False),
+    (("repository", "full_name"), (str,), True),
+)
+_BY_EVENT: dict[str, tuple[tuple[tuple[str, ...], tuple[type, ...], bool], ...]] = {
+    "pull_request": ((("action",), (str,), True), (("pull_request",), (dict,), True),
+                     (("pull_request", "number"), (int,), True), (("label",), (dict, type(None)), False),
+                     (("label", "name"), (str,), False)),
+    "issue_comment": ((("action",), (str,), True), (("issue",), (dict,), True), (("issue", "number"), (int,), True),
+                      (("issue", "pull_request"), (dict, type(None)), False), (("comment",), (dict,), True),
+                      (("comment", "body"), (str, type(None)), False)),
+    "check_run": ((("action",), (str,), True),),
+    "status": (),
+}
+_TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
+
+
+def shape_problem(event: str, data: dict[str, Any]) -> str | None:
+    """For an event that can become work (pull_request, issue_comment, check_run, status): the first
+    field the rules read whose JSON type is not GitHub's, as `repository.full_name must be a string, got
+    a number`; None when every such field fits, and for every other event (never read)."""
+    if event not in _BY_EVENT:
+        return None
+    for path, types, required in _COMMON + _BY_EVENT[event]:
+        value: Any = data
+        for key in path:
+            value = value.get(key, _MISSING) if isinstance(value, dict) else _MISSING
+        if value is _MISSING:
+            if required:
+                return f"{'.'.join(path)} is missing"
+            continue
+        if type(value) not in types:  # bool is not a number here, as in JSON
+            wanted = " or ".join(dict.fromkeys(_TYPE_NAMES[t] for t in types))
+            return f"{'.'.join(path)} must be {wanted}, got {_TYPE_NAMES.get(type(value), 'another type')}"
+    return None
+
+
+_MISSING = object()

@@ -184,6 +184,9 @@ async def handle_webhook(request: web.Request) -> web.Response:
     if "installation" not in data or "repository" not in data:
         _count(event_name, "ignored")
         return _answer(202, b'{"msg":"not a repository event of an installation; ignored"}')
+    problem = envelope.shape_problem(event_name, data)
+    if problem:  # signed, so sent by someone holding the secret; GitHub's payloads always fit
+        return _error(400, f"{event_name} payload: {problem}", event_name)
     kind = coalesce.classify(event_name, data)
     if kind is None:
         config.remember(delivery, now)

@@ -276,6 +276,36 @@ async def test_valid_body_arriving_in_two_segments_is_accepted(harness: Harness)
     assert [key for key, _ in harness.recorder.submitted] == [("acme/shop", 7)]
 
 
+@pytest.mark.parametrize(("change", "says"), [
+    ({"repository": "acme/shop"}, "repository must be an object, got a string"),
+    ({"repository": None}, "repository must be an object, got null"),
+    ({"repository": {"id": 1}}, "repository.full_name is missing"),
+    ({"repository": {"id": None, "full_name": "acme/shop"}}, "repository.id must be a number, got null"),
+    ({"repository": {"id": "1", "full_name": "acme/shop"}}, "repository.id must be a number, got a string"),
+    ({"installation": []}, "installation must be an object, got a list"),
+    ({"pull_request": None}, "pull_request must be an object, got null"),
+    ({"pull_request": []}, "pull_request must be an object, got a list"),
+    ({"pull_request": {"number": "7"}}, "pull_request.number must be a number, got a string"),
+    ({"pull_request": {"number": True}}, "pull_request.number must be a number, got a boolean"),
+    ({"label": {"name": 3}}, "label.name must be a string, got a number"),
+])
+async def test_a_signed_payload_with_other_types_than_githubs_is_400_naming_the_field(
+        harness: Harness, change: dict[str, Any], says: str) -> None:
+    payload = {**PAYLOAD, "repository": {"id": 1296269, "full_name": "acme/shop"}, **change}
+    status, answer = await harness.post(body_of(payload))
+    assert (status, answer) == (400, {"error": f"pull_request payload: {says}"})
+    assert harness.recorder.submitted == []
+    assert (await harness.post(body_of({**PAYLOAD, "repository": {"id": 1, "full_name": "acme/shop"}}),
+                               delivery="next"))[0] == 202  # still serving
+
+
+async def test_an_issue_comment_with_other_types_is_400_naming_the_field(harness: Harness) -> None:
+    payload = {"action": "created", "installation": {"id": 42}, "repository": {"id": 1, "full_name": "acme/shop"},
+               "issue": {"number": 7, "pull_request": {}}, "comment": ["/preview"]}
+    status, answer = await harness.post(body_of(payload), event="issue_comment")
+    assert (status, answer) == (400, {"error": "issue_comment payload: comment must be an object, got a list"})
+
+
 async def test_ping_is_200_and_not_submitted(harness: Harness) -> None:
     status, answer = await harness.post(body_of({"zen": "Keep it simple.", "hook_id": 1}), event="ping")
     assert status == 200
