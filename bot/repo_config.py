@@ -182,7 +182,8 @@ def _load_yaml(text: str, source: str) -> Any:
 
 def _check_size(root: yaml.Node, source: str) -> None:
     """Walk the node graph as the built value would be walked (an alias once per use): at most
-    MAX_YAML_VALUES nodes, MAX_YAML_DEPTH levels. Stops at the first bound, so it is bounded itself."""
+    MAX_YAML_VALUES nodes, MAX_YAML_DEPTH levels, no key twice in one mapping. Stops at the first bound,
+    so it is bounded itself."""
     stack: list[tuple[yaml.Node, int]] = [(root, 1)]
     count = 0
     while stack:
@@ -197,7 +198,13 @@ def _check_size(root: yaml.Node, source: str) -> None:
         if isinstance(node, yaml.SequenceNode):
             stack.extend((child, depth + 1) for child in node.value)
         elif isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
             for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+                    if key.value in seen:  # PyYAML keeps the last silently; which one was meant?
+                        raise ConfigError(source, f"line {key.start_mark.line + 1}",
+                                          f"duplicate key {_shown(key.value)}")
+                    seen.add(key.value)
                 stack.append((key, depth + 1))
                 stack.append((value, depth + 1))
 

@@ -220,6 +220,12 @@ def test_aliases_within_the_bounds_still_work() -> None:
     assert config.services[1].env == config.services[0].env
 
 
+def test_a_duplicate_key_is_refused_naming_its_line() -> None:
+    err = config_error("services:\n  - name: api\n    image: x:{sha}\n    port: 8080\n    name: web\n")
+    assert (err.field, err.reason) == ("line 5", "duplicate key 'name'")
+    assert config_error("trigger: auto\ntrigger: label\n" + one_service("")).reason == "duplicate key 'trigger'"
+
+
 def test_a_long_bad_value_is_cut_in_the_message() -> None:
     err = config_error("trigger: " + "x" * 100_000 + "\n" + one_service(""))
     assert len(str(err)) < 300 and err.reason.endswith("...")
