@@ -33,11 +33,14 @@ CONTEXT_KEY: web.AppKey[WebhookConfig] = web.AppKey("webhook_config")
 
 DEDUPE_SIZE = 50_000  # delivery ids remembered
 DEDUPE_TTL = 6 * 3600.0  # seconds a delivery id counts as seen
+BODY_TIMEOUT = 10.0  # seconds for the rest of a body that did not arrive with its headers
 
 
 class WebhookConfig:
     def __init__(self, *, secret: str, max_body_bytes: int, dispatch: Dispatch, submit: Submit,
-                 readiness: dict[str, ReadinessCheck], dedupe_size: int = DEDUPE_SIZE) -> None:
+                 readiness: dict[str, ReadinessCheck], dedupe_size: int = DEDUPE_SIZE,
+                 body_timeout: float = BODY_TIMEOUT) -> None:
+        self.body_timeout = body_timeout
         self.secret = secret.encode("utf-8")
         self.max_body_bytes = max_body_bytes
         self.dispatch = dispatch
@@ -100,8 +103,17 @@ def merge_converge(older: Job, newer: Job) -> Job:
 _COUNTERS: dict[tuple[str, str], Any] = {}
 
 
+# The events app.yml subscribes to, GitHub's App-level ones, and ping; any other header value counts as
+# "other", so a sender cannot grow the metric's series without bound.
+_EVENT_LABELS = frozenset({"pull_request", "issue_comment", "check_run", "status", "ping", "installation",
+                           "installation_repositories", "installation_target", "github_app_authorization",
+                           "unknown"})
+
+
 def _count(event: str, outcome: str) -> None:
     """preview_bot_webhooks_total{event, outcome} += 1 (label children looked up once: the hot path)."""
+    if event not in _EVENT_LABELS:
+        event = "other"
     child = _COUNTERS.get((event, outcome))
     if child is None:
         child = _COUNTERS[(event, outcome)] = metrics.WEBHOOKS.labels(event=event, outcome=outcome)
@@ -158,7 +170,14 @@ async def handle_webhook(request: web.Request) -> web.Response:
         return _error(503, "shutting down; GitHub will show this delivery as failed and the reconciler catches up")
     if request.content_length is not None and request.content_length > config.max_body_bytes:
         return _error(413, f"body larger than {config.max_body_bytes} bytes")
-    body = await read_limited(request, config.max_body_bytes)
+    if request.content.is_eof():  # all of it is here (GitHub sends it at once): no timer on the hot path
+        body = await read_limited(request, config.max_body_bytes)
+    else:
+        try:
+            async with asyncio.timeout(config.body_timeout):
+                body = await read_limited(request, config.max_body_bytes)
+        except TimeoutError:  # a sender that stops short of its Content-Length must not hold a connection
+            return _error(408, f"body not received within {config.body_timeout:g} s")
     if body is None:
         return _error(413, f"body larger than {config.max_body_bytes} bytes")
     signature = request.headers.get(SIGNATURE_HEADER)
@@ -205,7 +224,8 @@ async def handle_webhook(request: web.Request) -> web.Response:
         # converges every open PR anyway.
         log.warning("work queue full: delivery refused with 503",
                     extra={"delivery": delivery, "event": event_name, "action": data.get("action")})
-        return _error(503, "too much work queued; retry later (the reconciler also catches up)", event_name)
+        return _error(503, "too much work queued; retry later (the reconciler converges every open PR; a "
+                      "command is lost unless redelivered or commented again)", event_name)
     config.remember(delivery, now)
     _count(event_name, "merged" if merged else "accepted")
     return _answer(202, b'{"msg":"accepted"}')

@@ -306,6 +306,35 @@ async def test_an_issue_comment_with_other_types_is_400_naming_the_field(harness
     assert (status, answer) == (400, {"error": "issue_comment payload: comment must be an object, got a list"})
 
 
+async def test_a_body_stopping_short_of_its_content_length_is_408_in_time() -> None:
+    recorder = Recorder()
+    config = WebhookConfig(secret=SECRET, max_body_bytes=LIMIT, dispatch=recorder.dispatch,
+                           submit=recorder.submit, readiness={}, body_timeout=0.5)
+    async with TestClient(TestServer(create_app(config))) as client:
+        reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+        try:
+            writer.write(b"POST /webhook HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n"
+                         b"X-GitHub-Event: pull_request\r\nX-GitHub-Delivery: slow\r\n\r\n{")
+            await writer.drain()
+            status_line = await asyncio.wait_for(reader.readline(), 5)
+        finally:
+            writer.close()
+    assert status_line.split()[1] == b"408", status_line
+    assert recorder.submitted == []
+
+
+async def test_an_unknown_event_name_counts_as_other(harness: Harness) -> None:
+    from bot import metrics
+
+    def count(event: str) -> float:
+        return metrics.REGISTRY.get_sample_value(
+            "preview_bot_webhooks_total", {"event": event, "outcome": "ignored"}) or 0.0
+    before = count("other")
+    status, _ = await harness.post(body_of(), event="../../etc/passwd", delivery="odd-event")
+    assert status == 202
+    assert count("other") == before + 1 and count("../../etc/passwd") == 0
+
+
 async def test_ping_is_200_and_not_submitted(harness: Harness) -> None:
     status, answer = await harness.post(body_of({"zen": "Keep it simple.", "hook_id": 1}), event="ping")
     assert status == 200
