@@ -133,7 +133,9 @@ async def check_gateway(kube: Kube, settings: Settings) -> None:
     try:
         found = await kube.gateway(settings.cluster.gateway)
     except KubeError as exc:
-        hint = " (the bot needs `get` on gateways.networking.istio.io there)" if exc.status in (401, 403) else ""
+        hint = {401: " (the API server does not accept the credentials: an expired token, or a kubeconfig exec "
+                     "plugin that failed; its error is logged above)",
+                403: " (the bot needs `get` on gateways.networking.istio.io there)"}.get(exc.status, "")
         raise StartupError(f"Kubernetes: reading Gateway {settings.cluster.gateway} from {kube.server} "
                            f"failed: {exc}{hint}") from None
     except PreviewError as exc:  # TemporaryError: unreachable after the adapter's retries

@@ -284,6 +284,9 @@ def load_cluster_settings(env: Mapping[str, str], *, domain: str | None = None) 
     header = (env.get("PREVIEW_HEADER") or "x-preview").lower()
     if not re.fullmatch(r"[a-z0-9][-a-z0-9]*", header):
         raise _env_error("PREVIEW_HEADER", f"is not a valid HTTP header name: {header!r}")
+    reserved = _reserved_header(header)
+    if reserved:
+        raise _env_error("PREVIEW_HEADER", f"{header!r} {reserved}; use a header of its own, like x-preview")
     match_mode = (env.get("PREVIEW_MATCH") or "header").lower()
     if match_mode not in ("header", "baggage", "both"):
         raise _env_error("PREVIEW_MATCH", f"must be header, baggage or both, got {match_mode!r}")
@@ -339,6 +342,23 @@ def _load_policy(env: Mapping[str, str]) -> Policy:
             raise _env_error("PREVIEW_DEFAULT_REQUESTS",
                              f"{name}={request} is above PREVIEW_DEFAULT_LIMITS {name}={limit}")
     return policy
+
+
+# Headers the gateway's `set` would break or that already mean something on every request: HTTP framing
+# and connection headers (RFC 9110 section 7.6.1, RFC 9112), the request's host, credentials and cookies,
+# proxies' forwarding records, tracing context (W3C, B3), and Envoy's own `x-envoy-` headers.
+_RESERVED_HEADERS = frozenset({
+    "host", "content-length", "content-type", "content-encoding", "transfer-encoding", "connection", "keep-alive",
+    "upgrade", "te", "trailer", "expect", "cookie", "set-cookie", "authorization", "forwarded", "via",
+    "x-request-id", "baggage", "traceparent", "tracestate", "b3"})
+_RESERVED_PREFIXES = ("x-forwarded-", "x-envoy-", "proxy-", "x-b3-", "x-ot-", "grpc-", "x-amzn-")
+
+
+def _reserved_header(name: str) -> str | None:
+    """Why `name` cannot be the routing header, or None."""
+    if name in _RESERVED_HEADERS or name.startswith(_RESERVED_PREFIXES):
+        return "already carries something else on every request (the preview host would overwrite it)"
+    return None
 
 
 def _read_private_key(env: Mapping[str, str]) -> str:

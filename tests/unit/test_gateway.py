@@ -154,3 +154,18 @@ async def test_explain_without_istio_crds_says_so_and_lists_nothing() -> None:
     assert (gateway, items) == (None, [])
     assert notes == ["the API server does not serve networking.istio.io/v1 VirtualServices (Istio's CRDs are "
                      "not installed): no routing to explain"]
+
+
+@pytest.mark.parametrize(("status", "hint"), [(401, "does not accept the credentials"),
+                                              (403, "needs `get` on gateways.networking.istio.io")])
+async def test_refused_gateway_reads_name_the_likely_cause(status: int, hint: str) -> None:
+    from bot.kube import KubeError
+
+    async def refused(_name: str) -> Any:
+        raise KubeError(status, "Unauthorized" if status == 401 else "Forbidden", "no")
+    settings = ClusterSettings(domain="example.com", gateway="ns/gw")
+    kube = SimpleNamespace(server=SERVER, gateway=refused)
+    with pytest.raises(StartupError) as caught:
+        await check_gateway(kube, SimpleNamespace(cluster=settings))  # type: ignore[arg-type]
+    assert hint in str(caught.value)
+    assert ("needs `get`" in str(caught.value)) is (status == 403)

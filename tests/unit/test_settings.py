@@ -149,6 +149,17 @@ def test_a_pem_with_literal_backslash_n_escapes_is_named() -> None:
     assert PEM.splitlines()[1] not in str(err)
 
 
+@pytest.mark.parametrize("header", ["host", "Cookie", "content-length", "x-forwarded-for", "authorization",
+                                    "x-envoy-original-path", "baggage", "traceparent", "x-b3-traceid"])
+def test_a_routing_header_that_already_means_something_is_refused(header: str) -> None:
+    err = error_for(base_env(PREVIEW_HEADER=header))
+    assert err.field == "PREVIEW_HEADER" and "already carries something else" in err.reason
+
+
+def test_an_own_routing_header_is_accepted() -> None:
+    assert load_settings(base_env(PREVIEW_HEADER="X-Team-Preview")).cluster.header_name == "x-team-preview"
+
+
 @pytest.mark.parametrize("private_format", ["PKCS8", "TraditionalOpenSSL"])
 def test_an_encrypted_private_key_is_named_as_encrypted(private_format: str) -> None:
     """`-----BEGIN ENCRYPTED PRIVATE KEY-----` and `Proc-Type: 4,ENCRYPTED`: both need a passphrase."""
