@@ -12,7 +12,9 @@ Invariants:
 - A body intake accepts, `payload` decodes: both use one parser (msgspec) with one set of rules, and
   intake also checks what the envelope skips over (UTF-8 in every string).
 - A body whose envelope fields have other types than GitHub's (a payload of an event these rules were
-  not written for) is decoded whole instead; never refused for that (`decode_envelope`).
+  not written for) is decoded whole instead; never refused for that (`decode_envelope`). For the events
+  that can become work, intake refuses such a body naming the field (`shape_problem`): GitHub's own
+  payloads of those events always fit (checked against every documented example).
 - The envelope of a body is a sub-tree of its payload: same keys, same values.
 """
 
