@@ -43,3 +43,14 @@ class HostConflictError(PreviewError):
 class MeshRoutingError(PreviewError):
     """Istio would not use the preview's mesh routes (another VirtualService serves the host); the
     message names that VirtualService as `namespace/name` and what to change."""
+
+
+def first_line(text: str | bytes, limit: int, *, preferring: str = "") -> str:
+    """The first non-blank line of an answer that is not what was asked for (a proxy's HTML page, the
+    API server's plain text, a TLS error), cut at `limit` characters, for a one-line message; with
+    `preferring`, the first line containing it (case-insensitive) when there is one."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    lines = [line for line in (raw.strip() for raw in text.splitlines()) if line]
+    chosen = next((line for line in lines if preferring.lower() in line.lower()), None) if preferring else None
+    return (chosen or (lines[0] if lines else ""))[:limit]

@@ -40,9 +40,9 @@ class WebhookConfig:
     def __init__(self, *, secret: str, max_body_bytes: int, dispatch: Dispatch, submit: Submit,
                  readiness: dict[str, ReadinessCheck], dedupe_size: int = DEDUPE_SIZE,
                  body_timeout: float = BODY_TIMEOUT) -> None:
-        self.body_timeout = body_timeout
         self.secret = secret.encode("utf-8")
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
         self.dispatch = dispatch
         self.submit = submit
         self.readiness = readiness

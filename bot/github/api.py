@@ -24,6 +24,7 @@ import gidgethub
 import gidgethub.aiohttp
 
 from bot import metrics
+from bot.errors import first_line
 from bot.github import errors
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,8 @@ _STATUS: contextvars.ContextVar[int] = contextvars.ContextVar("github_status", d
 
 
 def _not_json(content_type: str, payload: bytes) -> str:
-    lines = payload.decode("utf-8", "replace").strip().splitlines()
-    first = lines[0][:120] if lines else ""
     return (f"GitHub's answer is {content_type or 'untyped'}, not JSON (a proxy between the bot and GitHub?): "
-            f"{first!r}")
+            f"{first_line(payload, 120)!r}")
 
 
 class Pacer:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot import manifests, naming
-from bot.kube.transport import KubeError, Transport, collection_path
+from bot.kube.transport import KubeError, Transport, api_path, collection_path
 from bot.naming import PreviewKey
 from bot.settings import ClusterSettings
 
@@ -101,8 +101,7 @@ class Inventory:
         """The resource names (plurals: `gateways`, ...) the API server serves in `api_version`, from its
         discovery document (GET /apis/<group>/<version>); None when it serves no such group version (for
         Istio's: its CRDs are not installed)."""
-        prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-        found = await self._t.get(prefix)
+        found = await self._t.get(api_path(api_version))
         if found is None:
             return None
         return frozenset(str(r.get("name", "")) for r in found.get("resources") or [])

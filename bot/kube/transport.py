@@ -28,7 +28,7 @@ from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 from bot import manifests, metrics, naming
-from bot.errors import StartupError, TemporaryError
+from bot.errors import StartupError, TemporaryError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +89,20 @@ def _decoded(raw: bytes | None, status: int) -> Any:
     try:
         return json.loads(raw)
     except ValueError:  # JSONDecodeError, UnicodeDecodeError
-        lines = raw.decode("utf-8", "replace").strip().splitlines()
-        first = lines[0][:200] if lines else ""
+        first = first_line(raw, 200)
         if status >= 400:
             return {"message": first}
         raise KubeError(status, "NotJSON", f"the answer is not JSON: {first!r}") from None
 
 
+def api_path(api_version: str) -> str:
+    """The API server's path of a group version: `/api/v1` for the core group, else `/apis/<group>/<v>`."""
+    return "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+
+
 def collection_path(api_version: str, kind_plural: str, namespace: str | None) -> str:
     """The collection in `namespace`; None: the cluster-wide collection (every namespace)."""
-    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    prefix = api_path(api_version)
     if namespace is None:
         return f"{prefix}/{kind_plural}"
     return f"{prefix}/namespaces/{namespace}/{kind_plural}"
@@ -174,9 +178,8 @@ class Transport:
                 # The client's own answer to a TLS failure (status 0): the certificate will not verify
                 # on a second attempt either.
                 metrics.KUBE_CALLS.labels(method=method, outcome="network-error").inc()
-                lines = str(exc.reason or "").strip().splitlines()
-                detail = next((r for r in lines if "certificate" in r.lower()), lines[0] if lines else "")
-                raise TemporaryError(f"Kubernetes API not usable over TLS: {detail[:200]} (check the "
+                detail = first_line(str(exc.reason or ""), 200, preferring="certificate")
+                raise TemporaryError(f"Kubernetes API not usable over TLS: {detail} (check the "
                                      "kubeconfig's certificate-authority)") from None
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 metrics.KUBE_CALLS.labels(method=method, outcome="network-error").inc()
