@@ -212,9 +212,19 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 
 def _dns_label(env: Mapping[str, str], name: str, default: str) -> str:
+    """A namespace name: a DNS-1123 label (Kubernetes: "Object Names and IDs")."""
     value = env.get(name) or default
     if not _DNS_LABEL.match(value):
         raise _env_error(name, f"must be a lowercase DNS-1123 label (a Kubernetes namespace), got {value!r}")
+    return value
+
+
+def _object_name(env: Mapping[str, str], name: str, default: str) -> str:
+    """The name of an object like a Lease: a DNS-1123 subdomain (Kubernetes: "Object Names and IDs")."""
+    value = env.get(name) or default
+    if not _DNS_NAME.match(value):
+        raise _env_error(name, "must be a Kubernetes object name (lowercase letters, digits, '-' and '.', at most "
+                         f"253 characters, starting and ending with a letter or digit), got {value!r}")
     return value
 
 
@@ -235,6 +245,12 @@ def validate_host_template(template: str, domain: str) -> str:
         raise _env_error("PREVIEW_HOST_TEMPLATE", f"is not a valid template: {exc}") from None
     if not _DNS_NAME.match(sample):
         raise _env_error("PREVIEW_HOST_TEMPLATE", f"does not give a valid host name (e.g. {sample!r})")
+    if "." not in sample:
+        # Istio reads a VirtualService host without a dot as a short name in the VirtualService's own
+        # namespace (<host>.<namespace>.svc.cluster.local; Istio: VirtualService `hosts`), so no request
+        # through the Gateway would ever match it.
+        raise _env_error("PREVIEW_HOST_TEMPLATE", f"gives single-label hosts (e.g. {sample!r}), which Istio reads "
+                         "as short names of in-cluster services; add the domain, e.g. {service}-{number}.{domain}")
     # The longest inputs: every label is at most 63 characters once shortened, so the host's length is
     # bounded by the sum of its labels' min(length, 63); that must stay within 253.
     longest = template.format(domain=domain, **LONGEST_PLACEHOLDERS).lower()
@@ -420,6 +436,13 @@ def load_settings(env: Mapping[str, str]) -> Settings:
     api_url = (env.get("GITHUB_API_URL") or DEFAULT_API_URL).rstrip("/")
     if not re.match(r"^https?://[^/\s]+(/\S*)?$", api_url):
         raise _env_error("GITHUB_API_URL", f"must be an http(s) URL, got {api_url!r}")
+    idle_ttl_days = _positive_float(env, "PREVIEW_IDLE_TTL_DAYS", 7.0)
+    # A warning as early as the TTL itself would be due at every deploy: each push would be answered by one.
+    # The default keeps clear of that on short TTLs; a value set on purpose is refused instead.
+    ttl_warning_hours = _non_negative_float(env, "PREVIEW_TTL_WARNING", min(24.0, idle_ttl_days * 24 / 2))
+    if ttl_warning_hours >= idle_ttl_days * 24:
+        raise _env_error("PREVIEW_TTL_WARNING", f"({ttl_warning_hours:g} hours) must be less than the idle TTL, "
+                         f"PREVIEW_IDLE_TTL_DAYS={idle_ttl_days:g} ({idle_ttl_days * 24:g} hours); 0: no warning")
     return Settings(
         cluster=load_cluster_settings(env),
         app_id=int(raw_app_id),
@@ -435,11 +458,11 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         content_requests_per_minute=_positive_int(env, "PREVIEW_GITHUB_CONTENT_PER_MINUTE", 60),
         content_requests_per_hour=_positive_int(env, "PREVIEW_GITHUB_CONTENT_PER_HOUR", 450),
         reconcile_interval=_positive_float(env, "PREVIEW_RECONCILE_INTERVAL", 300.0),
-        idle_ttl_days=_positive_float(env, "PREVIEW_IDLE_TTL_DAYS", 7.0),
-        ttl_warning_hours=_non_negative_float(env, "PREVIEW_TTL_WARNING", 24.0),
+        idle_ttl_days=idle_ttl_days,
+        ttl_warning_hours=ttl_warning_hours,
         leader_election=_bool(env, "PREVIEW_LEADER_ELECTION", False),
         lease_namespace=_dns_label(env, "POD_NAMESPACE", "preview-bot"),
-        lease_name=_dns_label(env, "PREVIEW_LEASE_NAME", "preview-bot-reconciler"),
+        lease_name=_object_name(env, "PREVIEW_LEASE_NAME", "preview-bot-reconciler"),
         lease_seconds=_positive_int(env, "PREVIEW_LEASE_SECONDS", 30),
         github_timeout=_positive_float(env, "PREVIEW_GITHUB_TIMEOUT", 20.0),
         kube_timeout=kube_timeout(env),

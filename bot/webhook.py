@@ -15,6 +15,7 @@ from typing import Any
 import cachetools
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from gidgethub import sansio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -254,7 +255,28 @@ async def prometheus(_request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+class MalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (bad framing, a header line too long, TLS or other bytes
+    that are not HTTP on the plain port) as an error with a traceback. That is the client's fault, and
+    anyone who can reach the port can cause it: this makes it one warning line naming the client and
+    what was wrong, with no traceback. Installed on aiohttp's `aiohttp.server` logger by `create_app`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "unknown"
+            record.msg = "malformed HTTP request from %s: %s %s"
+            record.args = (remote, exc.code, " ".join(str(exc.message).split())[:200])
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_MALFORMED = MalformedRequests()
+
+
 def create_app(config: WebhookConfig) -> web.Application:
+    logging.getLogger("aiohttp.server").addFilter(_MALFORMED)  # once: a filter is added at most once
     # client_max_size guards every other route too; the webhook reads with its own limit.
     app = web.Application(client_max_size=config.max_body_bytes)
     app[CONTEXT_KEY] = config

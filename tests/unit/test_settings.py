@@ -196,6 +196,8 @@ def test_an_encrypted_private_key_is_named_as_encrypted(private_format: str) -> 
         ("PREVIEW_HOST_TEMPLATE", "preview_{number}_{service}.{domain}"),
         ("PREVIEW_HOST_TEMPLATE", "preview-{number}-{service}.{domain"),  # str.format raised, uncaught
         ("PREVIEW_HOST_TEMPLATE", "preview-{number}-{service}.{domain}}"),
+        ("PREVIEW_HOST_TEMPLATE", "preview-{number}-{service}"),  # one label: Istio's short name in-cluster
+        ("PREVIEW_HOST_TEMPLATE", "{key}-{service}"),
         ("PREVIEW_ALLOWED_IMAGES", "ghcr.io"),  # would admit ghcr.io.evil.example/...
         ("PREVIEW_ALLOWED_IMAGES", "registry.example.com/acme/,ghcr.io/acme"),  # would admit ghcr.io/acme-evil/
         ("PREVIEW_IDLE_TTL_DAYS", "inf"),  # timedelta(days=inf) overflowed in the reconciler
@@ -226,6 +228,10 @@ def test_an_encrypted_private_key_is_named_as_encrypted(private_format: str) -> 
         ("PREVIEW_DELETE_ENVIRONMENTS", "sometimes"),
         ("POD_NAMESPACE", "Not_A_Namespace"),
         ("PREVIEW_LEASE_NAME", "UPPER"),
+        ("PREVIEW_LEASE_NAME", "a" * 254),
+        ("PREVIEW_LEASE_NAME", "lease..name"),
+        ("PREVIEW_TTL_WARNING", "168"),  # the default TTL (7 days): due at every deploy
+        ("PREVIEW_TTL_WARNING", "200"),
     ],
 )
 def test_malformed_value_names_the_variable(name: str, value: str) -> None:
@@ -371,3 +377,32 @@ def test_parse_resource_list_errors_name_where() -> None:
         parse_resource_list("cpu=1,disk=2", where="SOME_VAR")
     assert info.value.field == "SOME_VAR"
     assert "disk" in info.value.reason
+
+
+def test_lease_name_is_an_object_name_not_a_label() -> None:
+    # A Lease's name is a DNS-1123 subdomain: dots allowed, up to 253 characters.
+    settings = load_settings(base_env(PREVIEW_LEASE_NAME="preview-bot.reconciler"))
+    assert settings.lease_name == "preview-bot.reconciler"
+    assert "Kubernetes object name" in error_for(base_env(PREVIEW_LEASE_NAME="UPPER")).reason
+
+
+@pytest.mark.parametrize(("env", "hours"), [
+    ({}, 24.0),
+    ({"PREVIEW_IDLE_TTL_DAYS": "1"}, 12.0),  # the default stays below a short TTL: half of it
+    ({"PREVIEW_IDLE_TTL_DAYS": "1", "PREVIEW_TTL_WARNING": "23.5"}, 23.5),
+    ({"PREVIEW_IDLE_TTL_DAYS": "0.5", "PREVIEW_TTL_WARNING": "0"}, 0.0),
+])
+def test_ttl_warning_stays_below_the_ttl(env: dict[str, str], hours: float) -> None:
+    assert load_settings(base_env(**env)).ttl_warning_hours == hours
+
+
+def test_ttl_warning_not_below_the_ttl_names_both() -> None:
+    err = error_for(base_env(PREVIEW_IDLE_TTL_DAYS="1", PREVIEW_TTL_WARNING="24"))
+    assert err.field == "PREVIEW_TTL_WARNING"
+    assert err.reason == "(24 hours) must be less than the idle TTL, PREVIEW_IDLE_TTL_DAYS=1 (24 hours); 0: no warning"
+
+
+def test_single_label_host_template_is_refused_naming_istio_short_names() -> None:
+    err = error_for(base_env(PREVIEW_HOST_TEMPLATE="preview-{number}-{service}"))
+    assert err.field == "PREVIEW_HOST_TEMPLATE"
+    assert "single-label hosts (e.g. 'preview-123-svc')" in err.reason and "short names" in err.reason

@@ -505,3 +505,43 @@ def test_signature_valid_helper() -> None:
 )
 def test_work_key(data: dict[str, Any], key: tuple[str, int]) -> None:
     assert work_key(data) == key
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",  # framing
+    b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",  # smuggling
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n",  # a header line too long
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",  # a space in a header name
+    b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n",  # an unknown version
+    # Not HTTP after a first good request (aiohttp logs a first request's bad method at debug level itself).
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", b"FOO BAR\r\n\r\n"),
+])
+async def test_malformed_request_is_one_warning_line_without_traceback(
+        harness: Harness, request_bytes: bytes | tuple[bytes, bytes], caplog: pytest.LogCaptureFixture) -> None:
+    from bot.logs import JsonFormatter
+
+    server = harness.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        if isinstance(request_bytes, tuple):
+            first, request_bytes = request_bytes
+            writer.write(first)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200")
+            length = int(next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+                         .split(b":")[1])
+            await asyncio.wait_for(reader.readexactly(length), 5)
+        writer.write(request_bytes)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.0 400", b"HTTP/1.1 431")), answer[:200]
+    records = [r for r in caplog.records if r.name == "aiohttp.server" and r.levelno >= 30]
+    assert records, "aiohttp logged nothing"
+    for record in records:
+        assert record.levelname == "WARNING" and not record.exc_info, record.getMessage()
+        assert record.getMessage().startswith("malformed HTTP request from 127.0.0.1: 4")
+        line = JsonFormatter().format(record)
+        assert "\n" not in line and "exception" not in json.loads(line) and "Traceback" not in line
