@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,6 +47,18 @@ class Report:
     links: Sequence[str] = ()  # linked previews across repositories (bot.links), one line each
 
 
+# A stopped preview's comment records the PR's head at the stop, for the bot itself: discovery after a
+# restart must not take a preview stopped on purpose (or removed when idle) for a deploy lost while down.
+_STOPPED_AT = re.compile(r"^<!-- preview-bot:stopped-at ([0-9a-f]{40}|[0-9a-f]{64}) -->$", re.MULTILINE)
+
+
+def stopped_at(body: str | None) -> str | None:
+    """The head commit (40 or 64 hex characters) at which the sticky comment `body` says the preview was
+    stopped; None when it says something else (or is an older comment without the record)."""
+    found = _STOPPED_AT.search(body or "")
+    return found.group(1) if found else None
+
+
 def is_sticky(body: str | None) -> bool:
     return bool(body) and MARKER in (body or "")
 
@@ -56,6 +69,8 @@ def _escape(text: str) -> str:
 
 def render(report: Report) -> str:
     lines = [MARKER, f"### {_ICONS[report.state]} Preview: {report.state.value}", ""]
+    if report.state is State.STOPPED and report.sha:
+        lines.insert(1, f"<!-- preview-bot:stopped-at {report.sha.lower()} -->")
     if report.sha:
         lines.append(f"Commit: `{report.sha[:12]}`")
     if report.header_value:

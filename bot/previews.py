@@ -246,10 +246,13 @@ class Previewer:
         metrics.PREVIEW_OUTCOMES.labels(action="teardown", outcome="removed" if removed else "nothing").inc()
         return removed
 
-    async def stop(self, gh: GitHubRepo | None, number: int, reason: str, *, key: PreviewKey | None = None) -> int:
+    async def stop(self, gh: GitHubRepo | None, number: int, reason: str, *, key: PreviewKey | None = None,
+                   head_sha: str | None = None) -> int:
         """Tear down and tell GitHub; a PR that never had a preview gets no comment. `key`: the live
         preview's, when the caller found it (the reconciler); else resolved from `gh`. `gh` None: the App
-        is gone from the repository, only the cluster side is done (then `key` is required)."""
+        is gone from the repository, only the cluster side is done (then `key` is required). `head_sha`:
+        the PR's head at the stop; the comment records it, so that discovery after a restart does not
+        bring back a preview stopped on purpose (a later push still redeploys)."""
         if key is None:
             if gh is None:
                 raise ValueError("stop() needs a client or the preview's key")
@@ -257,5 +260,5 @@ class Previewer:
         async with self.arbiter.pr_lock(key, supersedes=True, timeout=self.lock_timeout):
             removed = await self.teardown(key)
             if gh is not None:
-                await self.reporter.stopped(gh, key, reason, removed=removed)
+                await self.reporter.stopped(gh, key, reason, removed=removed, head_sha=head_sha)
         return removed

@@ -23,7 +23,7 @@ from typing import Any
 
 import aiohttp
 
-from bot import gate, mesh_routes, metrics, naming, ttl_warning
+from bot import comment, gate, mesh_routes, metrics, naming, ttl_warning
 from bot.errors import ConfigError, PreviewError
 from bot.gate import WaitRegistry
 from bot.github.auth import AppAuth
@@ -211,7 +211,8 @@ async def _stop(previewer: Previewer, client: GitHubRepo | None, preview: LivePr
     """The same teardown as a close or `/preview stop` (cluster, GitHub deployments, comment); `client`
     None: the App left the repository, only the cluster side is done."""
     key = naming.existing_key(preview.repo, preview.number, preview.repo_id, preview.key)
-    await previewer.stop(client, preview.number, reason, key=key)
+    # The deployed commit: had a push been missed, the head differs and discovery deploys it after a restart.
+    await previewer.stop(client, preview.number, reason, key=key, head_sha=preview.sha or None)
 
 
 class Repositories:
@@ -317,9 +318,15 @@ class Reconciler:
             for pull in await client.open_pulls():
                 number = int(pull["number"])
                 wanted = decide(config, facts_from_pull(pull, "synchronize")) is Decision.DEPLOY
-                if wanted and not {(client.repo_id, number), (client.repo.lower(), number)} & live:
-                    missed.append((client.repo, number))
-                    self.resume(client.repo_id, client.repo, number)
+                if not wanted or {(client.repo_id, number), (client.repo.lower(), number)} & live:
+                    continue
+                # No preview: an event lost while down, or a stop (command, idle TTL) at this very head,
+                # which the PR's comment records. A push since the stop redeploys, as it would have live.
+                stopped = comment.stopped_at(await self.previewer.reporter.sticky.body(client, number))
+                if stopped is not None and stopped == str(pull["head"]["sha"]).lower():
+                    continue
+                missed.append((client.repo, number))
+                self.resume(client.repo_id, client.repo, number)
         return missed
 
     def resume(self, repo_id: int, repo: str, number: int) -> None:
@@ -375,8 +382,7 @@ class Reconciler:
         try:
             if self._first_pass:
                 missed = await self.discover_missed()
-                if missed:
-                    log.info("resuming previews missed while down", extra={"count": len(missed)})
+                log.info("start-up discovery done", extra={"resumed": len(missed)})
             await self.reconcile_once()
         except asyncio.CancelledError:
             raise

@@ -225,15 +225,17 @@ class Reporter:
 
     # -- no preview ---------------------------------------------------------------------------
 
-    async def stopped(self, gh: GitHubRepo, key: PreviewKey, reason: str, *, removed: int) -> None:
+    async def stopped(self, gh: GitHubRepo, key: PreviewKey, reason: str, *, removed: int,
+                      head_sha: str | None = None) -> None:
         """After a teardown: retire the PR's Deployments, and say so on a PR that had a preview or a
-        comment (`removed`: cluster objects removed). Raises PreviewError when GitHub refuses."""
+        comment (`removed`: cluster objects removed; `head_sha`: the PR's head at the stop, recorded in
+        the comment, see comment.stopped_at). Raises PreviewError when GitHub refuses."""
         try:
             retired = await self.retire(gh, key)
         except GitHubError as exc:
             raise PreviewError(f"could not mark deployments inactive: {exc}") from exc
         if removed or retired or await self.sticky.exists(gh, key.number):
-            await self.show(gh, key.number, Report(State.STOPPED, detail=reason))
+            await self.show(gh, key.number, Report(State.STOPPED, sha=head_sha, detail=reason))
 
     async def retire(self, gh: GitHubRepo, key: PreviewKey) -> int:
         """The GitHub side of every teardown: the PR's deployments are marked inactive, then deleted (they

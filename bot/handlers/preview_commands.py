@@ -55,7 +55,9 @@ async def on_comment(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
         await ctx.previewer.deploy(client, number, pr["head"]["sha"], pull=pr,
                                    superseded=lambda: ctx.superseded(client.repo_id, number))
     elif command.action is Action.STOP:
-        await ctx.previewer.stop(client, number, f"Stopped by @{user} with `/preview stop`.")
+        pr = await client.pull(number)  # its head is recorded: a restart must not bring the preview back
+        await ctx.previewer.stop(client, number, f"Stopped by @{user} with `/preview stop`.",
+                                 head_sha=str(pr["head"]["sha"]))
     elif command.action is Action.KEEP:
         key, _ = await ctx.previewer.key_for(client, number)
         await ctx.kube.set_keep(key, True)

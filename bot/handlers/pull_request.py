@@ -70,7 +70,7 @@ async def on_pull_request(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> N
     elif decision is Decision.TEARDOWN:
         reason = f"The `{config.label}` label was removed: preview removed." if action == "unlabeled" else \
             "The pull request was closed: preview removed."
-        await ctx.previewer.stop(client, number, reason)
+        await ctx.previewer.stop(client, number, reason, head_sha=str(pr["head"]["sha"]))
     elif decision is Decision.AWAIT_APPROVAL:
         await ctx.reporter.show(client, number, Report(State.WAITING_APPROVAL, sha=pr["head"]["sha"],
                                                      detail=FORK_WAITING))

@@ -33,7 +33,7 @@ from tests.e2e.procs import (
     route_problems,
     sticky_comments,
 )
-from tests.fakegithub import FakeGitHub, pull_request_event
+from tests.fakegithub import FakeGitHub, issue_comment_event, pull_request_event
 
 pytestmark = pytest.mark.cluster
 
@@ -209,3 +209,36 @@ async def test_sigterm_while_github_is_unreachable_at_start_exits_at_once(procs:
     assert stopped["drained"] is True
     # The key check (GitHub retried for seconds) was cancelled, not waited for: it said nothing.
     assert not [r for r in a.logs() if "App key" in str(r.get("message"))], a.tail()
+
+
+async def test_a_stopped_preview_stays_stopped_after_a_restart_until_a_push(
+        shop: FakeGitHub, procs: BotProcesses, view: ClusterView, namespace: str) -> None:
+    """Discovery after a restart looks for deploys lost while down; a preview stopped with `/preview stop`
+    (or removed when idle) has no objects either, and must not come back, until a push."""
+    a = await start_quiet(shop, procs, "a")
+    shop.add_pull(REPO, 1, head_sha=HEAD)
+    assert await a.send("pull_request", pull_request_event(shop, REPO, 1, "opened")) == 202
+    await assert_converged(shop, view, namespace, procs, 1, HEAD)
+    assert await a.send("issue_comment", issue_comment_event(shop, REPO, 1, "/preview stop", user="alice")) == 202
+
+    def stopped() -> bool:
+        bodies = [str(c["body"]) for c in sticky_comments(shop, REPO, 1)]
+        return bool(bodies) and "Preview: stopped" in bodies[0]
+    await until(stopped, 60, "the sticky comment to say stopped", procs)
+    assert (await cluster_state(view, namespace)).deployments == {}
+    deployments = len(deployment_history(shop, REPO, 1))
+    await a.kill()
+
+    b = await procs.start("b")
+    await until(lambda: logged(b, "start-up discovery done"), 60, "b's start-up discovery", procs)
+    [done] = logged(b, "start-up discovery done")
+    assert done["resumed"] == 0, b.tail()
+    assert (await cluster_state(view, namespace)).deployments == {}
+    assert len(deployment_history(shop, REPO, 1)) == deployments
+    await b.kill()
+
+    shop.push(REPO, 1, "e" * 40)  # while no bot runs: its event is lost
+    c = await procs.start("c")
+    await until(lambda: logged(c, "start-up discovery done"), 60, "c's start-up discovery", procs)
+    assert logged(c, "start-up discovery done")[0]["resumed"] == 1
+    await assert_converged(shop, view, namespace, procs, 1, "e" * 40)

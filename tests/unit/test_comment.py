@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.comment import MARKER, Report, ServiceLine, State, is_sticky, render
+from bot.comment import MARKER, Report, ServiceLine, State, is_sticky, render, stopped_at, with_links
 
 
 def test_marker_first_and_state_heading() -> None:
@@ -59,3 +59,23 @@ def test_is_sticky(body: str | None, expected: bool) -> None:
 def test_render_is_deterministic() -> None:
     report = Report(State.FAILED, sha="abc", detail="boom", services=[ServiceLine("a", "u", "i", False)])
     assert render(report) == render(report)
+
+
+def test_a_stopped_comment_records_the_head_it_was_stopped_at() -> None:
+    sha = "ab" * 20
+    body = render(Report(State.STOPPED, sha=sha.upper(), detail="Stopped by @alice with `/preview stop`."))
+    assert stopped_at(body) == sha
+    assert stopped_at(with_links(body, ["linked to acme/web#3"])) == sha
+    assert stopped_at(render(Report(State.STOPPED, sha="cd" * 32))) == "cd" * 32  # SHA-256 repositories
+
+
+@pytest.mark.parametrize("report", [
+    Report(State.STOPPED, detail="older comments have no record"),
+    Report(State.READY, sha="ab" * 20),
+    Report(State.NOT_DEPLOYED, sha="ab" * 20),
+    Report(State.STOPPED, sha="ab" * 20, detail="<!-- preview-bot:stopped-at " + "cd" * 20 + " --> quoted"),
+])
+def test_only_a_stop_records_a_head(report: Report) -> None:
+    body = render(report)
+    assert stopped_at(body) == (report.sha if report.state is State.STOPPED else None)
+    assert stopped_at(None) is None
