@@ -133,8 +133,9 @@ async def check_gateway(kube: Kube, settings: Settings) -> None:
     try:
         found = await kube.gateway(settings.cluster.gateway)
     except KubeError as exc:
-        hint = {401: " (the API server does not accept the credentials: an expired token, or a kubeconfig exec "
-                     "plugin that failed; its error is logged above)",
+        # An exec plugin that fails stops start-up before this (bot/kube/transport.py); its token can still be refused.
+        hint = {401: " (the API server does not accept the credentials: an expired or revoked token or client "
+                     "certificate, or an exec plugin's token for another cluster)",
                 403: " (the bot needs `get` on gateways.networking.istio.io there)"}.get(exc.status, "")
         raise StartupError(f"Kubernetes: reading Gateway {settings.cluster.gateway} from {kube.server} "
                            f"failed: {exc}{hint}") from None

@@ -78,6 +78,65 @@ def test_a_kubeconfig_that_cannot_be_used(tmp_path: Path, kubeconfig_text: str |
         assert_one_line(code, err, f"kubeconfig {path}", expected)
 
 
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def kubeconfig_with(path: Path, *, user: str, server: str) -> Path:
+    """A kubeconfig whose user `u` is `user` (a flow-YAML mapping)."""
+    path.write_text(f"""apiVersion: v1
+kind: Config
+clusters: [{{name: c, cluster: {{server: "{server}", insecure-skip-tls-verify: true}}}}]
+users: [{{name: u, user: {user}}}]
+contexts: [{{name: x, context: {{cluster: c, user: u}}}}]
+current-context: x
+""")
+    return path
+
+
+@pytest.mark.parametrize("plugin", ["fails", "missing"])
+@pytest.mark.parametrize("command", [["serve", "--host", "127.0.0.1", "--port", "0"], ["list"]])
+def test_a_failing_exec_plugin_is_the_one_line(tmp_path: Path, plugin: str, command: list[str]) -> None:
+    """The client only logs an exec plugin's failure and goes on without credentials: the line names the
+    plugin and why (its stderr's first line, or that it is not installed), and is not logged besides."""
+    if plugin == "fails":
+        script = tmp_path / "aws"
+        script.write_text("#!/bin/sh\necho 'error: could not get token: ExpiredToken' >&2\necho more >&2\nexit 1\n")
+        script.chmod(0o755)
+        name, expected = str(script), "exited with status 1: error: could not get token: ExpiredToken"
+    else:
+        name, expected = "preview-bot-no-such-plugin", "not found"
+    user = (f"{{exec: {{apiVersion: client.authentication.k8s.io/v1beta1, command: '{name}', "
+            f"args: [--token, {TOKEN}]}}}}")
+    path = kubeconfig_with(tmp_path / "kc", user=user, server=f"https://127.0.0.1:{closed_port()}")
+    code, out, err = cli(base_env(tmp_path, KUBECONFIG=str(path)), *command)
+    assert_one_line(code, err, f"the kubeconfig {path}: user u: the exec credential plugin `{name}` failed: {expected}")
+    assert "exec" not in out and "unreachable" not in err
+
+
+@pytest.mark.parametrize(("user", "server", "expected"), [
+    ("{auth-provider: {name: gcp}}", "https://127.0.0.1:{port}",
+     "user u: auth-provider gcp is not supported (Kubernetes removed it in 1.26): use the exec credential plugin "
+     "gke-gcloud-auth-plugin"),
+    ("{auth-provider: {name: azure, config: {tenant-id: t}}}", "https://127.0.0.1:{port}",
+     "user u: auth-provider azure is not supported"),
+    ("{tokenFile: /missing/path}", "https://127.0.0.1:{port}", "user u: tokenFile /missing/path does not exist"),
+    (f"{{token: {TOKEN}}}", "ftp://admin:hunter2@127.0.0.1:{port}",
+     "cluster c: server ftp://127.0.0.1:{port}: the URL scheme ftp is not https or http"),
+])
+def test_what_the_client_would_misreport_is_named(tmp_path: Path, user: str, server: str, expected: str) -> None:
+    """Not "not a kubeconfig", not "cannot read the kubeconfig", not a network error retried: the file, the
+    user or cluster, and the field."""
+    port = closed_port()
+    path = kubeconfig_with(tmp_path / "kc", user=user, server=server.format(port=port))
+    code, _, err = cli(base_env(tmp_path, KUBECONFIG=str(path)), "list")
+    assert_one_line(code, err, f"Kubernetes: the kubeconfig {path}: {expected.format(port=port)}")
+    assert "hunter2" not in err
+
+
 @pytest.mark.parametrize(("variable", "value", "expected"), [
     ("GITHUB_APP_ID", "", "GITHUB_APP_ID: is required"),
     ("GITHUB_WEBHOOK_SECRET", "short", "GITHUB_WEBHOOK_SECRET: is too short"),

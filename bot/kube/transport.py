@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import random
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -29,6 +30,7 @@ from kubernetes import config as k8s_config
 
 from bot import manifests, metrics, naming
 from bot.errors import StartupError, TemporaryError, first_line
+from bot.kube import kubeconfig
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,66 @@ class Conflict(KubeError):
     pass
 
 
+class _SwallowedErrors(logging.Filter):
+    """The client logs an exec plugin's failure on the root logger and goes on without credentials (the
+    API server then answers 401). On the root logger while the kubeconfig loads, this keeps each such
+    record, and the exception the client was handling then, for one start-up line instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[tuple[str, BaseException | None]] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.module != "kube_config":
+            return True
+        message = record.getMessage()
+        handling = sys.exc_info()[1]  # the client logs str(exc) inside its `except`
+        self.records.append((message, handling if handling is not None and str(handling) == message else None))
+        return False
+
+
+def _entry(config: Any, kind: str, name: Any) -> kubeconfig.Entry | None:
+    """The named user or cluster of the merged kubeconfig (`kind`: "user" or "cluster"), with its file."""
+    node = config[f"{kind}s"].get_with_name(name, safe=True) if isinstance(name, str) else None
+    body = node.value.get(kind) if node is not None else None
+    if node is None or not isinstance(body, Mapping):
+        return None  # the client says what is wrong with it, or uses no user
+    return kubeconfig.Entry(kind, name, body, str(node.path))
+
+
+def _checked_load(files: str, configuration: k8s_client.Configuration) -> None:
+    """load_kube_config(files), less its persister (preview-bot never rewrites the user's kubeconfig: it
+    refuses the expired tokens the client would refresh and save), with the selected user and cluster
+    checked before the client uses them; raises StartupError."""
+    merged = k8s_config.kube_config.KubeConfigMerger(files)
+    if merged.config is None:
+        raise k8s_config.ConfigException("Invalid kube-config file. No configuration found.")
+    loader = k8s_config.kube_config.KubeConfigLoader(config_dict=merged.config, config_base_path=None)
+    context = loader.current_context.get("context") or {}
+    user = _entry(merged.config, "user", context.get("user"))
+    cluster = _entry(merged.config, "cluster", context.get("cluster"))
+    if cluster is not None:
+        skew = k8s_config.kube_config.EXPIRY_SKEW_PREVENTION_DELAY.total_seconds()
+        problem = (kubeconfig.server_problem(cluster) or kubeconfig.files_problem(user, cluster)
+                   or (user and kubeconfig.auth_provider_problem(user, now=time.time(), skew=skew)))
+        if problem:
+            raise StartupError(f"Kubernetes: {problem}")
+    swallowed = _SwallowedErrors()
+    root = logging.getLogger()
+    root.addFilter(swallowed)
+    try:
+        loader.load_and_set(configuration)
+    finally:
+        root.removeFilter(swallowed)
+    if user is None or "exec" not in user.body:
+        return
+    plugin = f"Kubernetes: {user.label}: the exec credential plugin `{kubeconfig.exec_command(user)}`"
+    if swallowed.records:
+        raise StartupError(f"{plugin} failed: {kubeconfig.exec_failure(*swallowed.records[0])}")
+    if not configuration.api_key.get("BearerToken") and not configuration.cert_file:
+        raise StartupError(f"{plugin} gave no credentials")
+
+
 def _load_kubeconfig(path: str | None, configuration: k8s_client.Configuration) -> None:
     """KUBECONFIG (or the given path, or ~/.kube/config) into `configuration`; one-line errors."""
     named = path or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
@@ -67,12 +129,15 @@ def _load_kubeconfig(path: str | None, configuration: k8s_client.Configuration) 
     if not os.path.exists(where):
         raise StartupError(f"Kubernetes: the kubeconfig {where} does not exist (KUBECONFIG)")
     try:
-        k8s_config.load_kube_config(config_file=path, client_configuration=configuration)
+        _checked_load(path or k8s_config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION, configuration)
     except OSError as exc:
+        other = exc.filename and os.path.abspath(str(exc.filename)) != os.path.abspath(where)
+        if other:  # a file the checks above did not cover (a temporary file for *-data)
+            raise StartupError(f"Kubernetes: the kubeconfig {where}: {exc.filename}: {exc.strerror}") from None
         raise StartupError(f"Kubernetes: cannot read the kubeconfig {where}: {exc.strerror}") from None
     except k8s_config.ConfigException as exc:
-        # The library's messages name fields and files, never credentials.
-        reason = str(exc).splitlines()[0] if str(exc) else "invalid"
+        # The library's messages name fields and files, and quote an entry whole: redacted.
+        reason = kubeconfig.redacted(str(exc).splitlines()[0]) if str(exc) else "invalid"
         raise StartupError(f"Kubernetes: the kubeconfig {where} cannot be used: {reason}") from None
     except (ValueError, TypeError, AttributeError, KeyError, yaml.YAMLError):
         raise StartupError(f"Kubernetes: the kubeconfig {where} is not a kubeconfig (a YAML mapping of "
@@ -123,12 +188,14 @@ def api_client_from_environment(kubeconfig: str | None = None) -> ApiClient:
 
     Raises StartupError with one line when there is no configuration or it cannot be loaded."""
     configuration = k8s_client.Configuration()
-    try:
-        if kubeconfig is None:
+    in_cluster = False
+    if kubeconfig is None:
+        try:
             k8s_config.load_incluster_config(client_configuration=configuration)
-        else:
-            raise k8s_config.ConfigException("explicit kubeconfig")
-    except k8s_config.ConfigException:
+            in_cluster = True
+        except k8s_config.ConfigException:
+            pass
+    if not in_cluster:  # outside the `except`: the kubeconfig's errors are not chained to it
         _load_kubeconfig(kubeconfig, configuration)
     # Retries are ours (bounded, Retry-After capped); urllib3's would multiply them unseen.
     configuration.retries = False
@@ -149,8 +216,8 @@ class Transport:
 
     @property
     def server(self) -> str:
-        """The API server's URL (for messages; no credentials)."""
-        return str(self._api.configuration.host)
+        """The API server's URL (for messages; no credentials, so no userinfo)."""
+        return kubeconfig.safe_url(str(self._api.configuration.host))
 
     def _request_once(self, method: str, path: str, query: list[tuple[str, str]], body: Any,
                       content_type: str | None) -> tuple[int, Any, float | None]:
