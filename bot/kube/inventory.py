@@ -60,10 +60,18 @@ class Inventory:
                 (meta.get("annotations") or {}).get(naming.HOST_ANNOTATION, ""))
         grouped: dict[str, list[dict[str, Any]]] = {}
         for item in deployments:
-            grouped.setdefault(item["metadata"]["labels"].get(naming.KEY_LABEL, ""), []).append(item)
+            grouped.setdefault(item["metadata"]["labels"].get(naming.KEY_LABEL, ""), []).append(item["metadata"])
+        # A preview whose Deployments were never made (refused by admission after its gateway route was
+        # claimed) is still live by its gateway routes, with no services: else a missed close would leave
+        # them forever.
+        routes_only: dict[str, list[dict[str, Any]]] = {}
+        for route in routes:
+            key_label = route["metadata"]["labels"].get(naming.KEY_LABEL, "")
+            if key_label not in grouped:
+                routes_only.setdefault(key_label, []).append(route["metadata"])
         previews = []
-        for key, items in sorted(grouped.items()):
-            metas = [i["metadata"] for i in items]
+        for key, metas in sorted({**grouped, **routes_only}.items()):
+            workloads = [] if key in routes_only else metas
             annotations = [m.get("annotations") or {} for m in metas]
             pushed = [a[naming.PUSHED_AT_ANNOTATION] for a in annotations if a.get(naming.PUSHED_AT_ANNOTATION)]
             ids = {m["labels"].get(naming.REPO_ID_LABEL, "") for m in metas}
@@ -73,7 +81,7 @@ class Inventory:
                 repo=annotations[0].get(naming.REPO_ANNOTATION, ""),
                 number=int(metas[0]["labels"].get(naming.PR_LABEL, "0")),
                 sha=annotations[0].get(naming.SHA_ANNOTATION, ""),
-                services=tuple(sorted(m["labels"].get(naming.SERVICE_LABEL, "") for m in metas)),
+                services=tuple(sorted(m["labels"].get(naming.SERVICE_LABEL, "") for m in workloads)),
                 created=min(m.get("creationTimestamp", "") for m in metas),
                 pushed_at=max(pushed) if pushed else None,
                 keep=any(a.get(naming.KEEP_ANNOTATION) == "true" for a in annotations),

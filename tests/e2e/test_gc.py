@@ -6,10 +6,13 @@ import asyncio
 import json
 import os
 import sys
+import time
 
 import pytest
+from kubernetes import client as k8s
+from kubernetes.client.rest import ApiException
 
-from bot import comment, mesh_routes
+from bot import comment, mesh_routes, naming
 from tests.e2e.harness import CONFIG, REPO, ClusterView, RunningBot, bot_env, key_of, running_bot
 from tests.fakegithub import FakeGitHub, issue_comment_event, pull_request_event
 from tests.plugins.cluster import Cluster
@@ -50,6 +53,67 @@ async def test_missed_close_is_cleaned_up(fake_github: FakeGitHub, cluster: Clus
     assert [s["state"] for s in fake_github.statuses(REPO, closed["id"])][-1] == "inactive"
     body = next(c["body"] for c in fake_github.comments(REPO, 1) if comment.MARKER in c["body"])
     assert "pull request is closed" in body
+
+
+def refuse_deployments(view: ClusterView, name: str) -> None:
+    """A ValidatingAdmissionPolicy that refuses every Deployment in the view's namespace, in force."""
+    admission = k8s.AdmissionregistrationV1Api(view.api)
+    admission.create_validating_admission_policy({
+        "metadata": {"name": name},
+        "spec": {"failurePolicy": "Fail",
+                 "matchConstraints": {"resourceRules": [{"apiGroups": ["apps"], "apiVersions": ["v1"],
+                                                         "operations": ["CREATE", "UPDATE"],
+                                                         "resources": ["deployments"]}]},
+                 "validations": [{"expression": "false", "message": "Deployments are refused in this namespace"}]}})
+    admission.create_validating_admission_policy_binding({
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"],
+                 "matchResources": {"namespaceSelector": {"matchLabels": {
+                     "kubernetes.io/metadata.name": view.namespace}}}}})
+    probe = {"metadata": {"name": "admission-probe"}, "spec": {
+        "selector": {"matchLabels": {"app": "probe"}},
+        "template": {"metadata": {"labels": {"app": "probe"}},
+                     "spec": {"containers": [{"name": "c", "image": "registry.invalid/probe:1"}]}}}}
+    for _ in range(200):  # the API server loads a new policy within a few seconds
+        try:
+            k8s.AppsV1Api(view.api).create_namespaced_deployment(view.namespace, probe, dry_run="All")
+        except ApiException as exc:
+            if exc.status in (400, 403, 422):
+                return
+            raise
+        time.sleep(0.1)
+    raise AssertionError("the admission policy never came into force")
+
+
+def allow_deployments(view: ClusterView, name: str) -> None:
+    admission = k8s.AdmissionregistrationV1Api(view.api)
+    admission.delete_validating_admission_policy_binding(name)
+    admission.delete_validating_admission_policy(name)
+
+
+async def test_gateway_routes_of_a_preview_whose_deployment_was_refused_go_after_a_missed_close(
+        fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView) -> None:
+    """The gateway route is claimed before the Deployment; when admission refuses the Deployment, the
+    preview is only its gateway route. The inventory must still see it, or a missed close leaves it."""
+    shop(fake_github)
+    policy = f"refuse-deployments-{namespace}"
+    refuse_deployments(view, policy)
+    try:
+        async with running_bot(fake_github, cluster, namespace) as bot:
+            await deploy(bot, 6)
+            assert view.deployments() == {}
+            gateway_routes = [name for name, item in view.virtual_services().items()
+                              if item["metadata"]["labels"].get(naming.ROLE_LABEL) == naming.ROLE_GATEWAY]
+            assert len(gateway_routes) == 1, gateway_routes
+            [live] = await bot.bot.kube.live_previews()
+            assert (live.number, live.services) == (6, ())
+            close_silently(fake_github, 6)
+            report = await bot.bot.reconcile_once()
+    finally:
+        allow_deployments(view, policy)
+    assert [(a.kind, a.target) for a in report.actions] == [("teardown-closed", f"{REPO}#6")]
+    assert not [name for name, item in view.virtual_services().items()
+                if item["metadata"]["labels"].get(naming.ROLE_LABEL) == naming.ROLE_GATEWAY]
 
 
 async def test_routes_to_missing_services_are_removed(fake_github: FakeGitHub, cluster: Cluster, namespace: str,
