@@ -138,6 +138,13 @@ class Previewer:
             metrics.PREVIEW_OUTCOMES.labels(action="deploy", outcome="config-error").inc()
             return DeployResult(State.CONFIG_ERROR, str(exc))
         if config is None:
+            if any(p.key == key.value for p in repo_previews):
+                # The repository stopped using previews (the file was removed from the default branch):
+                # its live ones go, as with a close; a config that is only broken keeps them (above).
+                detail = f"Preview removed: this repository has no `{CONFIG_PATH}` on its default branch any more."
+                removed = await self.teardown(key)
+                await self.reporter.stopped(gh, key, detail, removed=removed, head_sha=head_sha)
+                return DeployResult(State.STOPPED, detail)
             detail = f"Nothing was deployed: this repository has no `{CONFIG_PATH}` on its default branch."
             await self.reporter.show(gh, number, Report(State.CONFIG_ERROR, sha=head_sha, detail=detail))
             return DeployResult(State.CONFIG_ERROR, detail)

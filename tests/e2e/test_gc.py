@@ -190,3 +190,28 @@ async def test_list_command(fake_github: FakeGitHub, cluster: Cluster, namespace
     assert out.splitlines()[0].split() == ["REPO", "PR", "SERVICES", "SHA", "AGE", "URLS"]
     assert REPO in out.splitlines()[1]
 
+
+
+async def test_a_preview_goes_when_its_repository_removes_the_config(
+        fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView) -> None:
+    """No `.github/preview.yml` on the default branch any more: the repository stopped using previews, so a
+    live preview goes at its next deploy (here the reconciler's resume of a push), not resumed every pass."""
+    shop(fake_github)
+    async with running_bot(fake_github, cluster, namespace) as bot:
+        await deploy(bot, 7)
+        assert list(view.deployments()) == [key_of(fake_github, REPO, 7).object_name("a")]
+        repo = fake_github.repos[REPO]
+        tree = dict(repo.trees[repo.branches[repo.default_branch]])
+        del tree[".github/preview.yml"]
+        repo.branches[repo.default_branch] = "f" * 40
+        repo.trees["f" * 40] = tree
+        fake_github.push(REPO, 7, "e" * 40)  # its webhook finds no config: only the reconciler looks again
+        first = await bot.bot.reconcile_once()
+        await bot.settle()
+        second = await bot.bot.reconcile_once()
+    assert [a.kind for a in first.actions] == ["resume"]
+    assert view.deployments() == {} and view.services() == []
+    assert second.actions == []
+    body = next(c["body"] for c in fake_github.comments(REPO, 7) if comment.MARKER in c["body"])
+    assert "Preview: stopped" in body and "no `.github/preview.yml` on its default branch any more" in body
+    assert comment.stopped_at(body) == "e" * 40
