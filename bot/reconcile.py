@@ -35,6 +35,7 @@ from bot.naming import PreviewKey, valid_repo
 from bot.ports import Cluster, GitHubRepo
 from bot.previews import Previewer
 from bot.queue import QueueClosed, QueueFull, WorkQueue
+from bot.repo_config import RepoConfig
 from bot.settings import Settings
 from bot.timestamps import parse_time
 from bot.triggers import Decision, decide, facts_from_pull, is_fork
@@ -47,8 +48,8 @@ REPOSITORIES_MIN_AGE = 10.0  # a repository missing from the list re-reads it, a
 # (repository id, full name) -> a client for it, or None when the App is no longer installed there. The
 # id is None for a legacy preview (made before ids): the name finds it then.
 ClientFor = Callable[[int | None, str], Awaitable[GitHubRepo | None]]
-# (repository id, current full name, number): queue a redeploy.
-Resume = Callable[[int, str, int], None]
+# (repository id, current full name, number, why): queue a redeploy; why is MISSED_PUSH or UNFINISHED.
+Resume = Callable[[int, str, int, str], None]
 
 
 @dataclass
@@ -95,6 +96,7 @@ async def reconcile(kube: Cluster, previewer: Previewer, client_for: ClientFor, 
     previews = await kube.live_previews()
     metrics.LIVE_PREVIEWS.set(len(previews))
     pulls_by_repo: dict[int | str, tuple[GitHubRepo | None, Mapping[int, dict[str, Any]] | None]] = {}
+    configs: dict[int, RepoConfig | None] = {}  # read once a pass, and only for a repository with a missed push
     for preview in previews:
         target = f"{preview.repo}#{preview.number}"
         if not valid_repo(preview.repo) or preview.number < 1 or not _key_intact(preview):
@@ -123,10 +125,14 @@ async def reconcile(kube: Cluster, previewer: Previewer, client_for: ClientFor, 
                 report.actions.append(Action("adopt", target, f"labelled with repository id {client.repo_id}"))
                 if not dry_run:
                     await kube.adopt(preview.key, client.repo_id)
-            if resume is not None and await _needs_resume(pull, preview, client,
-                                                          stuck_after if check_stuck else None, now, identity):
-                report.actions.append(Action("resume", target, "deploy did not finish or missed a push"))
-                resume(client.repo_id, client.repo, preview.number)
+            why = None if resume is None else await _needs_resume(pull, preview, client,
+                                                                  stuck_after if check_stuck else None, now, identity)
+            if why == MISSED_PUSH and not await _push_deploys(previewer, client, pull, configs):
+                why = None  # its own event would not have deployed it either (draft, trigger, label)
+            if resume is not None and why is not None:
+                report.actions.append(Action("resume", target, "missed a push" if why == MISSED_PUSH
+                                             else "deploy did not finish"))
+                resume(client.repo_id, client.repo, preview.number, why)
                 continue
             labels = {str(label["name"]) for label in pull.get("labels") or []}
             if preview.keep or KEEP_LABEL in labels:
@@ -185,26 +191,43 @@ def _key_intact(preview: LivePreview) -> bool:
     return True
 
 
+MISSED_PUSH, UNFINISHED = "missed-push", "unfinished"
+
+
+async def _push_deploys(previewer: Previewer, client: GitHubRepo, pull: Mapping[str, Any],
+                        configs: dict[int, RepoConfig | None]) -> bool:
+    """Whether the push's own `synchronize` event would have deployed the PR: not for a draft, nor under
+    `trigger: command`, nor under `trigger: label` without the label (bot.triggers). With no config, or
+    a broken one, the deploy decides (it removes or reports)."""
+    if client.repo_id not in configs:
+        try:
+            configs[client.repo_id] = await previewer.load_config(client)
+        except ConfigError:
+            configs[client.repo_id] = None
+    config = configs[client.repo_id]
+    return config is None or decide(config, facts_from_pull(pull, "synchronize")) is Decision.DEPLOY
+
+
 async def _needs_resume(pull: Mapping[str, Any], preview: LivePreview, client: GitHubRepo,
-                        stuck_after: timedelta | None, now: datetime, identity: str) -> bool:
-    """Behind the PR's head (a missed push), or its last deploy is unfinished and nobody is running it:
-    it was started by this replica before a restart, or it is older than any live deploy can be
-    (another replica's deploy in progress is younger)."""
+                        stuck_after: timedelta | None, now: datetime, identity: str) -> str | None:
+    """MISSED_PUSH: behind the PR's head; UNFINISHED: its last deploy is unfinished and nobody is running
+    it (started by this replica before a restart, or older than any live deploy can be: another
+    replica's deploy in progress is younger); None: neither."""
     head = pull.get("head") or {}
     if head.get("sha") != preview.sha:
-        return not is_fork(pull)  # a fork's new commits wait for approval
+        return None if is_fork(pull) else MISSED_PUSH  # a fork's new commits wait for approval
     if stuck_after is None:
-        return False
+        return None
     deployments = await client.deployments(PreviewKey(client.repo, preview.number, client.repo_id).environment)
     if not deployments:
-        return False
+        return None
     status = await client.latest_status(int(deployments[0]["id"]))
     if status is not None and status.get("state") not in ("queued", "pending", "in_progress"):
-        return False
+        return None
     if (deployments[0].get("payload") or {}).get("replica") == identity:
-        return True
+        return UNFINISHED
     since = parse_time(str((status or deployments[0]).get("created_at") or ""))
-    return since is not None and now - since > stuck_after
+    return UNFINISHED if since is not None and now - since > stuck_after else None
 
 
 async def _stop(previewer: Previewer, client: GitHubRepo | None, preview: LivePreview, reason: str) -> None:
@@ -326,11 +349,12 @@ class Reconciler:
                 if stopped is not None and stopped == str(pull["head"]["sha"]).lower():
                     continue
                 missed.append((client.repo, number))
-                self.resume(client.repo_id, client.repo, number)
+                self.resume(client.repo_id, client.repo, number, MISSED_PUSH)
         return missed
 
-    def resume(self, repo_id: int, repo: str, number: int) -> None:
-        """Queue a redeploy of a preview found half-done (crash mid-deploy) or behind its PR's head."""
+    def resume(self, repo_id: int, repo: str, number: int, why: str) -> None:
+        """Queue a redeploy of a preview found half-done (`why` UNFINISHED: a crash mid-deploy, or a wait
+        for checks that ran out) or behind its PR's head (MISSED_PUSH)."""
         async def job() -> None:
             client = await self.repositories.client_for(repo_id, repo)
             if client is None:

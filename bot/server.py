@@ -33,7 +33,7 @@ from bot.leader import LeaderElector
 from bot.manifests import VIRTUAL_SERVICE_API
 from bot.previews import Previewer
 from bot.queue import WorkQueue
-from bot.reconcile import GcReport, Reconciler, Repositories
+from bot.reconcile import UNFINISHED, GcReport, Reconciler, Repositories
 from bot.reporting import Reporter
 from bot.settings import Settings, kube_timeout, load_cluster_settings, load_settings
 from bot.timestamps import parse_time
@@ -115,7 +115,7 @@ class Bot:
         due = self.ctx.waits.due(time.time() if now is None else now)
         for repo_id, repo, number in due:
             self.ctx.waits.forget(repo_id, number)  # noted again if it still waits
-            self.reconciler.resume(repo_id, repo, number)
+            self.reconciler.resume(repo_id, repo, number, UNFINISHED)
         return due
 
     async def watch_waits_forever(self, every: float = 5.0) -> None:

@@ -185,8 +185,28 @@ async def test_reconcile_removes_a_closed_prs_preview_and_resumes_a_missed_push(
     assert [(a.kind, a.target) for a in report.actions] == [("teardown-closed", "acme/shop#1"),
                                                             ("resume", "acme/shop#2")]
     assert set(kube.previews) == {key(gh, 2).value, key(gh, 3).value}
-    assert resumed == [(gh.repo_id, gh.repo, 2)]
+    assert resumed == [(gh.repo_id, gh.repo, 2, "missed-push")]
     assert "pull request is closed" in (gh.sticky(1) or "")
+
+
+@pytest.mark.parametrize(("config_suffix", "draft", "labels", "resumed"), [
+    ("", False, (), True),
+    ("", True, (), False),  # a draft: its push would not have deployed it
+    ("trigger: command\n", False, (), False),  # only `/preview` deploys
+    ("trigger: label\n", False, (), False),  # without the label
+    ("trigger: label\n", False, ("preview",), True),
+])
+async def test_a_missed_push_is_resumed_only_when_its_event_would_have_deployed(
+        config_suffix: str, draft: bool, labels: tuple[str, ...], resumed: bool) -> None:
+    gh, kube, _locks, previewer = setup()
+    gh.config = CONFIG + config_suffix
+    kube.add_preview(key(gh, 2), SHA1)
+    gh.add_pull(2, SHA2, labels=labels)["draft"] = draft
+    calls: list[tuple[object, ...]] = []
+    report = await reconcile(kube, previewer, client_for(gh), idle_ttl=timedelta(days=7),
+                             resume=lambda *args: calls.append(args))
+    assert bool(calls) is resumed
+    assert [a.kind for a in report.actions] == (["resume"] if resumed else [])
 
 
 async def test_a_fault_with_one_preview_does_not_stop_the_pass(monkeypatch: pytest.MonkeyPatch) -> None:
