@@ -74,6 +74,7 @@ class Claimant:
     visibility: Visibility
     export_to: tuple[str, ...]
     ours: bool
+    others: tuple[str, ...] = ()  # the other hosts it routes (resolved): its http routes apply to them too
 
     @property
     def order(self) -> tuple[str, str, str]:
@@ -175,7 +176,9 @@ def claimants(items: Iterable[Mapping[str, Any]], service_host: str, *, managed_
                 best = (claim, str(written))
         if best is None:
             continue
+        resolved_hosts = dict.fromkeys(fqdn(str(w), namespace, domain) for w in spec.get("hosts") or [])
         found.append(Claimant(
+            others=tuple(h for h in resolved_hosts if h != host and h not in aliases),
             ref=Ref(namespace, str(meta.get("name", ""))), created=str(meta.get("creationTimestamp") or ""),
             claim=best[0], written=best[1], visibility=visibility(spec),
             export_to=tuple(str(e) for e in spec.get("exportTo") or []),
@@ -200,7 +203,8 @@ def choose(found: Iterable[Claimant], service_host: str, own: Ref) -> Decision:
       `defaultVirtualServiceExportTo: ["."]` other namespaces never see it); one naming the host as
       `a.shop` or `a.shop.svc` (Istio does not bind those to the Service); a wildcard VirtualService
       when no team VirtualService names the host exactly (an exact one would take the host from it,
-      dropping the team's routes for it)."""
+      dropping the team's routes for it); the team's VirtualService for the host when it lists other
+      hosts too (Istio applies its http routes to each of them)."""
     found = list(found)
     team = [c for c in found if not c.ours]
     exact = [c for c in team if c.claim is Claim.EXACT]
@@ -219,6 +223,14 @@ def choose(found: Iterable[Claimant], service_host: str, own: Ref) -> Decision:
                 f"does not expand (only names without a dot are): on port 80, requests with that Host "
                 f"follow it and not the preview routes. Write `{service_host}` in its hosts, then comment "
                 f"`/preview`."))
+    if exact and exact[0].others:
+        c = exact[0]
+        return Decision(refusal=(
+            f"VirtualService {c.ref} routes {service_host} together with {', '.join(c.others)}: its routes "
+            f"apply to every host it lists, so a preview route of {service_host} would also take those hosts' "
+            f"requests that carry the preview's header (and the default route the bot adds would send them "
+            f"to {service_host}). Give {service_host} a VirtualService of its own (exportTo: [\"*\"]), then "
+            f"comment `/preview`."))
     if exact:
         # Istio already ignores the team's others for this host: newer exact ones, and wildcards.
         return Decision(target=exact[0].ref, fold=ours, shadowed=tuple(c.ref for c in team if c is not exact[0]))

@@ -183,3 +183,31 @@ async def test_team_virtual_service_relying_on_the_mesh_default_is_refused_not_r
     answer = await mesh.request(mesh.client, real, key_of(bot.fake, 36))
     assert answer.workload == real and answer.headers.get(TEAM_HEADER) == "yes"
     await mesh.assert_no_conflicts(real)  # istiod's pilot_vservice_dup_domain: one VirtualService for the host
+
+
+async def test_team_virtual_service_of_two_hosts_is_refused_and_the_other_host_keeps_its_requests(
+        bot: RunningBot, mesh: Mesh, namespace: str, team_namespace: str, view: ClusterView) -> None:
+    """Fault: the bot adopted a team VirtualService listing hosts a and b for a's preview routes; Istio
+    applies its routes to both hosts, so b's requests carrying the preview's key went to a's preview."""
+    real_a = mesh.real_service(namespace, "a").host
+    real_b = mesh.real_service(namespace, "b").host
+    team = team_virtual_service(team_namespace, "team-ab", real_a, export_to=["*"])
+    team["spec"]["hosts"] = [real_a, real_b]
+    team["spec"]["http"] = [
+        {"name": "team-b", "match": [{"authority": {"prefix": real_b}}],
+         "headers": {"request": {"set": {TEAM_HEADER: "yes"}}}, "route": [{"destination": {"host": real_b}}]},
+        *team["spec"]["http"],
+    ]
+    mesh.apply(team)
+    await mesh.wait_until(mesh.client, real_b, lambda a: a.workload == real_b and a.headers.get(TEAM_HEADER) == "yes")
+
+    await open_pr(bot, 37)
+    title = sticky_title(bot.fake, 37)
+    assert "ready" not in title.split("\n")[0], title
+    assert f"VirtualService {team_namespace}/team-ab routes {real_a} together with {real_b}" in title, title
+    assert view.deployments() == {}
+    answer = await mesh.request(mesh.client, real_b, key_of(bot.fake, 37))
+    assert answer.workload == real_b and answer.headers.get(TEAM_HEADER) == "yes", mesh.explain(
+        mesh.client, real_b, answer)
+    assert (await mesh.request(mesh.client, real_a, key_of(bot.fake, 37))).workload == real_a
+    await mesh.assert_no_conflicts(real_a)

@@ -222,3 +222,23 @@ def test_decision_agrees_with_istio_and_never_leaves_routes_ignored(items: list[
     if decision.target == OWN:
         assert not any(c.ref != OWN for c in left)
         assert not [i for i in team if Ref(i["metadata"]["namespace"], i["metadata"]["name"]) == decision.target]
+
+
+@pytest.mark.parametrize("hosts", [
+    [HOST, "b.shop.svc.cluster.local"],
+    ["a", "b"],  # short names, expanded in the VirtualService's namespace
+    [HOST, "api.example.com"],
+])
+def test_a_team_virtual_service_of_several_hosts_is_refused_naming_them(hosts: list[str]) -> None:
+    # Istio applies a VirtualService's http routes to every host it lists: a preview route of `a` would
+    # take b's requests that carry the preview's header, and the added default would send b's to a.
+    decision = decide(vs("shop", "shop-routes", hosts, export_to=["*"]))
+    assert decision.target is None and decision.refusal
+    assert "VirtualService shop/shop-routes routes a.shop.svc.cluster.local together with" in decision.refusal
+    other = next(fqdn(h, "shop") for h in hosts if fqdn(h, "shop") != HOST)
+    assert other in decision.refusal and "a VirtualService of its own" in decision.refusal
+
+
+def test_one_host_written_twice_is_still_one_host() -> None:
+    decision = decide(vs("shop", "shop-a", ["a", HOST], export_to=["*"]))
+    assert decision.refusal is None and decision.target == Ref("shop", "shop-a")
