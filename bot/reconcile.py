@@ -23,13 +23,13 @@ from typing import Any
 
 import aiohttp
 
-from bot import comment, gate, mesh_routes, metrics, naming, ttl_warning
+from bot import comment, gate, manifests, mesh_routes, metrics, naming, ttl_warning
 from bot.errors import ConfigError, PreviewError
 from bot.gate import WaitRegistry
 from bot.github.auth import AppAuth
 from bot.github.client import RepoClient
 from bot.github.errors import GitHubError
-from bot.kube import Kube, LivePreview
+from bot.kube import Kube, KubeError, LivePreview
 from bot.leader import LeaderElector
 from bot.naming import PreviewKey, valid_repo
 from bot.ports import Cluster, GitHubRepo
@@ -96,7 +96,8 @@ async def reconcile(kube: Cluster, previewer: Previewer, client_for: ClientFor, 
     previews = await kube.live_previews()
     metrics.LIVE_PREVIEWS.set(len(previews))
     pulls_by_repo: dict[int | str, tuple[GitHubRepo | None, Mapping[int, dict[str, Any]] | None]] = {}
-    configs: dict[int, RepoConfig | None] = {}  # read once a pass, and only for a repository with a missed push
+    configs: dict[int, RepoConfig | None] = {}  # read once a pass, only for a repository that needs it
+    routed = _routed_destinations(await kube.mesh_services())
     for preview in previews:
         target = f"{preview.repo}#{preview.number}"
         if not valid_repo(preview.repo) or preview.number < 1 or not _key_intact(preview):
@@ -135,7 +136,11 @@ async def reconcile(kube: Cluster, previewer: Previewer, client_for: ClientFor, 
                 resume(client.repo_id, client.repo, preview.number, why)
                 continue
             labels = {str(label["name"]) for label in pull.get("labels") or []}
-            if preview.keep or KEEP_LABEL in labels:
+            kept = preview.keep or KEEP_LABEL in labels
+            if kept or not is_idle(preview, now, idle_ttl):
+                await _restore_routes(kube, previewer, client, preview, routed, configs, report, target,
+                                      dry_run=dry_run)
+            if kept:
                 continue
             if not is_idle(preview, now, idle_ttl):
                 if await ttl_warning.maybe_warn(kube, client_for, preview, now=now, ttl=idle_ttl, before=warn_before,
@@ -194,17 +199,59 @@ def _key_intact(preview: LivePreview) -> bool:
 MISSED_PUSH, UNFINISHED = "missed-push", "unfinished"
 
 
-async def _push_deploys(previewer: Previewer, client: GitHubRepo, pull: Mapping[str, Any],
-                        configs: dict[int, RepoConfig | None]) -> bool:
-    """Whether the push's own `synchronize` event would have deployed the PR: not for a draft, nor under
-    `trigger: command`, nor under `trigger: label` without the label (bot.triggers). With no config, or
-    a broken one, the deploy decides (it removes or reports)."""
+def _routed_destinations(mesh_services: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """Preview key -> every destination its mesh routes send to, in any VirtualService."""
+    routed: dict[str, set[str]] = {}
+    for item in mesh_services:
+        for key, destinations in mesh_routes.route_destinations(item.get("spec") or {}).items():
+            routed.setdefault(key, set()).update(destinations)
+    return routed
+
+
+async def _restore_routes(kube: Cluster, previewer: Previewer, client: GitHubRepo, preview: LivePreview,
+                          routed: Mapping[str, set[str]], configs: dict[int, RepoConfig | None], report: GcReport,
+                          target: str, *, dry_run: bool) -> None:
+    """Put back the mesh routes a live preview lost (a team's VirtualService re-applied by its owner or a
+    GitOps tool without them): the deploy is done and "ready", so nothing else would. The routes are the
+    ones a deploy writes (bot.manifests.plan_preview, from the repository's config); a preview of a
+    repository without a config is left to its next deploy, which removes it."""
+    key = naming.existing_key(preview.repo, preview.number, preview.repo_id, preview.key)
+    namespace = kube.settings.namespace
+    missing = {s for s in preview.services
+               if naming.service_fqdn(key.object_name(s), namespace) not in routed.get(preview.key, set())}
+    if not missing:
+        return
+    config = await _config(previewer, client, configs)
+    if config is None:
+        return
+    names = [s.name for s in config.services if naming.dns_label(s.name) in missing]
+    plan = manifests.plan_preview(kube.settings, config, key, preview.sha, only=names)
+    for service in plan.services:
+        report.actions.append(Action("restore-route", target, f"{service.mesh_host} lost the route to "
+                                                              f"{service.destination}"))
+        if not dry_run:
+            try:
+                await kube.add_mesh_route(service.mesh_host, service.mesh_route)
+            except (PreviewError, KubeError) as exc:
+                report.errors.append(f"{target}: route for {service.mesh_host} not restored: {exc}")
+
+
+async def _config(previewer: Previewer, client: GitHubRepo, configs: dict[int, RepoConfig | None]) -> RepoConfig | None:
+    """The repository's config, read at most once a pass; None when it has none or it is broken."""
     if client.repo_id not in configs:
         try:
             configs[client.repo_id] = await previewer.load_config(client)
         except ConfigError:
             configs[client.repo_id] = None
-    config = configs[client.repo_id]
+    return configs[client.repo_id]
+
+
+async def _push_deploys(previewer: Previewer, client: GitHubRepo, pull: Mapping[str, Any],
+                        configs: dict[int, RepoConfig | None]) -> bool:
+    """Whether the push's own `synchronize` event would have deployed the PR: not for a draft, nor under
+    `trigger: command`, nor under `trigger: label` without the label (bot.triggers). With no config, or
+    a broken one, the deploy decides (it removes or reports)."""
+    config = await _config(previewer, client, configs)
     return config is None or decide(config, facts_from_pull(pull, "synchronize")) is Decision.DEPLOY
 
 

@@ -211,3 +211,27 @@ async def test_team_virtual_service_of_two_hosts_is_refused_and_the_other_host_k
         mesh.client, real_b, answer)
     assert (await mesh.request(mesh.client, real_a, key_of(bot.fake, 37))).workload == real_a
     await mesh.assert_no_conflicts(real_a)
+
+
+async def test_preview_routes_lost_when_the_team_reapplies_its_virtual_service_come_back_with_the_reconciler(
+        bot: RunningBot, mesh: Mesh, namespace: str, team_namespace: str, view: ClusterView) -> None:
+    """Fault: the team (or its GitOps tool) re-applied its VirtualService as it keeps it, without the preview
+    routes the bot had added: requests with the key went to the real service while the PR said "ready"."""
+    real = mesh.real_service(namespace, "a").host
+    team = team_virtual_service(team_namespace, "aa-team-a", real, export_to=["*"])
+    mesh.apply(team)
+    await mesh.wait_until(mesh.client, real, lambda a: a.headers.get(TEAM_HEADER) == "yes")
+    await open_pr(bot, 38)
+    preview = preview_of(bot.fake, 38, namespace)
+    await mesh.wait_for(mesh.client, real, preview, key_of(bot.fake, 38))
+
+    mesh.apply(team)  # replaced as the team keeps it: no preview routes
+    await mesh.wait_until(mesh.client, real, lambda a: a.workload == real, key_of(bot.fake, 38))
+    report = await bot.bot.reconcile_once()
+    assert [(a.kind, a.target) for a in report.actions] == [("restore-route", f"{REPO}#38")], report.lines()
+    answer = await mesh.wait_for(mesh.client, real, preview, key_of(bot.fake, 38))
+    assert TEAM_HEADER not in answer.headers
+    plain = await mesh.request(mesh.client, real)
+    assert plain.workload == real and plain.headers.get(TEAM_HEADER) == "yes", "the team's route is kept"
+    assert (await bot.bot.reconcile_once()).actions == []
+    await mesh.assert_no_conflicts(real)

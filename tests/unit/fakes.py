@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bot import manifests, mesh_hosts, naming, slots
+from bot import manifests, mesh_hosts, mesh_routes, naming, slots
 from bot.github.client import ChangedFiles
 from bot.kube import LivePreview
 from bot.mesh_hosts import Ref
@@ -160,7 +160,8 @@ def _now() -> str:
 
 @dataclass
 class FakeCluster:
-    """The cluster (bot.ports.Cluster): previews as LivePreview records, no mesh VirtualServices."""
+    """The cluster (bot.ports.Cluster): previews as LivePreview records; the mesh as preview routes by
+    host (`routes`), with none of Istio's choices between VirtualServices."""
 
     settings: ClusterSettings
     previews: dict[str, LivePreview] = field(default_factory=dict)
@@ -169,6 +170,7 @@ class FakeCluster:
     applied: list[str] = field(default_factory=list)  # preview keys, one per apply
     deleted: list[str] = field(default_factory=list)
     on_wait: Callable[[], None] | None = None  # runs while the deploy waits (e.g. another writer)
+    routes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # mesh host -> preview routes
 
     def add_preview(self, key: PreviewKey, sha: str, services: Iterable[str] = ("a",), *,
                     pushed_at: datetime | None = None, keep: bool = False) -> LivePreview:
@@ -176,6 +178,11 @@ class FakeCluster:
         preview = LivePreview(key.value, key.repo, key.number, sha, tuple(services), stamp, stamp, keep,
                               repo_id=key.repo_id)
         self.previews[key.value] = preview
+        for service in preview.services:  # deployed: its mesh routes too
+            destination = naming.service_fqdn(key.object_name(service), self.settings.namespace)
+            self.routes.setdefault(f"{service}.{self.settings.namespace}.svc.cluster.local", []).append(
+                mesh_routes.preview_route(key.value, destination=destination, port=8080,
+                                          header_name=self.settings.header_name, mode=self.settings.match_mode))
         return preview
 
     async def call(self, method: str, path: str, *, query: Iterable[tuple[str, str]] = (), body: Any = None,
@@ -230,7 +237,8 @@ class FakeCluster:
                 for name in names}
 
     async def service_names(self) -> set[str]:
-        return set()
+        return {naming.service_fqdn(naming.dns_label(f"{p.key}-{s}"), self.settings.namespace)
+                for p in self.previews.values() for s in p.services}
 
     async def check_mesh_hosts(self, hosts: Iterable[str]) -> None:
         from bot.errors import MeshRoutingError
@@ -244,17 +252,25 @@ class FakeCluster:
         return True
 
     async def add_mesh_route(self, mesh_host: str, route: dict[str, Any]) -> bool:
+        routes = [r for r in self.routes.get(mesh_host, []) if r["name"] != route["name"]]
+        self.routes[mesh_host] = [*routes, route]
         return True
 
     async def mesh_services(self) -> list[dict[str, Any]]:
-        return []
+        return [{"metadata": {"namespace": self.settings.routing_namespace, "name": f"mesh-{host}"},
+                 "spec": {"hosts": [host], "http": list(routes)}} for host, routes in self.routes.items() if routes]
 
     async def remove_routes_where(self, drop: Callable[[dict[str, Any]], bool], *,
                                   host: str | None = None) -> int:
-        return 0
+        changed = 0
+        for mesh_host, routes in self.routes.items():
+            kept = [r for r in routes if (host is not None and mesh_host != host) or not drop(r)]
+            changed += len(kept) != len(routes)
+            self.routes[mesh_host] = kept
+        return changed
 
     async def remove_routes_of_key(self, key: str) -> int:
-        return 0
+        return await self.remove_routes_where(lambda route: route.get("name") == key)
 
     async def misplaced_mesh_routes(self) -> list[tuple[str, Ref, mesh_hosts.Decision]]:
         return []

@@ -163,8 +163,9 @@ async def test_stop_removes_and_says_so_only_where_there_was_something() -> None
     gh, kube, _locks, previewer = setup()
     gh.add_pull(1, SHA1, files=["services/a/main.go"])
     await previewer.deploy(gh, 1, SHA1)
-    assert await previewer.stop(gh, 1, "Stopped by @alice.") == 1
+    assert await previewer.stop(gh, 1, "Stopped by @alice.") == 2  # its mesh route, its one service
     assert key(gh, 1).value not in kube.previews and gh.deployment_list == []
+    assert not any(kube.routes.values())
     assert "Stopped by @alice." in (gh.sticky(1) or "")
     gh.add_pull(2, SHA1)
     assert await previewer.stop(gh, 2, "closed") == 0
@@ -271,3 +272,39 @@ async def test_a_gated_pr_shows_waiting_once_and_a_repeated_event_costs_reads_on
     writes = list(gh.writes)
     assert await gate.deploy_when_ready(previewer, waits, gh, 1) is None
     assert gh.writes == writes
+
+
+async def test_a_preview_that_lost_its_mesh_route_gets_it_back_from_the_reconciler() -> None:
+    """A team's VirtualService re-applied without the preview routes (by its owner or a GitOps tool): the
+    deploy was done and said "ready", so only the reconciler can put them back."""
+    gh, kube, _locks, previewer = setup()
+    kube.add_preview(key(gh, 2), SHA1)
+    gh.add_pull(2, SHA1)
+    [(host, [route])] = list(kube.routes.items())
+    kube.routes[host] = []
+
+    dry = await reconcile(kube, previewer, client_for(gh), idle_ttl=timedelta(days=7), dry_run=True)
+    assert [(a.kind, a.target) for a in dry.actions] == [("restore-route", "acme/shop#2")]
+    assert kube.routes[host] == []
+    report = await reconcile(kube, previewer, client_for(gh), idle_ttl=timedelta(days=7))
+    assert [(a.kind, a.target) for a in report.actions] == [("restore-route", "acme/shop#2")], report.lines()
+    assert kube.routes[host] == [route]  # what a deploy writes
+    again = await reconcile(kube, previewer, client_for(gh), idle_ttl=timedelta(days=7))
+    assert again.actions == [] and again.errors == []
+
+
+async def test_lost_routes_of_an_idle_preview_or_of_a_repository_without_config_are_not_restored() -> None:
+    gh, kube, _locks, previewer = setup()
+    kube.add_preview(key(gh, 2), SHA1, pushed_at=datetime.now(UTC) - timedelta(days=8))
+    gh.add_pull(2, SHA1)
+    kube.routes = {}
+    report = await reconcile(kube, previewer, client_for(gh), idle_ttl=timedelta(days=7))
+    assert [a.kind for a in report.actions] == ["teardown-idle"]
+
+    gh, kube, _locks, previewer = setup()
+    gh.config = None
+    kube.add_preview(key(gh, 3), SHA1)
+    gh.add_pull(3, SHA1)
+    kube.routes = {}
+    report = await reconcile(kube, previewer, client_for(gh), idle_ttl=timedelta(days=7))
+    assert report.actions == [] and kube.routes == {}  # its next deploy removes it (no config)
