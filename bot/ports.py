@@ -10,7 +10,7 @@ GitHub and the real kube-apiserver.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -80,6 +80,7 @@ class Cluster(Protocol):
     async def remove_routes_where(self, drop: Callable[[dict[str, Any]], bool], *,
                                   host: str | None = None) -> int: ...
     async def remove_routes_of_key(self, key: str) -> int: ...
+    async def remove_routes_elsewhere(self, key: str, hosts: Mapping[str, str]) -> int: ...
     async def misplaced_mesh_routes(self) -> list[tuple[str, Ref, mesh_hosts.Decision]]: ...
     async def fold_mesh_routes(self, mesh_host: str) -> bool: ...
 

@@ -190,6 +190,8 @@ class Previewer:
             await self.kube.apply_preview(plan)
             for service in plan.services:
                 await self.kube.add_mesh_route(service.mesh_host, service.mesh_route)
+            # A service whose `host` changed in the config: its route at the old host must not stay.
+            await self.kube.remove_routes_elsewhere(key.value, {s.destination: s.mesh_host for s in plan.services})
             await self.teardown_services(key, deployed, keep=[s.service.name for s in plan.services])
             images = {s.name: s.image for s in plan.services}
 

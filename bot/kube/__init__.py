@@ -66,6 +66,7 @@ class Kube:
         self.add_mesh_route, self.remove_mesh_route = mesh.add_mesh_route, mesh.remove_mesh_route
         self.fold_mesh_routes, self.misplaced_mesh_routes = mesh.fold_mesh_routes, mesh.misplaced_mesh_routes
         self.remove_routes_where, self.remove_routes_of_key = mesh.remove_routes_where, mesh.remove_routes_of_key
+        self.remove_routes_elsewhere = mesh.remove_routes_elsewhere
 
     @classmethod
     def from_environment(cls, settings: ClusterSettings, kubeconfig: str | None = None, *,

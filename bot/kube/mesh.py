@@ -254,6 +254,21 @@ class MeshStore:
         """Teardown needs no config: the routes are found by their name, the preview key."""
         return await self.remove_routes_where(lambda route: route.get("name") == key)
 
+    async def remove_routes_elsewhere(self, key: str, hosts: Mapping[str, str]) -> int:
+        """Remove `key`'s routes to a destination of `hosts` (destination -> the service host it now
+        serves) from the VirtualServices of other hosts: left there when a service's `host` changed in
+        the config. Routes to other destinations (a linked PR's) stay. Returns how many changed."""
+        def misplaced(host: str) -> Callable[[dict[str, Any]], bool]:
+            return lambda route: route.get("name") == key and any(
+                hosts.get(d, host) != host for d in mesh_routes.route_destinations({"http": [route]}).get(key, []))
+        changed = 0
+        for item in await self.mesh_services():
+            host = self._host_of(item)
+            drop = misplaced(host)
+            if any(drop(r) for r in item["spec"]["http"] if mesh_routes.is_preview_route(r)):
+                changed += await self._drop_routes(self._ref(item), host, drop)
+        return changed
+
 
 def _with_folded(spec: dict[str, Any], folded: Iterable[Mapping[str, Any]], mesh_host: str) -> dict[str, Any]:
     """`spec` with the preview routes of the VirtualServices being folded into it."""

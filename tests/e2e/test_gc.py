@@ -215,3 +215,26 @@ async def test_a_preview_goes_when_its_repository_removes_the_config(
     body = next(c["body"] for c in fake_github.comments(REPO, 7) if comment.MARKER in c["body"])
     assert "Preview: stopped" in body and "no `.github/preview.yml` on its default branch any more" in body
     assert comment.stopped_at(body) == "e" * 40
+
+
+async def test_a_service_whose_host_changes_leaves_no_route_at_the_old_host(
+        fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView) -> None:
+    """The config moves service `a` to another in-mesh host: the next deploy routes the key at the new
+    host and takes its route out of the old host's VirtualService (it was left there, sending the key's
+    requests for the old host to the preview until the PR closed)."""
+    old_host, new_host = f"a.{namespace}.svc.cluster.local", f"a2.{namespace}.svc.cluster.local"
+    shop(fake_github)
+    async with running_bot(fake_github, cluster, namespace) as bot:
+        await deploy(bot, 8)
+        key = key_of(fake_github, REPO, 8)
+        assert [r["name"] for r in view.mesh_routes(old_host)] == [key.value, "default"]
+        repo = fake_github.repos[REPO]
+        tree = dict(repo.trees[repo.branches[repo.default_branch]])
+        tree[".github/preview.yml"] = CONFIG + f"    host: {new_host}\n"
+        repo.branches[repo.default_branch] = "c" * 40
+        repo.trees["c" * 40] = tree
+        fake_github.push(REPO, 8, "e" * 40)
+        await bot.send("pull_request", pull_request_event(fake_github, REPO, 8, "synchronize"))
+        await bot.settle()
+    assert [r["name"] for r in view.mesh_routes(new_host)] == [key.value, "default"]
+    assert view.mesh_routes(old_host) == []  # the bot's VirtualService for it went with its last route

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -271,6 +271,13 @@ class FakeCluster:
 
     async def remove_routes_of_key(self, key: str) -> int:
         return await self.remove_routes_where(lambda route: route.get("name") == key)
+
+    async def remove_routes_elsewhere(self, key: str, hosts: Mapping[str, str]) -> int:
+        changed = 0
+        for host in self.routes:
+            changed += await self.remove_routes_where(lambda r, h=host: r.get("name") == key and any(
+                hosts.get(d, h) != h for d in mesh_routes.route_destinations({"http": [r]}).get(key, [])), host=host)
+        return changed
 
     async def misplaced_mesh_routes(self) -> list[tuple[str, Ref, mesh_hosts.Decision]]:
         return []
