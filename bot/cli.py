@@ -8,8 +8,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
 from bot.errors import ConfigError, StartupError
 
 
@@ -43,7 +41,7 @@ def _render(args: argparse.Namespace) -> int:
     config = parse_repo_config(text, source=str(path))
     check_policy(config, settings.policy, source=str(path))
     documents = manifests.render(settings, config, PreviewKey(args.repo, args.pr, args.repo_id), args.sha.lower())
-    sys.stdout.write(yaml.safe_dump_all(documents, sort_keys=False))
+    sys.stdout.write(manifests.to_yaml(documents))
     return 0
 
 
