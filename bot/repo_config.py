@@ -7,6 +7,7 @@ what any config may ask for.
 
 from __future__ import annotations
 
+import datetime as dt
 import fnmatch
 import re
 from collections.abc import Mapping, Sequence
@@ -149,8 +150,9 @@ def _shown(value: Any, limit: int = 60) -> str:
 def _kind(value: Any) -> str:
     if value is None:
         return "nothing"
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
-            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", dt.date: "a date", dt.datetime: "a timestamp", bytes: "binary data",
+            set: "a set"}.get(type(value), type(value).__name__)
 
 
 MAX_YAML_VALUES = 10_000  # a real config has a few hundred; an alias counts once for every use
@@ -306,7 +308,9 @@ def _parse_service(reader: _Reader, raw: Any, where: str) -> ServiceConfig:
         for key, value in raw_env.items():
             if not isinstance(key, str) or not _ENV_NAME.match(key):
                 raise reader.fail(f"{where}.env", f"invalid variable name {_shown(key)}")
-            if isinstance(value, dict | list) or value is None:
+            # A number, true/false or a date is passed as its text (`8080`, `true`, `2024-06-01`); a timestamp,
+            # !!binary or !!set would come out as Python's text of it, not the config's.
+            if isinstance(value, dt.datetime) or not isinstance(value, str | int | float | dt.date):
                 raise reader.fail(f"{where}.env.{key}", f"must be a string or number, got {_kind(value)}")
             env[key] = str(value).lower() if isinstance(value, bool) else str(value)
     replicas = reader.integer(item.get("replicas", 1), f"{where}.replicas", 1, 1000)

@@ -86,6 +86,21 @@ def test_env_values_become_strings() -> None:
     assert config.services[0].env == {"A": "1", "B": "true", "C": "1.5", "D.E-F": "x"}
 
 
+def test_env_numbers_booleans_and_dates_are_passed_as_the_text_of_their_yaml_value() -> None:
+    """As README says: YAML 1.1 reads `0755` as 493, `1.10` as 1.1 and `yes` as true; quoted, they stay text."""
+    env = "env:\n  A: 0755\n  B: 1.10\n  C: yes\n  D: 2024-06-01\n  E: '0755'\n  F: 1e3\n  G: False"
+    assert parse_repo_config(one_service(env)).services[0].env == {
+        "A": "493", "B": "1.1", "C": "true", "D": "2024-06-01", "E": "0755", "F": "1e3", "G": "false"}
+
+
+@pytest.mark.parametrize(("value", "kind"), [("2001-12-14 21:59:43.10 -5", "a timestamp"),
+                                             ("!!binary aGk=", "binary data"), ("!!set {a: null}", "a set"),
+                                             ("{a: 1}", "a mapping"), ("", "nothing")])
+def test_env_values_that_would_print_as_python_text_are_errors(value: str, kind: str) -> None:
+    err = config_error(one_service(f"env:\n  A: {value}"))
+    assert (err.field, err.reason) == ("services[0].env.A", f"must be a string or number, got {kind}")
+
+
 def test_paths_affect_services() -> None:
     service = ServiceConfig(name="a", image="i", port=1, paths=("services/a/**", "*.md"))
     assert service.affected_by(["services/a/main.py"])
