@@ -173,6 +173,22 @@ def test_invalid_pr_or_sha_is_refused(capsys: pytest.CaptureFixture[str], option
     assert f"--{option}" in err
 
 
+@pytest.mark.parametrize("sha", ["ab12", "a" * 7, SHA[:39], SHA + "8", "a" * 63, "a" * 65, "a" * 128, "g" * 40,
+                                 SHA[:39] + " ", "0x" + SHA[:38]])
+def test_sha_of_another_length_than_sha1_or_sha256_is_refused(capsys: pytest.CaptureFixture[str], sha: str) -> None:
+    """GitHub's head SHAs are 40 hex digits (SHA-1), or 64 in a SHA-256 repository."""
+    code, _, err = render(capsys, "--domain", "example.com", sha=sha)
+    assert code == 2
+    assert err == f"preview-bot: error: --sha: must be a commit SHA of 40 or 64 hexadecimal digits, got {sha!r}\n"
+
+
+def test_sha256_commit_renders(capsys: pytest.CaptureFixture[str]) -> None:
+    sha = "0123456789abcdef" * 4
+    code, documents, err = render(capsys, "--domain", "example.com", sha=sha)
+    assert code == 0, err
+    assert {d["metadata"]["annotations"].get(naming.SHA_ANNOTATION, sha) for d in documents} == {sha}
+
+
 def test_render_quotes_strings_kubectl_would_read_as_numbers_or_booleans(capsys: pytest.CaptureFixture[str],
                                                                         tmp_path: Path) -> None:
     """kubectl reads YAML with go-yaml: plain `1e3` is a number and `y` a boolean there (tests/cluster has the
