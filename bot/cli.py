@@ -8,8 +8,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
 from bot.errors import ConfigError, StartupError
 
 
@@ -25,8 +23,9 @@ def _render(args: argparse.Namespace) -> int:
         raise ConfigError("--repo-id", "", f"must be the repository's numeric id, got {args.repo_id}")
     if args.pr < 1:
         raise ConfigError("--pr", "", f"must be a pull request number, got {args.pr}")
-    if not args.sha or not all(c in "0123456789abcdef" for c in args.sha.lower()):
-        raise ConfigError("--sha", "", f"must be a hexadecimal commit SHA, got {args.sha!r}")
+    # A Git object name: SHA-1 (40 hex digits) or, in a SHA-256 repository, 64.
+    if len(args.sha) not in (40, 64) or not all(c in "0123456789abcdef" for c in args.sha.lower()):
+        raise ConfigError("--sha", "", f"must be a commit SHA of 40 or 64 hexadecimal digits, got {args.sha!r}")
     try:
         settings = load_cluster_settings(os.environ, domain=args.domain)
     except ConfigError as exc:
@@ -43,7 +42,7 @@ def _render(args: argparse.Namespace) -> int:
     config = parse_repo_config(text, source=str(path))
     check_policy(config, settings.policy, source=str(path))
     documents = manifests.render(settings, config, PreviewKey(args.repo, args.pr, args.repo_id), args.sha.lower())
-    sys.stdout.write(yaml.safe_dump_all(documents, sort_keys=False))
+    sys.stdout.write(manifests.to_yaml(documents))
     return 0
 
 

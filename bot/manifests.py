@@ -2,13 +2,19 @@
 
 Pod labels carry only the bot's labels: labelling preview pods like the real service's pods
 (`app: a`) would let the real Service send production-like traffic to PR code.
+
+`to_yaml` prints them as `render` does, for kubectl: a string is never left plain where a YAML reader
+could take it for something else.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import yaml
 
 from bot import mesh_routes, naming, sessions
 from bot.naming import PreviewKey
@@ -181,3 +187,43 @@ def render(settings: ClusterSettings, config: RepoConfig, key: PreviewKey, sha: 
         spec = mesh_routes.with_route(mesh_routes.new_spec(service.mesh_host), service.mesh_host, service.mesh_route)
         documents.append(mesh_virtual_service(settings, service.mesh_host, spec))
     return documents
+
+
+# PyYAML leaves a string plain when its own YAML 1.1 resolver reads it back as a string, but kubectl and the
+# kube-apiserver read YAML with go-yaml v2 (sigs.k8s.io/yaml), whose resolve.go takes `y`/`Y`/`n`/`N` for booleans
+# and, once every `_` is deleted, whatever Go's strconv.ParseInt (base 0) or ParseFloat accepts for a number:
+# 1e3, 1.0e3, .5e3, +.5, -.5, 09, 0o17, 0X1F, 0B101, 0b+1, +_1. go-yaml v3 also reads 2001-1-2 as a timestamp,
+# and YAML 1.2's core schema 1e400 as a float. A string any of them could read otherwise is single-quoted.
+_YAML_WORDS = frozenset({"", "~", "null", "y", "n", "yes", "no", "true", "false", "on", "off"})
+_YAML_NUMBER = re.compile(
+    r"[-+]?(?:0b[-+]?[01]+|0o[-+]?[0-7]+|0x[0-9a-f]+|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:e[-+]?[0-9]+)?|\.inf|\.nan)",
+    re.IGNORECASE)
+_YAML_DATE = re.compile(r"[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}")  # a prefix: go-yaml tries time layouts from here
+
+
+def _misread(text: str) -> bool:
+    """True when go-yaml or YAML 1.2 could read the plain scalar `text` as something other than a string."""
+    if text.lower() in _YAML_WORDS or _YAML_DATE.match(text):
+        return True
+    # go-yaml deletes the `_`s only of a scalar that starts with a digit or a sign.
+    number = text.replace("_", "") if text[:1].isdigit() or text[:1] in ("+", "-") else text
+    return _YAML_NUMBER.fullmatch(number) is not None
+
+
+def _represent_str(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    if _misread(text):
+        return dumper.represent_scalar("tag:yaml.org,2002:str", text, style="'")
+    return dumper.represent_str(text)
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper whose strings read back as strings in go-yaml v2 and v3 and in YAML 1.2 too."""
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def to_yaml(documents: Sequence[Manifest]) -> str:
+    """`documents` as one YAML stream (`---` between documents, keys in their order) that kubectl and the
+    API server read back as the same values: strings such as `1e3`, `y`, `0o17` or `09` are quoted."""
+    return yaml.dump_all(documents, Dumper=_Dumper, sort_keys=False)

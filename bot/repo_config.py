@@ -7,6 +7,7 @@ what any config may ask for.
 
 from __future__ import annotations
 
+import datetime as dt
 import fnmatch
 import re
 from collections.abc import Mapping, Sequence
@@ -48,6 +49,23 @@ _UNROUTABLE_PROTOCOLS = {
     "udp": "not proxied by Istio",
 }
 _RESOURCE_KEYS = frozenset({"cpu", "memory", "ephemeral-storage"})
+# An image reference as the kubelet parses it (github.com/distribution/reference: regexp.go, and
+# ParseNormalizedNamed in normalize.go): [registry/]path[:tag][@digest]. A registry is DNS labels or an [IPv6]
+# address, with an optional :port; the path is `/`-separated lowercase components of letters and digits joined
+# by `.`, `_`, `__` or dashes; a tag is at most 128 of [A-Za-z0-9_.-], not starting with `.` or `-`. The digest
+# is what the kubelet's go-digest accepts (sha256, sha384, sha512 in lowercase hex of exact length), not the
+# grammar's any-algorithm-and-32-hex. Whatever the kubelet cannot parse fails as InvalidImageName only after
+# the Deployment was created, so the bot would wait for a rollout that never comes.
+_IMAGE_REGISTRY = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*" \
+                  r"|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
+_IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+_IMAGE_DIGEST = r"sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}|sha512:[0-9a-f]{128}"
+_IMAGE_REFERENCE = re.compile(rf"(?P<name>(?:{_IMAGE_REGISTRY}/)?{_IMAGE_COMPONENT}(?:/{_IMAGE_COMPONENT})*)"
+                              rf"(?::{_IMAGE_TAG})?(?:@(?:{_IMAGE_DIGEST}))?")
+_IMAGE_PATH_MAX = 255  # distribution/reference RepositoryNameTotalLengthMax
+# The longest values the placeholders take: a SHA-256 commit's 64 hex digits, a 10-digit pull request number.
+_IMAGE_SAMPLES = {"sha": "0123456789abcdef" * 4, "short_sha": "0123456", "number": 2**31 - 1}
 
 
 @dataclass(frozen=True)
@@ -149,8 +167,9 @@ def _shown(value: Any, limit: int = 60) -> str:
 def _kind(value: Any) -> str:
     if value is None:
         return "nothing"
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
-            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", dt.date: "a date", dt.datetime: "a timestamp", bytes: "binary data",
+            set: "a set"}.get(type(value), type(value).__name__)
 
 
 MAX_YAML_VALUES = 10_000  # a real config has a few hundred; an alias counts once for every use
@@ -284,9 +303,11 @@ def _parse_service(reader: _Reader, raw: Any, where: str) -> ServiceConfig:
     if any(ch.isspace() for ch in image):
         raise reader.fail(f"{where}.image", "must not contain white space")
     try:
-        image.format(sha="0" * 40, short_sha="0" * 7, number=1)
+        problem = image_problem(image)
     except (ValueError, IndexError, KeyError):
         raise reader.fail(f"{where}.image", "has unbalanced braces; placeholders look like {sha}") from None
+    if problem:
+        raise reader.fail(f"{where}.image", f"is not an image reference the kubelet can pull: {problem}")
     port = reader.integer(item["port"], f"{where}.port", 1, 65535)
     protocol = _parse_protocol(reader, item.get("protocol", "http"), f"{where}.protocol")
     host = None
@@ -306,7 +327,9 @@ def _parse_service(reader: _Reader, raw: Any, where: str) -> ServiceConfig:
         for key, value in raw_env.items():
             if not isinstance(key, str) or not _ENV_NAME.match(key):
                 raise reader.fail(f"{where}.env", f"invalid variable name {_shown(key)}")
-            if isinstance(value, dict | list) or value is None:
+            # A number, true/false or a date is passed as its text (`8080`, `true`, `2024-06-01`); a timestamp,
+            # !!binary or !!set would come out as Python's text of it, not the config's.
+            if isinstance(value, dt.datetime) or not isinstance(value, str | int | float | dt.date):
                 raise reader.fail(f"{where}.env.{key}", f"must be a string or number, got {_kind(value)}")
             env[key] = str(value).lower() if isinstance(value, bool) else str(value)
     replicas = reader.integer(item.get("replicas", 1), f"{where}.replicas", 1, 1000)
@@ -324,6 +347,57 @@ def _parse_service(reader: _Reader, raw: Any, where: str) -> ServiceConfig:
     return ServiceConfig(name=name, image=image, port=port, protocol=protocol, host=host, env=env, replicas=replicas,
                          requests=requests, limits=limits, paths=paths, command=command, args=args,
                          wait_for=wait_for)
+
+
+def image_problem(image: str) -> str | None:
+    """What in `image` (placeholders allowed) the kubelet's image reference parser refuses, or None.
+
+    The placeholders are filled in with the longest values they take (_IMAGE_SAMPLES), so a tag that fits
+    for one commit fits for all; the message quotes the config's own text. Raises ValueError, IndexError or
+    KeyError when the braces do not format. The grammar: _IMAGE_REFERENCE."""
+    filled = image.format(**_IMAGE_SAMPLES)
+    match = _IMAGE_REFERENCE.fullmatch(filled)
+    if match:
+        if re.fullmatch(r"[a-f0-9]{64}", filled):
+            return "64 hex digits are an image ID, not a name"
+        registry, path = _image_parts(match["name"])[:2]
+        if registry == "docker.io" and "/" not in path:
+            path = f"library/{path}"  # `nginx` is docker.io/library/nginx
+        if len(path) > _IMAGE_PATH_MAX:
+            return f"the repository path can be {len(path)} characters long; at most {_IMAGE_PATH_MAX}"
+        return None
+    # Placeholders hold no `/`, `:` or `@`, so the config's text splits into the same parts as the filled one.
+    registry, path, tag, digest = _image_parts(filled)
+    shown_registry, shown_path, shown_tag, shown_digest = _image_parts(image)
+    if digest is not None and not re.fullmatch(_IMAGE_DIGEST, digest):
+        return f"digest {_shown(shown_digest)} must be sha256: and 64 lowercase hex digits (or sha384: 96, sha512: 128)"
+    if tag is not None and not re.fullmatch(_IMAGE_TAG, tag):
+        if len(tag) > 128 and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", tag):
+            return f"tag {_shown(shown_tag)} can be {len(tag)} characters long; at most 128"
+        return f"tag {_shown(shown_tag)} must be letters, digits, '_', '.' and '-', not starting with '.' or '-'"
+    if not re.fullmatch(_IMAGE_REGISTRY, registry):
+        return f"registry {_shown(shown_registry)} must be a host name or [IPv6 address], with an optional :port"
+    if path != path.lower():
+        return f"repository path {_shown(shown_path)} must be lowercase"
+    for component, shown in zip(path.split("/"), shown_path.split("/"), strict=True):
+        if not re.fullmatch(_IMAGE_COMPONENT, component):
+            return f"path component {_shown(shown)} must be lowercase letters and digits joined by '.', '_' or '-'"
+    return "it must look like registry.example.com/team/app:tag"
+
+
+def _image_parts(reference: str) -> tuple[str, str, str | None, str | None]:
+    """(registry, repository path, tag, digest) as the kubelet splits them (distribution/reference
+    splitDockerDomain): the first component is the registry when it is `localhost` or has a `.`, a `:` or an
+    uppercase letter; otherwise the image is on Docker Hub."""
+    rest, at, digest = reference.partition("@")
+    head, slash, last = rest.rpartition("/")
+    last, colon, tag = last.partition(":")
+    first, _, remainder = (head + slash + last).partition("/")
+    if slash and (first == "localhost" or any(c in first for c in ".:") or first != first.lower()):
+        registry, path = ("docker.io" if first == "index.docker.io" else first), remainder
+    else:
+        registry, path = "docker.io", head + slash + last
+    return registry, path, tag if colon else None, digest if at else None
 
 
 def _parse_protocol(reader: _Reader, raw: Any, where: str) -> str:

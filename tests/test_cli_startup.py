@@ -178,7 +178,7 @@ def test_an_unreachable_cluster_is_fatal(tmp_path: Path, command: list[str]) -> 
 
 def test_render_errors_are_one_line(tmp_path: Path) -> None:
     code, _, err = cli(base_env(tmp_path), "render", "--config", str(tmp_path / "nope.yml"), "--repo",
-                       "acme/shop", "--repo-id", "1", "--pr", "1", "--sha", "ab12")
+                       "acme/shop", "--repo-id", "1", "--pr", "1", "--sha", "ab12" * 10)
     assert_one_line(code, err, "nope.yml", "cannot read")
 
 

@@ -173,6 +173,45 @@ def test_invalid_pr_or_sha_is_refused(capsys: pytest.CaptureFixture[str], option
     assert f"--{option}" in err
 
 
+@pytest.mark.parametrize("sha", ["ab12", "a" * 7, SHA[:39], SHA + "8", "a" * 63, "a" * 65, "a" * 128, "g" * 40,
+                                 SHA[:39] + " ", "0x" + SHA[:38]])
+def test_sha_of_another_length_than_sha1_or_sha256_is_refused(capsys: pytest.CaptureFixture[str], sha: str) -> None:
+    """GitHub's head SHAs are 40 hex digits (SHA-1), or 64 in a SHA-256 repository."""
+    code, _, err = render(capsys, "--domain", "example.com", sha=sha)
+    assert code == 2
+    assert err == f"preview-bot: error: --sha: must be a commit SHA of 40 or 64 hexadecimal digits, got {sha!r}\n"
+
+
+def test_sha256_commit_renders(capsys: pytest.CaptureFixture[str]) -> None:
+    sha = "0123456789abcdef" * 4
+    code, documents, err = render(capsys, "--domain", "example.com", sha=sha)
+    assert code == 0, err
+    assert {d["metadata"]["annotations"].get(naming.SHA_ANNOTATION, sha) for d in documents} == {sha}
+
+
+def test_render_quotes_strings_kubectl_would_read_as_numbers_or_booleans(capsys: pytest.CaptureFixture[str],
+                                                                        tmp_path: Path) -> None:
+    """kubectl reads YAML with go-yaml: plain `1e3` is a number and `y` a boolean there (tests/cluster has the
+    API server read the output)."""
+    config = tmp_path / "preview.yml"
+    config.write_text("services:\n  - name: y\n    image: r.example.com/y:{sha}\n    port: 80\n    args: ['09']\n"
+                      "    env: {A: '1e3', B: 'y', C: '0o17', D: '+.5', n: x, PORT: 8080, DEBUG: true}\n",
+                      encoding="utf-8")
+    sha = "0" * 39 + "9"
+    code, documents, err = render(capsys, "--domain", "example.com", config=config, sha=sha)
+    assert code == 0, err
+    cli.main(["render", "--config", str(config), "--repo", "acme/shop", "--repo-id", "1296269", "--pr", "7",
+              "--sha", sha, "--domain", "example.com"])
+    out = capsys.readouterr().out
+    for line in ["value: '1e3'", "value: 'y'", "value: '0o17'", "value: '+.5'", "- name: 'n'", "value: '8080'",
+                 "value: 'true'", "- '09'", f"preview-bot.dev/sha: '{sha}'", "preview-bot.dev/service: 'y'",
+                 f"image: r.example.com/y:{sha}"]:
+        assert f" {line}\n" in out, line
+    container = documents[0]["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"]: e["value"] for e in container["env"]} == {
+        "A": "1e3", "B": "y", "C": "0o17", "D": "+.5", "n": "x", "PORT": "8080", "DEBUG": "true"}
+
+
 def test_render_is_deterministic(capsys: pytest.CaptureFixture[str]) -> None:
     cli.main(["render", "--config", str(EXAMPLE), "--repo", "acme/shop", "--repo-id", "1296269", "--pr", "7",
               "--sha", SHA, "--domain", "example.com"])

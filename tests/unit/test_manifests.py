@@ -6,6 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bot import manifests, mesh_routes, naming
 from bot.naming import PreviewKey
@@ -202,3 +205,57 @@ def test_protocol_names_the_ports_and_sets_app_protocol(protocol: str) -> None:
     assert len(protocol) <= 15 and re.search("[a-z]", protocol) and "--" not in protocol
     route = service_plan.mesh_route
     assert route["route"][0]["destination"]["port"] == {"number": 50051}
+
+
+# Strings PyYAML 6 prints plain, since its YAML 1.1 resolver reads them back as strings, that go-yaml v2
+# (sigs.k8s.io/yaml: kubectl and the kube-apiserver), go-yaml v3 or YAML 1.2's core schema read as something
+# else. Found by dumping candidates with yaml.safe_dump and decoding them with each of those.
+MISREAD_WHEN_PLAIN = [
+    "y", "Y", "n", "N",  # go-yaml v2: booleans
+    "1e3", "1E3", "1e+3", "1e-3", "9e-1", "1.0e3", "1.e3", ".5e3",  # PyYAML's floats need a `.` and a signed exponent
+    "+.5", "-.5", "+.1",  # nor a sign before `.5`
+    "08", "09", "019", "-09", "0009", "0" * 39 + "9",  # not octal for PyYAML; go-yaml: floats, YAML 1.2: ints
+    "0o17", "-0o17", "0O17", "0X1F", "+0X1F", "0B101", "0b+1", "0b-1",  # prefixes Go's strconv reads
+    "+_1", "-_1", "0_9", "09_", "1_e3", "1e3_0", "0_x1F",  # go-yaml deletes every `_` first
+    "2001-1-2", "2001-1-2T1:2:3Z",  # go-yaml v3: timestamps
+    "1e400",  # YAML 1.2: a float (go-yaml: out of range, so a string)
+]
+# PyYAML quotes these itself.
+QUOTED_ANYWAY = ["", "~", "null", "NULL", "true", "False", "yes", "No", "on", "OFF", "1", "+1", "-1", "017", "0x1F",
+                 "0b101", "1_000", "12:30", ".5", "1.5", "1.0e+3", ".inf", "-.Inf", ".NaN", "2001-12-14", "<<", "="]
+# Ordinary strings stay plain, and so do the number-like ones no reader takes for numbers.
+PLAIN = ["debug", f"registry.example.com/acme/a:{SHA}", "preview-7-abc123", "a.previews.svc.cluster.local", "1.2.3",
+         "v1.27", "100m", "128Mi", "inf", "nan", "-inf", "0x1p-2", "1,000", "12:60", "e3", "yes-please", "0b2", "_1",
+         "2024-06"]
+
+
+@pytest.mark.parametrize("text", MISREAD_WHEN_PLAIN + QUOTED_ANYWAY)
+def test_to_yaml_quotes_strings_another_reader_takes_for_something_else(text: str) -> None:
+    out = manifests.to_yaml([{"value": text}])
+    assert out == f"value: '{text}'\n"
+    assert yaml.safe_load(out) == {"value": text}
+
+
+@pytest.mark.parametrize("text", PLAIN)
+def test_to_yaml_leaves_other_strings_plain(text: str) -> None:
+    out = manifests.to_yaml([{"value": text}])
+    assert out == f"value: {text}\n"
+    assert yaml.safe_load(out) == {"value": text}
+
+
+# YAML 1.2.2 section 10.3.2 (the core schema): plain scalars that are not strings.
+YAML_12_CORE = re.compile(r"null|Null|NULL|~|true|True|TRUE|false|False|FALSE|[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+"
+                          r"|[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?|[-+]?\.(inf|Inf|INF)|\.nan|\.NaN|\.NAN")
+
+
+@given(st.text(alphabet="0189abeEfnNoOxXyY.+-_:~ T") | st.text())
+def test_to_yaml_reads_back_and_plain_means_a_string_everywhere(text: str) -> None:
+    out = manifests.to_yaml([{"value": text}])
+    assert yaml.safe_load(out) == {"value": text}
+    if not out.startswith(("value: '", 'value: "', "value: |", "value: >")):
+        assert not YAML_12_CORE.fullmatch(text) and text not in ("y", "Y", "n", "N"), out
+
+
+def test_to_yaml_keeps_documents_and_key_order() -> None:
+    out = manifests.to_yaml([{"kind": "A", "b": 1, "a": "09"}, {"kind": "B"}])
+    assert out == "kind: A\nb: 1\na: '09'\n---\nkind: B\n"

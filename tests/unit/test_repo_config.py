@@ -13,6 +13,7 @@ from bot.repo_config import (
     ServiceConfig,
     check_policy,
     effective_resources,
+    image_problem,
     parse_repo_config,
 )
 from bot.settings import Policy
@@ -84,6 +85,21 @@ def test_image_placeholders() -> None:
 def test_env_values_become_strings() -> None:
     config = parse_repo_config(one_service("env:\n  A: 1\n  B: true\n  C: 1.5\n  D.E-F: x"))
     assert config.services[0].env == {"A": "1", "B": "true", "C": "1.5", "D.E-F": "x"}
+
+
+def test_env_numbers_booleans_and_dates_are_passed_as_the_text_of_their_yaml_value() -> None:
+    """As README says: YAML 1.1 reads `0755` as 493, `1.10` as 1.1 and `yes` as true; quoted, they stay text."""
+    env = "env:\n  A: 0755\n  B: 1.10\n  C: yes\n  D: 2024-06-01\n  E: '0755'\n  F: 1e3\n  G: False"
+    assert parse_repo_config(one_service(env)).services[0].env == {
+        "A": "493", "B": "1.1", "C": "true", "D": "2024-06-01", "E": "0755", "F": "1e3", "G": "false"}
+
+
+@pytest.mark.parametrize(("value", "kind"), [("2001-12-14 21:59:43.10 -5", "a timestamp"),
+                                             ("!!binary aGk=", "binary data"), ("!!set {a: null}", "a set"),
+                                             ("{a: 1}", "a mapping"), ("", "nothing")])
+def test_env_values_that_would_print_as_python_text_are_errors(value: str, kind: str) -> None:
+    err = config_error(one_service(f"env:\n  A: {value}"))
+    assert (err.field, err.reason) == ("services[0].env.A", f"must be a string or number, got {kind}")
 
 
 def test_paths_affect_services() -> None:
@@ -378,3 +394,59 @@ def test_service_wait_for_errors_name_the_service() -> None:
     error = config_error(one_service("wait_for: [ok, 3.5]"))
     assert (error.field, error.reason) == ("services[0].wait_for[1]", "must be a check name (a string), got a number")
     assert config_error(one_service("wait_for: nope")).field == "services[0].wait_for"
+
+
+SHA_TAG = "{sha}"
+
+
+@pytest.mark.parametrize("image", [
+    "nginx", "nginx:1.27", "library/nginx:1.27-alpine", "docker.io/library/nginx:latest", "acme/api:{sha}",
+    "localhost/api:{sha}", "localhost:5000/x", "localhost:5000",  # docker.io/library/localhost, tag 5000
+    "registry.example.com:5000/acme/api:{sha}", "127.0.0.1:5000/a/b/c:{short_sha}-pr{number}",
+    "[::1]:5000/acme/api:{sha}", "[fe80::1]/acme/api", "ghcr.io/acme/team/sub/api:{sha}",
+    "Registry.Example.COM/acme/api:v1",  # a registry is a host name: any case
+    "a.b/c__d/e--f/g.h/i_j:T_1.x-y", "ghcr.io/acme/api@sha256:" + "a" * 64,
+    "ghcr.io/acme/api:{sha}@sha256:" + "0123456789abcdef" * 4, "ghcr.io/acme/api@sha512:" + "f" * 128,
+    "ghcr.io/acme/api:" + "x" * 63 + "-" + SHA_TAG,  # 128 characters with a 64-digit SHA
+    "ghcr.io/acme/" + "a" * 250,
+])
+def test_valid_image_references(image: str) -> None:
+    assert image_problem(image) is None
+    assert parse_repo_config(one_service("", image=image)).services[0].image == image
+
+
+@pytest.mark.parametrize(("image", "reason"), [
+    ("Ghcr.io/Acme/API:{sha}", "repository path 'Acme/API' must be lowercase"),
+    ("ghcr.io/acme/API", "repository path 'acme/API' must be lowercase"),
+    ("NGINX:1", "repository path 'NGINX' must be lowercase"),
+    ("ghcr.io/acme/api::{sha}", "tag ':{sha}' must be letters, digits, '_', '.' and '-', not starting with"),
+    ("ghcr.io/acme/api:-{sha}", "tag '-{sha}' must be"),
+    ("ghcr.io/acme/api:.v1", "tag '.v1' must be"),
+    ("ghcr.io/acme/api:", "tag '' must be"),
+    ("ghcr.io/acme/api:v1+build", "tag 'v1+build' must be"),
+    ("ghcr.io/acme/api:" + "x" * 64 + "-" + SHA_TAG, "can be 129 characters long; at most 128"),
+    ("ghcr.io/acme/api:" + "x" * 129, "can be 129 characters long; at most 128"),
+    ("ghcr.io/acme/api:{sha}@sha256:zz", "digest 'sha256:zz' must be sha256: and 64 lowercase hex digits"),
+    ("ghcr.io/acme/api@sha256:" + "a" * 32, "digest 'sha256:aaaa"),  # the grammar's 32, not go-digest's 64
+    ("ghcr.io/acme/api@sha256:" + "A" * 64, "must be sha256: and 64 lowercase hex digits"),
+    ("ghcr.io/acme/api@md5:" + "a" * 32, "must be sha256: and 64 lowercase hex digits"),
+    ("ghcr.io/acme/api:v1@", "digest '' must be"),
+    ("ghcr.io:/acme/api", "registry 'ghcr.io:' must be a host name or [IPv6 address], with an optional :port"),
+    ("ghcr..io/acme/api", "registry 'ghcr..io' must be"),
+    ("-ghcr.io/acme/api", "registry '-ghcr.io' must be"),
+    ("[::1/acme/api", "registry '[::1' must be"),
+    ("acme//api", "path component '' must be lowercase letters and digits joined by '.', '_' or '-'"),
+    ("acme/-api", "path component '-api' must be"),
+    ("acme/api-", "path component 'api-' must be"),
+    ("acme/a..b:{sha}", "path component 'a..b' must be"),
+    ("acme/a___b", "path component 'a___b' must be"),
+    ("registry.example.com/acme/\u00e4pi", "path component '\u00e4pi' must be"),
+    ("a" * 64, "64 hex digits are an image ID, not a name"),
+    ("ghcr.io/acme/" + "a" * 251, "the repository path can be 256 characters long; at most 255"),
+])
+def test_invalid_image_references_are_config_errors_naming_what_is_wrong(image: str, reason: str) -> None:
+    err = config_error(one_service("", image=image))
+    assert err.field == "services[0].image"
+    assert err.reason.startswith("is not an image reference the kubelet can pull: ")
+    assert reason in err.reason
+    assert "\n" not in str(err) and len(str(err)) < 300
