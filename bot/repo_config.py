@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
-from bot import dns
+from bot import dns, images
 from bot.errors import ConfigError
 from bot.settings import Policy, parse_quantity
 
@@ -49,21 +49,9 @@ _UNROUTABLE_PROTOCOLS = {
     "udp": "not proxied by Istio",
 }
 _RESOURCE_KEYS = frozenset({"cpu", "memory", "ephemeral-storage"})
-# An image reference as the kubelet parses it (github.com/distribution/reference: regexp.go, and
-# ParseNormalizedNamed in normalize.go): [registry/]path[:tag][@digest]. A registry is DNS labels or an [IPv6]
-# address, with an optional :port; the path is `/`-separated lowercase components of letters and digits joined
-# by `.`, `_`, `__` or dashes; a tag is at most 128 of [A-Za-z0-9_.-], not starting with `.` or `-`. The digest
-# is what the kubelet's go-digest accepts (sha256, sha384, sha512 in lowercase hex of exact length), not the
-# grammar's any-algorithm-and-32-hex. Whatever the kubelet cannot parse fails as InvalidImageName only after
-# the Deployment was created, so the bot would wait for a rollout that never comes.
-_IMAGE_REGISTRY = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*" \
-                  r"|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
-_IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_IMAGE_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
-_IMAGE_DIGEST = r"sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}|sha512:[0-9a-f]{128}"
-_IMAGE_REFERENCE = re.compile(rf"(?P<name>(?:{_IMAGE_REGISTRY}/)?{_IMAGE_COMPONENT}(?:/{_IMAGE_COMPONENT})*)"
-                              rf"(?::{_IMAGE_TAG})?(?:@(?:{_IMAGE_DIGEST}))?")
-_IMAGE_PATH_MAX = 255  # distribution/reference RepositoryNameTotalLengthMax
+# The image reference grammar (bot.images), with the names this module has always used.
+_IMAGE_REGISTRY, _IMAGE_COMPONENT, _IMAGE_TAG = images.REGISTRY, images.COMPONENT, images.TAG
+_IMAGE_DIGEST, _IMAGE_REFERENCE, _IMAGE_PATH_MAX = images.DIGEST, images.REFERENCE, images.PATH_MAX
 # The longest values the placeholders take: a SHA-256 commit's 64 hex digits, a 10-digit pull request number.
 _IMAGE_SAMPLES = {"sha": "0123456789abcdef" * 4, "short_sha": "0123456", "number": 2**31 - 1}
 
@@ -360,15 +348,15 @@ def image_problem(image: str) -> str | None:
     if match:
         if re.fullmatch(r"[a-f0-9]{64}", filled):
             return "64 hex digits are an image ID, not a name"
-        registry, path = _image_parts(match["name"])[:2]
+        registry, path = images.parts(match["name"])[:2]
         if registry == "docker.io" and "/" not in path:
             path = f"library/{path}"  # `nginx` is docker.io/library/nginx
         if len(path) > _IMAGE_PATH_MAX:
             return f"the repository path can be {len(path)} characters long; at most {_IMAGE_PATH_MAX}"
         return None
     # Placeholders hold no `/`, `:` or `@`, so the config's text splits into the same parts as the filled one.
-    registry, path, tag, digest = _image_parts(filled)
-    shown_registry, shown_path, shown_tag, shown_digest = _image_parts(image)
+    registry, path, tag, digest = images.parts(filled)
+    shown_registry, shown_path, shown_tag, shown_digest = images.parts(image)
     if digest is not None and not re.fullmatch(_IMAGE_DIGEST, digest):
         return f"digest {_shown(shown_digest)} must be sha256: and 64 lowercase hex digits (or sha384: 96, sha512: 128)"
     if tag is not None and not re.fullmatch(_IMAGE_TAG, tag):
@@ -383,21 +371,6 @@ def image_problem(image: str) -> str | None:
         if not re.fullmatch(_IMAGE_COMPONENT, component):
             return f"path component {_shown(shown)} must be lowercase letters and digits joined by '.', '_' or '-'"
     return "it must look like registry.example.com/team/app:tag"
-
-
-def _image_parts(reference: str) -> tuple[str, str, str | None, str | None]:
-    """(registry, repository path, tag, digest) as the kubelet splits them (distribution/reference
-    splitDockerDomain): the first component is the registry when it is `localhost` or has a `.`, a `:` or an
-    uppercase letter; otherwise the image is on Docker Hub."""
-    rest, at, digest = reference.partition("@")
-    head, slash, last = rest.rpartition("/")
-    last, colon, tag = last.partition(":")
-    first, _, remainder = (head + slash + last).partition("/")
-    if slash and (first == "localhost" or any(c in first for c in ".:") or first != first.lower()):
-        registry, path = ("docker.io" if first == "index.docker.io" else first), remainder
-    else:
-        registry, path = "docker.io", head + slash + last
-    return registry, path, tag if colon else None, digest if at else None
 
 
 def _parse_protocol(reader: _Reader, raw: Any, where: str) -> str:

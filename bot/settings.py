@@ -18,7 +18,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bot import dns
+from bot import dns, images
 from bot.errors import ConfigError
 
 DEFAULT_API_URL = "https://api.github.com"
@@ -334,6 +334,9 @@ def _load_policy(env: Mapping[str, str]) -> Policy:
         if not prefix.endswith("/"):
             raise _env_error("PREVIEW_ALLOWED_IMAGES",
                              f"each prefix must end with `/` (e.g. {prefix}/), got {prefix!r}")
+        problem = images.prefix_problem(prefix)
+        if problem:  # `/` or `ghcr.io//` would allow no image at all: every config refused, for no clear reason
+            raise _env_error("PREVIEW_ALLOWED_IMAGES", f"each prefix {problem}, got {prefix!r}")
     policy = Policy(
         allowed_image_prefixes=prefixes,
         max_replicas=_positive_int(env, "PREVIEW_MAX_REPLICAS", defaults.max_replicas),

@@ -200,6 +200,10 @@ def test_an_encrypted_private_key_is_named_as_encrypted(private_format: str) -> 
         ("PREVIEW_HOST_TEMPLATE", "{key}-{service}"),
         ("PREVIEW_ALLOWED_IMAGES", "ghcr.io"),  # would admit ghcr.io.evil.example/...
         ("PREVIEW_ALLOWED_IMAGES", "registry.example.com/acme/,ghcr.io/acme"),  # would admit ghcr.io/acme-evil/
+        ("PREVIEW_ALLOWED_IMAGES", "/"),  # would admit no image at all
+        ("PREVIEW_ALLOWED_IMAGES", "ghcr.io//"),
+        ("PREVIEW_ALLOWED_IMAGES", "ghcr.io/Acme/"),  # paths are lowercase: no image could match
+        ("PREVIEW_ALLOWED_IMAGES", "https://ghcr.io/acme/"),
         ("PREVIEW_IDLE_TTL_DAYS", "inf"),  # timedelta(days=inf) overflowed in the reconciler
         ("PREVIEW_IDLE_TTL_DAYS", "1e308"),
         ("PREVIEW_TTL_WARNING", "inf"),
@@ -406,3 +410,10 @@ def test_single_label_host_template_is_refused_naming_istio_short_names() -> Non
     err = error_for(base_env(PREVIEW_HOST_TEMPLATE="preview-{number}-{service}"))
     assert err.field == "PREVIEW_HOST_TEMPLATE"
     assert "single-label hosts (e.g. 'preview-123-svc')" in err.reason and "short names" in err.reason
+
+
+@pytest.mark.parametrize("prefixes", ["registry.example.com/acme/", "ghcr.io/", "localhost:5000/team/app/",
+                                      "acme/", "registry.example.com/acme/,ghcr.io/acme_corp/"])
+def test_allowed_image_prefixes_that_can_start_an_image(prefixes: str) -> None:
+    settings = load_settings(base_env(PREVIEW_ALLOWED_IMAGES=prefixes))
+    assert settings.cluster.policy.allowed_image_prefixes == tuple(prefixes.split(","))
