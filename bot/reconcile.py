@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 
 from bot import gate, mesh_routes, metrics, naming, ttl_warning
-from bot.errors import ConfigError, PreviewError
+from bot.errors import ConfigError, PreviewError, RoutesNotRemoved
 from bot.gate import WaitRegistry
 from bot.github.auth import AppAuth
 from bot.github.client import RepoClient
@@ -155,13 +155,20 @@ async def reconcile(kube: Cluster, previewer: Previewer, client_for: ClientFor, 
 
 async def _clean_mesh(kube: Cluster, report: GcReport, *, dry_run: bool) -> None:
     """The mesh side of a pass: routes to missing Services, and the bot's VirtualServices in the wrong place."""
-    # Routes whose Service is gone (deleted by hand, or a crash between steps).
+    # Routes whose Service is gone (deleted by hand, a crash between steps, or a teardown whose route removal
+    # the API server refused: bot.previews removes the preview's objects anyway).
     services = await kube.service_names()
     for key, destination in dangling_routes(await kube.mesh_services(), services):
         report.actions.append(Action("remove-route", key, f"destination {destination} does not exist"))
     if not dry_run and any(a.kind == "remove-route" for a in report.actions):
-        await kube.remove_routes_where(lambda route: any(
-            d not in services for d in mesh_routes.route_destinations({"http": [route]}).get(str(route["name"]), [])))
+        def dangling(route: dict[str, Any]) -> bool:
+            destinations = mesh_routes.route_destinations({"http": [route]}).get(str(route["name"]), [])
+            return any(d not in services for d in destinations)
+
+        try:
+            await kube.remove_routes_where(dangling)
+        except RoutesNotRemoved as exc:  # the others are gone; these are reported every pass until they go
+            report.errors += exc.failures
     # The bot's mesh VirtualServices that Istio ignores, or that hide a team's: a team's VirtualService for
     # the host appeared after the previews' routes were written. Fold them into it, or say why not.
     for host, ref, decision in await kube.misplaced_mesh_routes():
