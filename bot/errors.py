@@ -45,6 +45,20 @@ class MeshRoutingError(PreviewError):
     message names that VirtualService as `namespace/name` and what to change."""
 
 
+class RoutesNotRemoved(PreviewError):
+    """The API server refused to change one or more shared mesh VirtualServices (403: the bot may not
+    update it any more; 422: an admission webhook said no), so the preview routes matched stay in them.
+    Every other VirtualService was still done; `changed` counts those. A refusal is not retried at
+    once: a teardown removes the preview's own objects anyway (the route left points at a removed
+    Service, which the reconciler reports and removes once it may). The message names each
+    VirtualService and what to grant, one clause each."""
+
+    def __init__(self, failures: list[str], changed: int) -> None:
+        self.failures = failures
+        self.changed = changed
+        super().__init__("; ".join(failures))
+
+
 def first_line(text: str | bytes, limit: int, *, preferring: str = "") -> str:
     """The first non-blank line of an answer that is not what was asked for (a proxy's HTML page, the
     API server's plain text, a TLS error), cut at `limit` characters, for a one-line message; with

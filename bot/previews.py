@@ -22,7 +22,7 @@ import cachetools
 
 from bot import links, manifests, mesh_routes, metrics, naming
 from bot.comment import Report, ServiceLine, State
-from bot.errors import ConfigError, PreviewError
+from bot.errors import ConfigError, PreviewError, RoutesNotRemoved
 from bot.github.client import LIST_FILES_MAX
 from bot.kube import KubeError, LivePreview
 from bot.naming import PreviewKey
@@ -240,8 +240,11 @@ class Previewer:
         if not stale:
             return
         gone = {naming.service_fqdn(key.object_name(s), self.settings.namespace) for s in stale}
-        await self.kube.remove_routes_where(lambda route: route.get("name") == key.value and bool(
-            gone & set(mesh_routes.route_destinations({"http": [route]}).get(key.value, []))))
+        def drop(route: dict[str, Any]) -> bool:
+            return route.get("name") == key.value and bool(
+                gone & set(mesh_routes.route_destinations({"http": [route]}).get(key.value, [])))
+
+        await self._remove_routes(key, self.kube.remove_routes_where(drop))
         await self.kube.delete_preview(key, services=stale)
 
     async def teardown(self, key: PreviewKey) -> int:
@@ -249,11 +252,25 @@ class Previewer:
         done. The caller holds the PR's lock."""
         self._finished.pop((key.repo_id, key.value), None)
         await links.release(self.kube, key, self.link_refresh)
-        removed = await self.kube.remove_routes_of_key(key.value)
+        removed = await self._remove_routes(key, self.kube.remove_routes_of_key(key.value))
         removed += await self.kube.delete_preview(key)
         await self.arbiter.release_slot(key)  # after the objects: a slot is never free while they live
         metrics.PREVIEW_OUTCOMES.labels(action="teardown", outcome="removed" if removed else "nothing").inc()
         return removed
+
+    @staticmethod
+    async def _remove_routes(key: PreviewKey, removal: Awaitable[int]) -> int:
+        """Routes go first, so that no route points at a Service being deleted. A shared VirtualService
+        the API server refuses to change (RBAC taken away, an admission webhook) must not keep the
+        preview's own objects alive for ever: they go anyway, and the route left there, pointing at a
+        removed Service, is a dangling route that every reconciliation pass reports, and removes once
+        it may."""
+        try:
+            return await removal
+        except RoutesNotRemoved as exc:
+            log.warning("preview %s: route left behind, its objects are removed anyway: %s", key.value, exc,
+                        extra={"repo": key.repo, "pr": key.number})
+            return exc.changed
 
     async def stop(self, gh: GitHubRepo | None, number: int, reason: str, *, key: PreviewKey | None = None,
                    head_sha: str | None = None) -> int:

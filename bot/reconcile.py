@@ -7,7 +7,8 @@ removed after the TTL unless someone asked to keep them.
 `reconcile` is one pass (pure decisions over the cluster and GitHub reads); `Reconciler` owns the loop
 around it (every `reconcile_interval`, while leading), the start-up discovery of PRs whose events were
 lost, and the resumption (a queued redeploy) of previews found behind or half-done. `Repositories` is
-the App's installations and their repositories, by id.
+the App's installations and their repositories, by id; an installation the App cannot use (suspended,
+or its token refused) holds its own previews as they are and stops no one else's clean-up.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import aiohttp
 
 from bot import comment, gate, manifests, mesh_routes, metrics, naming, ttl_warning
-from bot.errors import ConfigError, PreviewError
+from bot.errors import ConfigError, PreviewError, RoutesNotRemoved
 from bot.gate import WaitRegistry
 from bot.github.auth import AppAuth
 from bot.github.client import RepoClient
@@ -54,7 +55,9 @@ Resume = Callable[[int, str, int, str], None]
 
 @dataclass
 class Action:
-    kind: str  # "teardown-closed", "teardown-idle", "remove-route", "resume", "adopt", "warn-idle", "fold-routes"
+    # "teardown-closed", "teardown-idle", "remove-route", "resume", "adopt", "warn-idle", "fold-routes", and
+    # "hold": left as it is, its installation is suspended.
+    kind: str
     target: str
     reason: str
 
@@ -153,6 +156,12 @@ async def reconcile(kube: Cluster, previewer: Previewer, client_for: ClientFor, 
                 await _stop(previewer, client, preview,
                             f"Preview removed after {days:g} days without a push. Comment `/preview` to deploy "
                             f"again, or `/preview keep` (or the `{KEEP_LABEL}` label) to keep it.")
+        except InstallationUnavailable as exc:
+            # Not a removal, not a fault of the pass: the preview waits, as it is, for its installation.
+            if exc.suspended:
+                report.actions.append(Action("hold", target, str(exc)))
+            else:
+                report.errors.append(f"{target}: {exc}")
         except (GitHubError, OSError) as exc:
             report.errors.append(f"{target}: {type(exc).__name__}: {exc}")
         except Exception as exc:  # a fault with one preview must not stop the pass for every other one
@@ -166,13 +175,20 @@ async def reconcile(kube: Cluster, previewer: Previewer, client_for: ClientFor, 
 
 async def _clean_mesh(kube: Cluster, report: GcReport, *, dry_run: bool) -> None:
     """The mesh side of a pass: routes to missing Services, and the bot's VirtualServices in the wrong place."""
-    # Routes whose Service is gone (deleted by hand, or a crash between steps).
+    # Routes whose Service is gone (deleted by hand, a crash between steps, or a teardown whose route removal
+    # the API server refused: bot.previews removes the preview's objects anyway).
     services = await kube.service_names()
     for key, destination in dangling_routes(await kube.mesh_services(), services):
         report.actions.append(Action("remove-route", key, f"destination {destination} does not exist"))
     if not dry_run and any(a.kind == "remove-route" for a in report.actions):
-        await kube.remove_routes_where(lambda route: any(
-            d not in services for d in mesh_routes.route_destinations({"http": [route]}).get(str(route["name"]), [])))
+        def dangling(route: dict[str, Any]) -> bool:
+            destinations = mesh_routes.route_destinations({"http": [route]}).get(str(route["name"]), [])
+            return any(d not in services for d in destinations)
+
+        try:
+            await kube.remove_routes_where(dangling)
+        except RoutesNotRemoved as exc:  # the others are gone; these are reported every pass until they go
+            report.errors += exc.failures
     # The bot's mesh VirtualServices that Istio ignores, or that hide a team's: a team's VirtualService for
     # the host appeared after the previews' routes were written. Fold them into it, or say why not.
     for host, ref, decision in await kube.misplaced_mesh_routes():
@@ -285,33 +301,106 @@ async def _stop(previewer: Previewer, client: GitHubRepo | None, preview: LivePr
     await previewer.stop(client, preview.number, reason, key=key, head_sha=preview.sha or None)
 
 
+class InstallationUnavailable(GitHubError):
+    """The App cannot act on the installation that holds the repository, for now: the installation is
+    suspended (GitHub lists it with `suspended_at`; a suspended App may not use the API there), or GitHub
+    refused its token or its repository list. The repository is still installed: this is not the None
+    of a repository the App left, whose previews are removed."""
+
+    def __init__(self, status: int, message: str, *, suspended: bool) -> None:
+        self.suspended = suspended
+        super().__init__(status, message)
+
+
+@dataclass(frozen=True)
+class _Unavailable:
+    """An installation the last listing could not use: suspended (since `suspended_at`), or `error`."""
+
+    installation: int
+    account: str
+    suspended_at: str | None = None
+    error: GitHubError | None = None
+
+    def holds(self, repo_id: int | None, repo: str, known: Mapping[int, int]) -> bool:
+        """`repo` is, as far as can be known, in this installation: the last listing that could read the
+        installation had it (`known`: repository id -> installation id), or its owner is the account."""
+        if repo_id is not None and known.get(repo_id) == self.installation:
+            return True
+        return bool(self.account) and repo.partition("/")[0].lower() == self.account.lower()
+
+    def exception(self) -> InstallationUnavailable:
+        where = f"the App's installation on {self.account or '?'} (id {self.installation})"
+        if self.error is None:
+            return InstallationUnavailable(403, f"{where} is suspended (since {self.suspended_at}): its previews "
+                                                "are left as they are until it is unsuspended", suspended=True)
+        return InstallationUnavailable(self.error.status, f"{where} could not be read (GitHub answered "
+                                                          f"{self.error.status} {self.error}): its previews are "
+                                                          "left as they are until it can", suspended=False)
+
+
 class Repositories:
-    """Every repository the App is installed on, by id, and clients for them."""
+    """Every repository the App is installed on, by id, and clients for them.
+
+    One installation never stands in the way of the others: a suspended one is skipped (no token is
+    asked for: GitHub would answer 403), and one whose token or repository list GitHub refuses is
+    left out of that listing alone. The previews of their repositories are neither looked at nor
+    removed: `client_for` raises InstallationUnavailable for them, never None (None means the App
+    left the repository, and its previews go)."""
 
     def __init__(self, auth: AppAuth) -> None:
         self.auth = auth
         # repository id -> (installation id, current full name), from the installations' repository lists.
         self._repositories: dict[int, tuple[int, str]] = {}
         self._repositories_at = -float("inf")
+        # The installations the last listing could not use, and the installation of every repository the
+        # last readable listing of its installation had (kept while that installation cannot be read).
+        self._unavailable: dict[int, _Unavailable] = {}
+        self._known: dict[int, int] = {}
+        self._recovered = False  # an installation the App could not use is usable again
 
     async def listing(self, *, max_age: float = REPOSITORIES_TTL) -> dict[int, tuple[int, str]]:
-        """Every repository the App is installed on: id -> (installation id, current full name).
+        """Every repository the App is installed on and may act on: id -> (installation id, current full
+        name).
 
         Read from `GET /app/installations` and each installation's `GET /installation/repositories`,
         refreshed when older than `max_age` seconds. Keyed by id: the full name changes with a rename or
-        a transfer, the id does not (GitHub REST docs, "Repositories": `id`)."""
+        a transfer, the id does not (GitHub REST docs, "Repositories": `id`). Suspended installations,
+        and those whose token or repository list GitHub refuses, are left out (see the class); only a
+        failure of `GET /app/installations` itself fails the listing."""
         if time.monotonic() - self._repositories_at > max_age:
             found: dict[int, tuple[int, str]] = {}
+            unavailable: dict[int, _Unavailable] = {}
             async for installation in self.auth.api().getiter("/app/installations", jwt=self.auth.app_jwt()):
-                gh = await self.auth.installation_api(int(installation["id"]))
-                async for repo in gh.getiter("/installation/repositories", iterable_key="repositories"):
-                    found[int(repo["id"])] = (int(installation["id"]), str(repo["full_name"]))
-            self._repositories, self._repositories_at = found, time.monotonic()
+                number = int(installation["id"])
+                account = str((installation.get("account") or {}).get("login") or "")
+                if installation.get("suspended_at"):
+                    unavailable[number] = _Unavailable(number, account, str(installation["suspended_at"]))
+                    continue
+                try:
+                    gh = await self.auth.installation_api(number)
+                    found |= {int(repo["id"]): (number, str(repo["full_name"])) async for repo in
+                              gh.getiter("/installation/repositories", iterable_key="repositories")}
+                except GitHubError as exc:  # 403/404 on the token or the list: this installation only
+                    self.auth.forget(number)  # a refused token is not used again
+                    unavailable[number] = _Unavailable(number, account, error=exc)
+                    log.warning("%s", unavailable[number].exception())
+            self._known = {rid: inst for rid, (inst, _) in found.items()} | {
+                rid: inst for rid, inst in self._known.items() if inst in unavailable and rid not in found}
+            self._recovered |= bool(set(self._unavailable) & {inst for inst, _ in found.values()})
+            self._repositories, self._unavailable = found, unavailable
+            self._repositories_at = time.monotonic()
         return self._repositories
+
+    def take_recovered(self) -> bool:
+        """An installation the App could not use (suspended, refused) has become usable since the last call:
+        its events of the meantime were never delivered (GitHub sends a suspended App none)."""
+        recovered, self._recovered = self._recovered, False
+        return recovered
 
     async def client_for(self, repo_id: int | None, repo: str) -> RepoClient | None:
         """A client on the repository's installation, by id (a legacy preview without one: by its name);
-        None when the App is not installed there. A miss re-reads the list unless it is fresh."""
+        None when the App is not installed there. A miss re-reads the list unless it is fresh. Raises
+        InstallationUnavailable for a repository of an installation the App cannot act on now."""
         for max_age in (REPOSITORIES_TTL, REPOSITORIES_MIN_AGE):
             repositories = await self.listing(max_age=max_age)
             if repo_id is not None:
@@ -322,6 +411,9 @@ class Repositories:
             if found is not None:
                 rid, installation, name = found
                 return RepoClient(await self.auth.installation_api(installation), name, rid)
+            held = next((u for u in self._unavailable.values() if u.holds(repo_id, repo, self._known)), None)
+            if held is not None:
+                raise held.exception()
         return None
 
 
@@ -341,10 +433,12 @@ class Reconciler:
         self.superseded = superseded
         self.elector = elector
         self._first_pass = True  # after a restart, look for deploys a crash left half-done
+        self._discovery_due = True  # after a restart, look for PRs whose events were lost; until it succeeds
 
     @property
     def first_pass_done(self) -> bool:
-        """The start-up pass (discovery of missed events, then reconciliation) has run."""
+        """The start-up pass has run: discovery of missed events (tried: a failure is retried on the next
+        passes), then reconciliation."""
         return not self._first_pass
 
     async def reconcile_once(self, *, dry_run: bool = False) -> GcReport:
@@ -450,12 +544,32 @@ class Reconciler:
             await task
 
     async def _pass(self) -> None:
-        try:
-            if self._first_pass:
+        """Discovery (until it has succeeded once), then reconciliation, whatever discovery did: the
+        clean-up of every installation never waits for a look at every repository to succeed. An
+        installation usable again after a suspension (or a refusal) is discovered again: GitHub sent no
+        events for it meanwhile."""
+        if self.repositories.take_recovered():
+            self._discovery_due = True
+        if self._discovery_due:
+            try:
                 missed = await self.discover_missed()
-                log.info("start-up discovery done", extra={"resumed": len(missed)})
-            await self.reconcile_once()
+            except asyncio.CancelledError:
+                raise
+            except (GitHubError, aiohttp.ClientError, OSError) as exc:
+                log.warning("discovery of pull requests missed while down failed, tried again next pass: %s: %s",
+                            type(exc).__name__, exc)
+            except Exception:
+                log.exception("discovery of pull requests missed while down failed; tried again next pass")
+            else:
+                self._discovery_due = False
+                self.repositories.take_recovered()  # what its listing found usable again is discovered
+                log.info("discovery done", extra={"resumed": len(missed)})
+        try:
+            report = await self.reconcile_once()
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("reconciliation pass failed")
+            return
+        for error in report.errors:  # `gc` prints them; here the log is where they are seen
+            log.warning("reconcile: %s", error)

@@ -381,6 +381,33 @@ async def test_installations_and_their_repositories(fake_github: FakeGitHub) -> 
         assert refused.value.status_code == 403
 
 
+async def test_a_suspended_installation_is_listed_and_refuses_tokens(fake_github: FakeGitHub, http) -> None:
+    """GitHub keeps listing a suspended installation (`suspended_at`, `suspended_by`); the App may not use it:
+    a token request answers 403, and so does a request with a token minted before the suspension."""
+    fake_github.add_repo("acme/shop")
+    fake_github.add_repo("bob/x")
+    acme, bob = fake_github.repos["acme/shop"].installation_id, fake_github.repos["bob/x"].installation_id
+    assert acme is not None and bob is not None
+    earlier = await app_token(http, fake_github, "bob/x")
+    fake_github.suspend_installation(bob, by="bob")
+    async with aiohttp.ClientSession() as session:
+        gh = gidgethub.aiohttp.GitHubAPI(session, "t", base_url=fake_github.url)
+        installations = {i["id"]: i async for i in gh.getiter("/app/installations", jwt=fake_github.make_jwt())}
+    assert installations[acme]["suspended_at"] is None and installations[acme]["suspended_by"] is None
+    assert installations[bob]["suspended_at"].endswith("Z") and installations[bob]["suspended_by"]["login"] == "bob"
+    status, body, _ = await call(http, fake_github, "POST", f"/app/installations/{bob}/access_tokens",
+                                 f"Bearer {fake_github.make_jwt()}")
+    assert (status, body["message"]) == (403, "This installation has been suspended")
+    status, body, _ = await call(http, fake_github, "GET", "/repos/bob/x", earlier)
+    assert (status, body["message"]) == (403, "This installation has been suspended")
+    status, _, _ = await call(http, fake_github, "POST", f"/app/installations/{acme}/access_tokens",
+                              f"Bearer {fake_github.make_jwt()}")
+    assert status == 201  # the other installations are not affected
+    fake_github.unsuspend_installation(bob)
+    status, _, _ = await call(http, fake_github, "GET", "/repos/bob/x", earlier)
+    assert status == 200
+
+
 async def test_rename_and_transfer_keep_the_id(fake_github: FakeGitHub, repo: str, http) -> None:
     """GitHub keeps `repository.id` through a rename or a transfer; names change everywhere."""
     fake = fake_github

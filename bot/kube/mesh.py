@@ -9,7 +9,9 @@ if it serves the host, else the bot's own in the routing namespace, exported eve
 - Only routes named by a preview key are added or dropped; a team's own routes are left as they are.
 - The bot's own VirtualService for a host is deleted once it holds no preview route, and folded into
   the team's when one appears; deletes carry the resourceVersion read, so a change made meanwhile wins.
-- Routes are removed object by object wherever they are: a teardown never depends on which one serves.
+- Routes are removed object by object wherever they are: a teardown never depends on which one serves,
+  and one VirtualService the API server refuses to change (403, 422) never keeps the others' routes
+  (RoutesNotRemoved names it and what to grant).
 - When Istio would ignore the routes (another VirtualService in the way) or the bot may not edit the
   team's VirtualService, MeshRoutingError says so and nothing is written.
 """
@@ -22,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from bot import manifests, mesh_hosts, mesh_routes, metrics, naming, sessions
-from bot.errors import MeshRoutingError, TemporaryError
+from bot.errors import MeshRoutingError, RoutesNotRemoved, TemporaryError
 from bot.kube.transport import Conflict, KubeError, NotFound, Transport, collection_path
 from bot.mesh_hosts import Ref
 from bot.settings import ClusterSettings
@@ -187,15 +189,39 @@ class MeshStore:
 
     async def remove_routes_where(self, drop: Callable[[dict[str, Any]], bool], *, host: str | None = None) -> int:
         """Remove matching preview routes wherever they are (optionally only for one host); returns how many
-        VirtualServices changed. Works object by object: a teardown never depends on which one serves."""
+        VirtualServices changed. Works object by object: a teardown never depends on which one serves, and
+        one VirtualService the API server refuses to change (403, 422: retrying will not help) does not
+        keep the routes in the others; RoutesNotRemoved names it once the others are done."""
         changed = 0
+        refused: list[str] = []
         for item in await self.mesh_services():
             if host is not None and self._host_of(item) != host:
                 continue
-            if not any(drop(r) for r in item["spec"]["http"] if mesh_routes.is_preview_route(r)):
+            keys = sorted({str(r["name"]) for r in item["spec"]["http"] if mesh_routes.is_preview_route(r) and drop(r)})
+            if not keys:
                 continue
-            changed += await self._drop_routes(self._ref(item), self._host_of(item), drop)
+            try:
+                changed += await self._drop_routes(self._ref(item), self._host_of(item), drop)
+            except KubeError as exc:
+                if not _refused(exc):
+                    raise  # the API server is in trouble: the whole removal fails, and is tried again whole
+                refused.append(self._routes_left(item, keys, exc))
+        if refused:
+            raise RoutesNotRemoved(refused, changed)
         return changed
+
+    def _routes_left(self, item: Mapping[str, Any], keys: list[str], exc: KubeError) -> str:
+        """One clause: which VirtualService keeps which preview routes, and what would let the bot remove them."""
+        ref = self._ref(item)
+        left = f"VirtualService {ref} keeps the preview route{'s' if len(keys) > 1 else ''} {', '.join(keys)}"
+        if exc.status != 403:
+            return f"{left}: {exc}"
+        if self._is_ours(item):
+            return (f"{left}: preview-bot may not update or delete it (403 {exc.reason}): check the Role "
+                    f"preview-bot-routing and its RoleBinding in namespace {ref.namespace} (deploy/README.md)")
+        return (f"{left}: preview-bot may not update it (403 {exc.reason}): bind the ClusterRole "
+                f"preview-bot-team-routes to preview-bot's ServiceAccount in namespace {ref.namespace} "
+                f"(deploy/README.md)")
 
     async def _drop_routes(self, ref: Ref, host: str, drop: Callable[[dict[str, Any]], bool], *,
                            attempts: int = 40) -> bool:
@@ -268,6 +294,13 @@ class MeshStore:
             if any(drop(r) for r in item["spec"]["http"] if mesh_routes.is_preview_route(r)):
                 changed += await self._drop_routes(self._ref(item), host, drop)
         return changed
+
+
+def _refused(exc: KubeError) -> bool:
+    """The API server refused the change itself (403, 422, ...): the same request fails again until someone
+    changes RBAC or the object. 404 and 409 are retried in place; 429 and 5xx, already retried by the
+    transport, mean the server is in trouble."""
+    return 400 <= exc.status < 500 and exc.status not in (404, 409, 429)
 
 
 def _with_folded(spec: dict[str, Any], folded: Iterable[Mapping[str, Any]], mesh_host: str) -> dict[str, Any]:

@@ -740,3 +740,96 @@ async def test_team_virtual_service_elsewhere_needs_the_team_routes_binding(depl
     finally:
         kube.close()
         status_of(lambda: client.CoreV1Api(deployed.admin).delete_namespace(team_ns))
+
+
+async def test_a_team_virtual_service_the_bot_may_no_longer_update_keeps_no_preview_alive(
+        deployed: Deployed, caplog: pytest.LogCaptureFixture) -> None:
+    """The team unbound preview-bot-team-routes while a preview had its route in their VirtualService. The
+    teardown still removes the preview's own objects, its route in the bot's own VirtualService and its
+    slot, and a warning names the VirtualService, the route and what to bind. The route left, to a
+    removed Service, is a dangling route: the reconciler's removal of it is refused the same way
+    (reported, not raised), and succeeds once the binding is back."""
+    import logging
+
+    from bot import mesh_routes
+    from bot.arbiter import Arbiter, slots_name
+    from bot.errors import RoutesNotRemoved
+    from bot.kube import Kube
+    from bot.manifests import plan_preview
+    from bot.naming import PreviewKey
+    from bot.previews import Previewer
+    from bot.repo_config import RepoConfig, ServiceConfig
+    from bot.reporting import Reporter
+    from bot.settings import ClusterSettings
+
+    suffix = secrets.token_hex(3)
+    team_ns = f"team-{suffix}"
+    admin_custom, admin_rbac = client.CustomObjectsApi(deployed.admin), client.RbacAuthorizationV1Api(deployed.admin)
+    ensure_namespace(deployed.admin, team_ns)
+    settings = ClusterSettings(domain="example.com", namespace=PREVIEW_NAMESPACE, routing_namespace=ROUTING_NAMESPACE)
+    service = ServiceConfig(name=f"svc{suffix}", image="example.invalid/svc:{sha}", port=8080)
+    own = ServiceConfig(name=f"own{suffix}", image="example.invalid/own:{sha}", port=8080)  # the bot's own VS
+    key = PreviewKey(f"team-{suffix}/shop", 5, int(suffix, 16) + 2)
+    plan = plan_preview(settings, RepoConfig(services=(service, own)), key, "5" * 40)
+    host = plan.services[0].mesh_host
+    team = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "team-vs"},
+            "spec": {"hosts": [host], "exportTo": ["*"],
+                     "http": [{"name": "main", "route": [{"destination": {"host": host}}]}]}}
+    admin_custom.create_namespaced_custom_object("networking.istio.io", "v1", team_ns, "virtualservices", team)
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "preview-bot-team-routes"},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                           "name": "preview-bot-team-routes"},
+               "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": BOT_NAMESPACE}]}
+
+    def may_update() -> bool:
+        return _allowed(deployed.bot, "update", "networking.istio.io", "virtualservices", team_ns)
+
+    def team_routes() -> list[str]:
+        item = admin_custom.get_namespaced_custom_object("networking.istio.io", "v1", team_ns, "virtualservices",
+                                                         "team-vs")
+        return mesh_routes.preview_keys(item["spec"])
+
+    admin_rbac.create_namespaced_role_binding(team_ns, binding)
+    wait_until("the RoleBinding takes effect", may_update)
+    kube = Kube(client_from_kubeconfig(deployed.kubeconfig), settings, request_timeout=20, attempts=2)
+    arbiter = Arbiter(kube, namespace=BOT_NAMESPACE, identity=f"pod-{suffix}")
+    previewer = Previewer(settings, kube, ready_timeout=5, arbiter=arbiter, reporter=Reporter())
+    try:
+        await kube.apply_preview(plan)
+        for planned in plan.services:
+            assert await kube.add_mesh_route(planned.mesh_host, planned.mesh_route)
+        assert await arbiter.claim_slot(key, set(), 1) == (True, 0)
+        admin_rbac.delete_namespaced_role_binding("preview-bot-team-routes", team_ns)
+        wait_until("the RoleBinding is gone", lambda: not may_update())
+
+        with caplog.at_level(logging.WARNING, logger="bot.previews"):
+            # The bot's own VirtualService (its last route gone), and a Deployment, Service, gateway route each.
+            assert await previewer.stop(None, key.number, "closed", key=key) == 1 + 2 * 3
+        assert await kube.live_previews((key.repo_id, key.repo)) == []
+        assert await arbiter.claim_slot(PreviewKey(key.repo, 6, key.repo_id), set(), 1) == (True, 0)  # freed
+        [warning] = [r.getMessage() for r in caplog.records if r.name == "bot.previews"]
+        assert f"VirtualService {team_ns}/team-vs keeps the preview route {key.value}: preview-bot may not update " \
+               f"it (403 Forbidden): bind the ClusterRole preview-bot-team-routes to preview-bot's ServiceAccount " \
+               f"in namespace {team_ns}" in warning
+        assert team_routes() == [key.value]
+        assert await kube.find_mesh_service(plan.services[1].mesh_host) is None
+
+        services = await kube.service_names()
+
+        def dangling(r: dict[str, Any]) -> bool:
+            return any(d not in services for d in mesh_routes.route_destinations({"http": [r]}).get(r["name"], []))
+
+        with pytest.raises(RoutesNotRemoved) as refused:
+            await kube.remove_routes_where(dangling, host=host)
+        assert [f.split(":")[0] for f in refused.value.failures] == [
+            f"VirtualService {team_ns}/team-vs keeps the preview route {key.value}"]
+        admin_rbac.create_namespaced_role_binding(team_ns, binding)
+        wait_until("the RoleBinding takes effect again", may_update)
+        assert await kube.remove_routes_where(dangling, host=host) == 1
+        assert team_routes() == []
+    finally:
+        kube.close()
+        status_of(lambda: client.CoreV1Api(deployed.admin).delete_namespace(team_ns))
+        status_of(lambda: client.CoordinationV1Api(deployed.admin).delete_namespaced_lease(slots_name(key),
+                                                                                          BOT_NAMESPACE))

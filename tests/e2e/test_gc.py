@@ -13,6 +13,7 @@ from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
 from bot import comment, mesh_routes, naming
+from bot.reconcile import GcReport
 from tests.e2e.harness import CONFIG, REPO, ClusterView, RunningBot, bot_env, key_of, running_bot
 from tests.fakegithub import FakeGitHub, issue_comment_event, pull_request_event
 from tests.plugins.cluster import Cluster
@@ -25,15 +26,15 @@ def shop(fake: FakeGitHub) -> None:
     fake.add_repo(REPO, files={".github/preview.yml": CONFIG}, collaborators={"alice": "write"})
 
 
-async def deploy(bot: RunningBot, number: int, **kwargs: object) -> None:
-    bot.fake.add_pull(REPO, number, **kwargs)  # type: ignore[arg-type]
-    await bot.send("pull_request", pull_request_event(bot.fake, REPO, number, "opened"))
+async def deploy(bot: RunningBot, number: int, *, repo: str = REPO, **kwargs: object) -> None:
+    bot.fake.add_pull(repo, number, **kwargs)  # type: ignore[arg-type]
+    await bot.send("pull_request", pull_request_event(bot.fake, repo, number, "opened"))
     await bot.settle()
 
 
-def close_silently(fake: FakeGitHub, number: int) -> None:
+def close_silently(fake: FakeGitHub, number: int, repo: str = REPO) -> None:
     """The PR is closed on GitHub, but the webhook never arrives."""
-    fake.repos[REPO].pulls[number].state = "closed"
+    fake.repos[repo].pulls[number].state = "closed"
 
 
 async def test_missed_close_is_cleaned_up(fake_github: FakeGitHub, cluster: Cluster, namespace: str,
@@ -238,3 +239,121 @@ async def test_a_service_whose_host_changes_leaves_no_route_at_the_old_host(
         await bot.settle()
     assert [r["name"] for r in view.mesh_routes(new_host)] == [key.value, "default"]
     assert view.mesh_routes(old_host) == []  # the bot's VirtualService for it went with its last route
+
+
+# -- one installation the App cannot use stops no one else's clean-up --------------------------------------
+
+WEB = "beta/web"  # another account: another installation of the App
+
+
+def two_installations(fake: FakeGitHub) -> int:
+    """beta/web and acme/shop, each on its own installation (beta's first: listed first); returns beta's."""
+    fake.add_repo(WEB, files={".github/preview.yml": CONFIG}, collaborators={"alice": "write"})
+    shop(fake)
+    installation = fake.repos[WEB].installation_id
+    assert installation is not None and installation != fake.repos[REPO].installation_id
+    return installation
+
+
+def token_requests(fake: FakeGitHub, installation: int) -> int:
+    return sum(1 for r in fake.requests if r.method == "POST"
+               and r.path == f"/app/installations/{installation}/access_tokens")
+
+
+def kinds(report: GcReport) -> list[tuple[str, str]]:
+    return sorted((a.kind, a.target) for a in report.actions)
+
+
+async def test_a_suspended_installation_keeps_its_previews_and_the_others_are_cleaned_up(
+        fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView) -> None:
+    """GitHub lists a suspended installation and refuses it a token. Its previews are held as they are (a
+    suspension is undone; not an uninstall, after which they would be removed), without a token request,
+    and the previews of every other installation are cleaned up as always. Unsuspended, they are too."""
+    beta = two_installations(fake_github)
+    async with running_bot(fake_github, cluster, namespace) as bot:
+        await bot.startup_pass()
+        await deploy(bot, 1)
+        await deploy(bot, 2)
+        await deploy(bot, 3, repo=WEB)
+        fake_github.suspend_installation(beta)
+        close_silently(fake_github, 1)
+        close_silently(fake_github, 3, WEB)
+        asked = token_requests(fake_github, beta)
+        report = await bot.bot.reconcile_once()
+        assert kinds(report) == [("hold", f"{WEB}#3"), ("teardown-closed", f"{REPO}#1")]
+        assert report.errors == []
+        [held] = [a for a in report.actions if a.kind == "hold"]
+        assert f"installation on beta (id {beta}) is suspended" in held.reason
+        assert token_requests(fake_github, beta) == asked
+        assert sorted(view.deployments()) == sorted([key_of(fake_github, REPO, 2).object_name("a"),
+                                                     key_of(fake_github, WEB, 3).object_name("a")])
+        assert [d for d in fake_github.deployments(WEB) if d["environment"] == "preview-3"]  # not retired
+    # A restart meanwhile: the new process knows the installation's repositories by its account only.
+    async with running_bot(fake_github, cluster, namespace, PREVIEW_RECONCILE_INTERVAL="0.5") as bot:
+        await bot.startup_pass()
+        report = await bot.bot.reconcile_once(dry_run=True)
+        assert kinds(report) == [("hold", f"{WEB}#3")] and report.errors == []
+        fake_github.add_pull(WEB, 4)  # opened while suspended: GitHub sends the App no event
+        await asyncio.sleep(1.5)  # passes while suspended change nothing
+        assert len(view.deployments()) == 2
+        fake_github.unsuspend_installation(beta)
+        # The passes catch up: #3 is closed, #4 is discovered (discovery runs again for the installation).
+        wanted = sorted([key_of(fake_github, REPO, 2).object_name("a"), key_of(fake_github, WEB, 4).object_name("a")])
+        deadline = asyncio.get_running_loop().time() + 90
+        while sorted(view.deployments()) != wanted:
+            assert asyncio.get_running_loop().time() < deadline, sorted(view.deployments())
+            await asyncio.sleep(0.2)
+
+
+async def test_an_installation_github_refuses_affects_only_its_own_previews(
+        fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView) -> None:
+    """A 404 on one installation's token, or a 403 on its repository list: that installation's previews are
+    left as they are, with one error line each; the others' clean-up goes on; the next pass reads it again."""
+    beta = two_installations(fake_github)
+    async with running_bot(fake_github, cluster, namespace) as bot:
+        await bot.startup_pass()
+        await deploy(bot, 1)
+        await deploy(bot, 2)
+        await deploy(bot, 3, repo=WEB)
+        close_silently(fake_github, 1)
+        close_silently(fake_github, 3, WEB)
+        bot.bot.auth.forget(beta)  # its token is asked for again
+        fake_github.inject("POST", f"^/app/installations/{beta}/access_tokens$", status=404, times=100)
+        report = await bot.bot.reconcile_once()
+        assert kinds(report) == [("teardown-closed", f"{REPO}#1")]
+        assert report.errors == [f"{WEB}#3: the App's installation on beta (id {beta}) could not be read (GitHub "
+                                 "answered 404 Not Found): its previews are left as they are until it can"]
+        fake_github.clear_faults()
+        bot.bot.auth.forget(beta)
+        # beta's installation is listed first: the first repository list is its.
+        fake_github.inject("GET", "^/installation/repositories$", status=403, times=1)
+        report = await bot.bot.reconcile_once()
+        assert kinds(report) == []
+        assert report.errors == [f"{WEB}#3: the App's installation on beta (id {beta}) could not be read (GitHub "
+                                 "answered 403 Forbidden): its previews are left as they are until it can"]
+        assert sorted(view.deployments()) == sorted([key_of(fake_github, REPO, 2).object_name("a"),
+                                                     key_of(fake_github, WEB, 3).object_name("a")])
+        report = await bot.bot.reconcile_once()
+    assert kinds(report) == [("teardown-closed", f"{WEB}#3")] and report.errors == []
+    assert list(view.deployments()) == [key_of(fake_github, REPO, 2).object_name("a")]
+
+
+async def test_a_failing_discovery_holds_up_no_clean_up_and_runs_again(
+        fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView) -> None:
+    """The start-up discovery of PRs missed while down fails (GitHub refuses the config read): the pass
+    still reconciles (the PR closed meanwhile loses its preview), and a later pass discovers again."""
+    shop(fake_github)
+    async with running_bot(fake_github, cluster, namespace) as bot:
+        await bot.startup_pass()
+        await deploy(bot, 1)
+    close_silently(fake_github, 1)
+    fake_github.add_pull(REPO, 2)  # opened while no bot ran: its event is lost
+    fake_github.inject("GET", r"/contents/\.github/preview\.yml$", status=403, times=10_000)
+    async with running_bot(fake_github, cluster, namespace, PREVIEW_RECONCILE_INTERVAL="0.5") as bot:
+        await bot.startup_pass()
+        assert view.deployments() == {}
+        fake_github.clear_faults()
+        deadline = asyncio.get_running_loop().time() + 60
+        while list(view.deployments()) != [key_of(fake_github, REPO, 2).object_name("a")]:
+            assert asyncio.get_running_loop().time() < deadline, "#2 was never discovered"
+            await asyncio.sleep(0.2)

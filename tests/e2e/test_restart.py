@@ -230,8 +230,8 @@ async def test_a_stopped_preview_stays_stopped_after_a_restart_until_a_push(
     await a.kill()
 
     b = await procs.start("b")
-    await until(lambda: logged(b, "start-up discovery done"), 60, "b's start-up discovery", procs)
-    [done] = logged(b, "start-up discovery done")
+    await until(lambda: logged(b, "discovery done"), 60, "b's start-up discovery", procs)
+    [done] = logged(b, "discovery done")
     assert done["resumed"] == 0, b.tail()
     assert (await cluster_state(view, namespace)).deployments == {}
     assert len(deployment_history(shop, REPO, 1)) == deployments
@@ -239,6 +239,6 @@ async def test_a_stopped_preview_stays_stopped_after_a_restart_until_a_push(
 
     shop.push(REPO, 1, "e" * 40)  # while no bot runs: its event is lost
     c = await procs.start("c")
-    await until(lambda: logged(c, "start-up discovery done"), 60, "c's start-up discovery", procs)
-    assert logged(c, "start-up discovery done")[0]["resumed"] == 1
+    await until(lambda: logged(c, "discovery done"), 60, "c's start-up discovery", procs)
+    assert logged(c, "discovery done")[0]["resumed"] == 1
     await assert_converged(shop, view, namespace, procs, 1, "e" * 40)

@@ -8,7 +8,18 @@ import time
 from datetime import datetime
 from typing import Any
 
-from .server import LEVEL, LIST_FILES_MAX, ROLE_TO_PERMISSION, Ctx, FakeGitHub, GitHubError, Reply, iso, op
+from .server import (
+    LEVEL,
+    LIST_FILES_MAX,
+    ROLE_TO_PERMISSION,
+    SUSPENDED_MESSAGE,
+    Ctx,
+    FakeGitHub,
+    GitHubError,
+    Reply,
+    iso,
+    op,
+)
 from .state import CheckRun, Comment, Deployment, DeploymentStatus, Pull, Reaction, Repo, blob_sha, fake_sha, next_id
 
 
@@ -75,6 +86,8 @@ async def create_token(gh: FakeGitHub, ctx: Ctx) -> Reply:
     inst = gh.installations.get(int(ctx.params["installation_id"]))
     if inst is None:
         raise GitHubError(404, "Not Found")
+    if inst.suspended_at is not None:
+        raise GitHubError(403, SUSPENDED_MESSAGE)
     body = ctx.body or {}
     wanted = body.get("permissions") or inst.permissions
     if any(LEVEL.get(v, 9) > LEVEL.get(inst.permissions.get(k, "none"), 0) for k, v in wanted.items()):

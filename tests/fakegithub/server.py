@@ -54,6 +54,9 @@ DEFAULT_PERMISSIONS = {
     "metadata": "read", "contents": "read", "pull_requests": "write", "issues": "write", "deployments": "write",
     "checks": "read", "statuses": "read",
 }
+# What GitHub answers (403) to a token request for a suspended installation (octokit.rb raises
+# InstallationSuspended on it); requests with a token minted before the suspension are refused the same way.
+SUSPENDED_MESSAGE = "This installation has been suspended"
 SECONDARY_LIMIT_MESSAGE = (
     "You have exceeded a secondary rate limit. Please wait a few minutes before you try again. If you "
     "reach out to GitHub Support for help, please include the request ID {request_id}."
@@ -295,6 +298,17 @@ class FakeGitHub:
             repo.branches[ref], repo.trees[sha] = sha, dict(tree)
         self.repos[full_name] = repo
         return repo
+
+    def suspend_installation(self, installation_id: int, by: str = "preview-org") -> None:
+        """Suspend the App's installation, as its owner or the account's owner can: it stays in `GET
+        /app/installations` (with `suspended_at`, `suspended_by`), and the App may not use it any more:
+        token requests and requests with its existing tokens answer 403."""
+        inst = self.installations[installation_id]
+        inst.suspended_at, inst.suspended_by = time.time(), self.user(by)
+
+    def unsuspend_installation(self, installation_id: int) -> None:
+        inst = self.installations[installation_id]
+        inst.suspended_at, inst.suspended_by = None, None
 
     def uninstall_repo(self, full_name: str) -> None:
         """Remove the repository from its App installation (as a "selected repositories" change does):
@@ -587,7 +601,8 @@ class FakeGitHub:
             html_url=f"{HTML}/settings/installations/{inst.id}", app_id=self.app_id,
             client_id=f"Iv1.{self.app_id:016x}", target_id=inst.account.id, target_type=inst.account.type,
             permissions=dict(inst.permissions), events=["issue_comment", "pull_request"], app_slug=self.app_slug,
-            suspended_at=None, suspended_by=None,
+            suspended_at=None if inst.suspended_at is None else iso(inst.suspended_at),
+            suspended_by=None if inst.suspended_by is None else self.user_json(inst.suspended_by),
         )
 
     def repo_json(self, r: Repo) -> dict[str, Any]:
@@ -944,6 +959,8 @@ class FakeGitHub:
             if token is None or token.expires_at <= time.time():
                 raise GitHubError(401, "Bad credentials")
             ctx.installation, ctx.actor = self.installations[token.installation_id], self.bot
+            if ctx.installation.suspended_at is not None:
+                raise GitHubError(403, SUSPENDED_MESSAGE)
         if route_op.operation_id in INSTALLATION_OPS:
             if token is None:
                 raise GitHubError(401, "Requires authentication")

@@ -42,6 +42,10 @@ class Installation:
     account: User
     permissions: dict[str, str]
     repos: set[str] = field(default_factory=set)  # full names; repository_selection "selected"
+    # Suspended (GitHub docs, "Suspending a GitHub App installation"): still listed, with `suspended_at`
+    # and `suspended_by`, but the App may not use the API there (its token requests answer 403).
+    suspended_at: float | None = None
+    suspended_by: User | None = None
 
 
 @dataclass

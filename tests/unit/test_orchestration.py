@@ -14,6 +14,7 @@ import pytest
 
 from bot import comment, gate
 from bot.comment import Report, State
+from bot.errors import RoutesNotRemoved
 from bot.gate import WaitRegistry
 from bot.naming import PreviewKey
 from bot.previews import Previewer
@@ -170,6 +171,48 @@ async def test_stop_removes_and_says_so_only_where_there_was_something() -> None
     gh.add_pull(2, SHA1)
     assert await previewer.stop(gh, 2, "closed") == 0
     assert gh.sticky(2) is None  # never had a preview nor a comment: nothing said
+
+
+LEFT = ("VirtualService shop/a keeps the preview route {key}: preview-bot may not update it (403 Forbidden): bind "
+        "the ClusterRole preview-bot-team-routes to preview-bot's ServiceAccount in namespace shop (deploy/README.md)")
+
+
+async def test_a_route_the_cluster_refuses_to_remove_does_not_keep_the_preview_alive(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """RBAC on a team's VirtualService was taken away: the preview's own objects, its slot and its GitHub
+    deployments go all the same, and the route left behind is named in a warning."""
+    gh, kube, locks, previewer = setup()
+    gh.add_pull(1, SHA1, files=["services/a/main.go"])
+    await previewer.deploy(gh, 1, SHA1)
+    value = key(gh, 1).value
+
+    async def refused(_key: str) -> int:
+        raise RoutesNotRemoved([LEFT.format(key=value)], 0)
+    kube.remove_routes_of_key = refused  # type: ignore[method-assign,assignment]
+    gh.pulls[1]["state"] = "closed"
+    assert await previewer.stop(gh, 1, "The pull request was closed: preview removed.") == 1
+    assert kube.previews == {} and locks.claims[str(gh.repo_id)] == {}
+    assert gh.deployment_list == [] and "preview removed" in (gh.sticky(1) or "")
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning == f"preview {value}: route left behind, its objects are removed anyway: {LEFT.format(key=value)}"
+
+
+async def test_a_dangling_route_the_cluster_refuses_to_remove_is_an_error_of_the_pass_not_its_end() -> None:
+    gh, kube, _locks, previewer = setup()
+    ghost = {"name": "preview-9-abcdef", "match": [{"headers": {"x-preview": {"exact": "preview-9-abcdef"}}}],
+             "route": [{"destination": {"host": "preview-9-abcdef-a.previews.svc.cluster.local"}}]}
+    vs = {"metadata": {"namespace": "shop", "name": "a"}, "spec": {"hosts": ["a"], "http": [ghost]}}
+
+    async def mesh_services() -> list[dict[str, object]]:
+        return [vs]
+
+    async def refused(_drop: object, *, host: str | None = None) -> int:
+        raise RoutesNotRemoved([LEFT.format(key="preview-9-abcdef")], 0)
+    kube.mesh_services = mesh_services  # type: ignore[method-assign]
+    kube.remove_routes_where = refused  # type: ignore[method-assign,assignment]
+    report = await reconcile(kube, previewer, client_for(gh), idle_ttl=timedelta(days=7))
+    assert [a.kind for a in report.actions] == ["remove-route"]
+    assert report.errors == [LEFT.format(key="preview-9-abcdef")]
 
 
 async def test_reconcile_removes_a_closed_prs_preview_and_resumes_a_missed_push() -> None:
