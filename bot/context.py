@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import cachetools
 from gidgethub import routing, sansio
@@ -24,6 +25,16 @@ from bot.triggers import event_subject
 
 log = logging.getLogger(__name__)
 
+# People without write access get at most one answer per pull request in this period.
+ANSWER_PERIOD = timedelta(hours=24)
+
+
+def answered_cache() -> cachetools.TLRUCache[tuple[int, int], float]:
+    """(repository id, pr) -> until when (epoch seconds) the PR's answer to people without write access,
+    written or found by this process, covers it: a stranger cannot make the bot spam
+    (bot.handlers.preview_commands)."""
+    return cachetools.TLRUCache(maxsize=10_000, ttu=lambda _key, until, _now: until, timer=time.time)
+
 
 @dataclass
 class Context:
@@ -34,9 +45,8 @@ class Context:
     queue: WorkQueue
     router: routing.Router
     reporter: Reporter  # what the PR shows (bot.reporting), shared with the previewer
-    # (repository id, pr, user) that were already told "no permission": a stranger cannot make the bot spam.
-    refused: cachetools.TTLCache[tuple[int, int, str], bool] = field(
-        default_factory=lambda: cachetools.TTLCache(maxsize=10_000, ttl=3600))
+    # PRs whose answer to people without write access covers them (answered_cache).
+    answered: cachetools.TLRUCache[tuple[int, int], float] = field(default_factory=answered_cache)
     # PRs waiting for checks, with their deadlines (bot.gate).
     waits: WaitRegistry = field(default_factory=WaitRegistry)
 

@@ -8,8 +8,10 @@ before. Rules:
 
 - The commenter needs write access to both repositories; the App must be installed on both.
 - The owner must have a live preview; O#N must be an open PR whose repository has a preview config. Its
-  current head is deployed (for a fork this is the approval, as `/preview` is); later pushes follow O's own
-  rules (a fork's pushes wait for a new approval). O's PREVIEW_MAX_PER_REPO applies to that deploy.
+  head is deployed, approved as `/preview` approves one (bot.commands.approve): a commit named after the
+  target (`/preview link O#N <sha>`) must be the head, and a fork's head must be named in full; later
+  pushes follow O's own rules (a fork's pushes wait for a new approval). O's PREVIEW_MAX_PER_REPO applies
+  to that deploy.
 - One level: a PR is an owner or linked, not both; a PR is linked to one owner at a time; an owner has at
   most MAX_LINKS linked PRs; the two PRs may not both route the same in-mesh host.
 - The link is recorded on O#N's Deployments (label `preview-bot.dev/linked-key: K`, annotation
@@ -29,6 +31,7 @@ from dataclasses import replace
 from typing import Any
 
 from bot import mesh_routes, naming
+from bot.commands import approve
 from bot.github.auth import AppAuth
 from bot.github.client import RepoClient
 from bot.github.errors import GitHubError, NotFound
@@ -225,9 +228,10 @@ async def client_for_repo(auth: AppAuth, repo: str) -> RepoClient | None:
 
 async def link(kube: Cluster, reporter: Reporter, client_for: ClientFor,
                deploy: Callable[[RepoClient, int, str], Awaitable[str | None]],
-               owner: RepoClient, number: int, user: str, target: tuple[str, int]) -> str:
-    """Link `target` to the owner PR; returns the reply. `deploy(client, number, sha)` deploys the target and
-    returns why it failed (None: it runs). Raises LinkRefused with the reason."""
+               owner: RepoClient, number: int, user: str, target: tuple[str, int], *, sha: str | None = None) -> str:
+    """Link `target` to the owner PR; returns the reply. `sha`: the target's commit the command names.
+    `deploy(client, number, sha)` deploys the target and returns why it failed (None: it runs). Raises
+    LinkRefused with the reason."""
     repo, other = target
     owner_key = PreviewKey(owner.repo, number, owner.repo_id)
     if (repo.lower(), other) == (owner.repo.lower(), number):
@@ -257,9 +261,13 @@ async def link(kube: Cluster, reporter: Reporter, client_for: ClientFor,
         raise LinkRefused(f"{ref(client.repo, other)} is not a pull request.") from None
     if pull.get("state") != "open":
         raise LinkRefused(f"{ref(client.repo, other)} is closed.")
+    # Its head as of now, as `/preview` approves one there: a fork's must be named in full.
+    approval = approve(pull, sha)
+    if approval.sha is None:
+        raise LinkRefused(f"{ref(client.repo, other)}: " + approval.refusal(f"/preview link {ref(client.repo, other)}"))
     # The two builds may not both route one in-mesh host: the route sorted first would win.
     ours = await _mesh_hosts(kube, owner_key.value)
-    failure = await deploy(client, other, str(pull["head"]["sha"]))
+    failure = await deploy(client, other, approval.sha)
     if failure is not None:
         raise LinkRefused(f"{ref(client.repo, other)} could not be deployed: {failure}")
     theirs = await _mesh_hosts(kube, linked_key.value)
@@ -275,7 +283,7 @@ async def link(kube: Cluster, reporter: Reporter, client_for: ClientFor,
     await refresh_sticky(reporter, by_name, owner.repo, number)
     await refresh_sticky(reporter, by_name, client.repo, other)
     urls = ", ".join(f"https://{h}" for h in live[owner_key.value].hosts)
-    return (f"🔗 Linked {ref(client.repo, other)} (commit `{str(pull['head']['sha'])[:12]}`) to this preview: "
+    return (f"🔗 Linked {ref(client.repo, other)} (commit `{approval.sha[:12]}`) to this preview: "
             f"requests with `X-PREVIEW: {owner_key.value}` reach both builds ({urls}).")
 
 

@@ -143,6 +143,20 @@ async def test_sticky_comment_is_edited_in_place_and_unchanged_text_costs_nothin
     assert bodies == ["a person's comment x", comment.MARKER + "\ntwo"]
 
 
+async def test_comments_since_lists_only_the_recent_ones(fake_github: FakeGitHub,
+                                                          session: aiohttp.ClientSession) -> None:
+    fake_github.add_repo(REPO)
+    fake_github.add_pull(REPO, 5)
+    old = fake_github.add_comment(REPO, 5, "old", user="alice")
+    fake_github.add_comment(REPO, 5, "new", user="alice")
+    fake_github.repos[REPO].comments[old["id"]].created_at -= 7200
+    fake_github.repos[REPO].comments[old["id"]].updated_at -= 7200
+    client = await repo_client(fake_github, make_auth(fake_github, session))
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
+    assert [c["body"] async for c in client.comments(5, since=since)] == ["new"]
+    assert [c["body"] async for c in client.comments(5)] == ["old", "new"]
+
+
 async def test_concurrent_first_comments_end_as_one(fake_github: FakeGitHub,
                                                     session: aiohttp.ClientSession) -> None:
     """Two replicas both find no comment and both create one: the newer one is removed."""

@@ -116,9 +116,11 @@ class RepoClient:
     async def reply(self, number: int, body: str) -> None:
         await self.gh.post(f"{self._base}/issues/{number}/comments", data={"body": body})
 
-    async def comments(self, number: int) -> AsyncIterator[dict[str, Any]]:
-        """The PR's comments, oldest first (GitHub REST docs, "List issue comments")."""
-        async for item in self.gh.getiter(f"{self._base}/issues/{number}/comments?per_page=100"):
+    async def comments(self, number: int, *, since: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """The PR's comments, oldest first (GitHub REST docs, "List issue comments"); with `since` (ISO 8601),
+        only those created or edited at or after it."""
+        url_vars: dict[str, Any] = {"per_page": 100, **({"since": since} if since else {})}
+        async for item in self.gh.getiter(f"{self._base}/issues/{number}/comments{{?since,per_page}}", url_vars):
             yield item
 
     async def create_comment(self, number: int, body: str) -> int:

@@ -32,6 +32,7 @@ async def link_command(ctx: Context, client: RepoClient, number: int, user: str,
         return None if result.state is State.READY else (result.detail or result.state.value)
 
     try:
-        return await links.link(ctx.kube, ctx.reporter, client_for, deploy, client, number, user, target)
+        return await links.link(ctx.kube, ctx.reporter, client_for, deploy, client, number, user, target,
+                                sha=command.sha)
     except links.LinkRefused as exc:
         return f"Not linked: {exc}"

@@ -1,22 +1,46 @@
 """`/preview` comments on pull requests: deploy, stop, keep, explain, link, unlink, help (their syntax is
-bot.commands, pure; this module runs them)."""
+bot.commands, pure; this module runs them).
+
+Who may do what. A writer (write, maintain or admin, GitHub's collaborator permission) gets a reaction
+and, where the command says something, a reply, every time. A person without write access changes
+nothing and gets no reaction; the pull request gets at most one answer to such people per ANSWER_PERIOD,
+whoever asks (help, or "needs write access", with the help). That answer is its own record: a bot comment
+carrying commands.ANSWER_MARKER, found by listing the PR's comments of the period, so a restart or
+another replica does not answer again (two replicas answering at the same moment may each write one).
+"""
 
 from __future__ import annotations
 
-import re
+import time
+from datetime import UTC, datetime
 
 from gidgethub import routing, sansio
 from gidgethub.abc import GitHubAPI
 
-from bot.commands import HELP_TEXT, Action, parse_command
-from bot.context import Context, repo_client
+from bot.commands import Action, approve, help_reply, is_answer, parse_command, stranger_reply
+from bot.context import ANSWER_PERIOD, Context, repo_client
 from bot.explaining import explain_pull_request
+from bot.github.client import RepoClient
 from bot.handlers.linking import link_command
+from bot.timestamps import parse_time
 
 router = routing.Router()
 
-# `explain` shows the routing objects of the cluster: writers only, like the commands that change them.
-NEEDS_WRITE = frozenset({Action.DEPLOY, Action.STOP, Action.KEEP, Action.EXPLAIN, Action.LINK, Action.UNLINK})
+
+async def answer_once(ctx: Context, client: RepoClient, number: int, body: str) -> None:
+    """Reply `body` unless the PR already had an answer for people without write access in the period."""
+    key = (client.repo_id, number)
+    if key in ctx.answered:
+        return
+    now = time.time()
+    since = datetime.fromtimestamp(now - ANSWER_PERIOD.total_seconds(), UTC)
+    async for item in client.comments(number, since=since.strftime("%Y-%m-%dT%H:%M:%SZ")):
+        created = parse_time(item.get("created_at"))
+        if is_answer(item) and created is not None and created >= since:
+            ctx.answered[key] = created.timestamp() + ANSWER_PERIOD.total_seconds()
+            return
+    await client.reply(number, body)
+    ctx.answered[key] = now + ANSWER_PERIOD.total_seconds()
 
 
 @router.register("issue_comment", action="created")
@@ -31,30 +55,32 @@ async def on_comment(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
     client = repo_client(event, gh)
     number = int(issue["number"])
     user = str(comment["user"]["login"])
+    comment_id = int(comment["id"])
+    if not await client.can_write(user):
+        await answer_once(ctx, client, number, stranger_reply(command, user))
+        return
     if command.action is Action.HELP:
-        await client.react(int(comment["id"]), "confused" if command.unknown else "eyes")
-        # Echo the word only when it is plain: a backtick or @mention must not escape into Markdown.
-        word = command.unknown if command.unknown and re.fullmatch(r"[\w-]{1,40}", command.unknown) else "that"
-        prefix = f"Unknown command `/preview {word}`.\n\n" if command.unknown else ""
-        await client.reply(number, prefix + HELP_TEXT)
+        await client.react(comment_id, "confused" if command.unknown else "eyes")
+        await client.reply(number, help_reply(command))
         return
-    if command.action in NEEDS_WRITE and not await client.can_write(user):
-        await client.react(int(comment["id"]), "-1")
-        if (client.repo_id, number, user) not in ctx.refused:
-            ctx.refused[(client.repo_id, number, user)] = True
-            await client.reply(number, f"@{user} `/preview {command.action.value}` needs write access "
-                                       "to this repository; nothing was changed.")
-        return
-    await client.react(int(comment["id"]), "+1")
     if command.action is Action.DEPLOY:
         pr = await client.pull(number)
         if pr.get("state") != "open":
+            await client.react(comment_id, "confused")
             await client.reply(number, "This pull request is closed; there is nothing to preview.")
             return
-        # The head at this moment is what the maintainer approved (matters for forks).
-        await ctx.previewer.deploy(client, number, pr["head"]["sha"], pull=pr,
+        # The commit this command approves, as the PR is now (a fork's must be named in full).
+        approval = approve(pr, command.sha)
+        if approval.sha is None:
+            await client.react(comment_id, "confused")
+            await client.reply(number, approval.refusal("/preview"))
+            return
+        await client.react(comment_id, "+1")
+        await ctx.previewer.deploy(client, number, approval.sha, pull=pr,
                                    superseded=lambda: ctx.superseded(client.repo_id, number))
-    elif command.action is Action.STOP:
+        return
+    await client.react(comment_id, "+1")
+    if command.action is Action.STOP:
         pr = await client.pull(number)  # its head is recorded: a restart must not bring the preview back
         await ctx.previewer.stop(client, number, f"Stopped by @{user} with `/preview stop`.",
                                  head_sha=str(pr["head"]["sha"]))

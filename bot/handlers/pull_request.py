@@ -18,9 +18,12 @@ from bot.triggers import UPDATES, Decision, PullRequestFacts, decide_merged, fac
 router = routing.Router()
 Handler = Callable[..., Awaitable[Any]]
 
-FORK_WAITING = ("This pull request comes from a fork, so its code is not deployed automatically. "
-                "A maintainer (write access) can deploy the current head commit with `/preview`; "
-                "later pushes need a new `/preview`.")
+
+def fork_waiting(sha: str) -> str:
+    """What a fork's PR shows until a maintainer deploys a commit of it (bot.commands.approve)."""
+    return ("This pull request comes from a fork, so its code is not deployed automatically. A maintainer "
+            f"(write access) who has reviewed the head commit deploys it with `/preview {sha}` (the command names "
+            "the commit in full); each later push needs a new one.")
 
 
 def facts(event: sansio.Event) -> PullRequestFacts:
@@ -73,4 +76,4 @@ async def on_pull_request(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> N
         await ctx.previewer.stop(client, number, reason, head_sha=str(pr["head"]["sha"]))
     elif decision is Decision.AWAIT_APPROVAL:
         await ctx.reporter.show(client, number, Report(State.WAITING_APPROVAL, sha=pr["head"]["sha"],
-                                                     detail=FORK_WAITING))
+                                                     detail=fork_waiting(str(pr["head"]["sha"]))))

@@ -132,8 +132,13 @@ async def test_link_deploys_a_fork_and_respects_the_other_repositorys_cap(repos:
         await bot.settle()
         live: list[Any] = await bot.bot.kube.live_previews((bot.fake.repos[API].id, API))
         assert live == []  # a fork's code does not run before a writer approves it
-        # The link, by a writer of both repositories, approves the fork's current head.
+        # The link, by a writer of both repositories, approves the fork's head when it names it in full.
+        head = repos.repos[API].pulls[5].head_sha
         reply = await say(bot, WEB, 1, f"/preview link {API}#5")
+        assert reply.startswith(f"Not linked: {API}#5: Nothing was deployed: the pull request comes from a fork")
+        assert f"comment `/preview link {API}#5 {head}`" in reply
+        assert await bot.bot.kube.live_previews((bot.fake.repos[API].id, API)) == []
+        reply = await say(bot, WEB, 1, f"/preview link {API}#5 {head}")
         assert reply.startswith(f"🔗 Linked {API}#5")
         assert [p.key for p in await bot.bot.kube.live_previews((bot.fake.repos[API].id, API))] == [api5.value]
         # acme/api is at its cap of one live preview: a second linked deploy is refused with the reason.

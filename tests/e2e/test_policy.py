@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bot import comment, logs
+from bot import commands, comment, logs
 from tests.e2e.harness import CONFIG, REPO, SECRET, ClusterView, RunningBot, key_of, running_bot
 from tests.fakegithub import FakeGitHub, issue_comment_event, pull_request_event
 from tests.plugins.cluster import Cluster
@@ -30,17 +30,27 @@ def sticky(fake: FakeGitHub, repo: str, number: int) -> str:
     return str(found["body"])
 
 
+def answers(fake: FakeGitHub, repo: str, number: int) -> list[str]:
+    """The bot's answers to people without write access (bot.commands.ANSWER_MARKER)."""
+    return [str(c["body"]) for c in fake.comments(repo, number) if commands.ANSWER_MARKER in str(c["body"])]
+
+
+def bot_replies(fake: FakeGitHub, repo: str, number: int) -> list[str]:
+    return [str(c["body"]) for c in fake.comments(repo, number)
+            if c["user"]["type"] == "Bot" and comment.MARKER not in str(c["body"])]
+
+
 async def test_commands_need_write_permission(bot: RunningBot, view: ClusterView) -> None:
     bot.fake.add_pull(REPO, 1, draft=True)  # drafts are not deployed on their own
     for user in ("mallory", "tina", "mallory"):
         payload = issue_comment_event(bot.fake, REPO, 1, "/preview", user=user)
         assert await bot.send("issue_comment", payload) == 202
         await bot.settle()
-        assert [r["content"] for r in bot.fake.reactions(REPO, comment_id=payload["comment"]["id"])] == ["-1"]
+        assert bot.fake.reactions(REPO, comment_id=payload["comment"]["id"]) == []
     assert view.deployments() == {}
     assert bot.fake.deployments(REPO) == []
-    refusals = [c for c in bot.fake.comments(REPO, 1) if "needs write access" in c["body"]]
-    assert len(refusals) == 2  # once per user, however often they try
+    [refusal] = answers(bot.fake, REPO, 1)  # once per PR, however many try
+    assert "@mallory `/preview deploy` needs write access" in refusal
 
     await bot.send("issue_comment", issue_comment_event(bot.fake, REPO, 1, "/preview", user="alice"))
     await bot.settle()
@@ -49,6 +59,26 @@ async def test_commands_need_write_permission(bot: RunningBot, view: ClusterView
     await bot.send("issue_comment", issue_comment_event(bot.fake, REPO, 1, "/preview stop", user="mallory"))
     await bot.settle()
     assert list(view.deployments()) == [key_of(bot.fake, REPO, 1).object_name("a")]
+    assert len(answers(bot.fake, REPO, 1)) == 1
+
+
+async def test_strangers_get_one_answer_per_pull_request_across_a_restart(shop: FakeGitHub, cluster: Cluster,
+                                                                          namespace: str) -> None:
+    """The answer is its own record, on GitHub: a new process (or another replica) finds it."""
+    shop.add_pull(REPO, 10, draft=True)
+    writes = 0
+    for _process in range(2):
+        async with running_bot(shop, cluster, namespace) as bot:
+            before = len(shop.requests)
+            for body in ("/preview help", "/preview frobnicate", "/preview stop") * 3:
+                await bot.send("issue_comment", issue_comment_event(shop, REPO, 10, body, user="mallory"))
+            await bot.settle()
+            writes += sum(r.method in ("POST", "PATCH", "PUT", "DELETE") and "/access_tokens" not in r.path
+                          for r in shop.requests[before:])
+    [answer] = answers(shop, REPO, 10)
+    assert answer.startswith(commands.ANSWER_MARKER) and commands.HELP_TEXT in answer
+    assert writes == 1
+    assert all(r == [] for r in (shop.reactions(REPO, comment_id=c["id"]) for c in shop.comments(REPO, 10)))
 
 
 async def test_help_and_unknown_subcommands(bot: RunningBot) -> None:
@@ -56,32 +86,60 @@ async def test_help_and_unknown_subcommands(bot: RunningBot) -> None:
     payload = issue_comment_event(bot.fake, REPO, 2, "/preview frobnicate", user="mallory")
     await bot.send("issue_comment", payload)
     await bot.settle()
-    replies = [c["body"] for c in bot.fake.comments(REPO, 2) if "preview-bot commands" in c["body"]]
-    assert len(replies) == 1 and "Unknown command `/preview frobnicate`" in replies[0]
-    assert [r["content"] for r in bot.fake.reactions(REPO, comment_id=payload["comment"]["id"])] == ["confused"]
+    [reply] = answers(bot.fake, REPO, 2)
+    assert "Unknown command `/preview frobnicate`" in reply and "preview-bot commands" in reply
+    assert bot.fake.reactions(REPO, comment_id=payload["comment"]["id"]) == []
+
+    for body, reaction in (("/preview frobnicate", "confused"), ("/preview help", "eyes")):
+        payload = issue_comment_event(bot.fake, REPO, 2, body, user="alice")
+        await bot.send("issue_comment", payload)
+        await bot.settle()
+        assert [r["content"] for r in bot.fake.reactions(REPO, comment_id=payload["comment"]["id"])] == [reaction]
+    assert len([r for r in bot_replies(bot.fake, REPO, 2) if "preview-bot commands" in r]) == 3
 
 
-async def test_fork_waits_for_approval_and_each_push_needs_a_new_one(bot: RunningBot, view: ClusterView) -> None:
+def image(view: ClusterView, name: str) -> str:
+    return str(view.deployments()[name].spec.template.spec.containers[0].image)
+
+
+async def test_a_fork_is_deployed_only_at_the_commit_a_maintainer_names(bot: RunningBot, view: ClusterView) -> None:
     bot.fake.add_pull(REPO, 3, user="outsider", fork=True, head_sha="1" * 40)
     await bot.send("pull_request", pull_request_event(bot.fake, REPO, 3, "opened"))
     await bot.settle()
     assert view.deployments() == {}
-    assert "comes from a fork" in sticky(bot.fake, REPO, 3)
+    assert "comes from a fork" in sticky(bot.fake, REPO, 3) and f"`/preview {'1' * 40}`" in sticky(bot.fake, REPO, 3)
 
+    # A bare `/preview` cannot say which commit was reviewed: nothing, and the reply names the head.
     await bot.send("issue_comment", issue_comment_event(bot.fake, REPO, 3, "/preview", user="alice"))
     await bot.settle()
-    name = key_of(bot.fake, REPO, 3).object_name("a")
-    assert view.deployments()[name].spec.template.spec.containers[0].image.endswith("1" * 40)
+    assert view.deployments() == {}
+    assert f"comment `/preview {'1' * 40}`" in bot_replies(bot.fake, REPO, 3)[-1]
 
+    await bot.send("issue_comment", issue_comment_event(bot.fake, REPO, 3, f"/preview {'1' * 40}", user="alice"))
+    await bot.settle()
+    name = key_of(bot.fake, REPO, 3).object_name("a")
+    assert image(view, name).endswith("1" * 40)
+
+    # A push waits for a new approval.
     bot.fake.push(REPO, 3, "2" * 40)
     await bot.send("pull_request", pull_request_event(bot.fake, REPO, 3, "synchronize"))
     await bot.settle()
-    assert view.deployments()[name].spec.template.spec.containers[0].image.endswith("1" * 40)
-    assert "comes from a fork" in sticky(bot.fake, REPO, 3)
+    assert image(view, name).endswith("1" * 40)
+    assert "comes from a fork" in sticky(bot.fake, REPO, 3) and f"`/preview {'2' * 40}`" in sticky(bot.fake, REPO, 3)
 
-    await bot.send("issue_comment", issue_comment_event(bot.fake, REPO, 3, "/preview", user="alice"))
+    # The race: the maintainer names the head they reviewed, the author pushes before the job runs.
+    approval = issue_comment_event(bot.fake, REPO, 3, f"/preview {'2' * 40}", user="alice")
+    bot.fake.push(REPO, 3, "3" * 40)
+    await bot.send("issue_comment", approval)
     await bot.settle()
-    assert view.deployments()[name].spec.template.spec.containers[0].image.endswith("2" * 40)
+    assert image(view, name).endswith("1" * 40)
+    reply = bot_replies(bot.fake, REPO, 3)[-1]
+    assert f"`{'2' * 40}` is not the head" in reply and f"comment `/preview {'3' * 40}`" in reply
+    assert [r["content"] for r in bot.fake.reactions(REPO, comment_id=approval["comment"]["id"])] == ["confused"]
+
+    await bot.send("issue_comment", issue_comment_event(bot.fake, REPO, 3, f"/preview {'3' * 40}", user="alice"))
+    await bot.settle()
+    assert image(view, name).endswith("3" * 40)
 
 
 async def test_draft_waits_until_ready_for_review(bot: RunningBot, view: ClusterView) -> None:

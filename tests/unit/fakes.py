@@ -40,6 +40,8 @@ class FakeRepo:
         self.statuses: dict[int, list[dict[str, Any]]] = {}
         self.writes: list[str] = []  # one entry per write call, by name
         self.reads: list[str] = []
+        self.collaborators: dict[str, str] = {}  # login -> admin/maintain/write/triage/read
+        self.reactions: list[tuple[int, str]] = []  # (comment id, content)
 
     def add_pull(self, number: int, sha: str, *, fork: bool = False, state: str = "open",
                  labels: Iterable[str] = (), files: Iterable[str] = ()) -> dict[str, Any]:
@@ -69,10 +71,15 @@ class FakeRepo:
         self.reads.append("changed_files")
         return ChangedFiles(tuple(self.files.get(number, ())), complete=True)
 
-    async def comments(self, number: int) -> AsyncIterator[dict[str, Any]]:
+    async def comments(self, number: int, *, since: str | None = None) -> AsyncIterator[dict[str, Any]]:
         self.reads.append("comments")
         for item in [c for c in self.comment_list if c["number"] == number]:
-            yield item
+            if since is None or item.get("updated_at", since) >= since:  # ISO 8601 in UTC sorts as text
+                yield item
+
+    async def can_write(self, user: str) -> bool:
+        self.reads.append("permission")
+        return self.collaborators.get(user) in ("admin", "maintain", "write")
 
     async def check_runs(self, sha: str) -> list[dict[str, Any]]:
         self.reads.append("check_runs")
@@ -100,10 +107,15 @@ class FakeRepo:
     async def reply(self, number: int, body: str) -> None:
         await self.create_comment(number, body)
 
+    async def react(self, comment_id: int, content: str) -> None:
+        self.writes.append("react")
+        self.reactions.append((comment_id, content))
+
     async def create_comment(self, number: int, body: str) -> int:
         self.writes.append("create_comment")
         comment_id = next(_ids)
-        self.comment_list.append({"id": comment_id, "number": number, "body": body, "user": {"type": "Bot"}})
+        self.comment_list.append({"id": comment_id, "number": number, "body": body, "user": {"type": "Bot"},
+                                  "created_at": _now(), "updated_at": _now()})
         return comment_id
 
     async def edit_comment(self, comment_id: int, body: str) -> bool:

@@ -7,7 +7,9 @@ import pytest
 from bot import comment, explain, links, mesh_routes
 from bot.comment import Report, State
 from bot.naming import PreviewKey
+from bot.reporting import Reporter
 from bot.settings import ClusterSettings
+from tests.unit.fakes import FakeCluster, FakeRepo
 from tests.unit.test_explain import GATEWAY
 
 OWNER, LINKED = PreviewKey("acme/web", 12, 1296271), PreviewKey("acme/api", 7, 1296272)
@@ -58,3 +60,42 @@ def test_sticky_links_section_is_rendered_and_replaced_in_place() -> None:
     assert "Linked to acme/web#12" in replaced and "joins this preview" not in replaced
     assert replaced.endswith("updated in place.</sub>") and replaced.count(comment.LINKS_START) == 1
     assert comment.with_links(plain, []) == plain
+
+
+@pytest.mark.parametrize(("named", "pushed", "linked"), [
+    (None, False, False),  # a fork's head must be named
+    ("e" * 12, False, False),  # in full: a prefix can be ground out by the fork's author
+    ("e" * 40, False, True),
+    ("e" * 40, True, False),  # the race: pushed between the comment and the job
+])
+async def test_linking_a_fork_deploys_only_the_commit_the_comment_names(named: str | None, pushed: bool,
+                                                                        linked: bool) -> None:
+    kube = FakeCluster(ClusterSettings(domain="example.com"))
+    web, api = FakeRepo("acme/web", OWNER.repo_id), FakeRepo("acme/api", LINKED.repo_id)
+    api.collaborators = {"alice": "write"}
+    api.add_pull(7, "e" * 40, fork=True)
+    kube.add_preview(OWNER, "a" * 40, ["web"])
+    if pushed:
+        api.pulls[7]["head"] = {**api.pulls[7]["head"], "sha": "f" * 40}
+    deployed: list[str] = []
+
+    async def client_for(repo: str) -> FakeRepo | None:
+        return api if repo == "acme/api" else web
+
+    async def deploy(_client: object, _number: int, sha: str) -> str | None:
+        deployed.append(sha)
+        return None
+
+    if linked:
+        reply = await links.link(kube, Reporter(identity="test"), client_for, deploy,  # type: ignore[arg-type]
+                                 web, 12, "alice", ("acme/api", 7), sha=named)  # type: ignore[arg-type]
+        assert reply.startswith("🔗 Linked acme/api#7 (commit `eeeeeeeeeeee`)")
+        assert deployed == ["e" * 40]
+        return
+    with pytest.raises(links.LinkRefused) as refused:
+        await links.link(kube, Reporter(identity="test"), client_for, deploy,  # type: ignore[arg-type]
+                         web, 12, "alice", ("acme/api", 7), sha=named)  # type: ignore[arg-type]
+    head = "f" * 40 if pushed else "e" * 40
+    assert str(refused.value).startswith("acme/api#7: Nothing was deployed: ")
+    assert f"comment `/preview link acme/api#7 {head}`" in str(refused.value)
+    assert deployed == []
