@@ -31,7 +31,7 @@ class FakePreviewer:
         assert head_sha is not None, "a command always deploys the commit it approved"
         self.deployed.append((number, head_sha))
 
-    async def stop(self, gh: Any, number: int, reason: str) -> int:
+    async def stop(self, gh: Any, number: int, reason: str, *, head_sha: str | None = None) -> int:
         self.stopped.append(number)
         return 0
 
