@@ -79,14 +79,20 @@ async def on_comment(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
         await ctx.previewer.deploy(client, number, approval.sha, pull=pr,
                                    superseded=lambda: ctx.superseded(client.repo_id, number))
         return
+    if command.action is Action.KEEP:
+        key, _ = await ctx.previewer.key_for(client, number)
+        if not await ctx.kube.set_keep(key, True):  # nothing live: there is nothing to mark
+            await client.react(comment_id, "confused")
+            await client.reply(number, "This pull request has no live preview to keep; comment `/preview` to "
+                                       "deploy one, then `/preview keep`.")
+            return
+        await client.react(comment_id, "+1")
+        return
     await client.react(comment_id, "+1")
     if command.action is Action.STOP:
         pr = await client.pull(number)  # its head is recorded: a restart must not bring the preview back
         await ctx.previewer.stop(client, number, f"Stopped by @{user} with `/preview stop`.",
                                  head_sha=str(pr["head"]["sha"]))
-    elif command.action is Action.KEEP:
-        key, _ = await ctx.previewer.key_for(client, number)
-        await ctx.kube.set_keep(key, True)
     elif command.action is Action.EXPLAIN:
         key, _ = await ctx.previewer.key_for(client, number)
         await client.reply(number, await explain_pull_request(ctx.kube, key))

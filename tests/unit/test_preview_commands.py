@@ -128,6 +128,27 @@ async def test_writers_keep_a_reaction_and_a_reply_each_time(repo: FakeRepo) -> 
     assert ctx.previewer.stopped == [7]
 
 
+async def test_keep_says_so_when_there_is_no_live_preview_to_keep(repo: FakeRepo) -> None:
+    class Kube:
+        live = 0
+
+        async def set_keep(self, _key: Any, _keep: bool) -> int:
+            return self.live
+
+    class Previewer(FakePreviewer):
+        async def key_for(self, gh: Any, number: int) -> tuple[str, list[Any]]:
+            return "preview-7-abcdef", []
+
+    ctx = context()
+    ctx.previewer, ctx.kube = Previewer(), Kube()
+    await say(ctx, "/preview keep", "alice")
+    assert [content for _, content in repo.reactions] == ["confused"]
+    assert "no live preview to keep" in replies(repo)[-1]
+    ctx.kube.live = 1
+    await say(ctx, "/preview keep", "alice")
+    assert [content for _, content in repo.reactions] == ["confused", "+1"] and len(replies(repo)) == 1
+
+
 # -- which commit a writer's `/preview` deploys ---------------------------------------------------
 
 
