@@ -8,12 +8,13 @@ what any config may ask for.
 from __future__ import annotations
 
 import datetime as dt
-import fnmatch
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import pathspec
 import yaml
 
 from bot import dns, images
@@ -79,10 +80,14 @@ class ServiceConfig:
         return self.image.format(sha=sha, short_sha=sha[:7], number=number)
 
     def affected_by(self, changed_files: Sequence[str]) -> bool:
-        """No `paths` means every change affects the service."""
+        """Whether a change of these repository paths concerns the service: `paths` are read as .gitignore
+        patterns are (git-scm.com/docs/gitignore, via pathspec): `services/a/` or `services/a` is everything
+        under it, `*.go` a Go file at any depth, `**` any number of folders, a later `!pattern` takes
+        files back out. No `paths` means every change affects the service."""
         if not self.paths:
             return True
-        return any(fnmatch.fnmatchcase(path, pattern) for path in changed_files for pattern in self.paths)
+        spec = _path_spec(self.paths)
+        return any(spec.match_file(path) for path in changed_files)
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,27 @@ class _Reader:
         if not isinstance(value, list):
             raise self.fail(where, f"must be a list of strings, got {_kind(value)}")
         return tuple(self.string(item, f"{where}[{i}]") for i, item in enumerate(value))
+
+
+@functools.lru_cache(maxsize=256)
+def _path_spec(patterns: tuple[str, ...]) -> pathspec.GitIgnoreSpec:
+    return pathspec.GitIgnoreSpec.from_lines(patterns)
+
+
+def _path_pattern_problem(pattern: str) -> str | None:
+    """Why a `paths` entry would match nothing a user meant, or None. Brace lists (`{a,b}`) are not
+    .gitignore syntax: they would be matched as written, so never."""
+    if not pattern.strip():
+        return "is empty"
+    if pattern.startswith("#"):
+        return "starts with `#`, a comment in .gitignore syntax; write `\\#` for a file name starting with #"
+    if re.search(r"{[^{}]*,[^{}]*}", pattern):
+        return "uses braces, which .gitignore patterns do not expand: list each path on its own"
+    try:
+        pathspec.GitIgnoreSpec.from_lines([pattern])
+    except (ValueError, re.error) as exc:  # GitWildMatchPatternError is a ValueError
+        return f"is not a .gitignore pattern: {exc}"
+    return None
 
 
 def _shown(value: Any, limit: int = 60) -> str:
@@ -328,6 +354,10 @@ def _parse_service(reader: _Reader, raw: Any, where: str) -> ServiceConfig:
         requests = _parse_resources(reader, resources.get("requests"), f"{where}.resources.requests")
         limits = _parse_resources(reader, resources.get("limits"), f"{where}.resources.limits")
     paths = reader.string_list(item["paths"], f"{where}.paths") if item.get("paths") is not None else ()
+    for i, pattern in enumerate(paths):
+        problem = _path_pattern_problem(pattern)
+        if problem:
+            raise reader.fail(f"{where}.paths[{i}]", f"{_shown(pattern)} {problem}")
     command = reader.string_list(item["command"], f"{where}.command") if item.get("command") is not None else ()
     args = reader.string_list(item["args"], f"{where}.args") if item.get("args") is not None else ()
     wait_for = _parse_check_names(reader, item["wait_for"], f"{where}.wait_for") \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -450,3 +451,35 @@ def test_invalid_image_references_are_config_errors_naming_what_is_wrong(image: 
     assert err.reason.startswith("is not an image reference the kubelet can pull: ")
     assert reason in err.reason
     assert "\n" not in str(err) and len(str(err)) < 300
+
+
+@pytest.mark.parametrize(("paths", "changed", "affected"), [
+    (["services/a/**"], ["services/a/main.go"], True),
+    (["services/a/"], ["services/a/cmd/main.go"], True),  # a folder: everything under it (fnmatch: never)
+    (["services/a"], ["services/a/main.go"], True),
+    (["services/a/"], ["services/ab/main.go"], False),
+    (["**/*.go"], ["main.go"], True),  # `**/` is zero or more folders (fnmatch needed a `/`)
+    (["*.go"], ["cmd/tool/main.go"], True),  # no slash: at any depth, as in .gitignore
+    (["services/*/main.go"], ["services/a/b/main.go"], False),  # `*` stays within one folder
+    (["services/", "!services/docs/"], ["services/docs/readme.md"], False),  # a later `!` takes files out
+    (["services/", "!services/docs/"], ["services/docs/readme.md", "services/a/x.py"], True),
+    (["!docs/**"], ["src/x.py"], False),  # a negation alone includes nothing, as in .gitignore
+])
+def test_paths_are_gitignore_patterns(paths: list[str], changed: list[str], affected: bool) -> None:
+    config = parse_repo_config(f"services:\n  - name: a\n    image: r.example.com/a:{{sha}}\n    port: 80\n"
+                               f"    paths: {paths!r}\n")
+    assert config.services[0].affected_by(changed) is affected
+
+
+@pytest.mark.parametrize(("pattern", "says"), [
+    ("services/{a,b}/**", "uses braces, which .gitignore patterns do not expand"),
+    ("  ", "must be a non-empty string"),
+    ("services/a\\", "is not a .gitignore pattern"),  # a trailing backslash escapes nothing
+    ("#services/a/", "a comment in .gitignore syntax"),
+])
+def test_paths_that_would_match_nothing_meant_are_config_errors(pattern: str, says: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_repo_config(f"services:\n  - name: a\n    image: r.example.com/a:{{sha}}\n    port: 80\n"
+                          f"    paths: {json.dumps(['ok/', pattern])}\n")  # JSON is YAML: the exact string
+    assert caught.value.field == "services[0].paths[1]"
+    assert says in caught.value.reason
