@@ -10,6 +10,11 @@ from pathlib import Path
 
 from bot.errors import ConfigError, StartupError
 
+# GitHub's issue and pull request numbers are 32-bit integers; a larger one would only make labels too long.
+MAX_PR_NUMBER = 2**31 - 1
+MAX_REPO_ID = 2**63 - 1  # GitHub's ids are 64-bit (int64 in its OpenAPI description)
+MAX_CONFIG_BYTES = 1_000_000  # what GitHub's contents API returns at most (bot.github.client)
+
 
 def _render(args: argparse.Namespace) -> int:
     from bot import manifests
@@ -19,10 +24,11 @@ def _render(args: argparse.Namespace) -> int:
 
     if not valid_repo(args.repo):
         raise ConfigError("--repo", "", f"must be owner/name, got {args.repo!r}")
-    if args.repo_id < 1:
-        raise ConfigError("--repo-id", "", f"must be the repository's numeric id, got {args.repo_id}")
-    if args.pr < 1:
-        raise ConfigError("--pr", "", f"must be a pull request number, got {args.pr}")
+    if not 1 <= args.repo_id <= MAX_REPO_ID:
+        raise ConfigError("--repo-id", "", f"must be the repository's numeric id (1 to {MAX_REPO_ID}), "
+                                           f"got {args.repo_id}")
+    if not 1 <= args.pr <= MAX_PR_NUMBER:
+        raise ConfigError("--pr", "", f"must be a pull request number (1 to {MAX_PR_NUMBER}), got {args.pr}")
     # A Git object name: SHA-1 (40 hex digits) or, in a SHA-256 repository, 64.
     if len(args.sha) not in (40, 64) or not all(c in "0123456789abcdef" for c in args.sha.lower()):
         raise ConfigError("--sha", "", f"must be a commit SHA of 40 or 64 hexadecimal digits, got {args.sha!r}")
@@ -34,7 +40,12 @@ def _render(args: argparse.Namespace) -> int:
         raise
     path = Path(args.config)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:  # bounded: `--config /dev/zero` must not read for ever
+            raw = file.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(str(path), "", f"is larger than {MAX_CONFIG_BYTES} bytes (GitHub serves the bot a "
+                              "config of at most 1 MB)")
+        text = raw.decode("utf-8")
     except OSError as exc:
         raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
     except UnicodeDecodeError as exc:  # a ValueError, not an OSError: it escaped as a traceback

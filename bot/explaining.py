@@ -46,6 +46,9 @@ def build_request(*, host: str, headers: Sequence[str], source: str | None, port
     """Validated CLI input -> Request; every error is a ConfigError naming the flag."""
     if not _HOST.match(host) or host.startswith("*"):
         raise ConfigError("--host", "", f"must be a host name (optionally :port), got {host!r}")
+    _, colon, host_port = host.rpartition(":")
+    if colon and not (host_port.isdigit() and 1 <= int(host_port) <= 65535):
+        raise ConfigError("--host", "", f"has a port outside 1-65535: {host!r}")
     if source is not None and not _LABEL.match(source):
         raise ConfigError("--from", "", f"must be a Kubernetes namespace name, got {source!r}")
     if port is not None and not 1 <= port <= 65535:

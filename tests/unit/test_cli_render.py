@@ -166,11 +166,28 @@ def test_invalid_domain_option_names_the_option(capsys: pytest.CaptureFixture[st
     assert err.startswith("preview-bot: error: --domain: ") and "environment" not in err
 
 
-@pytest.mark.parametrize(("option", "value"), [("pr", "0"), ("sha", "not-a-sha"), ("sha", "")])
+@pytest.mark.parametrize(("option", "value"), [("pr", "0"), ("sha", "not-a-sha"), ("sha", ""),
+                                               ("pr", str(2**31)), ("pr", "9" * 60), ("repo_id", "9" * 60)])
 def test_invalid_pr_or_sha_is_refused(capsys: pytest.CaptureFixture[str], option: str, value: str) -> None:
     code, _, err = render(capsys, "--domain", "example.com", **{option: value})
     assert code == 2
-    assert f"--{option}" in err
+    assert err.startswith(f"preview-bot: error: --{option.replace('_', '-')}: ") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("content", [b"a" * 1_000_001, b"services: []\n" + b"#" * 1_000_000])
+def test_a_config_larger_than_github_serves_is_refused_without_reading_it_all(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, content: bytes) -> None:
+    config = tmp_path / "preview.yml"
+    config.write_bytes(content)
+    code, _, err = render(capsys, "--domain", "example.com", config=config)
+    assert code == 2
+    assert err == f"preview-bot: error: {config}: is larger than 1000000 bytes (GitHub serves the bot a config of " \
+                  "at most 1 MB)\n"
+
+
+def test_a_config_that_never_ends_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = render(capsys, "--domain", "example.com", config=Path("/dev/zero"))  # was: read for ever
+    assert code == 2 and "/dev/zero: is larger than" in err
 
 
 @pytest.mark.parametrize("sha", ["ab12", "a" * 7, SHA[:39], SHA + "8", "a" * 63, "a" * 65, "a" * 128, "g" * 40,

@@ -13,6 +13,8 @@ from tests.unit.test_explain import GATEWAY, SETTINGS, bot_routing
 @pytest.mark.parametrize(("argv", "message"), [
     (["--host", "*.example.com"], "--host: must be a host name"),
     (["--host", "a b"], "--host: must be a host name"),
+    (["--host", "a.example.com:99999"], "--host: has a port outside 1-65535"),  # --port 99999 was refused, this not
+    (["--host", "a.example.com:0"], "--host: has a port outside 1-65535"),
     (["--host", "a.example.com", "--header", "novalue"], "--header: expected name=value"),
     (["--host", "a.example.com", "--header", "bad name=1"], "--header: expected name=value"),
     (["--host", "a.example.com", "--from", "Not_A_Namespace"], "--from: must be a Kubernetes namespace name"),
