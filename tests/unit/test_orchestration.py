@@ -351,3 +351,24 @@ async def test_lost_routes_of_an_idle_preview_or_of_a_repository_without_config_
     kube.routes = {}
     report = await reconcile(kube, previewer, client_for(gh), idle_ttl=timedelta(days=7))
     assert report.actions == [] and kube.routes == {}  # its next deploy removes it (no config)
+
+
+async def test_a_fold_the_api_server_refuses_is_an_error_line_and_the_pass_ends_normally() -> None:
+    from bot.kube import KubeError
+    from bot.mesh_hosts import Decision, Ref
+
+    gh, kube, _locks, previewer = setup()
+    host = "a.previews.svc.cluster.local"
+
+    async def misplaced() -> list[tuple[str, Ref, Decision]]:
+        return [(host, Ref("istio-system", "preview-mesh-a"), Decision(target=Ref("shop", "team-a")))]
+
+    async def fold(_host: str) -> bool:
+        raise KubeError(403, "Forbidden", "virtualservices.networking.istio.io \"team-a\" is forbidden")
+
+    kube.misplaced_mesh_routes = misplaced  # type: ignore[method-assign]
+    kube.fold_mesh_routes = fold  # type: ignore[method-assign]
+    report = await reconcile(kube, previewer, client_for(gh), idle_ttl=timedelta(days=7))
+    assert [a.kind for a in report.actions] == ["fold-routes"]
+    assert report.errors == [f"{host}: Kubernetes API answered 403 Forbidden: virtualservices.networking.istio.io "
+                             '"team-a" is forbidden']
