@@ -50,9 +50,6 @@ _UNROUTABLE_PROTOCOLS = {
     "udp": "not proxied by Istio",
 }
 _RESOURCE_KEYS = frozenset({"cpu", "memory", "ephemeral-storage"})
-# The image reference grammar (bot.images), with the names this module has always used.
-_IMAGE_REGISTRY, _IMAGE_COMPONENT, _IMAGE_TAG = images.REGISTRY, images.COMPONENT, images.TAG
-_IMAGE_DIGEST, _IMAGE_REFERENCE, _IMAGE_PATH_MAX = images.DIGEST, images.REFERENCE, images.PATH_MAX
 # The longest values the placeholders take: a SHA-256 commit's 64 hex digits, a 10-digit pull request number.
 _IMAGE_SAMPLES = {"sha": "0123456789abcdef" * 4, "short_sha": "0123456", "number": 2**31 - 1}
 
@@ -372,33 +369,33 @@ def image_problem(image: str) -> str | None:
 
     The placeholders are filled in with the longest values they take (_IMAGE_SAMPLES), so a tag that fits
     for one commit fits for all; the message quotes the config's own text. Raises ValueError, IndexError or
-    KeyError when the braces do not format. The grammar: _IMAGE_REFERENCE."""
+    KeyError when the braces do not format. The grammar: images.REFERENCE."""
     filled = image.format(**_IMAGE_SAMPLES)
-    match = _IMAGE_REFERENCE.fullmatch(filled)
+    match = images.REFERENCE.fullmatch(filled)
     if match:
         if re.fullmatch(r"[a-f0-9]{64}", filled):
             return "64 hex digits are an image ID, not a name"
         registry, path = images.parts(match["name"])[:2]
         if registry == "docker.io" and "/" not in path:
             path = f"library/{path}"  # `nginx` is docker.io/library/nginx
-        if len(path) > _IMAGE_PATH_MAX:
-            return f"the repository path can be {len(path)} characters long; at most {_IMAGE_PATH_MAX}"
+        if len(path) > images.PATH_MAX:
+            return f"the repository path can be {len(path)} characters long; at most {images.PATH_MAX}"
         return None
     # Placeholders hold no `/`, `:` or `@`, so the config's text splits into the same parts as the filled one.
     registry, path, tag, digest = images.parts(filled)
     shown_registry, shown_path, shown_tag, shown_digest = images.parts(image)
-    if digest is not None and not re.fullmatch(_IMAGE_DIGEST, digest):
+    if digest is not None and not re.fullmatch(images.DIGEST, digest):
         return f"digest {_shown(shown_digest)} must be sha256: and 64 lowercase hex digits (or sha384: 96, sha512: 128)"
-    if tag is not None and not re.fullmatch(_IMAGE_TAG, tag):
+    if tag is not None and not re.fullmatch(images.TAG, tag):
         if len(tag) > 128 and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", tag):
             return f"tag {_shown(shown_tag)} can be {len(tag)} characters long; at most 128"
         return f"tag {_shown(shown_tag)} must be letters, digits, '_', '.' and '-', not starting with '.' or '-'"
-    if not re.fullmatch(_IMAGE_REGISTRY, registry):
+    if not re.fullmatch(images.REGISTRY, registry):
         return f"registry {_shown(shown_registry)} must be a host name or [IPv6 address], with an optional :port"
     if path != path.lower():
         return f"repository path {_shown(shown_path)} must be lowercase"
     for component, shown in zip(path.split("/"), shown_path.split("/"), strict=True):
-        if not re.fullmatch(_IMAGE_COMPONENT, component):
+        if not re.fullmatch(images.COMPONENT, component):
             return f"path component {_shown(shown)} must be lowercase letters and digits joined by '.', '_' or '-'"
     return "it must look like registry.example.com/team/app:tag"
 

@@ -211,21 +211,22 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise _env_error(name, f"must be true or false, got {raw!r}")
 
 
+def _matching(env: Mapping[str, str], name: str, default: str, pattern: re.Pattern[str], what: str) -> str:
+    value = env.get(name) or default
+    if not pattern.match(value):
+        raise _env_error(name, f"must be {what}, got {value!r}")
+    return value
+
+
 def _dns_label(env: Mapping[str, str], name: str, default: str) -> str:
     """A namespace name: a DNS-1123 label (Kubernetes: "Object Names and IDs")."""
-    value = env.get(name) or default
-    if not _DNS_LABEL.match(value):
-        raise _env_error(name, f"must be a lowercase DNS-1123 label (a Kubernetes namespace), got {value!r}")
-    return value
+    return _matching(env, name, default, _DNS_LABEL, "a lowercase DNS-1123 label (a Kubernetes namespace)")
 
 
 def _object_name(env: Mapping[str, str], name: str, default: str) -> str:
     """The name of an object like a Lease: a DNS-1123 subdomain (Kubernetes: "Object Names and IDs")."""
-    value = env.get(name) or default
-    if not _DNS_NAME.match(value):
-        raise _env_error(name, "must be a Kubernetes object name (lowercase letters, digits, '-' and '.', at most "
-                         f"253 characters, starting and ending with a letter or digit), got {value!r}")
-    return value
+    return _matching(env, name, default, _DNS_NAME, "a Kubernetes object name (lowercase letters, digits, '-' "
+                     "and '.', at most 253 characters, starting and ending with a letter or digit)")
 
 
 def validate_host_template(template: str, domain: str) -> str:

@@ -221,6 +221,22 @@ def apply_documents(api: client.ApiClient, docs: list[Doc], *, dry_run: bool = F
             for doc in ordered]
 
 
+def team_setup(deployed: Deployed) -> tuple[str, str, client.CustomObjectsApi, client.RbacAuthorizationV1Api,
+                                           Any, Any]:
+    """A team's namespace of its own: (suffix, namespace, admin custom-objects API, admin RBAC API, the bot's
+    ClusterSettings, a ServiceConfig named after the suffix)."""
+    from bot.repo_config import ServiceConfig
+    from bot.settings import ClusterSettings
+
+    suffix = secrets.token_hex(3)
+    team_ns = f"team-{suffix}"
+    ensure_namespace(deployed.admin, team_ns)
+    settings = ClusterSettings(domain="example.com", namespace=PREVIEW_NAMESPACE, routing_namespace=ROUTING_NAMESPACE)
+    service = ServiceConfig(name=f"svc{suffix}", image="example.invalid/svc:{sha}", port=8080)
+    return (suffix, team_ns, client.CustomObjectsApi(deployed.admin), client.RbacAuthorizationV1Api(deployed.admin),
+            settings, service)
+
+
 def ensure_namespace(api: client.ApiClient, name: str) -> None:
     try:
         client.CoreV1Api(api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
@@ -694,15 +710,9 @@ async def test_team_virtual_service_elsewhere_needs_the_team_routes_binding(depl
     from bot.kube import Kube
     from bot.manifests import plan_preview
     from bot.naming import PreviewKey
-    from bot.repo_config import RepoConfig, ServiceConfig
-    from bot.settings import ClusterSettings
+    from bot.repo_config import RepoConfig
 
-    suffix = secrets.token_hex(3)
-    team_ns = f"team-{suffix}"
-    admin_custom, admin_rbac = client.CustomObjectsApi(deployed.admin), client.RbacAuthorizationV1Api(deployed.admin)
-    ensure_namespace(deployed.admin, team_ns)
-    settings = ClusterSettings(domain="example.com", namespace=PREVIEW_NAMESPACE, routing_namespace=ROUTING_NAMESPACE)
-    service = ServiceConfig(name=f"svc{suffix}", image="example.invalid/svc:{sha}", port=8080)
+    suffix, team_ns, admin_custom, admin_rbac, settings, service = team_setup(deployed)
     key = PreviewKey(f"team-{suffix}/shop", 3, int(suffix, 16) + 1)
     plan = plan_preview(settings, RepoConfig(services=(service,)), key, "2" * 40)
     host, route = plan.services[0].mesh_host, plan.services[0].mesh_route
@@ -760,14 +770,8 @@ async def test_a_team_virtual_service_the_bot_may_no_longer_update_keeps_no_prev
     from bot.previews import Previewer
     from bot.repo_config import RepoConfig, ServiceConfig
     from bot.reporting import Reporter
-    from bot.settings import ClusterSettings
 
-    suffix = secrets.token_hex(3)
-    team_ns = f"team-{suffix}"
-    admin_custom, admin_rbac = client.CustomObjectsApi(deployed.admin), client.RbacAuthorizationV1Api(deployed.admin)
-    ensure_namespace(deployed.admin, team_ns)
-    settings = ClusterSettings(domain="example.com", namespace=PREVIEW_NAMESPACE, routing_namespace=ROUTING_NAMESPACE)
-    service = ServiceConfig(name=f"svc{suffix}", image="example.invalid/svc:{sha}", port=8080)
+    suffix, team_ns, admin_custom, admin_rbac, settings, service = team_setup(deployed)
     own = ServiceConfig(name=f"own{suffix}", image="example.invalid/own:{sha}", port=8080)  # the bot's own VS
     key = PreviewKey(f"team-{suffix}/shop", 5, int(suffix, 16) + 2)
     plan = plan_preview(settings, RepoConfig(services=(service, own)), key, "5" * 40)

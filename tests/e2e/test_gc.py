@@ -32,6 +32,18 @@ async def deploy(bot: RunningBot, number: int, *, repo: str = REPO, **kwargs: ob
     await bot.settle()
 
 
+def commit_to_default_branch(fake: FakeGitHub, sha: str, files: dict[str, str | None]) -> None:
+    """A commit `sha` on REPO's default branch changing `files` (None deletes one); no event is sent."""
+    repo = fake.repos[REPO]
+    tree = dict(repo.trees[repo.branches[repo.default_branch]])
+    for path, content in files.items():
+        if content is None:
+            tree.pop(path, None)
+        else:
+            tree[path] = content
+    repo.branches[repo.default_branch], repo.trees[sha] = sha, tree
+
+
 def close_silently(fake: FakeGitHub, number: int, repo: str = REPO) -> None:
     """The PR is closed on GitHub, but the webhook never arrives."""
     fake.repos[repo].pulls[number].state = "closed"
@@ -201,11 +213,7 @@ async def test_a_preview_goes_when_its_repository_removes_the_config(
     async with running_bot(fake_github, cluster, namespace) as bot:
         await deploy(bot, 7)
         assert list(view.deployments()) == [key_of(fake_github, REPO, 7).object_name("a")]
-        repo = fake_github.repos[REPO]
-        tree = dict(repo.trees[repo.branches[repo.default_branch]])
-        del tree[".github/preview.yml"]
-        repo.branches[repo.default_branch] = "f" * 40
-        repo.trees["f" * 40] = tree
+        commit_to_default_branch(fake_github, "f" * 40, {".github/preview.yml": None})
         fake_github.push(REPO, 7, "e" * 40)  # its webhook finds no config: only the reconciler looks again
         first = await bot.bot.reconcile_once()
         await bot.settle()
@@ -229,11 +237,7 @@ async def test_a_service_whose_host_changes_leaves_no_route_at_the_old_host(
         await deploy(bot, 8)
         key = key_of(fake_github, REPO, 8)
         assert [r["name"] for r in view.mesh_routes(old_host)] == [key.value, "default"]
-        repo = fake_github.repos[REPO]
-        tree = dict(repo.trees[repo.branches[repo.default_branch]])
-        tree[".github/preview.yml"] = CONFIG + f"    host: {new_host}\n"
-        repo.branches[repo.default_branch] = "c" * 40
-        repo.trees["c" * 40] = tree
+        commit_to_default_branch(fake_github, "c" * 40, {".github/preview.yml": CONFIG + f"    host: {new_host}\n"})
         fake_github.push(REPO, 8, "e" * 40)
         await bot.send("pull_request", pull_request_event(fake_github, REPO, 8, "synchronize"))
         await bot.settle()
@@ -244,6 +248,16 @@ async def test_a_service_whose_host_changes_leaves_no_route_at_the_old_host(
 # -- one installation the App cannot use stops no one else's clean-up --------------------------------------
 
 WEB = "beta/web"  # another account: another installation of the App
+
+
+async def three_previews_two_closed(bot: RunningBot) -> None:
+    """#1 and #2 of REPO (installation alpha) and #3 of WEB (beta) deployed; #1 and #3 then closed, unseen."""
+    await bot.startup_pass()
+    await deploy(bot, 1)
+    await deploy(bot, 2)
+    await deploy(bot, 3, repo=WEB)
+    close_silently(bot.fake, 1)
+    close_silently(bot.fake, 3, WEB)
 
 
 def two_installations(fake: FakeGitHub) -> int:
@@ -271,13 +285,8 @@ async def test_a_suspended_installation_keeps_its_previews_and_the_others_are_cl
     and the previews of every other installation are cleaned up as always. Unsuspended, they are too."""
     beta = two_installations(fake_github)
     async with running_bot(fake_github, cluster, namespace) as bot:
-        await bot.startup_pass()
-        await deploy(bot, 1)
-        await deploy(bot, 2)
-        await deploy(bot, 3, repo=WEB)
+        await three_previews_two_closed(bot)
         fake_github.suspend_installation(beta)
-        close_silently(fake_github, 1)
-        close_silently(fake_github, 3, WEB)
         asked = token_requests(fake_github, beta)
         report = await bot.bot.reconcile_once()
         assert kinds(report) == [("hold", f"{WEB}#3"), ("teardown-closed", f"{REPO}#1")]
@@ -311,12 +320,7 @@ async def test_an_installation_github_refuses_affects_only_its_own_previews(
     left as they are, with one error line each; the others' clean-up goes on; the next pass reads it again."""
     beta = two_installations(fake_github)
     async with running_bot(fake_github, cluster, namespace) as bot:
-        await bot.startup_pass()
-        await deploy(bot, 1)
-        await deploy(bot, 2)
-        await deploy(bot, 3, repo=WEB)
-        close_silently(fake_github, 1)
-        close_silently(fake_github, 3, WEB)
+        await three_previews_two_closed(bot)
         bot.bot.auth.forget(beta)  # its token is asked for again
         fake_github.inject("POST", f"^/app/installations/{beta}/access_tokens$", status=404, times=100)
         report = await bot.bot.reconcile_once()
