@@ -299,6 +299,18 @@ async def probot(*, core: str | None = SERVER_CORE) -> AsyncIterator[tuple[str, 
         yield f"http://127.0.0.1:{port}/api/github/webhooks", proc.pid
 
 
+def cpu_times(core: str) -> tuple[int, int]:
+    """(all, steal) clock ticks of one CPU since boot, from /proc/stat (proc(5)): steal is the time the
+    hypervisor ran something else while this virtual CPU wanted to run."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        for line in stat:
+            fields = line.split()
+            if fields[0] == f"cpu{core}":
+                ticks = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+                return sum(ticks), ticks[7]
+    raise RuntimeError(f"no cpu{core} in /proc/stat")
+
+
 def wrk(url: str, bodies: bytes | list[bytes], *, seconds: float, connections: int, round_id: int,
         event: str = "pull_request", limit: int = 0) -> dict[str, float]:
     """wrk (one thread, pinned to the load core), the bodies in turn: requests/s, p50/p99/max in ms,
