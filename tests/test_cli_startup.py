@@ -253,3 +253,27 @@ current-context: x
         thread.join(5)
     assert_one_line(code, err, "not usable over TLS", "certificate verify failed", "certificate-authority")
     assert len(handshakes) == 1, handshakes  # not retried
+
+
+def test_an_exec_plugin_that_hangs_is_killed_and_named(tmp_path: Path) -> None:
+    """The client waits for an exec plugin for ever: with nobody at a terminal it gets its time, is killed,
+    and start-up says so in one line (never the plugin's arguments, which may hold a secret)."""
+    from bot.errors import StartupError
+    from bot.kube import transport
+
+    pid_file = tmp_path / "pid"
+    script = tmp_path / "aws"
+    script.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 30\n")
+    script.chmod(0o755)
+    user = (f"{{exec: {{apiVersion: client.authentication.k8s.io/v1beta1, command: '{script}', "
+            f"args: [--token, {TOKEN}]}}}}")
+    path = kubeconfig_with(tmp_path / "kc", user=user, server=f"https://127.0.0.1:{closed_port()}")
+    try:
+        with pytest.raises(StartupError) as raised:
+            transport.api_client_from_environment(str(path), exec_timeout=1)
+    finally:
+        transport._bound_exec_plugins(transport.EXEC_PLUGIN_TIMEOUT)
+    assert str(raised.value) == (f"Kubernetes: the kubeconfig {path}: user u: the exec credential plugin "
+                                 f"`{script}` failed: did not finish within 1 s (killed)")
+    with pytest.raises(ProcessLookupError):  # killed and reaped, not left behind
+        os.kill(int(pid_file.read_text()), 0)

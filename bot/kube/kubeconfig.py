@@ -191,9 +191,18 @@ def exec_command(user: Entry) -> str:
     return first_line(command, 100) if isinstance(command, str) and command else "(no command)"
 
 
+class ExecPluginTimeout(Exception):
+    """An exec credential plugin did not finish within its time (seconds) and was killed."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"did not finish within {seconds:g} s (killed)")
+
+
 def exec_failure(message: str, error: BaseException | None) -> str:
     """Why the exec plugin gave no credentials, from what the client logged (`message`) and the exception it
     was handling then (`error`, when there was one)."""
+    if isinstance(error, ExecPluginTimeout):
+        return str(error)
     if isinstance(error, FileNotFoundError):
         return "not found (is it installed, and on PATH?)"
     if isinstance(error, PermissionError):

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import random
+import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping
@@ -27,6 +28,7 @@ import urllib3
 import yaml
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
+from kubernetes.config import exec_provider as k8s_exec_provider
 
 from bot import manifests, metrics, naming
 from bot.errors import StartupError, TemporaryError, first_line
@@ -75,6 +77,44 @@ class _SwallowedErrors(logging.Filter):
         handling = sys.exc_info()[1]  # the client logs str(exc) inside its `except`
         self.records.append((message, handling if handling is not None and str(handling) == message else None))
         return False
+
+
+EXEC_PLUGIN_TIMEOUT = 60.0  # seconds an exec credential plugin gets when no person is at a terminal
+
+
+class _BoundedPopen(subprocess.Popen[str]):
+    """The client waits for an exec credential plugin with no time limit (ExecProvider.run), so a plugin
+    that hangs (a token endpoint that never answers) would hold start-up, or later a request's worker
+    thread at a token refresh, for ever and silently. When stdout is not a terminal (the client's own test
+    of "interactive": nobody can answer a prompt), the plugin gets `timeout` seconds and is then killed;
+    the client logs the failure as for any other, and start-up reports it in one line."""
+
+    timeout = EXEC_PLUGIN_TIMEOUT
+
+    def communicate(self, input: str | None = None, timeout: float | None = None) -> tuple[str, str]:
+        if timeout is None and not (hasattr(sys.stdout, "isatty") and sys.stdout.isatty()):
+            timeout = self.timeout
+        try:
+            return super().communicate(input, timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            super().communicate()
+            # Not TimeoutExpired: its message quotes the plugin's arguments, which may hold a secret.
+            raise kubeconfig.ExecPluginTimeout(self.timeout) from None
+
+
+def _bound_exec_plugins(timeout: float) -> None:
+    """Makes the client start exec credential plugins as _BoundedPopen with `timeout` seconds (the
+    client's module keeps its own reference to `subprocess`; only its Popen is replaced)."""
+    _BoundedPopen.timeout = timeout
+    k8s_exec_provider.subprocess = _ExecSubprocess  # type: ignore[attr-defined,assignment]
+
+
+class _ExecSubprocess:
+    """What kubernetes.config.exec_provider uses of the `subprocess` module."""
+
+    Popen = _BoundedPopen
+    PIPE = subprocess.PIPE
 
 
 def _entry(config: Any, kind: str, name: Any) -> kubeconfig.Entry | None:
@@ -183,10 +223,14 @@ def object_path(manifest: Mapping[str, Any]) -> str:
 ApiClient = k8s_client.ApiClient  # for the type of Kube's constructor, without importing `kubernetes` there
 
 
-def api_client_from_environment(kubeconfig: str | None = None) -> ApiClient:
-    """In-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config (or `kubeconfig`).
+def api_client_from_environment(kubeconfig: str | None = None, *,
+                                exec_timeout: float = EXEC_PLUGIN_TIMEOUT) -> ApiClient:
+    """In-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config (or `kubeconfig`). An
+    exec credential plugin gets `exec_timeout` seconds (unless a person is at the terminal), now and at
+    each token refresh.
 
     Raises StartupError with one line when there is no configuration or it cannot be loaded."""
+    _bound_exec_plugins(exec_timeout)
     configuration = k8s_client.Configuration()
     in_cluster = False
     if kubeconfig is None:
