@@ -40,6 +40,22 @@ class DeployResult:
     detail: str | None = None
 
 
+@dataclass(frozen=True)
+class Teardown:
+    """What a teardown did: `removed` objects deleted and shared VirtualServices changed; `routes_left`:
+    one clause per shared VirtualService that keeps a route of the preview (RoutesNotRemoved)."""
+
+    removed: int
+    routes_left: tuple[str, ...] = ()
+
+    def told(self, reason: str) -> str:
+        """`reason` as the PR comment gives it, with the routes left, if any."""
+        if not self.routes_left:
+            return reason
+        return (f"{reason} A mesh route of this preview could not be removed: {'; '.join(self.routes_left)}. "
+                "It receives no requests (the preview's host is gone) and is removed once preview-bot may.")
+
+
 class Previewer:
     """Deploys and tears down previews; `reporter` says on GitHub what the PR shows (bot.reporting), one
     per process; `arbiter` serialises a PR's work across replicas and holds the repository's slots."""
@@ -142,8 +158,8 @@ class Previewer:
                 # The repository stopped using previews (the file was removed from the default branch):
                 # its live ones go, as with a close; a config that is only broken keeps them (above).
                 detail = f"Preview removed: this repository has no `{CONFIG_PATH}` on its default branch any more."
-                removed = await self.teardown(key)
-                await self.reporter.stopped(gh, key, detail, removed=removed, head_sha=head_sha)
+                done = await self.teardown(key)
+                await self.reporter.stopped(gh, key, done.told(detail), removed=done.removed, head_sha=head_sha)
                 return DeployResult(State.STOPPED, detail)
             detail = f"Nothing was deployed: this repository has no `{CONFIG_PATH}` on its default branch."
             await self.reporter.show(gh, number, Report(State.CONFIG_ERROR, sha=head_sha, detail=detail))
@@ -247,30 +263,30 @@ class Previewer:
         await self._remove_routes(key, self.kube.remove_routes_where(drop))
         await self.kube.delete_preview(key, services=stale)
 
-    async def teardown(self, key: PreviewKey) -> int:
+    async def teardown(self, key: PreviewKey) -> Teardown:
         """Remove every object and route of the preview and free its slot; nothing deployed -> nothing
         done. The caller holds the PR's lock."""
         self._finished.pop((key.repo_id, key.value), None)
         await links.release(self.kube, key, self.link_refresh)
-        removed = await self._remove_routes(key, self.kube.remove_routes_of_key(key.value))
+        removed, left = await self._remove_routes(key, self.kube.remove_routes_of_key(key.value))
         removed += await self.kube.delete_preview(key)
         await self.arbiter.release_slot(key)  # after the objects: a slot is never free while they live
         metrics.PREVIEW_OUTCOMES.labels(action="teardown", outcome="removed" if removed else "nothing").inc()
-        return removed
+        return Teardown(removed, left)
 
     @staticmethod
-    async def _remove_routes(key: PreviewKey, removal: Awaitable[int]) -> int:
+    async def _remove_routes(key: PreviewKey, removal: Awaitable[int]) -> tuple[int, tuple[str, ...]]:
         """Routes go first, so that no route points at a Service being deleted. A shared VirtualService
         the API server refuses to change (RBAC taken away, an admission webhook) must not keep the
         preview's own objects alive for ever: they go anyway, and the route left there, pointing at a
         removed Service, is a dangling route that every reconciliation pass reports, and removes once
         it may."""
         try:
-            return await removal
+            return await removal, ()
         except RoutesNotRemoved as exc:
             log.warning("preview %s: route left behind, its objects are removed anyway: %s", key.value, exc,
                         extra={"repo": key.repo, "pr": key.number})
-            return exc.changed
+            return exc.changed, tuple(exc.failures)
 
     async def stop(self, gh: GitHubRepo | None, number: int, reason: str, *, key: PreviewKey | None = None,
                    head_sha: str | None = None) -> int:
@@ -284,7 +300,7 @@ class Previewer:
                 raise ValueError("stop() needs a client or the preview's key")
             key, _ = await self.key_for(gh, number)
         async with self.arbiter.pr_lock(key, supersedes=True, timeout=self.lock_timeout):
-            removed = await self.teardown(key)
+            done = await self.teardown(key)
             if gh is not None:
-                await self.reporter.stopped(gh, key, reason, removed=removed, head_sha=head_sha)
-        return removed
+                await self.reporter.stopped(gh, key, done.told(reason), removed=done.removed, head_sha=head_sha)
+        return done.removed

@@ -180,7 +180,7 @@ LEFT = ("VirtualService shop/a keeps the preview route {key}: preview-bot may no
 async def test_a_route_the_cluster_refuses_to_remove_does_not_keep_the_preview_alive(
         caplog: pytest.LogCaptureFixture) -> None:
     """RBAC on a team's VirtualService was taken away: the preview's own objects, its slot and its GitHub
-    deployments go all the same, and the route left behind is named in a warning."""
+    deployments go all the same, and the route left behind is named in a warning and in the PR comment."""
     gh, kube, locks, previewer = setup()
     gh.add_pull(1, SHA1, files=["services/a/main.go"])
     await previewer.deploy(gh, 1, SHA1)
@@ -193,6 +193,8 @@ async def test_a_route_the_cluster_refuses_to_remove_does_not_keep_the_preview_a
     assert await previewer.stop(gh, 1, "The pull request was closed: preview removed.") == 1
     assert kube.previews == {} and locks.claims[str(gh.repo_id)] == {}
     assert gh.deployment_list == [] and "preview removed" in (gh.sticky(1) or "")
+    assert (f"A mesh route of this preview could not be removed: {LEFT.format(key=value)}. It receives no "
+            "requests") in (gh.sticky(1) or "")
     [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warning == f"preview {value}: route left behind, its objects are removed anyway: {LEFT.format(key=value)}"
 
