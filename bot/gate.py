@@ -22,7 +22,7 @@ from bot.errors import ConfigError
 from bot.naming import PreviewKey
 from bot.ports import GitHubRepo
 from bot.previews import DeployResult, Previewer
-from bot.repo_config import CONFIG_PATH, RepoConfig, check_policy, parse_repo_config
+from bot.repo_config import CONFIG_PATH, RepoConfig, parse_for_cluster
 from bot.reporting import is_gate
 from bot.timestamps import parse_time
 
@@ -61,9 +61,7 @@ async def load_config_at(gh: GitHubRepo, branch: str, previewer: Previewer) -> R
     text = await gh.file_text(CONFIG_PATH, branch)
     if text is None:
         return None
-    config = parse_repo_config(text, CONFIG_PATH)
-    check_policy(config, previewer.settings.policy, CONFIG_PATH)
-    return config
+    return parse_for_cluster(text, previewer.settings.policy, previewer.settings.namespace, CONFIG_PATH)
 
 
 async def deploy_when_ready(previewer: Previewer, waits: WaitRegistry, gh: GitHubRepo, number: int, *,

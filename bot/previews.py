@@ -27,7 +27,7 @@ from bot.github.client import LIST_FILES_MAX
 from bot.kube import KubeError, LivePreview
 from bot.naming import PreviewKey
 from bot.ports import Cluster, GitHubRepo, Locks
-from bot.repo_config import CONFIG_PATH, RepoConfig, check_policy, parse_repo_config
+from bot.repo_config import CONFIG_PATH, RepoConfig, parse_for_cluster
 from bot.reporting import Reporter, Rollout
 from bot.settings import ClusterSettings
 
@@ -85,9 +85,7 @@ class Previewer:
         text = await gh.file_text(CONFIG_PATH)  # no ref: the default branch
         if text is None:
             return None
-        config = parse_repo_config(text, CONFIG_PATH)
-        check_policy(config, self.settings.policy, CONFIG_PATH)
-        return config
+        return parse_for_cluster(text, self.settings.policy, self.settings.namespace, CONFIG_PATH)
 
     async def key_for(self, gh: GitHubRepo, number: int) -> tuple[PreviewKey, list[LivePreview]]:
         """The PR's preview key (an existing preview's is kept, see naming.resolve_key) and the

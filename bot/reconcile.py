@@ -39,7 +39,7 @@ from bot.queue import QueueClosed, QueueFull, WorkQueue
 from bot.repo_config import RepoConfig
 from bot.settings import Settings
 from bot.timestamps import parse_time
-from bot.triggers import Decision, decide, facts_from_pull, is_fork
+from bot.triggers import Decision, decide, facts_from_pull, is_fork, label_key
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ async def reconcile(kube: Cluster, previewer: Previewer, client_for: ClientFor, 
                                              else "deploy did not finish"))
                 resume(client.repo_id, client.repo, preview.number, why)
                 continue
-            labels = {str(label["name"]) for label in pull.get("labels") or []}
+            labels = {label_key(str(label["name"])) for label in pull.get("labels") or []}
             kept = preview.keep or KEEP_LABEL in labels
             if kept or not is_idle(preview, now, idle_ttl):
                 await _restore_routes(kube, previewer, client, preview, routed, configs, report, target,
