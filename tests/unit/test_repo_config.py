@@ -518,7 +518,8 @@ services:
 
 
 @pytest.mark.parametrize(("a", "b", "field", "host"), [
-    ("host: x.shop.svc.cluster.local", "host: X.shop.svc.cluster.local", "services[1].host", "x.shop.svc.cluster.local"),
+    ("host: x.shop.svc.cluster.local", "host: X.shop.svc.cluster.local", "services[1].host",
+     "x.shop.svc.cluster.local"),
     ("host: b.shop.svc.cluster.local", "", "services[1].name", "b.shop.svc.cluster.local"),  # b's default host
     ("", "host: a.shop.svc.cluster.local", "services[1].host", "a.shop.svc.cluster.local"),
 ])
