@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,7 +34,7 @@ from bot.kube import Kube, KubeError, LivePreview
 from bot.leader import LeaderElector
 from bot.naming import PreviewKey, valid_repo
 from bot.ports import Cluster, GitHubRepo
-from bot.previews import Previewer
+from bot.previews import DeployResult, Previewer
 from bot.queue import QueueClosed, QueueFull, WorkQueue
 from bot.repo_config import RepoConfig
 from bot.settings import Settings
@@ -90,10 +90,15 @@ async def reconcile(kube: Cluster, previewer: Previewer, client_for: ClientFor, 
                     dry_run: bool = False, now: datetime | None = None,
                     resume: Resume | None = None, check_stuck: bool = False,
                     stuck_after: timedelta = timedelta(minutes=10), identity: str = "",
-                    warn_before: timedelta = timedelta(0)) -> GcReport:
-    """One pass. `resume` queues a redeploy of previews behind their PR's head (a missed push), and with
-    `check_stuck` of those whose last GitHub deployment never finished (a crash mid-deploy). Previews within
-    `warn_before` of the idle TTL get one warning comment per idle period (bot.ttl_warning)."""
+                    recent: timedelta | None = None, warn_before: timedelta = timedelta(0)) -> GcReport:
+    """One pass. `resume` queues a redeploy of previews behind their PR's head (a missed push), and of
+    those whose last GitHub deployment has been unfinished for longer than `stuck_after` (a process cut
+    off mid-deploy: a crash, or a SIGTERM whose drain timed out). Which previews are looked at for that
+    (two GitHub reads each): with `check_stuck` (a process's first pass) every one, and a deploy this
+    replica (`identity`) started before a restart is resumed at once; else only those deployed within
+    `recent` of `now` (their `pushed-at` annotation), so the cost of a pass follows the deploy rate, not
+    the number of live previews. Previews within `warn_before` of the idle TTL get one warning comment
+    per idle period (bot.ttl_warning)."""
     now = now or datetime.now(UTC)
     report = GcReport()
     previews = await kube.live_previews()
@@ -105,6 +110,9 @@ async def reconcile(kube: Cluster, previewer: Previewer, client_for: ClientFor, 
         target = f"{preview.repo}#{preview.number}"
         if not valid_repo(preview.repo) or preview.number < 1 or not _key_intact(preview):
             report.errors.append(f"{preview.key}: labels or annotations are damaged; left alone")
+            continue
+        if preview.unreadable:  # made before PREVIEW_NAMESPACE changed, where the bot may not read now
+            report.errors.append(f"{target}: {preview.unreadable}")
             continue
         try:
             # By id: a renamed or transferred repository is the same repository.
@@ -129,8 +137,9 @@ async def reconcile(kube: Cluster, previewer: Previewer, client_for: ClientFor, 
                 report.actions.append(Action("adopt", target, f"labelled with repository id {client.repo_id}"))
                 if not dry_run:
                     await kube.adopt(preview.key, client.repo_id)
-            why = None if resume is None else await _needs_resume(pull, preview, client,
-                                                                  stuck_after if check_stuck else None, now, identity)
+            look = check_stuck or (recent is not None and _deployed_within(preview, now, recent))
+            why = None if resume is None else await _needs_resume(
+                pull, preview, client, stuck_after if look else None, now, identity if check_stuck else None)
             if why == MISSED_PUSH and not await _push_deploys(previewer, client, pull, configs):
                 why = None  # its own event would not have deployed it either (draft, trigger, label)
             if resume is not None and why is not None:
@@ -177,13 +186,21 @@ async def _clean_mesh(kube: Cluster, report: GcReport, *, dry_run: bool) -> None
     """The mesh side of a pass: routes to missing Services, and the bot's VirtualServices in the wrong place."""
     # Routes whose Service is gone (deleted by hand, a crash between steps, or a teardown whose route removal
     # the API server refused: bot.previews removes the preview's objects anyway).
-    services = await kube.service_names()
-    for key, destination in dangling_routes(await kube.mesh_services(), services):
-        report.actions.append(Action("remove-route", key, f"destination {destination} does not exist"))
+    # Each destination is looked for in the namespace it names (a preview made before PREVIEW_NAMESPACE
+    # changed lives in the old one); one that cannot be looked at is reported, never called missing.
+    mesh = await kube.mesh_services()
+    services, unknown = await kube.existing_destinations(
+        d for ds in _routed_destinations(mesh).values() for d in ds)
+    for key, destination in dangling_routes(mesh, services):
+        if destination in unknown:
+            report.errors.append(f"{key}: route to {destination} left alone: cannot tell whether the Service "
+                                 f"exists ({unknown[destination]})")
+        else:
+            report.actions.append(Action("remove-route", key, f"destination {destination} does not exist"))
     if not dry_run and any(a.kind == "remove-route" for a in report.actions):
         def dangling(route: dict[str, Any]) -> bool:
             destinations = mesh_routes.route_destinations({"http": [route]}).get(str(route["name"]), [])
-            return any(d not in services for d in destinations)
+            return any(d not in services and d not in unknown for d in destinations)
 
         try:
             await kube.remove_routes_where(dangling)
@@ -232,7 +249,7 @@ async def _restore_routes(kube: Cluster, previewer: Previewer, client: GitHubRep
     ones a deploy writes (bot.manifests.plan_preview, from the repository's config); a preview of a
     repository without a config is left to its next deploy, which removes it."""
     key = naming.existing_key(preview.repo, preview.number, preview.repo_id, preview.key)
-    namespace = kube.settings.namespace
+    namespace = preview.namespace or kube.settings.namespace  # an earlier PREVIEW_NAMESPACE's preview: its own
     missing = {s for s in preview.services
                if naming.service_fqdn(key.object_name(s), namespace) not in routed.get(preview.key, set())}
     if not missing:
@@ -241,7 +258,8 @@ async def _restore_routes(kube: Cluster, previewer: Previewer, client: GitHubRep
     if config is None:
         return
     names = [s.name for s in config.services if naming.dns_label(s.name) in missing]
-    plan = manifests.plan_preview(kube.settings, config, key, preview.sha, only=names)
+    settings = kube.settings if namespace == kube.settings.namespace else replace(kube.settings, namespace=namespace)
+    plan = manifests.plan_preview(settings, config, key, preview.sha, only=names)
     for service in plan.services:
         report.actions.append(Action("restore-route", target, f"{service.mesh_host} lost the route to "
                                                               f"{service.destination}"))
@@ -271,11 +289,18 @@ async def _push_deploys(previewer: Previewer, client: GitHubRepo, pull: Mapping[
     return config is None or decide(config, facts_from_pull(pull, "synchronize")) is Decision.DEPLOY
 
 
+def _deployed_within(preview: LivePreview, now: datetime, window: timedelta) -> bool:
+    """The preview's objects were last written (deployed) within `window` of `now`."""
+    last = parse_time(preview.pushed_at) or parse_time(preview.created)
+    return last is not None and now - last <= window
+
+
 async def _needs_resume(pull: Mapping[str, Any], preview: LivePreview, client: GitHubRepo,
-                        stuck_after: timedelta | None, now: datetime, identity: str) -> str | None:
+                        stuck_after: timedelta | None, now: datetime, identity: str | None) -> str | None:
     """MISSED_PUSH: behind the PR's head; UNFINISHED: its last deploy is unfinished and nobody is running
-    it (started by this replica before a restart, or older than any live deploy can be: another
-    replica's deploy in progress is younger); None: neither."""
+    it (started by this replica, `identity`, before a restart: None on later passes, whose own deploys
+    may be running; or older than any live deploy can be: another replica's deploy in progress is
+    younger); None: neither."""
     head = pull.get("head") or {}
     if head.get("sha") != preview.sha:
         return None if is_fork(pull) else MISSED_PUSH  # a fork's new commits wait for approval
@@ -287,7 +312,7 @@ async def _needs_resume(pull: Mapping[str, Any], preview: LivePreview, client: G
     status = await client.latest_status(int(deployments[0]["id"]))
     if status is not None and status.get("state") not in ("queued", "pending", "in_progress"):
         return None
-    if (deployments[0].get("payload") or {}).get("replica") == identity:
+    if identity is not None and (deployments[0].get("payload") or {}).get("replica") == identity:
         return UNFINISHED
     since = parse_time(str((status or deployments[0]).get("created_at") or ""))
     return UNFINISHED if since is not None and now - since > stuck_after else None
@@ -441,7 +466,15 @@ class Reconciler:
         passes), then reconciliation."""
         return not self._first_pass
 
-    async def reconcile_once(self, *, dry_run: bool = False) -> GcReport:
+    async def reconcile_once(self, *, dry_run: bool = False, resume: Resume | None = None) -> GcReport:
+        """One pass; the previews to resume go to `resume` (default: queued here, self.resume).
+
+        Every pass, not only the first, looks for deploys unfinished for longer than ready_timeout + 60 s
+        among the previews deployed in the last ready_timeout + 60 s + 2 reconcile intervals: a process
+        cut off mid-deploy (SIGTERM whose drain timed out) leaves such a deploy, and the next process's
+        first pass may come before it is old enough to be told from a live one. Each deploy is so
+        looked at on about three passes, two GitHub reads each (bench `scale`: a pass with 1,000 live
+        previews still reads GitHub only for the recently deployed ones)."""
         # Current names for every repository id: a rename since the last pass must not look like a 404.
         try:
             await self.repositories.listing(max_age=0)
@@ -449,10 +482,12 @@ class Reconciler:
             # GitHub is down: each preview's look-up fails on its own and is reported; routes to missing
             # Services are still cleaned up.
             log.warning("could not list the App's repositories: %s", type(exc).__name__)
+        stuck_after = timedelta(seconds=self.settings.ready_timeout + 60)
         report = await reconcile(self.kube, self.previewer, self.repositories.client_for,
                                  idle_ttl=timedelta(days=self.settings.idle_ttl_days), dry_run=dry_run,
-                                 resume=None if dry_run else self.resume, check_stuck=self._first_pass,
-                                 stuck_after=timedelta(seconds=self.settings.ready_timeout + 60),
+                                 resume=None if dry_run else (resume or self.resume),
+                                 check_stuck=self._first_pass, stuck_after=stuck_after,
+                                 recent=stuck_after + 2 * timedelta(seconds=self.settings.reconcile_interval),
                                  identity=self.settings.identity,
                                  warn_before=timedelta(hours=self.settings.ttl_warning_hours))
         self._first_pass = False
@@ -497,14 +532,7 @@ class Reconciler:
         """Queue a redeploy of a preview found half-done (`why` UNFINISHED: a crash mid-deploy, or a wait
         for checks that ran out) or behind its PR's head (MISSED_PUSH)."""
         async def job() -> None:
-            client = await self.repositories.client_for(repo_id, repo)
-            if client is None:
-                return
-            # A webhook may have got there first (this job waited behind it in the PR's queue, or
-            # for its lock): the deploy, at the head it reads, is then a no-op. With `wait_for`, it
-            # deploys only once the checks succeeded.
-            await gate.deploy_when_ready(self.previewer, self.waits, client, number, supersedes=False,
-                                         superseded=lambda: self.superseded(repo_id, number))
+            await self.redeploy(repo_id, repo, number)
         try:
             self.queue.submit((str(repo_id), number), job, supersedes=False, slot="resume")
         except QueueClosed:
@@ -512,6 +540,18 @@ class Reconciler:
         except QueueFull:
             log.warning("work queue full: resume left to the next reconciliation pass",
                         extra={"repo": repo, "pr": number})
+
+    async def redeploy(self, repo_id: int, repo: str, number: int) -> DeployResult | None:
+        """The redeploy `resume` queues, run now: the deploy's result, or None when the App left the
+        repository, the PR is closed, or the deploy waits for (or failed) its checks."""
+        client = await self.repositories.client_for(repo_id, repo)
+        if client is None:
+            return None
+        # A webhook may have got there first (this job waited behind it in the PR's queue, or
+        # for its lock): the deploy, at the head it reads, is then a no-op. With `wait_for`, it
+        # deploys only once the checks succeeded.
+        return await gate.deploy_when_ready(self.previewer, self.waits, client, number, supersedes=False,
+                                            superseded=lambda: self.superseded(repo_id, number))
 
     def leading(self) -> bool:
         return self.elector is None or self.elector.leading

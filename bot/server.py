@@ -31,7 +31,7 @@ from bot.handlers import checks, preview_commands, pull_request
 from bot.kube import Kube, KubeError
 from bot.leader import LeaderElector
 from bot.manifests import VIRTUAL_SERVICE_API
-from bot.previews import Previewer
+from bot.previews import DeployResult, Previewer
 from bot.queue import WorkQueue
 from bot.reconcile import UNFINISHED, GcReport, Reconciler, Repositories
 from bot.reporting import Reporter
@@ -249,26 +249,76 @@ def _command_logs() -> None:
 
 
 def run_gc(*, dry_run: bool) -> int:
+    """One reconciliation pass, printed; the redeploys it finds due (`resume:` lines) are run here before
+    exiting, at most PREVIEW_READY_TIMEOUT + 60 s for all of them (a deploy waits at most the ready
+    timeout), each outcome printed (`resumed:`). One not done by then is left to `serve` (its passes
+    resume unfinished deploys). Exit 1 when an error was printed."""
     _command_logs()
     settings = load_settings(os.environ)
 
-    async def main() -> GcReport:
+    async def main() -> tuple[GcReport, list[str], list[str]]:
         async with _adapters(lambda: Kube.from_environment(settings.cluster,
                                                            timeout=settings.kube_timeout)) as (session, kube):
+            bot = Bot(settings, session, kube)
+            due: list[tuple[int, str, int, str]] = []
             try:
-                return await Bot(settings, session, kube).reconcile_once(dry_run=dry_run)
+                report = await bot.reconciler.reconcile_once(
+                    dry_run=dry_run, resume=lambda repo_id, repo, number, why: due.append((repo_id, repo, number, why)))
             except (KubeError, PreviewError) as exc:
                 raise _cluster_unusable(kube, exc) from None
+            outcomes, errors = await _run_resumes(bot, due, settings.ready_timeout + 60)
+            return report, outcomes, errors
 
-    report = asyncio.run(main())
+    report, outcomes, resume_errors = asyncio.run(main())
     prefix = "would " if dry_run else ""
     for action in report.actions:
         print(f"{prefix}{action.kind}: {action.target} ({action.reason})")
-    for error in report.errors:
+    for line in outcomes:
+        print(line)
+    errors = report.errors + resume_errors
+    for error in errors:
         print(f"error: {error}", file=sys.stderr)
     if not report.actions:
-        print("nothing to do")
-    return 1 if report.errors else 0
+        # After errors the pass did not see everything: "nothing to do" would not be true.
+        print(f"nothing done; {len(errors)} error(s), on stderr" if errors else "nothing to do")
+    return 1 if errors else 0
+
+
+async def _run_resumes(bot: Bot, due: list[tuple[int, str, int, str]],
+                       timeout: float) -> tuple[list[str], list[str]]:
+    """Run the redeploys a gc pass found due, at most `max_concurrency` at once and `timeout` seconds in
+    all: (one `resumed:` line per redeploy, error lines). One not finished in time is cancelled (its
+    GitHub Deployment stays in progress: `serve` resumes it) and is an error."""
+    slots = asyncio.Semaphore(bot.settings.max_concurrency)
+
+    async def one(repo_id: int, repo: str, number: int) -> DeployResult | None:
+        async with slots:
+            return await bot.reconciler.redeploy(repo_id, repo, number)
+
+    tasks = {asyncio.create_task(one(repo_id, repo, number)): f"{repo}#{number}" for repo_id, repo, number, _ in due}
+    if not tasks:
+        return [], []
+    _, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    outcomes: list[str] = []
+    errors: list[str] = []
+    for task, target in tasks.items():
+        if task in pending:
+            errors.append(f"{target}: redeploy not finished within {timeout:g} s; left to `serve`")
+        elif task.exception() is not None:
+            exc = task.exception()
+            errors.append(f"{target}: redeploy failed: {type(exc).__name__}: {exc}")
+        else:
+            result = task.result()
+            if result is None:
+                outcomes.append(f"resumed: {target} (not deployed now: the PR is closed, or it waits for or "
+                                "failed its checks; its comment says which)")
+            else:
+                outcomes.append(f"resumed: {target} ({result.state.value}"
+                                f"{': ' + result.detail if result.detail else ''})")
+    return outcomes, errors
 
 
 def _age(created: str, now: datetime) -> str:

@@ -57,6 +57,7 @@ class Kube:
         inventory = self.inventory
         self.live_previews, self.recorded_shas = inventory.live_previews, inventory.recorded_shas
         self.service_names, self.gateway = inventory.service_names, inventory.gateway
+        self.existing_destinations = inventory.existing_destinations
         self.routing_objects = inventory.routing_objects
         self.deployment_state, self.wait_available = self.rollouts.deployment_state, self.rollouts.wait_available
         mesh = self.mesh

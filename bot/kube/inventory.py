@@ -8,6 +8,7 @@ previews (made before ids, no id label) are found by the hash of their repositor
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,49 @@ class LivePreview:
     keep: bool
     hosts: tuple[str, ...] = ()
     repo_id: int | None = None  # None: a legacy preview, made before ids (found by its name's hash)
+    namespace: str = ""  # where its Deployments are ("": PREVIEW_NAMESPACE)
+    # Why its Deployments cannot be read ("": they can): its gateway routes send to a namespace other than
+    # PREVIEW_NAMESPACE (the setting changed while it was live) where the bot may not list them.
+    unreadable: str = ""
+
+
+def destination_namespace(destination: str) -> str | None:
+    """The namespace a route destination `<service>.<namespace>.svc.cluster.local` names; None for a
+    host of another form (Kubernetes DNS for Services: `<service>.<namespace>.svc.<cluster domain>`)."""
+    parts = destination.split(".")
+    return parts[1] if len(parts) == 5 and parts[2:] == ["svc", "cluster", "local"] else None
+
+
+def route_namespaces(items: list[dict[str, Any]]) -> set[str]:
+    """The namespaces the destinations of these VirtualServices' routes name."""
+    found: set[str] = set()
+    for item in items:
+        for http in (item.get("spec") or {}).get("http") or []:
+            for route in http.get("route") or []:
+                namespace = destination_namespace(str((route.get("destination") or {}).get("host", "")))
+                if namespace:
+                    found.add(namespace)
+    return found
+
+
+async def own_gateway_routes(t: Transport, settings: ClusterSettings, selector: str) -> list[dict[str, Any]]:
+    """The bot's VirtualServices matching `selector` in every namespace: those of an earlier
+    PREVIEW_ROUTING_NAMESPACE too (list on the ClusterRole `preview-bot-virtualservices-read`); without
+    that right, the routing namespace's."""
+    try:
+        return await t.list_objects(manifests.VIRTUAL_SERVICE_API, "virtualservices", None, selector)
+    except KubeError as exc:
+        if exc.status != 403:
+            raise
+        return await t.list_objects(manifests.VIRTUAL_SERVICE_API, "virtualservices", settings.routing_namespace,
+                                    selector)
+
+
+def elsewhere(namespace: str, settings: ClusterSettings, exc: KubeError) -> str:
+    """Why a preview's objects in `namespace` (not PREVIEW_NAMESPACE) cannot be read, for reports."""
+    return (f"its objects are in namespace {namespace} (PREVIEW_NAMESPACE is {settings.namespace}), where "
+            f"preview-bot may not list them ({exc.status}): left as they are; see deploy/README.md, "
+            "\"Changing a namespace\"")
 
 
 class Inventory:
@@ -51,8 +95,18 @@ class Inventory:
         deployments: list[dict[str, Any]] = []
         routes: list[dict[str, Any]] = []
         for selector in selectors:
-            deployments += await self._t.list_objects("apps/v1", "deployments", self._settings.namespace, selector)
-            routes += await self._routing_virtual_services(f"{selector},{naming.ROLE_LABEL}={naming.ROLE_GATEWAY}")
+            routes += await own_gateway_routes(self._t, self._settings,
+                                               f"{selector},{naming.ROLE_LABEL}={naming.ROLE_GATEWAY}")
+        # Previews made before PREVIEW_NAMESPACE changed are where their gateway routes send.
+        unreadable: dict[str, str] = {}
+        for namespace in sorted(route_namespaces(routes) | {self._settings.namespace}):
+            for selector in selectors:
+                try:
+                    deployments += await self._t.list_objects("apps/v1", "deployments", namespace, selector)
+                except KubeError as exc:
+                    if exc.status != 403 or namespace == self._settings.namespace:
+                        raise
+                    unreadable[namespace] = elsewhere(namespace, self._settings, exc)
         hosts: dict[str, list[str]] = {}
         for route in routes:
             meta = route["metadata"]
@@ -72,6 +126,8 @@ class Inventory:
         previews = []
         for key, metas in sorted({**grouped, **routes_only}.items()):
             workloads = [] if key in routes_only else metas
+            blocked = sorted({unreadable[n] for n in route_namespaces([r for r in routes if
+                              r["metadata"]["labels"].get(naming.KEY_LABEL, "") == key]) if n in unreadable})
             annotations = [m.get("annotations") or {} for m in metas]
             pushed = [a[naming.PUSHED_AT_ANNOTATION] for a in annotations if a.get(naming.PUSHED_AT_ANNOTATION)]
             ids = {m["labels"].get(naming.REPO_ID_LABEL, "") for m in metas}
@@ -87,6 +143,8 @@ class Inventory:
                 keep=any(a.get(naming.KEEP_ANNOTATION) == "true" for a in annotations),
                 hosts=tuple(sorted(hosts.get(key, []))),
                 repo_id=int(raw_id) if raw_id.isdigit() and int(raw_id) > 0 else None,
+                namespace=str(workloads[0].get("namespace", "")) if workloads else "",
+                unreadable="; ".join(blocked),
             ))
         return previews
 
@@ -99,6 +157,33 @@ class Inventory:
     async def service_names(self) -> set[str]:
         items = await self._t.list_objects("v1", "services", self._settings.namespace, naming.MANAGED_SELECTOR)
         return {naming.service_fqdn(i["metadata"]["name"], self._settings.namespace) for i in items}
+
+    async def existing_destinations(self, destinations: Iterable[str]) -> tuple[set[str], dict[str, str]]:
+        """Of route `destinations` (Service FQDNs): (those whose Service exists, destination -> why it cannot
+        be told). Each is looked for in the namespace it names, not only PREVIEW_NAMESPACE: a route of a
+        preview made before that setting changed sends to its old namespace. A namespace where the bot
+        may not list Services (403), or a host not of the form `<service>.<namespace>.svc.cluster.local`,
+        leaves its destinations unknown: never called missing."""
+        by_namespace: dict[str, set[str]] = {}
+        unknown: dict[str, str] = {}
+        for destination in set(destinations):
+            namespace = destination_namespace(destination)
+            if namespace is None:
+                unknown[destination] = "not a Service name of the form <service>.<namespace>.svc.cluster.local"
+            else:
+                by_namespace.setdefault(namespace, set()).add(destination)
+        found: set[str] = set()
+        for namespace, wanted in sorted(by_namespace.items()):
+            try:
+                items = await self._t.list_objects("v1", "services", namespace, naming.MANAGED_SELECTOR)
+            except KubeError as exc:
+                if exc.status != 403 or namespace == self._settings.namespace:
+                    raise
+                unknown |= {d: f"preview-bot may not list Services in namespace {namespace} ({exc.status}); "
+                               f"PREVIEW_NAMESPACE is {self._settings.namespace}" for d in wanted}
+                continue
+            found |= wanted & {naming.service_fqdn(i["metadata"]["name"], namespace) for i in items}
+        return found, unknown
 
     async def gateway(self, name: str) -> dict[str, Any] | None:
         """The Istio Gateway `<namespace>/<name>` (PREVIEW_GATEWAY), or None when it does not exist."""

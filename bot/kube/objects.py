@@ -2,7 +2,10 @@
 
 A preview's objects are its Deployments and Services (PREVIEW_NAMESPACE) and its gateway
 VirtualServices (the routing namespace), all labelled with the preview key (bot/naming.py) and found by
-label selectors, so teardown needs no configuration. Invariants:
+label selectors, so teardown needs no configuration. A preview made before PREVIEW_NAMESPACE or
+PREVIEW_ROUTING_NAMESPACE changed is found where it is: its gateway VirtualServices in any namespace
+(the cluster-wide read of VirtualServices), its Deployments and Services in the namespaces their
+destinations name. Invariants:
 - Nothing is written over an object of another repository's preview (bot/ownership.py), checked
   before any write; a gateway VirtualService that does not exist yet is created with POST, so of two
   repositories wanting one host only one creator wins (409 for the other).
@@ -16,9 +19,16 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from bot import manifests, naming, ownership
-from bot.kube.transport import Conflict, NotFound, Transport, collection_path, object_path
+from bot.errors import PreviewError
+from bot.kube import inventory
+from bot.kube.transport import Conflict, KubeError, NotFound, Transport, collection_path, object_path
 from bot.naming import PreviewKey
 from bot.settings import ClusterSettings
+
+
+class ObjectsElsewhere(PreviewError):
+    """Some of a preview's objects are in a namespace other than PREVIEW_NAMESPACE (the setting changed
+    while it was live) where the bot may not list them; the message says which and what to do."""
 
 
 class PreviewObjects:
@@ -72,22 +82,38 @@ class PreviewObjects:
         selector = f"{naming.MANAGED_BY_LABEL}={naming.MANAGED_BY},{naming.KEY_LABEL}={key},!{naming.REPO_ID_LABEL}"
         patch = {"metadata": {"labels": {naming.REPO_ID_LABEL: str(repo_id)}}}
         changed = 0
-        for api_version, plural, namespace in self._own_kinds():
-            for item in await self._t.list_objects(api_version, plural, namespace, selector):
-                path = f"{collection_path(api_version, plural, namespace)}/{item['metadata']['name']}"
-                try:
-                    await self._t.call("PATCH", path, body=patch, content_type="application/merge-patch+json")
-                except NotFound:
-                    continue
-                changed += 1
+        for api_version, plural, item in await self._own_objects(selector):
+            meta = item["metadata"]
+            path = f"{collection_path(api_version, plural, meta['namespace'])}/{meta['name']}"
+            try:
+                await self._t.call("PATCH", path, body=patch, content_type="application/merge-patch+json")
+            except NotFound:
+                continue
+            changed += 1
         return changed
 
-    def _own_kinds(self) -> list[tuple[str, str, str]]:
-        return [("apps/v1", "deployments", self._settings.namespace), ("v1", "services", self._settings.namespace),
-                (manifests.VIRTUAL_SERVICE_API, "virtualservices", self._settings.routing_namespace)]
+    async def _own_objects(self, selector: str) -> list[tuple[str, str, dict[str, Any]]]:
+        """(apiVersion, plural, object) of every object of the bot's matching `selector`, wherever the bot
+        put it: gateway VirtualServices in every namespace, Deployments and Services in PREVIEW_NAMESPACE
+        and in those the VirtualServices' destinations name (an earlier PREVIEW_NAMESPACE). Raises
+        ObjectsElsewhere, having changed nothing, when one of those may not be listed."""
+        routes = await inventory.own_gateway_routes(self._t, self._settings, selector)
+        found = [(manifests.VIRTUAL_SERVICE_API, "virtualservices", item) for item in routes]
+        for namespace in sorted(inventory.route_namespaces(routes) | {self._settings.namespace}):
+            for api_version, plural in (("apps/v1", "deployments"), ("v1", "services")):
+                try:
+                    items = await self._t.list_objects(api_version, plural, namespace, selector)
+                except KubeError as exc:
+                    if exc.status != 403 or namespace == self._settings.namespace:
+                        raise
+                    raise ObjectsElsewhere(inventory.elsewhere(namespace, self._settings, exc)) from None
+                found += [(api_version, plural, item) for item in items]
+        return found
 
     async def delete_preview(self, key: PreviewKey, *, services: Iterable[str] | None = None) -> int:
-        """Delete the preview's objects (optionally only some services'); returns how many went."""
+        """Delete the preview's objects (optionally only some services'), wherever they are (_own_objects);
+        returns how many went. Raises ObjectsElsewhere, having deleted nothing, when some are in a namespace
+        the bot may not list: deleting the rest would remove the routes that still lead to them."""
         selector = key.selector()
         if services is not None:
             names = ",".join(sorted(naming.dns_label(s) for s in services))
@@ -95,10 +121,9 @@ class PreviewObjects:
                 return 0
             selector += f",{naming.SERVICE_LABEL} in ({names})"
         deleted = 0
-        for api_version, plural, namespace in self._own_kinds():
-            for item in await self._t.list_objects(api_version, plural, namespace, selector):
-                path = f"{collection_path(api_version, plural, namespace)}/{item['metadata']['name']}"
-                deleted += await self._t.delete(path)
+        for api_version, plural, item in await self._own_objects(selector):
+            meta = item["metadata"]
+            deleted += await self._t.delete(f"{collection_path(api_version, plural, meta['namespace'])}/{meta['name']}")
         return deleted
 
     async def set_keep(self, key: PreviewKey, keep: bool) -> int:

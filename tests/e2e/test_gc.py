@@ -361,3 +361,65 @@ async def test_a_failing_discovery_holds_up_no_clean_up_and_runs_again(
         while list(view.deployments()) != [key_of(fake_github, REPO, 2).object_name("a")]:
             assert asyncio.get_running_loop().time() < deadline, "#2 was never discovered"
             await asyncio.sleep(0.2)
+
+
+async def test_gc_runs_the_redeploys_it_prints(fake_github: FakeGitHub, cluster: Cluster, namespace: str,
+                                               view: ClusterView) -> None:
+    """`gc` found a missed push: it redeploys before exiting and prints the outcome, not only `resume:`."""
+    shop(fake_github)
+    async with running_bot(fake_github, cluster, namespace) as bot:
+        await deploy(bot, 9, head_sha="9" * 40)
+    fake_github.push(REPO, 9, "a9" * 20)  # no event: the push was missed
+    code, out, err = await run_cli(fake_github, cluster, namespace, "gc")
+    assert code == 0, err
+    assert out.splitlines() == [f"resume: {REPO}#9 (missed a push)", f"resumed: {REPO}#9 (ready)"]
+    [deployment] = view.deployments().values()
+    assert deployment.metadata.annotations[naming.SHA_ANNOTATION] == "a9" * 20
+
+
+async def test_gc_after_errors_does_not_say_nothing_to_do(fake_github: FakeGitHub, cluster: Cluster,
+                                                          namespace: str, view: ClusterView) -> None:
+    shop(fake_github)
+    async with running_bot(fake_github, cluster, namespace) as bot:
+        await deploy(bot, 10)
+    deployment = view.deployments()[key_of(fake_github, REPO, 10).object_name("a")]
+    # Damaged labels: the pass leaves the preview alone and says so, an error.
+    k8s.AppsV1Api(view.api).patch_namespaced_deployment(deployment.metadata.name, namespace, {
+        "metadata": {"annotations": {naming.REPO_ANNOTATION: "not a repository"}}})
+    code, out, err = await run_cli(fake_github, cluster, namespace, "gc")
+    assert code == 1 and "labels or annotations are damaged" in err
+    assert out.strip() == "nothing done; 1 error(s), on stderr"
+
+
+def gateway_routes(cluster: Cluster, namespace: str) -> list[str]:
+    """The names of the bot's gateway VirtualServices in `namespace`."""
+    with cluster.api_client() as api:
+        items = k8s.CustomObjectsApi(api).list_namespaced_custom_object(
+            "networking.istio.io", "v1", namespace, "virtualservices",
+            label_selector=f"{naming.ROLE_LABEL}={naming.ROLE_GATEWAY}")["items"]
+    return sorted(item["metadata"]["name"] for item in items)
+
+
+async def test_previews_made_before_the_namespaces_changed_keep_their_routes_and_are_removed_whole(
+        fake_github: FakeGitHub, cluster: Cluster, namespace: str, team_namespace: str, view: ClusterView) -> None:
+    """PREVIEW_NAMESPACE and PREVIEW_ROUTING_NAMESPACE change while previews are live: their mesh routes
+    send to Services that exist in the old namespace (not "missing"), and a missed close still removes
+    the preview's Deployment, Service and gateway VirtualService where they are."""
+    shop(fake_github)
+    async with running_bot(fake_github, cluster, namespace) as bot:
+        await deploy(bot, 11)
+        await deploy(bot, 12)
+    host = f"a.{namespace}.svc.cluster.local"
+    kept, closed = key_of(fake_github, REPO, 12), key_of(fake_github, REPO, 11)
+    assert [r["name"] for r in view.mesh_routes(host)] == [closed.value, kept.value, "default"]
+    close_silently(fake_github, 11)
+    moved = {"PREVIEW_NAMESPACE": team_namespace, "PREVIEW_ROUTING_NAMESPACE": team_namespace}
+    async with running_bot(fake_github, cluster, namespace, **moved) as bot:
+        report = await bot.bot.reconcile_once()
+    assert [(a.kind, a.target) for a in report.actions] == [("teardown-closed", f"{REPO}#11")], report.lines()
+    assert report.errors == []
+    assert list(view.deployments()) == [kept.object_name("a")]
+    assert view.services() == [kept.object_name("a")]
+    assert [r["name"] for r in view.mesh_routes(host)] == [kept.value, "default"]
+    [route] = gateway_routes(cluster, namespace)
+    assert view.virtual_services()[route]["metadata"]["labels"][naming.KEY_LABEL] == kept.value

@@ -252,6 +252,9 @@ class FakeCluster:
         return {naming.service_fqdn(naming.dns_label(f"{p.key}-{s}"), self.settings.namespace)
                 for p in self.previews.values() for s in p.services}
 
+    async def existing_destinations(self, destinations: Iterable[str]) -> tuple[set[str], dict[str, str]]:
+        return set(destinations) & await self.service_names(), {}
+
     async def check_mesh_hosts(self, hosts: Iterable[str]) -> None:
         from bot.errors import MeshRoutingError
 
