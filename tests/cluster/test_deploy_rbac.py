@@ -837,3 +837,61 @@ async def test_a_team_virtual_service_the_bot_may_no_longer_update_keeps_no_prev
         status_of(lambda: client.CoreV1Api(deployed.admin).delete_namespace(team_ns))
         status_of(lambda: client.CoordinationV1Api(deployed.admin).delete_namespaced_lease(slots_name(key),
                                                                                           BOT_NAMESPACE))
+
+
+async def test_previews_of_an_earlier_preview_namespace_the_bot_may_not_read_are_left_and_reported(
+        deployed: Deployed, cluster: Cluster, namespace: str) -> None:
+    """PREVIEW_NAMESPACE changed while a preview was live in `namespace`, where the ServiceAccount has no
+    Role: its mesh route is not called dangling, the inventory says why it cannot see the preview, and a
+    teardown deletes nothing rather than the routes that still lead to its objects."""
+    from bot import naming
+    from bot.kube import Kube
+    from bot.kube.objects import ObjectsElsewhere
+    from bot.manifests import plan_preview
+    from bot.naming import PreviewKey
+    from bot.reconcile import GcReport, _clean_mesh
+    from bot.repo_config import RepoConfig, ServiceConfig
+    from bot.settings import ClusterSettings
+
+    suffix = secrets.token_hex(3)
+    before = ClusterSettings(domain="example.com", namespace=namespace, routing_namespace=ROUTING_NAMESPACE)
+    now = ClusterSettings(domain="example.com", namespace=PREVIEW_NAMESPACE, routing_namespace=ROUTING_NAMESPACE)
+    key = PreviewKey(f"moved-{suffix}/shop", 3, 4242)
+    plan = plan_preview(before, RepoConfig(services=(ServiceConfig(name=f"web{suffix}", image="example.invalid/w:{sha}",
+                                                                   port=8080),)), key, "2" * 40)
+    made_before = Kube(cluster.api_client(), before, request_timeout=20, attempts=2)
+    kube = Kube(client_from_kubeconfig(deployed.kubeconfig), now, request_timeout=20, attempts=2)
+    admin_custom = client.CustomObjectsApi(deployed.admin)
+    service = plan.services[0]
+    try:
+        await made_before.apply_preview(plan)
+        await made_before.add_mesh_route(service.mesh_host, service.mesh_route)
+
+        found, unknown = await kube.existing_destinations([service.destination])
+        assert found == set() and f"may not list Services in namespace {namespace}" in unknown[service.destination]
+        report = GcReport()
+        await _clean_mesh(kube, report, dry_run=False)
+        assert not [a for a in report.actions if a.target == key.value]
+        assert [e for e in report.errors if e.startswith(f"{key.value}: route to {service.destination} left alone")]
+        assert key.value in {r["name"] for vs in await kube.mesh_services() for r in vs["spec"]["http"]}
+
+        [live] = [p for p in await kube.live_previews() if p.key == key.value]
+        assert f"its objects are in namespace {namespace} (PREVIEW_NAMESPACE is {PREVIEW_NAMESPACE})" in live.unreadable
+        assert "deploy/README.md" in live.unreadable
+        with pytest.raises(ObjectsElsewhere, match=f"namespace {namespace}"):
+            await kube.delete_preview(key)
+        assert client.AppsV1Api(deployed.admin).read_namespaced_deployment(service.name, namespace)
+        assert client.CoreV1Api(deployed.admin).read_namespaced_service(service.name, namespace)
+        assert admin_custom.get_namespaced_custom_object("networking.istio.io", "v1", ROUTING_NAMESPACE,
+                                                         "virtualservices", service.gateway_route["metadata"]["name"])
+        # With the rights there (the admin's, or the old Role kept bound), it goes whole.
+        await made_before.remove_routes_of_key(key.value)
+        assert await made_before.delete_preview(key) == 3
+    finally:
+        kube.close()
+        made_before.close()
+        for item in admin_custom.list_namespaced_custom_object(
+                "networking.istio.io", "v1", ROUTING_NAMESPACE, "virtualservices")["items"]:
+            if suffix in json.dumps(item):
+                status_of(lambda item=item: admin_custom.delete_namespaced_custom_object(
+                    "networking.istio.io", "v1", ROUTING_NAMESPACE, "virtualservices", item["metadata"]["name"]))

@@ -375,3 +375,54 @@ async def test_a_fold_the_api_server_refuses_is_an_error_line_and_the_pass_ends_
     assert [a.kind for a in report.actions] == ["fold-routes"]
     assert report.errors == [f"{host}: Kubernetes API answered 403 Forbidden: virtualservices.networking.istio.io "
                              '"team-a" is forbidden']
+
+
+class _Installed:
+    """The App's repositories (bot.reconcile.Repositories) as the Reconciler uses them: one repository."""
+
+    def __init__(self, gh: FakeRepo) -> None:
+        self.gh = gh
+
+    async def listing(self, *, max_age: float = 0) -> dict[int, tuple[int, str]]:
+        return {self.gh.repo_id: (1, self.gh.repo)}
+
+    async def client_for(self, _repo_id: int | None, _repo: str) -> FakeRepo:
+        return self.gh
+
+
+def _cut_off_deploy(gh: FakeRepo, kube: FakeCluster, number: int, *, replica: str, age: timedelta) -> None:
+    """A deploy of the head `age` ago by `replica`, whose process ended before it finished: its objects
+    exist, its GitHub Deployment is still in progress."""
+    at = datetime.now(UTC) - age
+    kube.add_preview(key(gh, number), SHA1, pushed_at=at)
+    gh.add_pull(number, SHA1)
+    stamp = at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    deployment_id = 1000 + number
+    gh.deployment_list.append({"id": deployment_id, "sha": SHA1, "environment": f"preview-{number}",
+                               "payload": {"replica": replica}, "created_at": stamp})
+    gh.statuses[deployment_id] = [{"state": "in_progress", "description": "", "created_at": stamp}]
+
+
+async def test_every_pass_resumes_a_deploy_a_shutdown_cut_off_once_it_is_old_enough() -> None:
+    """A SIGTERM whose drain timed out cut a deploy off; the new process's first pass came before the deploy
+    was older than ready_timeout + 60 s (a live one on another replica could not be ruled out). A later
+    pass resumes it; one of this process's own deploys, younger than that, is left to run."""
+    from bot.queue import WorkQueue
+    from bot.reconcile import Reconciler
+    from bot.settings import load_settings
+    from tests.unit.test_settings import base_env
+
+    gh, kube, _locks, previewer = setup()
+    settings = load_settings(base_env(PREVIEW_READY_TIMEOUT="300", PREVIEW_RECONCILE_INTERVAL="300",
+                                      POD_NAME="pod-new"))
+    reconciler = Reconciler(settings, kube, previewer, _Installed(gh), WorkQueue(1),  # type: ignore[arg-type]
+                            WaitRegistry(), superseded=lambda *_: False)
+    resumed: list[tuple[object, ...]] = []
+    await reconciler.reconcile_once(resume=lambda *args: resumed.append(args))  # the first pass: nothing yet
+    assert resumed == []
+    _cut_off_deploy(gh, kube, 1, replica="pod-old", age=timedelta(minutes=7))  # > 300 + 60 s
+    _cut_off_deploy(gh, kube, 2, replica="pod-new", age=timedelta(minutes=1))  # running in this process
+    report = await reconciler.reconcile_once(resume=lambda *args: resumed.append(args))
+    assert resumed == [(gh.repo_id, gh.repo, 1, "unfinished")]
+    assert [(a.kind, a.target, a.reason) for a in report.actions] == [
+        ("resume", "acme/shop#1", "deploy did not finish")]
