@@ -44,10 +44,10 @@ class Kube:
         self._api = api_client
         self.settings = settings
         self.transport = t = Transport(api_client, request_timeout=request_timeout, attempts=attempts)
-        self.objects = PreviewObjects(t, settings)
+        self.mesh = MeshStore(t, settings)
+        self.objects = PreviewObjects(t, settings, self.mesh)
         self.inventory = Inventory(t, settings)
         self.rollouts = Rollouts(t, settings)
-        self.mesh = MeshStore(t, settings)
         # The callers' names, each served by one part (the part's docstring says what it guarantees).
         self.call, self.get, self.list_objects = t.call, t.get, t.list_objects
         self.apply, self.delete, self.ping, self.close = t.apply, t.delete, t.ping, t.close

@@ -15,15 +15,19 @@ Mesh routes (the shared VirtualServices) are not here: bot/kube/mesh.py.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from bot import manifests, naming, ownership
-from bot.errors import PreviewError
+from bot import manifests, mesh_routes, naming, ownership
+from bot.errors import PreviewError, RoutesNotRemoved
 from bot.kube import inventory
+from bot.kube.mesh import MeshStore
 from bot.kube.transport import Conflict, KubeError, NotFound, Transport, collection_path, object_path
 from bot.naming import PreviewKey
 from bot.settings import ClusterSettings
+
+log = logging.getLogger(__name__)
 
 
 class ObjectsElsewhere(PreviewError):
@@ -34,9 +38,10 @@ class ObjectsElsewhere(PreviewError):
 class PreviewObjects:
     """Writes of previews' own objects, over one transport."""
 
-    def __init__(self, transport: Transport, settings: ClusterSettings) -> None:
+    def __init__(self, transport: Transport, settings: ClusterSettings, mesh: MeshStore | None = None) -> None:
         self._t = transport
         self._settings = settings
+        self._mesh = mesh  # to remove the routes to objects a redeploy moved
 
     async def ensure_owned(self, manifest: Mapping[str, Any], key: PreviewKey) -> bool:
         """Refuse to overwrite an object that belongs to another repository's preview (HostConflictError,
@@ -49,12 +54,19 @@ class PreviewObjects:
 
     async def apply_preview(self, plan: manifests.PreviewPlan) -> None:
         """Apply the preview's objects, then delete its gateway routes for hosts it no longer has (the
-        host template uses {repo} or {owner} and the repository was renamed or transferred).
+        host template uses {repo} or {owner} and the repository was renamed or transferred), and the
+        deployed services' objects left where an earlier PREVIEW_NAMESPACE or PREVIEW_ROUTING_NAMESPACE
+        put them (with their mesh routes): a redeploy moves a preview. Raises ObjectsElsewhere, before
+        writing anything, when those may not be listed: else they would be left with nothing to find them.
 
         A gateway VirtualService (named by its host, so another repository's preview may want the same
         one) that does not exist yet is created with POST first: the API server lets only one creator win
         (409 for the other), so the ownership check cannot be raced by two repositories at once, on one
         replica or several."""
+        selector = f"{plan.key.selector()},{naming.ROLE_LABEL}={naming.ROLE_GATEWAY}"
+        routes = await inventory.own_gateway_routes(self._t, self._settings, selector)
+        elsewhere = await self._in_namespaces(inventory.route_namespaces(routes) - {self._settings.namespace},
+                                              plan.key.selector())
         absent = [m for m in plan.manifests() if not await self.ensure_owned(m, plan.key)]
         for manifest in absent:
             if manifest["kind"] == "VirtualService":
@@ -68,13 +80,28 @@ class PreviewObjects:
             await self._t.apply(manifest)
         wanted = {s.gateway_route["metadata"]["name"] for s in plan.services}
         services = {naming.dns_label(s.service.name) for s in plan.services}
-        selector = f"{plan.key.selector()},{naming.ROLE_LABEL}={naming.ROLE_GATEWAY}"
-        for item in await self._t.list_objects(manifests.VIRTUAL_SERVICE_API, "virtualservices",
-                                               self._settings.routing_namespace, selector):
+        for item in routes:
             meta = item["metadata"]
-            if meta["name"] not in wanted and (meta.get("labels") or {}).get(naming.SERVICE_LABEL) in services:
+            if (meta.get("labels") or {}).get(naming.SERVICE_LABEL) not in services:
+                continue  # another service's: not part of this deploy
+            if meta["name"] not in wanted or meta["namespace"] != self._settings.routing_namespace:
                 collection = collection_path(manifests.VIRTUAL_SERVICE_API, "virtualservices", meta["namespace"])
                 await self._t.delete(f"{collection}/{meta['name']}")
+        # The deployed services' objects in an earlier PREVIEW_NAMESPACE: their routes first, then them.
+        moved = [(api, plural, item) for api, plural, item in elsewhere
+                 if (item["metadata"].get("labels") or {}).get(naming.SERVICE_LABEL) in services]
+        gone = {naming.service_fqdn(i["metadata"]["name"], i["metadata"]["namespace"])
+                for _, plural, i in moved if plural == "services"}
+        if gone and self._mesh is not None:
+            key = plan.key.value
+            try:
+                await self._mesh.remove_routes_where(lambda route: route.get("name") == key and any(
+                    d in gone for d in mesh_routes.route_destinations({"http": [route]}).get(key, [])))
+            except RoutesNotRemoved as exc:  # the reconciler reports and removes them once it may
+                log.warning("preview %s: routes to its earlier namespace left: %s", key, exc)
+        for api_version, plural, item in moved:
+            meta = item["metadata"]
+            await self._t.delete(f"{collection_path(api_version, plural, meta['namespace'])}/{meta['name']}")
 
     async def adopt(self, key: str, repo_id: int) -> int:
         """Add the repository id label to a legacy preview's objects (Deployments, Services, gateway routes);
@@ -99,7 +126,14 @@ class PreviewObjects:
         ObjectsElsewhere, having changed nothing, when one of those may not be listed."""
         routes = await inventory.own_gateway_routes(self._t, self._settings, selector)
         found = [(manifests.VIRTUAL_SERVICE_API, "virtualservices", item) for item in routes]
-        for namespace in sorted(inventory.route_namespaces(routes) | {self._settings.namespace}):
+        return found + await self._in_namespaces(inventory.route_namespaces(routes) | {self._settings.namespace},
+                                                 selector)
+
+    async def _in_namespaces(self, namespaces: set[str], selector: str) -> list[tuple[str, str, dict[str, Any]]]:
+        """(apiVersion, plural, object) of the bot's Deployments and Services matching `selector` in
+        `namespaces`; ObjectsElsewhere when one other than PREVIEW_NAMESPACE may not be listed."""
+        found: list[tuple[str, str, dict[str, Any]]] = []
+        for namespace in sorted(namespaces):
             for api_version, plural in (("apps/v1", "deployments"), ("v1", "services")):
                 try:
                     items = await self._t.list_objects(api_version, plural, namespace, selector)

@@ -416,10 +416,23 @@ async def test_previews_made_before_the_namespaces_changed_keep_their_routes_and
     moved = {"PREVIEW_NAMESPACE": team_namespace, "PREVIEW_ROUTING_NAMESPACE": team_namespace}
     async with running_bot(fake_github, cluster, namespace, **moved) as bot:
         report = await bot.bot.reconcile_once()
-    assert [(a.kind, a.target) for a in report.actions] == [("teardown-closed", f"{REPO}#11")], report.lines()
-    assert report.errors == []
-    assert list(view.deployments()) == [kept.object_name("a")]
-    assert view.services() == [kept.object_name("a")]
-    assert [r["name"] for r in view.mesh_routes(host)] == [kept.value, "default"]
-    [route] = gateway_routes(cluster, namespace)
-    assert view.virtual_services()[route]["metadata"]["labels"][naming.KEY_LABEL] == kept.value
+        assert [(a.kind, a.target) for a in report.actions] == [("teardown-closed", f"{REPO}#11")], report.lines()
+        assert report.errors == []
+        assert list(view.deployments()) == [kept.object_name("a")]
+        assert view.services() == [kept.object_name("a")]
+        assert [r["name"] for r in view.mesh_routes(host)] == [kept.value, "default"]
+        [route] = gateway_routes(cluster, namespace)
+        assert view.virtual_services()[route]["metadata"]["labels"][naming.KEY_LABEL] == kept.value
+        # A push redeploys the kept preview in the new namespaces and removes it (and its routes) from the old.
+        fake_github.push(REPO, 12, "c" * 40)
+        await bot.send("pull_request", pull_request_event(fake_github, REPO, 12, "synchronize"))
+        await bot.settle()
+    assert view.deployments() == {} and view.services() == [] and gateway_routes(cluster, namespace) == []
+    assert kept.value not in [r["name"] for r in view.mesh_routes(host)]
+    new = ClusterView(cluster, team_namespace)
+    try:
+        assert list(new.deployments()) == [kept.object_name("a")]
+        assert [r["name"] for r in new.mesh_routes(f"a.{team_namespace}.svc.cluster.local")] == [kept.value, "default"]
+    finally:
+        new.close()
+    assert gateway_routes(cluster, team_namespace) == [route]
