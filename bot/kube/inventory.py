@@ -58,16 +58,20 @@ def route_namespaces(items: list[dict[str, Any]]) -> set[str]:
 
 
 async def own_gateway_routes(t: Transport, settings: ClusterSettings, selector: str) -> list[dict[str, Any]]:
-    """The bot's VirtualServices matching `selector` in every namespace: those of an earlier
-    PREVIEW_ROUTING_NAMESPACE too (list on the ClusterRole `preview-bot-virtualservices-read`); without
-    that right, the routing namespace's."""
+    """The bot's VirtualServices matching `selector`: those in the routing namespace, and those elsewhere
+    that route to PREVIEW_NAMESPACE (left in an earlier PREVIEW_ROUTING_NAMESPACE; found by the list on
+    the ClusterRole `preview-bot-virtualservices-read`, and without that right not at all). One elsewhere
+    that routes to another namespace is not taken as this bot's: nothing ties it to this configuration
+    (another installation's, or made before both namespaces changed: deploy/README.md)."""
     try:
-        return await t.list_objects(manifests.VIRTUAL_SERVICE_API, "virtualservices", None, selector)
+        items = await t.list_objects(manifests.VIRTUAL_SERVICE_API, "virtualservices", None, selector)
     except KubeError as exc:
         if exc.status != 403:
             raise
         return await t.list_objects(manifests.VIRTUAL_SERVICE_API, "virtualservices", settings.routing_namespace,
                                     selector)
+    return [item for item in items if item["metadata"].get("namespace") == settings.routing_namespace
+            or settings.namespace in route_namespaces([item])]
 
 
 def elsewhere(namespace: str, settings: ClusterSettings, exc: KubeError) -> str:

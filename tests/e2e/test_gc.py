@@ -400,11 +400,13 @@ def gateway_routes(cluster: Cluster, namespace: str) -> list[str]:
     return sorted(item["metadata"]["name"] for item in items)
 
 
-async def test_previews_made_before_the_namespaces_changed_keep_their_routes_and_are_removed_whole(
-        fake_github: FakeGitHub, cluster: Cluster, namespace: str, team_namespace: str, view: ClusterView) -> None:
-    """PREVIEW_NAMESPACE and PREVIEW_ROUTING_NAMESPACE change while previews are live: their mesh routes
-    send to Services that exist in the old namespace (not "missing"), and a missed close still removes
-    the preview's Deployment, Service and gateway VirtualService where they are."""
+@pytest.mark.parametrize("setting", ["PREVIEW_NAMESPACE", "PREVIEW_ROUTING_NAMESPACE"])
+async def test_previews_made_before_a_namespace_changed_keep_their_routes_and_are_removed_or_moved_whole(
+        fake_github: FakeGitHub, cluster: Cluster, namespace: str, team_namespace: str, view: ClusterView,
+        setting: str) -> None:
+    """PREVIEW_NAMESPACE (or PREVIEW_ROUTING_NAMESPACE) changes while previews are live: their mesh routes
+    send to Services that exist in the old namespace (not "missing"), a missed close removes the
+    preview's Deployment, Service and gateway VirtualService where they are, and a push moves one whole."""
     shop(fake_github)
     async with running_bot(fake_github, cluster, namespace) as bot:
         await deploy(bot, 11)
@@ -412,27 +414,31 @@ async def test_previews_made_before_the_namespaces_changed_keep_their_routes_and
     host = f"a.{namespace}.svc.cluster.local"
     kept, closed = key_of(fake_github, REPO, 12), key_of(fake_github, REPO, 11)
     assert [r["name"] for r in view.mesh_routes(host)] == [closed.value, kept.value, "default"]
+    [route] = [name for name in gateway_routes(cluster, namespace)
+               if view.virtual_services()[name]["metadata"]["labels"][naming.KEY_LABEL] == kept.value]
     close_silently(fake_github, 11)
-    moved = {"PREVIEW_NAMESPACE": team_namespace, "PREVIEW_ROUTING_NAMESPACE": team_namespace}
-    async with running_bot(fake_github, cluster, namespace, **moved) as bot:
+    async with running_bot(fake_github, cluster, namespace, **{setting: team_namespace}) as bot:
         report = await bot.bot.reconcile_once()
         assert [(a.kind, a.target) for a in report.actions] == [("teardown-closed", f"{REPO}#11")], report.lines()
         assert report.errors == []
         assert list(view.deployments()) == [kept.object_name("a")]
         assert view.services() == [kept.object_name("a")]
         assert [r["name"] for r in view.mesh_routes(host)] == [kept.value, "default"]
-        [route] = gateway_routes(cluster, namespace)
-        assert view.virtual_services()[route]["metadata"]["labels"][naming.KEY_LABEL] == kept.value
-        # A push redeploys the kept preview in the new namespaces and removes it (and its routes) from the old.
+        assert gateway_routes(cluster, namespace) == [route]
+        # A push redeploys the kept preview in the new namespace and removes it from the old one.
         fake_github.push(REPO, 12, "c" * 40)
         await bot.send("pull_request", pull_request_event(fake_github, REPO, 12, "synchronize"))
         await bot.settle()
-    assert view.deployments() == {} and view.services() == [] and gateway_routes(cluster, namespace) == []
-    assert kept.value not in [r["name"] for r in view.mesh_routes(host)]
     new = ClusterView(cluster, team_namespace)
     try:
-        assert list(new.deployments()) == [kept.object_name("a")]
-        assert [r["name"] for r in new.mesh_routes(f"a.{team_namespace}.svc.cluster.local")] == [kept.value, "default"]
+        if setting == "PREVIEW_NAMESPACE":
+            assert view.deployments() == {} and view.services() == []
+            assert list(new.deployments()) == [kept.object_name("a")]
+            assert kept.value not in [r["name"] for r in view.mesh_routes(host)]
+            routed = view.virtual_services()[route]["spec"]["http"][0]["route"][0]["destination"]["host"]
+            assert routed == f"{kept.object_name('a')}.{team_namespace}.svc.cluster.local"
+        else:
+            assert list(view.deployments()) == [kept.object_name("a")]
+            assert gateway_routes(cluster, namespace) == [] and gateway_routes(cluster, team_namespace) == [route]
     finally:
         new.close()
-    assert gateway_routes(cluster, team_namespace) == [route]
