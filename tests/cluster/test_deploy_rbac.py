@@ -856,8 +856,8 @@ async def test_previews_of_an_earlier_preview_namespace_the_bot_may_not_read_are
     before = ClusterSettings(domain="example.com", namespace=namespace, routing_namespace=ROUTING_NAMESPACE)
     now = ClusterSettings(domain="example.com", namespace=PREVIEW_NAMESPACE, routing_namespace=ROUTING_NAMESPACE)
     key = PreviewKey(f"moved-{suffix}/shop", 3, 4242)
-    plan = plan_preview(before, RepoConfig(services=(ServiceConfig(name=f"web{suffix}", image="example.invalid/w:{sha}",
-                                                                   port=8080),)), key, "2" * 40)
+    config = RepoConfig(services=(ServiceConfig(name=f"web{suffix}", image="example.invalid/w:{sha}", port=8080),))
+    plan = plan_preview(before, config, key, "2" * 40)
     made_before = Kube(cluster.api_client(), before, request_timeout=20, attempts=2)
     kube = Kube(client_from_kubeconfig(deployed.kubeconfig), now, request_timeout=20, attempts=2)
     admin_custom = client.CustomObjectsApi(deployed.admin)
@@ -879,6 +879,11 @@ async def test_previews_of_an_earlier_preview_namespace_the_bot_may_not_read_are
         assert "deploy/README.md" in live.unreadable
         with pytest.raises(ObjectsElsewhere, match=f"namespace {namespace}"):
             await kube.delete_preview(key)
+        # A redeploy would move it, and cannot remove the old objects: refused before anything is written.
+        with pytest.raises(ObjectsElsewhere, match=f"namespace {namespace}"):
+            await kube.apply_preview(plan_preview(now, config, key, "3" * 40))
+        assert client.AppsV1Api(deployed.admin).list_namespaced_deployment(
+            PREVIEW_NAMESPACE, label_selector=key.selector()).items == []
         assert client.AppsV1Api(deployed.admin).read_namespaced_deployment(service.name, namespace)
         assert client.CoreV1Api(deployed.admin).read_namespaced_service(service.name, namespace)
         assert admin_custom.get_namespaced_custom_object("networking.istio.io", "v1", ROUTING_NAMESPACE,
