@@ -71,13 +71,15 @@ def warning_text(preview: LivePreview, now: datetime, ttl: timedelta) -> str:
 async def _carrier(kube: Cluster, preview: LivePreview) -> dict[str, Any] | None:
     """The preview's first Deployment by name: where the warning of a period is recorded."""
     selector = f"{naming.MANAGED_BY_LABEL}={naming.MANAGED_BY},{naming.KEY_LABEL}={preview.key}"
-    items = await kube.list_objects("apps/v1", "deployments", kube.settings.namespace, selector)
+    # A preview made before PREVIEW_NAMESPACE changed is in its own namespace (bot.kube.inventory).
+    items = await kube.list_objects("apps/v1", "deployments", preview.namespace or kube.settings.namespace, selector)
     return min(items, key=lambda i: str(i["metadata"]["name"])) if items else None
 
 
 async def _annotate(kube: Cluster, deployment: dict[str, Any], value: str | None, *, guarded: bool) -> None:
     meta = deployment["metadata"]
-    path = f"{collection_path('apps/v1', 'deployments', kube.settings.namespace)}/{meta['name']}"
+    namespace = meta.get("namespace") or kube.settings.namespace
+    path = f"{collection_path('apps/v1', 'deployments', namespace)}/{meta['name']}"
     patch: dict[str, Any] = {"metadata": {"annotations": {WARNED_ANNOTATION: value}}}
     if guarded:
         patch["metadata"]["resourceVersion"] = meta["resourceVersion"]

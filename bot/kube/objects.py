@@ -161,10 +161,14 @@ class PreviewObjects:
         return deleted
 
     async def set_keep(self, key: PreviewKey, keep: bool) -> int:
-        """Mark (or unmark) a preview's Deployments so idle clean-up leaves them alone."""
+        """Mark (or unmark) a preview's Deployments, wherever they are (_own_objects), so idle clean-up
+        leaves them alone."""
         changed = 0
-        for item in await self._t.list_objects("apps/v1", "deployments", self._settings.namespace, key.selector()):
-            path = f"{collection_path('apps/v1', 'deployments', self._settings.namespace)}/{item['metadata']['name']}"
+        for _, plural, item in await self._own_objects(key.selector()):
+            if plural != "deployments":
+                continue
+            meta = item["metadata"]
+            path = f"{collection_path('apps/v1', 'deployments', meta['namespace'])}/{meta['name']}"
             patch = {"metadata": {"annotations": {naming.KEEP_ANNOTATION: "true" if keep else None}}}
             await self._t.call("PATCH", path, body=patch, content_type="application/merge-patch+json")
             changed += 1

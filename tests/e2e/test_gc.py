@@ -425,6 +425,9 @@ async def test_previews_made_before_a_namespace_changed_keep_their_routes_and_ar
         assert view.services() == [kept.object_name("a")]
         assert [r["name"] for r in view.mesh_routes(host)] == [kept.value, "default"]
         assert gateway_routes(cluster, namespace) == [route]
+        await bot.send("issue_comment", issue_comment_event(fake_github, REPO, 12, "/preview keep", user="alice"))
+        await bot.settle()
+        assert view.deployments()[kept.object_name("a")].metadata.annotations[naming.KEEP_ANNOTATION] == "true"
         # A push redeploys the kept preview in the new namespace and removes it from the old one.
         fake_github.push(REPO, 12, "c" * 40)
         await bot.send("pull_request", pull_request_event(fake_github, REPO, 12, "synchronize"))
