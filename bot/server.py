@@ -344,8 +344,12 @@ def run_list(*, output: str) -> int:
         kube.close()
     now = datetime.now(UTC)
     rows = [{"repo": p.repo, "pr": p.number, "key": p.key, "services": list(p.services), "sha": p.sha,
-             "age": _age(p.created, now), "urls": [f"https://{h}" for h in p.hosts], "keep": p.keep}
+             "age": _age(p.created, now), "urls": [f"https://{h}" for h in p.hosts], "keep": p.keep,
+             "namespace": p.namespace or cluster.namespace}
             for p in previews]
+    for p in previews:
+        if p.unreadable:  # made before PREVIEW_NAMESPACE changed: its services cannot be listed
+            print(f"note: {p.repo}#{p.number}: {p.unreadable}", file=sys.stderr)
     if output == "json":
         print(json.dumps(rows, indent=2))
         return 0

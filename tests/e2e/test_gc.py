@@ -198,6 +198,7 @@ async def test_list_command(fake_github: FakeGitHub, cluster: Cluster, namespace
     [row] = json.loads(out)
     assert row["repo"] == REPO and row["pr"] == 8 and row["sha"] == "8" * 40 and row["services"] == ["a"]
     assert row["urls"] == ["https://preview-8-api-a.example.com"]
+    assert row["namespace"] == namespace
     code, out, _ = await run_cli(fake_github, cluster, namespace, "list")
     assert code == 0
     assert out.splitlines()[0].split() == ["REPO", "PR", "SERVICES", "SHA", "AGE", "URLS"]
