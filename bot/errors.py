@@ -59,6 +59,17 @@ class RoutesNotRemoved(PreviewError):
         super().__init__("; ".join(failures))
 
 
+class ObjectsElsewhere(PreviewError):
+    """Some of a preview's objects are in `namespace`, not PREVIEW_NAMESPACE (`preview_namespace`: the
+    setting changed while the preview was live), where the bot may not list them (`status`, 403)."""
+
+    def __init__(self, namespace: str, preview_namespace: str, status: int) -> None:
+        self.namespace = namespace
+        super().__init__(f"its objects are in namespace {namespace} (PREVIEW_NAMESPACE is {preview_namespace}), "
+                         f"where preview-bot may not list them ({status}): left as they are; see deploy/README.md, "
+                         "\"Changing a namespace\"")
+
+
 def first_line(text: str | bytes, limit: int, *, preferring: str = "") -> str:
     """The first non-blank line of an answer that is not what was asked for (a proxy's HTML page, the
     API server's plain text, a TLS error), cut at `limit` characters, for a one-line message; with

@@ -10,7 +10,7 @@ could take it for something else.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -227,3 +227,24 @@ def to_yaml(documents: Sequence[Manifest]) -> str:
     """`documents` as one YAML stream (`---` between documents, keys in their order) that kubectl and the
     API server read back as the same values: strings such as `1e3`, `y`, `0o17` or `09` are quoted."""
     return yaml.dump_all(documents, Dumper=_Dumper, sort_keys=False)
+
+
+def route_namespaces(items: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The namespaces the destinations of these VirtualServices' HTTP routes name (naming.destination_namespace)."""
+    found: set[str] = set()
+    for item in items:
+        for http in (item.get("spec") or {}).get("http") or []:
+            for route in http.get("route") or []:
+                namespace = naming.destination_namespace(str((route.get("destination") or {}).get("host", "")))
+                if namespace:
+                    found.add(namespace)
+    return found
+
+
+def own_routes(items: Iterable[Mapping[str, Any]], settings: ClusterSettings) -> list[Mapping[str, Any]]:
+    """Of the bot's per-preview VirtualServices listed in every namespace, this configuration's: those in
+    PREVIEW_ROUTING_NAMESPACE, and those elsewhere that route to PREVIEW_NAMESPACE (left in an earlier
+    routing namespace). One elsewhere routing to another namespace is not taken: nothing ties it to this
+    configuration (another installation's, or made before both namespaces changed)."""
+    return [item for item in items if (item.get("metadata") or {}).get("namespace") == settings.routing_namespace
+            or settings.namespace in route_namespaces([item])]

@@ -173,3 +173,10 @@ def mesh_route_name(mesh_host: str) -> str:
 
 def service_fqdn(name: str, namespace: str) -> str:
     return f"{name}.{namespace}.svc.cluster.local"
+
+
+def destination_namespace(destination: str) -> str | None:
+    """The namespace a route destination `<service>.<namespace>.svc.cluster.local` (service_fqdn) names;
+    None for a host of another form (Kubernetes DNS for Services: `<service>.<namespace>.svc.<domain>`)."""
+    parts = destination.split(".")
+    return parts[1] if len(parts) == 5 and parts[2:] == ["svc", "cluster", "local"] else None

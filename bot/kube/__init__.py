@@ -16,6 +16,10 @@ methods under the names callers always used. New code may take the part it needs
 
 from __future__ import annotations
 
+import logging
+
+from bot import mesh_routes, naming
+from bot.errors import RoutesNotRemoved
 from bot.kube.inventory import Inventory, LivePreview
 from bot.kube.mesh import MeshStore
 from bot.kube.objects import PreviewObjects
@@ -30,7 +34,10 @@ from bot.kube.transport import (
     collection_path,
     object_path,
 )
+from bot.manifests import PreviewPlan
 from bot.settings import ClusterSettings
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Conflict", "Kube", "KubeError", "LivePreview", "NotFound", "collection_path", "object_path"]
 
@@ -44,15 +51,15 @@ class Kube:
         self._api = api_client
         self.settings = settings
         self.transport = t = Transport(api_client, request_timeout=request_timeout, attempts=attempts)
-        self.mesh = MeshStore(t, settings)
-        self.objects = PreviewObjects(t, settings, self.mesh)
+        self.objects = PreviewObjects(t, settings)
         self.inventory = Inventory(t, settings)
         self.rollouts = Rollouts(t, settings)
+        self.mesh = MeshStore(t, settings)
         # The callers' names, each served by one part (the part's docstring says what it guarantees).
         self.call, self.get, self.list_objects = t.call, t.get, t.list_objects
         self.apply, self.delete, self.ping, self.close = t.apply, t.delete, t.ping, t.close
         objects = self.objects
-        self.ensure_owned, self.apply_preview = objects.ensure_owned, objects.apply_preview
+        self.ensure_owned = objects.ensure_owned
         self.adopt, self.delete_preview, self.set_keep = objects.adopt, objects.delete_preview, objects.set_keep
         inventory = self.inventory
         self.live_previews, self.recorded_shas = inventory.live_previews, inventory.recorded_shas
@@ -68,6 +75,24 @@ class Kube:
         self.fold_mesh_routes, self.misplaced_mesh_routes = mesh.fold_mesh_routes, mesh.misplaced_mesh_routes
         self.remove_routes_where, self.remove_routes_of_key = mesh.remove_routes_where, mesh.remove_routes_of_key
         self.remove_routes_elsewhere = mesh.remove_routes_elsewhere
+
+    async def apply_preview(self, plan: PreviewPlan) -> None:
+        """PreviewObjects.apply_preview, then what it left of the deployed services in an earlier
+        PREVIEW_NAMESPACE goes: their mesh routes first (a route never sends to a Service deleted under
+        it), then the Deployments and Services. A route the API server refuses to change stays; the
+        reconciler reports it, and removes it once it may."""
+        moved = await self.objects.apply_preview(plan)
+        if not moved:
+            return
+        gone = {naming.service_fqdn(item["metadata"]["name"], item["metadata"]["namespace"])
+                for _, plural, item in moved if plural == "services"}
+        key = plan.key.value
+        try:
+            await self.mesh.remove_routes_where(lambda route: route.get("name") == key and any(
+                d in gone for d in mesh_routes.route_destinations({"http": [route]}).get(key, [])))
+        except RoutesNotRemoved as exc:
+            log.warning("preview %s: routes to its earlier namespace left: %s", key, exc)
+        await self.objects.delete_objects(moved)
 
     @classmethod
     def from_environment(cls, settings: ClusterSettings, kubeconfig: str | None = None, *,

@@ -3,7 +3,10 @@
 Reads only. A preview is the set of Deployments labelled with one preview key (bot/naming.py); its
 hosts are its gateway VirtualServices' host annotations. Repository identity is the id label; legacy
 previews (made before ids, no id label) are found by the hash of their repository's name
-(naming.repo_selectors). The cluster is the record: nothing here is cached.
+(naming.repo_selectors). The cluster is the record: nothing here is cached. A preview made before
+PREVIEW_NAMESPACE or PREVIEW_ROUTING_NAMESPACE changed is found where it is (manifests.own_routes: its
+gateway VirtualServices, then its Deployments in the namespace they send to); one the bot may not read
+there carries the reason (`unreadable`) instead of being missed.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot import manifests, naming
+from bot.errors import ObjectsElsewhere
 from bot.kube.transport import KubeError, Transport, api_path, collection_path
 from bot.naming import PreviewKey
 from bot.settings import ClusterSettings
@@ -38,55 +42,20 @@ class LivePreview:
     unreadable: str = ""
 
 
-def destination_namespace(destination: str) -> str | None:
-    """The namespace a route destination `<service>.<namespace>.svc.cluster.local` names; None for a
-    host of another form (Kubernetes DNS for Services: `<service>.<namespace>.svc.<cluster domain>`)."""
-    parts = destination.split(".")
-    return parts[1] if len(parts) == 5 and parts[2:] == ["svc", "cluster", "local"] else None
-
-
-def route_namespaces(items: list[dict[str, Any]]) -> set[str]:
-    """The namespaces the destinations of these VirtualServices' routes name."""
-    found: set[str] = set()
-    for item in items:
-        for http in (item.get("spec") or {}).get("http") or []:
-            for route in http.get("route") or []:
-                namespace = destination_namespace(str((route.get("destination") or {}).get("host", "")))
-                if namespace:
-                    found.add(namespace)
-    return found
-
-
-async def own_gateway_routes(t: Transport, settings: ClusterSettings, selector: str) -> list[dict[str, Any]]:
-    """The bot's VirtualServices matching `selector`: those in the routing namespace, and those elsewhere
-    that route to PREVIEW_NAMESPACE (left in an earlier PREVIEW_ROUTING_NAMESPACE; found by the list on
-    the ClusterRole `preview-bot-virtualservices-read`, and without that right not at all). One elsewhere
-    that routes to another namespace is not taken as this bot's: nothing ties it to this configuration
-    (another installation's, or made before both namespaces changed: deploy/README.md)."""
-    try:
-        items = await t.list_objects(manifests.VIRTUAL_SERVICE_API, "virtualservices", None, selector)
-    except KubeError as exc:
-        if exc.status != 403:
-            raise
-        return await t.list_objects(manifests.VIRTUAL_SERVICE_API, "virtualservices", settings.routing_namespace,
-                                    selector)
-    return [item for item in items if item["metadata"].get("namespace") == settings.routing_namespace
-            or settings.namespace in route_namespaces([item])]
-
-
-def elsewhere(namespace: str, settings: ClusterSettings, exc: KubeError) -> str:
-    """Why a preview's objects in `namespace` (not PREVIEW_NAMESPACE) cannot be read, for reports."""
-    return (f"its objects are in namespace {namespace} (PREVIEW_NAMESPACE is {settings.namespace}), where "
-            f"preview-bot may not list them ({exc.status}): left as they are; see deploy/README.md, "
-            "\"Changing a namespace\"")
-
-
 class Inventory:
     """Reads of what is live, over one transport."""
 
     def __init__(self, transport: Transport, settings: ClusterSettings) -> None:
         self._t = transport
         self._settings = settings
+
+    async def _own_routes(self, selector: str) -> list[dict[str, Any]]:
+        """The bot's per-preview VirtualServices matching `selector` of this configuration, wherever they
+        are (manifests.own_routes; cluster-wide list on the ClusterRole `preview-bot-virtualservices-read`,
+        else the routing namespace's)."""
+        items = await self._t.list_everywhere_or(manifests.VIRTUAL_SERVICE_API, "virtualservices",
+                                                 self._settings.routing_namespace, selector)
+        return [dict(item) for item in manifests.own_routes(items, self._settings)]
 
     async def _routing_virtual_services(self, selector: str | None = None) -> list[dict[str, Any]]:
         return await self._t.list_objects(manifests.VIRTUAL_SERVICE_API, "virtualservices",
@@ -99,18 +68,17 @@ class Inventory:
         deployments: list[dict[str, Any]] = []
         routes: list[dict[str, Any]] = []
         for selector in selectors:
-            routes += await own_gateway_routes(self._t, self._settings,
-                                               f"{selector},{naming.ROLE_LABEL}={naming.ROLE_GATEWAY}")
+            routes += await self._own_routes(f"{selector},{naming.ROLE_LABEL}={naming.ROLE_GATEWAY}")
         # Previews made before PREVIEW_NAMESPACE changed are where their gateway routes send.
         unreadable: dict[str, str] = {}
-        for namespace in sorted(route_namespaces(routes) | {self._settings.namespace}):
+        for namespace in sorted(manifests.route_namespaces(routes) | {self._settings.namespace}):
             for selector in selectors:
                 try:
                     deployments += await self._t.list_objects("apps/v1", "deployments", namespace, selector)
                 except KubeError as exc:
                     if exc.status != 403 or namespace == self._settings.namespace:
                         raise
-                    unreadable[namespace] = elsewhere(namespace, self._settings, exc)
+                    unreadable[namespace] = str(ObjectsElsewhere(namespace, self._settings.namespace, exc.status))
         hosts: dict[str, list[str]] = {}
         for route in routes:
             meta = route["metadata"]
@@ -130,7 +98,7 @@ class Inventory:
         previews = []
         for key, metas in sorted({**grouped, **routes_only}.items()):
             workloads = [] if key in routes_only else metas
-            blocked = sorted({unreadable[n] for n in route_namespaces([r for r in routes if
+            blocked = sorted({unreadable[n] for n in manifests.route_namespaces([r for r in routes if
                               r["metadata"]["labels"].get(naming.KEY_LABEL, "") == key]) if n in unreadable})
             annotations = [m.get("annotations") or {} for m in metas]
             pushed = [a[naming.PUSHED_AT_ANNOTATION] for a in annotations if a.get(naming.PUSHED_AT_ANNOTATION)]
@@ -171,7 +139,7 @@ class Inventory:
         by_namespace: dict[str, set[str]] = {}
         unknown: dict[str, str] = {}
         for destination in set(destinations):
-            namespace = destination_namespace(destination)
+            namespace = naming.destination_namespace(destination)
             if namespace is None:
                 unknown[destination] = "not a Service name of the form <service>.<namespace>.svc.cluster.local"
             else:

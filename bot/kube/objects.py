@@ -15,33 +15,25 @@ Mesh routes (the shared VirtualServices) are not here: bot/kube/mesh.py.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from bot import manifests, mesh_routes, naming, ownership
-from bot.errors import PreviewError, RoutesNotRemoved
-from bot.kube import inventory
-from bot.kube.mesh import MeshStore
+from bot import manifests, naming, ownership
+from bot.errors import ObjectsElsewhere
 from bot.kube.transport import Conflict, KubeError, NotFound, Transport, collection_path, object_path
 from bot.naming import PreviewKey
 from bot.settings import ClusterSettings
 
-log = logging.getLogger(__name__)
-
-
-class ObjectsElsewhere(PreviewError):
-    """Some of a preview's objects are in a namespace other than PREVIEW_NAMESPACE (the setting changed
-    while it was live) where the bot may not list them; the message says which and what to do."""
+# (apiVersion, plural, object) of one of the bot's objects, as listed.
+Listed = tuple[str, str, dict[str, Any]]
 
 
 class PreviewObjects:
     """Writes of previews' own objects, over one transport."""
 
-    def __init__(self, transport: Transport, settings: ClusterSettings, mesh: MeshStore | None = None) -> None:
+    def __init__(self, transport: Transport, settings: ClusterSettings) -> None:
         self._t = transport
         self._settings = settings
-        self._mesh = mesh  # to remove the routes to objects a redeploy moved
 
     async def ensure_owned(self, manifest: Mapping[str, Any], key: PreviewKey) -> bool:
         """Refuse to overwrite an object that belongs to another repository's preview (HostConflictError,
@@ -52,21 +44,24 @@ class PreviewObjects:
         ownership.check_owner(existing, manifest, key)
         return True
 
-    async def apply_preview(self, plan: manifests.PreviewPlan) -> None:
+    async def apply_preview(self, plan: manifests.PreviewPlan) -> list[Listed]:
         """Apply the preview's objects, then delete its gateway routes for hosts it no longer has (the
-        host template uses {repo} or {owner} and the repository was renamed or transferred), and the
-        deployed services' objects left where an earlier PREVIEW_NAMESPACE or PREVIEW_ROUTING_NAMESPACE
-        put them (with their mesh routes): a redeploy moves a preview. Raises ObjectsElsewhere, before
-        writing anything, when those may not be listed: else they would be left with nothing to find them.
+        host template uses {repo} or {owner} and the repository was renamed or transferred) or in an
+        earlier PREVIEW_ROUTING_NAMESPACE. Returns the deployed services' Deployments and Services left
+        where an earlier PREVIEW_NAMESPACE put them, for the caller to delete (delete_objects) once their
+        mesh routes are gone: a redeploy moves a preview (bot.kube.Kube.apply_preview). Raises
+        ObjectsElsewhere, before writing anything, when those may not be listed: they would be left with
+        nothing to find them.
 
         A gateway VirtualService (named by its host, so another repository's preview may want the same
         one) that does not exist yet is created with POST first: the API server lets only one creator win
         (409 for the other), so the ownership check cannot be raced by two repositories at once, on one
         replica or several."""
-        selector = f"{plan.key.selector()},{naming.ROLE_LABEL}={naming.ROLE_GATEWAY}"
-        routes = await inventory.own_gateway_routes(self._t, self._settings, selector)
-        elsewhere = await self._in_namespaces(inventory.route_namespaces(routes) - {self._settings.namespace},
-                                              plan.key.selector())
+        routes = await self._own_routes(f"{plan.key.selector()},{naming.ROLE_LABEL}={naming.ROLE_GATEWAY}")
+        services = {naming.dns_label(s.service.name) for s in plan.services}
+        elsewhere = [(api, plural, item) for api, plural, item in await self._in_namespaces(
+            manifests.route_namespaces(routes) - {self._settings.namespace}, plan.key.selector())
+            if (item["metadata"].get("labels") or {}).get(naming.SERVICE_LABEL) in services]
         absent = [m for m in plan.manifests() if not await self.ensure_owned(m, plan.key)]
         for manifest in absent:
             if manifest["kind"] == "VirtualService":
@@ -79,29 +74,21 @@ class PreviewObjects:
         for manifest in plan.manifests():
             await self._t.apply(manifest)
         wanted = {s.gateway_route["metadata"]["name"] for s in plan.services}
-        services = {naming.dns_label(s.service.name) for s in plan.services}
         for item in routes:
             meta = item["metadata"]
             if (meta.get("labels") or {}).get(naming.SERVICE_LABEL) not in services:
                 continue  # another service's: not part of this deploy
             if meta["name"] not in wanted or meta["namespace"] != self._settings.routing_namespace:
-                collection = collection_path(manifests.VIRTUAL_SERVICE_API, "virtualservices", meta["namespace"])
-                await self._t.delete(f"{collection}/{meta['name']}")
-        # The deployed services' objects in an earlier PREVIEW_NAMESPACE: their routes first, then them.
-        moved = [(api, plural, item) for api, plural, item in elsewhere
-                 if (item["metadata"].get("labels") or {}).get(naming.SERVICE_LABEL) in services]
-        gone = {naming.service_fqdn(i["metadata"]["name"], i["metadata"]["namespace"])
-                for _, plural, i in moved if plural == "services"}
-        if gone and self._mesh is not None:
-            key = plan.key.value
-            try:
-                await self._mesh.remove_routes_where(lambda route: route.get("name") == key and any(
-                    d in gone for d in mesh_routes.route_destinations({"http": [route]}).get(key, [])))
-            except RoutesNotRemoved as exc:  # the reconciler reports and removes them once it may
-                log.warning("preview %s: routes to its earlier namespace left: %s", key, exc)
-        for api_version, plural, item in moved:
+                await self.delete_objects([(manifests.VIRTUAL_SERVICE_API, "virtualservices", item)])
+        return elsewhere
+
+    async def delete_objects(self, objects: Iterable[Listed]) -> int:
+        """Delete these listed objects; returns how many went."""
+        deleted = 0
+        for api_version, plural, item in objects:
             meta = item["metadata"]
-            await self._t.delete(f"{collection_path(api_version, plural, meta['namespace'])}/{meta['name']}")
+            deleted += await self._t.delete(f"{collection_path(api_version, plural, meta['namespace'])}/{meta['name']}")
+        return deleted
 
     async def adopt(self, key: str, repo_id: int) -> int:
         """Add the repository id label to a legacy preview's objects (Deployments, Services, gateway routes);
@@ -119,20 +106,28 @@ class PreviewObjects:
             changed += 1
         return changed
 
-    async def _own_objects(self, selector: str) -> list[tuple[str, str, dict[str, Any]]]:
+    async def _own_routes(self, selector: str) -> list[dict[str, Any]]:
+        """The bot's per-preview VirtualServices matching `selector` of this configuration, wherever they
+        are (manifests.own_routes; cluster-wide list on the ClusterRole `preview-bot-virtualservices-read`,
+        else the routing namespace's)."""
+        items = await self._t.list_everywhere_or(manifests.VIRTUAL_SERVICE_API, "virtualservices",
+                                                 self._settings.routing_namespace, selector)
+        return [dict(item) for item in manifests.own_routes(items, self._settings)]
+
+    async def _own_objects(self, selector: str) -> list[Listed]:
         """(apiVersion, plural, object) of every object of the bot's matching `selector`, wherever the bot
         put it: gateway VirtualServices in every namespace, Deployments and Services in PREVIEW_NAMESPACE
         and in those the VirtualServices' destinations name (an earlier PREVIEW_NAMESPACE). Raises
         ObjectsElsewhere, having changed nothing, when one of those may not be listed."""
-        routes = await inventory.own_gateway_routes(self._t, self._settings, selector)
-        found = [(manifests.VIRTUAL_SERVICE_API, "virtualservices", item) for item in routes]
-        return found + await self._in_namespaces(inventory.route_namespaces(routes) | {self._settings.namespace},
+        routes = await self._own_routes(selector)
+        found: list[Listed] = [(manifests.VIRTUAL_SERVICE_API, "virtualservices", item) for item in routes]
+        return found + await self._in_namespaces(manifests.route_namespaces(routes) | {self._settings.namespace},
                                                  selector)
 
-    async def _in_namespaces(self, namespaces: set[str], selector: str) -> list[tuple[str, str, dict[str, Any]]]:
+    async def _in_namespaces(self, namespaces: set[str], selector: str) -> list[Listed]:
         """(apiVersion, plural, object) of the bot's Deployments and Services matching `selector` in
         `namespaces`; ObjectsElsewhere when one other than PREVIEW_NAMESPACE may not be listed."""
-        found: list[tuple[str, str, dict[str, Any]]] = []
+        found: list[Listed] = []
         for namespace in sorted(namespaces):
             for api_version, plural in (("apps/v1", "deployments"), ("v1", "services")):
                 try:
@@ -140,7 +135,7 @@ class PreviewObjects:
                 except KubeError as exc:
                     if exc.status != 403 or namespace == self._settings.namespace:
                         raise
-                    raise ObjectsElsewhere(inventory.elsewhere(namespace, self._settings, exc)) from None
+                    raise ObjectsElsewhere(namespace, self._settings.namespace, exc.status) from None
                 found += [(api_version, plural, item) for item in items]
         return found
 
@@ -154,11 +149,7 @@ class PreviewObjects:
             if not names:
                 return 0
             selector += f",{naming.SERVICE_LABEL} in ({names})"
-        deleted = 0
-        for api_version, plural, item in await self._own_objects(selector):
-            meta = item["metadata"]
-            deleted += await self._t.delete(f"{collection_path(api_version, plural, meta['namespace'])}/{meta['name']}")
-        return deleted
+        return await self.delete_objects(await self._own_objects(selector))
 
     async def set_keep(self, key: PreviewKey, keep: bool) -> int:
         """Mark (or unmark) a preview's Deployments, wherever they are (_own_objects), so idle clean-up

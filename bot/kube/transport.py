@@ -351,6 +351,17 @@ class Transport:
             if not token:
                 return items
 
+    async def list_everywhere_or(self, api_version: str, plural: str, namespace: str,
+                                 selector: str | None = None) -> list[dict[str, Any]]:
+        """list_objects in every namespace; in `namespace` alone when the credentials may not list
+        cluster-wide (403)."""
+        try:
+            return await self.list_objects(api_version, plural, None, selector)
+        except KubeError as exc:
+            if exc.status != 403:
+                raise
+            return await self.list_objects(api_version, plural, namespace, selector)
+
     async def apply(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply; JSON is YAML, so the body is sent as the dict's JSON."""
         result: dict[str, Any] = await self.call(

@@ -844,8 +844,8 @@ async def test_previews_of_an_earlier_preview_namespace_the_bot_may_not_read_are
     """PREVIEW_NAMESPACE changed while a preview was live in `namespace`, where the ServiceAccount has no
     Role: its mesh route is not called dangling, the inventory says why it cannot see the preview, and a
     teardown deletes nothing rather than the routes that still lead to its objects."""
+    from bot.errors import ObjectsElsewhere
     from bot.kube import Kube
-    from bot.kube.objects import ObjectsElsewhere
     from bot.manifests import plan_preview
     from bot.naming import PreviewKey
     from bot.reconcile import GcReport, _clean_mesh
