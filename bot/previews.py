@@ -148,7 +148,7 @@ class Previewer:
             config = config or await self.load_config(gh)
         except ConfigError as exc:
             await self.reporter.show(gh, number, Report(State.CONFIG_ERROR, sha=head_sha,
-                                                        detail=f"Nothing was deployed: `{exc}`"))
+                                                        detail=f"Nothing was deployed: `{exc}`", keeps_live=True))
             metrics.PREVIEW_OUTCOMES.labels(action="deploy", outcome="config-error").inc()
             return DeployResult(State.CONFIG_ERROR, str(exc))
         if config is None:

@@ -161,6 +161,8 @@ class Reporter:
         the PR's first bot comment."""
         if self.link_lines is not None:
             report = replace(report, links=tuple(await self.link_lines(gh.repo, gh.repo_id, number)))
+        if report.keeps_live:  # the body is known (cached) or is read by upsert anyway
+            report = replace(report, still_live=comment.live_section(await self.sticky.body(gh, number)))
         _, created = await self.sticky.upsert(gh, number, comment.render(report))
         return created
 
@@ -271,12 +273,12 @@ class Reporter:
         if decision.verdict is Verdict.WAIT:
             detail = (f"The preview is {summary}. It deploys when they succeed; a maintainer can deploy now "
                       "with `/preview`.")
-            await self.show(gh, number, Report(State.WAITING_CHECKS, sha=sha, detail=detail))
+            await self.show(gh, number, Report(State.WAITING_CHECKS, sha=sha, detail=detail, keeps_live=True))
         else:
             link = f" ([details]({url}))" if url else ""
             detail = (f"Preview {summary}{link}. Re-run it or push a fix; a maintainer can deploy anyway "
                       "with `/preview`.")
-            await self.show(gh, number, Report(State.NOT_DEPLOYED, sha=sha, detail=detail))
+            await self.show(gh, number, Report(State.NOT_DEPLOYED, sha=sha, detail=detail, keeps_live=True))
 
     # -- the environment's deployments -----------------------------------------------------------
 

@@ -59,7 +59,7 @@ async def on_pull_request(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> N
     except ConfigError as exc:
         if actions & UPDATES:
             await ctx.reporter.show(client, number, Report(
-                State.CONFIG_ERROR, sha=pr["head"]["sha"], detail=f"Nothing was deployed: `{exc}`"))
+                State.CONFIG_ERROR, sha=pr["head"]["sha"], detail=f"Nothing was deployed: `{exc}`", keeps_live=True))
         return
     if config is None:
         return  # this repository does not use previews
@@ -76,4 +76,4 @@ async def on_pull_request(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> N
         await ctx.previewer.stop(client, number, reason, head_sha=str(pr["head"]["sha"]))
     elif decision is Decision.AWAIT_APPROVAL:
         await ctx.reporter.show(client, number, Report(State.WAITING_APPROVAL, sha=pr["head"]["sha"],
-                                                     detail=fork_waiting(str(pr["head"]["sha"]))))
+                                                     detail=fork_waiting(str(pr["head"]["sha"])), keeps_live=True))

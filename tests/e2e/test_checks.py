@@ -166,6 +166,33 @@ async def test_a_push_while_waiting_only_ever_deploys_the_new_head(bot: RunningB
     assert not any(s in ("in_progress", "success") for run in by_sha[SHA_A] for s in run)
 
 
+async def test_a_push_that_waits_or_fails_keeps_showing_the_live_preview(bot: RunningBot, view: ClusterView) -> None:
+    """The preview of the earlier commit serves until the new one deploys: while the new head waits for
+    its checks, and after they fail, the comment still gives its commit and URL as live."""
+    fake = bot.fake
+    await open_pr(bot, 6, SHA_A)
+    await send_check(bot, fake.add_check_run(GATED, SHA_A, "build-images", status="completed", conclusion="success"))
+    assert images(view) == [f"registry.example.com/acme/a:{SHA_A}"]
+    fake.push(GATED, 6, SHA_B)
+    assert await bot.send("pull_request", pull_request_event(fake, GATED, 6, "synchronize")) == 202
+    await bot.settle()
+    for step in ("waiting", "failed"):
+        body = sticky(fake, GATED, 6)
+        assert images(view) == [f"registry.example.com/acme/a:{SHA_A}"], step
+        assert body.index(f"Commit: `{SHA_B[:12]}`") < body.index("**Still live**") \
+            < body.index(f"Commit: `{SHA_A[:12]}`") < body.index("https://preview-6-api-a.example.com"), step
+        if step == "waiting":
+            assert "waiting for checks" in body
+            await send_check(bot, fake.add_check_run(GATED, SHA_B, "build-images", status="completed",
+                                                     conclusion="failure"))
+        else:
+            assert "concluded failure" in body
+    await send_check(bot, fake.add_check_run(GATED, SHA_B, "build-images", status="completed", conclusion="success"))
+    body = sticky(fake, GATED, 6)
+    assert images(view) == [f"registry.example.com/acme/a:{SHA_B}"]
+    assert "Still live" not in body and SHA_A[:12] not in body and f"Commit: `{SHA_B[:12]}`" in body
+
+
 async def test_events_for_other_commits_checks_and_apps_write_nothing(bot: RunningBot, view: ClusterView) -> None:
     fake = bot.fake
     await open_pr(bot, 4, SHA_A)
