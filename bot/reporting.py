@@ -86,9 +86,16 @@ class StickyComments:
             return None
         return await self._find(gh, number)
 
-    async def body(self, gh: GitHubRepo, number: int) -> str | None:
-        """The current text of the PR's bot comment, or None when it has none."""
+    async def body(self, gh: GitHubRepo, number: int, *, fresh: bool = False) -> str | None:
+        """The current text of the PR's bot comment, or None when it has none. `fresh`: read from GitHub
+        (one listing), not from this process's cache: another replica may have rewritten it."""
         cache_key = (gh.repo_id, number)
+        if fresh:
+            found = await self._find(gh, number)
+            if found is not None:
+                self._no_comments.pop(cache_key, None)
+                self._known[cache_key] = found
+            return found[1] if found is not None else None
         if cache_key in self._no_comments:
             return None
         known = self._known.get(cache_key) or await self._find(gh, number)

@@ -52,6 +52,7 @@ async def on_pull_request(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> N
         if "closed" in actions:
             reason = "The pull request was merged: preview removed." if pr.get("merged") else \
                 "The pull request was closed: preview removed."
+            ctx.waits.done(client, number)
             await ctx.previewer.stop(client, number, reason)
         return
     try:
@@ -73,6 +74,7 @@ async def on_pull_request(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> N
     elif decision is Decision.TEARDOWN:
         reason = f"The `{config.label}` label was removed: preview removed." if action == "unlabeled" else \
             "The pull request was closed: preview removed."
+        ctx.waits.done(client, number)  # a wait for checks ends with the stop (bot.gate)
         await ctx.previewer.stop(client, number, reason, head_sha=str(pr["head"]["sha"]))
     elif decision is Decision.AWAIT_APPROVAL:
         await ctx.reporter.show(client, number, Report(State.WAITING_APPROVAL, sha=pr["head"]["sha"],
