@@ -172,6 +172,32 @@ async def test_label_trigger(fake_github: FakeGitHub, cluster: Cluster, namespac
         assert view.deployments() == {}
 
 
+@pytest.mark.parametrize(("config", "error"), [
+    ("trigger: label\nlabel: deploy-me\n" + CONFIG.replace("port: 8080", "port: '8080'"),
+     "`.github/preview.yml: services[0].port: "),
+    ("trigger: label\nlabel: deploy-me\nservices: [\n", "`.github/preview.yml: line "),
+], ids=["invalid-field", "invalid-yaml"])
+async def test_a_label_that_asks_for_a_preview_reports_a_broken_config(
+        fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView, config: str, error: str) -> None:
+    """README: an invalid config is reported in the PR comment. Under `trigger: label` the label is what asks,
+    so adding it reports the error as a push does; another label says nothing when the file still says
+    which label asks (with YAML that cannot be read at all, any label added reports it)."""
+    fake_github.add_repo("acme/broken", files={".github/preview.yml": config})
+    async with running_bot(fake_github, cluster, namespace) as bot:
+        fake_github.add_pull("acme/broken", 9, labels=["bug", "deploy-me"])
+        if "services[0].port" in error:
+            await bot.send("pull_request", pull_request_event(fake_github, "acme/broken", 9, "labeled", label="bug"))
+            await bot.settle()
+            assert fake_github.comments("acme/broken", 9) == []
+        await bot.send("pull_request", pull_request_event(fake_github, "acme/broken", 9, "labeled",
+                                                          label="deploy-me"))
+        await bot.settle()
+    body = sticky(fake_github, "acme/broken", 9)
+    assert "Preview: configuration error" in body and f"Nothing was deployed: {error}" in body, body
+    assert view.deployments() == {}
+    assert fake_github.deployments("acme/broken") == []
+
+
 @pytest.mark.parametrize(("config", "field"), [
     ("services:\n  - name: a\n    image: docker.io/evil/miner:{sha}\n    port: 80\n", "services[0].image"),
     ("services:\n  - name: a\n    image: registry.example.com/a:{sha}\n    port: 80\n    replicas: 9\n",
