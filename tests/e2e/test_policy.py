@@ -220,14 +220,22 @@ async def test_policy_is_the_operators(fake_github: FakeGitHub, cluster: Cluster
 
 async def test_previews_per_repository_are_capped(fake_github: FakeGitHub, cluster: Cluster, namespace: str,
                                                   view: ClusterView) -> None:
-    fake_github.add_repo(REPO, files={".github/preview.yml": CONFIG})
+    fake_github.add_repo(REPO, files={".github/preview.yml": CONFIG}, collaborators={"alice": "write"})
     async with running_bot(fake_github, cluster, namespace, PREVIEW_MAX_PER_REPO="1") as bot:
         for number in (7, 8):
             fake_github.add_pull(REPO, number)
             await bot.send("pull_request", pull_request_event(fake_github, REPO, number, "opened"))
             await bot.settle()
-    assert list(view.deployments()) == [key_of(fake_github, REPO, 7).object_name("a")]
-    assert "limit is 1" in sticky(fake_github, REPO, 8)
+        assert list(view.deployments()) == [key_of(fake_github, REPO, 7).object_name("a")]
+        body = sticky(fake_github, REPO, 8)
+        assert "this repository already has 1 live preview (the limit is 1)" in body, body
+        assert "Comment `/preview` to deploy this one once a slot is free" in body, body
+        # What the refusal says works: a slot freed, `/preview` deploys the refused PR.
+        for number, command in ((7, "/preview stop"), (8, "/preview")):
+            await bot.send("issue_comment", issue_comment_event(fake_github, REPO, number, command, user="alice"))
+            await bot.settle()
+        assert list(view.deployments()) == [key_of(fake_github, REPO, 8).object_name("a")]
+        assert "Preview: ready" in sticky(fake_github, REPO, 8)
 
 
 async def test_the_cap_holds_for_a_burst_of_pull_requests(fake_github: FakeGitHub, cluster: Cluster, namespace: str,
