@@ -1,4 +1,8 @@
-"""pull_request events: deploy on open/push/ready/label, tear down on close or unlabel."""
+"""pull_request events: deploy on open/push/ready/label, tear down on close or unlabel.
+
+Each is a person's doing (a push, a label added, ...), so it deploys even a PR whose preview was stopped at
+its head; only check events, wait timeouts and the reconciler respect such a stop (bot.gate). A config
+error is reported on the events that would have deployed."""
 
 from __future__ import annotations
 
