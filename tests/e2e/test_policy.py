@@ -170,6 +170,12 @@ async def test_label_trigger(fake_github: FakeGitHub, cluster: Cluster, namespac
                                                           label="deploy-me"))
         await bot.settle()
         assert view.deployments() == {}
+        assert comment.stopped_at(sticky(fake_github, "acme/labels", 5)) is not None
+        # The label added again is a person asking, like `/preview`: the stop at this head does not hold.
+        await bot.send("pull_request", pull_request_event(fake_github, "acme/labels", 5, "labeled",
+                                                          label="deploy-me"))
+        await bot.settle()
+        assert list(view.deployments()) == [key_of(fake_github, "acme/labels", 5).object_name("a")]
 
 
 @pytest.mark.parametrize(("config", "error"), [
