@@ -298,7 +298,7 @@ async def test_a_suspended_installation_keeps_its_previews_and_the_others_are_cl
                                                      key_of(fake_github, WEB, 3).object_name("a")])
         assert [d for d in fake_github.deployments(WEB) if d["environment"] == "preview-3"]  # not retired
     # A restart meanwhile: the new process knows the installation's repositories by its account only.
-    async with running_bot(fake_github, cluster, namespace, PREVIEW_RECONCILE_INTERVAL="0.5") as bot:
+    async with running_bot(fake_github, cluster, namespace, reconcile_every=0.5) as bot:
         await bot.startup_pass()
         report = await bot.bot.reconcile_once(dry_run=True)
         assert kinds(report) == [("hold", f"{WEB}#3")] and report.errors == []
@@ -353,7 +353,7 @@ async def test_a_failing_discovery_holds_up_no_clean_up_and_runs_again(
     close_silently(fake_github, 1)
     fake_github.add_pull(REPO, 2)  # opened while no bot ran: its event is lost
     fake_github.inject("GET", r"/contents/\.github/preview\.yml$", status=403, times=10_000)
-    async with running_bot(fake_github, cluster, namespace, PREVIEW_RECONCILE_INTERVAL="0.5") as bot:
+    async with running_bot(fake_github, cluster, namespace, reconcile_every=0.5) as bot:
         await bot.startup_pass()
         assert view.deployments() == {}
         fake_github.clear_faults()
