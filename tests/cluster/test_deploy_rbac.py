@@ -910,3 +910,28 @@ async def test_serve_as_the_service_account_without_a_lease_role_stops(deployed:
                                PREVIEW_GATEWAY=f"{ROUTING_NAMESPACE}/preview-gateway")
     assert_one_line(code, err, "leases.coordination.k8s.io in namespace kube-system (POD_NAMESPACE)",
                     "deploy/base/rbac-leader.yaml")
+
+
+async def test_a_refused_lease_renewal_names_status_and_namespace_and_is_retried_soon(
+        deployed: Deployed, caplog: pytest.LogCaptureFixture) -> None:
+    """The ServiceAccount has no Lease Role in kube-system: the warning names the API server's answer and
+    the Lease, and the next try comes within RETRY_SECONDS, not a third of a long lease (up to days)."""
+    import logging
+
+    from bot.kube import Kube
+    from bot.leader import RETRY_SECONDS, LeaderElector
+    from bot.settings import MAX_DURATION, ClusterSettings
+
+    kube = Kube(client_from_kubeconfig(deployed.kubeconfig), ClusterSettings(domain="example.com"),
+                request_timeout=20, attempts=2)
+    elector = LeaderElector(kube, namespace="kube-system", name=LEASE_NAME, identity="pod-x",
+                            lease_seconds=MAX_DURATION)
+    try:
+        with caplog.at_level(logging.WARNING, logger="bot.leader"):
+            assert await elector.round() == RETRY_SECONDS
+        [warning] = [r.getMessage() for r in caplog.records if r.name == "bot.leader"]
+        assert warning.startswith(f"lease renewal failed for Lease kube-system/{LEASE_NAME}: Kubernetes API "
+                                  "answered 403 Forbidden: "), warning
+        assert not elector.is_leader
+    finally:
+        kube.close()
