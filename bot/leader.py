@@ -77,7 +77,8 @@ class LeaderElector:
     async def run(self) -> None:
         """Acquire, then renew every third of the lease, for as long as the task runs."""
         while True:
-            await asyncio.sleep(await self.round())
+            delay = await self.round()
+            await asyncio.sleep(delay)
 
     async def round(self) -> float:
         """One acquire-or-renew; returns the seconds until the next: a third of the lease, or at most
