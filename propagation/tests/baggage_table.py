@@ -9,7 +9,7 @@ CASES_FILE = Path(__file__).with_name("baggage_cases.json")
 
 
 def cases(key: str, other: str) -> list[tuple[str, str | None, str]]:
-    """(header line, the key it carries or None, why) for every row, with `key` and `other` put in."""
+    """(header line, the key it carries or None, why) for each row, `key` and `other` put in."""
     values = {
         "key": key,
         "other": other,
@@ -20,5 +20,11 @@ def cases(key: str, other: str) -> list[tuple[str, str | None, str]]:
         "key_short": key[:-1],
     }
     rows = json.loads(CASES_FILE.read_text())["cases"]
-    return [(row["header"].format(**values), None if row["expect"] is None else row["expect"].format(**values),
-             row["why"]) for row in rows]
+    return [
+        (
+            row["header"].format(**values),
+            None if row["expect"] is None else row["expect"].format(**values),
+            row["why"],
+        )
+        for row in rows
+    ]

@@ -54,7 +54,9 @@ def test_merge_keeps_other_entries_and_replaces_preview() -> None:
 
 def _table() -> object:
     # Loaded by path: the bot's tests read the same file (tests run with --import-mode=importlib).
-    spec = importlib.util.spec_from_file_location("baggage_table", Path(__file__).with_name("baggage_table.py"))
+    spec = importlib.util.spec_from_file_location(
+        "baggage_table", Path(__file__).with_name("baggage_table.py")
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -112,9 +114,11 @@ def test_regex_is_pure_and_rejects_bad_keys() -> None:
 
 
 @pytest.mark.parametrize(("header", "expected", "why"), cases(TABLE_KEY, TABLE_OTHER))
-def test_helper_and_regex_follow_the_shared_table(header: str, expected: str | None, why: str) -> None:
-    """One rule (W3C baggage, last `preview` member wins, values percent-decoded): the helper reads the
-    key the table says, and the regex the bot routes with matches exactly that key's line."""
+def test_helper_and_regex_follow_the_shared_table(
+    header: str, expected: str | None, why: str
+) -> None:
+    """One rule (W3C baggage, last `preview` member wins, values percent-decoded): the helper
+    reads the key the table says, and the bot's regex matches exactly that key's line."""
     assert baggage_preview(header) == expected, why
     for key in (TABLE_KEY, TABLE_OTHER):
         assert bool(re.fullmatch(baggage_match_regex(key), header)) is (key == expected), (key, why)

@@ -88,16 +88,17 @@ def preview_context(key: str | None, *, mode: Mode = "header") -> Iterator[str |
 # --- W3C baggage (https://www.w3.org/TR/baggage/) -------------------------------------------
 #
 # One rule, the same as the bot's mesh match (its regex is baggage_match_regex below):
-# - list members are separated by ","; a member is ``key OWS "=" OWS value *(OWS ";" OWS property)``
-#   and the OWS (spaces, tabs) around key and value is trimmed ("Header Content"); a member without "="
-#   is not a ``preview`` member;
-# - the value is URL-encoded, so it is percent-decoded (``preview%2D1`` is ``preview-1``); keys are not;
-# - keys may repeat, and the spec lets producers and consumers agree on which duplicate counts
-#   ("Mutating baggage"): the **last** ``preview`` member wins, as OpenTelemetry's W3C propagators
-#   read them, so a member appended by the gateway or by this helper beats a stale one;
+# - list members are separated by ","; a member is
+#   ``key OWS "=" OWS value *(OWS ";" OWS property)`` and the OWS (spaces, tabs) around key
+#   and value is trimmed ("Header Content"); a member without "=" is not a ``preview`` member;
+# - the value is URL-encoded, so it is percent-decoded (``preview%2D1`` is ``preview-1``);
+#   keys are not;
+# - keys may repeat, and the spec lets producers and consumers agree on which duplicate
+#   counts ("Mutating baggage"): the **last** ``preview`` member wins, as OpenTelemetry's W3C
+#   propagators read them, so a member appended by the gateway or this helper beats a stale one;
 # - when the last ``preview`` member's value is not a valid key, the request carries no key.
-# Several ``baggage`` lines are read joined with "," (RFC 9110 section 5.3). Envoy matches them line
-# by line, so the mesh agrees for one line, which is what the gateway and this helper send.
+# Several ``baggage`` lines are read joined with "," (RFC 9110 section 5.3). Envoy matches them
+# line by line, so the mesh agrees for one line, which is what the gateway and this helper send.
 
 _OWS = " \t"
 
@@ -105,9 +106,9 @@ _OWS = " \t"
 def parse_baggage(value: str | None) -> list[tuple[str, str, str]]:
     """Split a baggage header into ``(key, decoded_value, raw_member)`` triples, in order.
 
-    Members are ``key=value;prop...`` separated by commas; OWS around key and value is trimmed; members
-    without ``=`` or with an empty key are skipped. The raw member is kept so that merging never rewrites
-    other services' entries.
+    Members are ``key=value;prop...`` separated by commas; OWS around key and value is
+    trimmed; members without ``=`` or with an empty key are skipped. The raw member is kept so
+    that merging never rewrites other services' entries.
     """
     members: list[tuple[str, str, str]] = []
     for raw in (value or "").split(","):
@@ -121,11 +122,11 @@ def parse_baggage(value: str | None) -> list[tuple[str, str, str]]:
 
 
 def baggage_preview(value: str | None) -> str | None:
-    """The key carried by the last ``preview`` member of a baggage header, or None (none, or not a key)."""
+    """The key in the last ``preview`` member of a baggage header; None if none or not a key."""
     found = [v for k, v, _ in parse_baggage(value) if k == BAGGAGE_KEY]
     if not found:
         return None
-    # No trimming after decoding: an encoded space (``%20``) is part of the value, which is then no key.
+    # No trimming after decoding: an encoded space (``%20``) is part of the value (then no key).
     if is_valid_key(found[-1]):
         return found[-1]
     log.debug("ignoring invalid preview key in baggage (%d chars)", len(found[-1]))
@@ -144,8 +145,8 @@ _REGEX_KEY_CHAR = "[^,;=]"
 
 
 def _regex_not_member_key(word: str) -> str:
-    # A member key (no ",;=") that, OWS-trimmed, is not ``word``: a proper prefix of it, text that leaves
-    # it at some character, or ``word`` followed by more than OWS.
+    # A member key (no ",;=") that, OWS-trimmed, is not ``word``: a proper prefix of it, text
+    # that leaves it at some character, or ``word`` followed by more than OWS.
     def after(i: int) -> str:
         if i == len(word):
             return rf"{_REGEX_OWS}[^,;= \t]{_REGEX_KEY_CHAR}*"
@@ -167,9 +168,9 @@ def _regex_encoded(key: str) -> str:
 def baggage_match_regex(key: str) -> str:
     """The regex the bot uses: an Istio VirtualService match on one ``baggage`` header line.
 
-    It matches exactly when :func:`baggage_preview` of that line is ``key`` (the rule above): the last
-    ``preview`` member is ``preview=<key>``, with OWS around ``=``, any character percent-encoded, and
-    optional properties. RE2 (Envoy) and Python ``re`` read it alike.
+    It matches exactly when :func:`baggage_preview` of that line is ``key`` (the rule above):
+    the last ``preview`` member is ``preview=<key>``, with OWS around ``=``, any character
+    percent-encoded, and optional properties. RE2 (Envoy) and Python ``re`` read it alike.
     """
     if not is_valid_key(key):
         raise ValueError("preview key must be a DNS-1123 label")
