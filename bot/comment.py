@@ -7,6 +7,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bot import mesh_routes
+from bot.settings import MatchMode
+
 MARKER = "<!-- preview-bot:sticky -->"
 LINKS_START = "<!-- preview-bot:links -->"
 LINKS_END = "<!-- /preview-bot:links -->"
@@ -43,7 +46,10 @@ class Report:
     sha: str | None = None
     services: Sequence[ServiceLine] = ()
     detail: str | None = None
-    header_value: str | None = None
+    header_value: str | None = None  # the preview key
+    # How requests carry the key (PREVIEW_HEADER, PREVIEW_MATCH): the line says what to forward.
+    header_name: str = "x-preview"
+    match_mode: MatchMode = "header"
     links: Sequence[str] = ()  # linked previews across repositories (bot.links), one line each
     # This report is about a newer commit while the preview of an earlier one keeps serving (waiting for
     # checks or approval, a check failed, a broken config): the comment keeps showing it (still_live).
@@ -92,7 +98,10 @@ def render(report: Report) -> str:
     if report.sha:
         shown.append(f"Commit: `{report.sha[:12]}`")
     if report.header_value:
-        shown.append(f"Header: `X-PREVIEW: {report.header_value}` (forward it on your services' outgoing calls)")
+        carrier = mesh_routes.carrier_text(report.header_value, header_name=report.header_name,
+                                           mode=report.match_mode)
+        what = {"header": "Header", "baggage": "Baggage", "both": "Header or baggage"}[report.match_mode]
+        shown.append(f"{what}: {carrier} (forward it on your services' outgoing calls)")
     if report.services:
         shown += ["", "| service | URL | image | ready |", "| --- | --- | --- | --- |"]
         shown += [f"| {_escape(s.name)} | {s.url} | `{_escape(s.image)}` | {'yes' if s.ready else 'no'} |"

@@ -121,14 +121,18 @@ def gateway_route(settings: ClusterSettings, key: PreviewKey, service: ServiceCo
             # The gateway's proxy may run in another namespace than its Gateway object and this
             # VirtualService; without exportTo the mesh's defaultVirtualServiceExportTo decides.
             "exportTo": ["*"],
+            # The key is put on the request here, as PREVIEW_MATCH needs it (header, baggage or both), so
+            # that every hop behind the gateway is routed to the preview; baggage takes two routes (with and
+            # without the client's own baggage: mesh_routes.entry_headers).
             "http": [{
                 "name": key.value,
-                # Set here so that every hop behind the gateway is routed to the preview.
-                "headers": {"request": {"set": {settings.header_name: key.value}},
+                **({"match": [{"headers": extra}]} if extra else {}),
+                "headers": {"request": request,
                             **({"response": response} if (response := sessions.response_headers(settings, key))
                                else {})},
                 "route": [{"destination": {"host": destination, "port": {"number": service.port}}}],
-            }],
+            } for extra, request in mesh_routes.entry_headers(key.value, header_name=settings.header_name,
+                                                                mode=settings.match_mode)],
         },
     }
 

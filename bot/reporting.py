@@ -30,6 +30,7 @@ from bot.errors import PreviewError
 from bot.github.errors import GitHubError
 from bot.naming import PreviewKey
 from bot.ports import GitHubRepo
+from bot.settings import MatchMode
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +156,11 @@ class Reporter:
     preview's emptied environment is deleted too (PREVIEW_DELETE_ENVIRONMENTS)."""
 
     def __init__(self, *, link_lines: LinkLines | None = None, identity: str = "preview-bot",
-                 delete_environments: bool = False, sticky: StickyComments | None = None) -> None:
+                 delete_environments: bool = False, sticky: StickyComments | None = None,
+                 header_name: str = "x-preview", match_mode: MatchMode = "header") -> None:
         self.link_lines = link_lines
+        self.header_name = header_name  # PREVIEW_HEADER and PREVIEW_MATCH: what the comment tells to forward
+        self.match_mode: MatchMode = match_mode
         self.identity = identity
         self.delete_environments = delete_environments
         self.sticky = sticky or StickyComments()
@@ -166,6 +170,7 @@ class Reporter:
     async def show(self, gh: GitHubRepo, number: int, report: Report) -> bool:
         """Put `report` on the PR's sticky comment (with its current link lines); True when that created
         the PR's first bot comment."""
+        report = replace(report, header_name=self.header_name, match_mode=self.match_mode)
         if self.link_lines is not None:
             report = replace(report, links=tuple(await self.link_lines(gh.repo, gh.repo_id, number)))
         if report.keeps_live:  # the body is known (cached) or is read by upsert anyway

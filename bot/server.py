@@ -75,7 +75,8 @@ class Bot:
         self.arbiter = Arbiter(kube, namespace=settings.lease_namespace, identity=settings.identity)
         # What PRs show (sticky comments, Deployments): one per process, its caches with it.
         self.reporter = Reporter(link_lines=lambda repo, repo_id, n: links.report_lines(kube, repo, repo_id, n),
-                                 identity=settings.identity, delete_environments=settings.delete_environments)
+                                 identity=settings.identity, delete_environments=settings.delete_environments,
+                                 header_name=settings.cluster.header_name, match_mode=settings.cluster.match_mode)
         self.previewer = Previewer(settings.cluster, kube, ready_timeout=settings.ready_timeout,
                                    arbiter=self.arbiter, reporter=self.reporter,
                                    image_pull_grace=settings.image_pull_grace)

@@ -311,3 +311,20 @@ async def test_a_revoked_installation_token_is_replaced(bot: RunningBot, view: C
     assert view.deployments() == {}
     assert [r["content"] for r in bot.fake.reactions(REPO, comment_id=payload["comment"]["id"])] == ["+1"]
     assert any(call.status == 401 for call in bot.fake.calls)  # the stale token was really refused
+
+
+@pytest.mark.parametrize(("env", "line"), [
+    ({}, "Header: `x-preview: {key}` (forward it on your services' outgoing calls)"),
+    ({"PREVIEW_HEADER": "X-PR-Key"}, "Header: `x-pr-key: {key}` (forward it on your services' outgoing calls)"),
+    ({"PREVIEW_MATCH": "baggage"}, "Baggage: the W3C baggage member `preview={key}` (`baggage: preview={key}`) "
+                                   "(forward it on your services' outgoing calls)"),
+])
+async def test_sticky_comment_says_what_the_mesh_matches(shop: FakeGitHub, cluster: Cluster, namespace: str,
+                                                         env: dict[str, str], line: str) -> None:
+    """PREVIEW_HEADER and PREVIEW_MATCH decide what services must forward; the comment names it (it said
+    `X-PREVIEW` whatever they were)."""
+    async with running_bot(shop, cluster, namespace, **env) as bot:
+        await open_pr(bot, 3, head_sha="c" * 40)
+        await bot.settle()
+        (sticky,) = sticky_comments(bot.fake, REPO, 3)
+        assert line.format(key=key_of(bot.fake, REPO, 3).value) in str(sticky["body"]).splitlines()

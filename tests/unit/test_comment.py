@@ -37,7 +37,23 @@ def test_sha_is_shortened_and_header_shown() -> None:
     text = render(Report(State.DEPLOYING, sha="0123456789abcdef0123", header_value="preview-7-abcdef"))
     assert "Commit: `0123456789ab`" in text
     assert "0123456789abc`" not in text
-    assert "`X-PREVIEW: preview-7-abcdef`" in text
+    assert "Header: `x-preview: preview-7-abcdef` (forward it" in text
+
+
+@pytest.mark.parametrize(("name", "mode", "line"), [
+    ("x-pr-key", "header", "Header: `x-pr-key: preview-7-abcdef` (forward it on your services' outgoing calls)"),
+    ("x-preview", "baggage", "Baggage: the W3C baggage member `preview=preview-7-abcdef` "
+                             "(`baggage: preview=preview-7-abcdef`) (forward it on your services' outgoing calls)"),
+    ("x-pr-key", "both", "Header or baggage: `x-pr-key: preview-7-abcdef` or the W3C baggage member "
+                         "`preview=preview-7-abcdef` (`baggage: preview=preview-7-abcdef`) (forward it on your "
+                         "services' outgoing calls)"),
+])
+def test_key_line_names_what_the_mesh_matches(name: str, mode: str, line: str) -> None:
+    """PREVIEW_HEADER and PREVIEW_MATCH decide what services must forward; the comment says exactly that."""
+    text = render(Report(State.READY, header_value="preview-7-abcdef", header_name=name,
+                         match_mode=mode))  # type: ignore[arg-type]
+    assert line in text.splitlines()
+    assert "X-PREVIEW" not in text
 
 
 def test_service_table() -> None:
