@@ -75,10 +75,16 @@ class Previewer:
         self.link_refresh: Callable[[str, int], Awaitable[None]] | None = None
 
     @property
+    def longest_wait(self) -> float:
+        """Seconds a deploy may wait for its rollout: the ready timeout, or the image pull grace for a
+        preview waiting for its image when that is longer (bot.kube.rollout.Rollouts.wait_available)."""
+        return max(self.ready_timeout, self.image_pull_grace)
+
+    @property
     def lock_timeout(self) -> float:
         """How long an event waits for another replica's work on the same PR (a deploy, which stops
         early when it sees the wait, or a teardown)."""
-        return self.ready_timeout + 60
+        return self.longest_wait + 60
 
     async def load_config(self, gh: GitHubRepo) -> RepoConfig | None:
         """The config on the default branch (never the PR's own); None when the repo has none."""
@@ -234,11 +240,38 @@ class Previewer:
                        for i, line in enumerate(lines)]
         if failed:
             reason = "; ".join(f"{name}: {why}" for name, why in sorted(failed.items()))
+            try:
+                # Only a rollout failure is marked: it is the one that can cure itself (an image pushed
+                # late, a crash loop that ends); the reconciler then redeploys and the PR says ready.
+                await self.kube.mark_rollout_failed(plan, failed)
+            except KubeError as exc:  # the report matters more; the mark only allows a later correction
+                log.warning("could not mark the failed rollout: %s", exc, extra={"repo": gh.repo, "pr": number})
             return await self._failed(gh, rollout, ready_lines, reason)
         await self.reporter.ready(gh, rollout, ready_lines, plan.services[0].url)
         metrics.PREVIEW_OUTCOMES.labels(action="deploy", outcome="success").inc()
         self._finished[(gh.repo_id, key.value)] = (head_sha, "success")
         return DeployResult(State.READY)
+
+    async def redeploy_recovered(self, gh: GitHubRepo, number: int, *,
+                                 superseded: Callable[[], bool] = lambda: False) -> DeployResult | None:
+        """Deploy the PR's head again when its preview was reported failed (a rollout failure, marked on
+        its Deployments) and every Deployment of it is Available now, so that the PR says ready: the
+        reconciler queues this (bot.reconcile). None when that no longer holds under the PR's lock (a
+        push or another deploy came first). Never cuts another replica's deploy short."""
+        key, _ = await self.key_for(gh, number)
+        async with self.arbiter.pr_lock(key, supersedes=False, timeout=self.lock_timeout) as lock:
+            found = [p for p in await self.kube.live_previews((gh.repo_id, gh.repo)) if p.key == key.value]
+            if not found or not (found[0].rollout_failed and found[0].available):
+                return None
+            pull = await gh.pull(number)
+            if pull.get("state") != "open" or str(pull["head"]["sha"]) != found[0].sha:
+                return None  # a push: its own event (or the reconciler's missed-push resume) deploys it
+
+            def stale() -> bool:
+                return superseded() or lock.superseded or not lock.held
+
+            return await self._deploy(gh, key, found[0].sha, pull=pull, config=None, force=True, stale=stale,
+                                      refresh=lock.refresh)
 
     async def _failed(self, gh: GitHubRepo, rollout: Rollout, lines: list[ServiceLine], reason: str) -> DeployResult:
         key = rollout.key

@@ -49,7 +49,8 @@ REPOSITORIES_MIN_AGE = 10.0  # a repository missing from the list re-reads it, a
 # (repository id, full name) -> a client for it, or None when the App is no longer installed there. The
 # id is None for a legacy preview (made before ids): the name finds it then.
 ClientFor = Callable[[int | None, str], Awaitable[GitHubRepo | None]]
-# (repository id, current full name, number, why): queue a redeploy; why is MISSED_PUSH or UNFINISHED.
+# (repository id, current full name, number, why): queue a redeploy; why is MISSED_PUSH, UNFINISHED or
+# RECOVERED.
 Resume = Callable[[int, str, int, str], None]
 
 
@@ -133,9 +134,13 @@ async def reconcile(kube: Cluster, previewer: Previewer, client_for: ClientFor, 
                                                                   stuck_after if check_stuck else None, now, identity)
             if why == MISSED_PUSH and not await _push_deploys(previewer, client, pull, configs):
                 why = None  # its own event would not have deployed it either (draft, trigger, label)
+            if why is None and preview.rollout_failed and preview.available and \
+                    (pull.get("head") or {}).get("sha") == preview.sha:
+                # Reported failed, Available since (an image CI pushed after the wait, a crash loop that
+                # ended): known from the listing above, no request. The redeploy reports it ready.
+                why = RECOVERED
             if resume is not None and why is not None:
-                report.actions.append(Action("resume", target, "missed a push" if why == MISSED_PUSH
-                                             else "deploy did not finish"))
+                report.actions.append(Action("resume", target, _RESUME_REASONS[why]))
                 resume(client.repo_id, client.repo, preview.number, why)
                 continue
             labels = {str(label["name"]) for label in pull.get("labels") or []}
@@ -212,7 +217,9 @@ def _key_intact(preview: LivePreview) -> bool:
     return True
 
 
-MISSED_PUSH, UNFINISHED = "missed-push", "unfinished"
+MISSED_PUSH, UNFINISHED, RECOVERED = "missed-push", "unfinished", "recovered"
+_RESUME_REASONS = {MISSED_PUSH: "missed a push", UNFINISHED: "deploy did not finish",
+                   RECOVERED: "reported failed, Available now"}
 
 
 def _routed_destinations(mesh_services: list[dict[str, Any]]) -> dict[str, set[str]]:
@@ -452,7 +459,7 @@ class Reconciler:
         report = await reconcile(self.kube, self.previewer, self.repositories.client_for,
                                  idle_ttl=timedelta(days=self.settings.idle_ttl_days), dry_run=dry_run,
                                  resume=None if dry_run else self.resume, check_stuck=self._first_pass,
-                                 stuck_after=timedelta(seconds=self.settings.ready_timeout + 60),
+                                 stuck_after=timedelta(seconds=self.previewer.longest_wait + 60),
                                  identity=self.settings.identity,
                                  warn_before=timedelta(hours=self.settings.ttl_warning_hours))
         self._first_pass = False
@@ -495,10 +502,15 @@ class Reconciler:
 
     def resume(self, repo_id: int, repo: str, number: int, why: str) -> None:
         """Queue a redeploy of a preview found half-done (`why` UNFINISHED: a crash mid-deploy, or a wait
-        for checks that ran out) or behind its PR's head (MISSED_PUSH)."""
+        for checks that ran out), behind its PR's head (MISSED_PUSH), or reported failed and Available
+        since (RECOVERED)."""
         async def job() -> None:
             client = await self.repositories.client_for(repo_id, repo)
             if client is None:
+                return
+            if why == RECOVERED:  # the head ran already (its checks passed): deployed again, not gated
+                await self.previewer.redeploy_recovered(client, number,
+                                                        superseded=lambda: self.superseded(repo_id, number))
                 return
             # A webhook may have got there first (this job waited behind it in the PR's queue, or
             # for its lock): the deploy, at the head it reads, is then a no-op. With `wait_for`, it

@@ -8,6 +8,7 @@ GitHub (tests/e2e), which remain the proof that the adapters behave: here only t
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -233,6 +234,43 @@ async def test_reconcile_removes_a_closed_prs_preview_and_resumes_a_missed_push(
     assert set(kube.previews) == {key(gh, 2).value, key(gh, 3).value}
     assert resumed == [(gh.repo_id, gh.repo, 2, "missed-push")]
     assert "pull request is closed" in (gh.sticky(1) or "")
+
+
+async def test_a_preview_reported_failed_that_became_available_is_redeployed_and_reported_ready() -> None:
+    """A rollout failure (an image CI pushed after the wait) is marked on the preview; once its
+    Deployments are Available, a pass (from its listing alone, no GitHub read) queues a redeploy of the
+    head, which reports ready. Still unavailable, or behind the head: left to the usual rules."""
+    gh, kube, _locks, previewer = setup()
+    gh.add_pull(1, SHA1, files=["services/a/main.go"])
+    kube.failures = {"a": "not Available after 5 s; still waiting for the image"}
+    assert (await previewer.deploy(gh, 1, SHA1)).state is State.FAILED
+    preview = kube.previews[key(gh, 1).value]
+    assert preview.rollout_failed and not preview.available
+    calls: list[tuple[object, ...]] = []
+    reads = len(gh.reads)
+    report = await reconcile(kube, previewer, client_for(gh), idle_ttl=timedelta(days=7),
+                             resume=lambda *args: calls.append(args))
+    assert (calls, report.actions) == ([], [])  # not Available yet: nothing to correct
+    kube.failures = {}
+    kube.previews[key(gh, 1).value] = replace(preview, available=True)  # the image was pushed
+    report = await reconcile(kube, previewer, client_for(gh), idle_ttl=timedelta(days=7),
+                             resume=lambda *args: calls.append(args))
+    assert calls == [(gh.repo_id, gh.repo, 1, "recovered")]
+    assert [(a.kind, a.reason) for a in report.actions] == [("resume", "reported failed, Available now")]
+    assert gh.reads[reads:] == ["open_pulls", "open_pulls"]  # one listing a pass, nothing per preview
+    result = await previewer.redeploy_recovered(gh, 1)
+    assert result is not None and result.state is State.READY
+    assert gh.states("preview-1") == ["inactive", "success"]
+    assert "Preview: ready" in (gh.sticky(1) or "")
+
+
+async def test_a_recovered_preview_behind_its_head_is_not_redeployed_at_its_old_commit() -> None:
+    gh, kube, _locks, previewer = setup()
+    kube.previews[key(gh, 1).value] = replace(kube.add_preview(key(gh, 1), SHA1), rollout_failed=True,
+                                              available=True)
+    gh.add_pull(1, SHA2, files=["services/a/main.go"])  # pushed since
+    assert await previewer.redeploy_recovered(gh, 1) is None
+    assert kube.applied == [] and gh.writes == []
 
 
 @pytest.mark.parametrize(("config_suffix", "draft", "labels", "resumed"), [
