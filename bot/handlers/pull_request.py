@@ -1,4 +1,4 @@
-"""pull_request events: deploy on open/push/ready/label, tear down on close or unlabel."""
+"""pull_request events: deploy on open/push/ready/label/base change, tear down on close or unlabel."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from bot.coalesce import PULL_ACTIONS, pairs_of
 from bot.comment import Report, State
 from bot.context import Context, repo_client
 from bot.errors import ConfigError
-from bot.triggers import UPDATES, Decision, PullRequestFacts, decide_merged, facts_from_pull
+from bot.triggers import BASE_CHANGED, UPDATES, Decision, PullRequestFacts, decide_merged, facts_from_pull
 
 router = routing.Router()
 Handler = Callable[..., Awaitable[Any]]
@@ -63,12 +63,16 @@ async def on_pull_request(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> N
         return
     if config is None:
         return  # this repository does not use previews
+    if not any(service.paths for service in config.services):
+        pairs = [pair for pair in pairs if pair[0] != BASE_CHANGED]  # a new base changes nothing deployed
     decision, action = decide_merged(config, facts(event), pairs)
     if decision is Decision.DEPLOY:
         # The head as of now, not as of the event, read under the PR's lock: another replica may be
         # handling a newer push, and both must converge on the same commit. Deploys now, or once the
-        # checks the config waits for have succeeded (bot.gate).
+        # checks the config waits for have succeeded (bot.gate). After a base change the head may run
+        # already, but `paths` may select other services now: it is decided and deployed again.
         await gate.deploy_when_ready(ctx.previewer, ctx.waits, client, number, config=config,
+                                     recheck=any(pair[0] == BASE_CHANGED for pair in pairs),
                                      superseded=lambda: ctx.superseded(client.repo_id, number))
     elif decision is Decision.TEARDOWN:
         reason = f"The `{config.label}` label was removed: preview removed." if action == "unlabeled" else \
