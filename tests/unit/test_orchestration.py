@@ -357,6 +357,25 @@ async def test_a_gated_pr_shows_waiting_once_and_a_repeated_event_costs_reads_on
     assert gh.writes == writes
 
 
+async def test_a_base_change_decides_a_gated_head_again_and_leaves_its_live_deployment_alone() -> None:
+    """`recheck` (the PR's base branch changed: other services may be changed now, with other checks): a
+    head rolled out already is not taken as settled; its checks are read again. Here they have not run:
+    the PR waits on a new waiting deployment, and the live one keeps its success."""
+    gh, _kube, _locks, previewer = setup()
+    gh.config = CONFIG + "wait_for: [build]\n"
+    gh.add_pull(1, SHA1, files=["services/a/main.go"])
+    assert (await previewer.deploy(gh, 1, SHA1)).state is State.READY  # a writer's `/preview`
+    waits = WaitRegistry()
+    reads = len(gh.reads)
+    settled = await gate.deploy_when_ready(previewer, waits, gh, 1)
+    assert settled is not None and settled.detail == "already deployed"
+    assert "check_runs" not in gh.reads[reads:]
+    assert await gate.deploy_when_ready(previewer, waits, gh, 1, recheck=True) is None
+    assert "check_runs" in gh.reads[reads:]
+    assert gh.states("preview-1") == ["success", "queued"]
+    assert "Preview: waiting for checks" in (gh.sticky(1) or "")
+
+
 async def test_a_preview_that_lost_its_mesh_route_gets_it_back_from_the_reconciler() -> None:
     """A team's VirtualService re-applied without the preview routes (by its owner or a GitOps tool): the
     deploy was done and said "ready", so only the reconciler can put them back."""
