@@ -252,16 +252,17 @@ class Previewer:
         self._finished[(gh.repo_id, key.value)] = (head_sha, "success")
         return DeployResult(State.READY)
 
-    async def redeploy_recovered(self, gh: GitHubRepo, number: int, *,
-                                 superseded: Callable[[], bool] = lambda: False) -> DeployResult | None:
-        """Deploy the PR's head again when its preview was reported failed (a rollout failure, marked on
-        its Deployments) and every Deployment of it is Available now, so that the PR says ready: the
-        reconciler queues this (bot.reconcile). None when that no longer holds under the PR's lock (a
-        push or another deploy came first). Never cuts another replica's deploy short."""
+    async def redeploy(self, gh: GitHubRepo, number: int, *, still: Callable[[LivePreview], bool],
+                       superseded: Callable[[], bool] = lambda: False) -> DeployResult | None:
+        """Deploy the PR's head again, though it runs already, while its live preview is at the head and
+        `still(preview)` holds, both checked under the PR's lock: what the reconciler queues for a preview
+        reported failed that became Available since (so that the PR says ready), or one running a service
+        its config no longer has (so that it goes). None when that no longer holds (a push or another
+        deploy came first). Never cuts another replica's deploy short."""
         key, _ = await self.key_for(gh, number)
         async with self.arbiter.pr_lock(key, supersedes=False, timeout=self.lock_timeout) as lock:
             found = [p for p in await self.kube.live_previews((gh.repo_id, gh.repo)) if p.key == key.value]
-            if not found or not (found[0].rollout_failed and found[0].available):
+            if not found or not still(found[0]):
                 return None
             pull = await gh.pull(number)
             if pull.get("state") != "open" or str(pull["head"]["sha"]) != found[0].sha:

@@ -257,8 +257,10 @@ async def test_a_preview_reported_failed_that_became_available_is_redeployed_and
                              resume=lambda *args: calls.append(args))
     assert calls == [(gh.repo_id, gh.repo, 1, "recovered")]
     assert [(a.kind, a.reason) for a in report.actions] == [("resume", "reported failed, Available now")]
-    assert gh.reads[reads:] == ["open_pulls", "open_pulls"]  # one listing a pass, nothing per preview
-    result = await previewer.redeploy_recovered(gh, 1)
+    # A pass reads the open PRs and the config (is a service removed?) once per repository: nothing per
+    # preview for the mark (the second pass needed no config: the recovery decided).
+    assert gh.reads[reads:] == ["open_pulls", "file_text", "open_pulls"]
+    result = await previewer.redeploy(gh, 1, still=lambda p: p.rollout_failed and p.available)
     assert result is not None and result.state is State.READY
     assert gh.states("preview-1") == ["inactive", "success"]
     assert "Preview: ready" in (gh.sticky(1) or "")
@@ -269,8 +271,41 @@ async def test_a_recovered_preview_behind_its_head_is_not_redeployed_at_its_old_
     kube.previews[key(gh, 1).value] = replace(kube.add_preview(key(gh, 1), SHA1), rollout_failed=True,
                                               available=True)
     gh.add_pull(1, SHA2, files=["services/a/main.go"])  # pushed since
-    assert await previewer.redeploy_recovered(gh, 1) is None
+    assert await previewer.redeploy(gh, 1, still=lambda p: p.rollout_failed and p.available) is None
     assert kube.applied == [] and gh.writes == []
+
+
+async def test_a_service_removed_from_the_config_is_removed_by_the_next_pass() -> None:
+    """A service dropped from `.github/preview.yml` on the default branch: the pass (one config read per
+    repository) queues a redeploy of the head, which removes the service and keeps the others. A broken
+    config, or one that still has every service, changes nothing."""
+    gh, kube, _locks, previewer = setup()
+    gh.config = CONFIG.replace('paths: ["services/a/**"]', "") + \
+        "  - name: b\n    image: registry.example.com/acme/b:{sha}\n    port: 9090\n"
+    gh.add_pull(1, SHA1, files=["services/a/main.go"])
+    gh.add_pull(2, SHA1, files=["services/a/main.go"])
+    for number in (1, 2):
+        assert (await previewer.deploy(gh, number, SHA1)).state is State.READY
+    assert kube.previews[key(gh, 1).value].services == ("a", "b")
+    calls: list[tuple[object, ...]] = []
+
+    async def reconcile_pass() -> list[str]:
+        reads = len(gh.reads)
+        report = await reconcile(kube, previewer, client_for(gh), idle_ttl=timedelta(days=7),
+                                 resume=lambda *args: calls.append(args))
+        assert gh.reads[reads:].count("file_text") == 1  # per repository, not per preview
+        return [a.reason for a in report.actions]
+
+    assert await reconcile_pass() == []
+    with_both = gh.config
+    gh.config = "services: [oops\n"  # broken: the live previews stay, as a deploy keeps them
+    assert await reconcile_pass() == []
+    gh.config = with_both.split("  - name: b")[0]  # b removed
+    assert await reconcile_pass() == ["runs b, which its repository's config no longer has"] * 2
+    assert calls == [(gh.repo_id, gh.repo, 1, "config-dropped"), (gh.repo_id, gh.repo, 2, "config-dropped")]
+    result = await previewer.redeploy(gh, 1, still=lambda p: True)
+    assert result is not None and result.state is State.READY
+    assert kube.previews[key(gh, 1).value].services == ("a",)
 
 
 @pytest.mark.parametrize(("config_suffix", "draft", "labels", "resumed"), [
