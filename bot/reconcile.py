@@ -6,7 +6,8 @@ removed after the TTL unless someone asked to keep them.
 
 `reconcile` is one pass (pure decisions over the cluster and GitHub reads); `Reconciler` owns the loop
 around it (every `reconcile_interval`, while leading), the start-up discovery of PRs whose events were
-lost, and the resumption (a queued redeploy) of previews found behind or half-done. `Repositories` is
+lost, and the resumption (a queued redeploy) of previews found behind or half-done, reported failed but
+Available since, or running a service their repository's config dropped. `Repositories` is
 the App's installations and their repositories, by id; an installation the App cannot use (suspended,
 or its token refused) holds its own previews as they are and stops no one else's clean-up.
 """
