@@ -71,6 +71,9 @@ class Previewer:
         # (repository id, preview key) -> (SHA, "success" | "failure") of the deploy this process last saw end.
         self._finished: cachetools.LRUCache[tuple[int | None, str], tuple[str, str]] = \
             cachetools.LRUCache(maxsize=8192)
+        # (repository id, preview key) -> the SHA whose `redeploy` failed in this process: not tried again at
+        # that SHA (a failure that is not the rollout's, e.g. a refused mesh host, would repeat every pass).
+        self._redeploy_failed: cachetools.LRUCache[tuple[int | None, str], str] = cachetools.LRUCache(maxsize=8192)
         # Rewrites the link lines of any PR's sticky comment (bot.links); set by the server.
         self.link_refresh: Callable[[str, int], Awaitable[None]] | None = None
 
@@ -262,7 +265,7 @@ class Previewer:
         key, _ = await self.key_for(gh, number)
         async with self.arbiter.pr_lock(key, supersedes=False, timeout=self.lock_timeout) as lock:
             found = [p for p in await self.kube.live_previews((gh.repo_id, gh.repo)) if p.key == key.value]
-            if not found or not still(found[0]):
+            if not found or not still(found[0]) or self.redeploy_failed_at(key) == found[0].sha:
                 return None
             pull = await gh.pull(number)
             if pull.get("state") != "open" or str(pull["head"]["sha"]) != found[0].sha:
@@ -271,8 +274,16 @@ class Previewer:
             def stale() -> bool:
                 return superseded() or lock.superseded or not lock.held
 
-            return await self._deploy(gh, key, found[0].sha, pull=pull, config=None, force=True, stale=stale,
-                                      refresh=lock.refresh)
+            result = await self._deploy(gh, key, found[0].sha, pull=pull, config=None, force=True, stale=stale,
+                                        refresh=lock.refresh)
+            if result.state is State.FAILED:
+                self._redeploy_failed[(key.repo_id, key.value)] = found[0].sha
+            return result
+
+    def redeploy_failed_at(self, key: PreviewKey) -> str | None:
+        """The SHA at which `redeploy` of the preview failed in this process, if any: a push or `/preview`
+        deploys again; the reconciler does not ask again at that SHA."""
+        return self._redeploy_failed.get((key.repo_id, key.value))
 
     async def _failed(self, gh: GitHubRepo, rollout: Rollout, lines: list[ServiceLine], reason: str) -> DeployResult:
         key = rollout.key

@@ -136,12 +136,15 @@ async def reconcile(kube: Cluster, previewer: Previewer, client_for: ClientFor, 
                                                                   stuck_after if check_stuck else None, now, identity)
             if why == MISSED_PUSH and not await _push_deploys(previewer, client, pull, configs):
                 why = None  # its own event would not have deployed it either (draft, trigger, label)
-            at_head = (pull.get("head") or {}).get("sha") == preview.sha
-            if why is None and at_head and preview.rollout_failed and preview.available:
+            # A redeploy of this very commit that failed (bot.previews.Previewer.redeploy) is not asked again.
+            may_redeploy = (pull.get("head") or {}).get("sha") == preview.sha and \
+                previewer.redeploy_failed_at(naming.existing_key(preview.repo, preview.number, preview.repo_id,
+                                                                 preview.key)) != preview.sha
+            if why is None and may_redeploy and preview.rollout_failed and preview.available:
                 # Reported failed, Available since (an image CI pushed after the wait, a crash loop that
                 # ended): known from the listing above, no request. The redeploy reports it ready.
                 why = RECOVERED
-            dropped = None if why is not None or not at_head or resume is None else \
+            dropped = None if why is not None or not may_redeploy or resume is None else \
                 await _config_dropped(previewer, client, preview, configs)
             if dropped is not None:
                 why = DROPPED

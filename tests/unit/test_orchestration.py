@@ -308,6 +308,30 @@ async def test_a_service_removed_from_the_config_is_removed_by_the_next_pass() -
     assert kube.previews[key(gh, 1).value].services == ("a",)
 
 
+async def test_a_redeploy_the_reconciler_asked_for_that_fails_is_not_asked_again_at_that_commit() -> None:
+    """A failure that is not the rollout's (here a mesh host refused since) would repeat at every pass,
+    each time with a new GitHub deployment: the pass asks again only after a push."""
+    gh, kube, _locks, previewer = setup()
+    gh.config = CONFIG.replace('paths: ["services/a/**"]', "") + \
+        "  - name: b\n    image: registry.example.com/acme/b:{sha}\n    port: 9090\n"
+    gh.add_pull(1, SHA1, files=["services/a/main.go"])
+    assert (await previewer.deploy(gh, 1, SHA1)).state is State.READY
+    gh.config = gh.config.split("  - name: b")[0]  # b removed
+    kube.refused_hosts = {"a.previews.svc.cluster.local"}
+    calls: list[tuple[object, ...]] = []
+    await reconcile(kube, previewer, client_for(gh), idle_ttl=timedelta(days=7), resume=lambda *a: calls.append(a))
+    assert len(calls) == 1
+    failed = await previewer.redeploy(gh, 1, still=lambda p: True)
+    assert failed is not None and failed.state is State.FAILED
+    writes = len(gh.writes)
+    report = await reconcile(kube, previewer, client_for(gh), idle_ttl=timedelta(days=7),
+                             resume=lambda *a: calls.append(a))
+    assert (len(calls), report.actions) == (1, [])
+    assert await previewer.redeploy(gh, 1, still=lambda p: True) is None and len(gh.writes) == writes
+    gh.add_pull(1, SHA2, files=["services/a/main.go"])  # a push: its own event deploys it, as always
+    assert (await previewer.deploy(gh, 1, SHA2)).state is State.FAILED  # still refused, but tried
+
+
 @pytest.mark.parametrize(("config_suffix", "draft", "labels", "resumed"), [
     ("", False, (), True),
     ("", True, (), False),  # a draft: its push would not have deployed it
