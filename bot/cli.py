@@ -19,7 +19,7 @@ MAX_CONFIG_BYTES = 1_000_000  # what GitHub's contents API returns at most (bot.
 def _render(args: argparse.Namespace) -> int:
     from bot import manifests
     from bot.naming import PreviewKey, valid_repo
-    from bot.repo_config import check_policy, parse_repo_config
+    from bot.repo_config import parse_for_cluster
     from bot.settings import load_cluster_settings
 
     if not valid_repo(args.repo):
@@ -50,8 +50,7 @@ def _render(args: argparse.Namespace) -> int:
         raise ConfigError(str(path), "", f"cannot read: {exc.strerror}") from None
     except UnicodeDecodeError as exc:  # a ValueError, not an OSError: it escaped as a traceback
         raise ConfigError(str(path), "", f"is not UTF-8 text (byte {exc.start})") from None
-    config = parse_repo_config(text, source=str(path))
-    check_policy(config, settings.policy, source=str(path))
+    config = parse_for_cluster(text, settings.policy, settings.namespace, source=str(path))
     documents = manifests.render(settings, config, PreviewKey(args.repo, args.pr, args.repo_id), args.sha.lower())
     sys.stdout.write(manifests.to_yaml(documents))
     return 0

@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from bot import comment, gate, manifests, mesh_routes, metrics, naming, ttl_warning
+from bot import gate, manifests, mesh_routes, metrics, naming, ttl_warning
 from bot.errors import ConfigError, PreviewError, RoutesNotRemoved
 from bot.gate import WaitRegistry
 from bot.github.auth import AppAuth
@@ -40,7 +40,7 @@ from bot.queue import QueueClosed, QueueFull, WorkQueue
 from bot.repo_config import CONFIG_PATH, RepoConfig
 from bot.settings import Settings
 from bot.timestamps import parse_time
-from bot.triggers import Decision, decide, facts_from_pull, is_fork
+from bot.triggers import Decision, decide, facts_from_pull, is_fork, label_key
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ async def reconcile(kube: Cluster, previewer: Previewer, client_for: ClientFor, 
                 report.actions.append(Action("resume", target, dropped or _RESUME_REASONS[why]))
                 resume(client.repo_id, client.repo, preview.number, why)
                 continue
-            labels = {str(label["name"]) for label in pull.get("labels") or []}
+            labels = {label_key(str(label["name"])) for label in pull.get("labels") or []}
             kept = preview.keep or KEEP_LABEL in labels
             if kept or not is_idle(preview, now, idle_ttl):
                 await _restore_routes(kube, previewer, client, preview, routed, configs, report, target,
@@ -522,8 +522,7 @@ class Reconciler:
                     continue
                 # No preview: an event lost while down, or a stop (command, idle TTL) at this very head,
                 # which the PR's comment records. A push since the stop redeploys, as it would have live.
-                stopped = comment.stopped_at(await self.previewer.reporter.sticky.body(client, number))
-                if stopped is not None and stopped == str(pull["head"]["sha"]).lower():
+                if await self.previewer.stopped_at_head(client, number, str(pull["head"]["sha"])):
                     continue
                 missed.append((client.repo, number))
                 self.resume(client.repo_id, client.repo, number, MISSED_PUSH)
@@ -545,9 +544,9 @@ class Reconciler:
                 return
             # A webhook may have got there first (this job waited behind it in the PR's queue, or
             # for its lock): the deploy, at the head it reads, is then a no-op. With `wait_for`, it
-            # deploys only once the checks succeeded.
+            # deploys only once the checks succeeded. A stop at the head since this was queued holds.
             await gate.deploy_when_ready(self.previewer, self.waits, client, number, supersedes=False,
-                                         superseded=lambda: self.superseded(repo_id, number))
+                                         unless_stopped=True, superseded=lambda: self.superseded(repo_id, number))
         try:
             self.queue.submit((str(repo_id), number), job, supersedes=False, slot="resume")
         except QueueClosed:

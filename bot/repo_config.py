@@ -153,6 +153,23 @@ def _path_spec(patterns: tuple[str, ...]) -> pathspec.GitIgnoreSpec:
     return pathspec.GitIgnoreSpec.from_lines(patterns)
 
 
+def _kubernetes_short_form(host: str) -> str | None:
+    """Why `a.shop` or `a.shop.svc` cannot be a service's mesh host, or None. Kubernetes DNS resolves
+    them, but Istio reads a VirtualService host as written and expands only a name without dots
+    (istio.io, VirtualService `hosts`; bot.mesh_hosts): routes for `a.shop` are never used for the
+    Service a.shop.svc.cluster.local, and the preview would say ready while its requests reach the real
+    service. A ServiceEntry host with two labels is refused with them: write it as Istio knows it."""
+    labels = host.split(".")
+    if labels[-1] == "svc" and len(labels) == 3:
+        full = f"{host}.cluster.local"
+    elif len(labels) == 2:
+        full = f"{host}.svc.cluster.local"
+    else:
+        return None
+    return (f"{_shown(host)} is a Kubernetes short name, which Istio reads as written (it expands only a name "
+            f"without dots): write the full name, e.g. {full}")
+
+
 def _path_pattern_problem(pattern: str) -> str | None:
     """Why a `paths` entry would match nothing a user meant, or None. Brace lists (`{a,b}`) are not
     .gitignore syntax: they would be matched as written, so never."""
@@ -327,6 +344,9 @@ def _parse_service(reader: _Reader, raw: Any, where: str) -> ServiceConfig:
         if not _HOST.match(host) or len(host) > 253:
             raise reader.fail(f"{where}.host",
                               f"must be a DNS name like a.default.svc.cluster.local, got {_shown(host)}")
+        short = _kubernetes_short_form(host)
+        if short:
+            raise reader.fail(f"{where}.host", short)
         problem = dns.name_problem(host)
         if problem:
             raise reader.fail(f"{where}.host", f"{_shown(host)} {problem}")
@@ -355,6 +375,11 @@ def _parse_service(reader: _Reader, raw: Any, where: str) -> ServiceConfig:
         problem = _path_pattern_problem(pattern)
         if problem:
             raise reader.fail(f"{where}.paths[{i}]", f"{_shown(pattern)} {problem}")
+        if pattern.startswith("!") and all(earlier.startswith("!") for earlier in paths[:i]):
+            # .gitignore: a negation only takes files back out of what the patterns before it matched.
+            raise reader.fail(f"{where}.paths[{i}]", f"{_shown(pattern)} excludes from what the patterns before "
+                              "it match, and none does: list what the service is made of first, e.g. "
+                              "`services/a/`, then the exceptions")
     command = reader.string_list(item["command"], f"{where}.command") if item.get("command") is not None else ()
     args = reader.string_list(item["args"], f"{where}.args") if item.get("args") is not None else ()
     wait_for = _parse_check_names(reader, item["wait_for"], f"{where}.wait_for") \
@@ -426,6 +451,48 @@ def _parse_resources(reader: _Reader, raw: Any, where: str) -> dict[str, str]:
             raise reader.fail(f"{where}.{name}", str(exc)) from None
         result[name] = text
     return result
+
+
+def declared_trigger(text: str, source: str = CONFIG_PATH) -> tuple[Trigger, str] | None:
+    """The `trigger` and `label` a config declares, read alone: with the rest of the file invalid, they
+    still say whether a label event asked for a preview (so the error is reported on it, as on a push).
+    None when the text is no YAML mapping or either of the two is invalid itself."""
+    try:
+        data = _load_yaml(text, source)
+    except ConfigError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    trigger, label = data.get("trigger", "auto"), data.get("label", "preview")
+    if trigger not in ("auto", "label", "command") or not isinstance(label, str) or not label.strip():
+        return None
+    return trigger, label
+
+
+def parse_for_cluster(text: str, policy: Policy, namespace: str, source: str = CONFIG_PATH) -> RepoConfig:
+    """parse_repo_config, then what depends on the cluster's settings: the operator's policy
+    (check_policy) and the services' mesh hosts in `namespace` (check_hosts). Raises ConfigError."""
+    config = parse_repo_config(text, source)
+    check_policy(config, policy, source)
+    check_hosts(config, namespace, source)
+    return config
+
+
+# A preview's mesh route for a host has one destination: two services on one host would replace each other's.
+_HOST_TAKEN = "{host} is already the host of services[{other}]: each service needs its own host"
+
+
+def check_hosts(config: RepoConfig, namespace: str, source: str = CONFIG_PATH) -> None:
+    """Refuse two services with one mesh host once the defaults are known (`namespace`: where the real
+    services run, PREVIEW_NAMESPACE): a `host` written as another service's default
+    `<name>.<namespace>.svc.cluster.local`. Raises ConfigError naming the later service's field."""
+    hosts: dict[str, int] = {}
+    for i, service in enumerate(config.services):
+        host = service.mesh_host(namespace)
+        if host in hosts:
+            field = "host" if service.host is not None else "name"
+            raise ConfigError(source, f"services[{i}].{field}", _HOST_TAKEN.format(host=host, other=hosts[host]))
+        hosts[host] = i
 
 
 def check_policy(config: RepoConfig, policy: Policy, source: str = CONFIG_PATH) -> None:

@@ -53,6 +53,12 @@ def is_fork(pull: Mapping[str, Any]) -> bool:
         base_repo.get("id", base_repo.get("full_name"))
 
 
+def label_key(name: str) -> str:
+    """A label name as labels are compared: GitHub keeps one label per name whatever its case (creating
+    `Preview` next to `preview` is refused as already_exists), so `Preview` is the `preview` label."""
+    return name.casefold()
+
+
 def facts_from_pull(pull: Mapping[str, Any], action: str, changed_label: str | None = None) -> PullRequestFacts:
     return PullRequestFacts(
         action=action,
@@ -77,11 +83,13 @@ def decide(config: RepoConfig, facts: PullRequestFacts) -> Decision:
     if config.trigger == "command":
         return Decision.IGNORE
     if config.trigger == "label":
-        if facts.action == "unlabeled" and facts.changed_label == config.label:
+        label = label_key(config.label)
+        changed = label_key(facts.changed_label) if facts.changed_label is not None else None
+        if facts.action == "unlabeled" and changed == label:
             return Decision.TEARDOWN
-        wants = config.label in facts.labels and (
+        wants = label in {label_key(name) for name in facts.labels} and (
             facts.action in UPDATES or facts.action == BASE_CHANGED
-            or (facts.action == "labeled" and facts.changed_label == config.label))
+            or (facts.action == "labeled" and changed == label))
     else:
         wants = facts.action in UPDATES or facts.action == BASE_CHANGED
     if not wants or facts.draft or (facts.fork and facts.action == BASE_CHANGED):

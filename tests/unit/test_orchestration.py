@@ -377,7 +377,8 @@ async def test_reconcile_without_the_app_removes_only_the_cluster_side() -> None
 
 
 @pytest.mark.parametrize(("keep", "labels", "removed"), [(False, (), True), (True, (), False),
-                                                         (False, ("preview-keep",), False)])
+                                                         (False, ("preview-keep",), False),
+                                                         (False, ("Preview-Keep",), False)])
 async def test_reconcile_removes_an_idle_preview_unless_kept(keep: bool, labels: tuple[str, ...],
                                                               removed: bool) -> None:
     gh, kube, _locks, previewer = setup()

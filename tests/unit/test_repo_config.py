@@ -12,7 +12,9 @@ from bot.repo_config import (
     CONFIG_PATH,
     RepoConfig,
     ServiceConfig,
+    check_hosts,
     check_policy,
+    declared_trigger,
     effective_resources,
     image_problem,
     parse_repo_config,
@@ -463,7 +465,6 @@ def test_invalid_image_references_are_config_errors_naming_what_is_wrong(image: 
     (["services/*/main.go"], ["services/a/b/main.go"], False),  # `*` stays within one folder
     (["services/", "!services/docs/"], ["services/docs/readme.md"], False),  # a later `!` takes files out
     (["services/", "!services/docs/"], ["services/docs/readme.md", "services/a/x.py"], True),
-    (["!docs/**"], ["src/x.py"], False),  # a negation alone includes nothing, as in .gitignore
 ])
 def test_paths_are_gitignore_patterns(paths: list[str], changed: list[str], affected: bool) -> None:
     config = parse_repo_config(f"services:\n  - name: a\n    image: r.example.com/a:{{sha}}\n    port: 80\n"
@@ -483,3 +484,84 @@ def test_paths_that_would_match_nothing_meant_are_config_errors(pattern: str, sa
                           f"    paths: {json.dumps(['ok/', pattern])}\n")  # JSON is YAML: the exact string
     assert caught.value.field == "services[0].paths[1]"
     assert says in caught.value.reason
+
+
+@pytest.mark.parametrize(("host", "full"), [("a.shop", "a.shop.svc.cluster.local"),
+                                            ("a.shop.svc", "a.shop.svc.cluster.local")])
+def test_a_kubernetes_short_name_is_not_a_mesh_host(host: str, full: str) -> None:
+    """Istio reads a VirtualService host as written and expands only a name without dots: routes for
+    `a.shop` never apply to the Service a.shop.svc.cluster.local (seen on istiod + Envoy: the preview said
+    ready, its requests reached the real service)."""
+    with pytest.raises(ConfigError) as raised:
+        parse_repo_config(one_service(f"host: {host}"))
+    assert str(raised.value) == (f".github/preview.yml: services[0].host: {host!r} is a Kubernetes short name, "
+                                 "which Istio reads as written (it expands only a name without dots): write the "
+                                 f"full name, e.g. {full}")
+
+
+@pytest.mark.parametrize("host", ["a.shop.svc.cluster.local", "a.shop.svc.corp.example", "api.payments.internal",
+                                  "api.stripe.com"])
+def test_full_names_and_service_entry_hosts_are_mesh_hosts(host: str) -> None:
+    assert parse_repo_config(one_service(f"host: {host}")).services[0].host == host
+
+
+TWO_SERVICES = """
+services:
+  - name: a
+    image: registry.example.com/acme/a:{{sha}}
+    port: 8080
+    {a}
+  - name: b
+    image: registry.example.com/acme/b:{{sha}}
+    port: 9090
+    {b}
+"""
+
+
+@pytest.mark.parametrize(("a", "b", "field", "host"), [
+    ("host: x.shop.svc.cluster.local", "host: X.shop.svc.cluster.local", "services[1].host",
+     "x.shop.svc.cluster.local"),
+    ("host: b.shop.svc.cluster.local", "", "services[1].name", "b.shop.svc.cluster.local"),  # b's default host
+    ("", "host: a.shop.svc.cluster.local", "services[1].host", "a.shop.svc.cluster.local"),
+])
+def test_two_services_never_share_a_mesh_host(a: str, b: str, field: str, host: str) -> None:
+    """A preview's route for a host has one destination: the second service's would replace the first's
+    (the PR said ready for both, one was unreachable through the mesh)."""
+    config = parse_repo_config(TWO_SERVICES.format(a=a, b=b))
+    with pytest.raises(ConfigError) as raised:
+        check_hosts(config, "shop")
+    assert str(raised.value) == (f".github/preview.yml: {field}: {host} is already the host of services[0]: "
+                                 "each service needs its own host")
+
+
+def test_services_on_their_own_hosts_pass() -> None:
+    check_hosts(parse_repo_config(TWO_SERVICES.format(a="", b="")), "shop")
+    check_hosts(parse_repo_config(TWO_SERVICES.format(a="host: b.other.svc.cluster.local", b="")), "shop")
+
+
+@pytest.mark.parametrize("paths", [["!docs/"], ["!docs/", "!*.md"], ["!docs/", "services/a/"]])
+def test_a_negation_before_any_pattern_is_refused(paths: list[str]) -> None:
+    """.gitignore: `!p` only takes files back out of what earlier patterns matched; first, it excludes
+    from nothing, and a list of negations alone matched no change at all (the service never deployed)."""
+    with pytest.raises(ConfigError) as raised:
+        parse_repo_config(one_service(f"paths: {json.dumps(paths)}"))
+    assert str(raised.value).startswith(".github/preview.yml: services[0].paths[0]: '!docs/' excludes from what "
+                                        "the patterns before it match, and none does")
+
+
+def test_negations_after_a_pattern_exclude() -> None:
+    service = parse_repo_config(one_service('paths: ["services/a/", "!services/a/docs/"]')).services[0]
+    assert service.affected_by(["services/a/main.go"]) and not service.affected_by(["services/a/docs/x.md"])
+
+
+@pytest.mark.parametrize(("text", "declared"), [
+    ("trigger: label\nlabel: deploy-me\nservices: 3\n", ("label", "deploy-me")),
+    ("services: []\n", ("auto", "preview")),
+    ("trigger: command\nwait_timeout: forever\n", ("command", "preview")),
+    ("trigger: labels\n", None),
+    ("trigger: label\nlabel: ''\n", None),
+    ("trigger: label\nservices: [\n", None),
+    ("- trigger: label\n", None),
+])
+def test_a_broken_config_still_declares_its_trigger(text: str, declared: tuple[str, str] | None) -> None:
+    assert declared_trigger(text) == declared

@@ -77,6 +77,15 @@ def test_label_trigger() -> None:
     assert decide(LABEL, facts("labeled", fork=True, labels=("preview",), changed="preview")) is Decision.AWAIT_APPROVAL
 
 
+def test_labels_match_whatever_their_case() -> None:
+    """GitHub keeps one label per name whatever its case: `Preview` on the PR is the config's `preview`."""
+    assert decide(LABEL, facts("labeled", labels=("Preview",), changed="Preview")) is Decision.DEPLOY
+    assert decide(LABEL, facts("synchronize", labels=("PREVIEW",))) is Decision.DEPLOY
+    assert decide(LABEL, facts("unlabeled", labels=(), changed="PreView")) is Decision.TEARDOWN
+    config = RepoConfig(services=SERVICES, trigger="label", label="Deploy-Me")
+    assert decide(config, facts("labeled", labels=("deploy-me",), changed="deploy-me")) is Decision.DEPLOY
+
+
 def test_custom_label_name() -> None:
     config = RepoConfig(services=SERVICES, trigger="label", label="deploy-me")
     assert decide(config, facts("labeled", labels=("deploy-me",), changed="deploy-me")) is Decision.DEPLOY
