@@ -292,7 +292,8 @@ async def test_a_base_branch_change_redeploys_what_the_new_diff_selects(
               "  - {name: a, image: 'registry.example.com/a:{sha}', port: 8080, paths: ['services/a/**']}\n"
               "  - {name: b, image: 'registry.example.com/b:{sha}', port: 9090, paths: ['services/b/**']}\n")
     fake_github.add_repo("acme/mono", files={".github/preview.yml": config, "services/b/main.go": "v2"},
-                         ref_files={"release": {".github/preview.yml": config, "services/b/main.go": "v1"}})
+                         ref_files={"release": {".github/preview.yml": config, "services/b/main.go": "v1"}},
+                         collaborators={"alice": "write"})
     async with running_bot(fake_github, cluster, namespace) as bot:
         # Branched from `release`, into `release`: against it, the PR changes only a.
         await open_pr(bot, 12, repo="acme/mono", files={"services/a/main.go": "package main\n"}, base="release")
@@ -316,6 +317,16 @@ async def test_a_base_branch_change_redeploys_what_the_new_diff_selects(
         assert "preview-12-api-b.example.com" in body and "ready" in body
         newest = max(fake_github.deployments("acme/mono"), key=lambda d: d["id"])
         assert states(fake_github, "acme/mono", newest["id"])[-1] == "success"
+        # Stopped at this head: a retarget asks for no preview, so it stays stopped (a push would not).
+        stop = issue_comment_event(fake_github, "acme/mono", 12, "/preview stop", user="alice")
+        assert await bot.send("issue_comment", stop) == 202
+        await bot.settle()
+        assert view.deployments() == {}
+        changes = fake_github.change_base("acme/mono", 12, "release")
+        edited = pull_request_event(fake_github, "acme/mono", 12, "edited", changes=changes)
+        assert await bot.send("pull_request", edited) == 202
+        await bot.settle()
+        assert view.deployments() == {}
 
 
 async def test_a_preview_that_never_becomes_available_fails_with_the_reason(
