@@ -74,18 +74,20 @@ async def deploy_when_ready(previewer: Previewer, waits: WaitRegistry, gh: GitHu
                             config: RepoConfig | None = None, head_sha: str | None = None,
                             supersedes: bool = True, unless_stopped: bool = False,
                             superseded: Callable[[], bool] = lambda: False,
-                            now: datetime | None = None) -> DeployResult | None:
+                            now: datetime | None = None, recheck: bool = False) -> DeployResult | None:
     """Converge PR `number` towards a preview of its head; returns the deploy's result, or None when it
     waits, failed its checks, or the PR is closed. `head_sha`: the head as just read; None: read here when
     checks gate the deploy, else by the deploy under the PR's lock. `supersedes`, `unless_stopped`: as in
-    Previewer.deploy (see the module docstring)."""
+    Previewer.deploy (see the module docstring). `recheck`: what deploys may have changed though the head
+    did not (its base branch changed, so which services `paths` select): a head rolled out already is
+    decided again, its checks for the services it changes now included, and deployed again (`force`)."""
     if config is None:
         try:
             config = await previewer.load_config(gh)
         except ConfigError:
             config = None  # deploy() reads it again and reports the error on the PR
     if config is None or not config.checks_for():
-        return await previewer.deploy(gh, number, head_sha, config=config, force=False, supersedes=supersedes,
+        return await previewer.deploy(gh, number, head_sha, config=config, force=recheck, supersedes=supersedes,
                                       unless_stopped=unless_stopped, superseded=superseded)
     pull = None
     if head_sha is None:
@@ -103,18 +105,19 @@ async def deploy_when_ready(previewer: Previewer, waits: WaitRegistry, gh: GitHu
             wanted = [s.name for s in config.services if s.affected_by(changed.names)]
     required = config.checks_for(wanted)
     if not required:
-        return await previewer.deploy(gh, number, head_sha, pull=pull, config=config, force=False,
+        return await previewer.deploy(gh, number, head_sha, pull=pull, config=config, force=recheck,
                                       supersedes=supersedes, unless_stopped=unless_stopped, superseded=superseded)
 
     key = PreviewKey(gh.repo, number, gh.repo_id)
     deployments = await gh.deployments(key.environment)
     latest = deployments[0] if deployments else None
-    if latest is not None and latest.get("sha") == head_sha and not is_gate(latest):
+    if latest is not None and latest.get("sha") == head_sha and not is_gate(latest) and not recheck:
         # This commit was rolled out already (the checks passed, or a `/preview` overrode them).
         waits.done(gh, number)
         return await previewer.deploy(gh, number, head_sha, pull=pull, config=config, force=False,
                                       supersedes=supersedes, unless_stopped=unless_stopped, superseded=superseded)
-    gate = latest if latest is not None and latest.get("sha") == head_sha else None
+    # The head's own wait, if any (with `recheck`, `latest` may be the head's live deployment: not a wait).
+    gate = latest if latest is not None and latest.get("sha") == head_sha and is_gate(latest) else None
 
     now = now or datetime.now(UTC)
     since = (parse_time(str(gate.get("created_at") or "")) if gate is not None else None) or now

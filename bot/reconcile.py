@@ -6,7 +6,8 @@ removed after the TTL unless someone asked to keep them.
 
 `reconcile` is one pass (pure decisions over the cluster and GitHub reads); `Reconciler` owns the loop
 around it (every `reconcile_interval`, while leading), the start-up discovery of PRs whose events were
-lost, and the resumption (a queued redeploy) of previews found behind or half-done. `Repositories` is
+lost, and the resumption (a queued redeploy) of previews found behind or half-done, reported failed but
+Available since, or running a service their repository's config dropped. `Repositories` is
 the App's installations and their repositories, by id; an installation the App cannot use (suspended,
 or its token refused) holds its own previews as they are and stops no one else's clean-up.
 """
@@ -36,7 +37,7 @@ from bot.naming import PreviewKey, valid_repo
 from bot.ports import Cluster, GitHubRepo
 from bot.previews import Previewer
 from bot.queue import QueueClosed, QueueFull, WorkQueue
-from bot.repo_config import RepoConfig
+from bot.repo_config import CONFIG_PATH, RepoConfig
 from bot.settings import Settings
 from bot.timestamps import parse_time
 from bot.triggers import Decision, decide, facts_from_pull, is_fork, label_key
@@ -49,7 +50,8 @@ REPOSITORIES_MIN_AGE = 10.0  # a repository missing from the list re-reads it, a
 # (repository id, full name) -> a client for it, or None when the App is no longer installed there. The
 # id is None for a legacy preview (made before ids): the name finds it then.
 ClientFor = Callable[[int | None, str], Awaitable[GitHubRepo | None]]
-# (repository id, current full name, number, why): queue a redeploy; why is MISSED_PUSH or UNFINISHED.
+# (repository id, current full name, number, why): queue a redeploy; why is MISSED_PUSH, UNFINISHED,
+# RECOVERED or DROPPED.
 Resume = Callable[[int, str, int, str], None]
 
 
@@ -99,7 +101,8 @@ async def reconcile(kube: Cluster, previewer: Previewer, client_for: ClientFor, 
     previews = await kube.live_previews()
     metrics.LIVE_PREVIEWS.set(len(previews))
     pulls_by_repo: dict[int | str, tuple[GitHubRepo | None, Mapping[int, dict[str, Any]] | None]] = {}
-    configs: dict[int, RepoConfig | None] = {}  # read once a pass, only for a repository that needs it
+    # Read once a pass, only for a repository that needs it (a ConfigError: its config is broken).
+    configs: dict[int, RepoConfig | ConfigError | None] = {}
     routed = _routed_destinations(await kube.mesh_services())
     for preview in previews:
         target = f"{preview.repo}#{preview.number}"
@@ -133,9 +136,20 @@ async def reconcile(kube: Cluster, previewer: Previewer, client_for: ClientFor, 
                                                                   stuck_after if check_stuck else None, now, identity)
             if why == MISSED_PUSH and not await _push_deploys(previewer, client, pull, configs):
                 why = None  # its own event would not have deployed it either (draft, trigger, label)
+            # A redeploy of this very commit that failed (bot.previews.Previewer.redeploy) is not asked again.
+            may_redeploy = (pull.get("head") or {}).get("sha") == preview.sha and \
+                previewer.redeploy_failed_at(naming.existing_key(preview.repo, preview.number, preview.repo_id,
+                                                                 preview.key)) != preview.sha
+            if why is None and may_redeploy and preview.rollout_failed and preview.available:
+                # Reported failed, Available since (an image CI pushed after the wait, a crash loop that
+                # ended): known from the listing above, no request. The redeploy reports it ready.
+                why = RECOVERED
+            dropped = None if why is not None or not may_redeploy or resume is None else \
+                await _config_dropped(previewer, client, preview, configs)
+            if dropped is not None:
+                why = DROPPED
             if resume is not None and why is not None:
-                report.actions.append(Action("resume", target, "missed a push" if why == MISSED_PUSH
-                                             else "deploy did not finish"))
+                report.actions.append(Action("resume", target, dropped or _RESUME_REASONS[why]))
                 resume(client.repo_id, client.repo, preview.number, why)
                 continue
             labels = {label_key(str(label["name"])) for label in pull.get("labels") or []}
@@ -212,7 +226,9 @@ def _key_intact(preview: LivePreview) -> bool:
     return True
 
 
-MISSED_PUSH, UNFINISHED = "missed-push", "unfinished"
+MISSED_PUSH, UNFINISHED, RECOVERED, DROPPED = "missed-push", "unfinished", "recovered", "config-dropped"
+_RESUME_REASONS = {MISSED_PUSH: "missed a push", UNFINISHED: "deploy did not finish",
+                   RECOVERED: "reported failed, Available now"}
 
 
 def _routed_destinations(mesh_services: list[dict[str, Any]]) -> dict[str, set[str]]:
@@ -225,7 +241,7 @@ def _routed_destinations(mesh_services: list[dict[str, Any]]) -> dict[str, set[s
 
 
 async def _restore_routes(kube: Cluster, previewer: Previewer, client: GitHubRepo, preview: LivePreview,
-                          routed: Mapping[str, set[str]], configs: dict[int, RepoConfig | None], report: GcReport,
+                          routed: Mapping[str, set[str]], configs: Configs, report: GcReport,
                           target: str, *, dry_run: bool) -> None:
     """Put back the mesh routes a live preview lost (a team's VirtualService re-applied by its owner or a
     GitOps tool without them): the deploy is done and "ready", so nothing else would. The routes are the
@@ -252,18 +268,38 @@ async def _restore_routes(kube: Cluster, previewer: Previewer, client: GitHubRep
                 report.errors.append(f"{target}: route for {service.mesh_host} not restored: {exc}")
 
 
-async def _config(previewer: Previewer, client: GitHubRepo, configs: dict[int, RepoConfig | None]) -> RepoConfig | None:
+Configs = dict[int, RepoConfig | ConfigError | None]  # repository id -> its config this pass
+
+
+async def _config(previewer: Previewer, client: GitHubRepo, configs: Configs) -> RepoConfig | None:
     """The repository's config, read at most once a pass; None when it has none or it is broken."""
     if client.repo_id not in configs:
         try:
             configs[client.repo_id] = await previewer.load_config(client)
-        except ConfigError:
-            configs[client.repo_id] = None
-    return configs[client.repo_id]
+        except ConfigError as exc:
+            configs[client.repo_id] = exc
+    found = configs[client.repo_id]
+    return None if isinstance(found, ConfigError) else found
+
+
+async def _config_dropped(previewer: Previewer, client: GitHubRepo, preview: LivePreview,
+                          configs: Configs) -> str | None:
+    """Why the live preview's next deploy would remove some of it: it runs a service its repository's config
+    (default branch) no longer has, or the config file is gone; None when neither. Without this the removed
+    service kept running and routed until the PR's next push. Costs one config read per repository a pass
+    (shared with the other uses here), none per preview. A broken config keeps the preview, as a deploy does;
+    a change of a remaining service (image, env, `paths`) still waits for the next deploy."""
+    config = await _config(previewer, client, configs)
+    if isinstance(configs[client.repo_id], ConfigError):
+        return None
+    if config is None:
+        return f"its repository has no {CONFIG_PATH} on its default branch any more"
+    gone = sorted(set(preview.services) - {naming.dns_label(s.name) for s in config.services})
+    return f"runs {', '.join(gone)}, which its repository's config no longer has" if gone else None
 
 
 async def _push_deploys(previewer: Previewer, client: GitHubRepo, pull: Mapping[str, Any],
-                        configs: dict[int, RepoConfig | None]) -> bool:
+                        configs: Configs) -> bool:
     """Whether the push's own `synchronize` event would have deployed the PR: not for a draft, nor under
     `trigger: command`, nor under `trigger: label` without the label (bot.triggers). With no config, or
     a broken one, the deploy decides (it removes or reports)."""
@@ -452,7 +488,7 @@ class Reconciler:
         report = await reconcile(self.kube, self.previewer, self.repositories.client_for,
                                  idle_ttl=timedelta(days=self.settings.idle_ttl_days), dry_run=dry_run,
                                  resume=None if dry_run else self.resume, check_stuck=self._first_pass,
-                                 stuck_after=timedelta(seconds=self.settings.ready_timeout + 60),
+                                 stuck_after=timedelta(seconds=self.previewer.longest_wait + 60),
                                  identity=self.settings.identity,
                                  warn_before=timedelta(hours=self.settings.ttl_warning_hours))
         self._first_pass = False
@@ -494,10 +530,17 @@ class Reconciler:
 
     def resume(self, repo_id: int, repo: str, number: int, why: str) -> None:
         """Queue a redeploy of a preview found half-done (`why` UNFINISHED: a crash mid-deploy, or a wait
-        for checks that ran out) or behind its PR's head (MISSED_PUSH)."""
+        for checks that ran out), behind its PR's head (MISSED_PUSH), reported failed and Available since
+        (RECOVERED), or running a service its config no longer has (DROPPED)."""
         async def job() -> None:
             client = await self.repositories.client_for(repo_id, repo)
             if client is None:
+                return
+            if why in (RECOVERED, DROPPED):  # the head runs already (its checks passed): deployed again
+                still: Callable[[LivePreview], bool] = (lambda p: p.rollout_failed and p.available) \
+                    if why == RECOVERED else (lambda p: True)  # the deploy reads the config again
+                await self.previewer.redeploy(client, number, still=still,
+                                              superseded=lambda: self.superseded(repo_id, number))
                 return
             # A webhook may have got there first (this job waited behind it in the PR's queue, or
             # for its lock): the deploy, at the head it reads, is then a no-op. With `wait_for`, it

@@ -134,9 +134,10 @@ class Settings:
     private_key: str = field(repr=False)
     webhook_secret: str = field(repr=False)
     api_url: str = DEFAULT_API_URL
-    ready_timeout: float = 300.0
+    ready_timeout: float = 300.0  # seconds a preview has to become Available
     # Seconds after a rollout starts during which ErrImagePull/ImagePullBackOff means "the image is not
-    # pushed yet" (CI builds it after the push), not a failure.
+    # pushed yet" (CI builds it after the push), not a failure. A preview waiting for its image is waited
+    # for this long even when it is longer than `ready_timeout` (bot.kube.rollout): the two never conflict.
     image_pull_grace: float = 600.0
     max_concurrency: int = 8
     max_queue: int = 2000

@@ -1,8 +1,9 @@
-"""pull_request events: deploy on open/push/ready/label, tear down on close or unlabel.
+"""pull_request events: deploy on open/push/ready/label/base change, tear down on close or unlabel.
 
 Each is a person's doing (a push, a label added, ...), so it deploys even a PR whose preview was stopped at
-its head; only check events, wait timeouts and the reconciler respect such a stop (bot.gate). A config
-error is reported on the events that would have deployed."""
+its head; only check events, wait timeouts and the reconciler respect such a stop (bot.gate), and a base
+branch change (`edited` with `changes.base`), which asks for no preview. A config error is reported on the
+events that would have deployed."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from bot.context import Context, repo_client
 from bot.errors import ConfigError
 from bot.github.client import RepoClient
 from bot.repo_config import CONFIG_PATH, RepoConfig, declared_trigger
-from bot.triggers import UPDATES, Decision, PullRequestFacts, decide_merged, facts_from_pull
+from bot.triggers import BASE_CHANGED, UPDATES, Decision, PullRequestFacts, decide_merged, facts_from_pull
 
 router = routing.Router()
 Handler = Callable[..., Awaitable[Any]]
@@ -79,18 +80,24 @@ async def on_pull_request(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> N
     try:
         config = await ctx.previewer.load_config(client)
     except ConfigError as exc:
-        if actions & UPDATES or await label_asked(client, event, pairs):
+        if actions & UPDATES or BASE_CHANGED in actions or await label_asked(client, event, pairs):
             await ctx.reporter.show(client, number, Report(
                 State.CONFIG_ERROR, sha=pr["head"]["sha"], detail=f"Nothing was deployed: `{exc}`", keeps_live=True))
         return
     if config is None:
         return  # this repository does not use previews
+    if not any(service.paths for service in config.services):
+        pairs = [pair for pair in pairs if pair[0] != BASE_CHANGED]  # a new base changes nothing deployed
     decision, action = decide_merged(config, facts(event), pairs)
     if decision is Decision.DEPLOY:
         # The head as of now, not as of the event, read under the PR's lock: another replica may be
         # handling a newer push, and both must converge on the same commit. Deploys now, or once the
-        # checks the config waits for have succeeded (bot.gate).
+        # checks the config waits for have succeeded (bot.gate). After a base change the head may run
+        # already, but `paths` may select other services now: it is decided and deployed again.
+        # A base change alone asks for no preview: one stopped at this head stays stopped.
         await gate.deploy_when_ready(ctx.previewer, ctx.waits, client, number, config=config,
+                                     recheck=any(pair[0] == BASE_CHANGED for pair in pairs),
+                                     unless_stopped=action == BASE_CHANGED,
                                      superseded=lambda: ctx.superseded(client.repo_id, number))
     elif decision is Decision.TEARDOWN:
         reason = f"The `{config.label}` label was removed: preview removed." if action == "unlabeled" else \

@@ -403,3 +403,79 @@ async def test_an_image_pushed_after_the_deploy_is_waited_for(
     assert "ready" in body and "Waiting for the image" not in body
     assert len(fake_github.deployments("acme/slowci")) == 1  # no push, no second deploy
     assert PreviewKey("acme/slowci", 9, fake_github.repos["acme/slowci"].id).object_name("a") in view.deployments()
+
+
+async def _eventually(what: str, pred: Callable[[], Any], timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := pred()):
+        assert time.monotonic() < deadline, f"not within {timeout:.0f}s: {what}"
+        await asyncio.sleep(0.25)
+    return value
+
+
+def _push_images(core: k8s.CoreV1Api, namespace: str) -> None:
+    """CI pushes the images: the kwok test Stage starts the pods that waited for them."""
+    for pod in core.list_namespaced_pod(namespace).items:
+        core.patch_namespaced_pod(pod.metadata.name, namespace,
+                                  {"metadata": {"annotations": {"preview-bot.test/image-pushed": "true"}}})
+
+
+async def test_the_image_pull_grace_is_honoured_past_the_ready_timeout(
+        fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView) -> None:
+    """The defaults give CI 600 s to push an image (PREVIEW_IMAGE_PULL_GRACE) but a preview 300 s to become
+    Available (PREVIEW_READY_TIMEOUT). Scaled down (2 s and 120 s): an image pushed after the ready timeout,
+    within the grace, is waited for, never reported as a failure."""
+    config = "services:\n  - name: a\n    image: registry.example.com/acme/not-pushed-a:{sha}\n    port: 8080\n"
+    fake_github.add_repo("acme/slowci", files={".github/preview.yml": config})
+    core = k8s.CoreV1Api(view.api)
+    async with running_bot(fake_github, cluster, namespace, PREVIEW_READY_TIMEOUT="2",
+                           PREVIEW_IMAGE_PULL_GRACE="120") as bot:
+        fake_github.add_pull("acme/slowci", 9, head_sha=SHA_A)
+        assert await bot.send("pull_request", pull_request_event(fake_github, "acme/slowci", 9, "opened")) == 202
+        await _eventually("the PR says it waits for the image", lambda: any(
+            "Waiting for the image" in str(c["body"]) for c in fake_github.comments("acme/slowci", 9)))
+        await asyncio.sleep(3)  # past the ready timeout, well within the grace
+        [record] = fake_github.deployments("acme/slowci")
+        assert [s["state"] for s in fake_github.statuses("acme/slowci", record["id"])] == \
+            ["in_progress", "in_progress"]
+        _push_images(core, namespace)
+        await bot.settle()
+    assert [s["state"] for s in fake_github.statuses("acme/slowci", record["id"])][-1] == "success"
+    body = sticky(fake_github, "acme/slowci", 9)
+    assert "ready" in body and "failed" not in body.lower()
+    assert len(fake_github.deployments("acme/slowci")) == 1
+
+
+async def test_a_preview_reported_failed_that_becomes_available_is_reported_ready_by_the_next_pass(
+        fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView) -> None:
+    """An image pushed after the grace: the deploy reports failure, then the pod starts. The next
+    reconciliation pass sees it Available (from the Deployments it lists, marked failed by the deploy),
+    deploys the head again and the PR says ready; its earlier failed deployment goes inactive."""
+    config = "services:\n  - name: a\n    image: registry.example.com/acme/not-pushed-a:{sha}\n    port: 8080\n"
+    fake_github.add_repo("acme/slowci", files={".github/preview.yml": config})
+    core = k8s.CoreV1Api(view.api)
+    name = PreviewKey("acme/slowci", 9, fake_github.repos["acme/slowci"].id).object_name("a")
+    async with running_bot(fake_github, cluster, namespace, PREVIEW_READY_TIMEOUT="2",
+                           PREVIEW_IMAGE_PULL_GRACE="1") as bot:
+        fake_github.add_pull("acme/slowci", 9, head_sha=SHA_A)
+        assert await bot.send("pull_request", pull_request_event(fake_github, "acme/slowci", 9, "opened")) == 202
+        await bot.settle()
+        [failed] = fake_github.deployments("acme/slowci")
+        assert fake_github.statuses("acme/slowci", failed["id"])[-1]["state"] == "failure"
+        assert "did not appear within 1 s" in sticky(fake_github, "acme/slowci", 9)
+        # A pass while it is still not Available corrects nothing and asks GitHub for nothing per preview.
+        assert [a.kind for a in (await bot.bot.reconcile_once()).actions] == []
+        _push_images(core, namespace)
+        await _eventually("the Deployment is Available", lambda: (
+            view.deployments()[name].status.available_replicas or 0) >= 1)
+        report = await bot.bot.reconcile_once()
+        assert [(a.kind, a.reason) for a in report.actions] == [("resume", "reported failed, Available now")]
+        await bot.settle()
+        assert [a.kind for a in (await bot.bot.reconcile_once()).actions] == []  # corrected once: mark gone
+        await bot.settle()
+    body = sticky(fake_github, "acme/slowci", 9)
+    assert "ready" in body and "did not appear" not in body
+    states = {d["id"]: fake_github.statuses("acme/slowci", d["id"])[-1]["state"]
+              for d in fake_github.deployments("acme/slowci")}
+    assert sorted(states.values()) == ["inactive", "success"] and states[failed["id"]] == "inactive"
+    assert "preview-bot.dev/rollout-failed" not in (view.deployments()[name].metadata.annotations or {})

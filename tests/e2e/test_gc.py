@@ -240,6 +240,37 @@ async def test_a_preview_goes_when_its_repository_removes_the_config(
     assert comment.stopped_at(body) == "e" * 40
 
 
+async def test_a_service_or_the_config_removed_on_the_default_branch_goes_at_the_next_pass(
+        fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView) -> None:
+    """No push needed: a pass reads each repository's config once, finds a preview running a service the
+    config no longer has (or no config at all), and redeploys the head, which removes it; the rest stays."""
+    two = CONFIG + "  - name: b\n    image: registry.example.com/acme/b:{sha}\n    port: 9090\n"
+    fake_github.add_repo(REPO, files={".github/preview.yml": two}, collaborators={"alice": "write"})
+    async with running_bot(fake_github, cluster, namespace) as bot:
+        await deploy(bot, 7)
+        key = key_of(fake_github, REPO, 7)
+        assert sorted(view.deployments()) == [key.object_name("a"), key.object_name("b")]
+        assert (await bot.bot.reconcile_once()).actions == []  # the config still has both
+        commit_to_default_branch(fake_github, "f" * 40, {".github/preview.yml": CONFIG})  # b removed
+        first = await bot.bot.reconcile_once()
+        await bot.settle()
+        assert [(a.kind, a.reason) for a in first.actions] == [
+            ("resume", "runs b, which its repository's config no longer has")]
+        assert list(view.deployments()) == [key.object_name("a")] and view.services() == [key.object_name("a")]
+        assert view.mesh_routes(f"b.{namespace}.svc.cluster.local") == []
+        assert [r["name"] for r in view.mesh_routes(f"a.{namespace}.svc.cluster.local")] == [key.value, "default"]
+        body = next(c["body"] for c in fake_github.comments(REPO, 7) if comment.MARKER in c["body"])
+        assert "Preview: ready" in body and "preview-7-api-b" not in body
+        assert (await bot.bot.reconcile_once()).actions == []
+        commit_to_default_branch(fake_github, "e" * 40, {".github/preview.yml": None})  # previews no more
+        assert [a.reason for a in (await bot.bot.reconcile_once()).actions] == [
+            "its repository has no .github/preview.yml on its default branch any more"]
+        await bot.settle()
+    assert view.deployments() == {} and view.services() == []
+    body = next(c["body"] for c in fake_github.comments(REPO, 7) if comment.MARKER in c["body"])
+    assert "Preview: stopped" in body and "no `.github/preview.yml` on its default branch any more" in body
+
+
 async def test_a_service_whose_host_changes_leaves_no_route_at_the_old_host(
         fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView) -> None:
     """The config moves service `a` to another in-mesh host: the next deploy routes the key at the new

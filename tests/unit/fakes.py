@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -220,6 +220,13 @@ class FakeCluster:
         self.previews[plan.key.value] = LivePreview(
             plan.key.value, plan.key.repo, plan.key.number, plan.sha, tuple(sorted(services)),
             old.created if old else now, now, old.keep if old else False, repo_id=plan.key.repo_id)
+
+    async def mark_rollout_failed(self, plan: manifests.PreviewPlan, names: Iterable[str]) -> int:
+        preview = self.previews.get(plan.key.value)
+        marked = len(set(names) & {s.name for s in plan.services})
+        if preview is not None and marked:
+            self.previews[plan.key.value] = replace(preview, rollout_failed=True, available=False)
+        return marked
 
     async def adopt(self, key: str, repo_id: int) -> int:
         return 0
