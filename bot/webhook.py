@@ -53,7 +53,8 @@ class WebhookConfig:
         # every 700 deliveries and stopped intake for 2-4 ms every 7,000; str keys and float values are
         # not tracked.
         self.seen: cachetools.FIFOCache[str, float] = cachetools.FIFOCache(maxsize=dedupe_size)
-        self.draining = False
+        self.draining = False  # intake closed: deliveries get 503, /readyz 503
+        self.terminating = False  # SIGTERM received, intake still open: /readyz 503 (bot.server.linger)
 
     def seen_before(self, delivery: str, now: float) -> bool:
         """Whether this X-GitHub-Delivery id was accepted in the last DEDUPE_TTL seconds (`now`: monotonic
@@ -240,6 +241,8 @@ async def readyz(request: web.Request) -> web.Response:
     config = request.app[CONTEXT_KEY]
     if config.draining:
         return web.json_response({"status": "draining"}, status=503)
+    if config.terminating:
+        return web.json_response({"status": "terminating"}, status=503)
     failures: dict[str, str] = {}
     for name, check in config.readiness.items():
         try:
