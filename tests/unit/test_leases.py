@@ -1,10 +1,16 @@
-"""bot.leader: who leads judged on each replica's own clock, whatever the other replicas' clocks say."""
+"""bot.leader and bot.arbiter's PR lock: a Lease held by another replica expires on each replica's own
+clock, whatever the other replicas' clocks say (client-go's leader election rule)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from bot.arbiter import Arbiter, PrLock
+from bot.errors import TemporaryError
 from bot.leader import LeaderElector
+from bot.naming import PreviewKey
 from tests.unit.fakes import FakeLeases
 
 LEASE = 30
@@ -83,3 +89,49 @@ async def test_a_renewal_restarts_the_others_count_and_a_released_lease_is_free_
     assert not await b.try_acquire_or_renew()
     await a.release()
     assert await b.try_acquire_or_renew()
+
+
+KEY = PreviewKey("acme/shop", 7, 1296269)
+
+
+class Ticking(Replica):
+    """A replica whose monotonic clock moves one second each time it is read (a waiter's polls)."""
+
+    def clock(self) -> float:
+        self.advance(1.0)
+        return self.monotonic
+
+
+def arbiter(leases: FakeLeases, replica: Replica, identity: str) -> Arbiter:
+    return Arbiter(leases, namespace="preview-bot", identity=identity, poll=0.001,  # type: ignore[arg-type]
+                   lock_seconds=LEASE, wall=replica.wall, clock=replica.clock)
+
+
+async def hold(arbiter_: Arbiter) -> PrLock:
+    """The PR's lock taken, its holder then dead (no renewal, no release)."""
+    lock = PrLock(arbiter_, KEY)
+    await lock.acquire(supersedes=False, timeout=1)
+    assert lock._task is not None
+    lock._task.cancel()
+    return lock
+
+
+async def test_a_replica_whose_clock_is_ahead_does_not_take_a_live_pr_lock() -> None:
+    leases = FakeLeases()
+    holder = await hold(arbiter(leases, Replica(), "replica-a"))
+    with pytest.raises(TemporaryError, match="busy on another replica"):
+        await PrLock(arbiter(leases, Replica(skew=45), "replica-b"), KEY).acquire(supersedes=False, timeout=0.05)
+    assert [lease["spec"]["holderIdentity"] for lease in leases.objects.values()] == [holder.arbiter.token]
+
+
+async def test_a_dead_holders_pr_lock_is_taken_after_one_duration_on_the_waiters_clock_behind_or_not() -> None:
+    leases = FakeLeases()
+    await hold(arbiter(leases, Replica(), "replica-a"))
+    waiter = Ticking(skew=-45)  # renewTime looks 45 s in the future to it
+    other = arbiter(leases, waiter, "replica-b")
+    taken = PrLock(other, KEY)
+    await taken.acquire(supersedes=False, timeout=30)
+    assert taken._task is not None
+    taken._task.cancel()
+    assert [lease["spec"]["holderIdentity"] for lease in leases.objects.values()] == [other.token]
+    assert LEASE <= waiter.elapsed <= LEASE + 3
