@@ -142,7 +142,8 @@ async def test_killed_after_the_objects_exist_but_before_success_the_next_proces
 
 async def test_sigterm_refuses_new_deliveries_and_drains_in_flight_work(
         shop: FakeGitHub, procs: BotProcesses, view: ClusterView, namespace: str) -> None:
-    a = await start_quiet(shop, procs, "a", PREVIEW_DRAIN_TIMEOUT=str(DRAIN_TIMEOUT))
+    # No shutdown delay: the slow deploy must still run when intake closes.
+    a = await start_quiet(shop, procs, "a", PREVIEW_DRAIN_TIMEOUT=str(DRAIN_TIMEOUT), PREVIEW_SHUTDOWN_DELAY="0")
     shop.inject("POST", STATUSES, status=None, times=1)  # in_progress
     shop.inject("POST", STATUSES, status=None, delay=3, times=1)  # success: slow, then applied
     shop.add_pull(REPO, 1, head_sha=HEAD)
