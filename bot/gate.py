@@ -6,6 +6,12 @@ converges: deploy, show "waiting for checks", or show why nothing was deployed. 
 later check event, a push, a `/preview` or the process-wide pass over `WaitRegistry` calls again.
 GitHub is written to only when what the PR shows changes, so a repeated event costs reads only.
 
+A stop holds (`/preview stop`, a label removed, the idle TTL: the sticky comment records the head it
+stopped at, bot.comment.stopped_at): with `unless_stopped`, for callers that are no new push nor a person
+asking (a check event, a wait that ran out, the reconciler), a PR stopped at its head neither deploys
+nor shows "waiting", and its wait is forgotten. README: only a push since the stop brings it back (or a
+person: `/preview`, the label added again).
+
 While waiting, the PR has a GitHub Deployment of the head SHA whose payload carries `waiting_for`; its
 `created_at` is when the wait began (it survives restarts), and its latest status says what it waits for.
 """
@@ -66,11 +72,13 @@ async def load_config_at(gh: GitHubRepo, branch: str, previewer: Previewer) -> R
 
 async def deploy_when_ready(previewer: Previewer, waits: WaitRegistry, gh: GitHubRepo, number: int, *,
                             config: RepoConfig | None = None, head_sha: str | None = None,
-                            supersedes: bool = True, superseded: Callable[[], bool] = lambda: False,
+                            supersedes: bool = True, unless_stopped: bool = False,
+                            superseded: Callable[[], bool] = lambda: False,
                             now: datetime | None = None) -> DeployResult | None:
     """Converge PR `number` towards a preview of its head; returns the deploy's result, or None when it
     waits, failed its checks, or the PR is closed. `head_sha`: the head as just read; None: read here when
-    checks gate the deploy, else by the deploy under the PR's lock. `supersedes`: as in Previewer.deploy."""
+    checks gate the deploy, else by the deploy under the PR's lock. `supersedes`, `unless_stopped`: as in
+    Previewer.deploy (see the module docstring)."""
     if config is None:
         try:
             config = await previewer.load_config(gh)
@@ -78,7 +86,7 @@ async def deploy_when_ready(previewer: Previewer, waits: WaitRegistry, gh: GitHu
             config = None  # deploy() reads it again and reports the error on the PR
     if config is None or not config.checks_for():
         return await previewer.deploy(gh, number, head_sha, config=config, force=False, supersedes=supersedes,
-                                      superseded=superseded)
+                                      unless_stopped=unless_stopped, superseded=superseded)
     pull = None
     if head_sha is None:
         pull = await gh.pull(number)
@@ -96,7 +104,7 @@ async def deploy_when_ready(previewer: Previewer, waits: WaitRegistry, gh: GitHu
     required = config.checks_for(wanted)
     if not required:
         return await previewer.deploy(gh, number, head_sha, pull=pull, config=config, force=False,
-                                      supersedes=supersedes, superseded=superseded)
+                                      supersedes=supersedes, unless_stopped=unless_stopped, superseded=superseded)
 
     key = PreviewKey(gh.repo, number, gh.repo_id)
     deployments = await gh.deployments(key.environment)
@@ -105,7 +113,7 @@ async def deploy_when_ready(previewer: Previewer, waits: WaitRegistry, gh: GitHu
         # This commit was rolled out already (the checks passed, or a `/preview` overrode them).
         waits.done(gh, number)
         return await previewer.deploy(gh, number, head_sha, pull=pull, config=config, force=False,
-                                      supersedes=supersedes, superseded=superseded)
+                                      supersedes=supersedes, unless_stopped=unless_stopped, superseded=superseded)
     gate = latest if latest is not None and latest.get("sha") == head_sha else None
 
     now = now or datetime.now(UTC)
@@ -121,7 +129,11 @@ async def deploy_when_ready(previewer: Previewer, waits: WaitRegistry, gh: GitHu
         waits.done(gh, number)
         # deploy() marks the waiting deployment inactive when it creates the real one.
         return await previewer.deploy(gh, number, head_sha, pull=pull, config=config, force=True,
-                                      supersedes=supersedes, superseded=superseded)
+                                      supersedes=supersedes, unless_stopped=unless_stopped, superseded=superseded)
+    if unless_stopped and await previewer.stopped_at_head(gh, number, head_sha):
+        waits.done(gh, number)  # stopped while it waited: nothing more to say until a push
+        log.info("not waiting: stopped at this commit", extra={"repo": gh.repo, "pr": number, "sha": head_sha})
+        return None
     if decision.verdict is Verdict.WAIT:
         waits.note(gh, number, (since + timeout).timestamp())
     else:

@@ -19,10 +19,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from bot.errors import first_line
 from bot.kube import Conflict, collection_path
 from bot.timestamps import format_micro_time
 
 log = logging.getLogger(__name__)
+# Seconds until the next try after a failed round, at most: a third of a long lease (PREVIEW_LEASE_SECONDS
+# up to 1,000,000) would leave the reconciler without a leader for days after one API hiccup.
+RETRY_SECONDS = 5.0
 
 
 def _now() -> datetime:
@@ -106,15 +110,23 @@ class LeaderElector:
     async def run(self) -> None:
         """Acquire, then renew every third of the lease, for as long as the task runs."""
         while True:
-            try:
-                started = self._clock()
-                if await self.try_acquire_or_renew():
-                    self._renewed_at = started
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # an API hiccup: leadership lapses by itself if it lasts
-                log.warning("lease renewal failed: %s", type(exc).__name__)
-            await asyncio.sleep(self.lease_seconds / 3)
+            delay = await self.round()
+            await asyncio.sleep(delay)
+
+    async def round(self) -> float:
+        """One acquire-or-renew; returns the seconds until the next: a third of the lease, or at most
+        RETRY_SECONDS after a failure (logged with the API server's status and the Lease's namespace)."""
+        try:
+            started = self._clock()  # before the write: others count the lease's duration from after it
+            if await self.try_acquire_or_renew():
+                self._renewed_at = started
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # an API hiccup: leadership lapses by itself if it lasts
+            log.warning("lease renewal failed for Lease %s/%s: %s", self._namespace, self._name,
+                        first_line(str(exc), 300) or type(exc).__name__)
+            return min(self.lease_seconds / 3, RETRY_SECONDS)
+        return self.lease_seconds / 3
 
     def _became(self, leader: bool) -> bool:
         if leader != self.is_leader:

@@ -20,7 +20,7 @@ from typing import Any
 
 import cachetools
 
-from bot import links, manifests, mesh_routes, metrics, naming
+from bot import comment, links, manifests, mesh_routes, metrics, naming, slots
 from bot.comment import Report, ServiceLine, State
 from bot.errors import ConfigError, PreviewError, RoutesNotRemoved
 from bot.github.client import LIST_FILES_MAX
@@ -110,9 +110,14 @@ class Previewer:
         state = await gh.latest_state(int(deployments[0]["id"]))
         return state in ("failure", "error") or (state == "success" and live)
 
+    async def stopped_at_head(self, gh: GitHubRepo, number: int, head_sha: str) -> bool:
+        """The PR's sticky comment says its preview was stopped at `head_sha` (comment.stopped_at): no
+        push since. One listing of the PR's comments: the stop may have been another replica's."""
+        return comment.stopped_at(await self.reporter.sticky.body(gh, number, fresh=True)) == head_sha.lower()
+
     async def deploy(self, gh: GitHubRepo, number: int, head_sha: str | None = None, *,
                      pull: Mapping[str, Any] | None = None, config: RepoConfig | None = None,
-                     force: bool = True, supersedes: bool = True,
+                     force: bool = True, supersedes: bool = True, unless_stopped: bool = False,
                      superseded: Callable[[], bool] = lambda: False) -> DeployResult:
         """Converge the PR's preview to `head_sha`; reports to the PR comment and a GitHub Deployment.
 
@@ -121,7 +126,9 @@ class Previewer:
         after the other all converge on the newest commit; `pull` is the PR as GitHub answered it, if
         already read. Without `force`, a SHA already deployed to the end is left alone (a repeated event,
         or a resumed one that a webhook already handled). `supersedes` False: an event that must not cut
-        another replica's deploy short (a reconciler follow-up)."""
+        another replica's deploy short (a reconciler follow-up). `unless_stopped`: the caller is no new
+        push nor a person asking (a check event, a wait that ran out, the reconciler), so a preview
+        stopped at this head stays stopped (read under the lock: a stop that ran just before counts)."""
         key, _ = await self.key_for(gh, number)
         async with self.arbiter.pr_lock(key, supersedes=supersedes, timeout=self.lock_timeout) as lock:
             if head_sha is None:
@@ -129,6 +136,10 @@ class Previewer:
                 if pull.get("state") != "open":
                     return DeployResult(State.STOPPED, "the pull request is closed")
                 head_sha = str(pull["head"]["sha"])
+            if unless_stopped and await self.stopped_at_head(gh, number, head_sha):
+                log.info("not deployed: stopped at this commit", extra={"repo": gh.repo, "pr": number,
+                                                                        "sha": head_sha})
+                return DeployResult(State.STOPPED, "stopped at this commit")
 
             def stale() -> bool:
                 return superseded() or lock.superseded or not lock.held
@@ -148,7 +159,7 @@ class Previewer:
             config = config or await self.load_config(gh)
         except ConfigError as exc:
             await self.reporter.show(gh, number, Report(State.CONFIG_ERROR, sha=head_sha,
-                                                        detail=f"Nothing was deployed: `{exc}`"))
+                                                        detail=f"Nothing was deployed: `{exc}`", keeps_live=True))
             metrics.PREVIEW_OUTCOMES.labels(action="deploy", outcome="config-error").inc()
             return DeployResult(State.CONFIG_ERROR, str(exc))
         if config is None:
@@ -190,8 +201,7 @@ class Previewer:
         others = {p.key for p in repo_previews if p.key != key.value}
         granted, used = await self.arbiter.claim_slot(key, others, cap)
         if not granted:
-            detail = (f"Nothing was deployed: this repository already has {used} live previews "
-                      f"(the limit is {cap}). Stop one with `/preview stop`.")
+            detail = slots.refusal(used, cap)
             await self.reporter.show(gh, number, Report(State.NOT_DEPLOYED, sha=head_sha, detail=detail))
             metrics.PREVIEW_OUTCOMES.labels(action="deploy", outcome="over-limit").inc()
             return DeployResult(State.NOT_DEPLOYED, detail)

@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 
-from bot import comment, gate, manifests, mesh_routes, metrics, naming, ttl_warning
+from bot import gate, manifests, mesh_routes, metrics, naming, ttl_warning
 from bot.errors import ConfigError, PreviewError, RoutesNotRemoved
 from bot.gate import WaitRegistry
 from bot.github.auth import AppAuth
@@ -486,8 +486,7 @@ class Reconciler:
                     continue
                 # No preview: an event lost while down, or a stop (command, idle TTL) at this very head,
                 # which the PR's comment records. A push since the stop redeploys, as it would have live.
-                stopped = comment.stopped_at(await self.previewer.reporter.sticky.body(client, number))
-                if stopped is not None and stopped == str(pull["head"]["sha"]).lower():
+                if await self.previewer.stopped_at_head(client, number, str(pull["head"]["sha"])):
                     continue
                 missed.append((client.repo, number))
                 self.resume(client.repo_id, client.repo, number, MISSED_PUSH)
@@ -502,9 +501,9 @@ class Reconciler:
                 return
             # A webhook may have got there first (this job waited behind it in the PR's queue, or
             # for its lock): the deploy, at the head it reads, is then a no-op. With `wait_for`, it
-            # deploys only once the checks succeeded.
+            # deploys only once the checks succeeded. A stop at the head since this was queued holds.
             await gate.deploy_when_ready(self.previewer, self.waits, client, number, supersedes=False,
-                                         superseded=lambda: self.superseded(repo_id, number))
+                                         unless_stopped=True, superseded=lambda: self.superseded(repo_id, number))
         try:
             self.queue.submit((str(repo_id), number), job, supersedes=False, slot="resume")
         except QueueClosed:

@@ -86,9 +86,16 @@ class StickyComments:
             return None
         return await self._find(gh, number)
 
-    async def body(self, gh: GitHubRepo, number: int) -> str | None:
-        """The current text of the PR's bot comment, or None when it has none."""
+    async def body(self, gh: GitHubRepo, number: int, *, fresh: bool = False) -> str | None:
+        """The current text of the PR's bot comment, or None when it has none. `fresh`: read from GitHub
+        (one listing), not from this process's cache: another replica may have rewritten it."""
         cache_key = (gh.repo_id, number)
+        if fresh:
+            found = await self._find(gh, number)
+            if found is not None:
+                self._no_comments.pop(cache_key, None)
+                self._known[cache_key] = found
+            return found[1] if found is not None else None
         if cache_key in self._no_comments:
             return None
         known = self._known.get(cache_key) or await self._find(gh, number)
@@ -161,6 +168,8 @@ class Reporter:
         the PR's first bot comment."""
         if self.link_lines is not None:
             report = replace(report, links=tuple(await self.link_lines(gh.repo, gh.repo_id, number)))
+        if report.keeps_live:  # the body is known (cached) or is read by upsert anyway
+            report = replace(report, still_live=comment.live_section(await self.sticky.body(gh, number)))
         _, created = await self.sticky.upsert(gh, number, comment.render(report))
         return created
 
@@ -271,12 +280,12 @@ class Reporter:
         if decision.verdict is Verdict.WAIT:
             detail = (f"The preview is {summary}. It deploys when they succeed; a maintainer can deploy now "
                       "with `/preview`.")
-            await self.show(gh, number, Report(State.WAITING_CHECKS, sha=sha, detail=detail))
+            await self.show(gh, number, Report(State.WAITING_CHECKS, sha=sha, detail=detail, keeps_live=True))
         else:
             link = f" ([details]({url}))" if url else ""
             detail = (f"Preview {summary}{link}. Re-run it or push a fix; a maintainer can deploy anyway "
                       "with `/preview`.")
-            await self.show(gh, number, Report(State.NOT_DEPLOYED, sha=sha, detail=detail))
+            await self.show(gh, number, Report(State.NOT_DEPLOYED, sha=sha, detail=detail, keeps_live=True))
 
     # -- the environment's deployments -----------------------------------------------------------
 

@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import web
 from gidgethub import routing
 
-from bot import links, logs
+from bot import access, links, logs
 from bot.arbiter import Arbiter
 from bot.context import Context
 from bot.errors import PreviewError, StartupError
@@ -88,7 +88,8 @@ class Bot:
         self.webhook = WebhookConfig(
             secret=settings.webhook_secret, max_body_bytes=settings.max_body_bytes,
             dispatch=self.ctx.dispatch, submit=self.queue.submit,
-            readiness={"kubernetes": cached_check(kube.ping, 5.0), "github-key": self.auth.check_key})
+            readiness={"kubernetes": cached_check(lambda: kube_reachable(kube), 5.0),
+                       "github-key": self.auth.check_key})
         self.elector = LeaderElector(kube, namespace=settings.lease_namespace, name=settings.lease_name,
                                      identity=settings.identity, lease_seconds=settings.lease_seconds) \
             if settings.leader_election else None
@@ -127,6 +128,15 @@ class Bot:
             await asyncio.sleep(every)
 
 
+async def kube_reachable(kube: Kube) -> None:
+    """Readiness: the API server answers and accepts the credentials; raises StartupError naming the
+    server and its answer (shown by /readyz)."""
+    try:
+        await kube.ping()
+    except KubeError as exc:
+        raise StartupError(f"Kubernetes: {kube.server}: {exc}") from None
+
+
 async def check_gateway(kube: Kube, settings: Settings) -> None:
     """PREVIEW_GATEWAY exists and serves the template's hosts; raises StartupError naming both (and a
     cluster that cannot be read, with the API server's URL)."""
@@ -152,6 +162,41 @@ async def check_gateway(kube: Kube, settings: Settings) -> None:
         raise StartupError(problem)
 
 
+async def check_access(kube: Kube, settings: Settings) -> None:
+    """The API server allows every call the bot makes (bot.access) and its namespaces exist; raises
+    StartupError with one line naming each refused namespace, verbs, resource and the RBAC object of
+    deploy/ to apply. An authorization API that cannot be asked only warns (the calls tell later)."""
+    namespaces = {"preview_namespace": settings.cluster.namespace,
+                  "routing_namespace": settings.cluster.routing_namespace,
+                  "lease_namespace": settings.lease_namespace}
+    refused: list[str] = []
+    try:
+        for need in access.needed(**namespaces):
+            verbs = []
+            for verb in need.verbs:
+                answer = await kube.call("POST", access.REVIEW_PATH, body=access.review(verb, need))
+                if not ((answer or {}).get("status") or {}).get("allowed"):
+                    verbs.append(verb)
+            if verbs:
+                refused.append(access.refusal(need, verbs))
+    except KubeError as exc:
+        log.warning("cannot check the bot's Kubernetes access: %s", exc)
+        return
+    except PreviewError as exc:
+        raise StartupError(f"Kubernetes: {kube.server}: {exc}") from None
+    if refused:
+        raise StartupError(f"Kubernetes: {kube.server}: the bot " + "; ".join(refused))
+    for probe in access.namespace_probes(**namespaces):
+        try:
+            await kube.call("POST", probe.path, query=[("dryRun", "All")], body=probe.body)
+        except KubeError as exc:  # only a missing namespace counts: the calls report anything else
+            missing = access.missing_namespace(probe, exc.status, str(exc))
+            if missing:
+                raise StartupError(missing) from None
+        except PreviewError as exc:
+            raise StartupError(f"Kubernetes: {kube.server}: {exc}") from None
+
+
 @asynccontextmanager
 async def _adapters(make_kube: Callable[[], Kube]) -> AsyncIterator[tuple[aiohttp.ClientSession, Kube]]:
     kube = make_kube()
@@ -171,6 +216,7 @@ async def running(settings: Settings, host: str, port: int, *,
     async with _adapters(lambda: Kube.from_environment(settings.cluster, kubeconfig,
                                                        timeout=settings.kube_timeout)) as (session, kube):
         await check_gateway(kube, settings)
+        await check_access(kube, settings)
         bot = Bot(settings, session, kube)
         bot.webhook.readiness["gateway"] = cached_check(lambda: check_gateway(kube, settings), 10.0)
         runner = web.AppRunner(create_app(bot.webhook), access_log=None)
@@ -267,7 +313,7 @@ def _command_logs() -> None:
 
 def run_gc(*, dry_run: bool) -> int:
     _command_logs()
-    settings = load_settings(os.environ)
+    settings = load_settings(os.environ, webhooks=False)
 
     async def main() -> GcReport:
         async with _adapters(lambda: Kube.from_environment(settings.cluster,

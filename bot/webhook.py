@@ -20,6 +20,7 @@ from gidgethub import sansio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bot import coalesce, envelope, metrics
+from bot.errors import PreviewError, first_line
 from bot.queue import Job, QueueClosed, QueueFull
 from bot.triggers import event_subject
 
@@ -35,6 +36,10 @@ CONTEXT_KEY: web.AppKey[WebhookConfig] = web.AppKey("webhook_config")
 DEDUPE_SIZE = 50_000  # delivery ids remembered
 DEDUPE_TTL = 6 * 3600.0  # seconds a delivery id counts as seen
 BODY_TIMEOUT = 10.0  # seconds for the rest of a body that did not arrive with its headers
+# Seconds a readiness check may take before /readyz counts it failed ("timed out"): below the probe's
+# timeoutSeconds (10 in deploy/base/deployment.yaml), so a hung API server gives a 503, not a probe timeout.
+READINESS_TIMEOUT = 5.0
+READINESS_LOG_INTERVAL = 60.0  # seconds: a check that keeps failing is logged at most this often
 REJECTION_LOG_INTERVAL = 10.0  # seconds: at most one warning line per rejection reason
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
@@ -75,6 +80,11 @@ class WebhookConfig:
         self.dispatch = dispatch
         self.submit = submit
         self.readiness = readiness
+        self.readiness_timeout = READINESS_TIMEOUT
+        # name -> the check's run from an earlier probe that has not finished yet (awaited again, never
+        # started twice: a hung API server must not pile up a blocked request per probe).
+        self._checks_running: dict[str, asyncio.Task[None]] = {}
+        self._failure_logged: dict[str, float] = {}  # name -> monotonic time of its last warning
         # Delivery id -> monotonic time it stops counting as seen. Every id gets the same TTL, so the first
         # in is the first to expire: a FIFOCache is a TTL cache here. Not cachetools.TTLCache: each of its
         # entries is a linked object the cycle collector tracks, so a flood filling it ran a collection
@@ -84,6 +94,38 @@ class WebhookConfig:
         self.rejections = RejectionLog()
         self.draining = False  # intake closed: deliveries get 503, /readyz 503
         self.terminating = False  # SIGTERM received, intake still open: /readyz 503 (bot.server.linger)
+
+    async def readiness_failures(self) -> dict[str, str]:
+        """Runs every readiness check at once, each bounded by `readiness_timeout` seconds; returns
+        name -> why it failed: the first line of the bot's own error message (PreviewError: written to be
+        shown), else only the exception's type (another library's message may quote a URL or a token),
+        or "timed out after N s". Each failure is logged, at most once a READINESS_LOG_INTERVAL per check."""
+        names = list(self.readiness)
+        reasons = await asyncio.gather(*(self._run_check(name) for name in names))
+        failures = {name: reason for name, reason in zip(names, reasons, strict=True) if reason is not None}
+        now = time.monotonic()
+        for name, reason in failures.items():
+            if now - self._failure_logged.get(name, -float("inf")) >= READINESS_LOG_INTERVAL:
+                self._failure_logged[name] = now
+                log.warning("readiness check %s failed: %s", name, reason)
+        return failures
+
+    async def _run_check(self, name: str) -> str | None:
+        task = self._checks_running.get(name)
+        if task is None or task.done():
+            task = asyncio.ensure_future(self.readiness[name]())
+            # Retrieved here too: a run that ends after its probe gave up must not warn "never retrieved".
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self._checks_running[name] = task
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self.readiness_timeout)
+        except TimeoutError:
+            return f"timed out after {self.readiness_timeout:g} s"
+        except Exception as exc:  # readiness reports any failure, it never raises
+            if isinstance(exc, PreviewError):
+                return first_line(str(exc), 300) or type(exc).__name__
+            return type(exc).__name__
+        return None
 
     def seen_before(self, delivery: str, now: float) -> bool:
         """Whether this X-GitHub-Delivery id was accepted in the last DEDUPE_TTL seconds (`now`: monotonic
@@ -281,12 +323,7 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"status": "draining"}, status=503)
     if config.terminating:
         return web.json_response({"status": "terminating"}, status=503)
-    failures: dict[str, str] = {}
-    for name, check in config.readiness.items():
-        try:
-            await check()
-        except Exception as exc:  # readiness reports any failure, it never raises
-            failures[name] = type(exc).__name__
+    failures = await config.readiness_failures()
     if failures:
         return web.json_response({"status": "not ready", "failed": failures}, status=503)
     return web.json_response({"status": "ready"})

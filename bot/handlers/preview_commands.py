@@ -91,6 +91,7 @@ async def on_comment(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
     await client.react(comment_id, "+1")
     if command.action is Action.STOP:
         pr = await client.pull(number)  # its head is recorded: a restart must not bring the preview back
+        ctx.waits.done(client, number)  # a wait for checks ends with the stop (bot.gate)
         await ctx.previewer.stop(client, number, f"Stopped by @{user} with `/preview stop`.",
                                  head_sha=str(pr["head"]["sha"]))
     elif command.action is Action.EXPLAIN:

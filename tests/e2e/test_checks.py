@@ -16,6 +16,7 @@ from kubernetes import client as k8s
 
 from bot import comment
 from bot.naming import PreviewKey
+from bot.reconcile import UNFINISHED
 from tests.e2e.harness import ClusterView, RunningBot, running_bot
 from tests.fakegithub import (
     FakeGitHub,
@@ -166,6 +167,33 @@ async def test_a_push_while_waiting_only_ever_deploys_the_new_head(bot: RunningB
     assert not any(s in ("in_progress", "success") for run in by_sha[SHA_A] for s in run)
 
 
+async def test_a_push_that_waits_or_fails_keeps_showing_the_live_preview(bot: RunningBot, view: ClusterView) -> None:
+    """The preview of the earlier commit serves until the new one deploys: while the new head waits for
+    its checks, and after they fail, the comment still gives its commit and URL as live."""
+    fake = bot.fake
+    await open_pr(bot, 6, SHA_A)
+    await send_check(bot, fake.add_check_run(GATED, SHA_A, "build-images", status="completed", conclusion="success"))
+    assert images(view) == [f"registry.example.com/acme/a:{SHA_A}"]
+    fake.push(GATED, 6, SHA_B)
+    assert await bot.send("pull_request", pull_request_event(fake, GATED, 6, "synchronize")) == 202
+    await bot.settle()
+    for step in ("waiting", "failed"):
+        body = sticky(fake, GATED, 6)
+        assert images(view) == [f"registry.example.com/acme/a:{SHA_A}"], step
+        assert body.index(f"Commit: `{SHA_B[:12]}`") < body.index("**Still live**") \
+            < body.index(f"Commit: `{SHA_A[:12]}`") < body.index("https://preview-6-api-a.example.com"), step
+        if step == "waiting":
+            assert "waiting for checks" in body
+            await send_check(bot, fake.add_check_run(GATED, SHA_B, "build-images", status="completed",
+                                                     conclusion="failure"))
+        else:
+            assert "concluded failure" in body
+    await send_check(bot, fake.add_check_run(GATED, SHA_B, "build-images", status="completed", conclusion="success"))
+    body = sticky(fake, GATED, 6)
+    assert images(view) == [f"registry.example.com/acme/a:{SHA_B}"]
+    assert "Still live" not in body and SHA_A[:12] not in body and f"Commit: `{SHA_B[:12]}`" in body
+
+
 async def test_events_for_other_commits_checks_and_apps_write_nothing(bot: RunningBot, view: ClusterView) -> None:
     fake = bot.fake
     await open_pr(bot, 4, SHA_A)
@@ -236,6 +264,81 @@ async def test_preview_command_overrides_the_wait(bot: RunningBot, view: Cluster
     calls = await send_check(bot, run)
     assert calls.writes == 0, calls.written
     assert len(fake.deployments(GATED)) == deployments
+
+
+async def stop(bot: RunningBot, number: int) -> None:
+    assert await bot.send("issue_comment", issue_comment_event(bot.fake, GATED, number, "/preview stop",
+                                                               user="alice")) == 202
+    await bot.settle()
+
+
+def environment_deployments(fake: FakeGitHub, number: int) -> list[dict[str, Any]]:
+    return [d for d in fake.deployments(GATED) if d["environment"] == f"preview-{number}"]
+
+
+def assert_stopped_at(fake: FakeGitHub, number: int, sha: str) -> None:
+    body = sticky(fake, GATED, number)
+    assert "Preview: stopped" in body and comment.stopped_at(body) == sha, body
+    assert environment_deployments(fake, number) == []
+
+
+@pytest.mark.parametrize("deployed_first", [False, True], ids=["while-waiting", "after-a-preview-command"])
+async def test_a_stop_holds_when_the_awaited_check_then_succeeds(bot: RunningBot, view: ClusterView,
+                                                                 deployed_first: bool) -> None:
+    """`/preview stop` while the PR waits for its build: the build succeeding later is no push, so it
+    deploys nothing and writes nothing; a push brings the preview back (README: only a push since the stop)."""
+    fake = bot.fake
+    number = 21 if deployed_first else 20
+    await open_pr(bot, number, SHA_A)
+    run = fake.add_check_run(GATED, SHA_A, "build-images", status="in_progress")
+    await send_check(bot, run)
+    if deployed_first:  # a maintainer deployed before the build was done, then stopped it
+        assert await bot.send("issue_comment", issue_comment_event(fake, GATED, number, "/preview",
+                                                                   user="alice")) == 202
+        await bot.settle()
+        assert images(view) == [f"registry.example.com/acme/a:{SHA_A}"]
+    await stop(bot, number)
+    assert view.deployments() == {}
+    assert_stopped_at(fake, number, SHA_A)
+    assert (fake.repos[GATED].id, number) not in bot.bot.ctx.waits  # the stop ended the wait
+
+    fake.update_check_run(GATED, run, status="completed", conclusion="success")
+    calls = await send_check(bot, run)
+    assert calls.writes == 0, calls.written
+    assert view.deployments() == {}
+    assert_stopped_at(fake, number, SHA_A)
+
+    fake.push(GATED, number, SHA_B)
+    assert await bot.send("pull_request", pull_request_event(fake, GATED, number, "synchronize")) == 202
+    await bot.settle()
+    assert "waiting for checks" in sticky(fake, GATED, number)
+    await send_check(bot, fake.add_check_run(GATED, SHA_B, "build-images", status="completed", conclusion="success"))
+    assert images(view) == [f"registry.example.com/acme/a:{SHA_B}"]
+    assert "Preview: ready" in sticky(fake, GATED, number)
+
+
+async def test_a_stop_while_waiting_ends_the_wait_and_no_resume_brings_it_back(
+        bot: RunningBot, view: ClusterView) -> None:
+    """A stop forgets the PR's wait, so its timeout reports nothing; and a resume queued for the PR all the
+    same (a wait that ran out just before, the reconciler) deploys nothing and shows no wait."""
+    fake = bot.fake
+    gated_id = fake.repos[GATED].id
+    await open_pr(bot, 22, SHA_A)
+    assert (gated_id, 22) in bot.bot.ctx.waits
+    await stop(bot, 22)
+    assert_stopped_at(fake, 22, SHA_A)
+    assert bot.bot.check_waits(now=time.time() + 3601) == []
+    await bot.settle()
+    assert_stopped_at(fake, 22, SHA_A)
+
+    start = len(fake.requests)
+    bot.bot.reconciler.resume(gated_id, GATED, 22, UNFINISHED)
+    await bot.settle()
+    calls = calls_since(fake, start)
+    assert calls.writes == 0, calls.written
+    assert_stopped_at(fake, 22, SHA_A)
+    assert (gated_id, 22) not in bot.bot.ctx.waits
+    assert view.deployments() == {}
 
 
 async def test_a_check_that_never_appears_is_reported_after_the_wait_timeout(

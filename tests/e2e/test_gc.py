@@ -14,7 +14,7 @@ from kubernetes.client.rest import ApiException
 
 from bot import comment, mesh_routes, naming
 from bot.reconcile import GcReport
-from tests.e2e.harness import CONFIG, REPO, ClusterView, RunningBot, bot_env, key_of, running_bot
+from tests.e2e.harness import CONFIG, REPO, ClusterView, RunningBot, bot_env, ensure_gateway, key_of, running_bot
 from tests.fakegithub import FakeGitHub, issue_comment_event, pull_request_event
 from tests.plugins.cluster import Cluster
 
@@ -162,8 +162,11 @@ async def test_idle_previews_expire_unless_kept(fake_github: FakeGitHub, cluster
     assert "without a push" in body and "/preview keep" in body
 
 
-async def run_cli(fake: FakeGitHub, cluster: Cluster, namespace: str, *args: str) -> tuple[int, str, str]:
+async def run_cli(fake: FakeGitHub, cluster: Cluster, namespace: str, *args: str,
+                  unset: tuple[str, ...] = ()) -> tuple[int, str, str]:
     env = {**os.environ, **bot_env(fake, namespace), "KUBECONFIG": str(cluster.kubeconfig)}
+    for name in unset:
+        env.pop(name, None)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot.cli", *args, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -187,6 +190,17 @@ async def test_gc_command_dry_run_then_for_real(fake_github: FakeGitHub, cluster
     assert view.deployments() == {}
     code, out, _ = await run_cli(fake_github, cluster, namespace, "gc")
     assert code == 0 and out.strip() == "nothing to do"
+
+
+async def test_gc_list_and_explain_need_no_webhook_secret(fake_github: FakeGitHub, cluster: Cluster,
+                                                          namespace: str) -> None:
+    """They receive no webhooks: GITHUB_WEBHOOK_SECRET unset is no error for them."""
+    shop(fake_github)
+    ensure_gateway(cluster, f"{namespace}/preview-gateway")
+    for args in (("gc", "--dry-run"), ("list",), ("explain", "--host", "preview-1-api-a.example.com")):
+        code, _, err = await run_cli(fake_github, cluster, namespace, *args, unset=("GITHUB_WEBHOOK_SECRET",))
+        assert "GITHUB_WEBHOOK_SECRET" not in err and code in (0, 1), (args, code, err)
+        assert "Traceback" not in err, err
 
 
 async def test_list_command(fake_github: FakeGitHub, cluster: Cluster, namespace: str) -> None:
@@ -298,7 +312,7 @@ async def test_a_suspended_installation_keeps_its_previews_and_the_others_are_cl
                                                      key_of(fake_github, WEB, 3).object_name("a")])
         assert [d for d in fake_github.deployments(WEB) if d["environment"] == "preview-3"]  # not retired
     # A restart meanwhile: the new process knows the installation's repositories by its account only.
-    async with running_bot(fake_github, cluster, namespace, PREVIEW_RECONCILE_INTERVAL="0.5") as bot:
+    async with running_bot(fake_github, cluster, namespace, reconcile_every=0.5) as bot:
         await bot.startup_pass()
         report = await bot.bot.reconcile_once(dry_run=True)
         assert kinds(report) == [("hold", f"{WEB}#3")] and report.errors == []
@@ -353,7 +367,7 @@ async def test_a_failing_discovery_holds_up_no_clean_up_and_runs_again(
     close_silently(fake_github, 1)
     fake_github.add_pull(REPO, 2)  # opened while no bot ran: its event is lost
     fake_github.inject("GET", r"/contents/\.github/preview\.yml$", status=403, times=10_000)
-    async with running_bot(fake_github, cluster, namespace, PREVIEW_RECONCILE_INTERVAL="0.5") as bot:
+    async with running_bot(fake_github, cluster, namespace, reconcile_every=0.5) as bot:
         await bot.startup_pass()
         assert view.deployments() == {}
         fake_github.clear_faults()

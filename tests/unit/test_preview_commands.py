@@ -14,6 +14,7 @@ from gidgethub import sansio
 
 from bot import commands
 from bot.context import answered_cache
+from bot.gate import WaitRegistry
 from bot.handlers import preview_commands
 from tests.unit.fakes import FakeRepo
 
@@ -38,7 +39,7 @@ class FakePreviewer:
 
 def context() -> SimpleNamespace:
     """A fresh process: its own caches (bot.context.Context), nothing else in common with the last one."""
-    return SimpleNamespace(answered=answered_cache(), previewer=FakePreviewer(),
+    return SimpleNamespace(answered=answered_cache(), previewer=FakePreviewer(), waits=WaitRegistry(),
                            superseded=lambda _repo_id, _number: False)
 
 

@@ -17,6 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from gidgethub import sansio
 
+from bot.errors import StartupError
 from bot.queue import QueueClosed
 from bot.webhook import DEDUPE_TTL, RejectionLog, WebhookConfig, create_app, signature_valid, work_key
 
@@ -452,6 +453,50 @@ async def test_readyz_ready_and_failing_check(harness: Harness) -> None:
     assert "kubernetes" not in answer["failed"]
     assert "secret-ish" not in text and "token=abc" not in text
     assert calls == ["kube", "kube", "github"]
+
+
+async def test_readyz_says_why_and_logs_it_once_a_minute(harness: Harness,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """The bot's own error (written to be shown) gives its first line; the failure is logged, once per
+    READINESS_LOG_INTERVAL however often the probe asks."""
+    async def gateway_gone() -> None:
+        raise StartupError("PREVIEW_GATEWAY: Gateway istio-system/preview-gateway does not exist; create it\nmore")
+
+    harness.checks["gateway"] = gateway_gone
+    with caplog.at_level(logging.WARNING, logger="bot.webhook"):
+        for _ in range(3):
+            response = await harness.client.get("/readyz")
+            assert response.status == 503
+            assert await response.json() == {"status": "not ready", "failed": {
+                "gateway": "PREVIEW_GATEWAY: Gateway istio-system/preview-gateway does not exist; create it"}}
+    assert [r.getMessage() for r in caplog.records if r.name == "bot.webhook"] == [
+        "readiness check gateway failed: PREVIEW_GATEWAY: Gateway istio-system/preview-gateway does not exist; "
+        "create it"]
+
+
+async def test_readyz_answers_within_its_bound_when_a_check_hangs(harness: Harness) -> None:
+    """A check that never returns (an API server stopped mid-request) makes /readyz answer 503 "timed out"
+    within the bound; the next probe waits on the same run instead of starting another."""
+    started: list[int] = []
+    never = asyncio.Event()
+
+    async def hangs() -> None:
+        started.append(1)
+        await never.wait()
+
+    async def fine() -> None:
+        return None
+
+    harness.config.readiness_timeout = 0.05
+    harness.checks.update({"kubernetes": hangs, "github-key": fine})
+    for _ in range(2):
+        response = await asyncio.wait_for(harness.client.get("/readyz"), 5)
+        assert response.status == 503
+        assert await response.json() == {"status": "not ready", "failed": {"kubernetes": "timed out after 0.05 s"}}
+    assert started == [1]
+    never.set()
+    response = await harness.client.get("/readyz")
+    assert (response.status, await response.json()) == (200, {"status": "ready"})
 
 
 async def test_metrics_is_prometheus_text(harness: Harness) -> None:
