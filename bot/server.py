@@ -263,13 +263,30 @@ async def _check_app_key(auth: AppAuth) -> None:
         log.warning("GitHub could not be asked whether it accepts the App key: %s", type(exc).__name__)
 
 
+async def linger(bot: Bot, delay: float, interrupt: asyncio.Event) -> None:
+    """After SIGTERM: /readyz answers 503 while deliveries are still accepted, for `delay` seconds or
+    until `interrupt` is set (a second signal). Kubernetes removes a terminating pod from its Service's
+    EndpointSlices at the same time as it sends SIGTERM, and kube-proxy and ingresses apply that a moment
+    later (kubernetes.io: Pod lifecycle, "Termination of Pods"); deliveries still sent here meanwhile
+    would be refused, and GitHub does not redeliver them."""
+    if delay <= 0:
+        return
+    bot.webhook.terminating = True
+    log.info("terminating: not ready, still accepting deliveries", extra={"delay": delay})
+    with suppress(TimeoutError):
+        async with asyncio.timeout(delay):
+            await interrupt.wait()
+
+
 async def serve(settings: Settings, host: str, port: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with running(settings, host, port):
+    async with running(settings, host, port) as bot:
         await stop.wait()
+        stop.clear()  # a second SIGTERM or SIGINT ends the delay
+        await linger(bot, settings.shutdown_delay, stop)
 
 
 def run(host: str, port: int) -> int:

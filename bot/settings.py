@@ -143,6 +143,10 @@ class Settings:
     max_queue: int = 2000
     max_body_bytes: int = 25 * 1024 * 1024
     drain_timeout: float = 30.0
+    # Seconds serve keeps accepting deliveries after SIGTERM, /readyz 503, before it drains: Kubernetes
+    # takes a terminating pod out of its Service's endpoints while it sends SIGTERM, and ingresses see
+    # that a moment later (kubernetes.io: Pod lifecycle, "Termination of Pods").
+    shutdown_delay: float = 5.0
     content_requests_per_minute: int = 60
     content_requests_per_hour: int = 450
     reconcile_interval: float = 300.0
@@ -480,6 +484,7 @@ def load_settings(env: Mapping[str, str], *, webhooks: bool = True) -> Settings:
         max_queue=_positive_int(env, "PREVIEW_MAX_QUEUE", 2000),
         max_body_bytes=_positive_int(env, "PREVIEW_MAX_BODY_BYTES", 25 * 1024 * 1024),
         drain_timeout=_positive_float(env, "PREVIEW_DRAIN_TIMEOUT", 30.0),
+        shutdown_delay=_non_negative_float(env, "PREVIEW_SHUTDOWN_DELAY", 5.0),
         content_requests_per_minute=_positive_int(env, "PREVIEW_GITHUB_CONTENT_PER_MINUTE", 60),
         content_requests_per_hour=_positive_int(env, "PREVIEW_GITHUB_CONTENT_PER_HOUR", 450),
         reconcile_interval=_reconcile_interval(env),

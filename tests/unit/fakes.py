@@ -10,7 +10,9 @@ passes them where the ports are expected).
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -18,7 +20,7 @@ from typing import Any
 
 from bot import manifests, mesh_hosts, mesh_routes, naming, slots
 from bot.github.client import ChangedFiles
-from bot.kube import LivePreview
+from bot.kube import Conflict, LivePreview, NotFound
 from bot.mesh_hosts import Ref
 from bot.naming import PreviewKey
 from bot.settings import ClusterSettings
@@ -343,3 +345,46 @@ class FakeLocks:
 
     async def release_slot(self, key: PreviewKey) -> None:
         self.claims.get(str(key.repo_id), {}).pop(key.value, None)
+
+
+class FakeLeases:
+    """Leases by API path with the API server's optimistic concurrency (the part of bot.kube.Kube that
+    bot.leader and bot.arbiter use): POST creates (409 if it exists), PUT and a DELETE with a precondition
+    need the current resourceVersion (409 otherwise)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+        self._versions = itertools.count(1)
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        found = self.objects.get(path)
+        return copy.deepcopy(found) if found is not None else None
+
+    async def call(self, method: str, path: str, *, query: Iterable[tuple[str, str]] = (), body: Any = None,
+                   content_type: str | None = None) -> Any:
+        if method == "POST":
+            path = f"{path}/{body['metadata']['name']}"
+            if path in self.objects:
+                raise Conflict(409, "AlreadyExists", path)
+        elif method == "PUT":
+            current = self.objects.get(path)
+            if current is None:
+                raise NotFound(404, "NotFound", path)
+            if body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
+                raise Conflict(409, "Conflict", path)
+        else:
+            raise AssertionError(f"unexpected {method} {path}")
+        stored = copy.deepcopy(body)
+        stored["metadata"] = {**stored["metadata"], "resourceVersion": str(next(self._versions))}
+        stored["metadata"].setdefault("uid", str(uuid.uuid4()))
+        self.objects[path] = stored
+        return copy.deepcopy(stored)
+
+    async def delete(self, path: str, *, resource_version: str | None = None) -> bool:
+        current = self.objects.get(path)
+        if current is None:
+            return False
+        if resource_version and resource_version != current["metadata"]["resourceVersion"]:
+            raise Conflict(409, "Conflict", path)
+        del self.objects[path]
+        return True

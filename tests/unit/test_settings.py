@@ -57,6 +57,7 @@ def test_valid_minimal_env_gives_defaults() -> None:
     assert settings.cluster.header_name == "x-preview"
     assert settings.cluster.match_mode == "header"
     assert settings.max_concurrency == 8
+    assert settings.shutdown_delay == 5.0
     assert settings.leader_election is False
     assert settings.cluster.policy == Policy()
 
@@ -226,6 +227,8 @@ def test_an_encrypted_private_key_is_named_as_encrypted(private_format: str) -> 
         ("PREVIEW_READY_TIMEOUT", "soon"),
         ("PREVIEW_READY_TIMEOUT", "nan"),
         ("PREVIEW_DRAIN_TIMEOUT", "-3"),
+        ("PREVIEW_SHUTDOWN_DELAY", "-1"),
+        ("PREVIEW_SHUTDOWN_DELAY", "5s"),
         ("PREVIEW_MAX_CONCURRENCY", "0"),
         ("PREVIEW_MAX_BODY_BYTES", "1MB"),
         ("PREVIEW_LEADER_ELECTION", "maybe"),
