@@ -10,7 +10,7 @@ could take it for something else.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -231,3 +231,19 @@ def to_yaml(documents: Sequence[Manifest]) -> str:
     """`documents` as one YAML stream (`---` between documents, keys in their order) that kubectl and the
     API server read back as the same values: strings such as `1e3`, `y`, `0o17` or `09` are quoted."""
     return yaml.dump_all(documents, Dumper=_Dumper, sort_keys=False)
+
+
+def rolled_out(deployment: Mapping[str, Any]) -> bool:
+    """A Deployment object (as the API server gives it) whose current generation is fully rolled out and
+    Available (Kubernetes docs, "Deployment status"). Used on listed objects (bot.kube.inventory) and
+    in the rollout wait (bot.kube.rollout)."""
+    spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
+    wanted = int(spec.get("replicas", 1))
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    return bool(
+        status.get("observedGeneration", 0) >= (deployment.get("metadata") or {}).get("generation", 0)
+        and status.get("updatedReplicas", 0) == wanted
+        and status.get("availableReplicas", 0) >= wanted
+        and status.get("replicas", 0) == wanted
+        and (conditions.get("Available") or {}).get("status") == "True"
+    )

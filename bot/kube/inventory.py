@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot import manifests, naming
-from bot.kube.rollout import rolled_out
 from bot.kube.transport import KubeError, Transport, api_path, collection_path
 from bot.naming import PreviewKey
 from bot.settings import ClusterSettings
@@ -34,7 +33,7 @@ class LivePreview:
     repo_id: int | None = None  # None: a legacy preview, made before ids (found by its name's hash)
     # Some Deployment's rollout was reported failed at the commit it runs (naming.ROLLOUT_FAILED_ANNOTATION)...
     rollout_failed: bool = False
-    # ...and every Deployment of the preview is Available now (bot.kube.rollout.rolled_out).
+    # ...and every Deployment of the preview is Available now (bot.manifests.rolled_out).
     available: bool = False
 
 
@@ -99,7 +98,7 @@ class Inventory:
                 hosts=tuple(sorted(hosts.get(key, []))),
                 repo_id=int(raw_id) if raw_id.isdigit() and int(raw_id) > 0 else None,
                 rollout_failed=failed,
-                available=bool(workloads) and all(rolled_out(d) for d in workloads_of.get(key, [])),
+                available=bool(workloads) and all(manifests.rolled_out(d) for d in workloads_of.get(key, [])),
             ))
         return previews
 

@@ -13,32 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
 
 from bot import metrics
 from bot.kube.transport import Transport, collection_path
+from bot.manifests import rolled_out
 from bot.settings import ClusterSettings
 
 # Pod states that will not get better by waiting (image pulls: once the grace for CI to push is over).
 _HOPELESS_WAITING = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CrashLoopBackOff",
                                "CreateContainerConfigError", "CreateContainerError"})
 _IMAGE_PULL = frozenset({"ErrImagePull", "ImagePullBackOff"})
-
-
-def rolled_out(deployment: Mapping[str, Any]) -> bool:
-    """A Deployment object (as the API server gives it) whose current generation is fully rolled out and
-    Available (Kubernetes docs, "Deployment status"). Pure: used on listed objects too."""
-    spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
-    wanted = int(spec.get("replicas", 1))
-    conditions = {c.get("type"): c for c in status.get("conditions") or []}
-    return bool(
-        status.get("observedGeneration", 0) >= (deployment.get("metadata") or {}).get("generation", 0)
-        and status.get("updatedReplicas", 0) == wanted
-        and status.get("availableReplicas", 0) >= wanted
-        and status.get("replicas", 0) == wanted
-        and (conditions.get("Available") or {}).get("status") == "True"
-    )
 
 
 class Rollouts:
