@@ -231,6 +231,7 @@ def bot_env(fake: FakeGitHub, cluster: Cluster, namespace: str, **overrides: str
         "PREVIEW_NAMESPACE": namespace, "PREVIEW_ROUTING_NAMESPACE": namespace, "POD_NAMESPACE": namespace,
         "PREVIEW_READY_TIMEOUT": "60", "PREVIEW_RECONCILE_INTERVAL": "3600", "KUBECONFIG": str(cluster.kubeconfig),
         "PREVIEW_MAX_PER_REPO": "1000", "LOG_LEVEL": "INFO", "PREVIEW_GATEWAY": f"{namespace}/{GATEWAY_NAME}",
+        "PREVIEW_SHUTDOWN_DELAY": "0",  # nothing routes to a bench server: stop at once
     })
     env.update(overrides)
     return env

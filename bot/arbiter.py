@@ -11,7 +11,9 @@ so a concurrent writer gets 409 and re-reads:
   `preview-bot.dev/waiting` counter: the holder sees it at its next renewal and stops early, as it does
   for a newer event queued in its own process (the newer event deploys the head it reads under the lock).
   A holder that crashed stops renewing: the Lease expires and is taken over; the same identity (a
-  restarted process of the same pod) takes it over at once.
+  restarted process of the same pod) takes it over at once. Expiry is judged on the waiting replica's
+  own clock, as client-go's leader election does: the Lease's record has not changed for its duration
+  since the waiter saw it change (renewTime is another node's clock: one 45 s ahead would take a live lock).
 - **one Lease per repository** (`preview-bot-slots-<repo hash>`) whose `preview-bot.dev/claims`
   annotation lists the previews holding one of the `PREVIEW_MAX_PER_REPO` slots (see slots.py).
 
@@ -27,7 +29,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,7 +37,7 @@ from bot import naming, slots
 from bot.errors import TemporaryError
 from bot.kube import Conflict, Kube, NotFound, collection_path
 from bot.naming import PreviewKey
-from bot.timestamps import format_micro_time, parse_time
+from bot.timestamps import format_micro_time
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +78,15 @@ class PrLock:
         self._waiting_seen = 0
         self._renewed_at = -float("inf")
         self._task: asyncio.Task[None] | None = None
+        self._observed: tuple[Any, ...] | None = None  # another holder's record as last seen
+        self._observed_at = 0.0  # arbiter.clock() when it was first seen so
 
     @property
     def held(self) -> bool:
         return not self.lost and time.monotonic() - self._renewed_at < self.arbiter.lock_seconds * 2 / 3
 
     def _spec(self, acquired: str | None = None) -> dict[str, Any]:
-        now = format_micro_time(_now())
+        now = format_micro_time(self.arbiter.wall())
         return {"holderIdentity": self.arbiter.token, "leaseDurationSeconds": self.arbiter.lock_seconds,
                 "acquireTime": acquired or now, "renewTime": now}
 
@@ -93,9 +97,12 @@ class PrLock:
             return True
         if holder.split(" ", 1)[0] == self.arbiter.identity:
             return True  # an earlier process of this same pod: it is gone
-        renewed = parse_time(spec.get("renewTime")) or datetime.min.replace(tzinfo=UTC)
-        duration = timedelta(seconds=int(spec.get("leaseDurationSeconds") or self.arbiter.lock_seconds))
-        return renewed + duration < _now()
+        record = tuple(spec.get(name) for name in ("holderIdentity", "leaseDurationSeconds", "acquireTime",
+                                                   "renewTime"))
+        now = self.arbiter.clock()
+        if record != self._observed:
+            self._observed, self._observed_at = record, now
+        return now >= self._observed_at + int(spec.get("leaseDurationSeconds") or self.arbiter.lock_seconds)
 
     async def acquire(self, *, supersedes: bool, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -193,9 +200,15 @@ class PrLock:
 
 
 class Arbiter:
+    """`wall`: the time written into Leases and claims; `clock`: monotonic seconds, by which another
+    holder's lock expires."""
+
     def __init__(self, kube: Kube, *, namespace: str, identity: str, poll: float = 0.5,
-                 lock_seconds: int = LOCK_SECONDS, stale_claim: timedelta = timedelta(minutes=10)) -> None:
+                 lock_seconds: int = LOCK_SECONDS, stale_claim: timedelta = timedelta(minutes=10),
+                 wall: Callable[[], datetime] = _now, clock: Callable[[], float] = time.monotonic) -> None:
         self.kube = kube
+        self.wall = wall
+        self.clock = clock
         self.lock_seconds = lock_seconds
         self.namespace = namespace
         self.identity = identity.replace(" ", "-")
@@ -259,7 +272,7 @@ class Arbiter:
             lease, claims = await self._claims(key)
             if key.value in claims:
                 return True, slots.used_count(claims, live, key.value)
-            granted, updated = slots.decide(claims, live, key.value, cap, _now(), self.stale_claim)
+            granted, updated = slots.decide(claims, live, key.value, cap, self.wall(), self.stale_claim)
             if not granted:
                 return False, slots.used_count(updated, live, key.value)
             try:

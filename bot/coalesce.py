@@ -25,16 +25,19 @@ from typing import Any, Final
 
 from bot.commands import parse_command
 
-# pull_request actions a handler acts on (bot.handlers.pull_request); the others need no work.
+# pull_request actions a handler acts on (bot.handlers.pull_request); the others need no work. `edited`
+# only when it changed the base branch (`base_changed`): that changes the PR's diff, so what `paths`
+# select; a title or body edit changes nothing the bot deploys.
 PULL_ACTIONS: Final = frozenset({"opened", "reopened", "synchronize", "ready_for_review", "labeled",
-                                 "unlabeled", "closed"})
+                                 "unlabeled", "closed", "edited"})
+BASE_CHANGED: Final = "edited"  # the action of a base branch change (with `changes.base`)
 CONVERGE: Final = "converge"
 COMMAND: Final = "command"
 CHECKS: Final = "checks"  # a check run or commit status changed: its own job (bot.handlers.checks)
 # check_run actions a handler acts on: a run appearing (waited for, in progress) or concluding.
 CHECK_RUN_ACTIONS: Final = frozenset({"created", "completed"})
 # Distinct (action, label) pairs a merged event remembers; beyond this the oldest are forgotten. There
-# are 7 actions, so only a PR whose labels change more than ~30 ways while one job runs gets here.
+# are 8 actions, so only a PR whose labels change more than ~30 ways while one job runs gets here.
 MAX_ACTIONS: Final = 32
 MERGED_KEY: Final = "preview_bot_actions"  # where a merged event lists its pairs (not a GitHub key)
 
@@ -45,7 +48,7 @@ def classify(event: str, data: Mapping[str, Any]) -> str | None:
     """The kind of work a delivery needs: CONVERGE (mergeable), COMMAND or CHECKS (its own job), or None
     (no handler would act on it: acknowledged, not queued)."""
     action = data.get("action")
-    if event == "pull_request" and action in PULL_ACTIONS:
+    if event == "pull_request" and action in PULL_ACTIONS and (action != BASE_CHANGED or base_changed(data)):
         return CONVERGE
     if (event == "check_run" and action in CHECK_RUN_ACTIONS) or event == "status":
         return CHECKS
@@ -55,6 +58,14 @@ def classify(event: str, data: Mapping[str, Any]) -> str | None:
         if "pull_request" in issue and isinstance(body, str) and parse_command(body) is not None:
             return COMMAND
     return None
+
+
+def base_changed(data: Mapping[str, Any]) -> bool:
+    """A `pull_request` `edited` payload that changed the PR's base branch: GitHub then sends
+    `changes.base` (`{ref: {from}, sha: {from}}`), next to `changes.title`/`changes.body` for other edits
+    (GitHub docs, "Webhook events and payloads", pull_request edited)."""
+    changes = data.get("changes")
+    return isinstance(changes, Mapping) and isinstance(changes.get("base"), Mapping)
 
 
 def pairs_of(data: Mapping[str, Any]) -> list[Pair]:

@@ -241,7 +241,7 @@ def approve(pull: Mapping[str, Any], named: str | None) -> Approval:
     whose SHA starts with chosen characters; a full SHA names one commit."""
     head = str(pull["head"]["sha"])
     if named is not None and not head.startswith(named):
-        return Approval(head, None, f"`{named}` is not the head of the pull request any more")
+        return Approval(head, None, f"`{named}` is not the head of the pull request")
     if is_fork(pull) and named != head:
         what = "with its full SHA (40 hex characters)" if named else "by its SHA"
         return Approval(head, None, f"the pull request comes from a fork, so its code is deployed only when the "

@@ -7,6 +7,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bot import mesh_routes
+from bot.settings import MatchMode
+
 MARKER = "<!-- preview-bot:sticky -->"
 LINKS_START = "<!-- preview-bot:links -->"
 LINKS_END = "<!-- /preview-bot:links -->"
@@ -43,8 +46,15 @@ class Report:
     sha: str | None = None
     services: Sequence[ServiceLine] = ()
     detail: str | None = None
-    header_value: str | None = None
+    header_value: str | None = None  # the preview key
+    # How requests carry the key (PREVIEW_HEADER, PREVIEW_MATCH): the line says what to forward.
+    header_name: str = "x-preview"
+    match_mode: MatchMode = "header"
     links: Sequence[str] = ()  # linked previews across repositories (bot.links), one line each
+    # This report is about a newer commit while the preview of an earlier one keeps serving (waiting for
+    # checks or approval, a check failed, a broken config): the comment keeps showing it (still_live).
+    keeps_live: bool = False
+    still_live: str | None = None  # the live section of the comment this one replaces (live_section)
 
 
 # A stopped preview's comment records the PR's head at the stop, for the bot itself: discovery after a
@@ -67,20 +77,40 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+LIVE_START = "<!-- preview-bot:live -->"
+LIVE_END = "<!-- /preview-bot:live -->"
+_STILL_LIVE = "**Still live** until this commit deploys: the preview of an earlier commit."
+
+
+def live_section(body: str | None) -> str | None:
+    """The part of a sticky comment that shows a serving preview (commit, header, URLs), markers
+    included: from a `ready` comment, or carried over by a later one; None when there is none."""
+    text = body or ""
+    start, end = text.find(LIVE_START), text.find(LIVE_END)
+    return text[start:end + len(LIVE_END)] if start != -1 and end > start else None
+
+
 def render(report: Report) -> str:
     lines = [MARKER, f"### {_ICONS[report.state]} Preview: {report.state.value}", ""]
     if report.state is State.STOPPED and report.sha:
         lines.insert(1, f"<!-- preview-bot:stopped-at {report.sha.lower()} -->")
+    shown: list[str] = []
     if report.sha:
-        lines.append(f"Commit: `{report.sha[:12]}`")
+        shown.append(f"Commit: `{report.sha[:12]}`")
     if report.header_value:
-        lines.append(f"Header: `X-PREVIEW: {report.header_value}` (forward it on your services' outgoing calls)")
+        carrier = mesh_routes.carrier_text(report.header_value, header_name=report.header_name,
+                                           mode=report.match_mode)
+        what = {"header": "Header", "baggage": "Baggage", "both": "Header or baggage"}[report.match_mode]
+        shown.append(f"{what}: {carrier} (forward it on your services' outgoing calls)")
     if report.services:
-        lines += ["", "| service | URL | image | ready |", "| --- | --- | --- | --- |"]
-        lines += [f"| {_escape(s.name)} | {s.url} | `{_escape(s.image)}` | {'yes' if s.ready else 'no'} |"
+        shown += ["", "| service | URL | image | ready |", "| --- | --- | --- | --- |"]
+        shown += [f"| {_escape(s.name)} | {s.url} | `{_escape(s.image)}` | {'yes' if s.ready else 'no'} |"
                   for s in report.services]
+    lines += [LIVE_START, *shown, "", LIVE_END] if report.state is State.READY else shown
     if report.detail:
         lines += ["", report.detail]
+    if report.keeps_live and report.still_live:
+        lines += ["", _STILL_LIVE, "", report.still_live]
     lines += ["", _FOOTER]
     return with_links("\n".join(lines), report.links)
 

@@ -483,17 +483,29 @@ def _entries(vs: Obj, proxy: Proxy) -> tuple[list[_Entry], list[tuple[int, Mappi
     return entries, absent
 
 
+_REQ_VARIABLE = re.compile(r"%%|%REQ\(([^)%]+)\)%")
+
+
+def _header_value(template: str, incoming: Mapping[str, str]) -> str:
+    """An Istio/Envoy header value with `%REQ(name)%` replaced by the request's header (empty when it has
+    none; Envoy takes the first of several lines, a request here has one) and `%%` by `%`
+    (Envoy: custom request/response headers). Other variables are left as written."""
+    return _REQ_VARIABLE.sub(lambda m: "%" if m.group(0) == "%%" else incoming.get(m.group(1).lower(), ""), template)
+
+
 def _headers_after(headers: Mapping[str, str], operations: Mapping[str, Any] | None) -> tuple[dict[str, str],
                                                                                                  list[str]]:
     result = {k.lower(): v for k, v in headers.items()}
+    incoming = dict(result)
     changes: list[str] = []
     request_ops = (operations or {}).get("request") or {}
     for name, value in (request_ops.get("set") or {}).items():
-        result[str(name).lower()] = str(value)
+        result[str(name).lower()] = _header_value(str(value), incoming)
         changes.append(f"sets request header `{str(name).lower()}: {value}`")
     for name, value in (request_ops.get("add") or {}).items():
         key = str(name).lower()
-        result[key] = f"{result[key]},{value}" if key in result else str(value)
+        added = _header_value(str(value), incoming)
+        result[key] = f"{result[key]},{added}" if key in result else added
         changes.append(f"adds request header `{key}: {value}`")
     for name in request_ops.get("remove") or []:
         result.pop(str(name).lower(), None)

@@ -6,6 +6,12 @@ converges: deploy, show "waiting for checks", or show why nothing was deployed. 
 later check event, a push, a `/preview` or the process-wide pass over `WaitRegistry` calls again.
 GitHub is written to only when what the PR shows changes, so a repeated event costs reads only.
 
+A stop holds (`/preview stop`, a label removed, the idle TTL: the sticky comment records the head it
+stopped at, bot.comment.stopped_at): with `unless_stopped`, for callers that are no new push nor a person
+asking (a check event, a wait that ran out, the reconciler), a PR stopped at its head neither deploys
+nor shows "waiting", and its wait is forgotten. README: only a push since the stop brings it back (or a
+person: `/preview`, the label added again).
+
 While waiting, the PR has a GitHub Deployment of the head SHA whose payload carries `waiting_for`; its
 `created_at` is when the wait began (it survives restarts), and its latest status says what it waits for.
 """
@@ -66,19 +72,23 @@ async def load_config_at(gh: GitHubRepo, branch: str, previewer: Previewer) -> R
 
 async def deploy_when_ready(previewer: Previewer, waits: WaitRegistry, gh: GitHubRepo, number: int, *,
                             config: RepoConfig | None = None, head_sha: str | None = None,
-                            supersedes: bool = True, superseded: Callable[[], bool] = lambda: False,
-                            now: datetime | None = None) -> DeployResult | None:
+                            supersedes: bool = True, unless_stopped: bool = False,
+                            superseded: Callable[[], bool] = lambda: False,
+                            now: datetime | None = None, recheck: bool = False) -> DeployResult | None:
     """Converge PR `number` towards a preview of its head; returns the deploy's result, or None when it
     waits, failed its checks, or the PR is closed. `head_sha`: the head as just read; None: read here when
-    checks gate the deploy, else by the deploy under the PR's lock. `supersedes`: as in Previewer.deploy."""
+    checks gate the deploy, else by the deploy under the PR's lock. `supersedes`, `unless_stopped`: as in
+    Previewer.deploy (see the module docstring). `recheck`: what deploys may have changed though the head
+    did not (its base branch changed, so which services `paths` select): a head rolled out already is
+    decided again, its checks for the services it changes now included, and deployed again (`force`)."""
     if config is None:
         try:
             config = await previewer.load_config(gh)
         except ConfigError:
             config = None  # deploy() reads it again and reports the error on the PR
     if config is None or not config.checks_for():
-        return await previewer.deploy(gh, number, head_sha, config=config, force=False, supersedes=supersedes,
-                                      superseded=superseded)
+        return await previewer.deploy(gh, number, head_sha, config=config, force=recheck, supersedes=supersedes,
+                                      unless_stopped=unless_stopped, superseded=superseded)
     pull = None
     if head_sha is None:
         pull = await gh.pull(number)
@@ -95,18 +105,19 @@ async def deploy_when_ready(previewer: Previewer, waits: WaitRegistry, gh: GitHu
             wanted = [s.name for s in config.services if s.affected_by(changed.names)]
     required = config.checks_for(wanted)
     if not required:
-        return await previewer.deploy(gh, number, head_sha, pull=pull, config=config, force=False,
-                                      supersedes=supersedes, superseded=superseded)
+        return await previewer.deploy(gh, number, head_sha, pull=pull, config=config, force=recheck,
+                                      supersedes=supersedes, unless_stopped=unless_stopped, superseded=superseded)
 
     key = PreviewKey(gh.repo, number, gh.repo_id)
     deployments = await gh.deployments(key.environment)
     latest = deployments[0] if deployments else None
-    if latest is not None and latest.get("sha") == head_sha and not is_gate(latest):
+    if latest is not None and latest.get("sha") == head_sha and not is_gate(latest) and not recheck:
         # This commit was rolled out already (the checks passed, or a `/preview` overrode them).
         waits.done(gh, number)
         return await previewer.deploy(gh, number, head_sha, pull=pull, config=config, force=False,
-                                      supersedes=supersedes, superseded=superseded)
-    gate = latest if latest is not None and latest.get("sha") == head_sha else None
+                                      supersedes=supersedes, unless_stopped=unless_stopped, superseded=superseded)
+    # The head's own wait, if any (with `recheck`, `latest` may be the head's live deployment: not a wait).
+    gate = latest if latest is not None and latest.get("sha") == head_sha and is_gate(latest) else None
 
     now = now or datetime.now(UTC)
     since = (parse_time(str(gate.get("created_at") or "")) if gate is not None else None) or now
@@ -121,7 +132,11 @@ async def deploy_when_ready(previewer: Previewer, waits: WaitRegistry, gh: GitHu
         waits.done(gh, number)
         # deploy() marks the waiting deployment inactive when it creates the real one.
         return await previewer.deploy(gh, number, head_sha, pull=pull, config=config, force=True,
-                                      supersedes=supersedes, superseded=superseded)
+                                      supersedes=supersedes, unless_stopped=unless_stopped, superseded=superseded)
+    if unless_stopped and await previewer.stopped_at_head(gh, number, head_sha):
+        waits.done(gh, number)  # stopped while it waited: nothing more to say until a push
+        log.info("not waiting: stopped at this commit", extra={"repo": gh.repo, "pr": number, "sha": head_sha})
+        return None
     if decision.verdict is Verdict.WAIT:
         waits.note(gh, number, (since + timeout).timestamp())
     else:

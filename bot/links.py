@@ -2,9 +2,9 @@
 
 On pull request R#P (the *owner*, preview key K), `/preview link O#N` makes PR N of repository O (the
 *linked* PR) join K: O#N is deployed as usual under its own key K2, and each of its mesh routes also
-matches `x-preview: K` (Istio ORs the entries of `match`). A request carrying K, e.g. through R#P's
-preview URL, whose gateway route sets it, reaches R#P's builds and O#N's builds; everything else is as
-before. Rules:
+matches K as PREVIEW_MATCH does (`x-preview: K`, the baggage member, or both; Istio ORs the entries of
+`match`). A request carrying K, e.g. through R#P's preview URL, whose gateway route puts it on, reaches
+R#P's builds and O#N's builds; everything else is as before. Rules:
 
 - The commenter needs write access to both repositories; the App must be installed on both.
 - The owner must have a live preview; O#N must be an open PR whose repository has a preview config. Its
@@ -91,15 +91,19 @@ def without_linked_key(route: Mapping[str, Any], key: str, settings: ClusterSett
     return {**route, "match": [m for m in route.get("match") or [] if m not in gone]}
 
 
-def owner_lines(linked: list[tuple[str, int]], key: str) -> list[str]:
-    return [f"🔗 Linked: {ref(repo, number)} joins this preview: requests with `X-PREVIEW: {key}` (this "
+def _carrier(key: str, settings: ClusterSettings) -> str:
+    return mesh_routes.carrier_text(key, header_name=settings.header_name, mode=settings.match_mode)
+
+
+def owner_lines(linked: list[tuple[str, int]], key: str, settings: ClusterSettings) -> list[str]:
+    return [f"🔗 Linked: {ref(repo, number)} joins this preview: requests with {_carrier(key, settings)} (this "
             f"preview's URLs set it) also reach its build. `/preview unlink` ends the link."
             for repo, number in linked]
 
 
-def linked_lines(owner: str, key: str) -> list[str]:
-    return [f"🔗 Linked to {owner}: this build also answers `X-PREVIEW: {key}`, so {owner}'s preview URLs "
-            "reach it. `/preview unlink` ends the link."]
+def linked_lines(owner: str, key: str, settings: ClusterSettings) -> list[str]:
+    return [f"🔗 Linked to {owner}: this build also answers {_carrier(key, settings)}, so {owner}'s preview "
+            "URLs reach it. `/preview unlink` ends the link."]
 
 
 # -- the cluster record ---------------------------------------------------------------------------------
@@ -197,10 +201,10 @@ async def extend_plan(kube: Cluster, plan: PreviewPlan) -> PreviewPlan:
 async def report_lines(kube: Cluster, repo: str, repo_id: int, number: int) -> tuple[str, ...]:
     """The sticky comment's link lines for one PR."""
     key = PreviewKey(repo, number, repo_id)
-    lines = owner_lines([(r, n) for r, n, _ in await linked_to(kube, key.value)], key.value)
+    lines = owner_lines([(r, n) for r, n, _ in await linked_to(kube, key.value)], key.value, kube.settings)
     found = await owner_of(kube, key)
     if found is not None:
-        lines += linked_lines(found[0], found[1])
+        lines += linked_lines(found[0], found[1], kube.settings)
     return tuple(lines)
 
 
@@ -284,7 +288,7 @@ async def link(kube: Cluster, reporter: Reporter, client_for: ClientFor,
     await refresh_sticky(reporter, by_name, client.repo, other)
     urls = ", ".join(f"https://{h}" for h in live[owner_key.value].hosts)
     return (f"🔗 Linked {ref(client.repo, other)} (commit `{approval.sha[:12]}`) to this preview: "
-            f"requests with `X-PREVIEW: {owner_key.value}` reach both builds ({urls}).")
+            f"requests with {_carrier(owner_key.value, kube.settings)} reach both builds ({urls}).")
 
 
 async def unlink_key(kube: Cluster, refresh: Refresh | None, linked: PreviewKey, owner: str, owner_key: str) -> None:

@@ -121,14 +121,18 @@ def gateway_route(settings: ClusterSettings, key: PreviewKey, service: ServiceCo
             # The gateway's proxy may run in another namespace than its Gateway object and this
             # VirtualService; without exportTo the mesh's defaultVirtualServiceExportTo decides.
             "exportTo": ["*"],
+            # The key is put on the request here, as PREVIEW_MATCH needs it (header, baggage or both), so
+            # that every hop behind the gateway is routed to the preview; baggage takes two routes (with and
+            # without the client's own baggage: mesh_routes.entry_headers).
             "http": [{
                 "name": key.value,
-                # Set here so that every hop behind the gateway is routed to the preview.
-                "headers": {"request": {"set": {settings.header_name: key.value}},
+                **({"match": [{"headers": extra}]} if extra else {}),
+                "headers": {"request": request,
                             **({"response": response} if (response := sessions.response_headers(settings, key))
                                else {})},
                 "route": [{"destination": {"host": destination, "port": {"number": service.port}}}],
-            }],
+            } for extra, request in mesh_routes.entry_headers(key.value, header_name=settings.header_name,
+                                                                mode=settings.match_mode)],
         },
     }
 
@@ -248,3 +252,19 @@ def own_routes(items: Iterable[Mapping[str, Any]], settings: ClusterSettings) ->
     configuration (another installation's, or made before both namespaces changed)."""
     return [item for item in items if (item.get("metadata") or {}).get("namespace") == settings.routing_namespace
             or settings.namespace in route_namespaces([item])]
+
+
+def rolled_out(deployment: Mapping[str, Any]) -> bool:
+    """A Deployment object (as the API server gives it) whose current generation is fully rolled out and
+    Available (Kubernetes docs, "Deployment status"). Used on listed objects (bot.kube.inventory) and
+    in the rollout wait (bot.kube.rollout)."""
+    spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
+    wanted = int(spec.get("replicas", 1))
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    return bool(
+        status.get("observedGeneration", 0) >= (deployment.get("metadata") or {}).get("generation", 0)
+        and status.get("updatedReplicas", 0) == wanted
+        and status.get("availableReplicas", 0) >= wanted
+        and status.get("replicas", 0) == wanted
+        and (conditions.get("Available") or {}).get("status") == "True"
+    )

@@ -35,8 +35,9 @@ Spec = dict[str, Any]
 
 # The API server stores a custom resource whole, as one etcd value, and etcd refuses requests over
 # 1.5 MiB (its --max-request-bytes default; etcd docs, "System limits"). The spec is kept under 1 MB so
-# metadata and managedFields fit too. A route is ~0.2 kB (header match) to ~0.3 kB (`both`): about
-# 5,000 (3,400) previews of one service host; 1,000 routes take 195 KiB (285 KiB).
+# metadata and managedFields fit too. A route is ~0.2 kB (header match), ~0.6 kB (baggage: the regex of
+# the W3C rule below) or ~0.7 kB (`both`): about 4,700, 1,500 or 1,400 previews of one service host;
+# 1,000 routes take 207 KiB, 619 KiB or 686 KiB.
 MAX_SPEC_BYTES = 1_000_000
 
 
@@ -44,13 +45,95 @@ class TooManyRoutes(PreviewError):
     """One more preview route would make the shared mesh VirtualService too large to store."""
 
 
-def baggage_regex(key: str) -> str:
-    """RE2 regex matching a W3C `baggage` header that carries `preview=<key>` as a whole entry.
+# The rule for the W3C `baggage` header (https://www.w3.org/TR/baggage/, "Header Content" and "Mutating
+# baggage"), the same in the mesh's regex and in the propagation helper (propagation/, parse_baggage):
+# - list members are separated by `,`; a member is `key OWS "=" OWS value *(OWS ";" OWS property)`, and
+#   the OWS (spaces, tabs) around key and value is trimmed; a member without `=` is not `preview`;
+# - the value is URL-encoded: `preview%2D12-...` is `preview-12-...` (keys are not encoded);
+# - keys may repeat; the spec lets consumers agree on which duplicate counts: the **last** `preview`
+#   member wins, as OpenTelemetry's W3C propagators read them (a later entry overwrites an earlier one), so
+#   a member appended by the gateway, or by the helper, beats a stale one sent by the client;
+# - a request whose last `preview` member is not a preview key carries none.
+# Envoy matches a header that appears on several lines line by line (a route matches when one line
+# does; seen with Envoy 1.40), so this holds for one `baggage` line; the gateway and the helper each
+# send one.
+_OWS = r"[ \t]*"
+_KEY_CHAR = "[^,;=]"  # what a member's key may hold as the helper reads it: anything up to `=`, `;` or `,`
+# Istio refuses a regex longer than 1024 characters (pkg/config/validation: validateStringRegexp).
+MAX_REGEX_CHARS = 1024
 
-    Keys are DNS-1123 labels, so they need no escaping; the propagation helper builds the same text."""
+
+def _not_member_key(word: str) -> str:
+    """RE2 for a member key (text without `,;=`) that, OWS-trimmed, is not `word`: a proper prefix of it,
+    text that leaves it at some character, or `word` followed by more than OWS."""
+    def after(i: int) -> str:  # having read word[:i]
+        if i == len(word):
+            return rf"{_OWS}[^,;= \t]{_KEY_CHAR}*"
+        c = word[i]
+        return rf"(?:{c}{after(i + 1)}|[^,;={c}]{_KEY_CHAR}*)?"
+    return rf"{_OWS}(?:{word[0]}{after(1)}|[^,;= \t{word[0]}]{_KEY_CHAR}*)?"
+
+
+def _encoded(key: str) -> str:
+    """RE2 for `key` with any of its characters percent-encoded (either case of hex digit)."""
+    parts = []
+    for char in key:
+        code = "".join(f"[{h}{h.lower()}]" if h.isalpha() else h for h in f"{ord(char):02X}")
+        parts.append(f"(?:{char}|%{code})")
+    return "".join(parts)
+
+
+def baggage_regex(key: str) -> str:
+    """RE2 regex (also Python `re`) matching one `baggage` header line whose **last** `preview` member
+    carries `key` (the rule above): `preview=<key>`, with OWS around `=`, any character percent-encoded,
+    properties after `;`, and after it only members with other keys (or no `=`).
+
+    Raises ValueError for a key that is not a DNS-1123 label. Istio refuses a regex longer than
+    MAX_REGEX_CHARS: the longest label takes 1016 characters, the bot's keys (`preview-<n>-<6 hex>`) under
+    600. The propagation helper builds the same text (`baggage_match_regex`)."""
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", key):
         raise ValueError(f"not a preview key: {key!r}")
-    return rf"^(.*,)?\s*{BAGGAGE_ENTRY}={key}\s*(;[^,]*)?(,.*)?$"
+    other = rf"(?:[^,;=]*(?:;[^,]*)?|{_not_member_key(BAGGAGE_ENTRY)}=[^,]*)"
+    return (rf"^(?:.*,)?{_OWS}{BAGGAGE_ENTRY}{_OWS}={_OWS}{_encoded(key)}{_OWS}(?:;[^,]*)?"
+            rf"(?:,{other})*$")
+
+
+def baggage_member(key: str) -> str:
+    """The W3C baggage list member that carries `key`."""
+    return f"{BAGGAGE_ENTRY}={key}"
+
+
+# Istio HTTPRoute `headers.request.set` values may use Envoy's header variables
+# (https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_conn_man/headers#custom-request-response-headers):
+# `%REQ(baggage)%` is the client's first `baggage` line (seen with Envoy 1.40).
+_CLIENT_BAGGAGE = "%REQ(baggage)%"
+
+
+def entry_headers(key: str, *, header_name: str, mode: MatchMode) -> list[tuple[dict[str, Any] | None, dict[str, Any]]]:
+    """How a gateway route that lets requests in to preview `key` marks them, as (extra match, Istio
+    `headers.request`) pairs, one gateway HTTP route each, tried in order (the last has no extra match).
+
+    header mode: set the routing header (overwriting what the client sent). baggage mode: make the
+    `baggage` header one line whose last member is `preview=<key>`: the client's baggage first, when it
+    sent one (its members are kept, and the appended member wins over a `preview` member of its own, by
+    the rule above), else `preview=<key>` alone. One line, not Istio's `add` (a second line): OpenTelemetry's
+    Go and Python propagators read only the first `baggage` line, and Envoy matches lines one by one.
+    A client's second `baggage` line is dropped (Envoy's `%REQ()%` gives the first). both: both."""
+    header = {header_name: key} if mode in ("header", "both") else {}
+    if mode == "header":
+        return [(None, {"set": header})]
+    member = baggage_member(key)
+    # `.+`: a present, non-empty header (an empty one would leave an empty first member).
+    return [({"baggage": {"regex": ".+"}}, {"set": {**header, "baggage": f"{_CLIENT_BAGGAGE},{member}"}}),
+            (None, {"set": {**header, "baggage": member}})]
+
+
+def carrier_text(key: str, *, header_name: str, mode: MatchMode) -> str:
+    """How requests carry preview `key`, for people (PR comments): `x-preview: <key>`, the baggage member, or
+    either."""
+    header = f"`{header_name}: {key}`"
+    baggage = f"the W3C baggage member `{baggage_member(key)}` (`baggage: {baggage_member(key)}`)"
+    return {"header": header, "baggage": baggage, "both": f"{header} or {baggage}"}[mode]
 
 
 def preview_match(key: str, *, header_name: str, mode: MatchMode, port: int | None = None) -> list[dict[str, Any]]:

@@ -32,6 +32,10 @@ KUBE_LATENCY = Histogram("preview_bot_kubernetes_request_seconds", "Kubernetes A
                          registry=REGISTRY)
 MESH_CONFLICTS = Counter("preview_bot_mesh_update_conflicts_total",
                          "409 conflicts retried while updating shared mesh VirtualServices", registry=REGISTRY)
+# Background jobs (an event's handling, a reconciler's resumed PR) by outcome: `ok`, or `failed` when the
+# job raised what no handler turned into a PR comment or a retry (logged once, with its traceback).
+JOBS = Counter("preview_bot_jobs_total", "Background jobs run by the work queue, by outcome", ["outcome"],
+               registry=REGISTRY)
 QUEUE_DEPTH = Gauge("preview_bot_queue_depth", "Events waiting or running in the work queue", registry=REGISTRY)
 PREVIEW_OUTCOMES = Counter("preview_bot_previews_total", "Preview deploys and teardowns by result",
                            ["action", "outcome"], registry=REGISTRY)

@@ -36,6 +36,9 @@ SHA_ANNOTATION = "preview-bot.dev/sha"
 HOST_ANNOTATION = "preview-bot.dev/host"
 PUSHED_AT_ANNOTATION = "preview-bot.dev/pushed-at"
 KEEP_ANNOTATION = "preview-bot.dev/keep"
+# On a Deployment whose rollout was reported failed: the commit of that deploy. Written with the bot's own
+# field manager, so the next deploy's server-side apply (without it) removes it (bot/kube/objects.py).
+ROLLOUT_FAILED_ANNOTATION = "preview-bot.dev/rollout-failed"
 FIELD_MANAGER = "preview-bot"
 
 ROLE_WORKLOAD = "workload"

@@ -20,7 +20,7 @@ from typing import Any
 
 import cachetools
 
-from bot import links, manifests, mesh_routes, metrics, naming
+from bot import comment, links, manifests, mesh_routes, metrics, naming, slots
 from bot.comment import Report, ServiceLine, State
 from bot.errors import ConfigError, PreviewError, RoutesNotRemoved
 from bot.github.client import LIST_FILES_MAX
@@ -71,14 +71,23 @@ class Previewer:
         # (repository id, preview key) -> (SHA, "success" | "failure") of the deploy this process last saw end.
         self._finished: cachetools.LRUCache[tuple[int | None, str], tuple[str, str]] = \
             cachetools.LRUCache(maxsize=8192)
+        # (repository id, preview key) -> the SHA whose `redeploy` failed in this process: not tried again at
+        # that SHA (a failure that is not the rollout's, e.g. a refused mesh host, would repeat every pass).
+        self._redeploy_failed: cachetools.LRUCache[tuple[int | None, str], str] = cachetools.LRUCache(maxsize=8192)
         # Rewrites the link lines of any PR's sticky comment (bot.links); set by the server.
         self.link_refresh: Callable[[str, int], Awaitable[None]] | None = None
+
+    @property
+    def longest_wait(self) -> float:
+        """Seconds a deploy may wait for its rollout: the ready timeout, or the image pull grace for a
+        preview waiting for its image when that is longer (bot.kube.rollout.Rollouts.wait_available)."""
+        return max(self.ready_timeout, self.image_pull_grace)
 
     @property
     def lock_timeout(self) -> float:
         """How long an event waits for another replica's work on the same PR (a deploy, which stops
         early when it sees the wait, or a teardown)."""
-        return self.ready_timeout + 60
+        return self.longest_wait + 60
 
     async def load_config(self, gh: GitHubRepo) -> RepoConfig | None:
         """The config on the default branch (never the PR's own); None when the repo has none."""
@@ -110,9 +119,14 @@ class Previewer:
         state = await gh.latest_state(int(deployments[0]["id"]))
         return state in ("failure", "error") or (state == "success" and live)
 
+    async def stopped_at_head(self, gh: GitHubRepo, number: int, head_sha: str) -> bool:
+        """The PR's sticky comment says its preview was stopped at `head_sha` (comment.stopped_at): no
+        push since. One listing of the PR's comments: the stop may have been another replica's."""
+        return comment.stopped_at(await self.reporter.sticky.body(gh, number, fresh=True)) == head_sha.lower()
+
     async def deploy(self, gh: GitHubRepo, number: int, head_sha: str | None = None, *,
                      pull: Mapping[str, Any] | None = None, config: RepoConfig | None = None,
-                     force: bool = True, supersedes: bool = True,
+                     force: bool = True, supersedes: bool = True, unless_stopped: bool = False,
                      superseded: Callable[[], bool] = lambda: False) -> DeployResult:
         """Converge the PR's preview to `head_sha`; reports to the PR comment and a GitHub Deployment.
 
@@ -121,7 +135,9 @@ class Previewer:
         after the other all converge on the newest commit; `pull` is the PR as GitHub answered it, if
         already read. Without `force`, a SHA already deployed to the end is left alone (a repeated event,
         or a resumed one that a webhook already handled). `supersedes` False: an event that must not cut
-        another replica's deploy short (a reconciler follow-up)."""
+        another replica's deploy short (a reconciler follow-up). `unless_stopped`: the caller is no new
+        push nor a person asking (a check event, a wait that ran out, the reconciler), so a preview
+        stopped at this head stays stopped (read under the lock: a stop that ran just before counts)."""
         key, _ = await self.key_for(gh, number)
         async with self.arbiter.pr_lock(key, supersedes=supersedes, timeout=self.lock_timeout) as lock:
             if head_sha is None:
@@ -129,6 +145,10 @@ class Previewer:
                 if pull.get("state") != "open":
                     return DeployResult(State.STOPPED, "the pull request is closed")
                 head_sha = str(pull["head"]["sha"])
+            if unless_stopped and await self.stopped_at_head(gh, number, head_sha):
+                log.info("not deployed: stopped at this commit", extra={"repo": gh.repo, "pr": number,
+                                                                        "sha": head_sha})
+                return DeployResult(State.STOPPED, "stopped at this commit")
 
             def stale() -> bool:
                 return superseded() or lock.superseded or not lock.held
@@ -148,7 +168,7 @@ class Previewer:
             config = config or await self.load_config(gh)
         except ConfigError as exc:
             await self.reporter.show(gh, number, Report(State.CONFIG_ERROR, sha=head_sha,
-                                                        detail=f"Nothing was deployed: `{exc}`"))
+                                                        detail=f"Nothing was deployed: `{exc}`", keeps_live=True))
             metrics.PREVIEW_OUTCOMES.labels(action="deploy", outcome="config-error").inc()
             return DeployResult(State.CONFIG_ERROR, str(exc))
         if config is None:
@@ -190,8 +210,7 @@ class Previewer:
         others = {p.key for p in repo_previews if p.key != key.value}
         granted, used = await self.arbiter.claim_slot(key, others, cap)
         if not granted:
-            detail = (f"Nothing was deployed: this repository already has {used} live previews "
-                      f"(the limit is {cap}). Stop one with `/preview stop`.")
+            detail = slots.refusal(used, cap)
             await self.reporter.show(gh, number, Report(State.NOT_DEPLOYED, sha=head_sha, detail=detail))
             metrics.PREVIEW_OUTCOMES.labels(action="deploy", outcome="over-limit").inc()
             return DeployResult(State.NOT_DEPLOYED, detail)
@@ -232,11 +251,47 @@ class Previewer:
                        for i, line in enumerate(lines)]
         if failed:
             reason = "; ".join(f"{name}: {why}" for name, why in sorted(failed.items()))
+            try:
+                # Only a rollout failure is marked: it is the one that can cure itself (an image pushed
+                # late, a crash loop that ends); the reconciler then redeploys and the PR says ready.
+                await self.kube.mark_rollout_failed(plan, failed)
+            except KubeError as exc:  # the report matters more; the mark only allows a later correction
+                log.warning("could not mark the failed rollout: %s", exc, extra={"repo": gh.repo, "pr": number})
             return await self._failed(gh, rollout, ready_lines, reason)
         await self.reporter.ready(gh, rollout, ready_lines, plan.services[0].url)
         metrics.PREVIEW_OUTCOMES.labels(action="deploy", outcome="success").inc()
         self._finished[(gh.repo_id, key.value)] = (head_sha, "success")
         return DeployResult(State.READY)
+
+    async def redeploy(self, gh: GitHubRepo, number: int, *, still: Callable[[LivePreview], bool],
+                       superseded: Callable[[], bool] = lambda: False) -> DeployResult | None:
+        """Deploy the PR's head again, though it runs already, while its live preview is at the head and
+        `still(preview)` holds, both checked under the PR's lock: what the reconciler queues for a preview
+        reported failed that became Available since (so that the PR says ready), or one running a service
+        its config no longer has (so that it goes). None when that no longer holds (a push or another
+        deploy came first). Never cuts another replica's deploy short."""
+        key, _ = await self.key_for(gh, number)
+        async with self.arbiter.pr_lock(key, supersedes=False, timeout=self.lock_timeout) as lock:
+            found = [p for p in await self.kube.live_previews((gh.repo_id, gh.repo)) if p.key == key.value]
+            if not found or not still(found[0]) or self.redeploy_failed_at(key) == found[0].sha:
+                return None
+            pull = await gh.pull(number)
+            if pull.get("state") != "open" or str(pull["head"]["sha"]) != found[0].sha:
+                return None  # a push: its own event (or the reconciler's missed-push resume) deploys it
+
+            def stale() -> bool:
+                return superseded() or lock.superseded or not lock.held
+
+            result = await self._deploy(gh, key, found[0].sha, pull=pull, config=None, force=True, stale=stale,
+                                        refresh=lock.refresh)
+            if result.state is State.FAILED:
+                self._redeploy_failed[(key.repo_id, key.value)] = found[0].sha
+            return result
+
+    def redeploy_failed_at(self, key: PreviewKey) -> str | None:
+        """The SHA at which `redeploy` of the preview failed in this process, if any: a push or `/preview`
+        deploys again; the reconciler does not ask again at that SHA."""
+        return self._redeploy_failed.get((key.repo_id, key.value))
 
     async def _failed(self, gh: GitHubRepo, rollout: Rollout, lines: list[ServiceLine], reason: str) -> DeployResult:
         key = rollout.key

@@ -115,7 +115,11 @@ class WorkQueue:
                     except asyncio.CancelledError:
                         raise
                     except Exception:
+                        # The one record of the failure (the job itself does not log it): counted too.
+                        metrics.JOBS.labels(outcome="failed").inc()
                         log.exception("background job failed", extra={"queue_key": str(key)})
+                    else:
+                        metrics.JOBS.labels(outcome="ok").inc()
                 metrics.QUEUE_DEPTH.set(self.depth)
         finally:
             self._waiting -= len(self._pending.pop(key, ()))

@@ -6,7 +6,8 @@ removed after the TTL unless someone asked to keep them.
 
 `reconcile` is one pass (pure decisions over the cluster and GitHub reads); `Reconciler` owns the loop
 around it (every `reconcile_interval`, while leading), the start-up discovery of PRs whose events were
-lost, and the resumption (a queued redeploy) of previews found behind or half-done. `Repositories` is
+lost, and the resumption (a queued redeploy) of previews found behind or half-done, reported failed but
+Available since, or running a service their repository's config dropped. `Repositories` is
 the App's installations and their repositories, by id; an installation the App cannot use (suspended,
 or its token refused) holds its own previews as they are and stops no one else's clean-up.
 """
@@ -24,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from bot import comment, gate, manifests, mesh_routes, metrics, naming, ttl_warning
+from bot import gate, manifests, mesh_routes, metrics, naming, ttl_warning
 from bot.errors import ConfigError, PreviewError, RoutesNotRemoved
 from bot.gate import WaitRegistry
 from bot.github.auth import AppAuth
@@ -36,7 +37,7 @@ from bot.naming import PreviewKey, valid_repo
 from bot.ports import Cluster, GitHubRepo
 from bot.previews import DeployResult, Previewer
 from bot.queue import QueueClosed, QueueFull, WorkQueue
-from bot.repo_config import RepoConfig
+from bot.repo_config import CONFIG_PATH, RepoConfig
 from bot.settings import Settings
 from bot.timestamps import parse_time
 from bot.triggers import Decision, decide, facts_from_pull, is_fork, label_key
@@ -49,7 +50,8 @@ REPOSITORIES_MIN_AGE = 10.0  # a repository missing from the list re-reads it, a
 # (repository id, full name) -> a client for it, or None when the App is no longer installed there. The
 # id is None for a legacy preview (made before ids): the name finds it then.
 ClientFor = Callable[[int | None, str], Awaitable[GitHubRepo | None]]
-# (repository id, current full name, number, why): queue a redeploy; why is MISSED_PUSH or UNFINISHED.
+# (repository id, current full name, number, why): queue a redeploy; why is MISSED_PUSH, UNFINISHED,
+# RECOVERED or DROPPED.
 Resume = Callable[[int, str, int, str], None]
 
 
@@ -104,7 +106,8 @@ async def reconcile(kube: Cluster, previewer: Previewer, client_for: ClientFor, 
     previews = await kube.live_previews()
     metrics.LIVE_PREVIEWS.set(len(previews))
     pulls_by_repo: dict[int | str, tuple[GitHubRepo | None, Mapping[int, dict[str, Any]] | None]] = {}
-    configs: dict[int, RepoConfig | None] = {}  # read once a pass, only for a repository that needs it
+    # Read once a pass, only for a repository that needs it (a ConfigError: its config is broken).
+    configs: dict[int, RepoConfig | ConfigError | None] = {}
     routed = _routed_destinations(await kube.mesh_services())
     for preview in previews:
         target = f"{preview.repo}#{preview.number}"
@@ -142,9 +145,20 @@ async def reconcile(kube: Cluster, previewer: Previewer, client_for: ClientFor, 
                 pull, preview, client, stuck_after if look else None, now, identity if check_stuck else None)
             if why == MISSED_PUSH and not await _push_deploys(previewer, client, pull, configs):
                 why = None  # its own event would not have deployed it either (draft, trigger, label)
+            # A redeploy of this very commit that failed (bot.previews.Previewer.redeploy) is not asked again.
+            may_redeploy = (pull.get("head") or {}).get("sha") == preview.sha and \
+                previewer.redeploy_failed_at(naming.existing_key(preview.repo, preview.number, preview.repo_id,
+                                                                 preview.key)) != preview.sha
+            if why is None and may_redeploy and preview.rollout_failed and preview.available:
+                # Reported failed, Available since (an image CI pushed after the wait, a crash loop that
+                # ended): known from the listing above, no request. The redeploy reports it ready.
+                why = RECOVERED
+            dropped = None if why is not None or not may_redeploy or resume is None else \
+                await _config_dropped(previewer, client, preview, configs)
+            if dropped is not None:
+                why = DROPPED
             if resume is not None and why is not None:
-                report.actions.append(Action("resume", target, "missed a push" if why == MISSED_PUSH
-                                             else "deploy did not finish"))
+                report.actions.append(Action("resume", target, dropped or _RESUME_REASONS[why]))
                 resume(client.repo_id, client.repo, preview.number, why)
                 continue
             labels = {label_key(str(label["name"])) for label in pull.get("labels") or []}
@@ -229,7 +243,9 @@ def _key_intact(preview: LivePreview) -> bool:
     return True
 
 
-MISSED_PUSH, UNFINISHED = "missed-push", "unfinished"
+MISSED_PUSH, UNFINISHED, RECOVERED, DROPPED = "missed-push", "unfinished", "recovered", "config-dropped"
+_RESUME_REASONS = {MISSED_PUSH: "missed a push", UNFINISHED: "deploy did not finish",
+                   RECOVERED: "reported failed, Available now"}
 
 
 def _routed_destinations(mesh_services: list[dict[str, Any]]) -> dict[str, set[str]]:
@@ -242,7 +258,7 @@ def _routed_destinations(mesh_services: list[dict[str, Any]]) -> dict[str, set[s
 
 
 async def _restore_routes(kube: Cluster, previewer: Previewer, client: GitHubRepo, preview: LivePreview,
-                          routed: Mapping[str, set[str]], configs: dict[int, RepoConfig | None], report: GcReport,
+                          routed: Mapping[str, set[str]], configs: Configs, report: GcReport,
                           target: str, *, dry_run: bool) -> None:
     """Put back the mesh routes a live preview lost (a team's VirtualService re-applied by its owner or a
     GitOps tool without them): the deploy is done and "ready", so nothing else would. The routes are the
@@ -270,18 +286,38 @@ async def _restore_routes(kube: Cluster, previewer: Previewer, client: GitHubRep
                 report.errors.append(f"{target}: route for {service.mesh_host} not restored: {exc}")
 
 
-async def _config(previewer: Previewer, client: GitHubRepo, configs: dict[int, RepoConfig | None]) -> RepoConfig | None:
+Configs = dict[int, RepoConfig | ConfigError | None]  # repository id -> its config this pass
+
+
+async def _config(previewer: Previewer, client: GitHubRepo, configs: Configs) -> RepoConfig | None:
     """The repository's config, read at most once a pass; None when it has none or it is broken."""
     if client.repo_id not in configs:
         try:
             configs[client.repo_id] = await previewer.load_config(client)
-        except ConfigError:
-            configs[client.repo_id] = None
-    return configs[client.repo_id]
+        except ConfigError as exc:
+            configs[client.repo_id] = exc
+    found = configs[client.repo_id]
+    return None if isinstance(found, ConfigError) else found
+
+
+async def _config_dropped(previewer: Previewer, client: GitHubRepo, preview: LivePreview,
+                          configs: Configs) -> str | None:
+    """Why the live preview's next deploy would remove some of it: it runs a service its repository's config
+    (default branch) no longer has, or the config file is gone; None when neither. Without this the removed
+    service kept running and routed until the PR's next push. Costs one config read per repository a pass
+    (shared with the other uses here), none per preview. A broken config keeps the preview, as a deploy does;
+    a change of a remaining service (image, env, `paths`) still waits for the next deploy."""
+    config = await _config(previewer, client, configs)
+    if isinstance(configs[client.repo_id], ConfigError):
+        return None
+    if config is None:
+        return f"its repository has no {CONFIG_PATH} on its default branch any more"
+    gone = sorted(set(preview.services) - {naming.dns_label(s.name) for s in config.services})
+    return f"runs {', '.join(gone)}, which its repository's config no longer has" if gone else None
 
 
 async def _push_deploys(previewer: Previewer, client: GitHubRepo, pull: Mapping[str, Any],
-                        configs: dict[int, RepoConfig | None]) -> bool:
+                        configs: Configs) -> bool:
     """Whether the push's own `synchronize` event would have deployed the PR: not for a draft, nor under
     `trigger: command`, nor under `trigger: label` without the label (bot.triggers). With no config, or
     a broken one, the deploy decides (it removes or reports)."""
@@ -469,8 +505,9 @@ class Reconciler:
     async def reconcile_once(self, *, dry_run: bool = False, resume: Resume | None = None) -> GcReport:
         """One pass; the previews to resume go to `resume` (default: queued here, self.resume).
 
-        Every pass, not only the first, looks for deploys unfinished for longer than ready_timeout + 60 s
-        among the previews deployed in the last ready_timeout + 60 s + 2 reconcile intervals: a process
+        Every pass, not only the first, looks for deploys unfinished for longer than the longest wait of a
+        deploy + 60 s (Previewer.longest_wait: the ready timeout, or the image pull grace when longer)
+        among the previews deployed in the last such time + 2 reconcile intervals: a process
         cut off mid-deploy (SIGTERM whose drain timed out) leaves such a deploy, and the next process's
         first pass may come before it is old enough to be told from a live one. Each deploy is so
         looked at on about three passes, two GitHub reads each (bench `scale`: a pass with 1,000 live
@@ -482,7 +519,7 @@ class Reconciler:
             # GitHub is down: each preview's look-up fails on its own and is reported; routes to missing
             # Services are still cleaned up.
             log.warning("could not list the App's repositories: %s", type(exc).__name__)
-        stuck_after = timedelta(seconds=self.settings.ready_timeout + 60)
+        stuck_after = timedelta(seconds=self.previewer.longest_wait + 60)
         report = await reconcile(self.kube, self.previewer, self.repositories.client_for,
                                  idle_ttl=timedelta(days=self.settings.idle_ttl_days), dry_run=dry_run,
                                  resume=None if dry_run else (resume or self.resume),
@@ -521,8 +558,7 @@ class Reconciler:
                     continue
                 # No preview: an event lost while down, or a stop (command, idle TTL) at this very head,
                 # which the PR's comment records. A push since the stop redeploys, as it would have live.
-                stopped = comment.stopped_at(await self.previewer.reporter.sticky.body(client, number))
-                if stopped is not None and stopped == str(pull["head"]["sha"]).lower():
+                if await self.previewer.stopped_at_head(client, number, str(pull["head"]["sha"])):
                     continue
                 missed.append((client.repo, number))
                 self.resume(client.repo_id, client.repo, number, MISSED_PUSH)
@@ -530,9 +566,10 @@ class Reconciler:
 
     def resume(self, repo_id: int, repo: str, number: int, why: str) -> None:
         """Queue a redeploy of a preview found half-done (`why` UNFINISHED: a crash mid-deploy, or a wait
-        for checks that ran out) or behind its PR's head (MISSED_PUSH)."""
+        for checks that ran out), behind its PR's head (MISSED_PUSH), reported failed and Available since
+        (RECOVERED), or running a service its config no longer has (DROPPED)."""
         async def job() -> None:
-            await self.redeploy(repo_id, repo, number)
+            await self.redeploy(repo_id, repo, number, why)
         try:
             self.queue.submit((str(repo_id), number), job, supersedes=False, slot="resume")
         except QueueClosed:
@@ -541,17 +578,23 @@ class Reconciler:
             log.warning("work queue full: resume left to the next reconciliation pass",
                         extra={"repo": repo, "pr": number})
 
-    async def redeploy(self, repo_id: int, repo: str, number: int) -> DeployResult | None:
+    async def redeploy(self, repo_id: int, repo: str, number: int, why: str) -> DeployResult | None:
         """The redeploy `resume` queues, run now: the deploy's result, or None when the App left the
-        repository, the PR is closed, or the deploy waits for (or failed) its checks."""
+        repository, the PR is closed, the deploy waits for (or failed) its checks, or (RECOVERED,
+        DROPPED) what asked for it no longer holds."""
         client = await self.repositories.client_for(repo_id, repo)
         if client is None:
             return None
+        if why in (RECOVERED, DROPPED):  # the head runs already (its checks passed): deployed again
+            still: Callable[[LivePreview], bool] = (lambda p: p.rollout_failed and p.available) \
+                if why == RECOVERED else (lambda p: True)  # the deploy reads the config again
+            return await self.previewer.redeploy(client, number, still=still,
+                                                 superseded=lambda: self.superseded(repo_id, number))
         # A webhook may have got there first (this job waited behind it in the PR's queue, or
         # for its lock): the deploy, at the head it reads, is then a no-op. With `wait_for`, it
-        # deploys only once the checks succeeded.
+        # deploys only once the checks succeeded. A stop at the head since this was queued holds.
         return await gate.deploy_when_ready(self.previewer, self.waits, client, number, supersedes=False,
-                                            superseded=lambda: self.superseded(repo_id, number))
+                                            unless_stopped=True, superseded=lambda: self.superseded(repo_id, number))
 
     def leading(self) -> bool:
         return self.elector is None or self.elector.leading

@@ -453,6 +453,22 @@ def _parse_resources(reader: _Reader, raw: Any, where: str) -> dict[str, str]:
     return result
 
 
+def declared_trigger(text: str, source: str = CONFIG_PATH) -> tuple[Trigger, str] | None:
+    """The `trigger` and `label` a config declares, read alone: with the rest of the file invalid, they
+    still say whether a label event asked for a preview (so the error is reported on it, as on a push).
+    None when the text is no YAML mapping or either of the two is invalid itself."""
+    try:
+        data = _load_yaml(text, source)
+    except ConfigError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    trigger, label = data.get("trigger", "auto"), data.get("label", "preview")
+    if trigger not in ("auto", "label", "command") or not isinstance(label, str) or not label.strip():
+        return None
+    return trigger, label
+
+
 def parse_for_cluster(text: str, policy: Policy, namespace: str, source: str = CONFIG_PATH) -> RepoConfig:
     """parse_repo_config, then what depends on the cluster's settings: the operator's policy
     (check_policy) and the services' mesh hosts in `namespace` (check_hosts). Raises ConfigError."""

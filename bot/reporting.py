@@ -30,6 +30,7 @@ from bot.errors import PreviewError
 from bot.github.errors import GitHubError
 from bot.naming import PreviewKey
 from bot.ports import GitHubRepo
+from bot.settings import MatchMode
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,16 @@ class StickyComments:
             return None
         return await self._find(gh, number)
 
-    async def body(self, gh: GitHubRepo, number: int) -> str | None:
-        """The current text of the PR's bot comment, or None when it has none."""
+    async def body(self, gh: GitHubRepo, number: int, *, fresh: bool = False) -> str | None:
+        """The current text of the PR's bot comment, or None when it has none. `fresh`: read from GitHub
+        (one listing), not from this process's cache: another replica may have rewritten it."""
         cache_key = (gh.repo_id, number)
+        if fresh:
+            found = await self._find(gh, number)
+            if found is not None:
+                self._no_comments.pop(cache_key, None)
+                self._known[cache_key] = found
+            return found[1] if found is not None else None
         if cache_key in self._no_comments:
             return None
         known = self._known.get(cache_key) or await self._find(gh, number)
@@ -148,8 +156,11 @@ class Reporter:
     preview's emptied environment is deleted too (PREVIEW_DELETE_ENVIRONMENTS)."""
 
     def __init__(self, *, link_lines: LinkLines | None = None, identity: str = "preview-bot",
-                 delete_environments: bool = False, sticky: StickyComments | None = None) -> None:
+                 delete_environments: bool = False, sticky: StickyComments | None = None,
+                 header_name: str = "x-preview", match_mode: MatchMode = "header") -> None:
         self.link_lines = link_lines
+        self.header_name = header_name  # PREVIEW_HEADER and PREVIEW_MATCH: what the comment tells to forward
+        self.match_mode: MatchMode = match_mode
         self.identity = identity
         self.delete_environments = delete_environments
         self.sticky = sticky or StickyComments()
@@ -159,8 +170,11 @@ class Reporter:
     async def show(self, gh: GitHubRepo, number: int, report: Report) -> bool:
         """Put `report` on the PR's sticky comment (with its current link lines); True when that created
         the PR's first bot comment."""
+        report = replace(report, header_name=self.header_name, match_mode=self.match_mode)
         if self.link_lines is not None:
             report = replace(report, links=tuple(await self.link_lines(gh.repo, gh.repo_id, number)))
+        if report.keeps_live:  # the body is known (cached) or is read by upsert anyway
+            report = replace(report, still_live=comment.live_section(await self.sticky.body(gh, number)))
         _, created = await self.sticky.upsert(gh, number, comment.render(report))
         return created
 
@@ -271,12 +285,12 @@ class Reporter:
         if decision.verdict is Verdict.WAIT:
             detail = (f"The preview is {summary}. It deploys when they succeed; a maintainer can deploy now "
                       "with `/preview`.")
-            await self.show(gh, number, Report(State.WAITING_CHECKS, sha=sha, detail=detail))
+            await self.show(gh, number, Report(State.WAITING_CHECKS, sha=sha, detail=detail, keeps_live=True))
         else:
             link = f" ([details]({url}))" if url else ""
             detail = (f"Preview {summary}{link}. Re-run it or push a fix; a maintainer can deploy anyway "
                       "with `/preview`.")
-            await self.show(gh, number, Report(State.NOT_DEPLOYED, sha=sha, detail=detail))
+            await self.show(gh, number, Report(State.NOT_DEPLOYED, sha=sha, detail=detail, keeps_live=True))
 
     # -- the environment's deployments -----------------------------------------------------------
 

@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import web
 from gidgethub import routing
 
-from bot import links, logs
+from bot import access, links, logs
 from bot.arbiter import Arbiter
 from bot.context import Context
 from bot.errors import PreviewError, StartupError
@@ -75,7 +75,8 @@ class Bot:
         self.arbiter = Arbiter(kube, namespace=settings.lease_namespace, identity=settings.identity)
         # What PRs show (sticky comments, Deployments): one per process, its caches with it.
         self.reporter = Reporter(link_lines=lambda repo, repo_id, n: links.report_lines(kube, repo, repo_id, n),
-                                 identity=settings.identity, delete_environments=settings.delete_environments)
+                                 identity=settings.identity, delete_environments=settings.delete_environments,
+                                 header_name=settings.cluster.header_name, match_mode=settings.cluster.match_mode)
         self.previewer = Previewer(settings.cluster, kube, ready_timeout=settings.ready_timeout,
                                    arbiter=self.arbiter, reporter=self.reporter,
                                    image_pull_grace=settings.image_pull_grace)
@@ -88,7 +89,8 @@ class Bot:
         self.webhook = WebhookConfig(
             secret=settings.webhook_secret, max_body_bytes=settings.max_body_bytes,
             dispatch=self.ctx.dispatch, submit=self.queue.submit,
-            readiness={"kubernetes": cached_check(kube.ping, 5.0), "github-key": self.auth.check_key})
+            readiness={"kubernetes": cached_check(lambda: kube_reachable(kube), 5.0),
+                       "github-key": self.auth.check_key})
         self.elector = LeaderElector(kube, namespace=settings.lease_namespace, name=settings.lease_name,
                                      identity=settings.identity, lease_seconds=settings.lease_seconds) \
             if settings.leader_election else None
@@ -127,6 +129,15 @@ class Bot:
             await asyncio.sleep(every)
 
 
+async def kube_reachable(kube: Kube) -> None:
+    """Readiness: the API server answers and accepts the credentials; raises StartupError naming the
+    server and its answer (shown by /readyz)."""
+    try:
+        await kube.ping()
+    except KubeError as exc:
+        raise StartupError(f"Kubernetes: {kube.server}: {exc}") from None
+
+
 async def check_gateway(kube: Kube, settings: Settings) -> None:
     """PREVIEW_GATEWAY exists and serves the template's hosts; raises StartupError naming both (and a
     cluster that cannot be read, with the API server's URL)."""
@@ -152,6 +163,41 @@ async def check_gateway(kube: Kube, settings: Settings) -> None:
         raise StartupError(problem)
 
 
+async def check_access(kube: Kube, settings: Settings) -> None:
+    """The API server allows every call the bot makes (bot.access) and its namespaces exist; raises
+    StartupError with one line naming each refused namespace, verbs, resource and the RBAC object of
+    deploy/ to apply. An authorization API that cannot be asked only warns (the calls tell later)."""
+    namespaces = {"preview_namespace": settings.cluster.namespace,
+                  "routing_namespace": settings.cluster.routing_namespace,
+                  "lease_namespace": settings.lease_namespace}
+    refused: list[str] = []
+    try:
+        for need in access.needed(**namespaces):
+            verbs = []
+            for verb in need.verbs:
+                answer = await kube.call("POST", access.REVIEW_PATH, body=access.review(verb, need))
+                if not ((answer or {}).get("status") or {}).get("allowed"):
+                    verbs.append(verb)
+            if verbs:
+                refused.append(access.refusal(need, verbs))
+    except KubeError as exc:
+        log.warning("cannot check the bot's Kubernetes access: %s", exc)
+        return
+    except PreviewError as exc:
+        raise StartupError(f"Kubernetes: {kube.server}: {exc}") from None
+    if refused:
+        raise StartupError(f"Kubernetes: {kube.server}: the bot " + "; ".join(refused))
+    for probe in access.namespace_probes(**namespaces):
+        try:
+            await kube.call("POST", probe.path, query=[("dryRun", "All")], body=probe.body)
+        except KubeError as exc:  # only a missing namespace counts: the calls report anything else
+            missing = access.missing_namespace(probe, exc.status, str(exc))
+            if missing:
+                raise StartupError(missing) from None
+        except PreviewError as exc:
+            raise StartupError(f"Kubernetes: {kube.server}: {exc}") from None
+
+
 @asynccontextmanager
 async def _adapters(make_kube: Callable[[], Kube]) -> AsyncIterator[tuple[aiohttp.ClientSession, Kube]]:
     kube = make_kube()
@@ -171,6 +217,7 @@ async def running(settings: Settings, host: str, port: int, *,
     async with _adapters(lambda: Kube.from_environment(settings.cluster, kubeconfig,
                                                        timeout=settings.kube_timeout)) as (session, kube):
         await check_gateway(kube, settings)
+        await check_access(kube, settings)
         bot = Bot(settings, session, kube)
         bot.webhook.readiness["gateway"] = cached_check(lambda: check_gateway(kube, settings), 10.0)
         runner = web.AppRunner(create_app(bot.webhook), access_log=None)
@@ -216,13 +263,30 @@ async def _check_app_key(auth: AppAuth) -> None:
         log.warning("GitHub could not be asked whether it accepts the App key: %s", type(exc).__name__)
 
 
+async def linger(bot: Bot, delay: float, interrupt: asyncio.Event) -> None:
+    """After SIGTERM: /readyz answers 503 while deliveries are still accepted, for `delay` seconds or
+    until `interrupt` is set (a second signal). Kubernetes removes a terminating pod from its Service's
+    EndpointSlices at the same time as it sends SIGTERM, and kube-proxy and ingresses apply that a moment
+    later (kubernetes.io: Pod lifecycle, "Termination of Pods"); deliveries still sent here meanwhile
+    would be refused, and GitHub does not redeliver them."""
+    if delay <= 0:
+        return
+    bot.webhook.terminating = True
+    log.info("terminating: not ready, still accepting deliveries", extra={"delay": delay})
+    with suppress(TimeoutError):
+        async with asyncio.timeout(delay):
+            await interrupt.wait()
+
+
 async def serve(settings: Settings, host: str, port: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with running(settings, host, port):
+    async with running(settings, host, port) as bot:
         await stop.wait()
+        stop.clear()  # a second SIGTERM or SIGINT ends the delay
+        await linger(bot, settings.shutdown_delay, stop)
 
 
 def run(host: str, port: int) -> int:
@@ -250,11 +314,11 @@ def _command_logs() -> None:
 
 def run_gc(*, dry_run: bool) -> int:
     """One reconciliation pass, printed; the redeploys it finds due (`resume:` lines) are run here before
-    exiting, at most PREVIEW_READY_TIMEOUT + 60 s for all of them (a deploy waits at most the ready
-    timeout), each outcome printed (`resumed:`). One not done by then is left to `serve` (its passes
-    resume unfinished deploys). Exit 1 when an error was printed."""
+    exiting, for all of them at most the longest a deploy may wait (Previewer.longest_wait) + 60 s, each
+    outcome printed (`resumed:`). One not done by then is left to `serve` (its passes resume unfinished
+    deploys). Exit 1 when an error was printed."""
     _command_logs()
-    settings = load_settings(os.environ)
+    settings = load_settings(os.environ, webhooks=False)
 
     async def main() -> tuple[GcReport, list[str], list[str]]:
         async with _adapters(lambda: Kube.from_environment(settings.cluster,
@@ -266,7 +330,7 @@ def run_gc(*, dry_run: bool) -> int:
                     dry_run=dry_run, resume=lambda repo_id, repo, number, why: due.append((repo_id, repo, number, why)))
             except (KubeError, PreviewError) as exc:
                 raise _cluster_unusable(kube, exc) from None
-            outcomes, errors = await _run_resumes(bot, due, settings.ready_timeout + 60)
+            outcomes, errors = await _run_resumes(bot, due, bot.previewer.longest_wait + 60)
             return report, outcomes, errors
 
     report, outcomes, resume_errors = asyncio.run(main())
@@ -291,11 +355,11 @@ async def _run_resumes(bot: Bot, due: list[tuple[int, str, int, str]],
     GitHub Deployment stays in progress: `serve` resumes it) and is an error."""
     slots = asyncio.Semaphore(bot.settings.max_concurrency)
 
-    async def one(repo_id: int, repo: str, number: int) -> DeployResult | None:
+    async def one(repo_id: int, repo: str, number: int, why: str) -> DeployResult | None:
         async with slots:
-            return await bot.reconciler.redeploy(repo_id, repo, number)
+            return await bot.reconciler.redeploy(repo_id, repo, number, why)
 
-    tasks = {asyncio.create_task(one(repo_id, repo, number)): f"{repo}#{number}" for repo_id, repo, number, _ in due}
+    tasks = {asyncio.create_task(one(*resume)): f"{resume[1]}#{resume[2]}" for resume in due}
     if not tasks:
         return [], []
     _, pending = await asyncio.wait(tasks, timeout=timeout)

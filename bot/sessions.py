@@ -5,7 +5,8 @@ preview for the calls its page makes to the normal hosts of the domain (pure).
   response (Istio HTTPRoute `headers.response.add`).
 - For each normal host in PREVIEW_SESSION_HOSTS the preview gets its own gateway VirtualService for that
   host, bound to the same Gateway, whose one route matches the cookie (Istio header match on `cookie` with
-  a regex), sets the `x-preview` header and sends the request to the PR's build of the service behind
+  a regex), puts the key on the request as the preview host does (`x-preview`, or W3C baggage with
+  PREVIEW_MATCH=baggage) and sends the request to the PR's build of the service behind
   that host, or to the normal service when the PR does not change it (the header then carries the
   preview on through the mesh). Istio merges VirtualServices bound to a gateway for one host and moves
   catch-all routes last (pilot: networking/core/gateway.go, route.SortVHostRoutes), so the team's own
@@ -17,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bot import naming
+from bot import mesh_routes, naming
 from bot.naming import PreviewKey
 from bot.settings import ClusterSettings
 
@@ -66,12 +67,15 @@ def session_routes(settings: ClusterSettings, key: PreviewKey, previews: Mapping
             "spec": {
                 "hosts": [session.host],
                 "gateways": [settings.gateway],
+                # The key goes on as PREVIEW_MATCH needs it, as on the preview host (mesh_routes.entry_headers).
                 "http": [{
                     "name": key.value,
-                    "match": [{"headers": {"cookie": {"regex": cookie_regex(settings.header_name, key.value)}}}],
-                    "headers": {"request": {"set": {settings.header_name: key.value}}},
+                    "match": [{"headers": {"cookie": {"regex": cookie_regex(settings.header_name, key.value)},
+                                           **(extra or {})}}],
+                    "headers": {"request": request},
                     "route": [{"destination": {"host": destination, "port": {"number": port}}}],
-                }],
+                } for extra, request in mesh_routes.entry_headers(key.value, header_name=settings.header_name,
+                                                                    mode=settings.match_mode)],
             },
         })
     return result

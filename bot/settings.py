@@ -41,6 +41,8 @@ _DNS_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9](
 _RESOURCE_NAMES = frozenset({"cpu", "memory", "ephemeral-storage"})
 SOURCE = "environment"
 MAX_DURATION = 1_000_000  # the largest number a duration setting takes, in its own unit (seconds, hours, days)
+# Passes more often than this would spend the GitHub rate limit on listing PRs and little else.
+MIN_RECONCILE_INTERVAL = 10.0
 
 
 def _env_error(name: str, reason: str) -> ConfigError:
@@ -132,14 +134,19 @@ class Settings:
     private_key: str = field(repr=False)
     webhook_secret: str = field(repr=False)
     api_url: str = DEFAULT_API_URL
-    ready_timeout: float = 300.0
+    ready_timeout: float = 300.0  # seconds a preview has to become Available
     # Seconds after a rollout starts during which ErrImagePull/ImagePullBackOff means "the image is not
-    # pushed yet" (CI builds it after the push), not a failure.
+    # pushed yet" (CI builds it after the push), not a failure. A preview waiting for its image is waited
+    # for this long even when it is longer than `ready_timeout` (bot.kube.rollout): the two never conflict.
     image_pull_grace: float = 600.0
     max_concurrency: int = 8
     max_queue: int = 2000
     max_body_bytes: int = 25 * 1024 * 1024
     drain_timeout: float = 30.0
+    # Seconds serve keeps accepting deliveries after SIGTERM, /readyz 503, before it drains: Kubernetes
+    # takes a terminating pod out of its Service's endpoints while it sends SIGTERM, and ingresses see
+    # that a moment later (kubernetes.io: Pod lifecycle, "Termination of Pods").
+    shutdown_delay: float = 5.0
     content_requests_per_minute: int = 60
     content_requests_per_hour: int = 450
     reconcile_interval: float = 300.0
@@ -155,7 +162,8 @@ class Settings:
     delete_environments: bool = False
 
 
-def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+def _positive_int(env: Mapping[str, str], name: str, default: int, *, maximum: int | None = None) -> int:
+    """A whole number of at least 1 (and at most `maximum` when given)."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -165,6 +173,8 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
         raise _env_error(name, f"must be a whole number, got {raw!r}") from None
     if value < 1:
         raise _env_error(name, f"must be at least 1, got {value}")
+    if maximum is not None and value > maximum:
+        raise _env_error(name, f"must be at most {maximum:,}, got {value}")
     return value
 
 
@@ -193,6 +203,15 @@ def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
 
 def _non_negative_float(env: Mapping[str, str], name: str, default: float) -> float:
     return _float(env, name, default, zero=True)
+
+
+def _reconcile_interval(env: Mapping[str, str]) -> float:
+    """PREVIEW_RECONCILE_INTERVAL: seconds between reconciliation passes, MIN_RECONCILE_INTERVAL or more."""
+    value = _positive_float(env, "PREVIEW_RECONCILE_INTERVAL", 300.0)
+    if value < MIN_RECONCILE_INTERVAL:
+        raise _env_error("PREVIEW_RECONCILE_INTERVAL", f"must be at least {MIN_RECONCILE_INTERVAL:g} seconds (each "
+                         f"pass reads every installation's pull requests from GitHub), got {value:g}")
+    return value
 
 
 def kube_timeout(env: Mapping[str, str]) -> float:
@@ -420,13 +439,7 @@ def _read_private_key(env: Mapping[str, str]) -> str:
     return inline + "\n"
 
 
-def load_settings(env: Mapping[str, str]) -> Settings:
-    """Build and validate all settings; raises ConfigError naming the first bad variable."""
-    raw_app_id = env.get("GITHUB_APP_ID", "").strip()
-    if not raw_app_id:
-        raise _env_error("GITHUB_APP_ID", "is required (the App's numeric ID)")
-    if not (raw_app_id.isascii() and raw_app_id.isdigit()) or int(raw_app_id) < 1:
-        raise _env_error("GITHUB_APP_ID", f"must be a positive number, got {raw_app_id!r}")
+def _webhook_secret(env: Mapping[str, str]) -> str:
     secret = env.get("GITHUB_WEBHOOK_SECRET", "")
     if not secret:
         raise _env_error("GITHUB_WEBHOOK_SECRET", "is required")
@@ -437,6 +450,18 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         # written by `echo`) would make every delivery's signature fail with 401.
         raise _env_error("GITHUB_WEBHOOK_SECRET", "contains a line break (a Secret made from a file ending in a "
                          "newline?); GitHub's webhook secret is one line")
+    return secret
+
+
+def load_settings(env: Mapping[str, str], *, webhooks: bool = True) -> Settings:
+    """Build and validate all settings; raises ConfigError naming the first bad variable. Without
+    `webhooks` (`gc`, which receives none) GITHUB_WEBHOOK_SECRET is neither required nor read."""
+    raw_app_id = env.get("GITHUB_APP_ID", "").strip()
+    if not raw_app_id:
+        raise _env_error("GITHUB_APP_ID", "is required (the App's numeric ID)")
+    if not (raw_app_id.isascii() and raw_app_id.isdigit()) or int(raw_app_id) < 1:
+        raise _env_error("GITHUB_APP_ID", f"must be a positive number, got {raw_app_id!r}")
+    secret = _webhook_secret(env) if webhooks else ""
     api_url = (env.get("GITHUB_API_URL") or DEFAULT_API_URL).rstrip("/")
     if not re.match(r"^https?://[^/\s]+(/\S*)?$", api_url):
         raise _env_error("GITHUB_API_URL", f"must be an http(s) URL, got {api_url!r}")
@@ -459,15 +484,18 @@ def load_settings(env: Mapping[str, str]) -> Settings:
         max_queue=_positive_int(env, "PREVIEW_MAX_QUEUE", 2000),
         max_body_bytes=_positive_int(env, "PREVIEW_MAX_BODY_BYTES", 25 * 1024 * 1024),
         drain_timeout=_positive_float(env, "PREVIEW_DRAIN_TIMEOUT", 30.0),
+        shutdown_delay=_non_negative_float(env, "PREVIEW_SHUTDOWN_DELAY", 5.0),
         content_requests_per_minute=_positive_int(env, "PREVIEW_GITHUB_CONTENT_PER_MINUTE", 60),
         content_requests_per_hour=_positive_int(env, "PREVIEW_GITHUB_CONTENT_PER_HOUR", 450),
-        reconcile_interval=_positive_float(env, "PREVIEW_RECONCILE_INTERVAL", 300.0),
+        reconcile_interval=_reconcile_interval(env),
         idle_ttl_days=idle_ttl_days,
         ttl_warning_hours=ttl_warning_hours,
         leader_election=_bool(env, "PREVIEW_LEADER_ELECTION", False),
         lease_namespace=_dns_label(env, "POD_NAMESPACE", "preview-bot"),
         lease_name=_object_name(env, "PREVIEW_LEASE_NAME", "preview-bot-reconciler"),
-        lease_seconds=_positive_int(env, "PREVIEW_LEASE_SECONDS", 30),
+        # The Lease's leaseDurationSeconds is an int32 (coordination.k8s.io/v1 LeaseSpec); the duration
+        # rule's bound is well inside it.
+        lease_seconds=_positive_int(env, "PREVIEW_LEASE_SECONDS", 30, maximum=MAX_DURATION),
         github_timeout=_positive_float(env, "PREVIEW_GITHUB_TIMEOUT", 20.0),
         kube_timeout=kube_timeout(env),
         identity=env.get("POD_NAME") or env.get("HOSTNAME") or "preview-bot",

@@ -50,3 +50,12 @@ def decide(claims: Mapping[str, str], live: Iterable[str], key: str, cap: int, n
 def used_count(claims: Mapping[str, str], live: Iterable[str], key: str) -> int:
     """How many other previews hold a slot, for the refusal message."""
     return len((set(claims) | set(live)) - {key})
+
+
+def refusal(used: int, cap: int) -> str:
+    """What a PR refused at the repository's cap (PREVIEW_MAX_PER_REPO) shows. Nothing retries the deploy
+    when a slot frees, so the comment says what will: a `/preview` then."""
+    previews = "preview" if used == 1 else "previews"
+    return (f"Nothing was deployed: this repository already has {used} live {previews} (the limit is {cap}). "
+            "Comment `/preview` to deploy this one once a slot is free: `/preview stop` on another pull "
+            "request frees one, and so does closing it.")

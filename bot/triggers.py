@@ -70,9 +70,14 @@ def facts_from_pull(pull: Mapping[str, Any], action: str, changed_label: str | N
 
 
 UPDATES = frozenset({"opened", "reopened", "synchronize", "ready_for_review"})
+# `edited` with `changes.base` (bot.coalesce.base_changed; intake queues no other edit): the base branch
+# changed, so the diff, so which services `paths` select. Decided like a push of the same head, except for
+# a fork: no new code came, and its preview (if a writer deployed one) is redeployed by `/preview <sha>`.
+BASE_CHANGED = "edited"
 
 
 def decide(config: RepoConfig, facts: PullRequestFacts) -> Decision:
+    """What one `pull_request` action asks for under the repository's config (`trigger`, `label`)."""
     if facts.action == "closed":
         return Decision.TEARDOWN
     if config.trigger == "command":
@@ -83,10 +88,11 @@ def decide(config: RepoConfig, facts: PullRequestFacts) -> Decision:
         if facts.action == "unlabeled" and changed == label:
             return Decision.TEARDOWN
         wants = label in {label_key(name) for name in facts.labels} and (
-            facts.action in UPDATES or (facts.action == "labeled" and changed == label))
+            facts.action in UPDATES or facts.action == BASE_CHANGED
+            or (facts.action == "labeled" and changed == label))
     else:
-        wants = facts.action in UPDATES
-    if not wants or facts.draft:
+        wants = facts.action in UPDATES or facts.action == BASE_CHANGED
+    if not wants or facts.draft or (facts.fork and facts.action == BASE_CHANGED):
         return Decision.IGNORE
     # Code from a fork runs in the cluster only after a maintainer's `/preview`.
     return Decision.AWAIT_APPROVAL if facts.fork else Decision.DEPLOY

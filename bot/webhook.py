@@ -20,6 +20,7 @@ from gidgethub import sansio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bot import coalesce, envelope, metrics
+from bot.errors import PreviewError, first_line
 from bot.queue import Job, QueueClosed, QueueFull
 from bot.triggers import event_subject
 
@@ -35,6 +36,38 @@ CONTEXT_KEY: web.AppKey[WebhookConfig] = web.AppKey("webhook_config")
 DEDUPE_SIZE = 50_000  # delivery ids remembered
 DEDUPE_TTL = 6 * 3600.0  # seconds a delivery id counts as seen
 BODY_TIMEOUT = 10.0  # seconds for the rest of a body that did not arrive with its headers
+# Seconds a readiness check may take before /readyz counts it failed ("timed out"): below the probe's
+# timeoutSeconds (10 in deploy/base/deployment.yaml), so a hung API server gives a 503, not a probe timeout.
+READINESS_TIMEOUT = 5.0
+READINESS_LOG_INTERVAL = 60.0  # seconds: a check that keeps failing is logged at most this often
+REJECTION_LOG_INTERVAL = 10.0  # seconds: at most one warning line per rejection reason
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+
+
+class RejectionLog:
+    """A warning line per rejected delivery, at most one per reason every `interval` seconds (`clock`:
+    monotonic seconds); the next line of a reason counts the ones left out (`suppressed`). A rotated or
+    mistyped secret then shows in the log, and a flood of bad deliveries cannot fill it. Reasons are this
+    module's literals (a fixed set: bounded memory); a line names the delivery id, the event, the status,
+    the reason and the answer's error, never the body or a signature."""
+
+    def __init__(self, interval: float = REJECTION_LOG_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._quiet_until: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def note(self, status: int, reason: str, error: str, delivery: str, event: str) -> None:
+        now = self.clock()
+        if now < self._quiet_until.get(reason, -float("inf")):
+            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+            return
+        self._quiet_until[reason] = now + self.interval
+        # Header values are the sender's: cut, so a hostile one cannot make the line long.
+        log.warning("webhook delivery rejected: %s %s", status, reason,
+                    extra={"delivery": delivery[:100], "event": event[:100], "status": status, "reason": reason,
+                           "error": error, "suppressed": self._suppressed.pop(reason, 0)})
 
 
 class WebhookConfig:
@@ -47,13 +80,52 @@ class WebhookConfig:
         self.dispatch = dispatch
         self.submit = submit
         self.readiness = readiness
+        self.readiness_timeout = READINESS_TIMEOUT
+        # name -> the check's run from an earlier probe that has not finished yet (awaited again, never
+        # started twice: a hung API server must not pile up a blocked request per probe).
+        self._checks_running: dict[str, asyncio.Task[None]] = {}
+        self._failure_logged: dict[str, float] = {}  # name -> monotonic time of its last warning
         # Delivery id -> monotonic time it stops counting as seen. Every id gets the same TTL, so the first
         # in is the first to expire: a FIFOCache is a TTL cache here. Not cachetools.TTLCache: each of its
         # entries is a linked object the cycle collector tracks, so a flood filling it ran a collection
         # every 700 deliveries and stopped intake for 2-4 ms every 7,000; str keys and float values are
         # not tracked.
         self.seen: cachetools.FIFOCache[str, float] = cachetools.FIFOCache(maxsize=dedupe_size)
-        self.draining = False
+        self.rejections = RejectionLog()
+        self.draining = False  # intake closed: deliveries get 503, /readyz 503
+        self.terminating = False  # SIGTERM received, intake still open: /readyz 503 (bot.server.linger)
+
+    async def readiness_failures(self) -> dict[str, str]:
+        """Runs every readiness check at once, each bounded by `readiness_timeout` seconds; returns
+        name -> why it failed: the first line of the bot's own error message (PreviewError: written to be
+        shown), else only the exception's type (another library's message may quote a URL or a token),
+        or "timed out after N s". Each failure is logged, at most once a READINESS_LOG_INTERVAL per check."""
+        names = list(self.readiness)
+        reasons = await asyncio.gather(*(self._run_check(name) for name in names))
+        failures = {name: reason for name, reason in zip(names, reasons, strict=True) if reason is not None}
+        now = time.monotonic()
+        for name, reason in failures.items():
+            if now - self._failure_logged.get(name, -float("inf")) >= READINESS_LOG_INTERVAL:
+                self._failure_logged[name] = now
+                log.warning("readiness check %s failed: %s", name, reason)
+        return failures
+
+    async def _run_check(self, name: str) -> str | None:
+        task = self._checks_running.get(name)
+        if task is None or task.done():
+            task = asyncio.ensure_future(self.readiness[name]())
+            # Retrieved here too: a run that ends after its probe gave up must not warn "never retrieved".
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self._checks_running[name] = task
+        try:
+            await asyncio.wait_for(asyncio.shield(task), self.readiness_timeout)
+        except TimeoutError:
+            return f"timed out after {self.readiness_timeout:g} s"
+        except Exception as exc:  # readiness reports any failure, it never raises
+            if isinstance(exc, PreviewError):
+                return first_line(str(exc), 300) or type(exc).__name__
+            return type(exc).__name__
+        return None
 
     def seen_before(self, delivery: str, now: float) -> bool:
         """Whether this X-GitHub-Delivery id was accepted in the last DEDUPE_TTL seconds (`now`: monotonic
@@ -125,8 +197,13 @@ def _answer(status: int, body: bytes) -> web.Response:
     return web.Response(body=body, status=status, content_type="application/json")
 
 
-def _error(status: int, message: str, event: str = "unknown") -> web.Response:
+def _error(request: web.Request, status: int, reason: str, message: str, event: str = "unknown") -> web.Response:
+    """A rejected delivery: counted, logged (RejectionLog, `reason` a short literal), answered with `message`.
+    Only rejections come here: the accepted path pays nothing for the log."""
     _count(event, str(status))
+    headers = request.headers
+    request.app[CONTEXT_KEY].rejections.note(status, reason, message, headers.get("X-GitHub-Delivery", ""),
+                                             event if event != "unknown" else headers.get("X-GitHub-Event", ""))
     return _answer(status, msgspec.json.encode({"error": message}))
 
 
@@ -168,9 +245,10 @@ async def read_limited(request: web.Request, limit: int) -> bytes | None:
 async def handle_webhook(request: web.Request) -> web.Response:
     config = request.app[CONTEXT_KEY]
     if config.draining:
-        return _error(503, "shutting down; GitHub will show this delivery as failed and the reconciler catches up")
+        return _error(request, 503, "shutting down",
+                      "shutting down; GitHub will show this delivery as failed and the reconciler catches up")
     if request.content_length is not None and request.content_length > config.max_body_bytes:
-        return _error(413, f"body larger than {config.max_body_bytes} bytes")
+        return _error(request, 413, "body too large", f"body larger than {config.max_body_bytes} bytes")
     if request.content.is_eof():  # all of it is here (GitHub sends it at once): no timer on the hot path
         body = await read_limited(request, config.max_body_bytes)
     else:
@@ -178,18 +256,19 @@ async def handle_webhook(request: web.Request) -> web.Response:
             async with asyncio.timeout(config.body_timeout):
                 body = await read_limited(request, config.max_body_bytes)
         except TimeoutError:  # a sender that stops short of its Content-Length must not hold a connection
-            return _error(408, f"body not received within {config.body_timeout:g} s")
+            return _error(request, 408, "body too slow", f"body not received within {config.body_timeout:g} s")
     if body is None:
-        return _error(413, f"body larger than {config.max_body_bytes} bytes")
+        return _error(request, 413, "body too large", f"body larger than {config.max_body_bytes} bytes")
     signature = request.headers.get(SIGNATURE_HEADER)
     if not signature:
-        return _error(401, f"missing {SIGNATURE_HEADER}")
+        return _error(request, 401, "missing signature", f"missing {SIGNATURE_HEADER}")
     if not signature_valid(config.secret, body, signature):
-        return _error(401, f"bad {SIGNATURE_HEADER}")
+        return _error(request, 401, "bad signature",
+                      f"bad {SIGNATURE_HEADER} (is GITHUB_WEBHOOK_SECRET the App's webhook secret?)")
     event_name = request.headers.get("X-GitHub-Event", "")
     delivery = request.headers.get("X-GitHub-Delivery", "")
     if not event_name or not delivery:
-        return _error(400, "missing X-GitHub-Event or X-GitHub-Delivery")
+        return _error(request, 400, "missing headers", "missing X-GitHub-Event or X-GitHub-Delivery")
     now = time.monotonic()
     if config.seen_before(delivery, now):  # before parsing: a redelivery costs no more than the signature check
         _count(event_name, "duplicate")
@@ -197,7 +276,10 @@ async def handle_webhook(request: web.Request) -> web.Response:
     try:
         data = envelope.decode_envelope(body)  # the fields deciding the work; the rest when it runs
     except envelope.InvalidBody as exc:
-        return _error(400, str(exc), event_name)
+        if request.content_type == FORM_CONTENT_TYPE:  # GitHub's content type `form`: `payload=<JSON>`
+            return _error(request, 415, "form-encoded body", "body is form-encoded: set the App's webhook "
+                          "content type to application/json", event_name)
+        return _error(request, 400, "invalid body", str(exc), event_name)
     if event_name == "ping":
         _count(event_name, "200")
         return _answer(200, b'{"msg":"pong"}')
@@ -206,7 +288,7 @@ async def handle_webhook(request: web.Request) -> web.Response:
         return _answer(202, b'{"msg":"not a repository event of an installation; ignored"}')
     problem = envelope.shape_problem(event_name, data)
     if problem:  # signed, so sent by someone holding the secret; GitHub's payloads always fit
-        return _error(400, f"{event_name} payload: {problem}", event_name)
+        return _error(request, 400, "payload shape", f"{event_name} payload: {problem}", event_name)
     kind = coalesce.classify(event_name, data)
     if kind is None:
         config.remember(delivery, now)
@@ -219,14 +301,13 @@ async def handle_webhook(request: web.Request) -> web.Response:
         else:
             merged = config.submit(work_key(data), job)
     except QueueClosed:
-        return _error(503, "shutting down", event_name)
+        return _error(request, 503, "shutting down", "shutting down", event_name)
     except QueueFull:
         # Not remembered as seen: GitHub shows a failed delivery (redeliverable), and the reconciler
         # converges every open PR anyway.
-        log.warning("work queue full: delivery refused with 503",
-                    extra={"delivery": delivery, "event": event_name, "action": data.get("action")})
-        return _error(503, "too much work queued; retry later (the reconciler converges every open PR; a "
-                      "command is lost unless redelivered or commented again)", event_name)
+        return _error(request, 503, "work queue full", "too much work queued; retry later (the reconciler "
+                      "converges every open PR; a command is lost unless redelivered or commented again)",
+                      event_name)
     config.remember(delivery, now)
     _count(event_name, "merged" if merged else "accepted")
     return _answer(202, b'{"msg":"accepted"}')
@@ -240,12 +321,9 @@ async def readyz(request: web.Request) -> web.Response:
     config = request.app[CONTEXT_KEY]
     if config.draining:
         return web.json_response({"status": "draining"}, status=503)
-    failures: dict[str, str] = {}
-    for name, check in config.readiness.items():
-        try:
-            await check()
-        except Exception as exc:  # readiness reports any failure, it never raises
-            failures[name] = type(exc).__name__
+    if config.terminating:
+        return web.json_response({"status": "terminating"}, status=503)
+    failures = await config.readiness_failures()
     if failures:
         return web.json_response({"status": "not ready", "failed": failures}, status=503)
     return web.json_response({"status": "ready"})

@@ -53,8 +53,10 @@ async def on_check(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
 
         async def job(number: int = number) -> None:
             # In the PR's own queue, after its earlier events; the head is read again there, so a push
-            # that came in the meantime is what counts (the old commit is never deployed).
+            # that came in the meantime is what counts (the old commit is never deployed). A check is no
+            # push: a PR stopped at this commit stays stopped.
             await gate.deploy_when_ready(ctx.previewer, ctx.waits, client, number, config=config,
+                                         unless_stopped=True,
                                          superseded=lambda: ctx.superseded(client.repo_id, number))
 
         try:

@@ -11,16 +11,19 @@ from bot.github.client import RepoClient
 USAGE = "Usage: `/preview link owner/repo#N` (a pull request of a repository this App is installed on)."
 
 
-async def link_command(ctx: Context, client: RepoClient, number: int, user: str, command: Command) -> str:
-    """Run the command; returns the reply."""
+async def link_command(ctx: Context, client: RepoClient, number: int, user: str,
+                       command: Command) -> tuple[str, bool]:
+    """Run the command; returns the reply and whether it changed something (the reaction says so)."""
     refresh = ctx.previewer.link_refresh
     if command.action is Action.UNLINK:
         key, _ = await ctx.previewer.key_for(client, number)
         ended = await links.unlink(ctx.kube, refresh, key)
-        return ("🔗 Unlinked " + ", ".join(ended) + ".") if ended else "This pull request has no links."
+        if not ended:
+            return "This pull request has no links.", False
+        return "🔗 Unlinked " + ", ".join(ended) + ".", True
     target = links.parse_target(command.argument or "")
     if target is None:
-        return USAGE
+        return USAGE, False
 
     async def client_for(repo: str) -> RepoClient | None:
         if repo.lower() == client.repo.lower():
@@ -33,6 +36,6 @@ async def link_command(ctx: Context, client: RepoClient, number: int, user: str,
 
     try:
         return await links.link(ctx.kube, ctx.reporter, client_for, deploy, client, number, user, target,
-                                sha=command.sha)
+                                sha=command.sha), True
     except links.LinkRefused as exc:
-        return f"Not linked: {exc}"
+        return f"Not linked: {exc}", False

@@ -88,13 +88,18 @@ async def on_comment(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
             return
         await client.react(comment_id, "+1")
         return
+    if command.action in (Action.LINK, Action.UNLINK):
+        reply, done = await link_command(ctx, client, number, user, command)
+        await client.react(comment_id, "+1" if done else "confused")  # after: it says whether it was done
+        await client.reply(number, reply)
+        return
     await client.react(comment_id, "+1")
     if command.action is Action.STOP:
         pr = await client.pull(number)  # its head is recorded: a restart must not bring the preview back
+        ctx.waits.done(client, number)  # a wait for checks ends with the stop (bot.gate)
         await ctx.previewer.stop(client, number, f"Stopped by @{user} with `/preview stop`.",
                                  head_sha=str(pr["head"]["sha"]))
     elif command.action is Action.EXPLAIN:
         key, _ = await ctx.previewer.key_for(client, number)
         await client.reply(number, await explain_pull_request(ctx.kube, key))
-    elif command.action in (Action.LINK, Action.UNLINK):
-        await client.reply(number, await link_command(ctx, client, number, user, command))
+

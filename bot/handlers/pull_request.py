@@ -1,4 +1,9 @@
-"""pull_request events: deploy on open/push/ready/label, tear down on close or unlabel."""
+"""pull_request events: deploy on open/push/ready/label/base change, tear down on close or unlabel.
+
+Each is a person's doing (a push, a label added, ...), so it deploys even a PR whose preview was stopped at
+its head; only check events, wait timeouts and the reconciler respect such a stop (bot.gate), and a base
+branch change (`edited` with `changes.base`), which asks for no preview. A config error is reported on the
+events that would have deployed."""
 
 from __future__ import annotations
 
@@ -9,11 +14,13 @@ from gidgethub import routing, sansio
 from gidgethub.abc import GitHubAPI
 
 from bot import gate
-from bot.coalesce import PULL_ACTIONS, pairs_of
+from bot.coalesce import PULL_ACTIONS, Pair, pairs_of
 from bot.comment import Report, State
 from bot.context import Context, repo_client
 from bot.errors import ConfigError
-from bot.triggers import UPDATES, Decision, PullRequestFacts, decide_merged, facts_from_pull
+from bot.github.client import RepoClient
+from bot.repo_config import CONFIG_PATH, RepoConfig, declared_trigger
+from bot.triggers import BASE_CHANGED, UPDATES, Decision, PullRequestFacts, decide_merged, facts_from_pull
 
 router = routing.Router()
 Handler = Callable[..., Awaitable[Any]]
@@ -29,6 +36,21 @@ def fork_waiting(sha: str) -> str:
 def facts(event: sansio.Event) -> PullRequestFacts:
     return facts_from_pull(event.data["pull_request"], event.data["action"],
                            (event.data.get("label") or {}).get("name"))
+
+
+async def label_asked(client: RepoClient, event: sansio.Event, pairs: list[Pair]) -> bool:
+    """With the config invalid: a `labeled` event among `pairs` asked for a preview, judged by the `trigger`
+    and `label` the file still declares (repo_config.declared_trigger; one more read of it). When even
+    those cannot be read, any `labeled` event counts: it may be the opt-in, and the error must be seen."""
+    if not any(action == "labeled" for action, _label in pairs):
+        return False
+    text = await client.file_text(CONFIG_PATH)
+    declared = declared_trigger(text) if text is not None else None
+    if declared is None:
+        return True
+    trigger, label = declared
+    decision, _ = decide_merged(RepoConfig(services=(), trigger=trigger, label=label), facts(event), pairs)
+    return decision in (Decision.DEPLOY, Decision.AWAIT_APPROVAL)
 
 
 def _register(fn: Handler) -> Handler:
@@ -52,28 +74,36 @@ async def on_pull_request(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> N
         if "closed" in actions:
             reason = "The pull request was merged: preview removed." if pr.get("merged") else \
                 "The pull request was closed: preview removed."
+            ctx.waits.done(client, number)
             await ctx.previewer.stop(client, number, reason)
         return
     try:
         config = await ctx.previewer.load_config(client)
     except ConfigError as exc:
-        if actions & UPDATES:
+        if actions & UPDATES or BASE_CHANGED in actions or await label_asked(client, event, pairs):
             await ctx.reporter.show(client, number, Report(
-                State.CONFIG_ERROR, sha=pr["head"]["sha"], detail=f"Nothing was deployed: `{exc}`"))
+                State.CONFIG_ERROR, sha=pr["head"]["sha"], detail=f"Nothing was deployed: `{exc}`", keeps_live=True))
         return
     if config is None:
         return  # this repository does not use previews
+    if not any(service.paths for service in config.services):
+        pairs = [pair for pair in pairs if pair[0] != BASE_CHANGED]  # a new base changes nothing deployed
     decision, action = decide_merged(config, facts(event), pairs)
     if decision is Decision.DEPLOY:
         # The head as of now, not as of the event, read under the PR's lock: another replica may be
         # handling a newer push, and both must converge on the same commit. Deploys now, or once the
-        # checks the config waits for have succeeded (bot.gate).
+        # checks the config waits for have succeeded (bot.gate). After a base change the head may run
+        # already, but `paths` may select other services now: it is decided and deployed again.
+        # A base change alone asks for no preview: one stopped at this head stays stopped.
         await gate.deploy_when_ready(ctx.previewer, ctx.waits, client, number, config=config,
+                                     recheck=any(pair[0] == BASE_CHANGED for pair in pairs),
+                                     unless_stopped=action == BASE_CHANGED,
                                      superseded=lambda: ctx.superseded(client.repo_id, number))
     elif decision is Decision.TEARDOWN:
         reason = f"The `{config.label}` label was removed: preview removed." if action == "unlabeled" else \
             "The pull request was closed: preview removed."
+        ctx.waits.done(client, number)  # a wait for checks ends with the stop (bot.gate)
         await ctx.previewer.stop(client, number, reason, head_sha=str(pr["head"]["sha"]))
     elif decision is Decision.AWAIT_APPROVAL:
         await ctx.reporter.show(client, number, Report(State.WAITING_APPROVAL, sha=pr["head"]["sha"],
-                                                     detail=fork_waiting(str(pr["head"]["sha"]))))
+                                                     detail=fork_waiting(str(pr["head"]["sha"])), keeps_live=True))

@@ -61,6 +61,7 @@ class Kube:
         objects = self.objects
         self.ensure_owned = objects.ensure_owned
         self.adopt, self.delete_preview, self.set_keep = objects.adopt, objects.delete_preview, objects.set_keep
+        self.mark_rollout_failed = objects.mark_rollout_failed
         inventory = self.inventory
         self.live_previews, self.recorded_shas = inventory.live_previews, inventory.recorded_shas
         self.service_names, self.gateway = inventory.service_names, inventory.gateway

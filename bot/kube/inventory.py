@@ -40,6 +40,10 @@ class LivePreview:
     # Why its Deployments cannot be read ("": they can): its gateway routes send to a namespace other than
     # PREVIEW_NAMESPACE (the setting changed while it was live) where the bot may not list them.
     unreadable: str = ""
+    # Some Deployment's rollout was reported failed at the commit it runs (naming.ROLLOUT_FAILED_ANNOTATION)...
+    rollout_failed: bool = False
+    # ...and every Deployment of the preview is Available now (bot.manifests.rolled_out).
+    available: bool = False
 
 
 class Inventory:
@@ -85,8 +89,11 @@ class Inventory:
             hosts.setdefault(meta["labels"][naming.KEY_LABEL], []).append(
                 (meta.get("annotations") or {}).get(naming.HOST_ANNOTATION, ""))
         grouped: dict[str, list[dict[str, Any]]] = {}
+        workloads_of: dict[str, list[dict[str, Any]]] = {}
         for item in deployments:
-            grouped.setdefault(item["metadata"]["labels"].get(naming.KEY_LABEL, ""), []).append(item["metadata"])
+            key_label = item["metadata"]["labels"].get(naming.KEY_LABEL, "")
+            grouped.setdefault(key_label, []).append(item["metadata"])
+            workloads_of.setdefault(key_label, []).append(item)
         # A preview whose Deployments were never made (refused by admission after its gateway route was
         # claimed) is still live by its gateway routes, with no services: else a missed close would leave
         # them forever.
@@ -103,6 +110,9 @@ class Inventory:
             annotations = [m.get("annotations") or {} for m in metas]
             pushed = [a[naming.PUSHED_AT_ANNOTATION] for a in annotations if a.get(naming.PUSHED_AT_ANNOTATION)]
             ids = {m["labels"].get(naming.REPO_ID_LABEL, "") for m in metas}
+            failed = any(a.get(naming.ROLLOUT_FAILED_ANNOTATION) and
+                         a.get(naming.ROLLOUT_FAILED_ANNOTATION) == a.get(naming.SHA_ANNOTATION)
+                         for a in annotations[:len(workloads)])
             raw_id = ids.pop() if len(ids) == 1 else ""
             previews.append(LivePreview(
                 key=key,
@@ -117,6 +127,8 @@ class Inventory:
                 repo_id=int(raw_id) if raw_id.isdigit() and int(raw_id) > 0 else None,
                 namespace=str(workloads[0].get("namespace", "")) if workloads else "",
                 unreadable="; ".join(blocked),
+                rollout_failed=failed,
+                available=bool(workloads) and all(manifests.rolled_out(d) for d in workloads_of.get(key, [])),
             ))
         return previews
 

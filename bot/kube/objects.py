@@ -90,6 +90,26 @@ class PreviewObjects:
             deleted += await self._t.delete(f"{collection_path(api_version, plural, meta['namespace'])}/{meta['name']}")
         return deleted
 
+    async def mark_rollout_failed(self, plan: manifests.PreviewPlan, names: Iterable[str]) -> int:
+        """Mark the Deployments `names` of `plan` (object names) as reported failed at `plan.sha`
+        (naming.ROLLOUT_FAILED_ANNOTATION), so a reconciliation pass can tell, from its listing alone, a
+        preview reported failed that became Available since (an image pushed late, a crash loop that
+        ended). Applied with the Deployment's own manifest under the bot's field manager: the next
+        deploy's apply, which does not carry the annotation, removes it, at no cost. Returns how many."""
+        wanted = set(names)
+        marked = 0
+        for service in plan.services:
+            if service.name not in wanted:
+                continue
+            for manifest in service.workload:
+                if manifest["kind"] != "Deployment":
+                    continue
+                meta = manifest["metadata"]
+                annotations = {**meta.get("annotations", {}), naming.ROLLOUT_FAILED_ANNOTATION: plan.sha}
+                await self._t.apply({**manifest, "metadata": {**meta, "annotations": annotations}})
+                marked += 1
+        return marked
+
     async def adopt(self, key: str, repo_id: int) -> int:
         """Add the repository id label to a legacy preview's objects (Deployments, Services, gateway routes);
         returns how many were labelled. Later renames then find the preview by its id."""

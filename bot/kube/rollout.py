@@ -4,7 +4,9 @@ A Deployment is Available when its current generation is fully rolled out (obser
 updated/available/total replicas all as wanted, condition Available=True: Kubernetes docs, "Deployment
 status"). It is hopeless when its rollout exceeded its progress deadline or a pod waits for a reason
 that waiting does not cure (_HOPELESS_WAITING); image pulls are hopeless only once the grace for CI to
-push the image is over. Reads only; polls are bounded by the caller's timeout.
+push the image is over. Reads only; polls are bounded by the caller's timeout, or by the grace for a
+Deployment waiting for its image (the two settings mean: PREVIEW_READY_TIMEOUT is how long a preview has
+to become Available, PREVIEW_IMAGE_PULL_GRACE how long CI has to push its image; the wait honours both).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from bot import metrics
 from bot.kube.transport import Transport, collection_path
+from bot.manifests import rolled_out
 from bot.settings import ClusterSettings
 
 # Pod states that will not get better by waiting (image pulls: once the grace for CI to push is over).
@@ -43,19 +46,11 @@ class Rollouts:
         if deployment is None:
             return False, "the Deployment disappeared", None
         spec, status = deployment.get("spec") or {}, deployment.get("status") or {}
-        wanted = int(spec.get("replicas", 1))
         conditions = {c.get("type"): c for c in status.get("conditions") or []}
         progressing = conditions.get("Progressing") or {}
         if progressing.get("reason") == "ProgressDeadlineExceeded":
             return False, "the rollout exceeded its progress deadline", None
-        rolled_out = (
-            status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
-            and status.get("updatedReplicas", 0) == wanted
-            and status.get("availableReplicas", 0) >= wanted
-            and status.get("replicas", 0) == wanted
-            and (conditions.get("Available") or {}).get("status") == "True"
-        )
-        if rolled_out:
+        if rolled_out(deployment):
             return True, None, None
         selector = ",".join(f"{k}={v}" for k, v in spec["selector"]["matchLabels"].items())
         pulling: tuple[bool, str | None, str | None] = (False, None, None)
@@ -82,19 +77,24 @@ class Rollouts:
 
         `stop` ends the wait early (a newer event for the same PR is queued). For `pull_grace` seconds
         ErrImagePull/ImagePullBackOff mean "the image is not pushed yet" (CI builds it after the push):
-        the wait goes on, and `on_image_wait(name, reason)` is awaited once per Deployment."""
+        the wait goes on, and `on_image_wait(name, reason)` is awaited once per Deployment. A Deployment
+        seen waiting for its image is waited for up to max(`timeout`, `pull_grace`) seconds, the others
+        up to `timeout`: an image CI pushes within the grace is never reported as a failure, whatever the
+        timeout."""
         pending = set(names)
         results: dict[str, str | None] = {}
         started = time.monotonic()
-        deadline = started + timeout
         told: set[str] = set()
-        image_waits: dict[str, str] = {}  # name -> the pull error seen last, while within the grace
+        image_waits: dict[str, str] = {}  # name -> the pull error seen last, while it waits for its image
+        waited_for_image: set[str] = set()  # names given the grace (once seen waiting for their image)
         delay = 0.5
         while pending:
             for name in sorted(pending):
                 available, reason, waiting = await self._deployment_state(name)
+                image_waits.pop(name, None)
                 if reason and waiting in _IMAGE_PULL and time.monotonic() - started < pull_grace:
                     image_waits[name] = reason
+                    waited_for_image.add(name)
                     if on_image_wait is not None and name not in told:
                         told.add(name)
                         await on_image_wait(name, reason)
@@ -106,10 +106,14 @@ class Rollouts:
                     pending.discard(name)
             if not pending or stop():
                 break
-            if time.monotonic() >= deadline:
-                for name in pending:
-                    results[name] = f"not Available after {timeout:.0f} s" + (
+            elapsed = time.monotonic() - started
+            for name in sorted(pending):
+                limit = max(timeout, pull_grace) if name in waited_for_image else timeout
+                if elapsed >= limit:
+                    results[name] = f"not Available after {limit:.0f} s" + (
                         f"; still waiting for the image ({image_waits[name]})" if name in image_waits else "")
+                    pending.discard(name)
+            if not pending:
                 break
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 5.0)

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import importlib.util
 import re
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -32,7 +34,8 @@ def test_parse_baggage() -> None:
         ("a=1, preview = preview-1 ;ttl=3, b=2", "preview-1"),
         ("preview=preview%2D1", "preview-1"),  # percent-decoded
         ("preview=k,preview=k", "k"),  # duplicates that agree
-        ("preview=a,preview=b", None),  # ambiguous
+        ("preview=a,preview=b", "b"),  # the last one wins
+        ("preview=b,preview=Bad", None),  # the last one is no key
         ("preview=Bad", None),
         ("preview=a%0D%0Ab", None),  # CRLF smuggled through percent-encoding
         ("xpreview=k, a=1;preview=k", None),  # not the member "preview"
@@ -49,7 +52,21 @@ def test_merge_keeps_other_entries_and_replaces_preview() -> None:
     assert merge_baggage("a=1;p, preview=old, b=x%20y", "k") == "a=1;p,b=x%20y,preview=k"
 
 
+def _table() -> object:
+    # Loaded by path: the bot's tests read the same file (tests run with --import-mode=importlib).
+    spec = importlib.util.spec_from_file_location(
+        "baggage_table", Path(__file__).with_name("baggage_table.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cases = _table().cases  # type: ignore[attr-defined]
+
 KEY = "preview-123-ab12cd"
+TABLE_KEY, TABLE_OTHER = "preview-6-ab12cd", "preview-5-ab12cd"
 MATCHING = [
     f"preview={KEY}",
     f"preview={KEY};ttl=60",
@@ -68,6 +85,7 @@ NOT_MATCHING = [
     f"a=1;preview={KEY}",  # a property of another member, not a member
     f"a=preview={KEY}",
     f"preview=other,b={KEY}",
+    f"preview={KEY},preview=other",  # the last preview member wins
     "",
 ]
 
@@ -90,10 +108,27 @@ def test_regex_prefix_key_does_not_match_longer_key() -> None:
 
 def test_regex_is_pure_and_rejects_bad_keys() -> None:
     assert baggage_match_regex(KEY) == baggage_match_regex(KEY)
-    assert baggage_match_regex(KEY) == rf"^(.*,)?\s*preview={KEY}\s*(;[^,]*)?(,.*)?$"
     for bad in ["", "A", ".*", "a|b"]:
         with pytest.raises(ValueError):
             baggage_match_regex(bad)
+
+
+@pytest.mark.parametrize(("header", "expected", "why"), cases(TABLE_KEY, TABLE_OTHER))
+def test_helper_and_regex_follow_the_shared_table(
+    header: str, expected: str | None, why: str
+) -> None:
+    """One rule (W3C baggage, last `preview` member wins, values percent-decoded): the helper
+    reads the key the table says, and the bot's regex matches exactly that key's line."""
+    assert baggage_preview(header) == expected, why
+    for key in (TABLE_KEY, TABLE_OTHER):
+        assert bool(re.fullmatch(baggage_match_regex(key), header)) is (key == expected), (key, why)
+
+
+def test_merged_baggage_carries_the_key_by_the_table_rule() -> None:
+    for header, _, _ in cases(TABLE_KEY, TABLE_OTHER):
+        merged = merge_baggage(header, TABLE_KEY)
+        assert baggage_preview(merged) == TABLE_KEY
+        assert re.fullmatch(baggage_match_regex(TABLE_KEY), merged)
 
 
 def test_otel_baggage_is_set_and_read() -> None:

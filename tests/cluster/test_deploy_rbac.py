@@ -899,3 +899,101 @@ async def test_previews_of_an_earlier_preview_namespace_the_bot_may_not_read_are
             if suffix in json.dumps(item):
                 status_of(lambda item=item: admin_custom.delete_namespaced_custom_object(
                     "networking.istio.io", "v1", ROUTING_NAMESPACE, "virtualservices", item["metadata"]["name"]))
+
+
+# -- the start-up access check (bot.server.check_access) ------------------------------------------------------
+
+async def _check_access(api: client.ApiClient, **settings: str) -> None:
+    from bot.kube import Kube
+    from bot.server import check_access
+    from bot.settings import ClusterSettings, Settings
+
+    cluster = ClusterSettings(domain="example.com", namespace=settings.get("preview", PREVIEW_NAMESPACE),
+                              routing_namespace=settings.get("routing", ROUTING_NAMESPACE))
+    bot_settings = Settings(cluster=cluster, app_id=1, private_key="", webhook_secret="",
+                            lease_namespace=settings.get("lease", BOT_NAMESPACE))
+    kube = Kube(api, cluster, request_timeout=20, attempts=2)
+    try:
+        await check_access(kube, bot_settings)
+    finally:
+        kube.close()
+
+
+async def test_deploy_rbac_passes_the_start_up_access_check(deployed: Deployed) -> None:
+    await _check_access(client_from_kubeconfig(deployed.kubeconfig))
+
+
+@pytest.mark.parametrize(("where", "expected"), [
+    ({"lease": "kube-system"},
+     "the bot may not create, get, update, delete leases.coordination.k8s.io in namespace kube-system "
+     "(POD_NAMESPACE): apply the Role preview-bot-leader and its RoleBinding (deploy/base/rbac-leader.yaml) in "
+     "namespace kube-system"),
+    ({"preview": "kube-public"},
+     "the bot may not get, list, create, patch, delete deployments.apps in namespace kube-public "
+     "(PREVIEW_NAMESPACE): apply the Role preview-bot-previews and its RoleBinding (deploy/base/rbac-previews.yaml) "
+     "in namespace kube-public"),
+    ({"routing": "routing"},
+     "the bot may not create, update, patch, delete virtualservices.networking.istio.io in namespace routing "
+     "(PREVIEW_ROUTING_NAMESPACE): apply the Role preview-bot-routing and its RoleBinding "
+     "(deploy/base/rbac-routing.yaml) in namespace routing (create the namespace first if it does not exist)"),
+])
+async def test_missing_rbac_stops_start_up_naming_what_to_apply(deployed: Deployed, where: dict[str, str],
+                                                                expected: str) -> None:
+    from bot.errors import StartupError
+
+    with pytest.raises(StartupError) as refused:
+        await _check_access(client_from_kubeconfig(deployed.kubeconfig), **where)
+    assert expected in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("setting", ["preview", "routing", "lease"])
+async def test_a_missing_namespace_stops_start_up(deployed: Deployed, cluster: Cluster, setting: str) -> None:
+    """With rights everywhere (an admin's kubeconfig), the namespace itself is named."""
+    from bot.errors import StartupError
+
+    missing = f"absent-{secrets.token_hex(3)}"
+    names = {"preview": "PREVIEW_NAMESPACE", "routing": "PREVIEW_ROUTING_NAMESPACE", "lease": "POD_NAMESPACE"}
+    with cluster.api_client() as admin, pytest.raises(StartupError) as refused:
+        await _check_access(admin, **{setting: missing})
+    assert str(refused.value) == f"{names[setting]}: namespace {missing} does not exist; create it (or name an " \
+                                 "existing one)"
+
+
+async def test_serve_as_the_service_account_without_a_lease_role_stops(deployed: Deployed, fake_github: Any,
+                                                                        cluster: Cluster) -> None:
+    """The real `preview-bot serve` on the ServiceAccount's token, POD_NAMESPACE without the Lease Role: one
+    line and exit status 2, instead of a ready bot whose every PR fails with 403."""
+    from tests.e2e.test_startup import assert_one_line, serve
+
+    code, _, err = await serve(fake_github, cluster, PREVIEW_NAMESPACE, "--port", "0",
+                               KUBECONFIG=str(deployed.kubeconfig), POD_NAMESPACE="kube-system",
+                               PREVIEW_ROUTING_NAMESPACE=ROUTING_NAMESPACE,
+                               PREVIEW_GATEWAY=f"{ROUTING_NAMESPACE}/preview-gateway")
+    assert_one_line(code, err, "leases.coordination.k8s.io in namespace kube-system (POD_NAMESPACE)",
+                    "deploy/base/rbac-leader.yaml")
+
+
+async def test_a_refused_lease_renewal_names_status_and_namespace_and_is_retried_soon(
+        deployed: Deployed, caplog: pytest.LogCaptureFixture) -> None:
+    """The ServiceAccount has no Lease Role in kube-system: the warning names the API server's answer and
+    the Lease, and the next try comes within RETRY_SECONDS, not a third of a long lease (up to days)."""
+    import logging
+
+    from bot.kube import Kube
+    from bot.leader import RETRY_SECONDS, LeaderElector
+    from bot.settings import MAX_DURATION, ClusterSettings
+
+    kube = Kube(client_from_kubeconfig(deployed.kubeconfig), ClusterSettings(domain="example.com"),
+                request_timeout=20, attempts=2)
+    elector = LeaderElector(kube, namespace="kube-system", name=LEASE_NAME, identity="pod-x",
+                            lease_seconds=MAX_DURATION)
+    try:
+        with caplog.at_level(logging.WARNING, logger="bot.leader"):
+            assert await elector.round() == RETRY_SECONDS
+        [warning] = [r.getMessage() for r in caplog.records if r.name == "bot.leader"]
+        assert warning.startswith(f"lease renewal failed for Lease kube-system/{LEASE_NAME}: Kubernetes API "
+                                  "answered 403 Forbidden: "), warning
+        assert not elector.is_leader
+    finally:
+        kube.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -106,10 +107,14 @@ class RunningBot:
 
 @asynccontextmanager
 async def running_bot(fake: FakeGitHub, cluster: Cluster, namespace: str, *, kubeconfig: str | None = None,
-                      **overrides: str) -> AsyncIterator[RunningBot]:
+                      reconcile_every: float | None = None, **overrides: str) -> AsyncIterator[RunningBot]:
+    """The bot in this process on `namespace`; `reconcile_every`: seconds between passes, below the
+    operator's minimum PREVIEW_RECONCILE_INTERVAL (tests watch several passes)."""
     env = bot_env(fake, namespace, **overrides)
     ensure_gateway(cluster, env["PREVIEW_GATEWAY"])
     settings = load_settings(env)
+    if reconcile_every is not None:
+        settings = dataclasses.replace(settings, reconcile_interval=reconcile_every)
     async with running(settings, "127.0.0.1", 0, kubeconfig=kubeconfig or str(cluster.kubeconfig)) as bot, \
             aiohttp.ClientSession() as session:
         yield RunningBot(bot, fake, session, namespace)

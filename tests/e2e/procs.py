@@ -172,7 +172,8 @@ class BotProcess:
                 self.proc.send_signal(sig)
 
     async def terminate(self) -> None:
-        """SIGTERM: the bot's orderly shutdown (intake closed, drain, lease released)."""
+        """SIGTERM: the bot's orderly shutdown (PREVIEW_SHUTDOWN_DELAY still accepting, then intake closed,
+        drain, lease released); a second one ends the delay."""
         self._signal(signal.SIGTERM)
 
     async def kill(self) -> int:

@@ -16,6 +16,7 @@ from kubernetes import client as k8s
 
 from bot import comment
 from bot.naming import PreviewKey
+from bot.reconcile import UNFINISHED
 from tests.e2e.harness import ClusterView, RunningBot, running_bot
 from tests.fakegithub import (
     FakeGitHub,
@@ -166,6 +167,33 @@ async def test_a_push_while_waiting_only_ever_deploys_the_new_head(bot: RunningB
     assert not any(s in ("in_progress", "success") for run in by_sha[SHA_A] for s in run)
 
 
+async def test_a_push_that_waits_or_fails_keeps_showing_the_live_preview(bot: RunningBot, view: ClusterView) -> None:
+    """The preview of the earlier commit serves until the new one deploys: while the new head waits for
+    its checks, and after they fail, the comment still gives its commit and URL as live."""
+    fake = bot.fake
+    await open_pr(bot, 6, SHA_A)
+    await send_check(bot, fake.add_check_run(GATED, SHA_A, "build-images", status="completed", conclusion="success"))
+    assert images(view) == [f"registry.example.com/acme/a:{SHA_A}"]
+    fake.push(GATED, 6, SHA_B)
+    assert await bot.send("pull_request", pull_request_event(fake, GATED, 6, "synchronize")) == 202
+    await bot.settle()
+    for step in ("waiting", "failed"):
+        body = sticky(fake, GATED, 6)
+        assert images(view) == [f"registry.example.com/acme/a:{SHA_A}"], step
+        assert body.index(f"Commit: `{SHA_B[:12]}`") < body.index("**Still live**") \
+            < body.index(f"Commit: `{SHA_A[:12]}`") < body.index("https://preview-6-api-a.example.com"), step
+        if step == "waiting":
+            assert "waiting for checks" in body
+            await send_check(bot, fake.add_check_run(GATED, SHA_B, "build-images", status="completed",
+                                                     conclusion="failure"))
+        else:
+            assert "concluded failure" in body
+    await send_check(bot, fake.add_check_run(GATED, SHA_B, "build-images", status="completed", conclusion="success"))
+    body = sticky(fake, GATED, 6)
+    assert images(view) == [f"registry.example.com/acme/a:{SHA_B}"]
+    assert "Still live" not in body and SHA_A[:12] not in body and f"Commit: `{SHA_B[:12]}`" in body
+
+
 async def test_events_for_other_commits_checks_and_apps_write_nothing(bot: RunningBot, view: ClusterView) -> None:
     fake = bot.fake
     await open_pr(bot, 4, SHA_A)
@@ -238,6 +266,81 @@ async def test_preview_command_overrides_the_wait(bot: RunningBot, view: Cluster
     assert len(fake.deployments(GATED)) == deployments
 
 
+async def stop(bot: RunningBot, number: int) -> None:
+    assert await bot.send("issue_comment", issue_comment_event(bot.fake, GATED, number, "/preview stop",
+                                                               user="alice")) == 202
+    await bot.settle()
+
+
+def environment_deployments(fake: FakeGitHub, number: int) -> list[dict[str, Any]]:
+    return [d for d in fake.deployments(GATED) if d["environment"] == f"preview-{number}"]
+
+
+def assert_stopped_at(fake: FakeGitHub, number: int, sha: str) -> None:
+    body = sticky(fake, GATED, number)
+    assert "Preview: stopped" in body and comment.stopped_at(body) == sha, body
+    assert environment_deployments(fake, number) == []
+
+
+@pytest.mark.parametrize("deployed_first", [False, True], ids=["while-waiting", "after-a-preview-command"])
+async def test_a_stop_holds_when_the_awaited_check_then_succeeds(bot: RunningBot, view: ClusterView,
+                                                                 deployed_first: bool) -> None:
+    """`/preview stop` while the PR waits for its build: the build succeeding later is no push, so it
+    deploys nothing and writes nothing; a push brings the preview back (README: only a push since the stop)."""
+    fake = bot.fake
+    number = 21 if deployed_first else 20
+    await open_pr(bot, number, SHA_A)
+    run = fake.add_check_run(GATED, SHA_A, "build-images", status="in_progress")
+    await send_check(bot, run)
+    if deployed_first:  # a maintainer deployed before the build was done, then stopped it
+        assert await bot.send("issue_comment", issue_comment_event(fake, GATED, number, "/preview",
+                                                                   user="alice")) == 202
+        await bot.settle()
+        assert images(view) == [f"registry.example.com/acme/a:{SHA_A}"]
+    await stop(bot, number)
+    assert view.deployments() == {}
+    assert_stopped_at(fake, number, SHA_A)
+    assert (fake.repos[GATED].id, number) not in bot.bot.ctx.waits  # the stop ended the wait
+
+    fake.update_check_run(GATED, run, status="completed", conclusion="success")
+    calls = await send_check(bot, run)
+    assert calls.writes == 0, calls.written
+    assert view.deployments() == {}
+    assert_stopped_at(fake, number, SHA_A)
+
+    fake.push(GATED, number, SHA_B)
+    assert await bot.send("pull_request", pull_request_event(fake, GATED, number, "synchronize")) == 202
+    await bot.settle()
+    assert "waiting for checks" in sticky(fake, GATED, number)
+    await send_check(bot, fake.add_check_run(GATED, SHA_B, "build-images", status="completed", conclusion="success"))
+    assert images(view) == [f"registry.example.com/acme/a:{SHA_B}"]
+    assert "Preview: ready" in sticky(fake, GATED, number)
+
+
+async def test_a_stop_while_waiting_ends_the_wait_and_no_resume_brings_it_back(
+        bot: RunningBot, view: ClusterView) -> None:
+    """A stop forgets the PR's wait, so its timeout reports nothing; and a resume queued for the PR all the
+    same (a wait that ran out just before, the reconciler) deploys nothing and shows no wait."""
+    fake = bot.fake
+    gated_id = fake.repos[GATED].id
+    await open_pr(bot, 22, SHA_A)
+    assert (gated_id, 22) in bot.bot.ctx.waits
+    await stop(bot, 22)
+    assert_stopped_at(fake, 22, SHA_A)
+    assert bot.bot.check_waits(now=time.time() + 3601) == []
+    await bot.settle()
+    assert_stopped_at(fake, 22, SHA_A)
+
+    start = len(fake.requests)
+    bot.bot.reconciler.resume(gated_id, GATED, 22, UNFINISHED)
+    await bot.settle()
+    calls = calls_since(fake, start)
+    assert calls.writes == 0, calls.written
+    assert_stopped_at(fake, 22, SHA_A)
+    assert (gated_id, 22) not in bot.bot.ctx.waits
+    assert view.deployments() == {}
+
+
 async def test_a_check_that_never_appears_is_reported_after_the_wait_timeout(
         bot: RunningBot, view: ClusterView) -> None:
     fake = bot.fake
@@ -300,3 +403,79 @@ async def test_an_image_pushed_after_the_deploy_is_waited_for(
     assert "ready" in body and "Waiting for the image" not in body
     assert len(fake_github.deployments("acme/slowci")) == 1  # no push, no second deploy
     assert PreviewKey("acme/slowci", 9, fake_github.repos["acme/slowci"].id).object_name("a") in view.deployments()
+
+
+async def _eventually(what: str, pred: Callable[[], Any], timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := pred()):
+        assert time.monotonic() < deadline, f"not within {timeout:.0f}s: {what}"
+        await asyncio.sleep(0.25)
+    return value
+
+
+def _push_images(core: k8s.CoreV1Api, namespace: str) -> None:
+    """CI pushes the images: the kwok test Stage starts the pods that waited for them."""
+    for pod in core.list_namespaced_pod(namespace).items:
+        core.patch_namespaced_pod(pod.metadata.name, namespace,
+                                  {"metadata": {"annotations": {"preview-bot.test/image-pushed": "true"}}})
+
+
+async def test_the_image_pull_grace_is_honoured_past_the_ready_timeout(
+        fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView) -> None:
+    """The defaults give CI 600 s to push an image (PREVIEW_IMAGE_PULL_GRACE) but a preview 300 s to become
+    Available (PREVIEW_READY_TIMEOUT). Scaled down (2 s and 120 s): an image pushed after the ready timeout,
+    within the grace, is waited for, never reported as a failure."""
+    config = "services:\n  - name: a\n    image: registry.example.com/acme/not-pushed-a:{sha}\n    port: 8080\n"
+    fake_github.add_repo("acme/slowci", files={".github/preview.yml": config})
+    core = k8s.CoreV1Api(view.api)
+    async with running_bot(fake_github, cluster, namespace, PREVIEW_READY_TIMEOUT="2",
+                           PREVIEW_IMAGE_PULL_GRACE="120") as bot:
+        fake_github.add_pull("acme/slowci", 9, head_sha=SHA_A)
+        assert await bot.send("pull_request", pull_request_event(fake_github, "acme/slowci", 9, "opened")) == 202
+        await _eventually("the PR says it waits for the image", lambda: any(
+            "Waiting for the image" in str(c["body"]) for c in fake_github.comments("acme/slowci", 9)))
+        await asyncio.sleep(3)  # past the ready timeout, well within the grace
+        [record] = fake_github.deployments("acme/slowci")
+        assert [s["state"] for s in fake_github.statuses("acme/slowci", record["id"])] == \
+            ["in_progress", "in_progress"]
+        _push_images(core, namespace)
+        await bot.settle()
+    assert [s["state"] for s in fake_github.statuses("acme/slowci", record["id"])][-1] == "success"
+    body = sticky(fake_github, "acme/slowci", 9)
+    assert "ready" in body and "failed" not in body.lower()
+    assert len(fake_github.deployments("acme/slowci")) == 1
+
+
+async def test_a_preview_reported_failed_that_becomes_available_is_reported_ready_by_the_next_pass(
+        fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView) -> None:
+    """An image pushed after the grace: the deploy reports failure, then the pod starts. The next
+    reconciliation pass sees it Available (from the Deployments it lists, marked failed by the deploy),
+    deploys the head again and the PR says ready; its earlier failed deployment goes inactive."""
+    config = "services:\n  - name: a\n    image: registry.example.com/acme/not-pushed-a:{sha}\n    port: 8080\n"
+    fake_github.add_repo("acme/slowci", files={".github/preview.yml": config})
+    core = k8s.CoreV1Api(view.api)
+    name = PreviewKey("acme/slowci", 9, fake_github.repos["acme/slowci"].id).object_name("a")
+    async with running_bot(fake_github, cluster, namespace, PREVIEW_READY_TIMEOUT="2",
+                           PREVIEW_IMAGE_PULL_GRACE="1") as bot:
+        fake_github.add_pull("acme/slowci", 9, head_sha=SHA_A)
+        assert await bot.send("pull_request", pull_request_event(fake_github, "acme/slowci", 9, "opened")) == 202
+        await bot.settle()
+        [failed] = fake_github.deployments("acme/slowci")
+        assert fake_github.statuses("acme/slowci", failed["id"])[-1]["state"] == "failure"
+        assert "did not appear within 1 s" in sticky(fake_github, "acme/slowci", 9)
+        # A pass while it is still not Available corrects nothing and asks GitHub for nothing per preview.
+        assert [a.kind for a in (await bot.bot.reconcile_once()).actions] == []
+        _push_images(core, namespace)
+        await _eventually("the Deployment is Available", lambda: (
+            view.deployments()[name].status.available_replicas or 0) >= 1)
+        report = await bot.bot.reconcile_once()
+        assert [(a.kind, a.reason) for a in report.actions] == [("resume", "reported failed, Available now")]
+        await bot.settle()
+        assert [a.kind for a in (await bot.bot.reconcile_once()).actions] == []  # corrected once: mark gone
+        await bot.settle()
+    body = sticky(fake_github, "acme/slowci", 9)
+    assert "ready" in body and "did not appear" not in body
+    states = {d["id"]: fake_github.statuses("acme/slowci", d["id"])[-1]["state"]
+              for d in fake_github.deployments("acme/slowci")}
+    assert sorted(states.values()) == ["inactive", "success"] and states[failed["id"]] == "inactive"
+    assert "preview-bot.dev/rollout-failed" not in (view.deployments()[name].metadata.annotations or {})

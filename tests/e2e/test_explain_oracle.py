@@ -171,3 +171,41 @@ async def test_explain_agrees_with_envoy(fake_github: FakeGitHub, cluster: objec
             Case("caller", real_a, {"x-preview": k7}),
             Case("gateway", "preview-7-api-a.example.com"),
         ], namespace, default_export_to=(".",))
+
+
+TWO = CONFIG + """\
+  - name: b
+    image: registry.example.com/acme/b:{sha}
+    port: 8080
+"""
+
+
+async def test_explain_agrees_with_envoy_on_baggage(fake_github: FakeGitHub, cluster: object, namespace: str,
+                                                    mesh: Mesh) -> None:
+    """PREVIEW_MATCH=baggage: the gateway's two routes (the client's baggage kept through `%REQ(baggage)%`, or
+    the member alone) and the mesh's regex, as explain models them and as Envoy routes."""
+    fake_github.add_repo(REPO, files={".github/preview.yml": TWO}, collaborators={"alice": "write"})
+    real_b = mesh.real_service(namespace, "b").host
+    sidecar_a = mesh.sidecar("a", namespace)
+    mesh.on_preview(namespace, "a", Call(via=sidecar_a, host=real_b, mode="baggage"))
+    k12, k123 = key_of(fake_github, REPO, 12).value, key_of(fake_github, REPO, 123).value
+    b12, b123 = (f"{k}-b.{namespace}.svc.cluster.local" for k in (k12, k123))
+    proxies = {"gateway": mesh.gateway, "client": mesh.client}
+    env = {**mesh.bot_env, "PREVIEW_MATCH": "baggage"}
+    async with running_bot(fake_github, cluster, namespace, **env) as bot:  # type: ignore[arg-type]
+        for number in (12, 123):
+            fake_github.add_pull(REPO, number)
+            await bot.send("pull_request", pull_request_event(fake_github, REPO, number, "opened"))
+        await bot.settle()
+        await mesh.wait_for(mesh.client, real_b, b123, {"baggage": f"preview={k123}"})
+        await mesh.wait_for(mesh.gateway, "preview-12-api-a.example.com", f"{k12}-a.{namespace}.svc.cluster.local")
+        cases = [
+            Case("gateway", "preview-12-api-a.example.com", then=real_b),
+            Case("gateway", "preview-12-api-a.example.com", {"baggage": f"tenant=x,preview={k123}"}, then=real_b),
+            Case("gateway", "preview-123-api-a.example.com", {"baggage": "tenant=x"}, then=real_b),
+            Case("client", real_b, {"baggage": f"preview={k12},preview={k123}"}),
+            Case("client", real_b, {"baggage": f"preview = {k12.replace('-', '%2D')};p=1, x=1"}),
+            Case("client", real_b, {"baggage": f"preview={k12},preview=No_Key"}),
+        ]
+        results = await check(mesh, bot, proxies, cases, namespace)
+        assert [r for _, r in results] == [b12, b12, b123, b123, b12, real_b]

@@ -14,7 +14,7 @@ from kubernetes.client.rest import ApiException
 
 from bot import comment, mesh_routes, naming
 from bot.reconcile import GcReport
-from tests.e2e.harness import CONFIG, REPO, ClusterView, RunningBot, bot_env, key_of, running_bot
+from tests.e2e.harness import CONFIG, REPO, ClusterView, RunningBot, bot_env, ensure_gateway, key_of, running_bot
 from tests.fakegithub import FakeGitHub, issue_comment_event, pull_request_event
 from tests.plugins.cluster import Cluster
 
@@ -162,8 +162,11 @@ async def test_idle_previews_expire_unless_kept(fake_github: FakeGitHub, cluster
     assert "without a push" in body and "/preview keep" in body
 
 
-async def run_cli(fake: FakeGitHub, cluster: Cluster, namespace: str, *args: str) -> tuple[int, str, str]:
+async def run_cli(fake: FakeGitHub, cluster: Cluster, namespace: str, *args: str,
+                  unset: tuple[str, ...] = ()) -> tuple[int, str, str]:
     env = {**os.environ, **bot_env(fake, namespace), "KUBECONFIG": str(cluster.kubeconfig)}
+    for name in unset:
+        env.pop(name, None)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot.cli", *args, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -187,6 +190,17 @@ async def test_gc_command_dry_run_then_for_real(fake_github: FakeGitHub, cluster
     assert view.deployments() == {}
     code, out, _ = await run_cli(fake_github, cluster, namespace, "gc")
     assert code == 0 and out.strip() == "nothing to do"
+
+
+async def test_gc_list_and_explain_need_no_webhook_secret(fake_github: FakeGitHub, cluster: Cluster,
+                                                          namespace: str) -> None:
+    """They receive no webhooks: GITHUB_WEBHOOK_SECRET unset is no error for them."""
+    shop(fake_github)
+    ensure_gateway(cluster, f"{namespace}/preview-gateway")
+    for args in (("gc", "--dry-run"), ("list",), ("explain", "--host", "preview-1-api-a.example.com")):
+        code, _, err = await run_cli(fake_github, cluster, namespace, *args, unset=("GITHUB_WEBHOOK_SECRET",))
+        assert "GITHUB_WEBHOOK_SECRET" not in err and code in (0, 1), (args, code, err)
+        assert "Traceback" not in err, err
 
 
 async def test_list_command(fake_github: FakeGitHub, cluster: Cluster, namespace: str) -> None:
@@ -225,6 +239,37 @@ async def test_a_preview_goes_when_its_repository_removes_the_config(
     body = next(c["body"] for c in fake_github.comments(REPO, 7) if comment.MARKER in c["body"])
     assert "Preview: stopped" in body and "no `.github/preview.yml` on its default branch any more" in body
     assert comment.stopped_at(body) == "e" * 40
+
+
+async def test_a_service_or_the_config_removed_on_the_default_branch_goes_at_the_next_pass(
+        fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView) -> None:
+    """No push needed: a pass reads each repository's config once, finds a preview running a service the
+    config no longer has (or no config at all), and redeploys the head, which removes it; the rest stays."""
+    two = CONFIG + "  - name: b\n    image: registry.example.com/acme/b:{sha}\n    port: 9090\n"
+    fake_github.add_repo(REPO, files={".github/preview.yml": two}, collaborators={"alice": "write"})
+    async with running_bot(fake_github, cluster, namespace) as bot:
+        await deploy(bot, 7)
+        key = key_of(fake_github, REPO, 7)
+        assert sorted(view.deployments()) == [key.object_name("a"), key.object_name("b")]
+        assert (await bot.bot.reconcile_once()).actions == []  # the config still has both
+        commit_to_default_branch(fake_github, "f" * 40, {".github/preview.yml": CONFIG})  # b removed
+        first = await bot.bot.reconcile_once()
+        await bot.settle()
+        assert [(a.kind, a.reason) for a in first.actions] == [
+            ("resume", "runs b, which its repository's config no longer has")]
+        assert list(view.deployments()) == [key.object_name("a")] and view.services() == [key.object_name("a")]
+        assert view.mesh_routes(f"b.{namespace}.svc.cluster.local") == []
+        assert [r["name"] for r in view.mesh_routes(f"a.{namespace}.svc.cluster.local")] == [key.value, "default"]
+        body = next(c["body"] for c in fake_github.comments(REPO, 7) if comment.MARKER in c["body"])
+        assert "Preview: ready" in body and "preview-7-api-b" not in body
+        assert (await bot.bot.reconcile_once()).actions == []
+        commit_to_default_branch(fake_github, "e" * 40, {".github/preview.yml": None})  # previews no more
+        assert [a.reason for a in (await bot.bot.reconcile_once()).actions] == [
+            "its repository has no .github/preview.yml on its default branch any more"]
+        await bot.settle()
+    assert view.deployments() == {} and view.services() == []
+    body = next(c["body"] for c in fake_github.comments(REPO, 7) if comment.MARKER in c["body"])
+    assert "Preview: stopped" in body and "no `.github/preview.yml` on its default branch any more" in body
 
 
 async def test_a_service_whose_host_changes_leaves_no_route_at_the_old_host(
@@ -299,7 +344,7 @@ async def test_a_suspended_installation_keeps_its_previews_and_the_others_are_cl
                                                      key_of(fake_github, WEB, 3).object_name("a")])
         assert [d for d in fake_github.deployments(WEB) if d["environment"] == "preview-3"]  # not retired
     # A restart meanwhile: the new process knows the installation's repositories by its account only.
-    async with running_bot(fake_github, cluster, namespace, PREVIEW_RECONCILE_INTERVAL="0.5") as bot:
+    async with running_bot(fake_github, cluster, namespace, reconcile_every=0.5) as bot:
         await bot.startup_pass()
         report = await bot.bot.reconcile_once(dry_run=True)
         assert kinds(report) == [("hold", f"{WEB}#3")] and report.errors == []
@@ -354,7 +399,7 @@ async def test_a_failing_discovery_holds_up_no_clean_up_and_runs_again(
     close_silently(fake_github, 1)
     fake_github.add_pull(REPO, 2)  # opened while no bot ran: its event is lost
     fake_github.inject("GET", r"/contents/\.github/preview\.yml$", status=403, times=10_000)
-    async with running_bot(fake_github, cluster, namespace, PREVIEW_RECONCILE_INTERVAL="0.5") as bot:
+    async with running_bot(fake_github, cluster, namespace, reconcile_every=0.5) as bot:
         await bot.startup_pass()
         assert view.deployments() == {}
         fake_github.clear_faults()

@@ -284,6 +284,51 @@ async def test_only_changed_services_are_deployed(fake_github: FakeGitHub, clust
         assert [r["name"] for r in view.mesh_routes(f"b.{namespace}.svc.cluster.local")] == [key.value, "default"]
 
 
+async def test_a_base_branch_change_redeploys_what_the_new_diff_selects(
+        fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView) -> None:
+    """GitHub sends `pull_request` `edited` with `changes.base` when a PR is retargeted: its diff, so what
+    `paths` select, changes with the same head. A title or body edit (also `edited`) is ignored at intake."""
+    config = ("services:\n"
+              "  - {name: a, image: 'registry.example.com/a:{sha}', port: 8080, paths: ['services/a/**']}\n"
+              "  - {name: b, image: 'registry.example.com/b:{sha}', port: 9090, paths: ['services/b/**']}\n")
+    fake_github.add_repo("acme/mono", files={".github/preview.yml": config, "services/b/main.go": "v2"},
+                         ref_files={"release": {".github/preview.yml": config, "services/b/main.go": "v1"}},
+                         collaborators={"alice": "write"})
+    async with running_bot(fake_github, cluster, namespace) as bot:
+        # Branched from `release`, into `release`: against it, the PR changes only a.
+        await open_pr(bot, 12, repo="acme/mono", files={"services/a/main.go": "package main\n"}, base="release")
+        await bot.settle()
+        key = key_of(fake_github, "acme/mono", 12)
+        assert list(view.deployments()) == [key.object_name("a")]
+        requests = len(fake_github.requests)
+        title = {"title": {"from": "Old title"}, "body": {"from": "old text"}}
+        edited = pull_request_event(fake_github, "acme/mono", 12, "edited", changes=title)
+        assert await bot.send("pull_request", edited) == 202
+        await bot.settle()
+        assert len(fake_github.requests) == requests, "a title edit is not work"
+        # Retargeted to main: against it, the PR also changes services/b (release's older b), same head.
+        changes = fake_github.change_base("acme/mono", 12, "main")
+        edited = pull_request_event(fake_github, "acme/mono", 12, "edited", changes=changes)
+        assert await bot.send("pull_request", edited) == 202
+        await bot.settle()
+        assert sorted(view.deployments()) == sorted([key.object_name("a"), key.object_name("b")])
+        assert [r["name"] for r in view.mesh_routes(f"b.{namespace}.svc.cluster.local")] == [key.value, "default"]
+        body = str(sticky_comments(fake_github, "acme/mono", 12)[0]["body"])
+        assert "preview-12-api-b.example.com" in body and "ready" in body
+        newest = max(fake_github.deployments("acme/mono"), key=lambda d: d["id"])
+        assert states(fake_github, "acme/mono", newest["id"])[-1] == "success"
+        # Stopped at this head: a retarget asks for no preview, so it stays stopped (a push would not).
+        stop = issue_comment_event(fake_github, "acme/mono", 12, "/preview stop", user="alice")
+        assert await bot.send("issue_comment", stop) == 202
+        await bot.settle()
+        assert view.deployments() == {}
+        changes = fake_github.change_base("acme/mono", 12, "release")
+        edited = pull_request_event(fake_github, "acme/mono", 12, "edited", changes=changes)
+        assert await bot.send("pull_request", edited) == 202
+        await bot.settle()
+        assert view.deployments() == {}
+
+
 async def test_a_preview_that_never_becomes_available_fails_with_the_reason(
         fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView) -> None:
     # Far more memory than the fake node has: the pod stays Pending.
@@ -311,3 +356,20 @@ async def test_a_revoked_installation_token_is_replaced(bot: RunningBot, view: C
     assert view.deployments() == {}
     assert [r["content"] for r in bot.fake.reactions(REPO, comment_id=payload["comment"]["id"])] == ["+1"]
     assert any(call.status == 401 for call in bot.fake.calls)  # the stale token was really refused
+
+
+@pytest.mark.parametrize(("env", "line"), [
+    ({}, "Header: `x-preview: {key}` (forward it on your services' outgoing calls)"),
+    ({"PREVIEW_HEADER": "X-PR-Key"}, "Header: `x-pr-key: {key}` (forward it on your services' outgoing calls)"),
+    ({"PREVIEW_MATCH": "baggage"}, "Baggage: the W3C baggage member `preview={key}` (`baggage: preview={key}`) "
+                                   "(forward it on your services' outgoing calls)"),
+])
+async def test_sticky_comment_says_what_the_mesh_matches(shop: FakeGitHub, cluster: Cluster, namespace: str,
+                                                         env: dict[str, str], line: str) -> None:
+    """PREVIEW_HEADER and PREVIEW_MATCH decide what services must forward; the comment names it (it said
+    `X-PREVIEW` whatever they were)."""
+    async with running_bot(shop, cluster, namespace, **env) as bot:
+        await open_pr(bot, 3, head_sha="c" * 40)
+        await bot.settle()
+        (sticky,) = sticky_comments(bot.fake, REPO, 3)
+        assert line.format(key=key_of(bot.fake, REPO, 3).value) in str(sticky["body"]).splitlines()

@@ -144,7 +144,7 @@ async def test_link_deploys_a_fork_and_respects_the_other_repositorys_cap(repos:
         # acme/api is at its cap of one live preview: a second linked deploy is refused with the reason.
         reply = await say(bot, WEB, 1, f"/preview link {API}#6")
         assert reply.startswith(f"Not linked: {API}#6 could not be deployed: Nothing was deployed: this repository "
-                                "already has 1 live previews")
+                                "already has 1 live preview (the limit is 1)")
 
 
 @pytest.mark.mesh

@@ -166,10 +166,18 @@ async def test_seed_story_a_calls_b_and_the_key_follows(shop_ab: FakeGitHub, clu
         assert plain.workload == real_a
         assert plain.downstream is not None and plain.downstream.workload == real_b
 
-        if match == "header":
-            # Entering at the gateway: the gateway sets the key, a forwards it, b's preview answers.
-            entry = await mesh.wait_for(mesh.gateway, gateway_host(5), preview_of(shop_ab, 5, "a", namespace))
-            assert entry.downstream is not None and entry.downstream.workload == preview_of(shop_ab, 5, "b", namespace)
+        # Entering at the gateway: it puts the key on the request as the match mode needs (header, baggage
+        # member, or both), a forwards it, b's preview answers.
+        entry = await mesh.wait_for(mesh.gateway, gateway_host(5), preview_of(shop_ab, 5, "a", namespace))
+        assert entry.downstream is not None and entry.downstream.workload == preview_of(shop_ab, 5, "b", namespace)
+        if match != "header":
+            # A client's own baggage keeps its members, and its own preview member loses to the gateway's.
+            own = await mesh.request(mesh.gateway, gateway_host(5), {"baggage": "tenant=acme,preview=preview-1-000000"})
+            assert own.workload == preview_of(shop_ab, 5, "a", namespace), own
+            assert own.headers["baggage"] == f"tenant=acme,preview=preview-1-000000,preview={key}"
+            assert own.downstream is not None and own.downstream.workload == preview_of(shop_ab, 5, "b", namespace)
+            if mode == "baggage":  # the helper forwards the key (OpenTelemetry would forward the rest)
+                assert own.downstream.headers["baggage"] == f"preview={key}"
         if match == "both":
             # Either carrier routes: baggage alone too.
             alone = await mesh.request(sidecar_a, real_b, {"baggage": f"preview={key}"})

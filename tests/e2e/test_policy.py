@@ -170,6 +170,38 @@ async def test_label_trigger(fake_github: FakeGitHub, cluster: Cluster, namespac
                                                           label="deploy-me"))
         await bot.settle()
         assert view.deployments() == {}
+        assert comment.stopped_at(sticky(fake_github, "acme/labels", 5)) is not None
+        # The label added again is a person asking, like `/preview`: the stop at this head does not hold.
+        await bot.send("pull_request", pull_request_event(fake_github, "acme/labels", 5, "labeled",
+                                                          label="deploy-me"))
+        await bot.settle()
+        assert list(view.deployments()) == [key_of(fake_github, "acme/labels", 5).object_name("a")]
+
+
+@pytest.mark.parametrize(("config", "error"), [
+    ("trigger: label\nlabel: deploy-me\n" + CONFIG.replace("port: 8080", "port: '8080'"),
+     "`.github/preview.yml: services[0].port: "),
+    ("trigger: label\nlabel: deploy-me\nservices: [\n", "`.github/preview.yml: line "),
+], ids=["invalid-field", "invalid-yaml"])
+async def test_a_label_that_asks_for_a_preview_reports_a_broken_config(
+        fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView, config: str, error: str) -> None:
+    """README: an invalid config is reported in the PR comment. Under `trigger: label` the label is what asks,
+    so adding it reports the error as a push does; another label says nothing when the file still says
+    which label asks (with YAML that cannot be read at all, any label added reports it)."""
+    fake_github.add_repo("acme/broken", files={".github/preview.yml": config})
+    async with running_bot(fake_github, cluster, namespace) as bot:
+        fake_github.add_pull("acme/broken", 9, labels=["bug", "deploy-me"])
+        if "services[0].port" in error:
+            await bot.send("pull_request", pull_request_event(fake_github, "acme/broken", 9, "labeled", label="bug"))
+            await bot.settle()
+            assert fake_github.comments("acme/broken", 9) == []
+        await bot.send("pull_request", pull_request_event(fake_github, "acme/broken", 9, "labeled",
+                                                          label="deploy-me"))
+        await bot.settle()
+    body = sticky(fake_github, "acme/broken", 9)
+    assert "Preview: configuration error" in body and f"Nothing was deployed: {error}" in body, body
+    assert view.deployments() == {}
+    assert fake_github.deployments("acme/broken") == []
 
 
 @pytest.mark.parametrize(("config", "field"), [
@@ -194,14 +226,22 @@ async def test_policy_is_the_operators(fake_github: FakeGitHub, cluster: Cluster
 
 async def test_previews_per_repository_are_capped(fake_github: FakeGitHub, cluster: Cluster, namespace: str,
                                                   view: ClusterView) -> None:
-    fake_github.add_repo(REPO, files={".github/preview.yml": CONFIG})
+    fake_github.add_repo(REPO, files={".github/preview.yml": CONFIG}, collaborators={"alice": "write"})
     async with running_bot(fake_github, cluster, namespace, PREVIEW_MAX_PER_REPO="1") as bot:
         for number in (7, 8):
             fake_github.add_pull(REPO, number)
             await bot.send("pull_request", pull_request_event(fake_github, REPO, number, "opened"))
             await bot.settle()
-    assert list(view.deployments()) == [key_of(fake_github, REPO, 7).object_name("a")]
-    assert "limit is 1" in sticky(fake_github, REPO, 8)
+        assert list(view.deployments()) == [key_of(fake_github, REPO, 7).object_name("a")]
+        body = sticky(fake_github, REPO, 8)
+        assert "this repository already has 1 live preview (the limit is 1)" in body, body
+        assert "Comment `/preview` to deploy this one once a slot is free" in body, body
+        # What the refusal says works: a slot freed, `/preview` deploys the refused PR.
+        for number, command in ((7, "/preview stop"), (8, "/preview")):
+            await bot.send("issue_comment", issue_comment_event(fake_github, REPO, number, command, user="alice"))
+            await bot.settle()
+        assert list(view.deployments()) == [key_of(fake_github, REPO, 8).object_name("a")]
+        assert "Preview: ready" in sticky(fake_github, REPO, 8)
 
 
 async def test_the_cap_holds_for_a_burst_of_pull_requests(fake_github: FakeGitHub, cluster: Cluster, namespace: str,

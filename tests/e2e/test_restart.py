@@ -2,8 +2,9 @@
 
 A process killed mid-deploy (SIGKILL: a crash, an OOM kill, a node going away) leaves a GitHub deployment
 in progress and maybe half the cluster objects; the next process's startup pass (`discover_missed` and
-the first reconcile with its stuck-deploy check) must finish the job. SIGTERM must stop intake (503),
-let in-flight work finish within PREVIEW_DRAIN_TIMEOUT and exit 0.
+the first reconcile with its stuck-deploy check) must finish the job. SIGTERM must keep intake open
+for PREVIEW_SHUTDOWN_DELAY (/readyz 503), then stop it (503), let in-flight work finish within
+PREVIEW_DRAIN_TIMEOUT and exit 0.
 
 Hanging a deploy: the fake GitHub holds the bot's request to the deployment statuses endpoint. Held
 requests answer 502 after the delay (never applied): the fake's request would otherwise land after the
@@ -141,7 +142,8 @@ async def test_killed_after_the_objects_exist_but_before_success_the_next_proces
 
 async def test_sigterm_refuses_new_deliveries_and_drains_in_flight_work(
         shop: FakeGitHub, procs: BotProcesses, view: ClusterView, namespace: str) -> None:
-    a = await start_quiet(shop, procs, "a", PREVIEW_DRAIN_TIMEOUT=str(DRAIN_TIMEOUT))
+    # No shutdown delay: the slow deploy must still run when intake closes.
+    a = await start_quiet(shop, procs, "a", PREVIEW_DRAIN_TIMEOUT=str(DRAIN_TIMEOUT), PREVIEW_SHUTDOWN_DELAY="0")
     shop.inject("POST", STATUSES, status=None, times=1)  # in_progress
     shop.inject("POST", STATUSES, status=None, delay=3, times=1)  # success: slow, then applied
     shop.add_pull(REPO, 1, head_sha=HEAD)
@@ -175,10 +177,50 @@ async def test_sigterm_refuses_new_deliveries_and_drains_in_flight_work(
     assert sorted(state.deployments) == [key_of(shop, REPO, 1).object_name("a")]
 
 
+async def readiness(bot: BotProcess) -> str:
+    """/readyz's status field, or why it could not be read."""
+    try:
+        async with bot.session.get(f"{bot.base_url}/readyz", timeout=aiohttp.ClientTimeout(total=5)) as response:
+            return str((await response.json()).get("status"))
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return type(exc).__name__
+
+
+async def test_after_sigterm_deliveries_are_accepted_for_the_shutdown_delay_then_drained(
+        shop: FakeGitHub, procs: BotProcesses, view: ClusterView, namespace: str) -> None:
+    """Kubernetes takes a terminating pod out of its Service's endpoints as it sends SIGTERM; the ingress
+    learns that a moment later and still sends deliveries to it, and GitHub does not redeliver a refused
+    one. For PREVIEW_SHUTDOWN_DELAY after SIGTERM the bot answers /readyz 503 and still accepts deliveries,
+    whose work is drained before it exits; a second SIGTERM ends the delay."""
+    a = await start_quiet(shop, procs, "a", PREVIEW_SHUTDOWN_DELAY="600", PREVIEW_DRAIN_TIMEOUT=str(DRAIN_TIMEOUT))
+    shop.add_pull(REPO, 1, head_sha=HEAD)
+    assert await readiness(a) == "ready", a.tail()
+
+    await a.terminate()
+
+    async def terminating() -> list[str]:
+        status = await readiness(a)
+        return [] if status == "terminating" else [f"/readyz says {status}"]
+    problems = await eventually(terminating, 10, interval=0.05)
+    assert not problems, f"{problems}\n{a.tail()}"
+    assert await a.send("pull_request", pull_request_event(shop, REPO, 1, "opened")) == 202
+    [lingering] = logged(a, "terminating: not ready, still accepting deliveries")
+    assert lingering["delay"] == 600
+    assert a.running and not logged(a, "shutting down: intake closed, draining work")
+
+    await a.terminate()  # the second signal: intake closes, the accepted delivery's work drains
+    assert await exit_code(a, DRAIN_TIMEOUT + 5) == 0, a.tail()
+    [stopped] = logged(a, "stopped")
+    assert stopped["drained"] is True
+    assert [states for _, states in deployment_history(shop, REPO, 1)] == [["in_progress", "success"]]
+    state = await cluster_state(view, namespace)
+    assert preview_problems(shop, state, REPO, 1, HEAD) == []
+
+
 async def test_drain_timeout_bounds_shutdown_and_a_restart_converges(
         shop: FakeGitHub, procs: BotProcesses, view: ClusterView, namespace: str) -> None:
     drain_timeout = 1
-    a = await start_quiet(shop, procs, "a", PREVIEW_DRAIN_TIMEOUT=str(drain_timeout))
+    a = await start_quiet(shop, procs, "a", PREVIEW_DRAIN_TIMEOUT=str(drain_timeout), PREVIEW_SHUTDOWN_DELAY="0")
     shop.inject("POST", STATUSES, status=None, times=1)  # in_progress
     shop.inject("POST", STATUSES, status=502, delay=30, times=1)  # success: held far past the drain
     shop.add_pull(REPO, 1, head_sha=HEAD)
@@ -202,7 +244,8 @@ async def test_sigterm_while_github_is_unreachable_at_start_exits_at_once(procs:
     with socket.socket() as closed:  # a loopback port nothing listens on: connections are refused
         closed.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{closed.getsockname()[1]}"
-    a = await procs.start("a", GITHUB_API_URL=dead, PREVIEW_DRAIN_TIMEOUT=str(DRAIN_TIMEOUT))
+    a = await procs.start("a", GITHUB_API_URL=dead, PREVIEW_DRAIN_TIMEOUT=str(DRAIN_TIMEOUT),
+                          PREVIEW_SHUTDOWN_DELAY="0")
     await a.terminate()
     assert await exit_code(a, DRAIN_TIMEOUT) == 0, a.tail()
     [stopped] = logged(a, "stopped")

@@ -82,3 +82,26 @@ async def test_a_browser_stays_on_its_preview(fake_github: FakeGitHub, cluster: 
         await mesh.wait_for(mesh.gateway, "api.example.com", real_a, {"cookie": sent})
         assert (await mesh.request(mesh.gateway, "api.example.com", {"cookie": f"x-preview={k9.value}"})).workload \
             == a9
+
+
+async def test_with_baggage_matching_the_session_puts_the_baggage_member_on(
+        fake_github: FakeGitHub, cluster: object, namespace: str, mesh: Mesh) -> None:
+    """PREVIEW_MATCH=baggage: the mesh matches `baggage`, so the cookie routes put the key there (one line,
+    the client's members first, its own stale `preview` member overridden), as preview URLs do."""
+    fake_github.add_repo(REPO, files={".github/preview.yml": CONFIG}, collaborators={"alice": "write"})
+    real_a = mesh.real_service(namespace, "a").host
+    env = {**mesh.bot_env, "PREVIEW_MATCH": "baggage", "PREVIEW_BROWSER_SESSIONS": "true",
+           "PREVIEW_SESSION_HOSTS": f"api.example.com={real_a}:8080"}
+    key = key_of(fake_github, REPO, 8)
+    a8 = f"{key.object_name('a')}.{namespace}.svc.cluster.local"
+    cookie = {"cookie": f"x-preview={key.value}"}
+    async with running_bot(fake_github, cluster, namespace, **env) as bot:  # type: ignore[arg-type]
+        fake_github.add_pull(REPO, 8)
+        await bot.send("pull_request", pull_request_event(fake_github, REPO, 8, "opened"))
+        await bot.settle()
+        alone = await mesh.wait_for(mesh.gateway, "api.example.com", a8, cookie)
+        assert alone.headers["baggage"] == f"preview={key.value}"
+        own = await mesh.request(mesh.gateway, "api.example.com",
+                                 {**cookie, "baggage": "tenant=acme,preview=preview-1-000000"})
+        assert own.workload == a8
+        assert own.headers["baggage"] == f"tenant=acme,preview=preview-1-000000,preview={key.value}"

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.cluster
 async def serve(fake: FakeGitHub, cluster: Cluster, namespace: str, *args: str,
                 **overrides: str) -> tuple[int, str, str]:
     env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/"),
-           **bot_env(fake, namespace, **overrides), "KUBECONFIG": str(cluster.kubeconfig)}
+           "KUBECONFIG": str(cluster.kubeconfig), **bot_env(fake, namespace, **overrides)}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot.cli", "serve", "--host", "127.0.0.1", *args, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -90,4 +90,6 @@ async def test_readiness_fails_when_the_gateway_goes_away(fake_github: FakeGitHu
                 if response.status == 503:
                     break
             await asyncio.sleep(1)
-        assert body == {"status": "not ready", "failed": {"gateway": "StartupError"}}
+        assert body == {"status": "not ready", "failed": {"gateway": (
+            f"PREVIEW_GATEWAY: Gateway {namespace}/preview-gateway does not exist; create it (deploy/examples/gateway) "
+            "or name an existing one as <namespace>/<name>")}}

@@ -74,7 +74,8 @@ def pull_request_event(fake: FakeGitHub, repo: str | Repo, number: int, action: 
     """A `pull_request` delivery; the action is applied to the fake's state first (closed, reopened,
     labeled/unlabeled with `label=`, ready_for_review, converted_to_draft). For `synchronize`, call
     `fake.push` first: `before`/`after` are the previous and current head. `merged=` for closed,
-    `sender=` (default: the PR's author); anything else in `extra` is set at the top level."""
+    `sender=` (default: the PR's author). `edited` needs `changes=` (`fake.change_base` returns a base
+    change's). Anything else in `extra` is set at the top level."""
     r = _repo(fake, repo)
     pull = r.pulls[number]
     merged = bool(extra.pop("merged", False))
@@ -93,14 +94,26 @@ def pull_request_event(fake: FakeGitHub, repo: str | Repo, number: int, action: 
             pull.labels.remove(label)
     elif action in ("ready_for_review", "converted_to_draft"):
         pull.draft = action == "converted_to_draft"
-    payload = _common(fake, _example("pull_request", action), r, sender)
+    changes = extra.pop("changes", None)
+    if action == "edited" and changes is None:
+        raise ValueError("edited needs changes= (e.g. what fake.change_base returns)")
+    # GitHub documents `edited` (with `changes`) but @octokit/webhooks-examples has no example of it: it
+    # is built on `reopened`'s, whose keys are the same but `changes`, and checked against GitHub's
+    # schema of the event (its OpenAPI description, `webhook-pull-request-edited`) below.
+    payload = _common(fake, _example("pull_request", "reopened" if action == "edited" else action), r, sender)
     payload["action"], payload["number"] = action, number
+    if changes is not None:
+        payload["changes"] = changes
     payload["pull_request"] = _overlay(payload["pull_request"], fake.pull_json(r, pull))
     if action == "synchronize":
         payload["before"], payload["after"] = pull.previous_sha or pull.base_sha, pull.head_sha
     if label is not None:
         payload["label"] = _overlay(payload["label"], fake.label_json(r, label))
     payload.update(extra)
+    if action == "edited":
+        errors = fake.spec.webhook_errors("webhook-pull-request-edited", payload)
+        if errors:
+            raise ValueError(f"not what GitHub sends for pull_request.edited: {errors[:3]}")
     return payload
 
 

@@ -349,8 +349,10 @@ class FakeGitHub:
     def add_pull(self, full_name: str, number: int, *, head_sha: str | None = None, user: str = "alice",
                  draft: bool = False, labels: list[str] | None = None, fork: bool = False,
                  changed_files: list[str] | None = None, files: dict[str, str | None] | None = None,
-                 head_ref: str | None = None, title: str | None = None, behind_base: bool = False) -> Pull:
-        """An open PR. Its head tree is the default branch's with `files` applied (None deletes)."""
+                 head_ref: str | None = None, title: str | None = None, behind_base: bool = False,
+                 base: str | None = None) -> Pull:
+        """An open PR into `base` (default: the default branch). Its head tree is the base branch's with
+        `files` applied (None deletes)."""
         repo = self.repos[full_name]
         author = self.user(user)
         head_repo = repo
@@ -360,12 +362,12 @@ class FakeGitHub:
                 fork_name, default_branch=repo.default_branch, installed=False)
             head_repo.fork = True
         head_sha = head_sha or fake_sha(f"{full_name}#{number}")
-        base_sha = repo.branches[repo.default_branch]
+        base_sha = repo.branches[base or repo.default_branch]
         head_ref = head_ref or f"pr-{number}"
         pull = Pull(number, author, title or f"Change #{number}", head_ref, head_sha, head_repo, base_sha,
                     draft, list(labels or []), list(changed_files or sorted(files or {})), time.time(),
-                    behind_base=behind_base)
-        self._commit(repo, pull, head_sha, files)
+                    behind_base=behind_base, base_ref=base)
+        self._commit(repo, pull, head_sha, files, base=repo.trees[base_sha])
         repo.pulls[number] = pull
         return pull
 
@@ -378,6 +380,16 @@ class FakeGitHub:
         self._commit(r, pull, new_sha, files, base=r.trees[pull.head_sha])
         pull.head_sha = new_sha
         return pull
+
+    def change_base(self, repo: str | Repo, number: int, branch: str) -> dict[str, Any]:
+        """Retarget the PR to `branch` (as "Edit" next to its title does): its diff is now against that
+        branch. Returns the `changes` of the `pull_request` `edited` event GitHub then sends."""
+        r = repo if isinstance(repo, Repo) else self.repos[repo]
+        pull = r.pulls[number]
+        old_ref = pull.base_ref or r.default_branch
+        changes = {"base": {"ref": {"from": old_ref}, "sha": {"from": r.branches[old_ref]}}}
+        pull.base_ref, pull.base_sha = branch, r.branches[branch]
+        return changes
 
     def _commit(self, repo: Repo, pull: Pull, sha: str, files: dict[str, str | None] | None,
                 base: dict[str, str] | None = None) -> None:
@@ -651,7 +663,9 @@ class FakeGitHub:
             mergeable=None if p.state == "closed" else True, mergeable_state="clean",
             html_url=f"{HTML}/{r.full_name}/pull/{n}", url=f"{api}/pulls/{n}",
             statuses_url=f"{api}/statuses/{p.head_sha}", author_association=self._association(r, p.user),
-            head=side(p.head_repo, p.head_ref, p.head_sha), base=side(r, r.default_branch, base_branch_sha),
+            head=side(p.head_repo, p.head_ref, p.head_sha),
+            base=side(r, p.base_ref, r.branches[p.base_ref]) if p.base_ref else side(r, r.default_branch,
+                                                                                     base_branch_sha),
             changed_files=len(self.pull_changed_paths(r, p)),
             comments=sum(c.number == n for c in r.comments.values()),
         )
@@ -743,7 +757,7 @@ class FakeGitHub:
             return {"ref": branch, "sha": commit,
                     "repo": {"id": r.id, "url": f"{self.url}/repos/{r.full_name}", "name": r.name}}
         return [{"url": f"{self.url}/repos/{r.full_name}/pulls/{p.number}", "id": p.id, "number": p.number,
-                 "head": ref(p.head_ref, p.head_sha), "base": ref(r.default_branch, p.base_sha)}
+                 "head": ref(p.head_ref, p.head_sha), "base": ref(p.base_ref or r.default_branch, p.base_sha)}
                 for p in r.pulls.values() if p.state == "open" and p.head_sha == sha and p.head_repo is r]
 
     def check_suite_json(self, r: Repo, x: CheckSuite) -> dict[str, Any]:

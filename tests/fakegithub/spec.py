@@ -31,7 +31,10 @@ OPENAPI_PKG = NODE_MODULES / "@octokit" / "openapi"
 # The `$ref` form, not `.deref.json`: resolving refs for a dozen operations ourselves is far cheaper.
 OPENAPI_FILE = OPENAPI_PKG / "generated" / "api.github.com.json"
 EXAMPLES_FILE = NODE_MODULES / "@octokit" / "webhooks-examples" / "api.github.com" / "index.json"
-INDEX_VERSION = "1"
+INDEX_VERSION = "2"
+# Webhook payload schemas kept in the index (`#/components/schemas/NAME`): deliveries built without a real
+# example of their action are checked against GitHub's own schema of it (payloads.py).
+WEBHOOK_SCHEMAS = frozenset({"webhook-pull-request-edited"})
 SPEC_URI = "urn:github-rest"
 METHODS = ("get", "put", "post", "patch", "delete", "head")
 
@@ -141,7 +144,8 @@ def _build(doc: dict[str, Any], operation_ids: frozenset[str], examples: frozens
                 mini_paths.setdefault(template, {})[method] = op | {"parameters": list(params.values())}
     # Copy the transitive closure of components the kept operations reach.
     components: dict[str, dict[str, Any]] = {}
-    todo = [*_refs(mini_paths), *(f"#/components/examples/{name}" for name in examples)]
+    todo = [*_refs(mini_paths), *(f"#/components/examples/{name}" for name in examples),
+            *(f"#/components/schemas/{name}" for name in WEBHOOK_SCHEMAS)]
     while todo:
         ref = todo.pop()
         _, _, kind, name = ref.split("/", 3)
@@ -289,6 +293,12 @@ class Spec:
             return sum(bool(self.validator(b).is_valid(err.instance)) for b in branches) == 1
         return False
 
+    def webhook_errors(self, schema: str, payload: Any) -> list[str]:
+        """Where a webhook payload strays from GitHub's schema of it (`schema`: one of WEBHOOK_SCHEMAS)."""
+        return [f"{schema} {list(e.absolute_path)}: {e.message}"
+                for e in self.validator(_pointer("components", "schemas", schema)).iter_errors(payload)
+                if not self._validator_quirk(e)]
+
     def example(self, name: str) -> Any:
         """A copy of one of GitHub's own examples (`#/components/examples/NAME`): our response shapes."""
         return json.loads(json.dumps(self.doc["components"]["examples"][name]["value"]))
@@ -323,7 +333,8 @@ def load_spec(operation_ids: frozenset[str], examples: frozenset[str] = frozense
     """The index for these operations (plus these `#/components/examples`), built once and cached."""
     ensure_installed()
     raw = OPENAPI_FILE.read_bytes()
-    key = hashlib.sha256(raw + INDEX_VERSION.encode() + ",".join(sorted(operation_ids | examples)).encode())
+    key = hashlib.sha256(raw + INDEX_VERSION.encode() + ",".join(sorted(operation_ids | examples)).encode()
+                         + ",".join(sorted(WEBHOOK_SCHEMAS)).encode())
     cached = CACHE_DIR / f"openapi-index-{key.hexdigest()[:16]}.json"
     try:
         mini = json.loads(cached.read_text())

@@ -182,6 +182,7 @@ class Pull:
     behind_base: bool = False  # a deployment of the head branch with auto_merge answers 202
     previous_sha: str | None = None
     closed_at: float | None = None
+    base_ref: str | None = None  # the base branch; None: the repository's default branch
 
 
 @dataclass

@@ -576,6 +576,10 @@ class Proxy:
         xds_host, _, xds_port = xds.partition(":")
         return {
             "node": {"id": self.node_id, "cluster": f"{self.name}.{self.namespace}", "metadata": metadata},
+            # As Istio's own bootstrap (pkg/bootstrap/config.go, extractRuntimeFlags): RE2 programs up to
+            # 32768. Envoy's default, 100, refuses regexes istiod accepts (up to 1024 characters).
+            "layered_runtime": {"layers": [{"name": "istio", "static_layer": {
+                "re2.max_program_size.error_level": 32768}}]},
             "admin": {"address": {"socket_address": {"address": self.admin_ip, "port_value": self.admin_port}}},
             "dynamic_resources": {
                 "ads_config": {"api_type": "GRPC", "transport_api_version": "V3", "grpc_services": [{"envoy_grpc": {

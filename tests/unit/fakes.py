@@ -10,15 +10,17 @@ passes them where the ports are expected).
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bot import manifests, mesh_hosts, mesh_routes, naming, slots
 from bot.github.client import ChangedFiles
-from bot.kube import LivePreview
+from bot.kube import Conflict, LivePreview, NotFound
 from bot.mesh_hosts import Ref
 from bot.naming import PreviewKey
 from bot.settings import ClusterSettings
@@ -221,6 +223,13 @@ class FakeCluster:
             plan.key.value, plan.key.repo, plan.key.number, plan.sha, tuple(sorted(services)),
             old.created if old else now, now, old.keep if old else False, repo_id=plan.key.repo_id)
 
+    async def mark_rollout_failed(self, plan: manifests.PreviewPlan, names: Iterable[str]) -> int:
+        preview = self.previews.get(plan.key.value)
+        marked = len(set(names) & {s.name for s in plan.services})
+        if preview is not None and marked:
+            self.previews[plan.key.value] = replace(preview, rollout_failed=True, available=False)
+        return marked
+
     async def adopt(self, key: str, repo_id: int) -> int:
         return 0
 
@@ -339,3 +348,46 @@ class FakeLocks:
 
     async def release_slot(self, key: PreviewKey) -> None:
         self.claims.get(str(key.repo_id), {}).pop(key.value, None)
+
+
+class FakeLeases:
+    """Leases by API path with the API server's optimistic concurrency (the part of bot.kube.Kube that
+    bot.leader and bot.arbiter use): POST creates (409 if it exists), PUT and a DELETE with a precondition
+    need the current resourceVersion (409 otherwise)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+        self._versions = itertools.count(1)
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        found = self.objects.get(path)
+        return copy.deepcopy(found) if found is not None else None
+
+    async def call(self, method: str, path: str, *, query: Iterable[tuple[str, str]] = (), body: Any = None,
+                   content_type: str | None = None) -> Any:
+        if method == "POST":
+            path = f"{path}/{body['metadata']['name']}"
+            if path in self.objects:
+                raise Conflict(409, "AlreadyExists", path)
+        elif method == "PUT":
+            current = self.objects.get(path)
+            if current is None:
+                raise NotFound(404, "NotFound", path)
+            if body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
+                raise Conflict(409, "Conflict", path)
+        else:
+            raise AssertionError(f"unexpected {method} {path}")
+        stored = copy.deepcopy(body)
+        stored["metadata"] = {**stored["metadata"], "resourceVersion": str(next(self._versions))}
+        stored["metadata"].setdefault("uid", str(uuid.uuid4()))
+        self.objects[path] = stored
+        return copy.deepcopy(stored)
+
+    async def delete(self, path: str, *, resource_version: str | None = None) -> bool:
+        current = self.objects.get(path)
+        if current is None:
+            return False
+        if resource_version and resource_version != current["metadata"]["resourceVersion"]:
+            raise Conflict(409, "Conflict", path)
+        del self.objects[path]
+        return True

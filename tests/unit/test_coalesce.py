@@ -51,6 +51,11 @@ def test_classify() -> None:
     assert coalesce.classify("pull_request", pull_event("synchronize")) == coalesce.CONVERGE
     assert coalesce.classify("pull_request", pull_event("closed")) == coalesce.CONVERGE
     assert coalesce.classify("pull_request", pull_event("edited")) is None
+    title_edit = {**pull_event("edited"), "changes": {"title": {"from": "old"}, "body": {"from": "old text"}}}
+    assert coalesce.classify("pull_request", title_edit) is None, "a title or body edit deploys nothing"
+    base_edit = {**pull_event("edited"), "changes": {"base": {"ref": {"from": "release"}, "sha": {"from": "1" * 40}}}}
+    assert coalesce.classify("pull_request", base_edit) == coalesce.CONVERGE, "a new base changes the diff"
+    assert coalesce.classify("pull_request", {**base_edit, "action": "labeled"}) == coalesce.CONVERGE
     assert coalesce.classify("pull_request", pull_event("assigned")) is None
     comment = {"action": "created", "issue": {"number": 7, "pull_request": {}}, "comment": {"body": "/preview stop"}}
     assert coalesce.classify("issue_comment", comment) == coalesce.COMMAND

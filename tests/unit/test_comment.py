@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from bot.comment import MARKER, Report, ServiceLine, State, is_sticky, render, stopped_at, with_links
+from bot.comment import (
+    MARKER,
+    Report,
+    ServiceLine,
+    State,
+    is_sticky,
+    live_section,
+    render,
+    stopped_at,
+    with_links,
+)
 
 
 def test_marker_first_and_state_heading() -> None:
@@ -27,7 +37,23 @@ def test_sha_is_shortened_and_header_shown() -> None:
     text = render(Report(State.DEPLOYING, sha="0123456789abcdef0123", header_value="preview-7-abcdef"))
     assert "Commit: `0123456789ab`" in text
     assert "0123456789abc`" not in text
-    assert "`X-PREVIEW: preview-7-abcdef`" in text
+    assert "Header: `x-preview: preview-7-abcdef` (forward it" in text
+
+
+@pytest.mark.parametrize(("name", "mode", "line"), [
+    ("x-pr-key", "header", "Header: `x-pr-key: preview-7-abcdef` (forward it on your services' outgoing calls)"),
+    ("x-preview", "baggage", "Baggage: the W3C baggage member `preview=preview-7-abcdef` "
+                             "(`baggage: preview=preview-7-abcdef`) (forward it on your services' outgoing calls)"),
+    ("x-pr-key", "both", "Header or baggage: `x-pr-key: preview-7-abcdef` or the W3C baggage member "
+                         "`preview=preview-7-abcdef` (`baggage: preview=preview-7-abcdef`) (forward it on your "
+                         "services' outgoing calls)"),
+])
+def test_key_line_names_what_the_mesh_matches(name: str, mode: str, line: str) -> None:
+    """PREVIEW_HEADER and PREVIEW_MATCH decide what services must forward; the comment says exactly that."""
+    text = render(Report(State.READY, header_value="preview-7-abcdef", header_name=name,
+                         match_mode=mode))  # type: ignore[arg-type]
+    assert line in text.splitlines()
+    assert "X-PREVIEW" not in text
 
 
 def test_service_table() -> None:
@@ -79,3 +105,31 @@ def test_only_a_stop_records_a_head(report: Report) -> None:
     body = render(report)
     assert stopped_at(body) == (report.sha if report.state is State.STOPPED else None)
     assert stopped_at(None) is None
+
+
+OLD = "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1"
+NEW = "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2"
+LIVE = Report(State.READY, sha=OLD, header_value="preview-7-abcdef",
+              services=[ServiceLine("a", "https://preview-7-api-a.example.com", "registry.example.com/a:1", True)])
+
+
+@pytest.mark.parametrize("state", [State.WAITING_CHECKS, State.NOT_DEPLOYED, State.CONFIG_ERROR,
+                                   State.WAITING_APPROVAL])
+def test_a_newer_commit_that_does_not_deploy_keeps_showing_the_live_preview(state: State) -> None:
+    """A push waiting for checks (or refused by them, or by a broken config, or a fork's waiting for a
+    maintainer) leaves the earlier preview serving: its URL and commit stay in the comment, said to be
+    live until the new commit deploys; and again in the next such comment."""
+    section = live_section(render(LIVE))
+    assert section is not None and "https://preview-7-api-a.example.com" in section and "a1a1a1a1a1a1" in section
+    text = render(Report(state, sha=NEW, detail="why", keeps_live=True, still_live=section))
+    assert text.index("Commit: `b2b2b2b2b2b2`") < text.index("why") < text.index("**Still live**") \
+        < text.index("Commit: `a1a1a1a1a1a1`") < text.index("https://preview-7-api-a.example.com")
+    assert live_section(text) == section  # carried again by the next one
+
+
+def test_nothing_is_carried_unless_the_preview_stays() -> None:
+    section = live_section(render(LIVE))
+    assert "Still live" not in render(Report(State.STOPPED, sha=NEW, still_live=section))
+    assert "Still live" not in render(Report(State.WAITING_CHECKS, sha=NEW, keeps_live=True, still_live=None))
+    for state in (State.DEPLOYING, State.FAILED, State.STOPPED, State.NOT_DEPLOYED):
+        assert live_section(render(Report(state, sha=OLD, services=LIVE.services))) is None

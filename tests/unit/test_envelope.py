@@ -54,11 +54,32 @@ def test_every_documented_payload_gives_the_same_decisions(event: str, index: in
 def test_the_pull_request_envelope_holds_only_what_intake_reads() -> None:
     example = next(e for e in webhook_examples()["pull_request"] if e["action"] == "labeled")
     small = envelope.decode_envelope(json.dumps(example).encode())
-    assert set(small) <= {"action", "installation", "repository", "pull_request", "issue", "comment", "label"}
+    assert set(small) <= {"action", "installation", "repository", "pull_request", "issue", "comment", "label",
+                          "changes"}
     assert small["pull_request"] == {"number": example["pull_request"]["number"]}
     assert small["label"] == {"name": example["label"]["name"]}
     assert small["repository"] == {"id": example["repository"]["id"],
                                    "full_name": example["repository"]["full_name"]}
+
+
+@pytest.mark.parametrize("edit", ["base", "title"])
+async def test_an_edited_pull_request_is_work_only_when_its_base_changed(edit: str) -> None:
+    """pull_request.edited as GitHub sends it (the fake checks it against GitHub's schema of the event):
+    the envelope decides as the whole payload does, and skips an edited body's old text."""
+    from tests.fakegithub import FakeGitHub, pull_request_event
+
+    async with FakeGitHub() as fake:
+        fake.add_repo("acme/shop", ref_files={"release": {}})
+        fake.add_pull("acme/shop", 7, base="release")
+        changes = fake.change_base("acme/shop", 7, "main") if edit == "base" else \
+            {"title": {"from": "Old title"}, "body": {"from": "old text " * 5000}}
+        example = pull_request_event(fake, "acme/shop", 7, "edited", changes=changes)
+    body = json.dumps(example).encode()
+    small = envelope.decode_envelope(body)
+    assert is_subtree(small, example) and decisions("pull_request", small) == decisions("pull_request", example)
+    assert envelope.shape_problem("pull_request", small) is None
+    assert coalesce.classify("pull_request", small) == (coalesce.CONVERGE if edit == "base" else None)
+    assert small.get("changes") == ({"base": changes["base"]} if edit == "base" else {})
 
 
 # JSON values of any shape, under the keys intake reads and a few it does not.
@@ -66,13 +87,15 @@ json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.sampled_from(["id", "full_name", "number", "name", "body", "pull_request", "x"]), inner,
+    | st.dictionaries(st.sampled_from(["id", "full_name", "number", "name", "body", "pull_request", "base", "x"]),
+                      inner,
                       max_size=4),
     max_leaves=12)
 payloads = st.dictionaries(
     st.sampled_from(["action", "installation", "repository", "pull_request", "issue", "comment", "label",
-                     "number", "other"]),
-    json_values | st.sampled_from(["opened", "created", "labeled", "/preview", "/preview stop"]), max_size=7)
+                     "changes", "number", "other"]),
+    json_values | st.sampled_from(["opened", "created", "labeled", "edited", "/preview", "/preview stop"]),
+    max_size=7)
 
 
 @settings(max_examples=400, deadline=None)

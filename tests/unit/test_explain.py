@@ -289,6 +289,25 @@ def test_gateway_sets_the_header_and_a_hop_follows_with_it() -> None:
     assert json_roundtrip(result)["reached"] == "preview-123-d21b2c-a.shop.svc.cluster.local"
 
 
+@pytest.mark.parametrize(("client", "seen"), [
+    ({}, "a=1,preview=k"),  # Envoy: a missing header is empty
+    ({"baggage": "tenant=x"}, "tenant=x,preview=k"),
+    ({"Baggage": "t=%41"}, "t=%41,preview=k"),  # header names in any case; the value is not re-read
+])
+def test_header_values_fill_in_request_headers_as_envoy_does(client: dict[str, str], seen: str) -> None:
+    """Envoy's `%REQ(name)%` in a header value is the request's header (istiod passes it through); `%%` is
+    `%`. Other variables are left as written."""
+    route = {"name": KEY, "headers": {"request": {"set": {"baggage": "%REQ(baggage)%,preview=k",
+                                                         "x-a": "%%%REQ(x-none)%%START_TIME%"}}},
+             "route": to("preview-123-d21b2c-web.shop.svc.cluster.local", 8080)}
+    if not client:
+        route["headers"]["request"]["set"]["baggage"] = "a=1%REQ(baggage)%,preview=k"
+    routing = Routing(GATEWAY, [gateway_vs("gw", "preview-123-api-web.example.com", [route])])
+    hop = explain.explain(routing, Request(host="preview-123-api-web.example.com", headers=client)).hops[0]
+    assert hop.request_headers["baggage"] == seen
+    assert hop.request_headers["x-a"] == "%%START_TIME%"
+
+
 def json_roundtrip(result: explain.Explanation) -> dict[str, Any]:
     import json
     data: dict[str, Any] = json.loads(json.dumps(result.to_dict()))

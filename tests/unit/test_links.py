@@ -45,8 +45,21 @@ def test_linked_route_matches_both_keys_and_unlinking_restores_it(mode: str) -> 
     assert explain.explain(routing, explain.Request(host=HOST, source_namespace="shop")).reached() == HOST
 
 
+@pytest.mark.parametrize(("mode", "carrier"), [
+    ("header", "`x-pr: {key}`"),
+    ("baggage", "the W3C baggage member `preview={key}` (`baggage: preview={key}`)"),
+    ("both", "`x-pr: {key}` or the W3C baggage member `preview={key}` (`baggage: preview={key}`)"),
+])
+def test_link_lines_name_what_the_mesh_matches(mode: str, carrier: str) -> None:
+    settings = ClusterSettings(domain="example.com", header_name="x-pr", match_mode=mode)  # type: ignore[arg-type]
+    wanted = carrier.format(key=OWNER.value)
+    assert f"requests with {wanted} (this preview's URLs set it)" in links.owner_lines([("acme/api", 7)], OWNER.value,
+                                                                                       settings)[0]
+    assert f"this build also answers {wanted}, so" in links.linked_lines("acme/web#12", OWNER.value, settings)[0]
+
+
 def test_sticky_links_section_is_rendered_and_replaced_in_place() -> None:
-    lines = links.owner_lines([("acme/api", 7)], OWNER.value)
+    lines = links.owner_lines([("acme/api", 7)], OWNER.value, ClusterSettings(domain="example.com"))
     body = comment.render(Report(State.READY, links=lines))
     assert comment.LINKS_START in body and "🔗 Linked: acme/api#7 joins this preview" in body
     plain = comment.render(Report(State.READY))
@@ -55,7 +68,7 @@ def test_sticky_links_section_is_rendered_and_replaced_in_place() -> None:
     assert added == body
     removed = comment.with_links(body, [])
     assert [line for line in removed.splitlines() if line] == [line for line in plain.splitlines() if line]
-    other = links.linked_lines("acme/web#12", OWNER.value)
+    other = links.linked_lines("acme/web#12", OWNER.value, ClusterSettings(domain="example.com"))
     replaced = comment.with_links(body, other)
     assert "Linked to acme/web#12" in replaced and "joins this preview" not in replaced
     assert replaced.endswith("updated in place.</sub>") and replaced.count(comment.LINKS_START) == 1

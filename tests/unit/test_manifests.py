@@ -10,10 +10,11 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot import manifests, mesh_routes, naming
+from bot import explain, manifests, mesh_routes, naming
 from bot.naming import PreviewKey
 from bot.repo_config import RepoConfig, ServiceConfig, parse_repo_config
 from bot.settings import ClusterSettings, Policy
+from tests.unit.test_explain import GATEWAY
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / ".github" / "preview.yml"
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -259,3 +260,37 @@ def test_to_yaml_reads_back_and_plain_means_a_string_everywhere(text: str) -> No
 def test_to_yaml_keeps_documents_and_key_order() -> None:
     out = manifests.to_yaml([{"kind": "A", "b": 1, "a": "09"}, {"kind": "B"}])
     assert out == "kind: A\nb: 1\na: '09'\n---\nkind: B\n"
+
+
+TWO = """\
+services:
+  - name: a
+    image: registry.example.com/acme/a:{sha}
+    port: 8080
+  - name: b
+    image: registry.example.com/acme/b:{sha}
+    port: 8080
+"""
+
+
+@pytest.mark.parametrize("mode", ["header", "baggage", "both"])
+@pytest.mark.parametrize("client", [{}, {"baggage": "tenant=acme"}, {"baggage": "tenant=acme,preview=preview-1-000000"},
+                                    {"x-pr": "preview-1-000000"}])
+def test_gateway_route_puts_the_key_on_the_request_as_the_mesh_matches_it(mode: str, client: dict[str, str]) -> None:
+    """Entering through a preview URL, whatever the client sends, every hop behind the gateway reaches the
+    PR's builds (explain models Istio; tests/e2e/test_mesh_routing.py shows it on Envoy): the gateway sets
+    the header, or makes `baggage` one line ending in `preview=<key>` that keeps the client's members."""
+    settings = ClusterSettings(domain="example.com", namespace="shop", header_name="x-pr",
+                               match_mode=mode)  # type: ignore[arg-type]
+    documents = manifests.render(settings, parse_repo_config(TWO, "preview.yml"), KEY, SHA)
+    routing = explain.Routing(GATEWAY, [d for d in documents if d["kind"] == "VirtualService"])
+    request = explain.Request(host="preview-7-api-a.example.com", headers=client)
+    result = explain.explain(routing, request, then=["b.shop.svc.cluster.local"], forward=("x-pr", "baggage"))
+    assert [hop.destinations[0].host for hop in result.hops] == [
+        f"{KEY.object_name(s)}.shop.svc.cluster.local" for s in ("a", "b")]
+    seen = result.hops[0].request_headers
+    if mode != "header":
+        assert seen["baggage"].split(",")[-1] == f"preview={KEY.value}"
+        assert ("tenant=acme" in seen["baggage"]) == ("baggage" in client)
+    if mode != "baggage":
+        assert seen["x-pr"] == KEY.value

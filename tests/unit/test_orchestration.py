@@ -8,6 +8,7 @@ GitHub (tests/e2e), which remain the proof that the adapters behave: here only t
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -235,6 +236,102 @@ async def test_reconcile_removes_a_closed_prs_preview_and_resumes_a_missed_push(
     assert "pull request is closed" in (gh.sticky(1) or "")
 
 
+async def test_a_preview_reported_failed_that_became_available_is_redeployed_and_reported_ready() -> None:
+    """A rollout failure (an image CI pushed after the wait) is marked on the preview; once its
+    Deployments are Available, a pass (from its listing alone, no GitHub read) queues a redeploy of the
+    head, which reports ready. Still unavailable, or behind the head: left to the usual rules."""
+    gh, kube, _locks, previewer = setup()
+    gh.add_pull(1, SHA1, files=["services/a/main.go"])
+    kube.failures = {"a": "not Available after 5 s; still waiting for the image"}
+    assert (await previewer.deploy(gh, 1, SHA1)).state is State.FAILED
+    preview = kube.previews[key(gh, 1).value]
+    assert preview.rollout_failed and not preview.available
+    calls: list[tuple[object, ...]] = []
+    reads = len(gh.reads)
+    report = await reconcile(kube, previewer, client_for(gh), idle_ttl=timedelta(days=7),
+                             resume=lambda *args: calls.append(args))
+    assert (calls, report.actions) == ([], [])  # not Available yet: nothing to correct
+    kube.failures = {}
+    kube.previews[key(gh, 1).value] = replace(preview, available=True)  # the image was pushed
+    report = await reconcile(kube, previewer, client_for(gh), idle_ttl=timedelta(days=7),
+                             resume=lambda *args: calls.append(args))
+    assert calls == [(gh.repo_id, gh.repo, 1, "recovered")]
+    assert [(a.kind, a.reason) for a in report.actions] == [("resume", "reported failed, Available now")]
+    # A pass reads the open PRs and the config (is a service removed?) once per repository: nothing per
+    # preview for the mark (the second pass needed no config: the recovery decided).
+    assert gh.reads[reads:] == ["open_pulls", "file_text", "open_pulls"]
+    result = await previewer.redeploy(gh, 1, still=lambda p: p.rollout_failed and p.available)
+    assert result is not None and result.state is State.READY
+    assert gh.states("preview-1") == ["inactive", "success"]
+    assert "Preview: ready" in (gh.sticky(1) or "")
+
+
+async def test_a_recovered_preview_behind_its_head_is_not_redeployed_at_its_old_commit() -> None:
+    gh, kube, _locks, previewer = setup()
+    kube.previews[key(gh, 1).value] = replace(kube.add_preview(key(gh, 1), SHA1), rollout_failed=True,
+                                              available=True)
+    gh.add_pull(1, SHA2, files=["services/a/main.go"])  # pushed since
+    assert await previewer.redeploy(gh, 1, still=lambda p: p.rollout_failed and p.available) is None
+    assert kube.applied == [] and gh.writes == []
+
+
+async def test_a_service_removed_from_the_config_is_removed_by_the_next_pass() -> None:
+    """A service dropped from `.github/preview.yml` on the default branch: the pass (one config read per
+    repository) queues a redeploy of the head, which removes the service and keeps the others. A broken
+    config, or one that still has every service, changes nothing."""
+    gh, kube, _locks, previewer = setup()
+    gh.config = CONFIG.replace('paths: ["services/a/**"]', "") + \
+        "  - name: b\n    image: registry.example.com/acme/b:{sha}\n    port: 9090\n"
+    gh.add_pull(1, SHA1, files=["services/a/main.go"])
+    gh.add_pull(2, SHA1, files=["services/a/main.go"])
+    for number in (1, 2):
+        assert (await previewer.deploy(gh, number, SHA1)).state is State.READY
+    assert kube.previews[key(gh, 1).value].services == ("a", "b")
+    calls: list[tuple[object, ...]] = []
+
+    async def reconcile_pass() -> list[str]:
+        reads = len(gh.reads)
+        report = await reconcile(kube, previewer, client_for(gh), idle_ttl=timedelta(days=7),
+                                 resume=lambda *args: calls.append(args))
+        assert gh.reads[reads:].count("file_text") == 1  # per repository, not per preview
+        return [a.reason for a in report.actions]
+
+    assert await reconcile_pass() == []
+    with_both = gh.config
+    gh.config = "services: [oops\n"  # broken: the live previews stay, as a deploy keeps them
+    assert await reconcile_pass() == []
+    gh.config = with_both.split("  - name: b")[0]  # b removed
+    assert await reconcile_pass() == ["runs b, which its repository's config no longer has"] * 2
+    assert calls == [(gh.repo_id, gh.repo, 1, "config-dropped"), (gh.repo_id, gh.repo, 2, "config-dropped")]
+    result = await previewer.redeploy(gh, 1, still=lambda p: True)
+    assert result is not None and result.state is State.READY
+    assert kube.previews[key(gh, 1).value].services == ("a",)
+
+
+async def test_a_redeploy_the_reconciler_asked_for_that_fails_is_not_asked_again_at_that_commit() -> None:
+    """A failure that is not the rollout's (here a mesh host refused since) would repeat at every pass,
+    each time with a new GitHub deployment: the pass asks again only after a push."""
+    gh, kube, _locks, previewer = setup()
+    gh.config = CONFIG.replace('paths: ["services/a/**"]', "") + \
+        "  - name: b\n    image: registry.example.com/acme/b:{sha}\n    port: 9090\n"
+    gh.add_pull(1, SHA1, files=["services/a/main.go"])
+    assert (await previewer.deploy(gh, 1, SHA1)).state is State.READY
+    gh.config = gh.config.split("  - name: b")[0]  # b removed
+    kube.refused_hosts = {"a.previews.svc.cluster.local"}
+    calls: list[tuple[object, ...]] = []
+    await reconcile(kube, previewer, client_for(gh), idle_ttl=timedelta(days=7), resume=lambda *a: calls.append(a))
+    assert len(calls) == 1
+    failed = await previewer.redeploy(gh, 1, still=lambda p: True)
+    assert failed is not None and failed.state is State.FAILED
+    writes = len(gh.writes)
+    report = await reconcile(kube, previewer, client_for(gh), idle_ttl=timedelta(days=7),
+                             resume=lambda *a: calls.append(a))
+    assert (len(calls), report.actions) == (1, [])
+    assert await previewer.redeploy(gh, 1, still=lambda p: True) is None and len(gh.writes) == writes
+    gh.add_pull(1, SHA2, files=["services/a/main.go"])  # a push: its own event deploys it, as always
+    assert (await previewer.deploy(gh, 1, SHA2)).state is State.FAILED  # still refused, but tried
+
+
 @pytest.mark.parametrize(("config_suffix", "draft", "labels", "resumed"), [
     ("", False, (), True),
     ("", True, (), False),  # a draft: its push would not have deployed it
@@ -318,6 +415,25 @@ async def test_a_gated_pr_shows_waiting_once_and_a_repeated_event_costs_reads_on
     writes = list(gh.writes)
     assert await gate.deploy_when_ready(previewer, waits, gh, 1) is None
     assert gh.writes == writes
+
+
+async def test_a_base_change_decides_a_gated_head_again_and_leaves_its_live_deployment_alone() -> None:
+    """`recheck` (the PR's base branch changed: other services may be changed now, with other checks): a
+    head rolled out already is not taken as settled; its checks are read again. Here they have not run:
+    the PR waits on a new waiting deployment, and the live one keeps its success."""
+    gh, _kube, _locks, previewer = setup()
+    gh.config = CONFIG + "wait_for: [build]\n"
+    gh.add_pull(1, SHA1, files=["services/a/main.go"])
+    assert (await previewer.deploy(gh, 1, SHA1)).state is State.READY  # a writer's `/preview`
+    waits = WaitRegistry()
+    reads = len(gh.reads)
+    settled = await gate.deploy_when_ready(previewer, waits, gh, 1)
+    assert settled is not None and settled.detail == "already deployed"
+    assert "check_runs" not in gh.reads[reads:]
+    assert await gate.deploy_when_ready(previewer, waits, gh, 1, recheck=True) is None
+    assert "check_runs" in gh.reads[reads:]
+    assert gh.states("preview-1") == ["success", "queued"]
+    assert "Preview: waiting for checks" in (gh.sticky(1) or "")
 
 
 async def test_a_preview_that_lost_its_mesh_route_gets_it_back_from_the_reconciler() -> None:

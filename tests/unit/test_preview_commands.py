@@ -14,6 +14,7 @@ from gidgethub import sansio
 
 from bot import commands
 from bot.context import answered_cache
+from bot.gate import WaitRegistry
 from bot.handlers import preview_commands
 from tests.unit.fakes import FakeRepo
 
@@ -38,7 +39,7 @@ class FakePreviewer:
 
 def context() -> SimpleNamespace:
     """A fresh process: its own caches (bot.context.Context), nothing else in common with the last one."""
-    return SimpleNamespace(answered=answered_cache(), previewer=FakePreviewer(),
+    return SimpleNamespace(answered=answered_cache(), previewer=FakePreviewer(), waits=WaitRegistry(),
                            superseded=lambda _repo_id, _number: False)
 
 
@@ -211,3 +212,31 @@ def test_approve(pull: dict[str, Any], named: str | None, deployed: str | None) 
     approval = commands.approve(pull, named)
     assert approval.sha == deployed and approval.head == HEAD
     assert (approval.reason == "") == (deployed is not None)
+
+
+async def test_link_and_unlink_react_after_saying_whether_anything_was_done(
+        repo: FakeRepo, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`confused` when nothing was done (a usage reply, nothing to unlink), `+1` when it was: the reaction
+    comes after the work, as it depends on it."""
+    from bot import links
+
+    ended: list[str] = []
+
+    async def unlink(_kube: Any, _refresh: Any, _key: Any) -> list[str]:
+        return ended
+
+    class Previewer(FakePreviewer):
+        link_refresh = None
+
+        async def key_for(self, gh: Any, number: int) -> tuple[str, list[Any]]:
+            return "preview-7-abcdef", []
+
+    monkeypatch.setattr(links, "unlink", unlink)
+    ctx = context()
+    ctx.previewer, ctx.kube = Previewer(), object()
+    await say(ctx, "/preview link", "alice")
+    await say(ctx, "/preview unlink", "alice")
+    ended.append("acme/api#3")
+    await say(ctx, "/preview unlink", "alice")
+    assert [content for _, content in repo.reactions] == ["confused", "confused", "+1"]
+    assert [r.split(" ")[0] for r in replies(repo)] == ["Usage:", "This", "🔗"]

@@ -152,3 +152,47 @@ async def test_submit_after_drain_raises_queue_closed() -> None:
     await asyncio.sleep(0.01)
     assert ran == []
     assert queue.depth == 0
+
+
+def _jobs(outcome: str) -> float:
+    from bot import metrics
+
+    return metrics.REGISTRY.get_sample_value("preview_bot_jobs_total", {"outcome": outcome}) or 0.0
+
+
+async def test_an_event_that_fails_is_logged_once_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    """An event's handler raises what nothing turned into a PR comment (here the API server's 403): one
+    error record with one traceback and the event's fields (not one from the dispatch and one from the
+    queue), and preview_bot_jobs_total{outcome="failed"} counts it."""
+    from typing import Any
+
+    from gidgethub import routing, sansio
+
+    from bot.context import Context
+    from bot.kube import KubeError
+
+    router = routing.Router()
+
+    @router.register("pull_request")
+    async def refused(_event: sansio.Event, _gh: Any, _ctx: Any) -> None:
+        raise KubeError(403, "Forbidden", 'leases.coordination.k8s.io is forbidden in namespace "kube-system"')
+
+    class Auth:
+        async def installation_api(self, _installation: int) -> object:
+            return object()
+
+    queue = WorkQueue(max_concurrency=1)
+    ctx = Context(settings=None, kube=None, auth=Auth(), previewer=None, queue=queue,  # type: ignore[arg-type]
+                  router=router, reporter=None)  # type: ignore[arg-type]
+    event = sansio.Event({"action": "opened", "installation": {"id": 7},
+                          "repository": {"id": 1, "full_name": "acme/shop"}, "pull_request": {"number": 3}},
+                         event="pull_request", delivery_id="d-1")
+    failed, ok = _jobs("failed"), _jobs("ok")
+    with caplog.at_level(logging.INFO):
+        queue.submit("k", lambda: ctx.dispatch(event))
+        queue.submit("k", recorder([], "next"))
+        await queue.join()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [(r.name, r.getMessage()) for r in errors] == [("bot.queue", "background job failed")]
+    assert errors[0].exc_info and isinstance(errors[0].exc_info[1], KubeError)
+    assert (_jobs("failed"), _jobs("ok")) == (failed + 1, ok + 1)

@@ -14,6 +14,7 @@ from bot.repo_config import (
     ServiceConfig,
     check_hosts,
     check_policy,
+    declared_trigger,
     effective_resources,
     image_problem,
     parse_repo_config,
@@ -551,3 +552,16 @@ def test_a_negation_before_any_pattern_is_refused(paths: list[str]) -> None:
 def test_negations_after_a_pattern_exclude() -> None:
     service = parse_repo_config(one_service('paths: ["services/a/", "!services/a/docs/"]')).services[0]
     assert service.affected_by(["services/a/main.go"]) and not service.affected_by(["services/a/docs/x.md"])
+
+
+@pytest.mark.parametrize(("text", "declared"), [
+    ("trigger: label\nlabel: deploy-me\nservices: 3\n", ("label", "deploy-me")),
+    ("services: []\n", ("auto", "preview")),
+    ("trigger: command\nwait_timeout: forever\n", ("command", "preview")),
+    ("trigger: labels\n", None),
+    ("trigger: label\nlabel: ''\n", None),
+    ("trigger: label\nservices: [\n", None),
+    ("- trigger: label\n", None),
+])
+def test_a_broken_config_still_declares_its_trigger(text: str, declared: tuple[str, str] | None) -> None:
+    assert declared_trigger(text) == declared

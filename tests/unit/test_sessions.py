@@ -49,6 +49,26 @@ def test_preview_host_sets_the_cookie_and_normal_hosts_route_on_it() -> None:
     assert plan.session_routes[0] in plan.manifests()
 
 
+def test_baggage_mode_session_routes_put_the_baggage_member_on() -> None:
+    """With PREVIEW_MATCH=baggage the mesh matches `baggage`, so the cookie routes put the key there, as the
+    preview host does (bot.mesh_routes.entry_headers): one line, the client's baggage kept first."""
+    settings = ClusterSettings(domain="example.com", namespace="shop", browser_sessions=True, match_mode="baggage",
+                               session_hosts=SESSIONS.session_hosts)
+    api = manifests.plan_preview(settings, CONFIG, KEY, "a" * 40).session_routes[0]
+    with_baggage, without = api["spec"]["http"]
+    cookie = {"regex": sessions.cookie_regex("x-preview", KEY.value)}
+    assert with_baggage["match"] == [{"headers": {"cookie": cookie, "baggage": {"regex": ".+"}}}]
+    assert with_baggage["headers"] == {"request": {"set": {"baggage": f"%REQ(baggage)%,preview={KEY.value}"}}}
+    assert without["match"] == [{"headers": {"cookie": cookie}}]
+    assert without["headers"] == {"request": {"set": {"baggage": f"preview={KEY.value}"}}}
+    routing = explain.Routing(GATEWAY, [api])
+    for client in ({}, {"baggage": "tenant=acme,preview=preview-1-000000"}):
+        request = explain.Request(host="api.example.com", headers={"cookie": f"x-preview={KEY.value}", **client})
+        hop = explain.explain(routing, request).hops[0]
+        assert hop.request_headers["baggage"].split(",")[-1] == f"preview={KEY.value}"
+        assert ("tenant=acme" in hop.request_headers["baggage"]) == bool(client)
+
+
 cookie_names = st.from_regex(r"[a-z][a-z0-9_-]{0,10}", fullmatch=True)
 
 

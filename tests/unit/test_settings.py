@@ -57,6 +57,7 @@ def test_valid_minimal_env_gives_defaults() -> None:
     assert settings.cluster.header_name == "x-preview"
     assert settings.cluster.match_mode == "header"
     assert settings.max_concurrency == 8
+    assert settings.shutdown_delay == 5.0
     assert settings.leader_election is False
     assert settings.cluster.policy == Policy()
 
@@ -226,6 +227,8 @@ def test_an_encrypted_private_key_is_named_as_encrypted(private_format: str) -> 
         ("PREVIEW_READY_TIMEOUT", "soon"),
         ("PREVIEW_READY_TIMEOUT", "nan"),
         ("PREVIEW_DRAIN_TIMEOUT", "-3"),
+        ("PREVIEW_SHUTDOWN_DELAY", "-1"),
+        ("PREVIEW_SHUTDOWN_DELAY", "5s"),
         ("PREVIEW_MAX_CONCURRENCY", "0"),
         ("PREVIEW_MAX_BODY_BYTES", "1MB"),
         ("PREVIEW_LEADER_ELECTION", "maybe"),
@@ -417,3 +420,28 @@ def test_single_label_host_template_is_refused_naming_istio_short_names() -> Non
 def test_allowed_image_prefixes_that_can_start_an_image(prefixes: str) -> None:
     settings = load_settings(base_env(PREVIEW_ALLOWED_IMAGES=prefixes))
     assert settings.cluster.policy.allowed_image_prefixes == tuple(prefixes.split(","))
+
+
+@pytest.mark.parametrize(("name", "value", "reason"), [
+    # The Lease's leaseDurationSeconds is an int32; 3e9 was accepted and the Lease could never be written.
+    ("PREVIEW_LEASE_SECONDS", "3000000000", "must be at most 1,000,000, got 3000000000"),
+    ("PREVIEW_LEASE_SECONDS", "1000001", "must be at most 1,000,000"),
+    # A pass every 50 ms lists every installation's pull requests 20 times a second.
+    ("PREVIEW_RECONCILE_INTERVAL", "0.05", "must be at least 10 seconds"),
+    ("PREVIEW_RECONCILE_INTERVAL", "9.9", "must be at least 10 seconds"),
+])
+def test_duration_bounds(name: str, value: str, reason: str) -> None:
+    err = error_for(base_env(**{name: value}))
+    assert err.field == name and reason in err.reason
+
+
+def test_duration_bounds_take_their_limits() -> None:
+    settings = load_settings(base_env(PREVIEW_LEASE_SECONDS="1000000", PREVIEW_RECONCILE_INTERVAL="10"))
+    assert (settings.lease_seconds, settings.reconcile_interval) == (1_000_000, 10.0)
+
+
+def test_commands_without_webhooks_need_no_webhook_secret() -> None:
+    env = base_env()
+    del env["GITHUB_WEBHOOK_SECRET"]
+    assert load_settings(env, webhooks=False).webhook_secret == ""
+    assert error_for(env).field == "GITHUB_WEBHOOK_SECRET"

@@ -52,3 +52,9 @@ def test_the_annotation_round_trips_and_garbage_reads_as_empty() -> None:
     claims = {"p-2": at(0), "p-1": at(1)}
     assert slots.parse_claims(slots.render_claims(claims)) == claims
     assert slots.parse_claims("not json") == {} and slots.parse_claims("[1]") == {} and slots.parse_claims(None) == {}
+
+
+def test_a_refusal_at_the_cap_counts_in_words_and_says_what_deploys_later() -> None:
+    assert slots.refusal(1, 1).startswith("Nothing was deployed: this repository already has 1 live preview "
+                                          "(the limit is 1). Comment `/preview` to deploy this one once a slot is free")
+    assert "already has 3 live previews (the limit is 3)" in slots.refusal(3, 3)

@@ -35,8 +35,7 @@ def test_auto_deploys_on_updates(action: str) -> None:
     assert decide(AUTO, facts(action)) is Decision.DEPLOY
 
 
-@pytest.mark.parametrize("action", ["edited", "labeled", "unlabeled", "assigned", "converted_to_draft",
-                                    "review_requested"])
+@pytest.mark.parametrize("action", ["labeled", "unlabeled", "assigned", "converted_to_draft", "review_requested"])
 def test_auto_ignores_other_actions(action: str) -> None:
     assert decide(AUTO, facts(action, labels=("preview",), changed="preview")) is Decision.IGNORE
 
@@ -55,6 +54,16 @@ def test_forks_wait_for_approval(config: RepoConfig) -> None:
 @pytest.mark.parametrize("action", [*UPDATES, "labeled", "unlabeled"])
 def test_command_trigger_ignores_everything_but_close(action: str) -> None:
     assert decide(COMMAND, facts(action, labels=("preview",), changed="preview")) is Decision.IGNORE
+
+
+def test_a_base_branch_change_is_decided_like_a_push_of_the_same_head_but_never_for_a_fork() -> None:
+    """`edited` reaches the rules only with `changes.base` (bot.coalesce.classify): the diff changed."""
+    assert decide(AUTO, facts("edited")) is Decision.DEPLOY
+    assert decide(AUTO, facts("edited", draft=True)) is Decision.IGNORE
+    assert decide(AUTO, facts("edited", fork=True)) is Decision.IGNORE  # no new code: `/preview <sha>` redoes it
+    assert decide(LABEL, facts("edited", labels=("preview",))) is Decision.DEPLOY
+    assert decide(LABEL, facts("edited", labels=("bug",))) is Decision.IGNORE
+    assert decide(COMMAND, facts("edited")) is Decision.IGNORE
 
 
 def test_label_trigger() -> None:

@@ -7,6 +7,8 @@ import gc
 import hashlib
 import hmac
 import json
+import logging
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,8 +17,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from gidgethub import sansio
 
+from bot.errors import StartupError
 from bot.queue import QueueClosed
-from bot.webhook import DEDUPE_TTL, WebhookConfig, create_app, signature_valid, work_key
+from bot.webhook import DEDUPE_TTL, RejectionLog, WebhookConfig, create_app, signature_valid, work_key
 
 SECRET = "unit-test-webhook-secret-0123456789"
 LIMIT = 4096
@@ -452,6 +455,50 @@ async def test_readyz_ready_and_failing_check(harness: Harness) -> None:
     assert calls == ["kube", "kube", "github"]
 
 
+async def test_readyz_says_why_and_logs_it_once_a_minute(harness: Harness,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """The bot's own error (written to be shown) gives its first line; the failure is logged, once per
+    READINESS_LOG_INTERVAL however often the probe asks."""
+    async def gateway_gone() -> None:
+        raise StartupError("PREVIEW_GATEWAY: Gateway istio-system/preview-gateway does not exist; create it\nmore")
+
+    harness.checks["gateway"] = gateway_gone
+    with caplog.at_level(logging.WARNING, logger="bot.webhook"):
+        for _ in range(3):
+            response = await harness.client.get("/readyz")
+            assert response.status == 503
+            assert await response.json() == {"status": "not ready", "failed": {
+                "gateway": "PREVIEW_GATEWAY: Gateway istio-system/preview-gateway does not exist; create it"}}
+    assert [r.getMessage() for r in caplog.records if r.name == "bot.webhook"] == [
+        "readiness check gateway failed: PREVIEW_GATEWAY: Gateway istio-system/preview-gateway does not exist; "
+        "create it"]
+
+
+async def test_readyz_answers_within_its_bound_when_a_check_hangs(harness: Harness) -> None:
+    """A check that never returns (an API server stopped mid-request) makes /readyz answer 503 "timed out"
+    within the bound; the next probe waits on the same run instead of starting another."""
+    started: list[int] = []
+    never = asyncio.Event()
+
+    async def hangs() -> None:
+        started.append(1)
+        await never.wait()
+
+    async def fine() -> None:
+        return None
+
+    harness.config.readiness_timeout = 0.05
+    harness.checks.update({"kubernetes": hangs, "github-key": fine})
+    for _ in range(2):
+        response = await asyncio.wait_for(harness.client.get("/readyz"), 5)
+        assert response.status == 503
+        assert await response.json() == {"status": "not ready", "failed": {"kubernetes": "timed out after 0.05 s"}}
+    assert started == [1]
+    never.set()
+    response = await harness.client.get("/readyz")
+    assert (response.status, await response.json()) == (200, {"status": "ready"})
+
+
 async def test_metrics_is_prometheus_text(harness: Harness) -> None:
     await harness.post(body_of({"zen": "z"}), event="ping")
     response = await harness.client.get("/metrics")
@@ -472,6 +519,88 @@ async def test_many_bad_signatures_cause_no_work(harness: Harness) -> None:
     await asyncio.sleep(0)
     assert harness.recorder.submitted == []
     assert harness.recorder.dispatched == []
+
+
+def rejections(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records
+            if r.name == "bot.webhook" and r.getMessage().startswith("webhook delivery rejected")]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_rejected_delivery_is_logged_naming_its_id_status_and_reason_never_body_or_signature(
+        harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    from bot.logs import JsonFormatter
+
+    body = body_of()
+    wrong = sign(body, secret="a-rotated-webhook-secret-0123")
+    status, _ = await harness.post(body, delivery="rotated-1", signature=wrong)
+    assert status == 401
+    [record] = rejections(caplog)
+    line = json.loads(JsonFormatter().format(record))
+    assert record.levelname == "WARNING"
+    assert (line["delivery"], line["event"], line["status"], line["reason"]) == \
+        ("rotated-1", "pull_request", 401, "bad signature")
+    assert "X-Hub-Signature-256" in line["error"] and line["suppressed"] == 0
+    text = JsonFormatter().format(record)
+    assert wrong.removeprefix("sha256=") not in text and "acme/shop" not in text
+
+
+@pytest.mark.parametrize("kwargs, status, reason", [
+    ({"signature": None}, 401, "missing signature"),
+    ({"delivery": None}, 400, "missing headers"),
+    ({"body": b"not json"}, 400, "invalid body"),
+])
+async def test_every_kind_of_rejection_is_logged(harness: Harness, caplog: pytest.LogCaptureFixture,
+                                                 kwargs: dict[str, Any], status: int, reason: str) -> None:
+    body = kwargs.pop("body", body_of())
+    assert (await harness.post(body, **kwargs))[0] == status
+    [record] = rejections(caplog)
+    assert (record.status, record.reason) == (status, reason)  # type: ignore[attr-defined]
+
+
+async def test_a_flood_of_rejections_logs_one_line_per_reason_per_interval_with_the_count_left_out(
+        harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    harness.config.rejections = RejectionLog(interval=10.0, clock=clock)
+    for n in range(50):
+        assert (await harness.post(body_of(), delivery=f"bad-{n}", signature="sha256=" + "0" * 64))[0] == 401
+    assert (await harness.post(b"not json", delivery="garbled"))[0] == 400  # another reason: its own line
+    assert [(r.reason, r.delivery, r.suppressed) for r in rejections(caplog)] == [  # type: ignore[attr-defined]
+        ("bad signature", "bad-0", 0), ("invalid body", "garbled", 0)]
+    clock.now += 9.9
+    assert (await harness.post(body_of(), delivery="bad-50", signature="sha256=" + "0" * 64))[0] == 401
+    assert len(rejections(caplog)) == 2
+    clock.now += 0.1
+    assert (await harness.post(body_of(), delivery="bad-51", signature="sha256=" + "0" * 64))[0] == 401
+    last = rejections(caplog)[-1]
+    assert (last.reason, last.delivery, last.suppressed) == ("bad signature", "bad-51", 50)  # type: ignore[attr-defined]
+    assert harness.recorder.submitted == []
+
+
+async def test_accepted_deliveries_log_nothing(harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    assert (await harness.post(body_of(), delivery="ok-1"))[0] == 202
+    assert (await harness.post(body_of(), delivery="ok-1"))[0] == 200  # a duplicate is not a rejection
+    assert rejections(caplog) == []
+
+
+async def test_a_form_encoded_body_is_415_asking_for_the_json_content_type(
+        harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    """A GitHub App webhook whose content type is `form` sends `payload=<url-encoded JSON>`, signed."""
+    body = urllib.parse.urlencode({"payload": json.dumps(PAYLOAD)}).encode()
+    hdrs = headers(body) | {"Content-Type": "application/x-www-form-urlencoded"}
+    response = await harness.client.post("/webhook", data=body, headers=hdrs)
+    assert response.status == 415
+    assert "set the App's webhook content type to application/json" in (await response.json())["error"]
+    [record] = rejections(caplog)
+    assert (record.status, record.reason) == (415, "form-encoded body")  # type: ignore[attr-defined]
+    assert harness.recorder.submitted == []
 
 
 async def test_get_on_webhook_is_not_allowed(harness: Harness) -> None:

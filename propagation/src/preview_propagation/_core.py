@@ -86,50 +86,99 @@ def preview_context(key: str | None, *, mode: Mode = "header") -> Iterator[str |
 
 
 # --- W3C baggage (https://www.w3.org/TR/baggage/) -------------------------------------------
+#
+# One rule, the same as the bot's mesh match (its regex is baggage_match_regex below):
+# - list members are separated by ","; a member is
+#   ``key OWS "=" OWS value *(OWS ";" OWS property)`` and the OWS (spaces, tabs) around key
+#   and value is trimmed ("Header Content"); a member without "=" is not a ``preview`` member;
+# - the value is URL-encoded, so it is percent-decoded (``preview%2D1`` is ``preview-1``);
+#   keys are not;
+# - keys may repeat, and the spec lets producers and consumers agree on which duplicate
+#   counts ("Mutating baggage"): the **last** ``preview`` member wins, as OpenTelemetry's W3C
+#   propagators read them, so a member appended by the gateway or this helper beats a stale one;
+# - when the last ``preview`` member's value is not a valid key, the request carries no key.
+# Several ``baggage`` lines are read joined with "," (RFC 9110 section 5.3). Envoy matches them
+# line by line, so the mesh agrees for one line, which is what the gateway and this helper send.
+
+_OWS = " \t"
 
 
 def parse_baggage(value: str | None) -> list[tuple[str, str, str]]:
-    """Split a baggage header into ``(key, decoded_value, raw_member)`` triples.
+    """Split a baggage header into ``(key, decoded_value, raw_member)`` triples, in order.
 
-    Members are ``key=value;prop...`` separated by commas; malformed members are skipped.
-    The raw member is kept so that merging never rewrites other services' entries.
+    Members are ``key=value;prop...`` separated by commas; OWS around key and value is
+    trimmed; members without ``=`` or with an empty key are skipped. The raw member is kept so
+    that merging never rewrites other services' entries.
     """
     members: list[tuple[str, str, str]] = []
     for raw in (value or "").split(","):
-        raw = raw.strip(" \t")
+        raw = raw.strip(_OWS)
         key, sep, rest = raw.partition(";")[0].partition("=")
-        key = key.strip(" \t")
+        key = key.strip(_OWS)
         if not sep or not key:
             continue
-        members.append((key, unquote(rest.strip(" \t")), raw))
+        members.append((key, unquote(rest.strip(_OWS)), raw))
     return members
 
 
 def baggage_preview(value: str | None) -> str | None:
-    """The valid ``preview`` entry of a baggage header, or None (also if entries disagree)."""
-    found = {v for k, v, _ in parse_baggage(value) if k == BAGGAGE_KEY}
-    if len(found) != 1:
+    """The key in the last ``preview`` member of a baggage header; None if none or not a key."""
+    found = [v for k, v, _ in parse_baggage(value) if k == BAGGAGE_KEY]
+    if not found:
         return None
-    return _accept(found.pop())
+    # No trimming after decoding: an encoded space (``%20``) is part of the value (then no key).
+    if is_valid_key(found[-1]):
+        return found[-1]
+    log.debug("ignoring invalid preview key in baggage (%d chars)", len(found[-1]))
+    return None
 
 
 def merge_baggage(existing: str | None, key: str) -> str:
-    """``existing`` baggage with its ``preview`` entries replaced by ``preview=<key>``."""
+    """``existing`` baggage with its ``preview`` entries replaced by ``preview=<key>``, last."""
     kept = [raw for k, _, raw in parse_baggage(existing) if k != BAGGAGE_KEY]
     # Keys are DNS labels, so they need no percent-encoding.
     return ",".join([*kept, f"{BAGGAGE_KEY}={key}"])
 
 
-def baggage_match_regex(key: str) -> str:
-    """The regex the bot uses: an Istio VirtualService match on the ``baggage`` header.
+_REGEX_OWS = r"[ \t]*"
+_REGEX_KEY_CHAR = "[^,;=]"
 
-    It matches a baggage header that has the member ``preview=<key>`` (with optional
-    properties) anywhere in the list, and nothing that merely starts with ``<key>``.
+
+def _regex_not_member_key(word: str) -> str:
+    # A member key (no ",;=") that, OWS-trimmed, is not ``word``: a proper prefix of it, text
+    # that leaves it at some character, or ``word`` followed by more than OWS.
+    def after(i: int) -> str:
+        if i == len(word):
+            return rf"{_REGEX_OWS}[^,;= \t]{_REGEX_KEY_CHAR}*"
+        c = word[i]
+        return rf"(?:{c}{after(i + 1)}|[^,;={c}]{_REGEX_KEY_CHAR}*)?"
+
+    return rf"{_REGEX_OWS}(?:{word[0]}{after(1)}|[^,;= \t{word[0]}]{_REGEX_KEY_CHAR}*)?"
+
+
+def _regex_encoded(key: str) -> str:
+    # Each character as itself or percent-encoded (hex digits in either case).
+    parts = []
+    for char in key:
+        code = "".join(f"[{h}{h.lower()}]" if h.isalpha() else h for h in f"{ord(char):02X}")
+        parts.append(f"(?:{char}|%{code})")
+    return "".join(parts)
+
+
+def baggage_match_regex(key: str) -> str:
+    """The regex the bot uses: an Istio VirtualService match on one ``baggage`` header line.
+
+    It matches exactly when :func:`baggage_preview` of that line is ``key`` (the rule above):
+    the last ``preview`` member is ``preview=<key>``, with OWS around ``=``, any character
+    percent-encoded, and optional properties. RE2 (Envoy) and Python ``re`` read it alike.
     """
     if not is_valid_key(key):
         raise ValueError("preview key must be a DNS-1123 label")
-    # The key is [a-z0-9-] only, so it needs no escaping (RE2 and Python agree on the rest).
-    return rf"^(.*,)?\s*{BAGGAGE_KEY}={key}\s*(;[^,]*)?(,.*)?$"
+    other = rf"(?:[^,;=]*(?:;[^,]*)?|{_regex_not_member_key(BAGGAGE_KEY)}=[^,]*)"
+    return (
+        rf"^(?:.*,)?{_REGEX_OWS}{BAGGAGE_KEY}{_REGEX_OWS}={_REGEX_OWS}{_regex_encoded(key)}"
+        rf"{_REGEX_OWS}(?:;[^,]*)?(?:,{other})*$"
+    )
 
 
 # --- glue used by every integration ---------------------------------------------------------
