@@ -521,7 +521,7 @@ def _cut_off_deploy(gh: FakeRepo, kube: FakeCluster, number: int, *, replica: st
 
 async def test_every_pass_resumes_a_deploy_a_shutdown_cut_off_once_it_is_old_enough() -> None:
     """A SIGTERM whose drain timed out cut a deploy off; the new process's first pass came before the deploy
-    was older than ready_timeout + 60 s (a live one on another replica could not be ruled out). A later
+    was older than the longest wait + 60 s (a live one on another replica could not be ruled out). A later
     pass resumes it; one of this process's own deploys, younger than that, is left to run."""
     from bot.queue import WorkQueue
     from bot.reconcile import Reconciler
@@ -529,14 +529,14 @@ async def test_every_pass_resumes_a_deploy_a_shutdown_cut_off_once_it_is_old_eno
     from tests.unit.test_settings import base_env
 
     gh, kube, _locks, previewer = setup()
-    settings = load_settings(base_env(PREVIEW_READY_TIMEOUT="300", PREVIEW_RECONCILE_INTERVAL="300",
-                                      POD_NAME="pod-new"))
+    settings = load_settings(base_env(PREVIEW_RECONCILE_INTERVAL="300", POD_NAME="pod-new"))
     reconciler = Reconciler(settings, kube, previewer, _Installed(gh), WorkQueue(1),  # type: ignore[arg-type]
                             WaitRegistry(), superseded=lambda *_: False)
     resumed: list[tuple[object, ...]] = []
     await reconciler.reconcile_once(resume=lambda *args: resumed.append(args))  # the first pass: nothing yet
     assert resumed == []
-    _cut_off_deploy(gh, kube, 1, replica="pod-old", age=timedelta(minutes=7))  # > 300 + 60 s
+    # Older than any live deploy can be (the longest wait + 60 s); the other one is younger.
+    _cut_off_deploy(gh, kube, 1, replica="pod-old", age=timedelta(seconds=previewer.longest_wait + 120))
     _cut_off_deploy(gh, kube, 2, replica="pod-new", age=timedelta(minutes=1))  # running in this process
     report = await reconciler.reconcile_once(resume=lambda *args: resumed.append(args))
     assert resumed == [(gh.repo_id, gh.repo, 1, "unfinished")]
