@@ -162,8 +162,9 @@ async def test_team_virtual_service_newer_than_the_bots_takes_over_both_route_se
         return answer.workload == real and answer.headers.get(TEAM_HEADER) == "yes"
     await mesh.wait_until(mesh.client, real, team_routes_used)
     for number in (first, second) if moved_by == "deploy" else (first,):
-        answer = await mesh.request(mesh.client, real, key_of(bot.fake, number))
-        assert answer.workload == preview_of(bot.fake, number, namespace)
+        # The second preview's Service is new: its endpoints reach the client's Envoy a moment after the
+        # routes may (503 meanwhile), so wait for it as for any new route.
+        await mesh.wait_for(mesh.client, real, preview_of(bot.fake, number, namespace), key_of(bot.fake, number))
     assert mesh_route_name(real) not in view.virtual_services()
     await mesh.assert_no_conflicts(real)  # istiod's pilot_vservice_dup_domain: one VirtualService for the host
 
