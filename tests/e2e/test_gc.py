@@ -321,7 +321,9 @@ def token_requests(fake: FakeGitHub, installation: int) -> int:
 
 
 def kinds(report: GcReport) -> list[tuple[str, str]]:
-    return sorted((a.kind, a.target) for a in report.actions)
+    """The pass's actions on previews. Not `remove-route`: mesh routes are read cluster-wide, and an earlier
+    test's route whose namespace is still being deleted becomes dangling at any pass of a later test."""
+    return sorted((a.kind, a.target) for a in report.actions if a.kind != "remove-route")
 
 
 async def test_a_suspended_installation_keeps_its_previews_and_the_others_are_cleaned_up(
