@@ -15,7 +15,11 @@ so a concurrent writer gets 409 and re-reads:
   own clock, as client-go's leader election does: the Lease's record has not changed for its duration
   since the waiter saw it change (renewTime is another node's clock: one 45 s ahead would take a live lock).
 - **one Lease per repository** (`preview-bot-slots-<repo hash>`) whose `preview-bot.dev/claims`
-  annotation lists the previews holding one of the `PREVIEW_MAX_PER_REPO` slots (see slots.py).
+  annotation lists the previews holding one of the `PREVIEW_MAX_PER_REPO` slots, and whose
+  `preview-bot.dev/line` annotation lists the pull requests refused at the cap that wait for one, oldest
+  first (see slots.py). Both change in one write, so a slot and a place in line are never lost or given
+  twice. While the line is not empty the Lease carries the label `preview-bot.dev/line=waiting`: the
+  reconciler finds the lines with one label-selected list, empty when nobody waits.
 
 The Lease fields follow Kubernetes' own leader election (holderIdentity, leaseDurationSeconds,
 renewTime; kubernetes.io/docs/concepts/architecture/leases).
@@ -30,6 +34,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -63,6 +68,8 @@ def lock_name(key: PreviewKey) -> str:
 
 def slots_name(key: PreviewKey) -> str:
     return naming.dns_label(f"preview-bot-slots-{_repository(key)}")
+
+
 
 
 class PrLock:
@@ -245,53 +252,118 @@ class Arbiter:
             if not entry[1][0]:
                 self._local.pop(key.value, None)
 
-    # -- slots --------------------------------------------------------------------------------------------
+    # -- slots and the line ------------------------------------------------------------------------------
 
-    async def _claims(self, key: PreviewKey) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    async def _slots(self, key: PreviewKey) -> tuple[dict[str, Any] | None, dict[str, str], slots.Line]:
         lease = await self.kube.get(f"{self.collection}/{slots_name(key)}")
         annotations = ((lease or {}).get("metadata") or {}).get("annotations") or {}
-        return lease, slots.parse_claims(annotations.get(slots.CLAIMS_ANNOTATION))
+        line = slots.parse_line(annotations.get(slots.LINE_ANNOTATION))
+        return lease, slots.parse_claims(annotations.get(slots.CLAIMS_ANNOTATION)), line
 
-    async def _write_claims(self, key: PreviewKey, lease: dict[str, Any] | None, claims: dict[str, str]) -> None:
-        annotations = {slots.CLAIMS_ANNOTATION: slots.render_claims(claims)}
+    async def _write(self, key: PreviewKey, lease: dict[str, Any] | None, claims: dict[str, str],
+                     line: slots.Line) -> None:
+        """Claims and line in one write, with the resourceVersion they were decided on (409: re-read)."""
+        annotations = {slots.CLAIMS_ANNOTATION: slots.render_claims(claims),
+                       slots.LINE_ANNOTATION: slots.render_line(line)}
         if lease is None:
+            labels = {naming.MANAGED_BY_LABEL: naming.MANAGED_BY}
+            if line.waiting:
+                labels[slots.LINE_LABEL] = slots.LINE_WAITING
             await self.kube.call("POST", self.collection, body={
                 "apiVersion": LEASE_API, "kind": "Lease",
                 "metadata": {"name": slots_name(key), "namespace": self.namespace, "annotations": annotations,
-                             "labels": {naming.MANAGED_BY_LABEL: naming.MANAGED_BY}},
+                             "labels": labels},
                 "spec": {}})
         else:
             meta = lease["metadata"]
+            labels = {k: v for k, v in (meta.get("labels") or {}).items() if k != slots.LINE_LABEL}
+            if line.waiting:
+                labels[slots.LINE_LABEL] = slots.LINE_WAITING
             await self.kube.call("PUT", f"{self.collection}/{slots_name(key)}", body={
-                **lease, "metadata": {**meta, "annotations": {**(meta.get("annotations") or {}), **annotations}}})
+                **lease, "metadata": {**meta, "labels": labels,
+                                      "annotations": {**(meta.get("annotations") or {}), **annotations}}})
 
     async def claim_slot(self, key: PreviewKey, live: set[str], cap: int) -> tuple[bool, int]:
         """Take one of the repository's `cap` slots for `key` (kept if it has one); (granted, slots used
         by others). Atomic across replicas: the write carries the resourceVersion it was decided on."""
+        claim = await self.claim_or_wait(key, live, cap)
+        return claim.granted, claim.used
+
+    async def claim_or_wait(self, key: PreviewKey, live: set[str], cap: int, *,
+                            waiter: slots.Waiter | None = None) -> slots.Claim:
+        """Take one of the repository's `cap` slots for `key`, unless PRs waiting in line before it take
+        the free ones first (slots.decide); granted, it leaves the line. Refused with a `waiter`, the PR
+        joins the line (or keeps its place there, with what it now asks for); without one it does not
+        wait. Atomic across replicas: one write of claims and line, with the resourceVersion read."""
         for _attempt in range(_ATTEMPTS):
-            lease, claims = await self._claims(key)
-            if key.value in claims:
-                return True, slots.used_count(claims, live, key.value)
-            granted, updated = slots.decide(claims, live, key.value, cap, self.wall(), self.stale_claim)
-            if not granted:
-                return False, slots.used_count(updated, live, key.value)
+            lease, claims, line = await self._slots(key)
             try:
-                await self._write_claims(key, lease, updated)
+                if key.value in claims:
+                    if line.place(key.value) is not None:
+                        await self._write(key, lease, claims, slots.leave(line, key.value))
+                    return slots.Claim(True, slots.used_count(claims, live, key.value))
+                now = self.wall()
+                ahead = slots.ahead_of(line, key.value, slots.holding(claims, live, now, self.stale_claim))
+                granted, updated = slots.decide(claims, live, key.value, cap, now, self.stale_claim, ahead)
+                if granted:
+                    await self._write(key, lease, updated, slots.leave(line, key.value))
+                    return slots.Claim(True, len(updated) - 1)
+                used = slots.used_count(updated, live, key.value)
+                if waiter is None:
+                    return slots.Claim(False, used, line.place(key.value), ahead=ahead)
+                joined, place = slots.join(replace(line, repo_id=key.repo_id, repo=key.repo), waiter)
+                if place is None:
+                    return slots.Claim(False, used, line_full=True, ahead=ahead)
+                if joined != line:
+                    await self._write(key, lease, claims, joined)
+                return slots.Claim(False, used, place, ahead=ahead)
             except Conflict:
                 await asyncio.sleep(random.uniform(0, 0.1))  # noqa: S311 - jitter
-                continue
-            return True, len(updated) - 1
         raise TemporaryError(f"could not claim a preview slot of {key.repo} after {_ATTEMPTS} conflicts")
 
-    async def release_slot(self, key: PreviewKey) -> None:
+    async def release_slot(self, key: PreviewKey) -> slots.Line:
+        """Free the preview's slot and take it out of the line (it is gone, or asks for nothing any more);
+        returns the line as left, so that the caller offers the slot to who waits (no extra read)."""
         for _attempt in range(_ATTEMPTS):
-            lease, claims = await self._claims(key)
-            if lease is None or key.value not in claims:
-                return
-            claims.pop(key.value)
+            lease, claims, line = await self._slots(key)
+            if lease is None or (key.value not in claims and line.place(key.value) is None):
+                return line
+            claims.pop(key.value, None)
+            line = slots.leave(line, key.value)
             try:
-                await self._write_claims(key, lease, claims)
+                await self._write(key, lease, claims, line)
             except (Conflict, NotFound):
                 continue
-            return
+            return line
         raise TemporaryError(f"could not release the preview slot of {key.value} after {_ATTEMPTS} conflicts")
+
+    async def leave_line(self, key: PreviewKey) -> slots.Line:
+        """Take the PR out of its repository's line (a no-op when it does not wait); returns the line left."""
+        for _attempt in range(_ATTEMPTS):
+            lease, claims, line = await self._slots(key)
+            if lease is None or line.place(key.value) is None:
+                return line
+            line = slots.leave(line, key.value)
+            try:
+                await self._write(key, lease, claims, line)
+            except (Conflict, NotFound):
+                continue
+            return line
+        raise TemporaryError(f"could not take {key.value} out of the line after {_ATTEMPTS} conflicts")
+
+    async def line_of(self, key: PreviewKey, live: set[str], cap: int) -> tuple[slots.Line, int]:
+        """The line of `key`'s repository and how many slots are free for it now (slots.free_slots)."""
+        _, claims, line = await self._slots(key)
+        return line, slots.free_slots(claims, live, cap, self.wall(), self.stale_claim)
+
+    async def lines(self) -> list[slots.Line]:
+        """Every repository's line that is not empty: one list of the Leases labelled so (none when nobody
+        waits)."""
+        found = []
+        for lease in await self.kube.list_objects(LEASE_API, "leases", self.namespace,
+                                                  f"{slots.LINE_LABEL}={slots.LINE_WAITING}"):
+            line = slots.parse_line(((lease.get("metadata") or {}).get("annotations") or {})
+                                    .get(slots.LINE_ANNOTATION))
+            if line.waiting and line.repo_id is not None:
+                found.append(line)
+        return found

@@ -15,7 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from bot import manifests, mesh_hosts
+    from bot import manifests, mesh_hosts, slots
     from bot.github.client import ChangedFiles
     from bot.kube import LivePreview
     from bot.mesh_hosts import Ref
@@ -99,9 +99,14 @@ class HeldLock(Protocol):
 
 
 class Locks(Protocol):
-    """One deploy or teardown of a PR at a time across replicas, and the repository's preview slots."""
+    """One deploy or teardown of a PR at a time across replicas, the repository's preview slots and its line
+    of PRs waiting for one (bot.slots)."""
 
     def pr_lock(self, key: PreviewKey, *, supersedes: bool,
                 timeout: float) -> AbstractAsyncContextManager[HeldLock]: ...
-    async def claim_slot(self, key: PreviewKey, live: set[str], cap: int) -> tuple[bool, int]: ...
-    async def release_slot(self, key: PreviewKey) -> None: ...
+    async def claim_or_wait(self, key: PreviewKey, live: set[str], cap: int, *,
+                            waiter: slots.Waiter | None = None) -> slots.Claim: ...
+    async def release_slot(self, key: PreviewKey) -> slots.Line: ...
+    async def leave_line(self, key: PreviewKey) -> slots.Line: ...
+    async def line_of(self, key: PreviewKey, live: set[str], cap: int) -> tuple[slots.Line, int]: ...
+    async def lines(self) -> list[slots.Line]: ...

@@ -513,7 +513,6 @@ NOT_GRANTED = [
       for ns in (PREVIEW_NAMESPACE, "kube-system", "shop")],
     ("create", "networking.istio.io", "destinationrules", PREVIEW_NAMESPACE),
     ("list", "networking.istio.io", "gateways", PREVIEW_NAMESPACE),
-    ("list", "coordination.k8s.io", "leases", BOT_NAMESPACE),
     ("watch", "coordination.k8s.io", "leases", BOT_NAMESPACE),
     ("create", "coordination.k8s.io", "leases", PREVIEW_NAMESPACE),
     ("create", "apps", "deployments", BOT_NAMESPACE),
@@ -525,7 +524,7 @@ GRANTED = [
     ("list", "", "pods", PREVIEW_NAMESPACE),
     *[(verb, "networking.istio.io", "virtualservices", ROUTING_NAMESPACE)
       for verb in ("get", "list", "create", "update", "patch", "delete")],
-    *[(verb, "coordination.k8s.io", "leases", BOT_NAMESPACE) for verb in ("create", "get", "update", "delete")],
+    *[(verb, "coordination.k8s.io", "leases", BOT_NAMESPACE) for verb in ("create", "get", "list", "update", "delete")],
     # Istio uses one mesh VirtualService per host, wherever it lives: the bot reads them all.
     *[(verb, "networking.istio.io", "virtualservices", ns) for verb in ("get", "list")
       for ns in (PREVIEW_NAMESPACE, "kube-system", "shop", "")],
@@ -611,7 +610,8 @@ async def test_the_bots_own_adapter_runs_a_preview_as_the_service_account(deploy
         assert await leader.try_acquire_or_renew()         # create (or take over an expired lease)
         assert await leader.try_acquire_or_renew()         # renew: get + update
         await leader.release()
-        # The per-PR lock and the per-repository slots (bot/arbiter.py): create, get, update, delete.
+        # The per-PR lock, the per-repository slots and their lines (bot/arbiter.py): create, get, list,
+        # update, delete.
         arbiter = Arbiter(kube, namespace=BOT_NAMESPACE, identity=f"pod-{suffix}")
         async with arbiter.pr_lock(key, supersedes=True, timeout=WAIT) as lock:
             await lock.renew()
@@ -620,6 +620,7 @@ async def test_the_bots_own_adapter_runs_a_preview_as_the_service_account(deploy
             BOT_NAMESPACE, field_selector=f"metadata.name={lock_name(key)}").items == []
         assert await arbiter.claim_slot(key, set(), 1) == (True, 0)
         assert await arbiter.claim_slot(other, set(), 1) == (False, 1)
+        assert await arbiter.lines() == []                                # list, by label
         await arbiter.release_slot(key)
         assert await arbiter.claim_slot(other, set(), 1) == (True, 0)
         await arbiter.release_slot(other)
@@ -925,7 +926,7 @@ async def test_deploy_rbac_passes_the_start_up_access_check(deployed: Deployed) 
 
 @pytest.mark.parametrize(("where", "expected"), [
     ({"lease": "kube-system"},
-     "the bot may not create, get, update, delete leases.coordination.k8s.io in namespace kube-system "
+     "the bot may not create, get, list, update, delete leases.coordination.k8s.io in namespace kube-system "
      "(POD_NAMESPACE): apply the Role preview-bot-leader and its RoleBinding (deploy/base/rbac-leader.yaml) in "
      "namespace kube-system"),
     ({"preview": "kube-public"},

@@ -67,13 +67,58 @@ async def test_a_new_preview_shows_deploying_then_ready_with_one_deployment() ->
 
 
 async def test_cap_reached_deploys_nothing_and_says_why() -> None:
-    gh, kube, _locks, previewer = setup(cap=1)
+    gh, kube, locks, previewer = setup(cap=1)
     kube.add_preview(key(gh, 2), SHA1)
     gh.add_pull(1, SHA1, files=["services/a/main.go"])
     result = await previewer.deploy(gh, 1, SHA1)
-    assert result.state is State.NOT_DEPLOYED
+    assert result.state is State.WAITING_SLOT and result.in_line
     assert kube.applied == [] and gh.deployment_list == []
-    assert "the limit is 1" in (gh.sticky(1) or "")
+    assert "the limit is 1" in (gh.sticky(1) or "") and "1st in line" in (gh.sticky(1) or "")
+    assert locks.line[str(gh.repo_id)].keys() == [key(gh, 1).value]
+
+
+async def test_a_deploy_that_may_not_wait_is_refused_without_a_place_in_line() -> None:
+    gh, kube, locks, previewer = setup(cap=1)
+    kube.add_preview(key(gh, 2), SHA1)
+    gh.add_pull(1, SHA1, files=["services/a/main.go"])
+    result = await previewer.deploy(gh, 1, SHA1, wait_as=None)  # a link's deploy
+    assert result.state is State.NOT_DEPLOYED and not result.in_line
+    assert "Comment `/preview` to deploy this one once a slot is free" in (gh.sticky(1) or "")
+    assert not (await locks.lines())
+
+
+async def test_a_teardown_offers_the_slot_only_when_someone_waits() -> None:
+    gh, _kube, _locks, previewer = setup(cap=1)
+    freed: list[str] = []
+    previewer.on_slot_freed = lambda k: freed.append(k.value)
+    for number in (1, 2):
+        gh.add_pull(number, SHA1, files=["services/a/main.go"])
+    assert (await previewer.deploy(gh, 1, SHA1)).state is State.READY
+    assert (await previewer.stop(gh, 1, "closed")) > 0
+    assert freed == []  # nobody waited: no look at the line
+    assert (await previewer.deploy(gh, 1, SHA1)).state is State.READY
+    assert (await previewer.deploy(gh, 2, SHA1)).in_line
+    await previewer.stop(gh, 1, "closed")
+    assert freed == [key(gh, 1).value]
+
+
+async def test_closed_stopped_or_changing_nothing_leaves_the_line() -> None:
+    gh, kube, locks, previewer = setup(cap=1)
+    kube.add_preview(key(gh, 9), SHA1)
+    for number in (1, 2, 3):
+        gh.add_pull(number, SHA1, files=["services/a/main.go"])
+        assert (await previewer.deploy(gh, number, SHA1)).in_line
+    line = locks.line[str(gh.repo_id)]
+    assert [line.place(key(gh, n).value) for n in (1, 2, 3)] == [1, 2, 3]
+    await previewer.stop(gh, 2, "Stopped by @alice with `/preview stop`.")
+    gh.add_pull(3, SHA2, files=["README.md"])  # a push that no longer changes service a
+    assert (await previewer.deploy(gh, 3, SHA2)).state is State.NOT_DEPLOYED
+    assert locks.line[str(gh.repo_id)].keys() == [key(gh, 1).value]
+    # A push of the first keeps its place, with the new head.
+    gh.add_pull(1, SHA2, files=["services/a/main.go"])
+    assert (await previewer.deploy(gh, 1, SHA2)).in_line
+    [waiter] = locks.line[str(gh.repo_id)].waiting
+    assert (waiter.key, waiter.sha) == (key(gh, 1).value, SHA2)
 
 
 async def test_nothing_changed_any_more_tears_the_preview_down() -> None:
