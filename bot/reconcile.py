@@ -506,7 +506,8 @@ class Reconciler:
         return not self._first_pass
 
     async def reconcile_once(self, *, dry_run: bool = False, resume: Resume | None = None) -> GcReport:
-        """One pass; the previews to resume go to `resume` (default: queued here, self.resume).
+        """One pass; the previews to resume go to `resume` (default: queued here, self.resume, and then
+        the lines of PRs waiting for a preview slot are looked at: admit_lines).
 
         Every pass, not only the first, looks for deploys unfinished for longer than the longest wait of a
         deploy + 60 s (Previewer.longest_wait: the ready timeout, or the image pull grace when longer)
@@ -530,6 +531,11 @@ class Reconciler:
                                  recent=stuck_after + 2 * timedelta(seconds=self.settings.reconcile_interval),
                                  identity=self.settings.identity,
                                  warn_before=timedelta(hours=self.settings.ttl_warning_hours))
+        if not dry_run and resume is None:  # serve's own pass: what it finds is queued here
+            try:
+                await self.admit_lines()
+            except (KubeError, OSError) as exc:  # the next pass looks again
+                report.errors.append(f"could not read the lines waiting for a preview slot: {exc}")
         self._first_pass = False
         return report
 
@@ -758,9 +764,3 @@ class Reconciler:
             return
         for error in report.errors:  # `gc` prints them; here the log is where they are seen
             log.warning("reconcile: %s", error)
-        try:
-            await self.admit_lines()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the next pass looks again
-            log.warning("could not look at the lines waiting for a preview slot: %s: %s", type(exc).__name__, exc)
