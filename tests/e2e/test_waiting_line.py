@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from bot import comment, naming
-from tests.e2e.harness import REPO, ClusterView, RunningBot, key_of, running_bot
-from tests.fakegithub import FakeGitHub, pull_request_event
+from tests.e2e.harness import CONFIG, REPO, ClusterView, RunningBot, key_of, running_bot
+from tests.fakegithub import FakeGitHub, check_run_event, pull_request_event
 from tests.fakegithub.state import fake_sha
 from tests.plugins.cluster import Cluster
 
@@ -97,6 +97,7 @@ async def test_a_pull_request_closed_while_waiting_is_not_deployed(
             await event(bot, number, "opened")
         assert "1st in line" in sticky(shop, 2)
         await event(bot, 2, "closed")
+        assert await bot.bot.arbiter.lines() == []  # the close took it out of the line
         await event(bot, 1, "closed")
         assert live(shop, view) == {}
         assert [d for d in shop.deployments(REPO) if d["environment"] == "preview-2"] == []
@@ -147,3 +148,30 @@ async def test_the_reconcilers_pass_serves_a_line_whose_freed_slot_was_missed(
         await bot.settle()
         paths = [r.path for r in shop.requests[before:]]
         assert not [p for p in paths if "/pulls/2" in p or "/issues/2/" in p], paths
+
+
+async def test_a_waiter_is_deployed_as_its_own_event_would_be_once_its_checks_succeed(
+        fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView) -> None:
+    """`wait_for` holds for a waiter too: offered the slot while its new head is still building, it is not
+    deployed (the comment says it waits for checks) and the slot stays free; the check's success deploys it."""
+    fake_github.add_repo(REPO, files={".github/preview.yml": "wait_for: [build-images]\n" + CONFIG})
+    async with running_bot(fake_github, cluster, namespace, **CAP) as bot:
+        for number in (1, 2):
+            pull = fake_github.add_pull(REPO, number)
+            fake_github.add_check_run(REPO, pull.head_sha, "build-images", status="completed", conclusion="success")
+            await event(bot, number, "opened")
+        assert list(live(fake_github, view)) == [1]
+        assert "1st in line" in sticky(fake_github, 2)
+        head = fake_sha("pr-2-building")
+        fake_github.push(REPO, 2, head)
+        run = fake_github.add_check_run(REPO, head, "build-images", status="in_progress")
+        await event(bot, 2, "synchronize")
+
+        await event(bot, 1, "closed")
+        assert live(fake_github, view) == {}
+        assert "Preview: waiting for checks" in sticky(fake_github, 2)
+        fake_github.update_check_run(REPO, run, status="completed", conclusion="success")
+        assert await bot.send("check_run", check_run_event(fake_github, REPO, run)) == 202
+        await bot.settle()
+        assert live(fake_github, view) == {2: head}
+        assert "Preview: ready" in sticky(fake_github, 2)
