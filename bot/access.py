@@ -60,7 +60,7 @@ def needed(*, preview_namespace: str, routing_namespace: str, lease_namespace: s
              "the ClusterRole preview-bot-virtualservices-read and its ClusterRoleBinding "
              "(deploy/base/rbac-virtualservices.yaml)"),
         Need("POD_NAMESPACE", lease_namespace, "coordination.k8s.io", "leases",
-             ("create", "get", "list", "update", "delete"),
+             ("create", "get", "update", "delete"),
              f"the Role preview-bot-leader and its RoleBinding (deploy/base/rbac-leader.yaml) in namespace "
              f"{lease_namespace}"),
     ]

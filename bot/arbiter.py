@@ -18,8 +18,14 @@ so a concurrent writer gets 409 and re-reads:
   annotation lists the previews holding one of the `PREVIEW_MAX_PER_REPO` slots, and whose
   `preview-bot.dev/line` annotation lists the pull requests refused at the cap that wait for one, oldest
   first (see slots.py). Both change in one write, so a slot and a place in line are never lost or given
-  twice. While the line is not empty the Lease carries the label `preview-bot.dev/line=waiting`: the
-  reconciler finds the lines with one label-selected list, empty when nobody waits.
+  twice;
+- **one index Lease** (`preview-bot-lines`) whose `preview-bot.dev/lines` annotation names the repositories
+  that may have a line, so that the reconciler finds them with one GET (404 while nobody ever waited),
+  without `list` on Leases (deploy/ grants none). A PR joining a line touches it *after* writing the line;
+  an entry is removed only with the resourceVersion read *before* its repository's line was found empty,
+  so a removal racing a join fails with 409 (or the join adds it back): an entry is never lost while its
+  line has waiters, except when a replica dies between the two writes (the next PR joining that line, or a
+  teardown in that repository, serves it then).
 
 The Lease fields follow Kubernetes' own leader election (holderIdentity, leaseDurationSeconds,
 renewTime; kubernetes.io/docs/concepts/architecture/leases).
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -48,6 +55,8 @@ log = logging.getLogger(__name__)
 
 LEASE_API = "coordination.k8s.io/v1"
 WAITING_ANNOTATION = "preview-bot.dev/waiting"
+LINES_LEASE = "preview-bot-lines"
+LINES_ANNOTATION = "preview-bot.dev/lines"
 LOCK_SECONDS = 30
 _ATTEMPTS = 50
 
@@ -265,23 +274,21 @@ class Arbiter:
         """Claims and line in one write, with the resourceVersion they were decided on (409: re-read)."""
         annotations = {slots.CLAIMS_ANNOTATION: slots.render_claims(claims),
                        slots.LINE_ANNOTATION: slots.render_line(line)}
+        await self._put(slots_name(key), lease, annotations)
+
+    async def _put(self, name: str, lease: dict[str, Any] | None, annotations: dict[str, str]) -> None:
+        """Create the Lease `name` with `annotations`, or replace them in `lease` as read (its
+        resourceVersion is the precondition: 409 when another writer came first)."""
         if lease is None:
-            labels = {naming.MANAGED_BY_LABEL: naming.MANAGED_BY}
-            if line.waiting:
-                labels[slots.LINE_LABEL] = slots.LINE_WAITING
             await self.kube.call("POST", self.collection, body={
                 "apiVersion": LEASE_API, "kind": "Lease",
-                "metadata": {"name": slots_name(key), "namespace": self.namespace, "annotations": annotations,
-                             "labels": labels},
+                "metadata": {"name": name, "namespace": self.namespace, "annotations": annotations,
+                             "labels": {naming.MANAGED_BY_LABEL: naming.MANAGED_BY}},
                 "spec": {}})
         else:
             meta = lease["metadata"]
-            labels = {k: v for k, v in (meta.get("labels") or {}).items() if k != slots.LINE_LABEL}
-            if line.waiting:
-                labels[slots.LINE_LABEL] = slots.LINE_WAITING
-            await self.kube.call("PUT", f"{self.collection}/{slots_name(key)}", body={
-                **lease, "metadata": {**meta, "labels": labels,
-                                      "annotations": {**(meta.get("annotations") or {}), **annotations}}})
+            await self.kube.call("PUT", f"{self.collection}/{name}", body={
+                **lease, "metadata": {**meta, "annotations": {**(meta.get("annotations") or {}), **annotations}}})
 
     async def claim_slot(self, key: PreviewKey, live: set[str], cap: int) -> tuple[bool, int]:
         """Take one of the repository's `cap` slots for `key` (kept if it has one); (granted, slots used
@@ -316,9 +323,12 @@ class Arbiter:
                     return slots.Claim(False, used, line_full=True, ahead=ahead)
                 if joined != line:
                     await self._write(key, lease, claims, joined)
-                return slots.Claim(False, used, place, ahead=ahead)
             except Conflict:
                 await asyncio.sleep(random.uniform(0, 0.1))  # noqa: S311 - jitter
+                continue
+            if key.repo_id is not None:
+                await self._index(key.repo_id, key.repo)  # after the line: see the module docstring
+            return slots.Claim(False, used, place, ahead=ahead)
         raise TemporaryError(f"could not claim a preview slot of {key.repo} after {_ATTEMPTS} conflicts")
 
     async def release_slot(self, key: PreviewKey) -> slots.Line:
@@ -356,14 +366,53 @@ class Arbiter:
         _, claims, line = await self._slots(key)
         return line, slots.free_slots(claims, live, cap, self.wall(), self.stale_claim)
 
-    async def lines(self) -> list[slots.Line]:
-        """Every repository's line that is not empty: one list of the Leases labelled so (none when nobody
-        waits)."""
+    @staticmethod
+    def _index_entries(lease: dict[str, Any] | None) -> dict[str, list[Any]]:
+        """The index's entries, repository id (text) -> [full name, touches]; unreadable ones are dropped."""
+        text = (((lease or {}).get("metadata") or {}).get("annotations") or {}).get(LINES_ANNOTATION)
+        try:
+            data = json.loads(text or "{}")
+        except ValueError:
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {str(k): v for k, v in data.items() if isinstance(v, list) and len(v) == 2}
+
+    async def _lines_index(self) -> tuple[dict[str, Any] | None, dict[str, list[Any]]]:
+        lease = await self.kube.get(f"{self.collection}/{LINES_LEASE}")
+        return lease, self._index_entries(lease)
+
+    async def _index(self, repo_id: int, repo: str) -> None:
+        """Name the repository in the index; always a write (the count of touches goes up), so that a
+        removal decided on an older read fails."""
+        for _attempt in range(_ATTEMPTS):
+            lease, entries = await self._lines_index()
+            touches = entries.get(str(repo_id), [repo, 0])[1]
+            entries[str(repo_id)] = [repo, int(touches) + 1 if isinstance(touches, int) else 1]
+            try:
+                await self._put(LINES_LEASE, lease, {LINES_ANNOTATION: json.dumps(entries, separators=(",", ":"))})
+            except (Conflict, NotFound):
+                await asyncio.sleep(random.uniform(0, 0.1))  # noqa: S311 - jitter
+                continue
+            return
+        raise TemporaryError(f"could not index the line of {repo} after {_ATTEMPTS} conflicts")
+
+    async def lines(self) -> tuple[dict[str, Any] | None, list[tuple[int, str]]]:
+        """The repositories that may have PRs waiting for a slot, (repository id, full name), from one GET
+        of the index Lease (404 while nobody ever waited), and the index as read, for `unindex`."""
+        lease, entries = await self._lines_index()
         found = []
-        for lease in await self.kube.list_objects(LEASE_API, "leases", self.namespace,
-                                                  f"{slots.LINE_LABEL}={slots.LINE_WAITING}"):
-            line = slots.parse_line(((lease.get("metadata") or {}).get("annotations") or {})
-                                    .get(slots.LINE_ANNOTATION))
-            if line.waiting and line.repo_id is not None:
-                found.append(line)
-        return found
+        for repo_id, (repo, _touches) in sorted(entries.items()):
+            if repo_id.isdigit():
+                found.append((int(repo_id), str(repo)))
+        return lease, found
+
+    async def unindex(self, repo_id: int, index: dict[str, Any] | None) -> None:
+        """Drop the repository from the index, whose line was found empty after `index` was read; a no-op
+        when anyone touched the index since (409: a PR joined meanwhile)."""
+        entries = self._index_entries(index)
+        if index is None or str(repo_id) not in entries:
+            return
+        del entries[str(repo_id)]
+        with contextlib.suppress(Conflict, NotFound):
+            await self._put(LINES_LEASE, index, {LINES_ANNOTATION: json.dumps(entries, separators=(",", ":"))})

@@ -625,12 +625,17 @@ class Reconciler:
 
     async def admit(self, repo_id: int, repo: str) -> list[int]:
         """Offer the repository's free slots to its line, oldest first: one queued deploy per free slot
-        (admit_one); returns the PRs so offered. Reads the cluster only (the line and the live previews):
-        no GitHub request unless a slot is free for someone."""
+        (admit_one); returns the PRs so offered. Reads the cluster only (the index of lines, the line and
+        the live previews): no GitHub request unless a slot is free for someone. An empty line leaves the
+        index (bot.arbiter: the index is read first, so a PR joining meanwhile keeps its entry)."""
         cap = self.settings.cluster.policy.max_previews_per_repo
+        index, _ = await self.previewer.arbiter.lines()
         probe = PreviewKey(repo, 1, repo_id)  # the repository's slots (bot.arbiter.slots_name)
         live = {p.key for p in await self.kube.live_previews((repo_id, repo))}
         line, free = await self.previewer.arbiter.line_of(probe, live, cap)
+        if not line.waiting:
+            await self.previewer.arbiter.unindex(repo_id, index)
+            return []
         offered = [w for w in line.waiting if w.key not in live][:free]
         for waiter in offered:
             async def job(waiter: slots.Waiter = waiter) -> None:
@@ -696,13 +701,12 @@ class Reconciler:
 
     async def admit_lines(self) -> int:
         """The pass's look at every line (a freed slot's event may have been missed: a crash between the
-        teardown and the deploy of the waiter, a claim left by a crash running out): one list of the slots
-        Leases that have a line, none of GitHub; returns how many lines were looked at."""
-        lines = await self.previewer.arbiter.lines()
-        for line in lines:
-            assert line.repo_id is not None  # Arbiter.lines keeps only those
-            self._queue_admit(line.repo_id, line.repo)
-        return len(lines)
+        teardown and the deploy of the waiter, a claim left by a crash running out): one GET of the index of
+        lines (bot.arbiter), none of GitHub, when nobody waits; returns how many lines were looked at."""
+        _, repositories = await self.previewer.arbiter.lines()
+        for repo_id, repo in repositories:
+            self._queue_admit(repo_id, repo)
+        return len(repositories)
 
     def leading(self) -> bool:
         return self.elector is None or self.elector.leading

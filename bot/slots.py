@@ -69,10 +69,10 @@ def refusal(used: int, cap: int, place: int | None = None, *, line: bool = False
     frees = ("`/preview stop` on another pull request frees one, and so does closing it or its removal after "
              "the idle TTL")
     if place is not None:
-        return (f"Waiting for a preview slot: {count}. This pull request is {ordinal(place)} in line and is "
-                f"deployed by itself, oldest first, as soon as a slot frees ({frees}); nobody needs to "
-                "comment. It leaves the line when it is closed, stopped with `/preview stop`, changes no "
-                "service any more, or no longer asks for a preview (a draft, its label removed).")
+        return (f"Waiting for a preview slot: {count}. This pull request is {ordinal(place)} in line (when this "
+                f"was written): it is deployed by itself, oldest first, as soon as a slot frees ({frees}); "
+                "nobody needs to comment. It leaves the line when it is closed, stopped with `/preview stop`, "
+                "changes no service any more, or no longer asks for a preview (a draft, its label removed).")
     if line:
         return (f"Nothing was deployed: {count}, and {MAX_WAITING} pull requests already wait in line for a "
                 f"slot, the most that may wait. This one is not in line: comment `/preview` to deploy it once "
@@ -89,8 +89,6 @@ def refusal(used: int, cap: int, place: int | None = None, *, line: bool = False
 # refused while PRs ahead of it wait for the free slots, so a newcomer never jumps the line.
 
 LINE_ANNOTATION = "preview-bot.dev/line"
-LINE_LABEL = "preview-bot.dev/line"  # on a slots Lease whose line is not empty: the reconciler lists those
-LINE_WAITING = "waiting"
 # At most this many PRs of one repository wait (the Lease stays small: ~120 bytes an entry); a PR refused
 # with a full line is told to comment `/preview` later.
 MAX_WAITING = 20
@@ -129,7 +127,7 @@ class Line:
 
 def parse_line(text: str | None) -> Line:
     """The annotation's JSON `{"repo_id": int, "repo": str, "waiting": [{"key", "pr", "sha", "by", "since"}]}`;
-    anything unreadable counts as empty, an unreadable entry is dropped."""
+    anything unreadable counts as empty, an unreadable entry (or a key that is not its PR's) is dropped."""
     try:
         data = json.loads(text or "{}")
     except ValueError:
@@ -143,7 +141,8 @@ def parse_line(text: str | None) -> Line:
                             COMMAND if item.get("by") == COMMAND else EVENT, str(item.get("since") or ""))
         except (KeyError, TypeError, ValueError):
             continue
-        if waiter.key not in {w.key for w in waiting}:
+        # A key is its PR's (bot.naming: `preview-<number>-<hash>`): anything else could never leave the line.
+        if waiter.key.startswith(f"preview-{waiter.number}-") and waiter.key not in {w.key for w in waiting}:
             waiting.append(waiter)
     repo_id = data.get("repo_id")
     return Line(repo_id if isinstance(repo_id, int) else None, str(data.get("repo") or ""),

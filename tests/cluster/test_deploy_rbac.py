@@ -513,6 +513,7 @@ NOT_GRANTED = [
       for ns in (PREVIEW_NAMESPACE, "kube-system", "shop")],
     ("create", "networking.istio.io", "destinationrules", PREVIEW_NAMESPACE),
     ("list", "networking.istio.io", "gateways", PREVIEW_NAMESPACE),
+    ("list", "coordination.k8s.io", "leases", BOT_NAMESPACE),
     ("watch", "coordination.k8s.io", "leases", BOT_NAMESPACE),
     ("create", "coordination.k8s.io", "leases", PREVIEW_NAMESPACE),
     ("create", "apps", "deployments", BOT_NAMESPACE),
@@ -524,7 +525,7 @@ GRANTED = [
     ("list", "", "pods", PREVIEW_NAMESPACE),
     *[(verb, "networking.istio.io", "virtualservices", ROUTING_NAMESPACE)
       for verb in ("get", "list", "create", "update", "patch", "delete")],
-    *[(verb, "coordination.k8s.io", "leases", BOT_NAMESPACE) for verb in ("create", "get", "list", "update", "delete")],
+    *[(verb, "coordination.k8s.io", "leases", BOT_NAMESPACE) for verb in ("create", "get", "update", "delete")],
     # Istio uses one mesh VirtualService per host, wherever it lives: the bot reads them all.
     *[(verb, "networking.istio.io", "virtualservices", ns) for verb in ("get", "list")
       for ns in (PREVIEW_NAMESPACE, "kube-system", "shop", "")],
@@ -558,7 +559,7 @@ def test_granted_verbs_are_exactly_the_needed_ones(deployed: Deployed) -> None:
 
 async def test_the_bots_own_adapter_runs_a_preview_as_the_service_account(deployed: Deployed) -> None:
     """apply_preview / add_mesh_route / wait_available / keep / list / teardown / leader election."""
-    from bot import metrics, naming
+    from bot import metrics, naming, slots
     from bot.arbiter import Arbiter, lock_name, slots_name
     from bot.kube import Kube, KubeError
     from bot.leader import LeaderElector
@@ -610,8 +611,7 @@ async def test_the_bots_own_adapter_runs_a_preview_as_the_service_account(deploy
         assert await leader.try_acquire_or_renew()         # create (or take over an expired lease)
         assert await leader.try_acquire_or_renew()         # renew: get + update
         await leader.release()
-        # The per-PR lock, the per-repository slots and their lines (bot/arbiter.py): create, get, list,
-        # update, delete.
+        # The per-PR lock and the per-repository slots (bot/arbiter.py): create, get, update, delete.
         arbiter = Arbiter(kube, namespace=BOT_NAMESPACE, identity=f"pod-{suffix}")
         async with arbiter.pr_lock(key, supersedes=True, timeout=WAIT) as lock:
             await lock.renew()
@@ -620,9 +620,16 @@ async def test_the_bots_own_adapter_runs_a_preview_as_the_service_account(deploy
             BOT_NAMESPACE, field_selector=f"metadata.name={lock_name(key)}").items == []
         assert await arbiter.claim_slot(key, set(), 1) == (True, 0)
         assert await arbiter.claim_slot(other, set(), 1) == (False, 1)
-        assert await arbiter.lines() == []                                # list, by label
+        # The line for a slot (in the slots Lease) and its index: get, create, update; no list.
+        assert (await arbiter.lines())[1] == []
+        waiter = slots.Waiter(other.value, other.number, "a" * 40, slots.EVENT, "2026-01-01T00:00:00Z")
+        assert (await arbiter.claim_or_wait(other, set(), 1, waiter=waiter)).place == 1
+        index, waiting = await arbiter.lines()
+        assert waiting == [(other.repo_id, other.repo)]
         await arbiter.release_slot(key)
         assert await arbiter.claim_slot(other, set(), 1) == (True, 0)
+        await arbiter.unindex(other.repo_id, index)  # its line is empty now
+        assert (await arbiter.lines())[1] == []
         await arbiter.release_slot(other)
         elsewhere = Arbiter(kube, namespace=PREVIEW_NAMESPACE, identity="x")
         with pytest.raises(KubeError) as refused:
@@ -926,7 +933,7 @@ async def test_deploy_rbac_passes_the_start_up_access_check(deployed: Deployed) 
 
 @pytest.mark.parametrize(("where", "expected"), [
     ({"lease": "kube-system"},
-     "the bot may not create, get, list, update, delete leases.coordination.k8s.io in namespace kube-system "
+     "the bot may not create, get, update, delete leases.coordination.k8s.io in namespace kube-system "
      "(POD_NAMESPACE): apply the Role preview-bot-leader and its RoleBinding (deploy/base/rbac-leader.yaml) in "
      "namespace kube-system"),
     ({"preview": "kube-public"},

@@ -47,7 +47,7 @@ async def test_a_refused_pull_request_waits_and_is_deployed_at_its_head_when_a_s
         body = sticky(shop, 2)
         assert "Preview: waiting for a slot" in body, body
         assert "this repository already has 1 live preview (the limit is 1)" in body
-        assert "1st in line and is deployed by itself" in body
+        assert "1st in line (when this was written): it is deployed by itself" in body
         # A push while it waits: it keeps its place, and what deploys later is the new head.
         head = fake_sha("pr-2-second")
         shop.push(REPO, 2, head)
@@ -62,7 +62,7 @@ async def test_a_refused_pull_request_waits_and_is_deployed_at_its_head_when_a_s
         assert "Preview: ready" in body and f"Commit: `{head[:12]}`" in body, body
         assert len(shop.comments(REPO, 2)) == before  # nobody commented: the sticky comment was edited
         assert [d["sha"] for d in shop.deployments(REPO) if d["environment"] == "preview-2"] == [head]
-        assert await bot.bot.arbiter.lines() == []  # the line is empty, and unlabelled
+        assert (await bot.bot.arbiter.lines())[1] == []  # the line is empty, and left the index
 
 
 async def test_who_left_the_line_is_not_deployed_and_the_next_one_is(
@@ -86,7 +86,7 @@ async def test_who_left_the_line_is_not_deployed_and_the_next_one_is(
         assert "Preview: ready" not in sticky(shop, 2) and "Preview: ready" not in sticky(shop, 3)
         assert [d for d in shop.deployments(REPO) if d["environment"] in ("preview-2", "preview-3")] == []
         assert "No longer waiting for a preview slot: the pull request is a draft" in sticky(shop, 3)
-        assert await bot.bot.arbiter.lines() == []
+        assert (await bot.bot.arbiter.lines())[1] == []
 
 
 async def test_a_pull_request_closed_while_waiting_is_not_deployed(
@@ -97,7 +97,8 @@ async def test_a_pull_request_closed_while_waiting_is_not_deployed(
             await event(bot, number, "opened")
         assert "1st in line" in sticky(shop, 2)
         await event(bot, 2, "closed")
-        assert await bot.bot.arbiter.lines() == []  # the close took it out of the line
+        line, _ = await bot.bot.arbiter.line_of(key_of(shop, REPO, 2), set(), 1)
+        assert line.waiting == ()  # the close took it out of the line
         await event(bot, 1, "closed")
         assert live(shop, view) == {}
         assert [d for d in shop.deployments(REPO) if d["environment"] == "preview-2"] == []

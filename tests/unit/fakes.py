@@ -379,8 +379,11 @@ class FakeLocks:
         line = self.line.get(repo) or slots.Line(key.repo_id, key.repo)
         return line, slots.free_slots(self.claims.get(repo, {}), live, cap, datetime.now(UTC), timedelta(minutes=10))
 
-    async def lines(self) -> list[slots.Line]:
-        return [line for line in self.line.values() if line.waiting]
+    async def lines(self) -> tuple[Any, list[tuple[int, str]]]:
+        return None, [(int(repo), line.repo) for repo, line in self.line.items() if line.waiting]
+
+    async def unindex(self, repo_id: int, index: Any) -> None:
+        return None
 
 
 class FakeLeases:

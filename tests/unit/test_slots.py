@@ -67,8 +67,8 @@ def test_a_refusal_without_a_line_says_what_deploys_later() -> None:
 def test_a_refusal_in_line_gives_the_place_and_says_it_deploys_by_itself() -> None:
     text = slots.refusal(3, 3, 2)
     assert text.startswith("Waiting for a preview slot: this repository already has 3 live previews (the limit is "
-                           "3). This pull request is 2nd in line and is deployed by itself, oldest first, as soon as "
-                           "a slot frees")
+                           "3). This pull request is 2nd in line (when this was written): it is deployed by itself, "
+                           "oldest first, as soon as a slot frees")
     assert "nobody needs to comment" in text and "Comment `/preview`" not in text
     # A free slot kept for the PRs ahead in line.
     assert "already has 0 live previews (the limit is 1), and the free slot goes to the pull requests waiting in " \
@@ -82,8 +82,12 @@ def test_a_refusal_with_a_full_line_says_so_and_what_to_do() -> None:
                            "may wait. This one is not in line: comment `/preview` to deploy it once a slot is free")
 
 
+def k(n: int) -> str:
+    return f"preview-{n}-abc123"
+
+
 def waiter(n: int, sha: str = "a" * 40, by: str = slots.EVENT) -> slots.Waiter:
-    return slots.Waiter(f"p-{n}", n, sha, by, at(0))
+    return slots.Waiter(k(n), n, sha, by, at(0))
 
 
 def line_of(*numbers: int) -> slots.Line:
@@ -92,30 +96,30 @@ def line_of(*numbers: int) -> slots.Line:
 
 def test_the_free_slots_go_to_the_line_first_oldest_first() -> None:
     line = line_of(5, 6)
-    claims = {"p-1": at(1)}  # cap 2: one slot free
-    assert slots.ahead_of(line, "p-5") == 0 and slots.ahead_of(line, "p-6") == 1
-    assert slots.ahead_of(line, "p-9") == 2  # a newcomer waits behind everyone
-    assert slots.decide(claims, {"p-1"}, "p-5", 2, NOW, STALE, slots.ahead_of(line, "p-5"))[0]
-    assert not slots.decide(claims, {"p-1"}, "p-6", 2, NOW, STALE, slots.ahead_of(line, "p-6"))[0]
-    assert not slots.decide(claims, {"p-1"}, "p-9", 2, NOW, STALE, slots.ahead_of(line, "p-9"))[0]
+    claims = {k(1): at(1)}  # cap 2: one slot free
+    assert slots.ahead_of(line, k(5)) == 0 and slots.ahead_of(line, k(6)) == 1
+    assert slots.ahead_of(line, k(9)) == 2  # a newcomer waits behind everyone
+    assert slots.decide(claims, {k(1)}, k(5), 2, NOW, STALE, slots.ahead_of(line, k(5)))[0]
+    assert not slots.decide(claims, {k(1)}, k(6), 2, NOW, STALE, slots.ahead_of(line, k(6)))[0]
+    assert not slots.decide(claims, {k(1)}, k(9), 2, NOW, STALE, slots.ahead_of(line, k(9)))[0]
     # A waiter that holds a slot meanwhile (a `/preview` elsewhere) waits no more and keeps nobody out.
-    assert slots.ahead_of(line, "p-6", holders={"p-5"}) == 0
-    assert slots.free_slots(claims, {"p-1"}, 2, NOW, STALE) == 1
-    assert slots.free_slots({"p-1": at(30)}, set(), 2, NOW, STALE) == 2  # a crash's leftover claim
+    assert slots.ahead_of(line, k(6), holders={k(5)}) == 0
+    assert slots.free_slots(claims, {k(1)}, 2, NOW, STALE) == 1
+    assert slots.free_slots({k(1): at(30)}, set(), 2, NOW, STALE) == 2  # a crash's leftover claim
 
 
 def test_joining_keeps_a_place_and_the_line_is_capped() -> None:
     line, place = slots.join(line_of(), waiter(1))
     assert place == 1
     line, place = slots.join(line, waiter(2))
-    assert place == 2 and line.keys() == ["p-1", "p-2"]
+    assert place == 2 and line.keys() == [k(1), k(2)]
     # The first asks again (a push): same place, new commit, same time in line.
     again, place = slots.join(line, replace(waiter(1, "b" * 40), since=at(-5)))
-    assert place == 1 and again.keys() == ["p-1", "p-2"]
+    assert place == 1 and again.keys() == [k(1), k(2)]
     assert again.waiting[0].sha == "b" * 40 and again.waiting[0].since == line.waiting[0].since
     full = line_of(*range(100, 100 + slots.MAX_WAITING))
     assert slots.join(full, waiter(1)) == (full, None)
-    assert slots.leave(line, "p-1", "p-9").keys() == ["p-2"]
+    assert slots.leave(line, k(1), k(9)).keys() == [k(2)]
 
 
 def test_the_line_round_trips_and_garbage_reads_as_empty() -> None:
@@ -123,9 +127,9 @@ def test_the_line_round_trips_and_garbage_reads_as_empty() -> None:
     assert slots.parse_line(slots.render_line(line)) == line
     assert slots.parse_line("not json") == slots.Line() and slots.parse_line("[1]") == slots.Line()
     assert slots.parse_line(None) == slots.Line()
-    damaged = '{"repo_id": 1, "repo": "a/b", "waiting": [{"pr": 2}, {"key": "p-3", "pr": "x"}, ' \
-              '{"key": "p-4", "pr": 4}, {"key": "p-4", "pr": 4}]}'
-    assert slots.parse_line(damaged).keys() == ["p-4"]
+    damaged = '{"repo_id": 1, "repo": "a/b", "waiting": [{"pr": 2}, {"key": "preview-3-a", "pr": "x"}, ' \
+              '{"key": "preview-5-a", "pr": 4}, {"key": "preview-4-a", "pr": 4}, {"key": "preview-4-a", "pr": 4}]}'
+    assert slots.parse_line(damaged).keys() == ["preview-4-a"]
 
 
 @pytest.mark.parametrize(("by", "facts", "expected"), [
