@@ -176,3 +176,23 @@ async def test_a_waiter_is_deployed_as_its_own_event_would_be_once_its_checks_su
         await bot.settle()
         assert live(fake_github, view) == {2: head}
         assert "Preview: ready" in sticky(fake_github, 2)
+
+
+async def test_under_trigger_label_a_waiter_whose_label_went_leaves_the_line(
+        fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView) -> None:
+    """`trigger: label`: PR 2's label is removed while it waits and the `unlabeled` event is lost; offered
+    the slot, it is read again from GitHub, leaves the line with the reason, and PR 3 gets the slot."""
+    fake_github.add_repo(REPO, files={".github/preview.yml": "trigger: label\nlabel: preview\n" + CONFIG})
+    async with running_bot(fake_github, cluster, namespace, **CAP) as bot:
+        for number in (1, 2, 3):
+            fake_github.add_pull(REPO, number)
+            await event(bot, number, "labeled", label="preview")
+        assert list(live(fake_github, view)) == [1]
+        assert "2nd in line" in sticky(fake_github, 3)
+        pull_request_event(fake_github, REPO, 2, "unlabeled", label="preview")  # the event is lost
+
+        await event(bot, 1, "closed")
+        assert list(live(fake_github, view)) == [3]
+        assert "No longer waiting for a preview slot: the `preview` label is no longer on the pull request" \
+            in sticky(fake_github, 2)
+        assert [d for d in fake_github.deployments(REPO) if d["environment"] == "preview-2"] == []

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bot import comment, gate
+from bot import comment, gate, slots
 from bot.comment import Report, State
 from bot.errors import RoutesNotRemoved
 from bot.gate import WaitRegistry
@@ -587,3 +587,17 @@ async def test_every_pass_resumes_a_deploy_a_shutdown_cut_off_once_it_is_old_eno
     assert resumed == [(gh.repo_id, gh.repo, 1, "unfinished")]
     assert [(a.kind, a.target, a.reason) for a in report.actions] == [
         ("resume", "acme/shop#1", "deploy did not finish")]
+
+
+async def test_the_line_is_bounded_and_the_one_beyond_is_told_what_to_do() -> None:
+    gh, kube, locks, previewer = setup(cap=1)
+    kube.add_preview(key(gh, 100), SHA1)
+    for number in range(1, slots.MAX_WAITING + 2):
+        gh.add_pull(number, SHA1, files=["services/a/main.go"])
+        result = await previewer.deploy(gh, number, SHA1)
+        assert result.in_line is (number <= slots.MAX_WAITING)
+    assert len(locks.line[str(gh.repo_id)].waiting) == slots.MAX_WAITING
+    body = gh.sticky(slots.MAX_WAITING + 1) or ""
+    assert "Preview: not deployed" in body and f"{slots.MAX_WAITING} pull requests already wait in line" in body
+    assert "comment `/preview` to deploy it once a slot is free" in body
+    assert f"{slots.ordinal(slots.MAX_WAITING)} in line" in (gh.sticky(slots.MAX_WAITING) or "")
