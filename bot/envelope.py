@@ -3,7 +3,7 @@
 Intake (bot.webhook) must answer in milliseconds, and under a flood most deliveries of a PR are merged
 into one pending job and never run (bot.coalesce). So it reads only the envelope: the fields that
 decide whether a delivery is work, which PR it belongs to and how it merges (`action`, `installation`,
-`repository.id`/`full_name`, `pull_request.number`, `issue.number`/`pull_request`, `comment.body`,
+`repository.id`/`full_name`, `pull_request.number`/`draft`, `issue.number`/`pull_request`, `comment.body`,
 `label.name`, `changes.base`: an `edited` PR is work only when its base branch changed), keyed and
 nested as in GitHub's payload, so the pure rules (bot.coalesce, bot.triggers.event_subject) read it like
 the payload itself. The whole payload is decoded when the job
@@ -41,6 +41,7 @@ class _Repository(TypedDict, total=False):
 
 class _PullRequest(TypedDict, total=False):
     number: int
+    draft: bool  # remembered per event by a merged job (bot.coalesce, "Merge rule")
 
 
 class _Issue(TypedDict, total=False):
@@ -126,7 +127,8 @@ _COMMON: tuple[tuple[tuple[str, ...], tuple[type, ...], bool], ...] = (
 )
 _BY_EVENT: dict[str, tuple[tuple[tuple[str, ...], tuple[type, ...], bool], ...]] = {
     "pull_request": ((("action",), (str,), True), (("pull_request",), (dict,), True),
-                     (("pull_request", "number"), (int,), True), (("label",), (dict, type(None)), False),
+                     (("pull_request", "number"), (int,), True), (("pull_request", "draft"), (bool,), False),
+                     (("label",), (dict, type(None)), False),
                      (("label", "name"), (str,), False), (("changes",), (dict,), False),
                      (("changes", "base"), (dict,), False)),
     "issue_comment": ((("action",), (str,), True), (("issue",), (dict,), True), (("issue", "number"), (int,), True),
