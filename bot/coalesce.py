@@ -14,20 +14,22 @@ stopped too (a label asks for no preview; a stopped head stays stopped). One PR 
 converge job more than its pending commands and check jobs: a flood of `pull_request` events for it
 stays one job. A running deploy stops waiting for its rollout only when the job next in line is a
 converge job, into which the running one is then merged (bot.queue.WorkQueue.supersedes_running): the
-deploy cut short is done again by it, whatever the newer events ask for. A command or check job waits
-for the running job to finish (a stop comes after the rollout wait, at most PREVIEW_READY_TIMEOUT):
-cutting it short for a `/preview explain`, or a stranger's `/preview stop` that changes nothing, would
-leave the PR half-deployed.
+deploy cut short is done again by it, whatever the newer events ask for (at the head as it is then: the
+same end as if the running job had started after those events). A command or check job waits for the
+running job to finish (a stop comes after the rollout wait: Previewer.longest_wait): cutting it short
+for a `/preview explain`, or a stranger's `/preview stop` that changes nothing, would leave the PR
+half-deployed.
 
-Merge rule. A merged event keeps the newest payload (the PR's latest state: labels, open or closed) and
-the distinct `(action, changed label, draft)` triples seen, ordered by their last occurrence; `draft` is
-the event's own `pull_request.draft`, since a PR turns draft without an event the bot queues
-(`converted_to_draft`), whereas labels and open/closed change only through events that are merged too.
-The handler judges each triple against the newest state and acts on the last one that asks for
-something (`bot.triggers.decide_merged`); a base change (`edited`, which deploys only a PR not stopped at
-its head) deploys regardless of a stop when an earlier triple of the job deployed first. This is what
-processing the events one by one gives: every event after the one that decides asks for nothing, and
-repeating a triple does not change its decision.
+Merge rule. A merged event keeps the newest payload and, for each event merged, a Pair: its action, its
+changed label and the PR's state in its own payload (labels, draft, open or closed), each distinct Pair
+once, ordered by its last occurrence. The handler judges each Pair as its own event would be judged
+(`bot.triggers.decide_merged`; an event on a closed PR asks for nothing unless it is the close) and acts
+on the last one that asks for something; a base change (`edited`, which deploys only a PR not stopped
+at its head) deploys regardless of a stop when an earlier Pair of the job deployed first, and nothing
+after an earlier teardown of the job (which then decides). This is what processing the events one by
+one gives: every event after the one that decides asks for nothing, and repeating a Pair does not
+change its decision. Not the newest state for all: a PR turns draft without an event the bot queues
+(`converted_to_draft`), and a label or a close can be in an earlier job, before a command.
 """
 
 from __future__ import annotations
@@ -49,9 +51,9 @@ COMMAND: Final = "command"
 CHECKS: Final = "checks"  # a check run or commit status changed: its own job (bot.handlers.checks)
 # check_run actions a handler acts on: a run appearing (waited for, in progress) or concluding.
 CHECK_RUN_ACTIONS: Final = frozenset({"created", "completed"})
-# Distinct (action, label, draft) triples a merged event remembers; beyond this the oldest are
-# forgotten. There are 8 actions, so only a PR whose labels change more than ~15 ways while one job runs
-# gets here.
+# Distinct Pairs a merged event remembers; beyond this the oldest are forgotten (the one deciding is
+# almost always among the newest). A flood repeating one event is one Pair; only a PR whose labels or
+# draft state change more than ~30 ways while one job runs gets here.
 MAX_ACTIONS: Final = 32
 MERGED_KEY: Final = "preview_bot_actions"  # where a merged event lists its pairs (not a GitHub key)
 
@@ -81,20 +83,24 @@ def base_changed(data: Mapping[str, Any]) -> bool:
 
 
 def pairs_of(data: Mapping[str, Any]) -> list[Pair]:
-    """The (action, changed label, draft) triples an event stands for: its own, or those merged into it
-    (`data`: a payload or its envelope, bot.envelope)."""
+    """The Pairs (action, changed label, the PR's state in the event's payload) an event stands for: its
+    own, or those merged into it (`data`: a payload or its envelope, bot.envelope)."""
     merged = data.get(MERGED_KEY)
     if merged is not None:
-        return [Pair(str(a), None if label is None else str(label), None if draft is None else bool(draft))
-                for a, label, draft in merged]
-    draft = (data.get("pull_request") or {}).get("draft")
+        return [Pair(str(a), None if label is None else str(label), None if draft is None else bool(draft),
+                     None if closed is None else bool(closed), None if labels is None else tuple(labels))
+                for a, label, draft, closed, labels in merged]
+    pull = data.get("pull_request") or {}
+    draft, state, labels = pull.get("draft"), pull.get("state"), pull.get("labels")
     return [Pair(str(data.get("action")), (data.get("label") or {}).get("name"),
-                 draft if isinstance(draft, bool) else None)]
+                 draft if isinstance(draft, bool) else None, state == "closed" if isinstance(state, str) else None,
+                 tuple(sorted(str(item.get("name")) for item in labels if isinstance(item, Mapping)))
+                 if isinstance(labels, list) else None)]
 
 
 def merge_pull_events(older: Mapping[str, Any], newer: Mapping[str, Any]) -> dict[str, Any]:
     """One payload standing for `older` then `newer` (two `pull_request` events of one PR, nothing between
-    them in its queue): `newer`'s data, both events' triples (each once, at its last occurrence, at most
+    them in its queue): `newer`'s data, both events' Pairs (each once, at its last occurrence, at most
     MAX_ACTIONS of them)."""
     older_pairs, newer_pairs = pairs_of(older), pairs_of(newer)
     if newer_pairs == older_pairs[-1:]:
@@ -106,5 +112,6 @@ def merge_pull_events(older: Mapping[str, Any], newer: Mapping[str, Any]) -> dic
                 latest_first.append(pair)
         pairs = list(reversed(latest_first[:MAX_ACTIONS]))
     merged = dict(newer)
-    merged[MERGED_KEY] = [list(p) for p in pairs]
+    merged[MERGED_KEY] = [[p.action, p.label, p.draft, p.closed, None if p.labels is None else list(p.labels)]
+                          for p in pairs]
     return merged

@@ -99,11 +99,14 @@ def decide(config: RepoConfig, facts: PullRequestFacts) -> Decision:
 
 
 class Pair(NamedTuple):
-    """What one `pull_request` event of a merged job stands for (bot.coalesce.pairs_of)."""
+    """What one `pull_request` event of a merged job stands for (bot.coalesce.pairs_of): its action and
+    the PR's state in its own payload (None: not given, the newest payload's applies)."""
 
     action: str
     label: str | None = None  # the changed label of labeled/unlabeled (`label.name`)
-    draft: bool | None = None  # the event's own `pull_request.draft`; None: not given, the newest applies
+    draft: bool | None = None  # `pull_request.draft`
+    closed: bool | None = None  # `pull_request.state` was "closed"
+    labels: tuple[str, ...] | None = None  # `pull_request.labels[].name`, sorted
 
 
 class MergedDecision(NamedTuple):
@@ -118,15 +121,20 @@ class MergedDecision(NamedTuple):
 
 def decide_merged(config: RepoConfig, latest: PullRequestFacts, pairs: Sequence[Pair]) -> MergedDecision:
     """The decision for several merged events of one PR, as processing them one by one gives it (see
-    bot.coalesce, "Merge rule"): each `(action, changed label, draft)` is judged against the PR's newest
-    state `latest` (its own `draft` when it has one), and the last one that asks for something wins. A
+    bot.coalesce, "Merge rule"): each Pair is judged as its own event would be, against the PR's state
+    in its own payload (`latest`, the newest payload's, for what a Pair does not give; one that came
+    while the PR was closed asks for nothing unless it is the close, as bot.handlers.pull_request does
+    with a closed PR), and the last one that asks for something wins. A
     base change (BASE_CHANGED) that wins deploys regardless of a stop when an earlier event of the job
     deployed (one by one, that deploy lifted the stop); after an earlier teardown it stays stopped, so the
     teardown is the decision; with neither, it holds a stop (`holds_stop`)."""
     base_change = False
     for pair in reversed(pairs):
+        if pair.closed and pair.action != "closed":
+            continue
         facts = replace(latest, action=pair.action, changed_label=pair.label,
-                        draft=latest.draft if pair.draft is None else pair.draft)
+                        draft=latest.draft if pair.draft is None else pair.draft,
+                        labels=latest.labels if pair.labels is None else frozenset(pair.labels))
         decision = decide(config, facts)
         if decision is Decision.IGNORE:
             continue

@@ -167,7 +167,7 @@ class EventJob:
 
 def merge_converge(older: Job, newer: Job) -> Job:
     """Two `pull_request` jobs of one PR, next to each other in its queue, as one: the newer body, both
-    envelopes' (action, label, draft) triples (rules: bot.coalesce)."""
+    envelopes' Pairs (each event's action and PR state; rules: bot.coalesce)."""
     assert isinstance(older, EventJob) and isinstance(newer, EventJob)
     return EventJob(newer.dispatch, newer.event, newer.delivery, newer.body,
                     coalesce.merge_pull_events(older.envelope, newer.envelope))

@@ -75,7 +75,9 @@ def test_merge_keeps_the_newest_payload_and_each_pair_once_at_its_last_occurrenc
                     pull_event("synchronize", sha="2" * 40), pull_event("labeled", label="bug"),
                     pull_event("synchronize", sha="3" * 40))
     assert result["pull_request"]["head"]["sha"] == "3" * 40
-    assert coalesce.pairs_of(result) == [Pair("opened"), Pair("labeled", "bug"), Pair("synchronize")]
+    assert coalesce.pairs_of(result) == [Pair("opened", closed=False, labels=()),
+                                         Pair("labeled", "bug", closed=False, labels=()),
+                                         Pair("synchronize", closed=False, labels=())]
 
 
 def test_merge_keeps_each_events_own_draft_flag() -> None:
@@ -84,10 +86,38 @@ def test_merge_keeps_each_events_own_draft_flag() -> None:
     ready, draft = pull_event("synchronize"), pull_event("labeled", label="bug")
     ready["pull_request"]["draft"], draft["pull_request"]["draft"] = False, True
     pairs = coalesce.pairs_of(merged(ready, draft))
-    assert pairs == [Pair("synchronize", None, False), Pair("labeled", "bug", True)]
+    assert pairs == [Pair("synchronize", None, False, False, ()), Pair("labeled", "bug", True, False, ())]
     latest = PullRequestFacts("labeled", True, False, frozenset(), "bug")
     assert decide_merged(AUTO, latest, pairs).decision is Decision.DEPLOY, "as one by one: the push deployed"
     assert decide_merged(AUTO, latest, [Pair("synchronize"), Pair("labeled", "bug")]).decision is Decision.IGNORE
+
+
+def test_each_event_is_judged_with_the_labels_of_its_own_payload() -> None:
+    """`trigger: label`: the label removed, the PR marked ready (no label: nothing), turned draft, then
+    labelled (a draft: nothing). One by one nothing deploys; judged with the newest labels, the ready
+    would."""
+    unlabel = pull_event("unlabeled", label="preview")
+    ready = pull_event("ready_for_review")
+    label = pull_event("labeled", label="preview", labels=("preview",))
+    label["pull_request"]["draft"] = True
+    pairs = coalesce.pairs_of(merged(unlabel, ready, label))
+    assert pairs[1] == Pair("ready_for_review", closed=False, labels=())
+    latest = PullRequestFacts("labeled", True, False, frozenset({"preview"}), "preview")
+    assert decide_merged(LABEL, latest, pairs) == MergedDecision(Decision.TEARDOWN, "unlabeled")
+
+
+def test_an_event_that_came_while_the_pr_was_closed_asks_for_nothing_but_the_close() -> None:
+    """Closed (in an earlier job), then `/preview` redeployed, then the label removed and the PR reopened:
+    one by one, the unlabel on the closed PR does nothing (bot.handlers.pull_request) and the reopen
+    without the label asks for nothing, so the preview `/preview` deployed stays."""
+    unlabel = pull_event("unlabeled", label="preview", state="closed")
+    reopen = pull_event("reopened")
+    pairs = coalesce.pairs_of(merged(unlabel, reopen))
+    assert pairs == [Pair("unlabeled", "preview", closed=True, labels=()), Pair("reopened", closed=False, labels=())]
+    latest = PullRequestFacts("reopened", False, False, frozenset(), None)
+    assert decide_merged(LABEL, latest, pairs).decision is Decision.IGNORE
+    close_too = coalesce.pairs_of(merged(pull_event("closed", state="closed"), unlabel, reopen))
+    assert decide_merged(LABEL, latest, close_too) == MergedDecision(Decision.TEARDOWN, "closed")
 
 
 @pytest.mark.parametrize(("pairs", "expected"), [
@@ -111,7 +141,7 @@ def test_merged_pairs_are_bounded() -> None:
     result = merged(*events)
     pairs = coalesce.pairs_of(result)
     assert len(pairs) == coalesce.MAX_ACTIONS
-    assert pairs[-1] == Pair("labeled", f"l{coalesce.MAX_ACTIONS + 19}")
+    assert pairs[-1] == Pair("labeled", f"l{coalesce.MAX_ACTIONS + 19}", closed=False, labels=())
 
 
 @pytest.mark.parametrize(("config", "actions", "labels", "expected"), [
@@ -325,7 +355,8 @@ async def test_full_queue_answers_503_counts_it_and_does_not_remember_the_delive
     assert [e.data["number"] for e in dispatched] == [1, 2, 3]
     pr2 = dispatched[1].data
     assert pr2["pull_request"]["head"]["sha"] == f"{49:040d}", "the merged job carries the newest payload"
-    assert coalesce.pairs_of(pr2) == [Pair("opened"), Pair("synchronize")]
+    assert coalesce.pairs_of(pr2) == [Pair("opened", closed=False, labels=()),
+                                      Pair("synchronize", closed=False, labels=())]
 
 
 async def test_mergeable_jobs_of_one_key_start_at_most_once_per_interval_commands_never_wait() -> None:

@@ -18,6 +18,8 @@ from tests.fakegithub.spec import webhook_examples
 def is_subtree(part: Any, whole: Any) -> bool:
     if isinstance(part, dict):
         return isinstance(whole, dict) and all(k in whole and is_subtree(v, whole[k]) for k, v in part.items())
+    if isinstance(part, list):  # a list of objects: each element's sub-tree (pull_request.labels)
+        return isinstance(whole, list) and len(part) == len(whole) and all(map(is_subtree, part, whole))
     return bool(part == whole and type(part) is type(whole))
 
 
@@ -58,7 +60,9 @@ def test_the_pull_request_envelope_holds_only_what_intake_reads() -> None:
     assert set(small) <= {"action", "installation", "repository", "pull_request", "issue", "comment", "label",
                           "changes"}
     assert small["pull_request"] == {"number": example["pull_request"]["number"],
-                                     "draft": example["pull_request"]["draft"]}
+                                     "draft": example["pull_request"]["draft"],
+                                     "state": example["pull_request"]["state"],
+                                     "labels": [{"name": label["name"]} for label in example["pull_request"]["labels"]]}
     assert small["label"] == {"name": example["label"]["name"]}
     assert small["repository"] == {"id": example["repository"]["id"],
                                    "full_name": example["repository"]["full_name"]}
