@@ -124,10 +124,10 @@ def decide_merged(config: RepoConfig, latest: PullRequestFacts, pairs: Sequence[
     bot.coalesce, "Merge rule"): each Pair is judged as its own event would be, against the PR's state
     in its own payload (`latest`, the newest payload's, for what a Pair does not give; one that came
     while the PR was closed asks for nothing unless it is the close, as bot.handlers.pull_request does
-    with a closed PR), and the last one that asks for something wins. A
-    base change (BASE_CHANGED) that wins deploys regardless of a stop when an earlier event of the job
-    deployed (one by one, that deploy lifted the stop); after an earlier teardown it stays stopped, so the
-    teardown is the decision; with neither, it holds a stop (`holds_stop`)."""
+    with a closed PR), and the last one that asks for something wins. A base change (BASE_CHANGED) that
+    wins deploys regardless of a stop when an earlier event of the job deployed (one by one, that deploy
+    lifted the stop); after an earlier teardown it stays stopped, so the teardown is the decision; with
+    neither, it holds a stop (`holds_stop`)."""
     base_change = False
     for pair in reversed(pairs):
         if pair.closed and pair.action != "closed":
