@@ -1,21 +1,35 @@
 """Which deliveries become work, and how a PR's pending work merges (pure).
 
 The bot is level-triggered: a `pull_request` event means "look at this PR and converge its preview".
-One PR therefore needs at most one pending converge job behind the running one; every further
-`pull_request` event merges into it (`merge_pull_events`). Commands are different: each `/preview`
-comment gets its own reaction or reply, so each stays its own job, in arrival order.
+A run of `pull_request` events with nothing else between them therefore needs one converge job: each
+such event merges into the PR's last pending job when that is a converge job (`merge_pull_events`,
+bot.queue.WorkQueue.submit). Commands are different: each `/preview` comment gets its own reaction or
+reply, so each stays its own job; so does each check_run/status job (bot.handlers.checks).
 
-Order rule. A merged converge job moves to the end of the PR's pending work, behind any command that
-arrived before its newest event. So `/preview stop` followed by a push deploys the pushed head again
-(as processing the two one by one would), and a push followed by `/preview stop` ends stopped: the
-last thing that happened wins, never a stale event. A stop is never lost: it is not merged, and a
-running deploy stops waiting for its rollout as soon as anything is pending behind it.
+Order rule. A PR's work runs in arrival order, merged or not: an event merges only into a converge job
+that nothing (no command, no check job) follows, else it starts a new converge job behind what came
+before it (which later events merge into). So `/preview stop` then a push deploys the pushed head, a push
+then `/preview stop` ends stopped, and a push, `/preview stop`, then a label at the same head ends
+stopped too (a label asks for no preview; a stopped head stays stopped). One PR thus holds at most one
+converge job more than its pending commands and check jobs: a flood of `pull_request` events for it
+stays one job. A running deploy stops waiting for its rollout only when the job next in line is a
+converge job, into which the running one is then merged (bot.queue.WorkQueue.supersedes_running): the
+deploy cut short is done again by it, whatever the newer events ask for (at the head as it is then: the
+same end as if the running job had started after those events). A command or check job waits for the
+running job to finish (a stop comes after the rollout wait: Previewer.longest_wait): cutting it short
+for a `/preview explain`, or a stranger's `/preview stop` that changes nothing, would leave the PR
+half-deployed.
 
-Merge rule. A merged event keeps the newest payload (the PR's latest state: labels, draft, open or
-closed) and the distinct `(action, changed label)` pairs seen, ordered by their last occurrence. The
-handler evaluates each pair against the newest state and acts on the last one that asks for
-something (`bot.triggers.decide_merged`): the result is the one that processing every event in order
-against the PR's current state would give, since repeating a pair does not change its decision.
+Merge rule. A merged event keeps the newest payload and, for each event merged, a Pair: its action, its
+changed label and the PR's state in its own payload (labels, draft, open or closed), each distinct Pair
+once, ordered by its last occurrence. The handler judges each Pair as its own event would be judged
+(`bot.triggers.decide_merged`; an event on a closed PR asks for nothing unless it is the close) and acts
+on the last one that asks for something; a base change (`edited`, which deploys only a PR not stopped
+at its head) deploys regardless of a stop when an earlier Pair of the job deployed first, and nothing
+after an earlier teardown of the job (which then decides). This is what processing the events one by
+one gives: every event after the one that decides asks for nothing, and repeating a Pair does not
+change its decision. Not the newest state for all: a PR turns draft without an event the bot queues
+(`converted_to_draft`), and a label or a close can be in an earlier job, before a command.
 """
 
 from __future__ import annotations
@@ -24,6 +38,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from bot.commands import parse_command
+from bot.triggers import Pair
 
 # pull_request actions a handler acts on (bot.handlers.pull_request); the others need no work. `edited`
 # only when it changed the base branch (`base_changed`): that changes the PR's diff, so what `paths`
@@ -36,12 +51,11 @@ COMMAND: Final = "command"
 CHECKS: Final = "checks"  # a check run or commit status changed: its own job (bot.handlers.checks)
 # check_run actions a handler acts on: a run appearing (waited for, in progress) or concluding.
 CHECK_RUN_ACTIONS: Final = frozenset({"created", "completed"})
-# Distinct (action, label) pairs a merged event remembers; beyond this the oldest are forgotten. There
-# are 8 actions, so only a PR whose labels change more than ~30 ways while one job runs gets here.
+# Distinct Pairs a merged event remembers; beyond this the oldest are forgotten (the one deciding is
+# almost always among the newest). A flood repeating one event is one Pair; only a PR whose labels or
+# draft state change more than ~30 ways while one job runs gets here.
 MAX_ACTIONS: Final = 32
 MERGED_KEY: Final = "preview_bot_actions"  # where a merged event lists its pairs (not a GitHub key)
-
-Pair = tuple[str, str | None]
 
 
 def classify(event: str, data: Mapping[str, Any]) -> str | None:
@@ -69,16 +83,25 @@ def base_changed(data: Mapping[str, Any]) -> bool:
 
 
 def pairs_of(data: Mapping[str, Any]) -> list[Pair]:
-    """The (action, changed label) pairs an event stands for: its own, or those merged into it."""
+    """The Pairs (action, changed label, the PR's state in the event's payload) an event stands for: its
+    own, or those merged into it (`data`: a payload or its envelope, bot.envelope)."""
     merged = data.get(MERGED_KEY)
     if merged is not None:
-        return [(str(a), None if label is None else str(label)) for a, label in merged]
-    return [(str(data.get("action")), (data.get("label") or {}).get("name"))]
+        return [Pair(str(a), None if label is None else str(label), None if draft is None else bool(draft),
+                     None if closed is None else bool(closed), None if labels is None else tuple(labels))
+                for a, label, draft, closed, labels in merged]
+    pull = data.get("pull_request") or {}
+    draft, state, labels = pull.get("draft"), pull.get("state"), pull.get("labels")
+    return [Pair(str(data.get("action")), (data.get("label") or {}).get("name"),
+                 draft if isinstance(draft, bool) else None, state == "closed" if isinstance(state, str) else None,
+                 tuple(sorted(str(item.get("name")) for item in labels if isinstance(item, Mapping)))
+                 if isinstance(labels, list) else None)]
 
 
 def merge_pull_events(older: Mapping[str, Any], newer: Mapping[str, Any]) -> dict[str, Any]:
-    """One payload standing for `older` then `newer`: `newer`'s data, both events' pairs (each pair once,
-    at its last occurrence, at most MAX_ACTIONS of them)."""
+    """One payload standing for `older` then `newer` (two `pull_request` events of one PR, nothing between
+    them in its queue): `newer`'s data, both events' Pairs (each once, at its last occurrence, at most
+    MAX_ACTIONS of them)."""
     older_pairs, newer_pairs = pairs_of(older), pairs_of(newer)
     if newer_pairs == older_pairs[-1:]:
         pairs = older_pairs  # a flood repeating the last pair: nothing moves (the common case)
@@ -89,5 +112,6 @@ def merge_pull_events(older: Mapping[str, Any], newer: Mapping[str, Any]) -> dic
                 latest_first.append(pair)
         pairs = list(reversed(latest_first[:MAX_ACTIONS]))
     merged = dict(newer)
-    merged[MERGED_KEY] = [list(p) for p in pairs]
+    merged[MERGED_KEY] = [[p.action, p.label, p.draft, p.closed, None if p.labels is None else list(p.labels)]
+                          for p in pairs]
     return merged

@@ -51,8 +51,9 @@ class Context:
     waits: WaitRegistry = field(default_factory=WaitRegistry)
 
     def superseded(self, repo_id: int, number: int) -> bool:
-        """A newer event of the PR waits in the queue (keyed like webhook.work_key)."""
-        return self.queue.has_pending((str(repo_id), number))
+        """The PR's next queued job does the running one's work too (keyed like webhook.work_key): the
+        running one may stop waiting (bot.queue.WorkQueue.supersedes_running)."""
+        return self.queue.supersedes_running((str(repo_id), number))
 
     async def dispatch(self, event: sansio.Event) -> None:
         """Run the routers for one event on a fresh installation client (in the background)."""

@@ -3,8 +3,8 @@
 Intake (bot.webhook) must answer in milliseconds, and under a flood most deliveries of a PR are merged
 into one pending job and never run (bot.coalesce). So it reads only the envelope: the fields that
 decide whether a delivery is work, which PR it belongs to and how it merges (`action`, `installation`,
-`repository.id`/`full_name`, `pull_request.number`, `issue.number`/`pull_request`, `comment.body`,
-`label.name`, `changes.base`: an `edited` PR is work only when its base branch changed), keyed and
+`repository.id`/`full_name`, `pull_request.number`/`draft`/`state`/`labels[].name`, `issue.number`/`pull_request`,
+`comment.body`, `label.name`, `changes.base`: an `edited` PR is work only when its base branch changed), keyed and
 nested as in GitHub's payload, so the pure rules (bot.coalesce, bot.triggers.event_subject) read it like
 the payload itself. The whole payload is decoded when the job
 runs (`payload`). For the 28 KB `pull_request.opened` example that is about 20 us instead of 70-90 us.
@@ -16,7 +16,8 @@ Invariants:
   not written for) is decoded whole instead; never refused for that (`decode_envelope`). For the events
   that can become work, intake refuses such a body naming the field (`shape_problem`): GitHub's own
   payloads of those events always fit (checked against every documented example).
-- The envelope of a body is a sub-tree of its payload: same keys, same values.
+- The envelope of a body is a sub-tree of its payload: same keys, same values (a list: the same
+  elements, each a sub-tree).
 """
 
 from __future__ import annotations
@@ -39,8 +40,16 @@ class _Repository(TypedDict, total=False):
     full_name: str
 
 
+class _Label(TypedDict, total=False):
+    name: str
+
+
 class _PullRequest(TypedDict, total=False):
     number: int
+    # These three: remembered per event by a merged job (bot.coalesce, "Merge rule").
+    draft: bool
+    state: str
+    labels: list[_Label]
 
 
 class _Issue(TypedDict, total=False):
@@ -50,10 +59,6 @@ class _Issue(TypedDict, total=False):
 
 class _Comment(TypedDict, total=False):
     body: str | None
-
-
-class _Label(TypedDict, total=False):
-    name: str
 
 
 class _Changes(TypedDict, total=False):
@@ -126,7 +131,9 @@ _COMMON: tuple[tuple[tuple[str, ...], tuple[type, ...], bool], ...] = (
 )
 _BY_EVENT: dict[str, tuple[tuple[tuple[str, ...], tuple[type, ...], bool], ...]] = {
     "pull_request": ((("action",), (str,), True), (("pull_request",), (dict,), True),
-                     (("pull_request", "number"), (int,), True), (("label",), (dict, type(None)), False),
+                     (("pull_request", "number"), (int,), True), (("pull_request", "draft"), (bool,), False),
+                     (("pull_request", "state"), (str,), False), (("pull_request", "labels"), (list,), False),
+                     (("label",), (dict, type(None)), False),
                      (("label", "name"), (str,), False), (("changes",), (dict,), False),
                      (("changes", "base"), (dict,), False)),
     "issue_comment": ((("action",), (str,), True), (("issue",), (dict,), True), (("issue", "number"), (int,), True),

@@ -1,9 +1,17 @@
 """Per-pull-request ordered work: one PR's jobs run strictly in order, different PRs in parallel, with a
 bound on how many run at once and on how many wait.
 
-Coalescing: a job submitted with a `slot` (e.g. "converge") replaces the key's pending job of the same
-slot, merged with it by `merge`, and moves to the end of the key's pending work (see bot.coalesce for
-why the end). So a flood of events for one PR holds one pending job, not one per event.
+Coalescing: a job submitted with a `slot` (e.g. "converge") merges, by `merge`, into the key's LAST
+pending job when that one is of the same slot; otherwise it is queued as a new job. So merging only ever
+joins jobs that are next to each other in arrival order, and the merged job keeps its place: the key's
+work runs in arrival order, merged or not (bot.coalesce, "Order rule"). A flood of events for one PR
+holds one pending job (plus one per command or check job that came in between, each its own job anyway).
+
+Taking over: a running job may stop waiting early (a deploy waiting for its rollout: the `superseded`
+callback of bot.previews.Previewer.deploy) only when the job next in line does its work too: a
+mergeable job of the same slot, into which the running job is then merged (`supersedes_running`). Any
+other job (a command, a check, a resume) waits for the running one to finish: its outcome would be
+lost otherwise (a `/preview explain` or a stranger's `/preview stop` converges nothing).
 
 Pace: with `min_interval`, a key's mergeable jobs start at most that often (commands never wait).
 
@@ -34,18 +42,20 @@ class QueueFull(Exception):
 
 
 class _Entry:
-    __slots__ = ("job", "slot", "supersedes")
+    __slots__ = ("carries_running", "job", "merge", "slot")
 
-    def __init__(self, job: Job, slot: Hashable | None, supersedes: bool) -> None:
+    def __init__(self, job: Job, slot: Hashable | None, merge: Merge | None) -> None:
         self.job = job
         self.slot = slot
-        self.supersedes = supersedes
+        self.merge = merge
+        self.carries_running = False  # the running job was merged into this one (supersedes_running)
 
 
 class WorkQueue:
     def __init__(self, max_concurrency: int, max_pending: int = 10_000, min_interval: float = 0.0) -> None:
         self._pending: dict[Hashable, deque[_Entry]] = {}
         self._workers: dict[Hashable, asyncio.Task[None]] = {}
+        self._running: dict[Hashable, _Entry] = {}  # key -> its job running now
         self._slots = asyncio.Semaphore(max_concurrency)
         self._waiting = 0
         self.max_pending = max_pending
@@ -63,33 +73,46 @@ class WorkQueue:
     def waiting(self) -> int:
         return self._waiting
 
-    def has_pending(self, key: Hashable) -> bool:
-        """True when newer work for `key` that supersedes the running job waits behind it."""
-        return any(entry.supersedes for entry in self._pending.get(key) or ())
+    def supersedes_running(self, key: Hashable) -> bool:
+        """True when `key`'s running job may stop early because the job next in line will do its work:
+        that job is of the running job's slot and mergeable, and the running job is merged into it
+        (once, on the first call that finds it; `merge(running, next)`). So stopping early loses
+        nothing, whatever the next job decides; any other next job (a command, a check) waits for the
+        running one to finish. A running job that asks and then finishes anyway is done again inside the
+        merged job: converging is idempotent (bot.coalesce)."""
+        running = self._running.get(key)
+        pending = self._pending.get(key)
+        if running is None or not pending:
+            return False
+        first = pending[0]
+        if first.carries_running:
+            return True
+        if running.slot is None or first.slot != running.slot or first.merge is None:
+            return False
+        first.job = first.merge(running.job, first.job)
+        first.carries_running = True
+        return True
 
-    def submit(self, key: Hashable, job: Job, *, supersedes: bool = True, slot: Hashable | None = None,
-               merge: Merge | None = None) -> bool:
+    def submit(self, key: Hashable, job: Job, *, slot: Hashable | None = None, merge: Merge | None = None) -> bool:
         """Queue `job` after `key`'s earlier work; returns True when it was merged into a pending job.
 
-        A job that `supersedes` (an event) lets the running job stop waiting early; a follow-up check
-        (supersedes=False) does not. With `slot`, a pending job of the same slot is replaced by
-        `merge(pending, job)` (default: `job`) at the end of the key's work.
+        With `slot`: when `key`'s last pending job is of the same slot, it becomes `merge(pending, job)`
+        (default: `job`) where it stands; a pending job with anything else behind it is never merged
+        into (the order of a PR's work is its arrival order). `merge` also lets the job take the running
+        job over (`supersedes_running`).
         Raises QueueClosed while draining, QueueFull when `max_pending` jobs already wait."""
         if not self.accepting:
             raise QueueClosed
         pending = self._pending.get(key)
-        if slot is not None and pending:
-            for entry in pending:
-                if entry.slot == slot:
-                    pending.remove(entry)
-                    merged = merge(entry.job, job) if merge is not None else job
-                    pending.append(_Entry(merged, slot, entry.supersedes or supersedes))
-                    return True
+        if slot is not None and pending and pending[-1].slot == slot:
+            last = pending[-1]
+            last.job = merge(last.job, job) if merge is not None else job
+            return True
         if self._waiting >= self.max_pending:
             raise QueueFull
         if pending is None:
             pending = self._pending[key] = deque()
-        pending.append(_Entry(job, slot, supersedes))
+        pending.append(_Entry(job, slot, merge))
         self._waiting += 1
         if key not in self._workers:
             self._workers[key] = asyncio.create_task(self._work(key), name=f"queue:{key}")
@@ -110,6 +133,7 @@ class WorkQueue:
                     entry = self._pending[key].popleft()
                     self._waiting -= 1
                     last_start = loop.time()
+                    self._running[key] = entry
                     try:
                         await entry.job()
                     except asyncio.CancelledError:
@@ -120,6 +144,8 @@ class WorkQueue:
                         log.exception("background job failed", extra={"queue_key": str(key)})
                     else:
                         metrics.JOBS.labels(outcome="ok").inc()
+                    finally:
+                        del self._running[key]
                 metrics.QUEUE_DEPTH.set(self.depth)
         finally:
             self._waiting -= len(self._pending.pop(key, ()))

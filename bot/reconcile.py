@@ -483,7 +483,7 @@ class Repositories:
 
 class Reconciler:
     """The reconciliation loop of one `serve` process, its start-up discovery and the resumption of
-    previews. `superseded(repo_id, number)`: a newer event of the PR waits in the queue."""
+    previews. `superseded(repo_id, number)`: the PR's next queued job takes its running one over."""
 
     def __init__(self, settings: Settings, kube: Kube, previewer: Previewer, repositories: Repositories,
                  queue: WorkQueue, waits: WaitRegistry, *, superseded: Callable[[int, int], bool],
@@ -580,7 +580,7 @@ class Reconciler:
         async def job() -> None:
             await self.redeploy(repo_id, repo, number, why)
         try:
-            self.queue.submit((str(repo_id), number), job, supersedes=False, slot="resume")
+            self.queue.submit((str(repo_id), number), job, slot="resume")
         except QueueClosed:
             pass
         except QueueFull:

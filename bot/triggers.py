@@ -98,13 +98,52 @@ def decide(config: RepoConfig, facts: PullRequestFacts) -> Decision:
     return Decision.AWAIT_APPROVAL if facts.fork else Decision.DEPLOY
 
 
-def decide_merged(config: RepoConfig, latest: PullRequestFacts,
-                  pairs: Sequence[tuple[str, str | None]]) -> tuple[Decision, str | None]:
-    """The decision for several merged events of one PR (see bot.coalesce): each `(action, changed
-    label)` pair is judged against the PR's newest state `latest`, and the last one that asks for
-    something wins. Returns that decision and the action that asked for it (None with IGNORE)."""
-    for action, label in reversed(pairs):
-        decision = decide(config, replace(latest, action=action, changed_label=label))
-        if decision is not Decision.IGNORE:
-            return decision, action
-    return Decision.IGNORE, None
+class Pair(NamedTuple):
+    """What one `pull_request` event of a merged job stands for (bot.coalesce.pairs_of): its action and
+    the PR's state in its own payload (None: not given, the newest payload's applies)."""
+
+    action: str
+    label: str | None = None  # the changed label of labeled/unlabeled (`label.name`)
+    draft: bool | None = None  # `pull_request.draft`
+    closed: bool | None = None  # `pull_request.state` was "closed"
+    labels: tuple[str, ...] | None = None  # `pull_request.labels[].name`, sorted
+
+
+class MergedDecision(NamedTuple):
+    """What a merged job does: the decision, the action that asked for it (None with IGNORE), and
+    `holds_stop`: the deploy is a base change's, which deploys nothing at a head the PR was stopped at
+    (gate.deploy_when_ready `unless_stopped`)."""
+
+    decision: Decision
+    action: str | None
+    holds_stop: bool = False
+
+
+def decide_merged(config: RepoConfig, latest: PullRequestFacts, pairs: Sequence[Pair]) -> MergedDecision:
+    """The decision for several merged events of one PR, as processing them one by one gives it (see
+    bot.coalesce, "Merge rule"): each Pair is judged as its own event would be, against the PR's state
+    in its own payload (`latest`, the newest payload's, for what a Pair does not give; one that came
+    while the PR was closed asks for nothing unless it is the close, as bot.handlers.pull_request does
+    with a closed PR), and the last one that asks for something wins. A base change (BASE_CHANGED) that
+    wins deploys regardless of a stop when an earlier event of the job deployed (one by one, that deploy
+    lifted the stop); after an earlier teardown it stays stopped, so the teardown is the decision; with
+    neither, it holds a stop (`holds_stop`)."""
+    base_change = False
+    for pair in reversed(pairs):
+        if pair.closed and pair.action != "closed":
+            continue
+        facts = replace(latest, action=pair.action, changed_label=pair.label,
+                        draft=latest.draft if pair.draft is None else pair.draft,
+                        labels=latest.labels if pair.labels is None else frozenset(pair.labels))
+        decision = decide(config, facts)
+        if decision is Decision.IGNORE:
+            continue
+        if decision is Decision.DEPLOY and pair.action == BASE_CHANGED:
+            base_change = True  # what came before decides whether a stop holds: look further back
+            continue
+        if base_change and decision is Decision.DEPLOY:
+            return MergedDecision(Decision.DEPLOY, BASE_CHANGED)
+        return MergedDecision(decision, pair.action)
+    if base_change:
+        return MergedDecision(Decision.DEPLOY, BASE_CHANGED, holds_stop=True)
+    return MergedDecision(Decision.IGNORE, None)

@@ -166,11 +166,20 @@ class EventJob:
 
 
 def merge_converge(older: Job, newer: Job) -> Job:
-    """Two pending `pull_request` jobs of one PR as one: the newer body, both envelopes' (action, label)
-    pairs (rules: bot.coalesce)."""
+    """Two `pull_request` jobs of one PR, next to each other in its queue, as one: the newer body, both
+    envelopes' Pairs (each event's action and PR state; rules: bot.coalesce)."""
     assert isinstance(older, EventJob) and isinstance(newer, EventJob)
     return EventJob(newer.dispatch, newer.event, newer.delivery, newer.body,
                     coalesce.merge_pull_events(older.envelope, newer.envelope))
+
+
+def enqueue(submit: Submit, kind: str, job: EventJob) -> bool:
+    """Queue a delivery's job in its PR's work by its `kind` (bot.coalesce.classify): a converge job merges
+    into the PR's last pending job when that is one (and may take a running one over), a command or
+    check job is its own. Returns True when merged; raises as WorkQueue.submit."""
+    if kind == coalesce.CONVERGE:
+        return submit(work_key(job.envelope), job, slot=kind, merge=merge_converge)
+    return submit(work_key(job.envelope), job)
 
 
 _COUNTERS: dict[tuple[str, str], Any] = {}
@@ -294,12 +303,8 @@ async def handle_webhook(request: web.Request) -> web.Response:
         config.remember(delivery, now)
         _count(event_name, "ignored")
         return _answer(202, b'{"msg":"no preview work in this event; ignored"}')
-    job = EventJob(config.dispatch, event_name, delivery, body, data)
     try:
-        if kind == coalesce.CONVERGE:
-            merged = config.submit(work_key(data), job, slot=kind, merge=merge_converge)
-        else:
-            merged = config.submit(work_key(data), job)
+        merged = enqueue(config.submit, kind, EventJob(config.dispatch, event_name, delivery, body, data))
     except QueueClosed:
         return _error(request, 503, "shutting down", "shutting down", event_name)
     except QueueFull:

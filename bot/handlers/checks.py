@@ -60,8 +60,8 @@ async def on_check(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
                                          superseded=lambda: ctx.superseded(client.repo_id, number))
 
         try:
-            # Not superseding: a check event must not cut a running deploy of the same PR short.
-            ctx.queue.submit((str(client.repo_id), number), job, supersedes=False)
+            # Its own job, never merged: a running deploy of the PR is never cut short for it.
+            ctx.queue.submit((str(client.repo_id), number), job)
         except QueueClosed:
             log.warning("shutting down; the check event is left to the next pass", extra={"pr": number})
         except QueueFull:

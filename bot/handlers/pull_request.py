@@ -14,13 +14,13 @@ from gidgethub import routing, sansio
 from gidgethub.abc import GitHubAPI
 
 from bot import gate
-from bot.coalesce import PULL_ACTIONS, Pair, pairs_of
+from bot.coalesce import PULL_ACTIONS, pairs_of
 from bot.comment import Report, State
 from bot.context import Context, repo_client
 from bot.errors import ConfigError
 from bot.github.client import RepoClient
 from bot.repo_config import CONFIG_PATH, RepoConfig, declared_trigger
-from bot.triggers import BASE_CHANGED, UPDATES, Decision, PullRequestFacts, decide_merged, facts_from_pull
+from bot.triggers import BASE_CHANGED, UPDATES, Decision, Pair, PullRequestFacts, decide_merged, facts_from_pull
 
 router = routing.Router()
 Handler = Callable[..., Awaitable[Any]]
@@ -42,14 +42,14 @@ async def label_asked(client: RepoClient, event: sansio.Event, pairs: list[Pair]
     """With the config invalid: a `labeled` event among `pairs` asked for a preview, judged by the `trigger`
     and `label` the file still declares (repo_config.declared_trigger; one more read of it). When even
     those cannot be read, any `labeled` event counts: it may be the opt-in, and the error must be seen."""
-    if not any(action == "labeled" for action, _label in pairs):
+    if not any(pair.action == "labeled" for pair in pairs):
         return False
     text = await client.file_text(CONFIG_PATH)
     declared = declared_trigger(text) if text is not None else None
     if declared is None:
         return True
     trigger, label = declared
-    decision, _ = decide_merged(RepoConfig(services=(), trigger=trigger, label=label), facts(event), pairs)
+    decision = decide_merged(RepoConfig(services=(), trigger=trigger, label=label), facts(event), pairs).decision
     return decision in (Decision.DEPLOY, Decision.AWAIT_APPROVAL)
 
 
@@ -68,7 +68,7 @@ async def on_pull_request(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> N
     pairs = pairs_of(event.data)
     if pr.get("comments") == 0:
         ctx.reporter.assume_no_comments(client, number)
-    actions = {action for action, _label in pairs}
+    actions = {pair.action for pair in pairs}
     if pr.get("state") == "closed":
         # A closed PR never keeps a preview, whatever the repository's config says (or fails to say).
         if "closed" in actions:
@@ -87,17 +87,18 @@ async def on_pull_request(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> N
     if config is None:
         return  # this repository does not use previews
     if not any(service.paths for service in config.services):
-        pairs = [pair for pair in pairs if pair[0] != BASE_CHANGED]  # a new base changes nothing deployed
-    decision, action = decide_merged(config, facts(event), pairs)
+        pairs = [pair for pair in pairs if pair.action != BASE_CHANGED]  # a new base changes nothing deployed
+    decision, action, holds_stop = decide_merged(config, facts(event), pairs)
     if decision is Decision.DEPLOY:
         # The head as of now, not as of the event, read under the PR's lock: another replica may be
         # handling a newer push, and both must converge on the same commit. Deploys now, or once the
         # checks the config waits for have succeeded (bot.gate). After a base change the head may run
         # already, but `paths` may select other services now: it is decided and deployed again.
-        # A base change alone asks for no preview: one stopped at this head stays stopped.
+        # A base change asks for no preview: one stopped at this head stays stopped, unless an earlier
+        # event of this (merged) job deployed first (bot.triggers.decide_merged).
         await gate.deploy_when_ready(ctx.previewer, ctx.waits, client, number, config=config,
-                                     recheck=any(pair[0] == BASE_CHANGED for pair in pairs),
-                                     unless_stopped=action == BASE_CHANGED,
+                                     recheck=any(pair.action == BASE_CHANGED for pair in pairs),
+                                     unless_stopped=holds_stop,
                                      superseded=lambda: ctx.superseded(client.repo_id, number))
     elif decision is Decision.TEARDOWN:
         reason = f"The `{config.label}` label was removed: preview removed." if action == "unlabeled" else \

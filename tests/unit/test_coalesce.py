@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from bot import coalesce, metrics
 from bot.queue import QueueFull, WorkQueue
 from bot.repo_config import RepoConfig, ServiceConfig
-from bot.triggers import Decision, PullRequestFacts, decide, decide_merged
+from bot.triggers import Decision, MergedDecision, Pair, PullRequestFacts, decide, decide_merged
 from bot.webhook import WebhookConfig, create_app
 
 SERVICES = (ServiceConfig(name="a", image="i", port=1),)
@@ -75,7 +75,65 @@ def test_merge_keeps_the_newest_payload_and_each_pair_once_at_its_last_occurrenc
                     pull_event("synchronize", sha="2" * 40), pull_event("labeled", label="bug"),
                     pull_event("synchronize", sha="3" * 40))
     assert result["pull_request"]["head"]["sha"] == "3" * 40
-    assert coalesce.pairs_of(result) == [("opened", None), ("labeled", "bug"), ("synchronize", None)]
+    assert coalesce.pairs_of(result) == [Pair("opened", closed=False, labels=()),
+                                         Pair("labeled", "bug", closed=False, labels=()),
+                                         Pair("synchronize", closed=False, labels=())]
+
+
+def test_merge_keeps_each_events_own_draft_flag() -> None:
+    """A PR turns draft without an event the bot queues (converted_to_draft): a push before it deploys,
+    one after it does not, so each event keeps its own `draft`."""
+    ready, draft = pull_event("synchronize"), pull_event("labeled", label="bug")
+    ready["pull_request"]["draft"], draft["pull_request"]["draft"] = False, True
+    pairs = coalesce.pairs_of(merged(ready, draft))
+    assert pairs == [Pair("synchronize", None, False, False, ()), Pair("labeled", "bug", True, False, ())]
+    latest = PullRequestFacts("labeled", True, False, frozenset(), "bug")
+    assert decide_merged(AUTO, latest, pairs).decision is Decision.DEPLOY, "as one by one: the push deployed"
+    assert decide_merged(AUTO, latest, [Pair("synchronize"), Pair("labeled", "bug")]).decision is Decision.IGNORE
+
+
+def test_each_event_is_judged_with_the_labels_of_its_own_payload() -> None:
+    """`trigger: label`: the label removed, the PR marked ready (no label: nothing), turned draft, then
+    labelled (a draft: nothing). One by one nothing deploys; judged with the newest labels, the ready
+    would."""
+    unlabel = pull_event("unlabeled", label="preview")
+    ready = pull_event("ready_for_review")
+    label = pull_event("labeled", label="preview", labels=("preview",))
+    label["pull_request"]["draft"] = True
+    pairs = coalesce.pairs_of(merged(unlabel, ready, label))
+    assert pairs[1] == Pair("ready_for_review", closed=False, labels=())
+    latest = PullRequestFacts("labeled", True, False, frozenset({"preview"}), "preview")
+    assert decide_merged(LABEL, latest, pairs) == MergedDecision(Decision.TEARDOWN, "unlabeled")
+
+
+def test_an_event_that_came_while_the_pr_was_closed_asks_for_nothing_but_the_close() -> None:
+    """Closed (in an earlier job), then `/preview` redeployed, then the label removed and the PR reopened:
+    one by one, the unlabel on the closed PR does nothing (bot.handlers.pull_request) and the reopen
+    without the label asks for nothing, so the preview `/preview` deployed stays."""
+    unlabel = pull_event("unlabeled", label="preview", state="closed")
+    reopen = pull_event("reopened")
+    pairs = coalesce.pairs_of(merged(unlabel, reopen))
+    assert pairs == [Pair("unlabeled", "preview", closed=True, labels=()), Pair("reopened", closed=False, labels=())]
+    latest = PullRequestFacts("reopened", False, False, frozenset(), None)
+    assert decide_merged(LABEL, latest, pairs).decision is Decision.IGNORE
+    close_too = coalesce.pairs_of(merged(pull_event("closed", state="closed"), unlabel, reopen))
+    assert decide_merged(LABEL, latest, close_too) == MergedDecision(Decision.TEARDOWN, "closed")
+
+
+@pytest.mark.parametrize(("pairs", "expected"), [
+    # A base change deploys only a PR not stopped at its head ...
+    ([Pair("edited")], MergedDecision(Decision.DEPLOY, "edited", holds_stop=True)),
+    ([Pair("edited"), Pair("labeled", "bug")], MergedDecision(Decision.DEPLOY, "edited", holds_stop=True)),
+    # ... but after a push of the same job, which deployed regardless of a stop, it deploys too ...
+    ([Pair("synchronize"), Pair("edited")], MergedDecision(Decision.DEPLOY, "edited")),
+    ([Pair("synchronize"), Pair("edited"), Pair("labeled", "bug")], MergedDecision(Decision.DEPLOY, "edited")),
+    # ... and after a close, nothing (a reopen deploys regardless of a stop).
+    ([Pair("closed"), Pair("edited")], MergedDecision(Decision.TEARDOWN, "closed")),
+    ([Pair("closed"), Pair("reopened"), Pair("edited")], MergedDecision(Decision.DEPLOY, "edited")),
+])
+def test_a_merged_base_change_holds_a_stop_as_one_by_one(pairs: list[Pair], expected: MergedDecision) -> None:
+    latest = PullRequestFacts(pairs[-1].action, False, False, frozenset(), pairs[-1].label)
+    assert decide_merged(AUTO, latest, pairs) == expected
 
 
 def test_merged_pairs_are_bounded() -> None:
@@ -83,7 +141,7 @@ def test_merged_pairs_are_bounded() -> None:
     result = merged(*events)
     pairs = coalesce.pairs_of(result)
     assert len(pairs) == coalesce.MAX_ACTIONS
-    assert pairs[-1] == ("labeled", f"l{coalesce.MAX_ACTIONS + 19}")
+    assert pairs[-1] == Pair("labeled", f"l{coalesce.MAX_ACTIONS + 19}", closed=False, labels=())
 
 
 @pytest.mark.parametrize(("config", "actions", "labels", "expected"), [
@@ -100,7 +158,7 @@ def test_merged_pairs_are_bounded() -> None:
 def test_decide_merged_examples(config: RepoConfig, actions: list[tuple[str, str | None]],
                                 labels: tuple[str, ...], expected: Decision) -> None:
     latest = PullRequestFacts(actions[-1][0], False, False, frozenset(labels), actions[-1][1])
-    assert decide_merged(config, latest, actions)[0] is expected
+    assert decide_merged(config, latest, [Pair(*pair) for pair in actions])[0] is expected
 
 
 PAIRS = st.sampled_from([("opened", None), ("reopened", None), ("synchronize", None), ("ready_for_review", None),
@@ -157,28 +215,57 @@ async def test_a_flood_for_one_pr_holds_one_pending_job_behind_the_running_one()
     assert merges == [False] + [True] * 999
     assert queue.waiting == 1
     assert queue.depth == 2
-    assert queue.has_pending("pr")
+    # The running job may stop early: the pending one takes its work over (merged into it, first).
+    assert queue.supersedes_running("pr")
     gate.set()
     await queue.join()
-    assert log == ["first", "+".join(f"e{i}" for i in range(1000))]
+    assert log == ["first", "first+" + "+".join(f"e{i}" for i in range(1000))]
     assert queue.depth == 0
 
 
-async def test_commands_are_never_merged_and_a_merged_job_moves_behind_them() -> None:
+async def test_commands_are_never_merged_and_events_merge_only_with_the_job_last_in_line() -> None:
     queue = WorkQueue(max_concurrency=1, max_pending=10)
     log: list[str] = []
     gate = asyncio.Event()
-    queue.submit("pr", recording_job(log, "running", gate), slot="converge")
+    queue.submit("pr", recording_job(log, "running", gate))  # a command: no job takes it over
     await asyncio.sleep(0)
     queue.submit("pr", recording_job(log, "push1"), slot="converge", merge=join_names)
     queue.submit("pr", recording_job(log, "/preview stop"))
+    queue.submit("pr", recording_job(log, "label1"), slot="converge", merge=join_names)
     queue.submit("pr", recording_job(log, "/preview stop again"))
     queue.submit("pr", recording_job(log, "push2"), slot="converge", merge=join_names)
-    assert queue.waiting == 3
+    queue.submit("pr", recording_job(log, "label2"), slot="converge", merge=join_names)
+    assert queue.waiting == 5
+    assert not queue.supersedes_running("pr"), "a running command is never cut short"
     gate.set()
     await queue.join()
-    # Both stops run, each for its own reply; the newest push is the last word.
-    assert log == ["running", "/preview stop", "/preview stop again", "push1+push2"]
+    # Arrival order: each stop after the events before it, before the ones after it.
+    assert log == ["running", "push1", "/preview stop", "label1", "/preview stop again", "push2+label2"]
+
+
+async def test_only_a_converge_job_next_in_line_takes_a_running_one_over() -> None:
+    queue = WorkQueue(max_concurrency=1, max_pending=10)
+    log: list[str] = []
+    gate = asyncio.Event()
+    queue.submit("pr", recording_job(log, "deploy", gate), slot="converge", merge=join_names)
+    await asyncio.sleep(0)
+    queue.submit("pr", recording_job(log, "/preview explain"))
+    queue.submit("pr", recording_job(log, "push"), slot="converge", merge=join_names)
+    assert not queue.supersedes_running("pr"), "the explain must see the deploy finished"
+    gate.set()
+    await queue.join()
+    assert log == ["deploy", "/preview explain", "push"]
+
+    gate.clear()
+    queue.submit("pr", recording_job(log, "deploy", gate), slot="converge", merge=join_names)
+    await asyncio.sleep(0)
+    queue.submit("pr", recording_job(log, "label"), slot="converge", merge=join_names)
+    assert queue.supersedes_running("pr") and queue.supersedes_running("pr")
+    queue.submit("pr", recording_job(log, "push"), slot="converge", merge=join_names)
+    gate.set()
+    await queue.join()
+    # The running deploy (cut short or not) is done again by the job that took it over.
+    assert log[3:] == ["deploy", "deploy+label+push"]
 
 
 async def test_events_waiting_for_a_concurrency_slot_still_merge() -> None:
@@ -268,7 +355,8 @@ async def test_full_queue_answers_503_counts_it_and_does_not_remember_the_delive
     assert [e.data["number"] for e in dispatched] == [1, 2, 3]
     pr2 = dispatched[1].data
     assert pr2["pull_request"]["head"]["sha"] == f"{49:040d}", "the merged job carries the newest payload"
-    assert coalesce.pairs_of(pr2) == [("opened", None), ("synchronize", None)]
+    assert coalesce.pairs_of(pr2) == [Pair("opened", closed=False, labels=()),
+                                      Pair("synchronize", closed=False, labels=())]
 
 
 async def test_mergeable_jobs_of_one_key_start_at_most_once_per_interval_commands_never_wait() -> None:

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot import coalesce, envelope
+from bot.triggers import Pair
 from bot.webhook import EventJob, merge_converge, work_key
 from tests.fakegithub.spec import webhook_examples
 
@@ -17,6 +18,8 @@ from tests.fakegithub.spec import webhook_examples
 def is_subtree(part: Any, whole: Any) -> bool:
     if isinstance(part, dict):
         return isinstance(whole, dict) and all(k in whole and is_subtree(v, whole[k]) for k, v in part.items())
+    if isinstance(part, list):  # a list of objects: each element's sub-tree (pull_request.labels)
+        return isinstance(whole, list) and len(part) == len(whole) and all(map(is_subtree, part, whole))
     return bool(part == whole and type(part) is type(whole))
 
 
@@ -56,7 +59,10 @@ def test_the_pull_request_envelope_holds_only_what_intake_reads() -> None:
     small = envelope.decode_envelope(json.dumps(example).encode())
     assert set(small) <= {"action", "installation", "repository", "pull_request", "issue", "comment", "label",
                           "changes"}
-    assert small["pull_request"] == {"number": example["pull_request"]["number"]}
+    assert small["pull_request"] == {"number": example["pull_request"]["number"],
+                                     "draft": example["pull_request"]["draft"],
+                                     "state": example["pull_request"]["state"],
+                                     "labels": [{"name": label["name"]} for label in example["pull_request"]["labels"]]}
     assert small["label"] == {"name": example["label"]["name"]}
     assert small["repository"] == {"id": example["repository"]["id"],
                                    "full_name": example["repository"]["full_name"]}
@@ -152,7 +158,7 @@ async def test_a_job_decodes_the_newest_body_and_carries_the_merged_pairs() -> N
     (event,) = seen
     assert event.delivery_id == "d-c"
     assert event.data["pull_request"]["head"]["sha"] == "c"
-    assert coalesce.pairs_of(event.data) == [("opened", None), ("synchronize", None)]
+    assert coalesce.pairs_of(event.data) == [Pair("opened"), Pair("synchronize")]
 
 
 async def test_a_body_that_fails_to_decode_when_the_job_runs_is_logged_in_one_line(

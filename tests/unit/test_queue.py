@@ -44,13 +44,13 @@ async def test_work_submitted_while_running_joins_the_same_key_in_order() -> Non
     await asyncio.sleep(0)
     assert log == ["first"]
     queue.submit("k", recorder(log, "second"))
-    assert queue.has_pending("k")
+    assert not queue.supersedes_running("k"), "no slot: the second job does not take the first one over"
     assert queue.depth == 2
-    assert not queue.has_pending("other")
+    assert not queue.supersedes_running("other")
     gate.set()
     await queue.join()
     assert log == ["first", "start second", "end second"]
-    assert not queue.has_pending("k")
+    assert not queue.supersedes_running("k")
 
 
 async def test_keys_run_in_parallel_bounded_by_max_concurrency() -> None:
