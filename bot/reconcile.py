@@ -617,7 +617,7 @@ class Reconciler:
         async def job() -> None:
             await self.admit(repo_id, repo)
         try:  # one pending look per repository: looks asked for meanwhile merge into it
-            self.queue.submit(("line", repo_id), job, supersedes=False, slot="line")
+            self.queue.submit(("line", repo_id), job, slot="line")
         except QueueClosed:
             pass
         except QueueFull:
@@ -641,7 +641,7 @@ class Reconciler:
             async def job(waiter: slots.Waiter = waiter) -> None:
                 await self.admit_one(repo_id, line.repo or repo, waiter)
             try:
-                self.queue.submit((str(repo_id), waiter.number), job, supersedes=False, slot="admit")
+                self.queue.submit((str(repo_id), waiter.number), job, slot="admit")
             except QueueClosed:
                 break
             except QueueFull:
