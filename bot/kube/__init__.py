@@ -4,6 +4,8 @@ Its parts, each over one Transport:
 - transport.py: one API call (retries, errors, paths, server-side apply, delete, list); the only module
   of the bot that imports `kubernetes`. It loads the kubeconfig after kubeconfig.py's checks of the
   selected user and cluster (what the client would misreport: missing files, auth-providers, server URLs).
+- placement.py: where the bot's objects are (its own gateway routes, the namespaces they send to: an
+  earlier PREVIEW_NAMESPACE's too), for the parts below that read and write them.
 - objects.py: one preview's own objects (write only over what is ours, label, mark, delete).
 - inventory.py: what is live (previews, their Services, the routing objects), read from labels.
 - rollout.py: whether a preview's Deployments rolled out, and the wait for it.
