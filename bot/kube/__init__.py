@@ -66,7 +66,8 @@ class Kube:
         self.mark_rollout_failed = objects.mark_rollout_failed
         inventory = self.inventory
         self.live_previews, self.recorded_shas = inventory.live_previews, inventory.recorded_shas
-        self.service_names, self.gateway = inventory.service_names, inventory.gateway
+        self.find_deployments = inventory.find_deployments
+        self.gateway = inventory.gateway
         self.existing_destinations = inventory.existing_destinations
         self.routing_objects = inventory.routing_objects
         self.deployment_state, self.wait_available = self.rollouts.deployment_state, self.rollouts.wait_available

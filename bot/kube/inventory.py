@@ -125,15 +125,21 @@ class Inventory:
             ))
         return previews
 
+    async def find_deployments(self, selector: str, *, routes: str = naming.MANAGED_SELECTOR) -> list[dict[str, Any]]:
+        """The bot's Deployments matching `selector`, wherever they are: in PREVIEW_NAMESPACE and in the
+        namespaces that the bot's gateway routes matching `routes` (a label selector: one preview's, or
+        every preview's by default) send to, where a preview made before PREVIEW_NAMESPACE changed lives.
+        Raises ObjectsElsewhere when one of those may not be listed: a preview there is never taken for
+        absent."""
+        own = await self._where.own_routes(f"{routes},{naming.ROLE_LABEL}={naming.ROLE_GATEWAY}")
+        return [item for _, _, item in await self._where.listed(self._where.namespaces(own), selector, DEPLOYMENTS)]
+
     async def recorded_shas(self, key: PreviewKey) -> dict[str, str]:
-        """Deployment name -> the commit it runs (its SHA annotation), for one preview."""
-        items = await self._t.list_objects("apps/v1", "deployments", self._settings.namespace, key.selector())
+        """Deployment name -> the commit it runs (its SHA annotation), for one preview, wherever its
+        Deployments are (find_deployments; ObjectsElsewhere when they may not be listed)."""
+        items = await self.find_deployments(key.selector(), routes=key.selector())
         return {i["metadata"]["name"]: str((i["metadata"].get("annotations") or {}).get(naming.SHA_ANNOTATION, ""))
                 for i in items}
-
-    async def service_names(self) -> set[str]:
-        items = await self._t.list_objects("v1", "services", self._settings.namespace, naming.MANAGED_SELECTOR)
-        return {naming.service_fqdn(i["metadata"]["name"], self._settings.namespace) for i in items}
 
     async def existing_destinations(self, destinations: Iterable[str]) -> tuple[set[str], dict[str, str]]:
         """Of route `destinations` (Service FQDNs): (those whose Service exists, destination -> why it cannot

@@ -604,7 +604,8 @@ async def test_the_bots_own_adapter_runs_a_preview_as_the_service_account(deploy
         live = await kube.live_previews((1296269, key.repo))
         assert [p.key for p in live] == [key.value]
         assert await kube.set_keep(key, True) == 1
-        assert any(plan.services[0].name in n for n in await kube.service_names())
+        found, unknown = await kube.existing_destinations([plan.services[0].destination])
+        assert found == {plan.services[0].destination} and unknown == {}
 
         leader = LeaderElector(kube, namespace=BOT_NAMESPACE, name=LEASE_NAME, identity=f"pod-{suffix}",
                                lease_seconds=5)
@@ -819,7 +820,7 @@ async def test_a_team_virtual_service_the_bot_may_no_longer_update_keeps_no_prev
         assert team_routes() == [key.value]
         assert await kube.find_mesh_service(plan.services[1].mesh_host) is None
 
-        services = await kube.service_names()
+        services, _ = await kube.existing_destinations(s.destination for s in plan.services)
 
         def dangling(r: dict[str, Any]) -> bool:
             return any(d not in services for d in mesh_routes.route_destinations({"http": [r]}).get(r["name"], []))
@@ -842,8 +843,9 @@ async def test_a_team_virtual_service_the_bot_may_no_longer_update_keeps_no_prev
 async def test_previews_of_an_earlier_preview_namespace_the_bot_may_not_read_are_left_and_reported(
         deployed: Deployed, cluster: Cluster, namespace: str) -> None:
     """PREVIEW_NAMESPACE changed while a preview was live in `namespace`, where the ServiceAccount has no
-    Role: its mesh route is not called dangling, the inventory says why it cannot see the preview, and a
-    teardown deletes nothing rather than the routes that still lead to its objects."""
+    Role: its mesh route is not called dangling, the inventory and the link records say why they cannot see
+    the preview, and a teardown deletes nothing rather than the routes that still lead to its objects."""
+    from bot import links
     from bot.errors import ObjectsElsewhere
     from bot.kube import Kube
     from bot.manifests import plan_preview
@@ -879,6 +881,15 @@ async def test_previews_of_an_earlier_preview_namespace_the_bot_may_not_read_are
         assert "deploy/README.md" in live.unreadable
         with pytest.raises(ObjectsElsewhere, match=f"namespace {namespace}"):
             await kube.delete_preview(key)
+        # Its link record and the commits it runs cannot be read there: said, never taken for "none".
+        with pytest.raises(ObjectsElsewhere, match=f"namespace {namespace}"):
+            await links.owner_of(kube, key)
+        with pytest.raises(ObjectsElsewhere, match=f"namespace {namespace}"):
+            await links.linked_to(kube, key.value)
+        with pytest.raises(ObjectsElsewhere, match=f"namespace {namespace}"):
+            await kube.recorded_shas(key)
+        [line] = await links.report_lines(kube, key.repo, key.repo_id, key.number)
+        assert f"cannot be read: a preview involved: its objects are in namespace {namespace}" in line
         # A redeploy would move it, and cannot remove the old objects: refused before anything is written.
         with pytest.raises(ObjectsElsewhere, match=f"namespace {namespace}"):
             await kube.apply_preview(plan_preview(now, config, key, "3" * 40))
@@ -888,7 +899,13 @@ async def test_previews_of_an_earlier_preview_namespace_the_bot_may_not_read_are
         assert client.CoreV1Api(deployed.admin).read_namespaced_service(service.name, namespace)
         assert admin_custom.get_namespaced_custom_object("networking.istio.io", "v1", ROUTING_NAMESPACE,
                                                          "virtualservices", service.gateway_route["metadata"]["name"])
-        # With the rights there (the admin's, or the old Role kept bound), it goes whole.
+        # With the rights there (the admin's, or the old Role kept bound), it is read where it is...
+        may_read = Kube(cluster.api_client(), now, request_timeout=20, attempts=2)
+        try:
+            assert await may_read.recorded_shas(key) == {service.name: "2" * 40}
+        finally:
+            may_read.close()
+        # ...and goes whole.
         await made_before.remove_routes_of_key(key.value)
         assert await made_before.delete_preview(key) == 3
     finally:
