@@ -991,6 +991,79 @@ async def test_serve_as_the_service_account_without_a_lease_role_stops(deployed:
                     "deploy/base/rbac-leader.yaml")
 
 
+async def _gc_as_the_service_account(deployed: Deployed, fake_github: Any, *args: str,
+                                     **where: str) -> tuple[int, str, str]:
+    """`preview-bot gc` (a real process) on the ServiceAccount's token, the settings of deploy/ but `where`."""
+    import asyncio
+    import os
+    import sys
+
+    from tests.e2e.harness import bot_env
+
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/"),
+           "KUBECONFIG": str(deployed.kubeconfig),
+           **bot_env(fake_github, PREVIEW_NAMESPACE, **{"PREVIEW_ROUTING_NAMESPACE": ROUTING_NAMESPACE,
+                                                         "POD_NAMESPACE": BOT_NAMESPACE, **where})}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", "gc", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), 120)
+    finally:
+        if process.returncode is None:
+            process.kill()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.parametrize(("where", "expected"), [
+    ({"POD_NAMESPACE": "kube-system"},
+     ("may not create, get, update, delete leases.coordination.k8s.io in namespace kube-system (POD_NAMESPACE)",
+      "apply the Role preview-bot-leader and its RoleBinding (deploy/base/rbac-leader.yaml)")),
+    ({"PREVIEW_NAMESPACE": "kube-public"},
+     ("may not get, list, create, patch, delete deployments.apps in namespace kube-public (PREVIEW_NAMESPACE)",
+      "apply the Role preview-bot-previews and its RoleBinding (deploy/base/rbac-previews.yaml)")),
+])
+async def test_gc_as_the_service_account_without_a_role_stops_before_changing_anything(
+        deployed: Deployed, fake_github: Any, cluster: Cluster, where: dict[str, str],
+        expected: tuple[str, ...]) -> None:
+    """`preview-bot gc` asks for the access its calls need first, as `serve` does: with a Role missing it
+    stops with one line naming namespace, verbs and the Role to apply (exit 2, no traceback), and the closed
+    PR's preview it would have torn down is left whole, not half-removed. `--dry-run`, which changes nothing,
+    needs only the reads (no Lease)."""
+    from bot.kube import Kube, object_path
+    from bot.manifests import plan_preview
+    from bot.naming import PreviewKey
+    from bot.repo_config import RepoConfig, ServiceConfig
+    from bot.settings import ClusterSettings
+    from tests.e2e.test_startup import assert_one_line
+
+    suffix = secrets.token_hex(3)
+    repo = f"gc-{suffix}/shop"
+    fake_github.add_repo(repo, files={}, collaborators={"alice": "write"})
+    fake_github.add_pull(repo, 1)
+    fake_github.repos[repo].pulls[1].state = "closed"  # its `closed` event was missed: gc tears it down
+    key = PreviewKey(repo, 1, fake_github.repos[repo].id)
+    settings = ClusterSettings(domain="example.com", namespace=PREVIEW_NAMESPACE, routing_namespace=ROUTING_NAMESPACE)
+    config = RepoConfig(services=(ServiceConfig(name=f"gc{suffix}", image="example.invalid/gc:{sha}", port=8080),))
+    plan = plan_preview(settings, config, key, "7" * 40)
+    admin = Kube(cluster.api_client(), settings, request_timeout=20, attempts=2)
+    try:
+        await admin.apply_preview(plan)
+        code, _, err = await _gc_as_the_service_account(deployed, fake_github, **where)
+        assert_one_line(code, err, *expected)
+        assert [p.key for p in await admin.live_previews((key.repo_id, repo))] == [key.value]
+        assert len(await admin.find_deployments(key.selector(), routes=key.selector())) == 1
+        assert await admin.get(object_path(plan.services[0].gateway_route)) is not None
+        if "POD_NAMESPACE" in where:
+            code, out, err = await _gc_as_the_service_account(deployed, fake_github, "--dry-run", **where)
+            assert f"would teardown-closed: {repo}#1 (pull request is closed)" in out, (out, err)
+            assert "Traceback" not in err
+    finally:
+        await admin.delete_preview(key)
+        admin.close()
+
+
 async def test_a_refused_lease_renewal_names_status_and_namespace_and_is_retried_soon(
         deployed: Deployed, caplog: pytest.LogCaptureFixture) -> None:
     """The ServiceAccount has no Lease Role in kube-system: the warning names the API server's answer and
