@@ -15,7 +15,17 @@ so a concurrent writer gets 409 and re-reads:
   own clock, as client-go's leader election does: the Lease's record has not changed for its duration
   since the waiter saw it change (renewTime is another node's clock: one 45 s ahead would take a live lock).
 - **one Lease per repository** (`preview-bot-slots-<repo hash>`) whose `preview-bot.dev/claims`
-  annotation lists the previews holding one of the `PREVIEW_MAX_PER_REPO` slots (see slots.py).
+  annotation lists the previews holding one of the `PREVIEW_MAX_PER_REPO` slots, and whose
+  `preview-bot.dev/line` annotation lists the pull requests refused at the cap that wait for one, oldest
+  first (see slots.py). Both change in one write, so a slot and a place in line are never lost or given
+  twice;
+- **one index Lease** (`preview-bot-lines`) whose `preview-bot.dev/lines` annotation names the repositories
+  that may have a line, so that the reconciler finds them with one GET (404 while nobody ever waited),
+  without `list` on Leases (deploy/ grants none). A PR joining a line touches it *after* writing the line;
+  an entry is removed only with the resourceVersion read *before* its repository's line was found empty,
+  so a removal racing a join fails with 409 (or the join adds it back): an entry is never lost while its
+  line has waiters, except when a replica dies between the two writes (the next PR joining that line, or a
+  teardown in that repository, serves it then).
 
 The Lease fields follow Kubernetes' own leader election (holderIdentity, leaseDurationSeconds,
 renewTime; kubernetes.io/docs/concepts/architecture/leases).
@@ -25,11 +35,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -43,6 +55,8 @@ log = logging.getLogger(__name__)
 
 LEASE_API = "coordination.k8s.io/v1"
 WAITING_ANNOTATION = "preview-bot.dev/waiting"
+LINES_LEASE = "preview-bot-lines"
+LINES_ANNOTATION = "preview-bot.dev/lines"
 LOCK_SECONDS = 30
 _ATTEMPTS = 50
 
@@ -63,6 +77,8 @@ def lock_name(key: PreviewKey) -> str:
 
 def slots_name(key: PreviewKey) -> str:
     return naming.dns_label(f"preview-bot-slots-{_repository(key)}")
+
+
 
 
 class PrLock:
@@ -245,53 +261,158 @@ class Arbiter:
             if not entry[1][0]:
                 self._local.pop(key.value, None)
 
-    # -- slots --------------------------------------------------------------------------------------------
+    # -- slots and the line ------------------------------------------------------------------------------
 
-    async def _claims(self, key: PreviewKey) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    async def _slots(self, key: PreviewKey) -> tuple[dict[str, Any] | None, dict[str, str], slots.Line]:
         lease = await self.kube.get(f"{self.collection}/{slots_name(key)}")
         annotations = ((lease or {}).get("metadata") or {}).get("annotations") or {}
-        return lease, slots.parse_claims(annotations.get(slots.CLAIMS_ANNOTATION))
+        line = slots.parse_line(annotations.get(slots.LINE_ANNOTATION))
+        return lease, slots.parse_claims(annotations.get(slots.CLAIMS_ANNOTATION)), line
 
-    async def _write_claims(self, key: PreviewKey, lease: dict[str, Any] | None, claims: dict[str, str]) -> None:
-        annotations = {slots.CLAIMS_ANNOTATION: slots.render_claims(claims)}
+    async def _write(self, key: PreviewKey, lease: dict[str, Any] | None, claims: dict[str, str],
+                     line: slots.Line) -> None:
+        """Claims and line in one write, with the resourceVersion they were decided on (409: re-read)."""
+        annotations = {slots.CLAIMS_ANNOTATION: slots.render_claims(claims),
+                       slots.LINE_ANNOTATION: slots.render_line(line)}
+        await self._put(slots_name(key), lease, annotations)
+
+    async def _put(self, name: str, lease: dict[str, Any] | None, annotations: dict[str, str]) -> None:
+        """Create the Lease `name` with `annotations`, or replace them in `lease` as read (its
+        resourceVersion is the precondition: 409 when another writer came first)."""
         if lease is None:
             await self.kube.call("POST", self.collection, body={
                 "apiVersion": LEASE_API, "kind": "Lease",
-                "metadata": {"name": slots_name(key), "namespace": self.namespace, "annotations": annotations,
+                "metadata": {"name": name, "namespace": self.namespace, "annotations": annotations,
                              "labels": {naming.MANAGED_BY_LABEL: naming.MANAGED_BY}},
                 "spec": {}})
         else:
             meta = lease["metadata"]
-            await self.kube.call("PUT", f"{self.collection}/{slots_name(key)}", body={
+            await self.kube.call("PUT", f"{self.collection}/{name}", body={
                 **lease, "metadata": {**meta, "annotations": {**(meta.get("annotations") or {}), **annotations}}})
 
     async def claim_slot(self, key: PreviewKey, live: set[str], cap: int) -> tuple[bool, int]:
         """Take one of the repository's `cap` slots for `key` (kept if it has one); (granted, slots used
         by others). Atomic across replicas: the write carries the resourceVersion it was decided on."""
+        claim = await self.claim_or_wait(key, live, cap)
+        return claim.granted, claim.used
+
+    async def claim_or_wait(self, key: PreviewKey, live: set[str], cap: int, *,
+                            waiter: slots.Waiter | None = None) -> slots.Claim:
+        """Take one of the repository's `cap` slots for `key`, unless PRs waiting in line before it take
+        the free ones first (slots.decide); granted, it leaves the line. Refused with a `waiter`, the PR
+        joins the line (or keeps its place there, with what it now asks for); without one it does not
+        wait. Atomic across replicas: one write of claims and line, with the resourceVersion read."""
         for _attempt in range(_ATTEMPTS):
-            lease, claims = await self._claims(key)
-            if key.value in claims:
-                return True, slots.used_count(claims, live, key.value)
-            granted, updated = slots.decide(claims, live, key.value, cap, self.wall(), self.stale_claim)
-            if not granted:
-                return False, slots.used_count(updated, live, key.value)
+            lease, claims, line = await self._slots(key)
             try:
-                await self._write_claims(key, lease, updated)
+                if key.value in claims:
+                    if line.place(key.value) is not None:
+                        await self._write(key, lease, claims, slots.leave(line, key.value))
+                    return slots.Claim(True, slots.used_count(claims, live, key.value))
+                now = self.wall()
+                ahead = slots.ahead_of(line, key.value, slots.holding(claims, live, now, self.stale_claim))
+                granted, updated = slots.decide(claims, live, key.value, cap, now, self.stale_claim, ahead)
+                if granted:
+                    await self._write(key, lease, updated, slots.leave(line, key.value))
+                    return slots.Claim(True, len(updated) - 1)
+                used = slots.used_count(updated, live, key.value)
+                if waiter is None:
+                    return slots.Claim(False, used, line.place(key.value), ahead=ahead)
+                joined, place = slots.join(replace(line, repo_id=key.repo_id, repo=key.repo), waiter)
+                if place is None:
+                    return slots.Claim(False, used, line_full=True, ahead=ahead)
+                if joined != line:
+                    await self._write(key, lease, claims, joined)
             except Conflict:
                 await asyncio.sleep(random.uniform(0, 0.1))  # noqa: S311 - jitter
                 continue
-            return True, len(updated) - 1
+            if key.repo_id is not None:
+                await self._index(key.repo_id, key.repo)  # after the line: see the module docstring
+            return slots.Claim(False, used, place, ahead=ahead)
         raise TemporaryError(f"could not claim a preview slot of {key.repo} after {_ATTEMPTS} conflicts")
 
-    async def release_slot(self, key: PreviewKey) -> None:
+    async def release_slot(self, key: PreviewKey) -> slots.Line:
+        """Free the preview's slot and take it out of the line (it is gone, or asks for nothing any more);
+        returns the line as left, so that the caller offers the slot to who waits (no extra read)."""
         for _attempt in range(_ATTEMPTS):
-            lease, claims = await self._claims(key)
-            if lease is None or key.value not in claims:
-                return
-            claims.pop(key.value)
+            lease, claims, line = await self._slots(key)
+            if lease is None or (key.value not in claims and line.place(key.value) is None):
+                return line
+            claims.pop(key.value, None)
+            line = slots.leave(line, key.value)
             try:
-                await self._write_claims(key, lease, claims)
+                await self._write(key, lease, claims, line)
             except (Conflict, NotFound):
                 continue
-            return
+            return line
         raise TemporaryError(f"could not release the preview slot of {key.value} after {_ATTEMPTS} conflicts")
+
+    async def leave_line(self, key: PreviewKey) -> slots.Line:
+        """Take the PR out of its repository's line (a no-op when it does not wait); returns the line left."""
+        for _attempt in range(_ATTEMPTS):
+            lease, claims, line = await self._slots(key)
+            if lease is None or line.place(key.value) is None:
+                return line
+            line = slots.leave(line, key.value)
+            try:
+                await self._write(key, lease, claims, line)
+            except (Conflict, NotFound):
+                continue
+            return line
+        raise TemporaryError(f"could not take {key.value} out of the line after {_ATTEMPTS} conflicts")
+
+    async def line_of(self, key: PreviewKey, live: set[str], cap: int) -> tuple[slots.Line, int]:
+        """The line of `key`'s repository and how many slots are free for it now (slots.free_slots)."""
+        _, claims, line = await self._slots(key)
+        return line, slots.free_slots(claims, live, cap, self.wall(), self.stale_claim)
+
+    @staticmethod
+    def _index_entries(lease: dict[str, Any] | None) -> dict[str, list[Any]]:
+        """The index's entries, repository id (text) -> [full name, touches]; unreadable ones are dropped."""
+        text = (((lease or {}).get("metadata") or {}).get("annotations") or {}).get(LINES_ANNOTATION)
+        try:
+            data = json.loads(text or "{}")
+        except ValueError:
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {str(k): v for k, v in data.items() if isinstance(v, list) and len(v) == 2}
+
+    async def _lines_index(self) -> tuple[dict[str, Any] | None, dict[str, list[Any]]]:
+        lease = await self.kube.get(f"{self.collection}/{LINES_LEASE}")
+        return lease, self._index_entries(lease)
+
+    async def _index(self, repo_id: int, repo: str) -> None:
+        """Name the repository in the index; always a write (the count of touches goes up), so that a
+        removal decided on an older read fails."""
+        for _attempt in range(_ATTEMPTS):
+            lease, entries = await self._lines_index()
+            touches = entries.get(str(repo_id), [repo, 0])[1]
+            entries[str(repo_id)] = [repo, int(touches) + 1 if isinstance(touches, int) else 1]
+            try:
+                await self._put(LINES_LEASE, lease, {LINES_ANNOTATION: json.dumps(entries, separators=(",", ":"))})
+            except (Conflict, NotFound):
+                await asyncio.sleep(random.uniform(0, 0.1))  # noqa: S311 - jitter
+                continue
+            return
+        raise TemporaryError(f"could not index the line of {repo} after {_ATTEMPTS} conflicts")
+
+    async def lines(self) -> tuple[dict[str, Any] | None, list[tuple[int, str]]]:
+        """The repositories that may have PRs waiting for a slot, (repository id, full name), from one GET
+        of the index Lease (404 while nobody ever waited), and the index as read, for `unindex`."""
+        lease, entries = await self._lines_index()
+        found = []
+        for repo_id, (repo, _touches) in sorted(entries.items()):
+            if repo_id.isdigit():
+                found.append((int(repo_id), str(repo)))
+        return lease, found
+
+    async def unindex(self, repo_id: int, index: dict[str, Any] | None) -> None:
+        """Drop the repository from the index, whose line was found empty after `index` was read; a no-op
+        when anyone touched the index since (409: a PR joined meanwhile)."""
+        entries = self._index_entries(index)
+        if index is None or str(repo_id) not in entries:
+            return
+        del entries[str(repo_id)]
+        with contextlib.suppress(Conflict, NotFound):
+            await self._put(LINES_LEASE, index, {LINES_ANNOTATION: json.dumps(entries, separators=(",", ":"))})

@@ -25,11 +25,12 @@ class State(enum.Enum):
     CONFIG_ERROR = "configuration error"
     NOT_DEPLOYED = "not deployed"
     WAITING_CHECKS = "waiting for checks"
+    WAITING_SLOT = "waiting for a slot"  # refused at the repository's cap, in line for a slot (bot.slots)
 
 
 _ICONS = {State.DEPLOYING: "⏳", State.READY: "✅", State.FAILED: "❌", State.STOPPED: "🛑",
           State.WAITING_APPROVAL: "✋", State.CONFIG_ERROR: "⚠️", State.NOT_DEPLOYED: "💤",
-          State.WAITING_CHECKS: "🕒"}
+          State.WAITING_CHECKS: "🕒", State.WAITING_SLOT: "🚦"}
 
 
 @dataclass(frozen=True)

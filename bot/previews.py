@@ -36,8 +36,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DeployResult:
+    """`in_line`: refused at the repository's cap, the PR waits in line for a slot (bot.slots)."""
+
     state: State
     detail: str | None = None
+    in_line: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,15 @@ class Previewer:
         self._redeploy_failed: cachetools.LRUCache[tuple[int | None, str], str] = cachetools.LRUCache(maxsize=8192)
         # Rewrites the link lines of any PR's sticky comment (bot.links); set by the server.
         self.link_refresh: Callable[[str, int], Awaitable[None]] | None = None
+        # Offers a freed slot to the PRs waiting in the repository's line (bot.reconcile.Reconciler.slot_freed);
+        # set by the server. Called only when someone waits: a teardown costs nothing more otherwise.
+        self.on_slot_freed: Callable[[PreviewKey], None] | None = None
+
+    async def release_slot(self, key: PreviewKey) -> None:
+        """Free the preview's slot and its place in line; who waits is offered the slot."""
+        line = await self.arbiter.release_slot(key)
+        if line.waiting and self.on_slot_freed is not None:
+            self.on_slot_freed(key)
 
     @property
     def longest_wait(self) -> float:
@@ -127,7 +139,8 @@ class Previewer:
     async def deploy(self, gh: GitHubRepo, number: int, head_sha: str | None = None, *,
                      pull: Mapping[str, Any] | None = None, config: RepoConfig | None = None,
                      force: bool = True, supersedes: bool = True, unless_stopped: bool = False,
-                     superseded: Callable[[], bool] = lambda: False) -> DeployResult:
+                     superseded: Callable[[], bool] = lambda: False,
+                     wait_as: str | None = slots.EVENT) -> DeployResult:
         """Converge the PR's preview to `head_sha`; reports to the PR comment and a GitHub Deployment.
 
         Runs under the PR's lock (arbiter.py): one deploy or teardown of a PR at a time on any replica.
@@ -137,7 +150,9 @@ class Previewer:
         or a resumed one that a webhook already handled). `supersedes` False: an event that must not cut
         another replica's deploy short (a reconciler follow-up). `unless_stopped`: the caller is no new
         push nor a person asking (a check event, a wait that ran out, the reconciler), so a preview
-        stopped at this head stays stopped (read under the lock: a stop that ran just before counts)."""
+        stopped at this head stays stopped (read under the lock: a stop that ran just before counts).
+        `wait_as`: refused at the repository's cap, the PR waits in line for a slot as asked by its own
+        event (slots.EVENT) or a writer's `/preview` (slots.COMMAND); None: it does not wait (a link)."""
         key, _ = await self.key_for(gh, number)
         async with self.arbiter.pr_lock(key, supersedes=supersedes, timeout=self.lock_timeout) as lock:
             if head_sha is None:
@@ -154,11 +169,11 @@ class Previewer:
                 return superseded() or lock.superseded or not lock.held
 
             return await self._deploy(gh, key, head_sha, pull=pull, config=config, force=force, stale=stale,
-                                      refresh=lock.refresh)
+                                      refresh=lock.refresh, wait_as=wait_as)
 
     async def _deploy(self, gh: GitHubRepo, key: PreviewKey, head_sha: str, *, pull: Mapping[str, Any] | None,
                       config: RepoConfig | None, force: bool, stale: Callable[[], bool],
-                      refresh: Callable[[], Awaitable[None]]) -> DeployResult:
+                      refresh: Callable[[], Awaitable[None]], wait_as: str | None = None) -> DeployResult:
         number = key.number
         # Listed under the lock: what another replica did before we got it counts.
         repo_previews = await self.kube.live_previews((gh.repo_id, gh.repo))
@@ -203,19 +218,22 @@ class Previewer:
             await self.teardown_services(key, deployed, keep=(), namespace=where)
             if deployed:
                 await self.reporter.retire(gh, key)
-            await self.arbiter.release_slot(key)
+            await self.release_slot(key)  # and out of the line: it asks for nothing
             detail = "No service of this repository's preview config is changed by this pull request."
             await self.reporter.show(gh, number, Report(State.NOT_DEPLOYED, sha=head_sha, detail=detail))
             return DeployResult(State.NOT_DEPLOYED, detail)
 
         cap = self.settings.policy.max_previews_per_repo
         others = {p.key for p in repo_previews if p.key != key.value}
-        granted, used = await self.arbiter.claim_slot(key, others, cap)
-        if not granted:
-            detail = slots.refusal(used, cap)
-            await self.reporter.show(gh, number, Report(State.NOT_DEPLOYED, sha=head_sha, detail=detail))
+        waiter = None if wait_as is None else slots.Waiter(
+            key.value, number, head_sha, wait_as, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        claim = await self.arbiter.claim_or_wait(key, others, cap, waiter=waiter)
+        if not claim.granted:
+            detail = slots.refusal(claim.used, cap, claim.place, line=claim.line_full, ahead=claim.ahead)
+            state = State.NOT_DEPLOYED if claim.place is None else State.WAITING_SLOT
+            await self.reporter.show(gh, number, Report(state, sha=head_sha, detail=detail))
             metrics.PREVIEW_OUTCOMES.labels(action="deploy", outcome="over-limit").inc()
-            return DeployResult(State.NOT_DEPLOYED, detail)
+            return DeployResult(state, detail, in_line=claim.place is not None)
 
         lines = [ServiceLine(s.service.name, s.url, s.image, False) for s in plan.services]
         rollout = await self.reporter.begin(gh, key, head_sha, lines, note=note)
@@ -288,7 +306,7 @@ class Previewer:
                 return superseded() or lock.superseded or not lock.held
 
             result = await self._deploy(gh, key, found[0].sha, pull=pull, config=None, force=True, stale=stale,
-                                        refresh=lock.refresh)
+                                        refresh=lock.refresh, wait_as=None)
             if result.state is State.FAILED:
                 self._redeploy_failed[(key.repo_id, key.value)] = found[0].sha
             return result
@@ -308,7 +326,7 @@ class Previewer:
         except ObjectsElsewhere:
             created = True  # it lives where the bot may not look: it keeps its slot
         if not created:
-            await self.arbiter.release_slot(key)
+            await self.release_slot(key)
         await self.reporter.failed(gh, rollout, lines, reason)
         metrics.PREVIEW_OUTCOMES.labels(action="deploy", outcome="failure").inc()
         self._finished[(gh.repo_id, key.value)] = (rollout.sha, "failure")
@@ -339,7 +357,7 @@ class Previewer:
         await links.release(self.kube, key, self.link_refresh)
         removed, left = await self._remove_routes(key, self.kube.remove_routes_of_key(key.value))
         removed += await self.kube.delete_preview(key)
-        await self.arbiter.release_slot(key)  # after the objects: a slot is never free while they live
+        await self.release_slot(key)  # after the objects: a slot is never free while they live
         metrics.PREVIEW_OUTCOMES.labels(action="teardown", outcome="removed" if removed else "nothing").inc()
         return Teardown(removed, left)
 

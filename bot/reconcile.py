@@ -6,8 +6,10 @@ removed after the TTL unless someone asked to keep them.
 
 `reconcile` is one pass (pure decisions over the cluster and GitHub reads); `Reconciler` owns the loop
 around it (every `reconcile_interval`, while leading), the start-up discovery of PRs whose events were
-lost, and the resumption (a queued redeploy) of previews found behind or half-done, reported failed but
-Available since, or running a service their repository's config dropped. `Repositories` is
+lost, the resumption (a queued redeploy) of previews found behind or half-done, reported failed but
+Available since, or running a service their repository's config dropped, and the line of pull requests
+waiting for a preview slot (bot.slots): a freed slot goes to the oldest waiter, deployed at its current
+head as its own event would deploy it. `Repositories` is
 the App's installations and their repositories, by id; an installation the App cannot use (suspended,
 or its token refused) holds its own previews as they are and stops no one else's clean-up.
 """
@@ -25,7 +27,8 @@ from typing import Any
 
 import aiohttp
 
-from bot import gate, manifests, mesh_routes, metrics, naming, ttl_warning
+from bot import gate, manifests, mesh_routes, metrics, naming, slots, ttl_warning
+from bot.comment import Report, State
 from bot.errors import ConfigError, PreviewError, RoutesNotRemoved
 from bot.gate import WaitRegistry
 from bot.github.auth import AppAuth
@@ -503,7 +506,8 @@ class Reconciler:
         return not self._first_pass
 
     async def reconcile_once(self, *, dry_run: bool = False, resume: Resume | None = None) -> GcReport:
-        """One pass; the previews to resume go to `resume` (default: queued here, self.resume).
+        """One pass; the previews to resume go to `resume` (default: queued here, self.resume, and then
+        the lines of PRs waiting for a preview slot are looked at: admit_lines).
 
         Every pass, not only the first, looks for deploys unfinished for longer than the longest wait of a
         deploy + 60 s (Previewer.longest_wait: the ready timeout, or the image pull grace when longer)
@@ -527,6 +531,11 @@ class Reconciler:
                                  recent=stuck_after + 2 * timedelta(seconds=self.settings.reconcile_interval),
                                  identity=self.settings.identity,
                                  warn_before=timedelta(hours=self.settings.ttl_warning_hours))
+        if not dry_run and resume is None:  # serve's own pass: what it finds is queued here
+            try:
+                await self.admit_lines()
+            except (KubeError, OSError) as exc:  # the next pass looks again
+                report.errors.append(f"could not read the lines waiting for a preview slot: {exc}")
         self._first_pass = False
         return report
 
@@ -595,6 +604,109 @@ class Reconciler:
         # deploys only once the checks succeeded. A stop at the head since this was queued holds.
         return await gate.deploy_when_ready(self.previewer, self.waits, client, number, supersedes=False,
                                             unless_stopped=True, superseded=lambda: self.superseded(repo_id, number))
+
+    # -- the line of pull requests waiting for a slot ------------------------------------------------------
+
+    def slot_freed(self, key: PreviewKey) -> None:
+        """A slot of `key`'s repository freed while PRs wait in its line (Previewer.on_slot_freed): queue a
+        look at the line. Level-triggered: the look reads the line and the free slots again."""
+        if key.repo_id is not None:
+            self._queue_admit(key.repo_id, key.repo)
+
+    def _queue_admit(self, repo_id: int, repo: str) -> None:
+        async def job() -> None:
+            await self.admit(repo_id, repo)
+        try:  # one pending look per repository: looks asked for meanwhile merge into it
+            self.queue.submit(("line", repo_id), job, supersedes=False, slot="line")
+        except QueueClosed:
+            pass
+        except QueueFull:
+            log.warning("work queue full: the line left to the next reconciliation pass", extra={"repo": repo})
+
+    async def admit(self, repo_id: int, repo: str) -> list[int]:
+        """Offer the repository's free slots to its line, oldest first: one queued deploy per free slot
+        (admit_one); returns the PRs so offered. Reads the cluster only (the index of lines, the line and
+        the live previews): no GitHub request unless a slot is free for someone. An empty line leaves the
+        index (bot.arbiter: the index is read first, so a PR joining meanwhile keeps its entry)."""
+        cap = self.settings.cluster.policy.max_previews_per_repo
+        index, _ = await self.previewer.arbiter.lines()
+        probe = PreviewKey(repo, 1, repo_id)  # the repository's slots (bot.arbiter.slots_name)
+        live = {p.key for p in await self.kube.live_previews((repo_id, repo))}
+        line, free = await self.previewer.arbiter.line_of(probe, live, cap)
+        if not line.waiting:
+            await self.previewer.arbiter.unindex(repo_id, index)
+            return []
+        offered = [w for w in line.waiting if w.key not in live][:free]
+        for waiter in offered:
+            async def job(waiter: slots.Waiter = waiter) -> None:
+                await self.admit_one(repo_id, line.repo or repo, waiter)
+            try:
+                self.queue.submit((str(repo_id), waiter.number), job, supersedes=False, slot="admit")
+            except QueueClosed:
+                break
+            except QueueFull:
+                log.warning("work queue full: the line left to the next reconciliation pass", extra={"repo": repo})
+                break
+        return [w.number for w in offered]
+
+    async def admit_one(self, repo_id: int, repo: str, waiter: slots.Waiter) -> DeployResult | None:
+        """Deploy a waiter offered a free slot, as the PR is now on GitHub (slots.next_step): at its head as
+        its own event would (checks awaited, a stop at the head respected), or the commit a writer's
+        `/preview` asked for; or take it out of the line, saying why on the PR. A waiter that does not take
+        the slot (it waits for or failed its checks, its config is broken, it was stopped) leaves the line,
+        and the slot is offered to the next one."""
+        client = await self.repositories.client_for(repo_id, repo)
+        key = naming.existing_key(repo, waiter.number, repo_id, waiter.key)
+        if client is None:  # the App left the repository
+            await self.previewer.arbiter.leave_line(key)
+            return None
+        pull = await client.pull(waiter.number)
+        config: RepoConfig | None = None
+        configured = True
+        try:
+            config = await self.previewer.load_config(client)
+            configured = config is not None
+        except ConfigError:
+            pass  # the deploy reports it on the PR, and the PR leaves the line
+        facts = facts_from_pull(pull, "synchronize")
+        step, reason = slots.next_step(
+            waiter, is_open=pull.get("state") == "open", head=str((pull.get("head") or {}).get("sha") or ""),
+            # A broken config: the deploy reports it on the PR (and the PR leaves the line).
+            event_deploys=config is None or decide(config, facts) is Decision.DEPLOY, configured=configured,
+            draft=facts.draft, fork=facts.fork, trigger=config.trigger if config else "auto",
+            label=config.label if config else "")
+        result: DeployResult | None = None
+        if step == slots.LEAVE:
+            await self.previewer.arbiter.leave_line(key)
+            log.info("left the line for a preview slot: %s", reason, extra={"repo": client.repo, "pr": waiter.number})
+            if pull.get("state") == "open":
+                await self.previewer.reporter.show(client, waiter.number, Report(
+                    State.NOT_DEPLOYED, sha=str(pull["head"]["sha"]),
+                    detail=f"No longer waiting for a preview slot: {reason}."))
+        else:
+            superseded = lambda: self.superseded(repo_id, waiter.number)  # noqa: E731
+            if step == slots.DEPLOY_ASKED:
+                result = await self.previewer.deploy(client, waiter.number, waiter.sha, pull=pull, supersedes=False,
+                                                     unless_stopped=True, superseded=superseded,
+                                                     wait_as=slots.COMMAND)
+            else:
+                result = await gate.deploy_when_ready(self.previewer, self.waits, client, waiter.number,
+                                                      config=config, supersedes=False, unless_stopped=True,
+                                                      superseded=superseded)
+            if result is not None and result.in_line:
+                return result  # no slot for it after all (taken first): it keeps its place
+            await self.previewer.arbiter.leave_line(key)  # deployed (gone already), or did not take the slot
+        self._queue_admit(repo_id, client.repo)  # the slot it did not take goes to the next one
+        return result
+
+    async def admit_lines(self) -> int:
+        """The pass's look at every line (a freed slot's event may have been missed: a crash between the
+        teardown and the deploy of the waiter, a claim left by a crash running out): one GET of the index of
+        lines (bot.arbiter), none of GitHub, when nobody waits; returns how many lines were looked at."""
+        _, repositories = await self.previewer.arbiter.lines()
+        for repo_id, repo in repositories:
+            self._queue_admit(repo_id, repo)
+        return len(repositories)
 
     def leading(self) -> bool:
         return self.elector is None or self.elector.leading

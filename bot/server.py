@@ -98,6 +98,8 @@ class Bot:
         self.repositories = Repositories(self.auth)
         self.reconciler = Reconciler(settings, kube, self.previewer, self.repositories, self.queue, self.ctx.waits,
                                      superseded=self.ctx.superseded, elector=self.elector)
+        # A teardown here that frees a slot while PRs wait in line queues the deploy of the oldest.
+        self.previewer.on_slot_freed = self.reconciler.slot_freed
 
     async def client_for(self, repo_id: int | None, repo: str) -> RepoClient | None:
         """A client on the repository's installation (bot.reconcile.Repositories.client_for)."""

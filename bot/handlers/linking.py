@@ -35,7 +35,8 @@ async def link_command(ctx: Context, client: RepoClient, number: int, user: str,
         return await links.client_for_repo(ctx.auth, repo)
 
     async def deploy(other: RepoClient, other_number: int, sha: str) -> str | None:
-        result = await ctx.previewer.deploy(other, other_number, sha)
+        # Not put in line at the cap: a link is made now or not at all (the reply says why).
+        result = await ctx.previewer.deploy(other, other_number, sha, wait_as=None)
         return None if result.state is State.READY else (result.detail or result.state.value)
 
     try:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from gidgethub import routing, sansio
 from gidgethub.abc import GitHubAPI
 
+from bot import slots
 from bot.commands import Action, approve, help_reply, is_answer, parse_command, stranger_reply
 from bot.context import ANSWER_PERIOD, Context, repo_client
 from bot.explaining import explain_pull_request
@@ -76,7 +77,7 @@ async def on_comment(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
             await client.reply(number, approval.refusal("/preview"))
             return
         await client.react(comment_id, "+1")
-        await ctx.previewer.deploy(client, number, approval.sha, pull=pr,
+        await ctx.previewer.deploy(client, number, approval.sha, pull=pr, wait_as=slots.COMMAND,
                                    superseded=lambda: ctx.superseded(client.repo_id, number))
         return
     if command.action is Action.KEEP:

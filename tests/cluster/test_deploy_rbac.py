@@ -559,7 +559,7 @@ def test_granted_verbs_are_exactly_the_needed_ones(deployed: Deployed) -> None:
 
 async def test_the_bots_own_adapter_runs_a_preview_as_the_service_account(deployed: Deployed) -> None:
     """apply_preview / add_mesh_route / wait_available / keep / list / teardown / leader election."""
-    from bot import metrics, naming
+    from bot import metrics, naming, slots
     from bot.arbiter import Arbiter, lock_name, slots_name
     from bot.kube import Kube, KubeError
     from bot.leader import LeaderElector
@@ -621,8 +621,16 @@ async def test_the_bots_own_adapter_runs_a_preview_as_the_service_account(deploy
             BOT_NAMESPACE, field_selector=f"metadata.name={lock_name(key)}").items == []
         assert await arbiter.claim_slot(key, set(), 1) == (True, 0)
         assert await arbiter.claim_slot(other, set(), 1) == (False, 1)
+        # The line for a slot (in the slots Lease) and its index: get, create, update; no list.
+        assert (await arbiter.lines())[1] == []
+        waiter = slots.Waiter(other.value, other.number, "a" * 40, slots.EVENT, "2026-01-01T00:00:00Z")
+        assert (await arbiter.claim_or_wait(other, set(), 1, waiter=waiter)).place == 1
+        index, waiting = await arbiter.lines()
+        assert waiting == [(other.repo_id, other.repo)]
         await arbiter.release_slot(key)
         assert await arbiter.claim_slot(other, set(), 1) == (True, 0)
+        await arbiter.unindex(other.repo_id, index)  # its line is empty now
+        assert (await arbiter.lines())[1] == []
         await arbiter.release_slot(other)
         elsewhere = Arbiter(kube, namespace=PREVIEW_NAMESPACE, identity="x")
         with pytest.raises(KubeError) as refused:

@@ -235,11 +235,15 @@ async def test_previews_per_repository_are_capped(fake_github: FakeGitHub, clust
         assert list(view.deployments()) == [key_of(fake_github, REPO, 7).object_name("a")]
         body = sticky(fake_github, REPO, 8)
         assert "this repository already has 1 live preview (the limit is 1)" in body, body
-        assert "Comment `/preview` to deploy this one once a slot is free" in body, body
-        # What the refusal says works: a slot freed, `/preview` deploys the refused PR.
-        for number, command in ((7, "/preview stop"), (8, "/preview")):
-            await bot.send("issue_comment", issue_comment_event(fake_github, REPO, number, command, user="alice"))
-            await bot.settle()
+        assert "1st in line (when this was written): it is deployed by itself" in body, body
+        # A writer's `/preview` meanwhile is refused too: it keeps its place in line.
+        await bot.send("issue_comment", issue_comment_event(fake_github, REPO, 8, "/preview", user="alice"))
+        await bot.settle()
+        assert list(view.deployments()) == [key_of(fake_github, REPO, 7).object_name("a")]
+        assert "1st in line" in sticky(fake_github, REPO, 8)
+        # What the refusal says works: a slot freed, the refused PR is deployed without anyone asking.
+        await bot.send("issue_comment", issue_comment_event(fake_github, REPO, 7, "/preview stop", user="alice"))
+        await bot.settle()
         assert list(view.deployments()) == [key_of(fake_github, REPO, 8).object_name("a")]
         assert "Preview: ready" in sticky(fake_github, REPO, 8)
 

@@ -254,6 +254,10 @@ async def test_the_cap_holds_across_two_replicas(shop: FakeGitHub, procs: BotPro
     ready = {n for n in numbers if outcome(n) == "ready"}
     assert sorted(state.deployments) == sorted(key_of(shop, REPO, n).object_name("a") for n in ready)
     assert peak == 3, f"{peak} previews were live at one moment"
+    # The 5 refused wait in line, each in a place of its own: the line is written like the claims.
+    places = sorted(int(str(sticky_comments(shop, REPO, n)[0]["body"]).split(" in line")[0].rsplit(" ", 1)[1][:-2])
+                    for n in numbers if n not in ready)
+    assert places == [1, 2, 3, 4, 5], places
 
 
 RACE_NUMBERS = (131, 132, 133)

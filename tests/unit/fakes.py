@@ -329,6 +329,7 @@ class FakeLocks:
     """Per-PR locks (one process: nothing waits) and preview slots decided by bot.slots, as the Arbiter."""
 
     claims: dict[str, dict[str, str]] = field(default_factory=dict)  # repository id -> key -> claimed at
+    line: dict[str, slots.Line] = field(default_factory=dict)  # repository id -> its line
     locked: list[str] = field(default_factory=list)
     lock: FakeLock = field(default_factory=FakeLock)
 
@@ -338,17 +339,52 @@ class FakeLocks:
         yield self.lock
 
     async def claim_slot(self, key: PreviewKey, live: set[str], cap: int) -> tuple[bool, int]:
-        claims = self.claims.setdefault(str(key.repo_id), {})
-        if key.value in claims:
-            return True, slots.used_count(claims, live, key.value)
-        granted, updated = slots.decide(claims, live, key.value, cap, datetime.now(UTC), timedelta(minutes=10))
-        if not granted:
-            return False, slots.used_count(updated, live, key.value)
-        self.claims[str(key.repo_id)] = dict(updated)
-        return True, len(updated) - 1
+        claim = await self.claim_or_wait(key, live, cap)
+        return claim.granted, claim.used
 
-    async def release_slot(self, key: PreviewKey) -> None:
+    async def claim_or_wait(self, key: PreviewKey, live: set[str], cap: int, *,
+                            waiter: slots.Waiter | None = None) -> slots.Claim:
+        repo = str(key.repo_id)
+        claims = self.claims.setdefault(repo, {})
+        line = self.line[repo] if repo in self.line else slots.Line(key.repo_id, key.repo)
+        if key.value in claims:
+            self.line[repo] = slots.leave(line, key.value)
+            return slots.Claim(True, slots.used_count(claims, live, key.value))
+        now, stale = datetime.now(UTC), timedelta(minutes=10)
+        ahead = slots.ahead_of(line, key.value, slots.holding(claims, live, now, stale))
+        granted, updated = slots.decide(claims, live, key.value, cap, now, stale, ahead)
+        if granted:
+            self.claims[repo] = dict(updated)
+            self.line[repo] = slots.leave(line, key.value)
+            return slots.Claim(True, len(updated) - 1)
+        used = slots.used_count(updated, live, key.value)
+        if waiter is None:
+            return slots.Claim(False, used, line.place(key.value), ahead=ahead)
+        joined, place = slots.join(line, waiter)
+        if place is None:
+            return slots.Claim(False, used, line_full=True, ahead=ahead)
+        self.line[repo] = joined
+        return slots.Claim(False, used, place, ahead=ahead)
+
+    async def release_slot(self, key: PreviewKey) -> slots.Line:
         self.claims.get(str(key.repo_id), {}).pop(key.value, None)
+        return await self.leave_line(key)
+
+    async def leave_line(self, key: PreviewKey) -> slots.Line:
+        repo = str(key.repo_id)
+        self.line[repo] = slots.leave(self.line.get(repo) or slots.Line(key.repo_id, key.repo), key.value)
+        return self.line[repo]
+
+    async def line_of(self, key: PreviewKey, live: set[str], cap: int) -> tuple[slots.Line, int]:
+        repo = str(key.repo_id)
+        line = self.line.get(repo) or slots.Line(key.repo_id, key.repo)
+        return line, slots.free_slots(self.claims.get(repo, {}), live, cap, datetime.now(UTC), timedelta(minutes=10))
+
+    async def lines(self) -> tuple[Any, list[tuple[int, str]]]:
+        return None, [(int(repo), line.repo) for repo, line in self.line.items() if line.waiting]
+
+    async def unindex(self, repo_id: int, index: Any) -> None:
+        return None
 
 
 class FakeLeases:

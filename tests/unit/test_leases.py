@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from bot import slots
 from bot.arbiter import Arbiter, PrLock
 from bot.errors import TemporaryError
 from bot.leader import LeaderElector
@@ -135,3 +136,51 @@ async def test_a_dead_holders_pr_lock_is_taken_after_one_duration_on_the_waiters
     taken._task.cancel()
     assert [lease["spec"]["holderIdentity"] for lease in leases.objects.values()] == [other.token]
     assert LEASE <= waiter.elapsed <= LEASE + 3
+
+
+# -- the line for a preview slot and its index (bot.arbiter) --------------------------------------------------
+
+SHOP = "acme/shop"
+
+
+def pr(number: int) -> PreviewKey:
+    return PreviewKey(SHOP, number, 1296269)
+
+
+def waits(number: int) -> slots.Waiter:
+    return slots.Waiter(pr(number).value, number, "a" * 40, slots.EVENT, "2026-12-01T12:00:00Z")
+
+
+async def test_claims_and_line_are_one_record_that_another_replica_reads() -> None:
+    leases = FakeLeases()
+    a, b = arbiter(leases, Replica(), "pod-a"), arbiter(leases, Replica(), "pod-b")
+    assert (await a.claim_or_wait(pr(1), set(), 1, waiter=waits(1))).granted
+    assert (await b.claim_or_wait(pr(2), set(), 1, waiter=waits(2))).place == 1
+    assert (await a.claim_or_wait(pr(3), set(), 1, waiter=waits(3))).place == 2
+    assert (await a.claim_or_wait(pr(2), set(), 1, waiter=waits(2))).place == 1  # asks again: same place
+    assert (await b.lines())[1] == [(1296269, SHOP)]
+    # The slot frees: the first in line may take it, the second may not (it is kept for the first).
+    line = await b.release_slot(pr(1))
+    assert line.keys() == [pr(2).value, pr(3).value]
+    assert not (await a.claim_or_wait(pr(3), set(), 1, waiter=waits(3))).granted
+    assert (await a.claim_or_wait(pr(2), set(), 1, waiter=waits(2))).granted
+    line, free = await b.line_of(pr(2), {pr(2).value}, 1)
+    assert line.keys() == [pr(3).value] and free == 0
+
+
+async def test_an_index_entry_removed_on_an_old_read_comes_back_or_stays() -> None:
+    """The reconciler decides an entry is stale on an index read made before it found the line empty; a
+    PR that joined meanwhile touched the index, so the removal fails (409): its line stays findable."""
+    leases = FakeLeases()
+    a, b = arbiter(leases, Replica(), "pod-a"), arbiter(leases, Replica(), "pod-b")
+    assert (await a.claim_or_wait(pr(1), set(), 1)).granted
+    assert (await a.claim_or_wait(pr(2), set(), 1, waiter=waits(2))).place == 1
+    index, _ = await b.lines()  # the reconciler's read...
+    await a.release_slot(pr(2))  # ...the line empties...
+    assert (await a.claim_or_wait(pr(3), set(), 1, waiter=waits(3))).place == 1  # ...and a PR joins it
+    await b.unindex(1296269, index)  # decided on the old read: refused
+    assert (await b.lines())[1] == [(1296269, SHOP)]
+    await a.release_slot(pr(3))
+    index, _ = await b.lines()
+    await b.unindex(1296269, index)  # nobody came since: gone
+    assert (await b.lines())[1] == []

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bot import comment, gate
+from bot import comment, gate, slots
 from bot.comment import Report, State
 from bot.errors import RoutesNotRemoved
 from bot.gate import WaitRegistry
@@ -67,13 +67,58 @@ async def test_a_new_preview_shows_deploying_then_ready_with_one_deployment() ->
 
 
 async def test_cap_reached_deploys_nothing_and_says_why() -> None:
-    gh, kube, _locks, previewer = setup(cap=1)
+    gh, kube, locks, previewer = setup(cap=1)
     kube.add_preview(key(gh, 2), SHA1)
     gh.add_pull(1, SHA1, files=["services/a/main.go"])
     result = await previewer.deploy(gh, 1, SHA1)
-    assert result.state is State.NOT_DEPLOYED
+    assert result.state is State.WAITING_SLOT and result.in_line
     assert kube.applied == [] and gh.deployment_list == []
-    assert "the limit is 1" in (gh.sticky(1) or "")
+    assert "the limit is 1" in (gh.sticky(1) or "") and "1st in line" in (gh.sticky(1) or "")
+    assert locks.line[str(gh.repo_id)].keys() == [key(gh, 1).value]
+
+
+async def test_a_deploy_that_may_not_wait_is_refused_without_a_place_in_line() -> None:
+    gh, kube, locks, previewer = setup(cap=1)
+    kube.add_preview(key(gh, 2), SHA1)
+    gh.add_pull(1, SHA1, files=["services/a/main.go"])
+    result = await previewer.deploy(gh, 1, SHA1, wait_as=None)  # a link's deploy
+    assert result.state is State.NOT_DEPLOYED and not result.in_line
+    assert "Comment `/preview` to deploy this one once a slot is free" in (gh.sticky(1) or "")
+    assert (await locks.lines())[1] == []
+
+
+async def test_a_teardown_offers_the_slot_only_when_someone_waits() -> None:
+    gh, _kube, _locks, previewer = setup(cap=1)
+    freed: list[str] = []
+    previewer.on_slot_freed = lambda k: freed.append(k.value)
+    for number in (1, 2):
+        gh.add_pull(number, SHA1, files=["services/a/main.go"])
+    assert (await previewer.deploy(gh, 1, SHA1)).state is State.READY
+    assert (await previewer.stop(gh, 1, "closed")) > 0
+    assert freed == []  # nobody waited: no look at the line
+    assert (await previewer.deploy(gh, 1, SHA1)).state is State.READY
+    assert (await previewer.deploy(gh, 2, SHA1)).in_line
+    await previewer.stop(gh, 1, "closed")
+    assert freed == [key(gh, 1).value]
+
+
+async def test_closed_stopped_or_changing_nothing_leaves_the_line() -> None:
+    gh, kube, locks, previewer = setup(cap=1)
+    kube.add_preview(key(gh, 9), SHA1)
+    for number in (1, 2, 3):
+        gh.add_pull(number, SHA1, files=["services/a/main.go"])
+        assert (await previewer.deploy(gh, number, SHA1)).in_line
+    line = locks.line[str(gh.repo_id)]
+    assert [line.place(key(gh, n).value) for n in (1, 2, 3)] == [1, 2, 3]
+    await previewer.stop(gh, 2, "Stopped by @alice with `/preview stop`.")
+    gh.add_pull(3, SHA2, files=["README.md"])  # a push that no longer changes service a
+    assert (await previewer.deploy(gh, 3, SHA2)).state is State.NOT_DEPLOYED
+    assert locks.line[str(gh.repo_id)].keys() == [key(gh, 1).value]
+    # A push of the first keeps its place, with the new head.
+    gh.add_pull(1, SHA2, files=["services/a/main.go"])
+    assert (await previewer.deploy(gh, 1, SHA2)).in_line
+    [waiter] = locks.line[str(gh.repo_id)].waiting
+    assert (waiter.key, waiter.sha) == (key(gh, 1).value, SHA2)
 
 
 async def test_nothing_changed_any_more_tears_the_preview_down() -> None:
@@ -542,3 +587,17 @@ async def test_every_pass_resumes_a_deploy_a_shutdown_cut_off_once_it_is_old_eno
     assert resumed == [(gh.repo_id, gh.repo, 1, "unfinished")]
     assert [(a.kind, a.target, a.reason) for a in report.actions] == [
         ("resume", "acme/shop#1", "deploy did not finish")]
+
+
+async def test_the_line_is_bounded_and_the_one_beyond_is_told_what_to_do() -> None:
+    gh, kube, locks, previewer = setup(cap=1)
+    kube.add_preview(key(gh, 100), SHA1)
+    for number in range(1, slots.MAX_WAITING + 2):
+        gh.add_pull(number, SHA1, files=["services/a/main.go"])
+        result = await previewer.deploy(gh, number, SHA1)
+        assert result.in_line is (number <= slots.MAX_WAITING)
+    assert len(locks.line[str(gh.repo_id)].waiting) == slots.MAX_WAITING
+    body = gh.sticky(slots.MAX_WAITING + 1) or ""
+    assert "Preview: not deployed" in body and f"{slots.MAX_WAITING} pull requests already wait in line" in body
+    assert "comment `/preview` to deploy it once a slot is free" in body
+    assert f"{slots.ordinal(slots.MAX_WAITING)} in line" in (gh.sticky(slots.MAX_WAITING) or "")
