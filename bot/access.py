@@ -1,20 +1,21 @@
 """The Kubernetes access the bot needs, and where deploy/ grants it (pure: `serve` asks, see bot.server).
 
 Each verb is one the code sends (bot/kube, bot/leader.py, bot/arbiter.py, bot/links.py); the comments in
-deploy/base/rbac-*.yaml say which call needs which. `serve` asks the API server about each with a
+deploy/base/rbac-*.yaml say which call needs which. `serve` and `gc` (before its pass changes anything;
+`gc --dry-run`: the reads alone) ask the API server about each with a
 SelfSubjectAccessReview (authorization.k8s.io/v1; Kubernetes docs, "Authorization: Checking API access"),
 which any authenticated user may create, so a missing Role stops start-up with one line instead of a 403
 at the first pull request. A namespace that does not exist is found with a dry-run create (the API
 server's NamespaceLifecycle admission answers 404 `namespaces "<name>" not found`).
 
-Shapes: `needed(...)` -> [Need]; `review(verb, need)` -> the SelfSubjectAccessReview body;
-`refusal(need, verbs)` -> one sentence naming namespace, verbs, resource and the RBAC object to apply;
-`namespace_probes(...)` -> [Probe] (one per distinct namespace).
+Shapes: `needed(...)` -> [Need]; `reads_only([Need])` -> [Need]; `review(verb, need)` -> the
+SelfSubjectAccessReview body; `refusal(need, verbs)` -> one sentence naming namespace, verbs, resource and
+the RBAC object to apply; `namespace_probes(...)` -> [Probe] (one per distinct namespace).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bot.manifests import VIRTUAL_SERVICE_API
@@ -64,6 +65,16 @@ def needed(*, preview_namespace: str, routing_namespace: str, lease_namespace: s
              f"the Role preview-bot-leader and its RoleBinding (deploy/base/rbac-leader.yaml) in namespace "
              f"{lease_namespace}"),
     ]
+
+
+READ_VERBS = frozenset({"get", "list"})
+
+
+def reads_only(needs: list[Need]) -> list[Need]:
+    """What a pass that changes nothing (`gc --dry-run`) needs of `needs`: their reads, and no Lease (it
+    takes no PR's lock and claims no slot)."""
+    return [replace(need, verbs=tuple(v for v in need.verbs if v in READ_VERBS)) for need in needs
+            if need.setting != "POD_NAMESPACE" and any(v in READ_VERBS for v in need.verbs)]
 
 
 def review(verb: str, need: Need) -> dict[str, Any]:

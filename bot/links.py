@@ -32,6 +32,7 @@ from typing import Any
 
 from bot import mesh_routes, naming
 from bot.commands import approve
+from bot.errors import ObjectsElsewhere
 from bot.github.auth import AppAuth
 from bot.github.client import RepoClient
 from bot.github.errors import GitHubError, NotFound
@@ -120,13 +121,11 @@ async def _mesh_hosts(kube: Cluster, key: str) -> set[str]:
             if key in mesh_routes.preview_keys(item["spec"]) for h in item["spec"].get("hosts") or []}
 
 
-async def _deployments(kube: Cluster, selector: str) -> list[dict[str, Any]]:
-    return await kube.list_objects("apps/v1", "deployments", kube.settings.namespace, selector)
-
-
 async def owner_of(kube: Cluster, key: PreviewKey) -> tuple[str, str] | None:
-    """(owner `repo#N`, owner key) when `key`'s preview is linked, from its Deployments."""
-    for item in await _deployments(kube, key.selector()):
+    """(owner `repo#N`, owner key) when `key`'s preview is linked, from its Deployments wherever they are
+    (an earlier PREVIEW_NAMESPACE's too: bot.kube.inventory.Inventory.find_deployments); ObjectsElsewhere
+    when they may not be listed."""
+    for item in await kube.find_deployments(key.selector(), routes=key.selector()):
         meta = item["metadata"]
         owner_key = (meta.get("labels") or {}).get(LINKED_KEY_LABEL)
         owner = (meta.get("annotations") or {}).get(LINKED_TO_ANNOTATION)
@@ -136,10 +135,11 @@ async def owner_of(kube: Cluster, key: PreviewKey) -> tuple[str, str] | None:
 
 
 async def linked_to(kube: Cluster, owner_key: str) -> list[tuple[str, int, str]]:
-    """(repo, number, key) of the PRs linked to `owner_key`."""
+    """(repo, number, key) of the PRs linked to `owner_key`, their Deployments wherever they are (as
+    owner_of); ObjectsElsewhere when some may not be listed."""
     found: dict[str, tuple[str, int, str]] = {}
     selector = f"{naming.MANAGED_SELECTOR},{LINKED_KEY_LABEL}={owner_key}"
-    for item in await _deployments(kube, selector):
+    for item in await kube.find_deployments(selector):
         meta = item["metadata"]
         labels, annotations = meta.get("labels") or {}, meta.get("annotations") or {}
         repo = annotations.get(naming.REPO_ANNOTATION, "")
@@ -149,9 +149,10 @@ async def linked_to(kube: Cluster, owner_key: str) -> list[tuple[str, int, str]]
 
 
 async def _mark(kube: Cluster, key: PreviewKey, owner: str | None, owner_key: str | None) -> None:
-    """Record (or, with None, erase) the link on every Deployment of the linked preview."""
-    for item in await _deployments(kube, key.selector()):
-        path = f"{collection_path('apps/v1', 'deployments', kube.settings.namespace)}/{item['metadata']['name']}"
+    """Record (or, with None, erase) the link on every Deployment of the linked preview, where it is."""
+    for item in await kube.find_deployments(key.selector(), routes=key.selector()):
+        meta = item["metadata"]
+        path = f"{collection_path('apps/v1', 'deployments', meta['namespace'])}/{meta['name']}"
         patch = {"metadata": {"labels": {LINKED_KEY_LABEL: owner_key},
                               "annotations": {LINKED_TO_ANNOTATION: owner}}}
         await kube.call("PATCH", path, body=patch, content_type="application/merge-patch+json")
@@ -199,8 +200,17 @@ async def extend_plan(kube: Cluster, plan: PreviewPlan) -> PreviewPlan:
 
 
 async def report_lines(kube: Cluster, repo: str, repo_id: int, number: int) -> tuple[str, ...]:
-    """The sticky comment's link lines for one PR."""
+    """The sticky comment's link lines for one PR; when a preview's link records may not be read (its
+    objects in an earlier PREVIEW_NAMESPACE the bot may not list), a line saying so: the comment's report
+    (e.g. that very failure) still goes out, and no link is said to be absent."""
     key = PreviewKey(repo, number, repo_id)
+    try:
+        return await _report_lines(kube, key)
+    except ObjectsElsewhere as exc:
+        return (f"🔗 The links of this preview cannot be read: a preview involved: {exc}.",)
+
+
+async def _report_lines(kube: Cluster, key: PreviewKey) -> tuple[str, ...]:
     lines = owner_lines([(r, n) for r, n, _ in await linked_to(kube, key.value)], key.value, kube.settings)
     found = await owner_of(kube, key)
     if found is not None:

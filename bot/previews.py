@@ -22,7 +22,7 @@ import cachetools
 
 from bot import comment, links, manifests, mesh_routes, metrics, naming, slots
 from bot.comment import Report, ServiceLine, State
-from bot.errors import ConfigError, PreviewError, RoutesNotRemoved
+from bot.errors import ConfigError, ObjectsElsewhere, PreviewError, RoutesNotRemoved
 from bot.github.client import LIST_FILES_MAX
 from bot.kube import KubeError, LivePreview
 from bot.naming import PreviewKey
@@ -199,6 +199,9 @@ class Previewer:
             return DeployResult(State.CONFIG_ERROR, detail)
 
         deployed = {s for p in repo_previews if p.key == key.value for s in p.services}
+        # Where they are: an earlier PREVIEW_NAMESPACE when the setting changed while the preview was live.
+        where = next((p.namespace for p in repo_previews if p.key == key.value and p.namespace),
+                     self.settings.namespace)
 
         wanted = [s.name for s in config.services]
         note = None
@@ -211,9 +214,8 @@ class Previewer:
                         "service counts as changed.")
         plan = manifests.plan_preview(self.settings, config, key, head_sha, only=wanted,
                                       pushed_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
-        plan = await links.extend_plan(self.kube, plan)  # a linked PR keeps matching its owner's key
         if not plan.services:
-            await self.teardown_services(key, deployed, keep=())
+            await self.teardown_services(key, deployed, keep=(), namespace=where)
             if deployed:
                 await self.reporter.retire(gh, key)
             await self.release_slot(key)  # and out of the line: it asks for nothing
@@ -236,6 +238,8 @@ class Previewer:
         lines = [ServiceLine(s.service.name, s.url, s.image, False) for s in plan.services]
         rollout = await self.reporter.begin(gh, key, head_sha, lines, note=note)
         try:
+            # A linked PR keeps matching its owner's key (its record unreadable: ObjectsElsewhere, reported).
+            plan = await links.extend_plan(self.kube, plan)
             # Before anything is written: never "ready" with mesh routes that Istio would ignore.
             await self.kube.check_mesh_hosts(s.mesh_host for s in plan.services)
             await self.kube.apply_preview(plan)
@@ -243,7 +247,8 @@ class Previewer:
                 await self.kube.add_mesh_route(service.mesh_host, service.mesh_route)
             # A service whose `host` changed in the config: its route at the old host must not stay.
             await self.kube.remove_routes_elsewhere(key.value, {s.destination: s.mesh_host for s in plan.services})
-            await self.teardown_services(key, deployed, keep=[s.service.name for s in plan.services])
+            await self.teardown_services(key, deployed, keep=[s.service.name for s in plan.services],
+                                         namespace=where)
             images = {s.name: s.image for s in plan.services}
 
             async def image_wait(name: str, _reason: str) -> None:
@@ -314,19 +319,30 @@ class Previewer:
     async def _failed(self, gh: GitHubRepo, rollout: Rollout, lines: list[ServiceLine], reason: str) -> DeployResult:
         key = rollout.key
         log.warning("preview deploy failed: %s", reason, extra={"repo": gh.repo, "pr": key.number})
-        if not await self.kube.recorded_shas(key):
-            await self.release_slot(key)  # nothing of it was created (a refused host): no slot used
+        try:
+            # Nothing of it was created (a refused host): no slot used. Looked for wherever the preview
+            # is (an earlier PREVIEW_NAMESPACE too): a live preview's slot is never freed.
+            created = bool(await self.kube.recorded_shas(key))
+        except ObjectsElsewhere:
+            created = True  # it lives where the bot may not look: it keeps its slot
+        if not created:
+            await self.release_slot(key)
         await self.reporter.failed(gh, rollout, lines, reason)
         metrics.PREVIEW_OUTCOMES.labels(action="deploy", outcome="failure").inc()
         self._finished[(gh.repo_id, key.value)] = (rollout.sha, "failure")
         return DeployResult(State.FAILED, reason)
 
-    async def teardown_services(self, key: PreviewKey, deployed: set[str], keep: list[str] | tuple[()]) -> None:
-        """Remove the preview's `deployed` services that are no longer wanted (config or diff changed)."""
+    async def teardown_services(self, key: PreviewKey, deployed: set[str], keep: list[str] | tuple[()], *,
+                                namespace: str = "") -> None:
+        """Remove the preview's `deployed` services that are no longer wanted (config or diff changed): their
+        mesh routes, then their objects. `namespace`: where they are ("": PREVIEW_NAMESPACE), as the live
+        preview says (bot.kube.LivePreview.namespace): a route to the Service in an earlier
+        PREVIEW_NAMESPACE names that namespace, and must go with the Service."""
         stale = sorted(deployed - {naming.dns_label(s) for s in keep})
         if not stale:
             return
-        gone = {naming.service_fqdn(key.object_name(s), self.settings.namespace) for s in stale}
+        gone = {naming.service_fqdn(key.object_name(s), where)
+                for s in stale for where in {namespace or self.settings.namespace, self.settings.namespace}}
         def drop(route: dict[str, Any]) -> bool:
             return route.get("name") == key.value and bool(
                 gone & set(mesh_routes.route_destinations({"http": [route]}).get(key.value, [])))

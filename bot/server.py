@@ -165,16 +165,18 @@ async def check_gateway(kube: Kube, settings: Settings) -> None:
         raise StartupError(problem)
 
 
-async def check_access(kube: Kube, settings: Settings) -> None:
+async def check_access(kube: Kube, settings: Settings, *, reads_only: bool = False) -> None:
     """The API server allows every call the bot makes (bot.access) and its namespaces exist; raises
     StartupError with one line naming each refused namespace, verbs, resource and the RBAC object of
-    deploy/ to apply. An authorization API that cannot be asked only warns (the calls tell later)."""
+    deploy/ to apply. An authorization API that cannot be asked only warns (the calls tell later).
+    `reads_only`: for a pass that changes nothing (`gc --dry-run`), only its reads (bot.access.reads_only)."""
     namespaces = {"preview_namespace": settings.cluster.namespace,
                   "routing_namespace": settings.cluster.routing_namespace,
                   "lease_namespace": settings.lease_namespace}
+    needs = access.needed(**namespaces)
     refused: list[str] = []
     try:
-        for need in access.needed(**namespaces):
+        for need in access.reads_only(needs) if reads_only else needs:
             verbs = []
             for verb in need.verbs:
                 answer = await kube.call("POST", access.REVIEW_PATH, body=access.review(verb, need))
@@ -190,6 +192,8 @@ async def check_access(kube: Kube, settings: Settings) -> None:
     if refused:
         raise StartupError(f"Kubernetes: {kube.server}: the bot " + "; ".join(refused))
     for probe in access.namespace_probes(**namespaces):
+        if reads_only and probe.setting == "POD_NAMESPACE":
+            continue  # no Lease is read nor written
         try:
             await kube.call("POST", probe.path, query=[("dryRun", "All")], body=probe.body)
         except KubeError as exc:  # only a missing namespace counts: the calls report anything else
@@ -315,16 +319,20 @@ def _command_logs() -> None:
 
 
 def run_gc(*, dry_run: bool) -> int:
-    """One reconciliation pass, printed; the redeploys it finds due (`resume:` lines) are run here before
-    exiting, for all of them at most the longest a deploy may wait (Previewer.longest_wait) + 60 s, each
-    outcome printed (`resumed:`). One not done by then is left to `serve` (its passes resume unfinished
-    deploys). Exit 1 when an error was printed."""
+    """One reconciliation pass, printed, after the access check of `serve` (check_access; its reads alone
+    with `dry_run`): a refusal raises StartupError (one line, exit 2). The redeploys it finds due
+    (`resume:` lines) are run here before exiting, for all of them at most the longest a deploy may wait
+    (Previewer.longest_wait) + 60 s, each outcome printed (`resumed:`). One not done by then is left to
+    `serve` (its passes resume unfinished deploys). Exit 1 when an error was printed."""
     _command_logs()
     settings = load_settings(os.environ, webhooks=False)
 
     async def main() -> tuple[GcReport, list[str], list[str]]:
         async with _adapters(lambda: Kube.from_environment(settings.cluster,
                                                            timeout=settings.kube_timeout)) as (session, kube):
+            # As `serve` does: a missing Role stops gc with one line before its pass changes anything, not
+            # preview by preview half-way through (a teardown that may delete routes but not take a lock).
+            await check_access(kube, settings, reads_only=dry_run)
             bot = Bot(settings, session, kube)
             due: list[tuple[int, str, int, str]] = []
             try:

@@ -6,6 +6,7 @@ from bot import links
 from bot.commands import Action, Command
 from bot.comment import State
 from bot.context import Context
+from bot.errors import ObjectsElsewhere
 from bot.github.client import RepoClient
 
 USAGE = "Usage: `/preview link owner/repo#N` (a pull request of a repository this App is installed on)."
@@ -17,7 +18,10 @@ async def link_command(ctx: Context, client: RepoClient, number: int, user: str,
     refresh = ctx.previewer.link_refresh
     if command.action is Action.UNLINK:
         key, _ = await ctx.previewer.key_for(client, number)
-        ended = await links.unlink(ctx.kube, refresh, key)
+        try:
+            ended = await links.unlink(ctx.kube, refresh, key)
+        except ObjectsElsewhere as exc:  # a linked preview in an earlier PREVIEW_NAMESPACE, unreadable now
+            return f"Not unlinked: the link records cannot all be read: a preview involved: {exc}.", False
         if not ended:
             return "This pull request has no links.", False
         return "🔗 Unlinked " + ", ".join(ended) + ".", True
@@ -40,3 +44,5 @@ async def link_command(ctx: Context, client: RepoClient, number: int, user: str,
                                 sha=command.sha), True
     except links.LinkRefused as exc:
         return f"Not linked: {exc}", False
+    except ObjectsElsewhere as exc:
+        return f"Not linked: the link records cannot all be read: a preview involved: {exc}.", False

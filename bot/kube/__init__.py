@@ -4,6 +4,8 @@ Its parts, each over one Transport:
 - transport.py: one API call (retries, errors, paths, server-side apply, delete, list); the only module
   of the bot that imports `kubernetes`. It loads the kubeconfig after kubeconfig.py's checks of the
   selected user and cluster (what the client would misreport: missing files, auth-providers, server URLs).
+- placement.py: where the bot's objects are (its own gateway routes, the namespaces they send to: an
+  earlier PREVIEW_NAMESPACE's too), for the parts below that read and write them.
 - objects.py: one preview's own objects (write only over what is ours, label, mark, delete).
 - inventory.py: what is live (previews, their Services, the routing objects), read from labels.
 - rollout.py: whether a preview's Deployments rolled out, and the wait for it.
@@ -64,7 +66,8 @@ class Kube:
         self.mark_rollout_failed = objects.mark_rollout_failed
         inventory = self.inventory
         self.live_previews, self.recorded_shas = inventory.live_previews, inventory.recorded_shas
-        self.service_names, self.gateway = inventory.service_names, inventory.gateway
+        self.find_deployments = inventory.find_deployments
+        self.gateway = inventory.gateway
         self.existing_destinations = inventory.existing_destinations
         self.routing_objects = inventory.routing_objects
         self.deployment_state, self.wait_available = self.rollouts.deployment_state, self.rollouts.wait_available

@@ -17,6 +17,7 @@ from typing import Any
 
 from bot import manifests, naming
 from bot.errors import ObjectsElsewhere
+from bot.kube.placement import DEPLOYMENTS, Placement
 from bot.kube.transport import KubeError, Transport, api_path, collection_path
 from bot.naming import PreviewKey
 from bot.settings import ClusterSettings
@@ -52,14 +53,7 @@ class Inventory:
     def __init__(self, transport: Transport, settings: ClusterSettings) -> None:
         self._t = transport
         self._settings = settings
-
-    async def _own_routes(self, selector: str) -> list[dict[str, Any]]:
-        """The bot's per-preview VirtualServices matching `selector` of this configuration, wherever they
-        are (manifests.own_routes; cluster-wide list on the ClusterRole `preview-bot-virtualservices-read`,
-        else the routing namespace's)."""
-        items = await self._t.list_everywhere_or(manifests.VIRTUAL_SERVICE_API, "virtualservices",
-                                                 self._settings.routing_namespace, selector)
-        return [dict(item) for item in manifests.own_routes(items, self._settings)]
+        self._where = Placement(transport, settings)
 
     async def _routing_virtual_services(self, selector: str | None = None) -> list[dict[str, Any]]:
         return await self._t.list_objects(manifests.VIRTUAL_SERVICE_API, "virtualservices",
@@ -72,17 +66,16 @@ class Inventory:
         deployments: list[dict[str, Any]] = []
         routes: list[dict[str, Any]] = []
         for selector in selectors:
-            routes += await self._own_routes(f"{selector},{naming.ROLE_LABEL}={naming.ROLE_GATEWAY}")
+            routes += await self._where.own_routes(f"{selector},{naming.ROLE_LABEL}={naming.ROLE_GATEWAY}")
         # Previews made before PREVIEW_NAMESPACE changed are where their gateway routes send.
         unreadable: dict[str, str] = {}
-        for namespace in sorted(manifests.route_namespaces(routes) | {self._settings.namespace}):
+        for namespace in sorted(self._where.namespaces(routes)):
             for selector in selectors:
                 try:
-                    deployments += await self._t.list_objects("apps/v1", "deployments", namespace, selector)
-                except KubeError as exc:
-                    if exc.status != 403 or namespace == self._settings.namespace:
-                        raise
-                    unreadable[namespace] = str(ObjectsElsewhere(namespace, self._settings.namespace, exc.status))
+                    deployments += [item for _, _, item in
+                                    await self._where.listed([namespace], selector, DEPLOYMENTS)]
+                except ObjectsElsewhere as exc:
+                    unreadable[namespace] = str(exc)
         hosts: dict[str, list[str]] = {}
         for route in routes:
             meta = route["metadata"]
@@ -132,15 +125,21 @@ class Inventory:
             ))
         return previews
 
+    async def find_deployments(self, selector: str, *, routes: str = naming.MANAGED_SELECTOR) -> list[dict[str, Any]]:
+        """The bot's Deployments matching `selector`, wherever they are: in PREVIEW_NAMESPACE and in the
+        namespaces that the bot's gateway routes matching `routes` (a label selector: one preview's, or
+        every preview's by default) send to, where a preview made before PREVIEW_NAMESPACE changed lives.
+        Raises ObjectsElsewhere when one of those may not be listed: a preview there is never taken for
+        absent."""
+        own = await self._where.own_routes(f"{routes},{naming.ROLE_LABEL}={naming.ROLE_GATEWAY}")
+        return [item for _, _, item in await self._where.listed(self._where.namespaces(own), selector, DEPLOYMENTS)]
+
     async def recorded_shas(self, key: PreviewKey) -> dict[str, str]:
-        """Deployment name -> the commit it runs (its SHA annotation), for one preview."""
-        items = await self._t.list_objects("apps/v1", "deployments", self._settings.namespace, key.selector())
+        """Deployment name -> the commit it runs (its SHA annotation), for one preview, wherever its
+        Deployments are (find_deployments; ObjectsElsewhere when they may not be listed)."""
+        items = await self.find_deployments(key.selector(), routes=key.selector())
         return {i["metadata"]["name"]: str((i["metadata"].get("annotations") or {}).get(naming.SHA_ANNOTATION, ""))
                 for i in items}
-
-    async def service_names(self) -> set[str]:
-        items = await self._t.list_objects("v1", "services", self._settings.namespace, naming.MANAGED_SELECTOR)
-        return {naming.service_fqdn(i["metadata"]["name"], self._settings.namespace) for i in items}
 
     async def existing_destinations(self, destinations: Iterable[str]) -> tuple[set[str], dict[str, str]]:
         """Of route `destinations` (Service FQDNs): (those whose Service exists, destination -> why it cannot

@@ -19,13 +19,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from bot import manifests, naming, ownership
-from bot.errors import ObjectsElsewhere
-from bot.kube.transport import Conflict, KubeError, NotFound, Transport, collection_path, object_path
+from bot.kube.placement import Listed, Placement
+from bot.kube.transport import Conflict, NotFound, Transport, collection_path, object_path
 from bot.naming import PreviewKey
 from bot.settings import ClusterSettings
-
-# (apiVersion, plural, object) of one of the bot's objects, as listed.
-Listed = tuple[str, str, dict[str, Any]]
 
 
 class PreviewObjects:
@@ -34,6 +31,7 @@ class PreviewObjects:
     def __init__(self, transport: Transport, settings: ClusterSettings) -> None:
         self._t = transport
         self._settings = settings
+        self._where = Placement(transport, settings)
 
     async def ensure_owned(self, manifest: Mapping[str, Any], key: PreviewKey) -> bool:
         """Refuse to overwrite an object that belongs to another repository's preview (HostConflictError,
@@ -57,10 +55,10 @@ class PreviewObjects:
         one) that does not exist yet is created with POST first: the API server lets only one creator win
         (409 for the other), so the ownership check cannot be raced by two repositories at once, on one
         replica or several."""
-        routes = await self._own_routes(f"{plan.key.selector()},{naming.ROLE_LABEL}={naming.ROLE_GATEWAY}")
+        routes = await self._where.own_routes(f"{plan.key.selector()},{naming.ROLE_LABEL}={naming.ROLE_GATEWAY}")
         services = {naming.dns_label(s.service.name) for s in plan.services}
-        elsewhere = [(api, plural, item) for api, plural, item in await self._in_namespaces(
-            manifests.route_namespaces(routes) - {self._settings.namespace}, plan.key.selector())
+        elsewhere = [(api, plural, item) for api, plural, item in await self._where.listed(
+            self._where.namespaces(routes) - {self._settings.namespace}, plan.key.selector())
             if (item["metadata"].get("labels") or {}).get(naming.SERVICE_LABEL) in services]
         absent = [m for m in plan.manifests() if not await self.ensure_owned(m, plan.key)]
         for manifest in absent:
@@ -126,38 +124,14 @@ class PreviewObjects:
             changed += 1
         return changed
 
-    async def _own_routes(self, selector: str) -> list[dict[str, Any]]:
-        """The bot's per-preview VirtualServices matching `selector` of this configuration, wherever they
-        are (manifests.own_routes; cluster-wide list on the ClusterRole `preview-bot-virtualservices-read`,
-        else the routing namespace's)."""
-        items = await self._t.list_everywhere_or(manifests.VIRTUAL_SERVICE_API, "virtualservices",
-                                                 self._settings.routing_namespace, selector)
-        return [dict(item) for item in manifests.own_routes(items, self._settings)]
-
     async def _own_objects(self, selector: str) -> list[Listed]:
         """(apiVersion, plural, object) of every object of the bot's matching `selector`, wherever the bot
         put it: gateway VirtualServices in every namespace, Deployments and Services in PREVIEW_NAMESPACE
         and in those the VirtualServices' destinations name (an earlier PREVIEW_NAMESPACE). Raises
         ObjectsElsewhere, having changed nothing, when one of those may not be listed."""
-        routes = await self._own_routes(selector)
+        routes = await self._where.own_routes(selector)
         found: list[Listed] = [(manifests.VIRTUAL_SERVICE_API, "virtualservices", item) for item in routes]
-        return found + await self._in_namespaces(manifests.route_namespaces(routes) | {self._settings.namespace},
-                                                 selector)
-
-    async def _in_namespaces(self, namespaces: set[str], selector: str) -> list[Listed]:
-        """(apiVersion, plural, object) of the bot's Deployments and Services matching `selector` in
-        `namespaces`; ObjectsElsewhere when one other than PREVIEW_NAMESPACE may not be listed."""
-        found: list[Listed] = []
-        for namespace in sorted(namespaces):
-            for api_version, plural in (("apps/v1", "deployments"), ("v1", "services")):
-                try:
-                    items = await self._t.list_objects(api_version, plural, namespace, selector)
-                except KubeError as exc:
-                    if exc.status != 403 or namespace == self._settings.namespace:
-                        raise
-                    raise ObjectsElsewhere(namespace, self._settings.namespace, exc.status) from None
-                found += [(api_version, plural, item) for item in items]
-        return found
+        return found + await self._where.listed(self._where.namespaces(routes), selector)
 
     async def delete_preview(self, key: PreviewKey, *, services: Iterable[str] | None = None) -> int:
         """Delete the preview's objects (optionally only some services'), wherever they are (_own_objects);

@@ -27,7 +27,10 @@ _IMAGE_PULL = frozenset({"ErrImagePull", "ImagePullBackOff"})
 
 
 class Rollouts:
-    """The rollout state of the Deployments in PREVIEW_NAMESPACE."""
+    """The rollout state of the Deployments in PREVIEW_NAMESPACE. The wait follows a deploy, which has just
+    applied every Deployment it waits for there: a preview made before PREVIEW_NAMESPACE changed is moved
+    by its redeploy before the wait (bot.kube.Kube.apply_preview; tests/e2e/test_links.py and test_gc.py
+    redeploy one and see it reported ready), so no Deployment of an earlier namespace is waited for."""
 
     def __init__(self, transport: Transport, settings: ClusterSettings) -> None:
         self._t = transport

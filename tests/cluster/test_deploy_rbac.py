@@ -604,7 +604,8 @@ async def test_the_bots_own_adapter_runs_a_preview_as_the_service_account(deploy
         live = await kube.live_previews((1296269, key.repo))
         assert [p.key for p in live] == [key.value]
         assert await kube.set_keep(key, True) == 1
-        assert any(plan.services[0].name in n for n in await kube.service_names())
+        found, unknown = await kube.existing_destinations([plan.services[0].destination])
+        assert found == {plan.services[0].destination} and unknown == {}
 
         leader = LeaderElector(kube, namespace=BOT_NAMESPACE, name=LEASE_NAME, identity=f"pod-{suffix}",
                                lease_seconds=5)
@@ -827,7 +828,7 @@ async def test_a_team_virtual_service_the_bot_may_no_longer_update_keeps_no_prev
         assert team_routes() == [key.value]
         assert await kube.find_mesh_service(plan.services[1].mesh_host) is None
 
-        services = await kube.service_names()
+        services, _ = await kube.existing_destinations(s.destination for s in plan.services)
 
         def dangling(r: dict[str, Any]) -> bool:
             return any(d not in services for d in mesh_routes.route_destinations({"http": [r]}).get(r["name"], []))
@@ -850,8 +851,9 @@ async def test_a_team_virtual_service_the_bot_may_no_longer_update_keeps_no_prev
 async def test_previews_of_an_earlier_preview_namespace_the_bot_may_not_read_are_left_and_reported(
         deployed: Deployed, cluster: Cluster, namespace: str) -> None:
     """PREVIEW_NAMESPACE changed while a preview was live in `namespace`, where the ServiceAccount has no
-    Role: its mesh route is not called dangling, the inventory says why it cannot see the preview, and a
-    teardown deletes nothing rather than the routes that still lead to its objects."""
+    Role: its mesh route is not called dangling, the inventory and the link records say why they cannot see
+    the preview, and a teardown deletes nothing rather than the routes that still lead to its objects."""
+    from bot import links
     from bot.errors import ObjectsElsewhere
     from bot.kube import Kube
     from bot.manifests import plan_preview
@@ -887,6 +889,15 @@ async def test_previews_of_an_earlier_preview_namespace_the_bot_may_not_read_are
         assert "deploy/README.md" in live.unreadable
         with pytest.raises(ObjectsElsewhere, match=f"namespace {namespace}"):
             await kube.delete_preview(key)
+        # Its link record and the commits it runs cannot be read there: said, never taken for "none".
+        with pytest.raises(ObjectsElsewhere, match=f"namespace {namespace}"):
+            await links.owner_of(kube, key)
+        with pytest.raises(ObjectsElsewhere, match=f"namespace {namespace}"):
+            await links.linked_to(kube, key.value)
+        with pytest.raises(ObjectsElsewhere, match=f"namespace {namespace}"):
+            await kube.recorded_shas(key)
+        [line] = await links.report_lines(kube, key.repo, key.repo_id, key.number)
+        assert f"cannot be read: a preview involved: its objects are in namespace {namespace}" in line
         # A redeploy would move it, and cannot remove the old objects: refused before anything is written.
         with pytest.raises(ObjectsElsewhere, match=f"namespace {namespace}"):
             await kube.apply_preview(plan_preview(now, config, key, "3" * 40))
@@ -896,7 +907,13 @@ async def test_previews_of_an_earlier_preview_namespace_the_bot_may_not_read_are
         assert client.CoreV1Api(deployed.admin).read_namespaced_service(service.name, namespace)
         assert admin_custom.get_namespaced_custom_object("networking.istio.io", "v1", ROUTING_NAMESPACE,
                                                          "virtualservices", service.gateway_route["metadata"]["name"])
-        # With the rights there (the admin's, or the old Role kept bound), it goes whole.
+        # With the rights there (the admin's, or the old Role kept bound), it is read where it is...
+        may_read = Kube(cluster.api_client(), now, request_timeout=20, attempts=2)
+        try:
+            assert await may_read.recorded_shas(key) == {service.name: "2" * 40}
+        finally:
+            may_read.close()
+        # ...and goes whole.
         await made_before.remove_routes_of_key(key.value)
         assert await made_before.delete_preview(key) == 3
     finally:
@@ -980,6 +997,79 @@ async def test_serve_as_the_service_account_without_a_lease_role_stops(deployed:
                                PREVIEW_GATEWAY=f"{ROUTING_NAMESPACE}/preview-gateway")
     assert_one_line(code, err, "leases.coordination.k8s.io in namespace kube-system (POD_NAMESPACE)",
                     "deploy/base/rbac-leader.yaml")
+
+
+async def _gc_as_the_service_account(deployed: Deployed, fake_github: Any, *args: str,
+                                     **where: str) -> tuple[int, str, str]:
+    """`preview-bot gc` (a real process) on the ServiceAccount's token, the settings of deploy/ but `where`."""
+    import asyncio
+    import os
+    import sys
+
+    from tests.e2e.harness import bot_env
+
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/"),
+           "KUBECONFIG": str(deployed.kubeconfig),
+           **bot_env(fake_github, PREVIEW_NAMESPACE, **{"PREVIEW_ROUTING_NAMESPACE": ROUTING_NAMESPACE,
+                                                         "POD_NAMESPACE": BOT_NAMESPACE, **where})}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", "gc", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), 120)
+    finally:
+        if process.returncode is None:
+            process.kill()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.parametrize(("where", "expected"), [
+    ({"POD_NAMESPACE": "kube-system"},
+     ("may not create, get, update, delete leases.coordination.k8s.io in namespace kube-system (POD_NAMESPACE)",
+      "apply the Role preview-bot-leader and its RoleBinding (deploy/base/rbac-leader.yaml)")),
+    ({"PREVIEW_NAMESPACE": "kube-public"},
+     ("may not get, list, create, patch, delete deployments.apps in namespace kube-public (PREVIEW_NAMESPACE)",
+      "apply the Role preview-bot-previews and its RoleBinding (deploy/base/rbac-previews.yaml)")),
+])
+async def test_gc_as_the_service_account_without_a_role_stops_before_changing_anything(
+        deployed: Deployed, fake_github: Any, cluster: Cluster, where: dict[str, str],
+        expected: tuple[str, ...]) -> None:
+    """`preview-bot gc` asks for the access its calls need first, as `serve` does: with a Role missing it
+    stops with one line naming namespace, verbs and the Role to apply (exit 2, no traceback), and the closed
+    PR's preview it would have torn down is left whole, not half-removed. `--dry-run`, which changes nothing,
+    needs only the reads (no Lease)."""
+    from bot.kube import Kube, object_path
+    from bot.manifests import plan_preview
+    from bot.naming import PreviewKey
+    from bot.repo_config import RepoConfig, ServiceConfig
+    from bot.settings import ClusterSettings
+    from tests.e2e.test_startup import assert_one_line
+
+    suffix = secrets.token_hex(3)
+    repo = f"gc-{suffix}/shop"
+    fake_github.add_repo(repo, files={}, collaborators={"alice": "write"})
+    fake_github.add_pull(repo, 1)
+    fake_github.repos[repo].pulls[1].state = "closed"  # its `closed` event was missed: gc tears it down
+    key = PreviewKey(repo, 1, fake_github.repos[repo].id)
+    settings = ClusterSettings(domain="example.com", namespace=PREVIEW_NAMESPACE, routing_namespace=ROUTING_NAMESPACE)
+    config = RepoConfig(services=(ServiceConfig(name=f"gc{suffix}", image="example.invalid/gc:{sha}", port=8080),))
+    plan = plan_preview(settings, config, key, "7" * 40)
+    admin = Kube(cluster.api_client(), settings, request_timeout=20, attempts=2)
+    try:
+        await admin.apply_preview(plan)
+        code, _, err = await _gc_as_the_service_account(deployed, fake_github, **where)
+        assert_one_line(code, err, *expected)
+        assert [p.key for p in await admin.live_previews((key.repo_id, repo))] == [key.value]
+        assert len(await admin.find_deployments(key.selector(), routes=key.selector())) == 1
+        assert await admin.get(object_path(plan.services[0].gateway_route)) is not None
+        if "POD_NAMESPACE" in where:
+            code, out, err = await _gc_as_the_service_account(deployed, fake_github, "--dry-run", **where)
+            assert f"would teardown-closed: {repo}#1 (pull request is closed)" in out, (out, err)
+            assert "Traceback" not in err
+    finally:
+        await admin.delete_preview(key)
+        admin.close()
 
 
 async def test_a_refused_lease_renewal_names_status_and_namespace_and_is_retried_soon(

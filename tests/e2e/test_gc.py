@@ -493,3 +493,32 @@ async def test_previews_made_before_a_namespace_changed_keep_their_routes_and_ar
             assert gateway_routes(cluster, namespace) == [] and gateway_routes(cluster, team_namespace) == [route]
     finally:
         new.close()
+
+
+async def test_a_service_dropped_from_a_preview_in_an_earlier_namespace_goes_with_its_mesh_route(
+        fake_github: FakeGitHub, cluster: Cluster, namespace: str, team_namespace: str, view: ClusterView) -> None:
+    """PREVIEW_NAMESPACE changed while a preview of services a and b lived in the old namespace; the config
+    then drops b and a push redeploys: a moves, b's objects go from the old namespace, and b's mesh route
+    (to b's Service in the old namespace) goes with them, not left behind to a deleted Service."""
+    two = CONFIG + "  - name: b\n    image: registry.example.com/acme/b:{sha}\n    port: 8080\n"
+    fake_github.add_repo(REPO, files={".github/preview.yml": two}, collaborators={"alice": "write"})
+    key = key_of(fake_github, REPO, 13)
+    b_host = f"b.{namespace}.svc.cluster.local"
+    async with running_bot(fake_github, cluster, namespace) as bot:
+        await deploy(bot, 13)
+    assert sorted(view.deployments()) == [key.object_name("a"), key.object_name("b")]
+    assert [r["name"] for r in view.mesh_routes(b_host)][:1] == [key.value]
+    commit_to_default_branch(fake_github, "d" * 40, {".github/preview.yml": CONFIG})
+    async with running_bot(fake_github, cluster, namespace, PREVIEW_NAMESPACE=team_namespace) as bot:
+        await bot.startup_pass()
+        fake_github.push(REPO, 13, "e" * 40)
+        await bot.send("pull_request", pull_request_event(fake_github, REPO, 13, "synchronize"))
+        await bot.settle()
+        assert "ready" in fake_github.comments(REPO, 13)[-1]["body"]
+    new = ClusterView(cluster, team_namespace)
+    try:
+        assert view.deployments() == {} and view.services() == []
+        assert list(new.deployments()) == [key.object_name("a")]
+        assert key.value not in [r["name"] for r in view.mesh_routes(b_host)]
+    finally:
+        new.close()

@@ -194,3 +194,43 @@ async def test_the_owners_idle_ttl_ends_the_link(repos: FakeGitHub, cluster: Clu
         assert await links.owner_of(b.kube, api2) is None
         assert await reached(bot, web1, namespace) == f"api.{namespace}.svc.cluster.local"
         assert "🔗" not in sticky(repos, API, 2)
+
+
+async def test_links_made_before_preview_namespace_changed_are_found_where_their_routes_send(
+        repos: FakeGitHub, cluster: Cluster, namespace: str, team_namespace: str) -> None:
+    """PREVIEW_NAMESPACE changes (serve restarted with another one) while linked previews live in the old
+    namespace: their link records are read where their gateway routes send, so a link is neither stolen
+    nor lost, a redeploy of the linked PR moves it with its link (and its rollout wait ends ready), and
+    `/preview unlink` ends a link whose preview is still in the old namespace."""
+    web1, api2, api4 = key_of(repos, WEB, 1), key_of(repos, API, 2), key_of(repos, API, 4)
+    async with running_bot(repos, cluster, namespace) as bot:
+        for repo, number in ((WEB, 1), (WEB, 3), (API, 2), (API, 4)):
+            repos.add_pull(repo, number)
+            await bot.send("pull_request", pull_request_event(repos, repo, number, "opened"))
+        await bot.settle()
+        assert (await say(bot, WEB, 1, f"/preview link {API}#2")).startswith("🔗 Linked")
+        assert (await say(bot, WEB, 3, f"/preview link {API}#4")).startswith("🔗 Linked")
+    moved = f"{api2.object_name('api')}.{team_namespace}.svc.cluster.local"
+    async with running_bot(repos, cluster, namespace, PREVIEW_NAMESPACE=team_namespace) as bot:
+        await bot.startup_pass()
+        kube = bot.bot.kube
+        assert await links.linked_to(kube, web1.value) == [(API, 2, api2.value)]
+        assert await links.owner_of(kube, api2) == (f"{WEB}#1", web1.value)
+        assert "already linked to acme/web#1" in await say(bot, WEB, 3, f"/preview link {API}#2")
+        assert await links.owner_of(kube, api2) == (f"{WEB}#1", web1.value)
+
+        # A redeploy of the linked PR moves it to the new namespace, link and all, and reports it ready.
+        await bot.send("issue_comment", issue_comment_event(repos, API, 2, "/preview", user="alice"))
+        await bot.settle()
+        assert await reached(bot, web1, team_namespace) == moved
+        assert await links.owner_of(kube, api2) == (f"{WEB}#1", web1.value)
+        assert f"🔗 Linked to {WEB}#1" in sticky(repos, API, 2)
+        record = max((d for d in repos.deployments(API) if d["environment"] == api2.environment), key=lambda d: d["id"])
+        assert repos.statuses(API, record["id"])[-1]["state"] == "success"
+        assert [p.namespace for p in await kube.live_previews((repos.repos[API].id, API)) if p.key == api2.value] \
+            == [team_namespace]
+
+        # An unlink whose linked preview is still in the old namespace.
+        assert await say(bot, WEB, 3, "/preview unlink") == f"🔗 Unlinked {API}#4."
+        assert await links.owner_of(kube, api4) is None
+        assert "🔗" not in sticky(repos, WEB, 3) and "🔗" not in sticky(repos, API, 4)

@@ -207,6 +207,9 @@ class FakeCluster:
                            selector: str | None = None) -> list[dict[str, Any]]:
         return []  # no linked previews, no TTL-warning records
 
+    async def find_deployments(self, selector: str, *, routes: str = naming.MANAGED_SELECTOR) -> list[dict[str, Any]]:
+        return []  # no linked previews
+
     async def live_previews(self, repo: tuple[int, str] | None = None) -> list[LivePreview]:
         return [p for p in self.previews.values() if repo is None or p.repo_id == repo[0]]
 
@@ -257,12 +260,10 @@ class FakeCluster:
         return {name: next((why for svc, why in self.failures.items() if name.endswith(svc)), None)
                 for name in names}
 
-    async def service_names(self) -> set[str]:
-        return {naming.service_fqdn(naming.dns_label(f"{p.key}-{s}"), self.settings.namespace)
-                for p in self.previews.values() for s in p.services}
-
     async def existing_destinations(self, destinations: Iterable[str]) -> tuple[set[str], dict[str, str]]:
-        return set(destinations) & await self.service_names(), {}
+        services = {naming.service_fqdn(naming.dns_label(f"{p.key}-{s}"), self.settings.namespace)
+                    for p in self.previews.values() for s in p.services}
+        return set(destinations) & services, {}
 
     async def check_mesh_hosts(self, hosts: Iterable[str]) -> None:
         from bot.errors import MeshRoutingError

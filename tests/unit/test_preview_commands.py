@@ -240,3 +240,32 @@ async def test_link_and_unlink_react_after_saying_whether_anything_was_done(
     await say(ctx, "/preview unlink", "alice")
     assert [content for _, content in repo.reactions] == ["confused", "confused", "+1"]
     assert [r.split(" ")[0] for r in replies(repo)] == ["Usage:", "This", "🔗"]
+
+
+async def test_link_and_unlink_say_when_a_link_record_cannot_be_read(repo: FakeRepo,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A preview involved lives in an earlier PREVIEW_NAMESPACE the bot may not list: the reply says so
+    (namespace, setting, what to read), instead of a crash with no reply or "no links"."""
+    from bot import links
+    from bot.errors import ObjectsElsewhere
+
+    async def unreadable(*_args: Any, **_kw: Any) -> Any:
+        raise ObjectsElsewhere("old", "new", 403)
+
+    class Previewer(FakePreviewer):
+        link_refresh = None
+
+        async def key_for(self, gh: Any, number: int) -> tuple[str, list[Any]]:
+            return "preview-7-abcdef", []
+
+    monkeypatch.setattr(links, "unlink", unreadable)
+    monkeypatch.setattr(links, "link", unreadable)
+    ctx = context()
+    ctx.previewer, ctx.kube, ctx.reporter, ctx.auth = Previewer(), object(), object(), object()
+    await say(ctx, "/preview link acme/api#3", "alice")
+    await say(ctx, "/preview unlink", "alice")
+    assert [content for _, content in repo.reactions] == ["confused", "confused"]
+    linked, unlinked = replies(repo)
+    assert linked.startswith("Not linked: the link records cannot all be read: a preview involved: its objects are "
+                             "in namespace old (PREVIEW_NAMESPACE is new), where preview-bot may not list them (403)")
+    assert unlinked.startswith("Not unlinked: the link records cannot all be read: a preview involved: its objects")
