@@ -15,10 +15,12 @@ converge job more than its pending commands and check jobs: a flood of `pull_req
 stays one job. A running deploy stops waiting for its rollout only when the job next in line is a
 converge job, into which the running one is then merged (bot.queue.WorkQueue.supersedes_running): the
 deploy cut short is done again by it, whatever the newer events ask for (at the head as it is then: the
-same end as if the running job had started after those events). A command or check job waits for the
-running job to finish (a stop comes after the rollout wait: Previewer.longest_wait): cutting it short
-for a `/preview explain`, or a stranger's `/preview stop` that changes nothing, would leave the PR
-half-deployed.
+same end as if the running job had started after those events), or when it is a `/preview stop`
+(`takes_over`): a stop must not wait minutes for a rollout. The running job's work then continues
+right behind the stop, marked AFTER_STOP_KEY: a stop recorded at the head holds (the stop did its
+work), and after a stop that changed nothing (a stranger's) the deploy is finished, as one by one. Any
+other command or check job waits for the running job to finish: cutting it short for a `/preview
+explain` would leave the PR half-deployed.
 
 Merge rule. A merged event keeps the newest payload and, for each event merged, a Pair: its action, its
 changed label and the PR's state in its own payload (labels, draft, open or closed), each distinct Pair
@@ -37,7 +39,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from bot.commands import parse_command
+from bot.commands import Action, parse_command
 from bot.triggers import Pair
 
 # pull_request actions a handler acts on (bot.handlers.pull_request); the others need no work. `edited`
@@ -56,6 +58,8 @@ CHECK_RUN_ACTIONS: Final = frozenset({"created", "completed"})
 # draft state change more than ~30 ways while one job runs gets here.
 MAX_ACTIONS: Final = 32
 MERGED_KEY: Final = "preview_bot_actions"  # where a merged event lists its pairs (not a GitHub key)
+# On a converge job continued after a `/preview stop` cut it short: a stop at the head holds (not a GitHub key).
+AFTER_STOP_KEY: Final = "preview_bot_after_stop"
 
 
 def classify(event: str, data: Mapping[str, Any]) -> str | None:
@@ -115,3 +119,11 @@ def merge_pull_events(older: Mapping[str, Any], newer: Mapping[str, Any]) -> dic
     merged[MERGED_KEY] = [[p.action, p.label, p.draft, p.closed, None if p.labels is None else list(p.labels)]
                           for p in pairs]
     return merged
+
+
+def takes_over(data: Mapping[str, Any]) -> bool:
+    """Whether a COMMAND delivery (`data`: its payload or envelope) may cut the PR's running converge job
+    short: a `/preview stop` ("Order rule")."""
+    body = (data.get("comment") or {}).get("body")
+    command = parse_command(body) if isinstance(body, str) else None
+    return command is not None and command.action is Action.STOP

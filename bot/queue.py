@@ -9,9 +9,11 @@ holds one pending job (plus one per command or check job that came in between, e
 
 Taking over: a running job may stop waiting early (a deploy waiting for its rollout: the `superseded`
 callback of bot.previews.Previewer.deploy) only when the job next in line does its work too: a
-mergeable job of the same slot, into which the running job is then merged (`supersedes_running`). Any
-other job (a command, a check, a resume) waits for the running one to finish: its outcome would be
-lost otherwise (a `/preview explain` or a stranger's `/preview stop` converges nothing).
+mergeable job of the same slot, into which the running job is then merged (`supersedes_running`), or a
+job submitted with `takes_over` (a `/preview stop`: bot.webhook.enqueue), which then queues, right
+behind itself, the job that finishes the running one's work (it holds if the stop did: bot.coalesce).
+Any other job (a command, a check, a resume) waits for the running one to finish: its outcome would be
+lost otherwise (a `/preview explain` converges nothing).
 
 Pace: with `min_interval`, a key's mergeable jobs start at most that often (commands never wait).
 
@@ -31,6 +33,9 @@ from bot import metrics
 log = logging.getLogger(__name__)
 Job = Callable[[], Awaitable[None]]
 Merge = Callable[[Job, Job], Job]
+# A job that may cut the running one short without doing its work: given the running job, the job that
+# finishes that work after it (None: it may not take this one over).
+TakeOver = Callable[[Job], Job | None]
 
 
 class QueueClosed(Exception):
@@ -42,12 +47,14 @@ class QueueFull(Exception):
 
 
 class _Entry:
-    __slots__ = ("carries_running", "job", "merge", "slot")
+    __slots__ = ("carries_running", "job", "merge", "slot", "takes_over")
 
-    def __init__(self, job: Job, slot: Hashable | None, merge: Merge | None) -> None:
+    def __init__(self, job: Job, slot: Hashable | None, merge: Merge | None,
+                 takes_over: TakeOver | None = None) -> None:
         self.job = job
         self.slot = slot
         self.merge = merge
+        self.takes_over = takes_over
         self.carries_running = False  # the running job was merged into this one (supersedes_running)
 
 
@@ -87,19 +94,34 @@ class WorkQueue:
         first = pending[0]
         if first.carries_running:
             return True
-        if running.slot is None or first.slot != running.slot or first.merge is None:
+        if running.slot is None:
+            return False
+        if first.takes_over is not None:
+            rest = first.takes_over(running.job)
+            if rest is None:
+                return False
+            # Right behind it, before anything that arrived later; never merged into (no slot). It may
+            # make one more job wait than max_pending: one per such job, which itself counted.
+            pending.insert(1, _Entry(rest, None, None))
+            self._waiting += 1
+            first.carries_running = True
+            metrics.QUEUE_DEPTH.set(self.depth)
+            return True
+        if first.slot != running.slot or first.merge is None:
             return False
         first.job = first.merge(running.job, first.job)
         first.carries_running = True
         return True
 
-    def submit(self, key: Hashable, job: Job, *, slot: Hashable | None = None, merge: Merge | None = None) -> bool:
+    def submit(self, key: Hashable, job: Job, *, slot: Hashable | None = None, merge: Merge | None = None,
+               takes_over: TakeOver | None = None) -> bool:
         """Queue `job` after `key`'s earlier work; returns True when it was merged into a pending job.
 
         With `slot`: when `key`'s last pending job is of the same slot, it becomes `merge(pending, job)`
         (default: `job`) where it stands; a pending job with anything else behind it is never merged
         into (the order of a PR's work is its arrival order). `merge` also lets the job take the running
-        job over (`supersedes_running`).
+        job over (`supersedes_running`). With `takes_over`, a job next in line may cut a running mergeable
+        job short and have `takes_over(running)` finish its work right behind it (`supersedes_running`).
         Raises QueueClosed while draining, QueueFull when `max_pending` jobs already wait."""
         if not self.accepting:
             raise QueueClosed
@@ -112,7 +134,7 @@ class WorkQueue:
             raise QueueFull
         if pending is None:
             pending = self._pending[key] = deque()
-        pending.append(_Entry(job, slot, merge))
+        pending.append(_Entry(job, slot, merge, takes_over))
         self._waiting += 1
         if key not in self._workers:
             self._workers[key] = asyncio.create_task(self._work(key), name=f"queue:{key}")

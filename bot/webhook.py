@@ -162,7 +162,19 @@ class EventJob:
         merged = self.envelope.get(coalesce.MERGED_KEY)
         if merged is not None:
             data[coalesce.MERGED_KEY] = merged
+        if self.envelope.get(coalesce.AFTER_STOP_KEY):
+            data[coalesce.AFTER_STOP_KEY] = True
         await self.dispatch(sansio.Event(data, event=self.event, delivery_id=self.delivery))
+
+
+def continue_after_stop(running: Job) -> Job | None:
+    """The rest of a running `pull_request` job that a `/preview stop` cut short (bot.queue `takes_over`):
+    the same job, run again after the stop with a stop at the head holding (bot.coalesce "Order rule").
+    None for any other job (it is not cut short)."""
+    if not isinstance(running, EventJob) or running.event != "pull_request":
+        return None
+    return EventJob(running.dispatch, running.event, running.delivery, running.body,
+                    {**running.envelope, coalesce.AFTER_STOP_KEY: True})
 
 
 def merge_converge(older: Job, newer: Job) -> Job:
@@ -176,9 +188,12 @@ def merge_converge(older: Job, newer: Job) -> Job:
 def enqueue(submit: Submit, kind: str, job: EventJob) -> bool:
     """Queue a delivery's job in its PR's work by its `kind` (bot.coalesce.classify): a converge job merges
     into the PR's last pending job when that is one (and may take a running one over), a command or
-    check job is its own. Returns True when merged; raises as WorkQueue.submit."""
+    check job is its own (a `/preview stop` may take a running converge job over: continue_after_stop).
+    Returns True when merged; raises as WorkQueue.submit."""
     if kind == coalesce.CONVERGE:
         return submit(work_key(job.envelope), job, slot=kind, merge=merge_converge)
+    if kind == coalesce.COMMAND and coalesce.takes_over(job.envelope):
+        return submit(work_key(job.envelope), job, takes_over=continue_after_stop)
     return submit(work_key(job.envelope), job)
 
 

@@ -14,7 +14,7 @@ from gidgethub import routing, sansio
 from gidgethub.abc import GitHubAPI
 
 from bot import gate
-from bot.coalesce import PULL_ACTIONS, pairs_of
+from bot.coalesce import AFTER_STOP_KEY, PULL_ACTIONS, pairs_of
 from bot.comment import Report, State
 from bot.context import Context, repo_client
 from bot.errors import ConfigError
@@ -98,7 +98,7 @@ async def on_pull_request(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> N
         # event of this (merged) job deployed first (bot.triggers.decide_merged).
         await gate.deploy_when_ready(ctx.previewer, ctx.waits, client, number, config=config,
                                      recheck=any(pair.action == BASE_CHANGED for pair in pairs),
-                                     unless_stopped=holds_stop,
+                                     unless_stopped=holds_stop or bool(event.data.get(AFTER_STOP_KEY)),
                                      superseded=lambda: ctx.superseded(client.repo_id, number))
     elif decision is Decision.TEARDOWN:
         reason = f"The `{config.label}` label was removed: preview removed." if action == "unlabeled" else \

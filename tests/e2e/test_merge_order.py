@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
-from bot import comment
+from bot import commands, comment
 from tests.e2e.harness import ClusterView, running_bot
 from tests.fakegithub import FakeGitHub, issue_comment_event, pull_request_event
 from tests.plugins.cluster import Cluster
@@ -86,3 +86,61 @@ async def test_a_push_a_stop_then_a_label_at_that_head_ends_stopped(
     # Every GitHub Deployment of the PR is retired by the stop: none is left active.
     for deployment in fake_github.deployments(SLOW):
         assert fake_github.statuses(SLOW, deployment["id"])[-1]["state"] == "inactive"
+
+
+async def test_a_stop_does_not_wait_for_a_rollout(
+        fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView) -> None:
+    """`/preview stop` while the deploy waits for an image CI has not pushed (up to the image pull grace,
+    600 s by default): the stop cuts the wait short and stops the PR at once; the deploy's rest, run
+    after the stop, holds (stopped at that head). The image is never pushed here."""
+    fake_github.add_repo(SLOW, files={".github/preview.yml": CONFIG}, collaborators={"alice": "write"})
+    async with running_bot(fake_github, cluster, namespace) as bot:
+        await bot.startup_pass()
+        fake_github.add_pull(SLOW, 9, head_sha=SHA_A)
+        assert await bot.send("pull_request", pull_request_event(fake_github, SLOW, 9, "opened")) == 202
+        await eventually("the deploy waits for its image", lambda: any(
+            "Waiting for the image" in str(c["body"]) for c in fake_github.comments(SLOW, 9)))
+        assert view.deployments()
+
+        stop = issue_comment_event(fake_github, SLOW, 9, "/preview stop", user="alice")
+        assert await bot.send("issue_comment", stop) == 202
+        sticky = await eventually("stopped while the image is still missing", lambda: next(
+            (c for c in fake_github.comments(SLOW, 9) if "Stopped by @alice" in str(c["body"])), None))
+        await bot.settle()
+
+    assert comment.stopped_at(str(sticky["body"])) == SHA_A
+    assert view.deployments() == {}, "the deploy's rest held: nothing runs"
+    assert [r["content"] for r in fake_github.reactions(SLOW, comment_id=int(stop["comment"]["id"]))] == ["+1"]
+    for deployment in fake_github.deployments(SLOW):
+        assert fake_github.statuses(SLOW, deployment["id"])[-1]["state"] == "inactive"
+
+
+async def test_a_strangers_stop_does_not_leave_a_deploy_half_done(
+        fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView) -> None:
+    """A stop from someone without write access cuts the image wait short too (who may stop is known only
+    when the stop runs), changes nothing, and the deploy's rest then finishes it: ready once CI pushes."""
+    fake_github.add_repo(SLOW, files={".github/preview.yml": CONFIG}, collaborators={"alice": "write"})
+    core = k8s.CoreV1Api(view.api)
+    async with running_bot(fake_github, cluster, namespace) as bot:
+        await bot.startup_pass()
+        fake_github.add_pull(SLOW, 9, head_sha=SHA_A)
+        assert await bot.send("pull_request", pull_request_event(fake_github, SLOW, 9, "opened")) == 202
+        await eventually("the deploy waits for its image", lambda: any(
+            "Waiting for the image" in str(c["body"]) for c in fake_github.comments(SLOW, 9)))
+        stop = issue_comment_event(fake_github, SLOW, 9, "/preview stop", user="mallory")
+        assert await bot.send("issue_comment", stop) == 202
+        await eventually("the stranger is answered while the image is still missing", lambda: any(
+            commands.ANSWER_MARKER in str(c["body"]) for c in fake_github.comments(SLOW, 9)))
+        pushing = asyncio.create_task(push_images_until_cancelled(core, namespace))
+        try:
+            await bot.settle()
+        finally:
+            pushing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pushing
+
+    assert list(view.deployments()), "the preview runs"
+    [sticky] = [c for c in fake_github.comments(SLOW, 9) if comment.MARKER in str(c["body"])]
+    assert "Stopped" not in str(sticky["body"])
+    states = [fake_github.statuses(SLOW, d["id"])[-1]["state"] for d in fake_github.deployments(SLOW)]
+    assert "success" in states, states

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from bot.queue import QueueClosed, WorkQueue
+from bot.queue import Job, QueueClosed, WorkQueue
 
 
 def recorder(log: list[str], name: str, delay: float = 0.0, fail: bool = False):  # type: ignore[no-untyped-def]
@@ -196,3 +196,52 @@ async def test_an_event_that_fails_is_logged_once_and_counted(caplog: pytest.Log
     assert [(r.name, r.getMessage()) for r in errors] == [("bot.queue", "background job failed")]
     assert errors[0].exc_info and isinstance(errors[0].exc_info[1], KubeError)
     assert (_jobs("failed"), _jobs("ok")) == (failed + 1, ok + 1)
+
+
+async def test_a_job_that_takes_over_queues_the_running_jobs_rest_right_behind_itself() -> None:
+    """A job submitted with `takes_over` (a `/preview stop`) next in line cuts a running mergeable job short;
+    `takes_over(running)` then runs right after it, before work that arrived later, and is never merged."""
+    queue = WorkQueue(max_concurrency=1)
+    log: list[str] = []
+    gate = asyncio.Event()
+
+    async def running() -> None:
+        log.append("running")
+        await gate.wait()
+
+    def rest_of(job: object) -> Job | None:
+        return recorder(log, "rest") if job is running else None
+
+    queue.submit("k", running, slot="converge", merge=lambda _old, new: new)
+    await asyncio.sleep(0)
+    queue.submit("k", recorder(log, "stop"), takes_over=rest_of)
+    queue.submit("k", recorder(log, "push"), slot="converge", merge=lambda _old, new: new)
+    assert queue.supersedes_running("k")
+    assert queue.supersedes_running("k"), "asked again: still taken over, the rest queued once"
+    assert queue.waiting == 3
+    queue.submit("k", recorder(log, "push again"), slot="converge", merge=lambda _old, new: new)
+    assert queue.waiting == 3, "later events merge behind the rest, not into it"
+    gate.set()
+    await queue.join()
+    assert log == ["running", "start stop", "end stop", "start rest", "end rest", "start push again",
+                   "end push again"]
+
+
+async def test_a_job_that_takes_over_leaves_jobs_it_cannot_finish_running() -> None:
+    """`takes_over` returning None, or a running job with no slot (a command), is not cut short."""
+    queue = WorkQueue(max_concurrency=1)
+    gate = asyncio.Event()
+
+    async def running() -> None:
+        await gate.wait()
+
+    queue.submit("k", running, slot="admit")
+    await asyncio.sleep(0)
+    queue.submit("k", recorder([], "stop"), takes_over=lambda _job: None)
+    assert not queue.supersedes_running("k")
+    queue.submit("j", running)
+    await asyncio.sleep(0)
+    queue.submit("j", recorder([], "stop"), takes_over=lambda job: job)
+    assert not queue.supersedes_running("j")
+    gate.set()
+    await queue.join()
