@@ -16,9 +16,12 @@ stays one job. A running deploy stops waiting for its rollout only when the job 
 converge job, into which the running one is then merged (bot.queue.WorkQueue.supersedes_running): the
 deploy cut short is done again by it, whatever the newer events ask for (at the head as it is then: the
 same end as if the running job had started after those events), or when it is a `/preview stop`
-(`takes_over`): a stop must not wait minutes for a rollout. The running job's work then continues
-right behind the stop, marked AFTER_STOP_KEY: a stop recorded at the head holds (the stop did its
-work), and after a stop that changed nothing (a stranger's) the deploy is finished, as one by one. Any
+(`takes_over`): a stop must not wait minutes for a rollout. The running job's work (a converge job's
+or a `/preview` deploy's) then continues right behind the stop, marked AFTER_STOP_KEY: a stop recorded
+at the head holds (the stop did its work), and after a stop that changed nothing (a stranger's) the
+deploy is finished, as one by one. A running `/preview` deploy also stops waiting once a push is
+queued (a converge job with another head, bot.context.newer_head_queued): a commit that is no longer
+the head never reports success after its newer push was delivered; the push's job decides. Any
 other command or check job waits for the running job to finish: cutting it short for a `/preview
 explain` would leave the PR half-deployed.
 
@@ -122,8 +125,17 @@ def merge_pull_events(older: Mapping[str, Any], newer: Mapping[str, Any]) -> dic
 
 
 def takes_over(data: Mapping[str, Any]) -> bool:
-    """Whether a COMMAND delivery (`data`: its payload or envelope) may cut the PR's running converge job
+    """Whether a COMMAND delivery (`data`: its payload or envelope) may cut the PR's running deploy
     short: a `/preview stop` ("Order rule")."""
+    return _command_action(data) is Action.STOP
+
+
+def deploy_command(data: Mapping[str, Any]) -> bool:
+    """Whether a COMMAND delivery is a `/preview` deploy (its job may be cut short by a stop)."""
+    return _command_action(data) is Action.DEPLOY
+
+
+def _command_action(data: Mapping[str, Any]) -> Action | None:
     body = (data.get("comment") or {}).get("body")
     command = parse_command(body) if isinstance(body, str) else None
-    return command is not None and command.action is Action.STOP
+    return None if command is None else command.action

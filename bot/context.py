@@ -55,6 +55,17 @@ class Context:
         running one may stop waiting (bot.queue.WorkQueue.supersedes_running)."""
         return self.queue.supersedes_running((str(repo_id), number))
 
+    def newer_head_queued(self, repo_id: int, number: int, sha: str) -> bool:
+        """A `pull_request` job of the PR waits in the queue with a head other than `sha` (a push was
+        delivered since the running deploy of `sha` began: it must not report success for it)."""
+        for job in self.queue.pending_jobs((str(repo_id), number)):
+            envelope_ = getattr(job, "envelope", None)
+            if getattr(job, "event", None) == "pull_request" and isinstance(envelope_, dict):
+                head = ((envelope_.get("pull_request") or {}).get("head") or {}).get("sha")
+                if isinstance(head, str) and head != sha:
+                    return True
+        return False
+
     async def dispatch(self, event: sansio.Event) -> None:
         """Run the routers for one event on a fresh installation client (in the background)."""
         data = event.data

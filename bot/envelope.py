@@ -3,11 +3,12 @@
 Intake (bot.webhook) must answer in milliseconds, and under a flood most deliveries of a PR are merged
 into one pending job and never run (bot.coalesce). So it reads only the envelope: the fields that
 decide whether a delivery is work, which PR it belongs to and how it merges (`action`, `installation`,
-`repository.id`/`full_name`, `pull_request.number`/`draft`/`state`/`labels[].name`, `issue.number`/`pull_request`,
-`comment.body`, `label.name`, `changes.base`: an `edited` PR is work only when its base branch changed), keyed and
-nested as in GitHub's payload, so the pure rules (bot.coalesce, bot.triggers.event_subject) read it like
-the payload itself. The whole payload is decoded when the job
-runs (`payload`). For the 28 KB `pull_request.opened` example that is about 20 us instead of 70-90 us.
+`repository.id`/`full_name`, `pull_request.number`/`head.sha`/`draft`/`state`/`labels[].name`,
+`issue.number`/`pull_request`, `comment.body`, `label.name`, `changes.base`: an `edited` PR is work
+only when its base branch changed), keyed and nested as in GitHub's payload, so the pure rules
+(bot.coalesce, bot.triggers.event_subject) read it like the payload itself. The whole payload is
+decoded when the job runs (`payload`). For the 28 KB `pull_request.opened` example that is about 20 us
+instead of 70-90 us.
 
 Invariants:
 - A body intake accepts, `payload` decodes: both use one parser (msgspec) with one set of rules, and
@@ -44,8 +45,13 @@ class _Label(TypedDict, total=False):
     name: str
 
 
+class _Head(TypedDict, total=False):
+    sha: str
+
+
 class _PullRequest(TypedDict, total=False):
     number: int
+    head: _Head  # its `sha`: a push queued behind a running `/preview` deploy (bot.context.newer_head_queued)
     # These three: remembered per event by a merged job (bot.coalesce, "Merge rule").
     draft: bool
     state: str
@@ -132,6 +138,7 @@ _COMMON: tuple[tuple[tuple[str, ...], tuple[type, ...], bool], ...] = (
 _BY_EVENT: dict[str, tuple[tuple[tuple[str, ...], tuple[type, ...], bool], ...]] = {
     "pull_request": ((("action",), (str,), True), (("pull_request",), (dict,), True),
                      (("pull_request", "number"), (int,), True), (("pull_request", "draft"), (bool,), False),
+                     (("pull_request", "head"), (dict,), False), (("pull_request", "head", "sha"), (str,), False),
                      (("pull_request", "state"), (str,), False), (("pull_request", "labels"), (list,), False),
                      (("label",), (dict, type(None)), False),
                      (("label", "name"), (str,), False), (("changes",), (dict,), False),

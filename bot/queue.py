@@ -80,9 +80,14 @@ class WorkQueue:
     def waiting(self) -> int:
         return self._waiting
 
+    def pending_jobs(self, key: Hashable) -> list[Job]:
+        """`key`'s jobs waiting behind its running one, in order (a copy)."""
+        return [entry.job for entry in self._pending.get(key) or ()]
+
     def supersedes_running(self, key: Hashable) -> bool:
         """True when `key`'s running job may stop early because the job next in line will do its work:
-        that job is of the running job's slot and mergeable, and the running job is merged into it
+        that job takes it over (`takes_over` gives the rest, queued right behind it), or it is of the
+        running job's slot and mergeable, and the running job is merged into it
         (once, on the first call that finds it; `merge(running, next)`). So stopping early loses
         nothing, whatever the next job decides; any other next job (a command, a check) waits for the
         running one to finish. A running job that asks and then finishes anyway is done again inside the
@@ -94,8 +99,6 @@ class WorkQueue:
         first = pending[0]
         if first.carries_running:
             return True
-        if running.slot is None:
-            return False
         if first.takes_over is not None:
             rest = first.takes_over(running.job)
             if rest is None:
@@ -107,7 +110,7 @@ class WorkQueue:
             first.carries_running = True
             metrics.QUEUE_DEPTH.set(self.depth)
             return True
-        if first.slot != running.slot or first.merge is None:
+        if running.slot is None or first.slot != running.slot or first.merge is None:
             return False
         first.job = first.merge(running.job, first.job)
         first.carries_running = True

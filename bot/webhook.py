@@ -168,10 +168,13 @@ class EventJob:
 
 
 def continue_after_stop(running: Job) -> Job | None:
-    """The rest of a running `pull_request` job that a `/preview stop` cut short (bot.queue `takes_over`):
-    the same job, run again after the stop with a stop at the head holding (bot.coalesce "Order rule").
-    None for any other job (it is not cut short)."""
-    if not isinstance(running, EventJob) or running.event != "pull_request":
+    """The rest of a running `pull_request` job or `/preview` deploy command that a `/preview stop` cut
+    short (bot.queue `takes_over`): the same job, run again after the stop with a stop at the head
+    holding (bot.coalesce "Order rule"). None for any other job (it is not cut short)."""
+    if not isinstance(running, EventJob):
+        return None
+    if running.event != "pull_request" and not (running.event == "issue_comment"
+                                                and coalesce.deploy_command(running.envelope)):
         return None
     return EventJob(running.dispatch, running.event, running.delivery, running.body,
                     {**running.envelope, coalesce.AFTER_STOP_KEY: True})

@@ -18,6 +18,7 @@ from gidgethub import routing, sansio
 from gidgethub.abc import GitHubAPI
 
 from bot import slots
+from bot.coalesce import AFTER_STOP_KEY
 from bot.commands import Action, approve, help_reply, is_answer, parse_command, stranger_reply
 from bot.context import ANSWER_PERIOD, Context, repo_client
 from bot.explaining import explain_pull_request
@@ -76,9 +77,13 @@ async def on_comment(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> None:
             await client.react(comment_id, "confused")
             await client.reply(number, approval.refusal("/preview"))
             return
-        await client.react(comment_id, "+1")
-        await ctx.previewer.deploy(client, number, approval.sha, pull=pr, wait_as=slots.COMMAND,
-                                   superseded=lambda: ctx.superseded(client.repo_id, number))
+        sha = approval.sha
+        after_stop = bool(event.data.get(AFTER_STOP_KEY))  # the rest of it, after a stop cut it short
+        if not after_stop:
+            await client.react(comment_id, "+1")
+        await ctx.previewer.deploy(client, number, sha, pull=pr, wait_as=slots.COMMAND, unless_stopped=after_stop,
+                                   superseded=lambda: ctx.superseded(client.repo_id, number)
+                                   or ctx.newer_head_queued(client.repo_id, number, sha))
         return
     if command.action is Action.KEEP:
         key, _ = await ctx.previewer.key_for(client, number)

@@ -144,3 +144,28 @@ async def test_a_strangers_stop_does_not_leave_a_deploy_half_done(
     assert "Stopped" not in str(sticky["body"])
     states = [fake_github.statuses(SLOW, d["id"])[-1]["state"] for d in fake_github.deployments(SLOW)]
     assert "success" in states, states
+
+
+async def test_a_stop_does_not_wait_for_a_preview_commands_rollout(
+        fake_github: FakeGitHub, cluster: Cluster, namespace: str, view: ClusterView) -> None:
+    """The same with the deploy a writer's `/preview` started (`trigger: command`): the stop cuts it short,
+    and the command's rest, run after the stop, holds."""
+    fake_github.add_repo(SLOW, files={".github/preview.yml": "trigger: command\n" + CONFIG},
+                         collaborators={"alice": "write"})
+    async with running_bot(fake_github, cluster, namespace) as bot:
+        await bot.startup_pass()
+        fake_github.add_pull(SLOW, 9, head_sha=SHA_A)
+        deploy = issue_comment_event(fake_github, SLOW, 9, "/preview", user="alice")
+        assert await bot.send("issue_comment", deploy) == 202
+        await eventually("the deploy waits for its image", lambda: any(
+            "Waiting for the image" in str(c["body"]) for c in fake_github.comments(SLOW, 9)))
+        stop = issue_comment_event(fake_github, SLOW, 9, "/preview stop", user="alice")
+        assert await bot.send("issue_comment", stop) == 202
+        await eventually("stopped while the image is still missing", lambda: any(
+            "Stopped by @alice" in str(c["body"]) for c in fake_github.comments(SLOW, 9)))
+        await bot.settle()
+
+    assert view.deployments() == {}, "the command's rest held: nothing runs"
+    assert [r["content"] for r in fake_github.reactions(SLOW, comment_id=int(deploy["comment"]["id"]))] == ["+1"]
+    for deployment in fake_github.deployments(SLOW):
+        assert fake_github.statuses(SLOW, deployment["id"])[-1]["state"] == "inactive"

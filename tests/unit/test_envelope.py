@@ -60,6 +60,7 @@ def test_the_pull_request_envelope_holds_only_what_intake_reads() -> None:
     assert set(small) <= {"action", "installation", "repository", "pull_request", "issue", "comment", "label",
                           "changes"}
     assert small["pull_request"] == {"number": example["pull_request"]["number"],
+                                     "head": {"sha": example["pull_request"]["head"]["sha"]},
                                      "draft": example["pull_request"]["draft"],
                                      "state": example["pull_request"]["state"],
                                      "labels": [{"name": label["name"]} for label in example["pull_request"]["labels"]]}
