@@ -70,6 +70,13 @@ def stopped_at(body: str | None) -> str | None:
     return found.group(1) if found else None
 
 
+def fork_waiting(sha: str) -> str:
+    """What a fork's PR shows until a maintainer deploys a commit of it (bot.commands.approve)."""
+    return ("This pull request comes from a fork, so its code is not deployed automatically. A maintainer "
+            f"(write access) who has reviewed the head commit deploys it with `/preview {sha}` (the command names "
+            "the commit in full); each later push needs a new one.")
+
+
 def is_sticky(body: str | None) -> bool:
     return bool(body) and MARKER in (body or "")
 

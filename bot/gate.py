@@ -31,6 +31,7 @@ from bot.previews import DeployResult, Previewer
 from bot.repo_config import CONFIG_PATH, RepoConfig, parse_for_cluster
 from bot.reporting import is_gate
 from bot.timestamps import parse_time
+from bot.triggers import is_fork
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,12 @@ async def deploy_when_ready(previewer: Previewer, waits: WaitRegistry, gh: GitHu
             waits.done(gh, number)
             return None
         head_sha = str(pull["head"]["sha"])
+        if is_fork(pull):
+            # A fork is deployed only at a commit a maintainer approved with `/preview <sha>`, which deploys
+            # at once whatever the checks say (a fork's own workflows name their check runs as they please):
+            # the deploy, reading the head under the PR's lock, finishes an approved one or says it waits.
+            return await previewer.deploy(gh, number, None, config=config, force=recheck, supersedes=supersedes,
+                                          unless_stopped=unless_stopped, superseded=superseded)
     wanted = None
     if any(s.paths for s in config.services) and len({s.wait_for for s in config.services}) > 1:
         # Only the services this PR changes deploy, so only their checks matter (all of them when GitHub's

@@ -30,6 +30,7 @@ from bot.ports import Cluster, GitHubRepo, Locks
 from bot.repo_config import CONFIG_PATH, RepoConfig, parse_for_cluster
 from bot.reporting import Reporter, Rollout
 from bot.settings import ClusterSettings
+from bot.triggers import is_fork
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +153,16 @@ class Previewer:
         push nor a person asking (a check event, a wait that ran out, the reconciler), so a preview
         stopped at this head stays stopped (read under the lock: a stop that ran just before counts).
         `wait_as`: refused at the repository's cap, the PR waits in line for a slot as asked by its own
-        event (slots.EVENT) or a writer's `/preview` (slots.COMMAND); None: it does not wait (a link)."""
+        event (slots.EVENT) or a writer's `/preview` (slots.COMMAND); None: it does not wait (a link).
+
+        A commit named by `head_sha` is one a person asked for (a writer's `/preview <sha>`, a link) or
+        one the caller's rules allow. A head read here is deployed from a fork only when its preview runs
+        that commit already (a maintainer approved it: this finishes or repeats that deploy); any other
+        commit of a fork waits for a writer's `/preview <sha>` (State.WAITING_APPROVAL), whoever asks (a
+        resume of a deploy cut short, a wait for checks that ran out): its author may push at any time."""
         key, _ = await self.key_for(gh, number)
         async with self.arbiter.pr_lock(key, supersedes=supersedes, timeout=self.lock_timeout) as lock:
+            read_head = head_sha is None
             if head_sha is None:
                 pull = await gh.pull(number)
                 if pull.get("state") != "open":
@@ -164,12 +172,28 @@ class Previewer:
                 log.info("not deployed: stopped at this commit", extra={"repo": gh.repo, "pr": number,
                                                                         "sha": head_sha})
                 return DeployResult(State.STOPPED, "stopped at this commit")
+            if read_head and is_fork(pull or {}) and not await self.runs(gh, key, head_sha):
+                return await self.await_approval(gh, number, head_sha)
 
             def stale() -> bool:
                 return superseded() or lock.superseded or not lock.held
 
             return await self._deploy(gh, key, head_sha, pull=pull, config=config, force=force, stale=stale,
                                       refresh=lock.refresh, wait_as=wait_as)
+
+    async def runs(self, gh: GitHubRepo, key: PreviewKey, sha: str) -> bool:
+        """The preview `key` runs commit `sha` (its objects record it), whatever its rollout's state."""
+        return any(p.key == key.value and p.sha == sha for p in await self.kube.live_previews((gh.repo_id, gh.repo)))
+
+    async def await_approval(self, gh: GitHubRepo, number: int, head_sha: str) -> DeployResult:
+        """Nothing deployed: the fork's head `head_sha` waits for a writer's `/preview <sha>`; the PR says so
+        (its live preview of an approved commit, if any, keeps serving)."""
+        log.info("not deployed: a fork's commit no maintainer approved", extra={"repo": gh.repo, "pr": number,
+                                                                                  "sha": head_sha})
+        detail = comment.fork_waiting(head_sha)
+        await self.reporter.show(gh, number, Report(State.WAITING_APPROVAL, sha=head_sha, detail=detail,
+                                                    keeps_live=True))
+        return DeployResult(State.WAITING_APPROVAL, detail)
 
     async def _deploy(self, gh: GitHubRepo, key: PreviewKey, head_sha: str, *, pull: Mapping[str, Any] | None,
                       config: RepoConfig | None, force: bool, stale: Callable[[], bool],

@@ -15,7 +15,7 @@ from gidgethub.abc import GitHubAPI
 
 from bot import gate
 from bot.coalesce import AFTER_STOP_KEY, PULL_ACTIONS, pairs_of
-from bot.comment import Report, State
+from bot.comment import Report, State, fork_waiting
 from bot.context import Context, repo_client
 from bot.errors import ConfigError
 from bot.github.client import RepoClient
@@ -24,13 +24,6 @@ from bot.triggers import BASE_CHANGED, UPDATES, Decision, Pair, PullRequestFacts
 
 router = routing.Router()
 Handler = Callable[..., Awaitable[Any]]
-
-
-def fork_waiting(sha: str) -> str:
-    """What a fork's PR shows until a maintainer deploys a commit of it (bot.commands.approve)."""
-    return ("This pull request comes from a fork, so its code is not deployed automatically. A maintainer "
-            f"(write access) who has reviewed the head commit deploys it with `/preview {sha}` (the command names "
-            "the commit in full); each later push needs a new one.")
 
 
 def facts(event: sansio.Event) -> PullRequestFacts:

@@ -6,13 +6,15 @@ import asyncio
 import io
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 
 from bot import commands, comment, logs
+from bot.reconcile import UNFINISHED
 from tests.e2e.harness import CONFIG, REPO, SECRET, ClusterView, RunningBot, key_of, running_bot
-from tests.fakegithub import FakeGitHub, issue_comment_event, pull_request_event
+from tests.fakegithub import FakeGitHub, check_run_event, issue_comment_event, pull_request_event
 from tests.plugins.cluster import Cluster
 
 pytestmark = pytest.mark.cluster
@@ -140,6 +142,48 @@ async def test_a_fork_is_deployed_only_at_the_commit_a_maintainer_names(bot: Run
     await bot.send("issue_comment", issue_comment_event(bot.fake, REPO, 3, f"/preview {'3' * 40}", user="alice"))
     await bot.settle()
     assert image(view, name).endswith("3" * 40)
+
+
+GATED_CONFIG = "wait_for: [build-images]\n" + CONFIG
+
+
+async def test_the_bot_never_deploys_a_fork_commit_no_maintainer_approved(shop: FakeGitHub, cluster: Cluster,
+                                                                          namespace: str, view: ClusterView) -> None:
+    """What the bot starts by itself (a resume of a deploy cut short, a wait for checks that ran out, a check
+    event) reads the fork's head when it runs: its author may have pushed since the reconciler looked, and a
+    fork's workflows name their check runs as they please. Only the commit a maintainer named deploys."""
+    shop.add_repo("acme/gated", files={".github/preview.yml": GATED_CONFIG}, collaborators={"alice": "write"})
+    approved, pushed = "1" * 40, "6" * 40
+    async with running_bot(shop, cluster, namespace) as bot:
+        numbers = {REPO: 3, "acme/gated": 4}  # the default host template has no repository in it
+        for repo, number in numbers.items():
+            shop.add_pull(repo, number, user="outsider", fork=True, head_sha=approved)
+            await bot.send("pull_request", pull_request_event(shop, repo, number, "opened"))
+            await bot.send("issue_comment", issue_comment_event(shop, repo, number, f"/preview {approved}",
+                                                                user="alice"))
+        await bot.settle()
+        for repo, number in numbers.items():
+            name, repo_id = key_of(shop, repo, number).object_name("a"), shop.repos[repo].id
+            # Finishing the approved commit's deploy (the process ended mid-deploy) stays possible.
+            await bot.bot.reconciler.redeploy(repo_id, repo, number, UNFINISHED)
+            assert image(view, name).endswith(approved)
+
+            shop.push(repo, number, pushed)  # after the pass saw the approved commit unfinished, before the job ran
+            run = shop.add_check_run(repo, pushed, "build-images", status="completed", conclusion="success")
+            await bot.send("check_run", check_run_event(shop, repo, run))
+            await bot.settle()
+            await bot.bot.reconciler.redeploy(repo_id, repo, number, UNFINISHED)
+            bot.bot.check_waits(now=time.time() + 10 * 86400)
+            await bot.settle()
+            assert image(view, name).endswith(approved), repo
+            body = sticky(shop, repo, number)
+            assert "comes from a fork" in body and f"`/preview {pushed}`" in body, body
+            assert "Still live" in body and f"`{approved[:12]}`" in body  # the approved commit keeps serving
+            assert pushed not in {d["sha"] for d in shop.deployments(repo)}
+
+            await bot.send("issue_comment", issue_comment_event(shop, repo, number, f"/preview {pushed}", user="alice"))
+            await bot.settle()
+            assert image(view, name).endswith(pushed)
 
 
 async def test_draft_waits_until_ready_for_review(bot: RunningBot, view: ClusterView) -> None:
