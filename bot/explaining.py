@@ -21,11 +21,12 @@ from bot.kube import Kube, KubeError
 from bot.naming import PreviewKey
 from bot.settings import ClusterSettings, kube_timeout, load_cluster_settings
 
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 field-name / method token
-_HOST = re.compile(r"^(?=.{1,253}(:|$))[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?"
-                   r"(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*\.?(:[0-9]{1,5})?$")
+# `\Z`, not `$`: Python's `$` also matches before a final line break, which would pass a value ending in one.
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")  # RFC 9110 field-name / method token
+_HOST = re.compile(r"^(?=.{1,253}(:|\Z))[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?"
+                   r"(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*\.?(:[0-9]{1,5})?\Z")
 MAX_REPLY = 60_000
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
 
 
 def parse_header(text: str) -> tuple[str, str]:

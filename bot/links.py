@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 LINKED_KEY_LABEL = "preview-bot.dev/linked-key"
 LINKED_TO_ANNOTATION = "preview-bot.dev/linked-to"
 MAX_LINKS = 5
-_TARGET = re.compile(r"^([A-Za-z0-9-]{1,39}/[A-Za-z0-9._-]{1,100})#([1-9][0-9]{0,8})$")
+_TARGET = re.compile(r"^([A-Za-z0-9-]{1,39}/[A-Za-z0-9._-]{1,100})#([1-9][0-9]{0,8})\Z")
 
 ClientFor = Callable[[str], Awaitable[RepoClient | None]]
 # The server's: by repository id, or (None) by full name.

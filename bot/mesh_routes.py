@@ -28,7 +28,7 @@ from bot.settings import MatchMode
 
 DEFAULT_ROUTE_NAME = "default"
 BAGGAGE_ENTRY = "preview"
-_PREVIEW_ROUTE = re.compile(r"^preview-[0-9]+-[0-9a-f]{6}$")
+_PREVIEW_ROUTE = re.compile(r"^preview-[0-9]+-[0-9a-f]{6}\Z")
 
 Route = dict[str, Any]
 Spec = dict[str, Any]

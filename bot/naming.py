@@ -46,7 +46,8 @@ ROLE_GATEWAY = "gateway-route"
 ROLE_MESH = "mesh-routes"
 
 MAX_NAME = 63
-_REPO = re.compile(r"^[A-Za-z0-9-]{1,39}/[A-Za-z0-9._-]{1,100}$")
+# `\Z`, not `$`: Python's `$` also matches before a final line break, which would pass a value ending in one.
+_REPO = re.compile(r"^[A-Za-z0-9-]{1,39}/[A-Za-z0-9._-]{1,100}\Z")
 
 
 def valid_repo(full_name: str) -> bool:

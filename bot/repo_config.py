@@ -24,9 +24,10 @@ from bot.settings import Policy, parse_quantity
 CONFIG_PATH = ".github/preview.yml"
 Trigger = Literal["auto", "label", "command"]
 
-_SERVICE_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
-_HOST = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+$")
+# `\Z`, not `$`: Python's `$` also matches before a final line break, which would pass a value ending in one.
+_SERVICE_NAME = re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?\Z")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*\Z")
+_HOST = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+\Z")
 _IMAGE_PLACEHOLDERS = frozenset({"sha", "short_sha", "number"})
 _TOP_KEYS = frozenset({"services", "trigger", "label", "wait_for", "wait_timeout"})
 _SERVICE_KEYS = frozenset({"name", "image", "port", "protocol", "host", "env", "replicas", "resources", "paths",
@@ -35,7 +36,7 @@ DEFAULT_WAIT_TIMEOUT_MINUTES = 60
 MAX_WAIT_TIMEOUT_MINUTES = 24 * 60
 # GitHub caps a check run's name and a status context at 255 characters; control characters never appear.
 _CHECK_NAME_MAX = 255
-_DURATION = re.compile(r"^([0-9]+)\s*(m|min|h)$")
+_DURATION = re.compile(r"^([0-9]+)\s*(m|min|h)\Z")
 # Istio's explicit protocol selection (istio.io docs: ops/configuration/traffic-management/protocol-selection):
 # the port name prefix or `appProtocol`. Previews are routed by a request header, so only the protocols whose
 # requests Envoy parses as HTTP can be chosen; each other protocol Istio knows is refused with the reason.

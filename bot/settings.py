@@ -36,8 +36,9 @@ LONGEST_PLACEHOLDERS: Mapping[str, str] = {
 }
 MatchMode = Literal["header", "baggage", "both"]
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_DNS_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# `\Z`, not `$`: Python's `$` also matches before a final line break, which would pass a value ending in one.
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
+_DNS_NAME = re.compile(r"^(?=.{1,253}\Z)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
 _RESOURCE_NAMES = frozenset({"cpu", "memory", "ephemeral-storage"})
 SOURCE = "environment"
 MAX_DURATION = 1_000_000  # the largest number a duration setting takes, in its own unit (seconds, hours, days)
@@ -463,7 +464,7 @@ def load_settings(env: Mapping[str, str], *, webhooks: bool = True) -> Settings:
         raise _env_error("GITHUB_APP_ID", f"must be a positive number, got {raw_app_id!r}")
     secret = _webhook_secret(env) if webhooks else ""
     api_url = (env.get("GITHUB_API_URL") or DEFAULT_API_URL).rstrip("/")
-    if not re.match(r"^https?://[^/\s]+(/\S*)?$", api_url):
+    if not re.match(r"^https?://[^/\s]+(/\S*)?\Z", api_url):
         raise _env_error("GITHUB_API_URL", f"must be an http(s) URL, got {api_url!r}")
     idle_ttl_days = _positive_float(env, "PREVIEW_IDLE_TTL_DAYS", 7.0)
     # A warning as early as the TTL itself would be due at every deploy: each push would be answered by one.

@@ -23,6 +23,10 @@ from tests.unit.test_explain import GATEWAY, SETTINGS, bot_routing
     (["--host", "a.example.com", "--method", "GE T"], "--method: is not an HTTP method"),
     (["--host", "a.example.com", "--then", "a..b"], "--then: must be a host name"),
     (["--host", "a.example.com", "--default-export-to", "Bad!"], "--default-export-to: expected"),
+    # Python's `$` also matches before a last line break: none of these may pass with one.
+    (["--host", "a.example.com\n"], "--host: must be a host name"),
+    (["--host", "a.example.com", "--from", "shop\n"], "--from: must be a Kubernetes namespace name"),
+    (["--host", "a.example.com", "--method", "GET\n"], "--method: is not an HTTP method"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str],
                                           monkeypatch: pytest.MonkeyPatch) -> None:

@@ -108,7 +108,8 @@ def test_names_are_deterministic() -> None:
     assert first == second
 
 
-@pytest.mark.parametrize("repo", ["acme", "acme/", "/shop", "acme/shop/extra", "ac me/shop", "a" * 40 + "/x", ""])
+@pytest.mark.parametrize("repo", ["acme", "acme/", "/shop", "acme/shop/extra", "ac me/shop", "a" * 40 + "/x", "",
+                                  "acme/shop\n"])
 def test_invalid_repository_refused(repo: str) -> None:
     assert not naming.valid_repo(repo)
     with pytest.raises(ValueError):

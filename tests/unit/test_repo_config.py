@@ -171,6 +171,8 @@ def test_paths_affect_services() -> None:
         (one_service("protocol: [grpc]"), "services[0].protocol", "one of http, http2, grpc, grpc-web"),
         (MINIMAL + "  - name: api\n    image: x\n    port: 1\n", "services[1].name", "duplicate"),
         (MINIMAL + "  - name: web\n    image: x\n    port: none\n", "services[1].port", "whole number"),
+        # Python's `$` also matches before a last line break: the API server would refuse the Deployment.
+        (one_service('env: {"LOG_LEVEL\\n": debug}'), "services[0].env", "invalid variable name"),
     ],
 )
 def test_validation_errors_name_file_field_and_reason(text: str, field: str, reason: str) -> None:

@@ -248,6 +248,22 @@ def test_malformed_value_names_the_variable(name: str, value: str) -> None:
     assert err.reason
 
 
+@pytest.mark.parametrize(("name", "value"), [
+    ("PREVIEW_NAMESPACE", "previews\n"),  # a ConfigMap value written as a YAML block (`|`) ends in a line break
+    ("PREVIEW_ROUTING_NAMESPACE", "istio-system\n"),
+    ("POD_NAMESPACE", "preview-bot\n"),
+    ("PREVIEW_LEASE_NAME", "preview-bot-reconciler\n"),
+    ("PREVIEW_GATEWAY", "istio-system/preview-gateway\n"),
+    ("PREVIEW_HOST_TEMPLATE", "preview-{number}-{service}.{domain}\n"),
+    ("GITHUB_API_URL", "https://ghe.example.com/api/v3\n"),
+])
+def test_a_value_with_a_trailing_line_break_is_named(name: str, value: str) -> None:
+    """Python's `$` also matches before a last line break: the value would pass and reach Kubernetes or
+    GitHub with it (an object name, a host, a URL)."""
+    err = error_for(base_env(**{name: value}))
+    assert err.field == name
+
+
 def test_default_above_cap_is_named() -> None:
     err = error_for(base_env(PREVIEW_DEFAULT_REQUESTS="cpu=4", PREVIEW_MAX_RESOURCES="cpu=2,memory=2Gi"))
     assert err.field == "PREVIEW_DEFAULT_REQUESTS"
