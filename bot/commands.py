@@ -26,6 +26,7 @@ from markdown_it import MarkdownIt
 from markdown_it.rules_inline import StateInline
 from markdown_it.token import Token
 
+from bot.comment import by_app
 from bot.triggers import is_fork
 
 PREFIX = "/preview"
@@ -210,9 +211,9 @@ def stranger_reply(command: Command, user: str) -> str:
     return f"{ANSWER_MARKER}\n{text}\n\n{STRANGER_NOTE}"
 
 
-def is_answer(comment: Mapping[str, Any]) -> bool:
-    """A comment of a bot carrying ANSWER_MARKER."""
-    return (comment.get("user") or {}).get("type") == "Bot" and ANSWER_MARKER in str(comment.get("body") or "")
+def is_answer(item: Mapping[str, Any], app_id: int | None) -> bool:
+    """A comment of the App `app_id` carrying ANSWER_MARKER (bot.comment.by_app)."""
+    return by_app(item, app_id) and ANSWER_MARKER in str(item.get("body") or "")
 
 
 # -- which commit a deploy command approves --------------------------------------------------------

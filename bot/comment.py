@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from bot import mesh_routes
 from bot.settings import MatchMode
@@ -77,6 +78,17 @@ def fork_waiting(sha: str) -> str:
             "the commit in full); each later push needs a new one.")
 
 
+def by_app(item: Mapping[str, Any], app_id: int | None) -> bool:
+    """The comment `item` (as GitHub's REST API and webhooks give it) was written by the App `app_id`:
+    GitHub names the App that made a comment in `performed_via_github_app` (its author is then the App's
+    bot account). Not any bot's: another App may post text a stranger chose (a file name, a PR title), and
+    the markers the bot reads in its own comments must not be forged that way. `app_id` None (a tool that
+    does not know the App): any bot account's comment counts."""
+    if app_id is None:
+        return (item.get("user") or {}).get("type") == "Bot"
+    return (item.get("performed_via_github_app") or {}).get("id") == app_id
+
+
 def is_sticky(body: str | None) -> bool:
     return bool(body) and MARKER in (body or "")
 
@@ -98,8 +110,17 @@ def live_section(body: str | None) -> str | None:
     return text[start:end + len(LIVE_END)] if start != -1 and end > start else None
 
 
+def shows(body: str | None, state: State) -> bool:
+    """The sticky comment `body` reports `state` (its heading, as `render` writes it)."""
+    return _heading(state) in (body or "")
+
+
+def _heading(state: State) -> str:
+    return f"### {_ICONS[state]} Preview: {state.value}"
+
+
 def render(report: Report) -> str:
-    lines = [MARKER, f"### {_ICONS[report.state]} Preview: {report.state.value}", ""]
+    lines = [MARKER, _heading(report.state), ""]
     if report.state is State.STOPPED and report.sha:
         lines.insert(1, f"<!-- preview-bot:stopped-at {report.sha.lower()} -->")
     shown: list[str] = []

@@ -27,12 +27,15 @@ log = logging.getLogger(__name__)
 
 # People without write access get at most one answer per pull request in this period.
 ANSWER_PERIOD = timedelta(hours=24)
+# A fork's pull request that waits for approval has its comment rewritten for a new head at most once in this
+# period (bot.handlers.pull_request): its author may push as often as they like.
+FORK_NOTICE_PERIOD = timedelta(minutes=5)
 
 
 def answered_cache() -> cachetools.TLRUCache[tuple[int, int], float]:
     """(repository id, pr) -> until when (epoch seconds) the PR's answer to people without write access,
     written or found by this process, covers it: a stranger cannot make the bot spam
-    (bot.handlers.preview_commands)."""
+    (bot.handlers.preview_commands). Also the PRs whose fork notice was written lately (Context.fork_notices)."""
     return cachetools.TLRUCache(maxsize=10_000, ttu=lambda _key, until, _now: until, timer=time.time)
 
 
@@ -47,6 +50,8 @@ class Context:
     reporter: Reporter  # what the PR shows (bot.reporting), shared with the previewer
     # PRs whose answer to people without write access covers them (answered_cache).
     answered: cachetools.TLRUCache[tuple[int, int], float] = field(default_factory=answered_cache)
+    # Fork PRs whose waiting-for-approval comment was written in the last FORK_NOTICE_PERIOD (answered_cache).
+    fork_notices: cachetools.TLRUCache[tuple[int, int], float] = field(default_factory=answered_cache)
     # PRs waiting for checks, with their deadlines (bot.gate).
     waits: WaitRegistry = field(default_factory=WaitRegistry)
 

@@ -53,7 +53,8 @@ class StickyComments:
     and last body (saves a listing, skips no-op edits), and the PRs a webhook payload showed with no
     comments at all (their first sticky needs no search)."""
 
-    def __init__(self, maxsize: int = 4096) -> None:
+    def __init__(self, maxsize: int = 4096, *, app_id: int | None = None) -> None:
+        self.app_id = app_id  # whose comments are the bot's (bot.comment.by_app)
         self._known: cachetools.LRUCache[tuple[int, int], tuple[int, str]] = cachetools.LRUCache(maxsize=maxsize)
         self._no_comments: cachetools.LRUCache[tuple[int, int], bool] = cachetools.LRUCache(maxsize=maxsize)
 
@@ -71,7 +72,7 @@ class StickyComments:
 
     async def _ids_and_bodies(self, gh: GitHubRepo, number: int) -> AsyncIterator[tuple[int, str]]:
         async for item in gh.comments(number):
-            if comment.is_sticky(item.get("body")) and (item.get("user") or {}).get("type") == "Bot":
+            if comment.is_sticky(item.get("body")) and comment.by_app(item, self.app_id):
                 yield int(item["id"]), str(item["body"])
 
     async def _find(self, gh: GitHubRepo, number: int) -> tuple[int, str] | None:
@@ -153,17 +154,19 @@ class Reporter:
 
     `link_lines` gives the comment's links section (bot.links); `identity` goes in each Deployment's
     payload (`replica`: who runs it, read after a restart); with `delete_environments` a stopped
-    preview's emptied environment is deleted too (PREVIEW_DELETE_ENVIRONMENTS)."""
+    preview's emptied environment is deleted too (PREVIEW_DELETE_ENVIRONMENTS); `app_id`: the App whose
+    comments are the bot's (GITHUB_APP_ID; bot.comment.by_app)."""
 
     def __init__(self, *, link_lines: LinkLines | None = None, identity: str = "preview-bot",
                  delete_environments: bool = False, sticky: StickyComments | None = None,
-                 header_name: str = "x-preview", match_mode: MatchMode = "header") -> None:
+                 header_name: str = "x-preview", match_mode: MatchMode = "header",
+                 app_id: int | None = None) -> None:
         self.link_lines = link_lines
         self.header_name = header_name  # PREVIEW_HEADER and PREVIEW_MATCH: what the comment tells to forward
         self.match_mode: MatchMode = match_mode
         self.identity = identity
         self.delete_environments = delete_environments
-        self.sticky = sticky or StickyComments()
+        self.sticky = sticky or StickyComments(app_id=app_id)
 
     # -- the comment --------------------------------------------------------------------------
 

@@ -76,7 +76,8 @@ class Bot:
         # What PRs show (sticky comments, Deployments): one per process, its caches with it.
         self.reporter = Reporter(link_lines=lambda repo, repo_id, n: links.report_lines(kube, repo, repo_id, n),
                                  identity=settings.identity, delete_environments=settings.delete_environments,
-                                 header_name=settings.cluster.header_name, match_mode=settings.cluster.match_mode)
+                                 header_name=settings.cluster.header_name, match_mode=settings.cluster.match_mode,
+                                 app_id=settings.app_id)
         self.previewer = Previewer(settings.cluster, kube, ready_timeout=settings.ready_timeout,
                                    arbiter=self.arbiter, reporter=self.reporter,
                                    image_pull_grace=settings.image_pull_grace)

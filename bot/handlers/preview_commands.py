@@ -38,7 +38,7 @@ async def answer_once(ctx: Context, client: RepoClient, number: int, body: str) 
     since = datetime.fromtimestamp(now - ANSWER_PERIOD.total_seconds(), UTC)
     async for item in client.comments(number, since=since.strftime("%Y-%m-%dT%H:%M:%SZ")):
         created = parse_time(item.get("created_at"))
-        if is_answer(item) and created is not None and created >= since:
+        if is_answer(item, ctx.settings.app_id) and created is not None and created >= since:
             ctx.answered[key] = created.timestamp() + ANSWER_PERIOD.total_seconds()
             return
     await client.reply(number, body)

@@ -3,26 +3,30 @@
 Each is a person's doing (a push, a label added, ...), so it deploys even a PR whose preview was stopped at
 its head; only check events, wait timeouts and the reconciler respect such a stop (bot.gate), and a base
 branch change (`edited` with `changes.base`), which asks for no preview. A config error is reported on the
-events that would have deployed."""
+events that would have deployed. A fork's push is no writer's doing: the comment asking for approval of its
+new head is rewritten at most once in FORK_NOTICE_PERIOD (a stranger cannot spend the App's content budget)."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gidgethub import routing, sansio
 from gidgethub.abc import GitHubAPI
 
-from bot import gate
+from bot import comment, gate
 from bot.coalesce import AFTER_STOP_KEY, PULL_ACTIONS, pairs_of
 from bot.comment import Report, State, fork_waiting
-from bot.context import Context, repo_client
+from bot.context import FORK_NOTICE_PERIOD, Context, repo_client
 from bot.errors import ConfigError
 from bot.github.client import RepoClient
 from bot.repo_config import CONFIG_PATH, RepoConfig, declared_trigger
 from bot.triggers import BASE_CHANGED, UPDATES, Decision, Pair, PullRequestFacts, decide_merged, facts_from_pull
 
 router = routing.Router()
+log = logging.getLogger(__name__)
 Handler = Callable[..., Awaitable[Any]]
 
 
@@ -99,5 +103,16 @@ async def on_pull_request(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> N
         ctx.waits.done(client, number)  # a wait for checks ends with the stop (bot.gate)
         await ctx.previewer.stop(client, number, reason, head_sha=str(pr["head"]["sha"]))
     elif decision is Decision.AWAIT_APPROVAL:
-        await ctx.reporter.show(client, number, Report(State.WAITING_APPROVAL, sha=pr["head"]["sha"],
-                                                     detail=fork_waiting(str(pr["head"]["sha"])), keeps_live=True))
+        head = str(pr["head"]["sha"])
+        noticed = (client.repo_id, number)
+        if noticed in ctx.fork_notices and \
+                comment.shows(await ctx.reporter.sticky.body(client, number), State.WAITING_APPROVAL):
+            # Only the head named would change, and a fork's author can push as often as they like: each
+            # rewrite spends the App's content budget, shared by every repository. A writer's `/preview <sha>`
+            # of an older head is told the current one.
+            log.info("fork's push: the waiting-for-approval comment is left as it is for now",
+                     extra={"repo": client.repo, "pr": number, "sha": head})
+            return
+        await ctx.reporter.show(client, number, Report(State.WAITING_APPROVAL, sha=head, detail=fork_waiting(head),
+                                                     keeps_live=True))
+        ctx.fork_notices[noticed] = time.time() + FORK_NOTICE_PERIOD.total_seconds()

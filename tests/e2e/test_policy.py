@@ -186,6 +186,76 @@ async def test_the_bot_never_deploys_a_fork_commit_no_maintainer_approved(shop: 
             assert image(view, name).endswith(pushed)
 
 
+async def test_another_apps_comment_with_the_bots_markers_is_not_the_bots(shop: FakeGitHub, cluster: Cluster,
+                                                                          namespace: str, view: ClusterView) -> None:
+    """Another App may post text a stranger chose (a coverage report listing a fork's file names, a PR title
+    quoted back). Its comment carrying the bot's hidden markers is not the bot's: not the sticky comment the
+    bot edits and reads (a stop recorded at the head keeps discovery from deploying), nor the day's answer to
+    people without write access."""
+    coverage = shop.other_app("codecov")
+    shop.add_pull(REPO, 6)
+    head = shop.repos[REPO].pulls[6].head_sha
+    forged = (f"{comment.MARKER}\n<!-- preview-bot:stopped-at {head} -->\n{commands.ANSWER_MARKER}\n"
+              "| file | coverage |\n| --- | --- |\n| src/app.py | 91% |")
+    foreign = shop.add_comment(REPO, 6, forged, user="", app=coverage)
+    async with running_bot(shop, cluster, namespace) as bot:
+        await bot.startup_pass()
+        await bot.settle()
+        assert list(view.deployments()) == [key_of(shop, REPO, 6).object_name("a")]  # discovered, not "stopped"
+        await bot.send("issue_comment", issue_comment_event(shop, REPO, 6, "/preview stop", user="mallory"))
+        await bot.settle()
+    comments = shop.comments(REPO, 6)
+    assert [c["body"] for c in comments if c["id"] == foreign["id"]] == [forged]  # never edited
+    ours = [c for c in comments if c["user"]["login"] == shop.bot.login]
+    assert [comment.MARKER in c["body"] for c in ours] == [True, False]  # its own sticky comment, then the answer
+    assert "@mallory `/preview stop` needs write access" in ours[1]["body"]
+
+
+async def test_a_forks_pushes_rewrite_its_waiting_comment_at_most_once_a_period(bot: RunningBot,
+                                                                                 view: ClusterView) -> None:
+    """A fork's author can push as often as they like, and every write of the bot spends the App's content
+    budget, shared by every repository (PREVIEW_GITHUB_CONTENT_PER_HOUR): a push rewrites the comment that asks
+    for approval only once in FORK_NOTICE_PERIOD. A comment that says something else is always rewritten."""
+    fake = bot.fake
+    fake.add_pull(REPO, 8, user="outsider", fork=True, head_sha="1" * 40)
+    await bot.send("pull_request", pull_request_event(fake, REPO, 8, "opened"))
+    await bot.settle()
+
+    def writes_since(start: int) -> list[str]:
+        return [f"{r.method} {r.path}" for r in fake.requests[start:] if r.method not in ("GET", "HEAD")]
+
+    start = len(fake.requests)
+    for digit in "2345":
+        fake.push(REPO, 8, digit * 40)
+        await bot.send("pull_request", pull_request_event(fake, REPO, 8, "synchronize"))
+        await bot.settle()
+    assert writes_since(start) == []
+    body = sticky(fake, REPO, 8)
+    assert "waiting for approval" in body and f"`/preview {'1' * 40}`" in body  # the first push's notice stays
+
+    # A writer who names the commit the comment shows is told the head; naming the head deploys it.
+    await bot.send("issue_comment", issue_comment_event(fake, REPO, 8, f"/preview {'1' * 40}", user="alice"))
+    await bot.settle()
+    assert f"comment `/preview {'5' * 40}`" in bot_replies(fake, REPO, 8)[-1]
+    await bot.send("issue_comment", issue_comment_event(fake, REPO, 8, f"/preview {'5' * 40}", user="alice"))
+    await bot.settle()
+    assert "Preview: ready" in sticky(fake, REPO, 8)
+
+    # The next push says at once that the preview serves an older commit; later ones wait for the period.
+    for digit in "67":
+        fake.push(REPO, 8, digit * 40)
+        await bot.send("pull_request", pull_request_event(fake, REPO, 8, "synchronize"))
+        await bot.settle()
+    body = sticky(fake, REPO, 8)
+    assert "waiting for approval" in body and f"`/preview {'6' * 40}`" in body and "Still live" in body
+    bot.bot.ctx.fork_notices.clear()  # the period is over
+    fake.push(REPO, 8, "8" * 40)
+    await bot.send("pull_request", pull_request_event(fake, REPO, 8, "synchronize"))
+    await bot.settle()
+    assert f"`/preview {'8' * 40}`" in sticky(fake, REPO, 8)
+    assert image(view, key_of(fake, REPO, 8).object_name("a")).endswith("5" * 40)
+
+
 async def test_draft_waits_until_ready_for_review(bot: RunningBot, view: ClusterView) -> None:
     bot.fake.add_pull(REPO, 4, draft=True)
     await bot.send("pull_request", pull_request_event(bot.fake, REPO, 4, "opened"))

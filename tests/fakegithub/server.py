@@ -478,11 +478,15 @@ class FakeGitHub:
                 seen[x.context] = x
         return list(seen.values())
 
-    def add_comment(self, repo: str, number: int, body: str, user: str) -> dict[str, Any]:
-        """A comment written by a person (e.g. a `/preview` command), as the API would show it."""
+    def add_comment(self, repo: str, number: int, body: str, user: str,
+                    app: OtherApp | None = None) -> dict[str, Any]:
+        """A comment written by a person (e.g. a `/preview` command), or by another App (`app`: its bot
+        account `<slug>[bot]` writes it, and GitHub names the App in `performed_via_github_app`), as the API
+        would show it."""
         r = self.repos[repo]
         now = time.time()
-        c = Comment(next_id("comment"), number, body, self.user(user), now, now)
+        author = self.user(f"{app.slug}[bot]", type="Bot") if app is not None else self.user(user)
+        c = Comment(next_id("comment"), number, body, author, now, now, other_app=app)
         r.comments[c.id] = c
         return self.comment_json(r, c)
 
@@ -710,9 +714,10 @@ class FakeGitHub:
             html_url=f"{HTML}/{r.full_name}/pull/{c.number}#issuecomment-{c.id}", body=c.body,
             user=self.user_json(c.user), created_at=iso(c.created_at), updated_at=iso(c.updated_at),
             issue_url=f"{self.url}/repos/{r.full_name}/issues/{c.number}",
-            author_association="NONE" if c.via_app else self._association(r, c.user),
+            author_association="NONE" if c.via_app or c.other_app else self._association(r, c.user),
         )
-        shaped["performed_via_github_app"] = self.app_json() if c.via_app else None
+        shaped["performed_via_github_app"] = self.app_json() if c.via_app else \
+            self.other_app_json(c.other_app) if c.other_app is not None else None
         for key in ("pin", "minimized", "reactions"):
             shaped.pop(key, None)
         return shaped

@@ -64,7 +64,8 @@ class Comment:
     user: User
     created_at: float
     updated_at: float
-    via_app: bool = False
+    via_app: bool = False  # written by the bot (the App), with an installation token
+    other_app: OtherApp | None = None  # written by another App's bot account
 
 
 @dataclass

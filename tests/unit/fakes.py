@@ -27,6 +27,8 @@ from bot.settings import ClusterSettings
 
 _ids = itertools.count(1000)
 
+APP_ID = 4242  # the App the fake's own comments come from (GitHub: `performed_via_github_app`)
+
 
 class FakeRepo:
     """One repository on GitHub (bot.ports.GitHubRepo)."""
@@ -117,6 +119,7 @@ class FakeRepo:
         self.writes.append("create_comment")
         comment_id = next(_ids)
         self.comment_list.append({"id": comment_id, "number": number, "body": body, "user": {"type": "Bot"},
+                                  "performed_via_github_app": {"id": APP_ID},
                                   "created_at": _now(), "updated_at": _now()})
         return comment_id
 

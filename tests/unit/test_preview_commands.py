@@ -16,7 +16,7 @@ from bot import commands
 from bot.context import answered_cache
 from bot.gate import WaitRegistry
 from bot.handlers import preview_commands
-from tests.unit.fakes import FakeRepo
+from tests.unit.fakes import APP_ID, FakeRepo
 
 HEAD = "1" * 40
 NEW_HEAD = "2" * 40
@@ -40,7 +40,7 @@ class FakePreviewer:
 def context() -> SimpleNamespace:
     """A fresh process: its own caches (bot.context.Context), nothing else in common with the last one."""
     return SimpleNamespace(answered=answered_cache(), previewer=FakePreviewer(), waits=WaitRegistry(),
-                           superseded=lambda _repo_id, _number: False)
+                           superseded=lambda _repo_id, _number: False, settings=SimpleNamespace(app_id=APP_ID))
 
 
 @pytest.fixture
