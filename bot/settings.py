@@ -464,6 +464,12 @@ def load_settings(env: Mapping[str, str], *, webhooks: bool = True) -> Settings:
         raise _env_error("GITHUB_APP_ID", f"must be a positive number, got {raw_app_id!r}")
     secret = _webhook_secret(env) if webhooks else ""
     api_url = (env.get("GITHUB_API_URL") or DEFAULT_API_URL).rstrip("/")
+    # Shown without userinfo: the value is echoed when wrong, and a password there would reach the logs.
+    shown = re.sub(r"^([^:/]*://)[^/]*@", r"\1", api_url)
+    if shown != api_url:
+        # Requests authenticate with the App's key (a JWT, then installation tokens); aiohttp refuses to
+        # send credentials from the URL next to an Authorization header, so every request would fail.
+        raise _env_error("GITHUB_API_URL", f"must not carry credentials (user:password@), got {shown!r}")
     if not re.match(r"^https?://[^/\s]+(/\S*)?\Z", api_url):
         raise _env_error("GITHUB_API_URL", f"must be an http(s) URL, got {api_url!r}")
     idle_ttl_days = _positive_float(env, "PREVIEW_IDLE_TTL_DAYS", 7.0)

@@ -264,6 +264,15 @@ def test_a_value_with_a_trailing_line_break_is_named(name: str, value: str) -> N
     assert err.field == name
 
 
+@pytest.mark.parametrize("url", ["https://x-access-token:ghp_aaaaBBBBccccDDDD1234@ghe.example.com/api/v3",
+                                 "https://admin:hunter2-secret@ghe.example.com/api/v3 ",
+                                 "http://hunter2-secret@ghe.example.com"])
+def test_credentials_in_the_api_url_are_refused_and_never_shown(url: str) -> None:
+    err = error_for(base_env(GITHUB_API_URL=url))
+    assert err.field == "GITHUB_API_URL"
+    assert "ghp_" not in str(err) and "hunter2" not in str(err) and "ghe.example.com" in str(err)
+
+
 def test_default_above_cap_is_named() -> None:
     err = error_for(base_env(PREVIEW_DEFAULT_REQUESTS="cpu=4", PREVIEW_MAX_RESOURCES="cpu=2,memory=2Gi"))
     assert err.field == "PREVIEW_DEFAULT_REQUESTS"
