@@ -3,8 +3,9 @@
 Each is a person's doing (a push, a label added, ...), so it deploys even a PR whose preview was stopped at
 its head; only check events, wait timeouts and the reconciler respect such a stop (bot.gate), and a base
 branch change (`edited` with `changes.base`), which asks for no preview. A config error is reported on the
-events that would have deployed. A fork's push is no writer's doing: the comment asking for approval of its
-new head is rewritten at most once in FORK_NOTICE_PERIOD (a stranger cannot spend the App's content budget)."""
+events that would have deployed. A fork's push or reopen is no writer's doing: the comment asking for approval
+of its head replaces one that asks already, or says stopped, at most once in FORK_NOTICE_PERIOD (a stranger
+cannot spend the App's content budget)."""
 
 from __future__ import annotations
 
@@ -105,11 +106,11 @@ async def on_pull_request(event: sansio.Event, gh: GitHubAPI, ctx: Context) -> N
     elif decision is Decision.AWAIT_APPROVAL:
         head = str(pr["head"]["sha"])
         noticed = (client.repo_id, number)
-        if noticed in ctx.fork_notices and \
-                comment.shows(await ctx.reporter.sticky.body(client, number), State.WAITING_APPROVAL):
-            # Only the head named would change, and a fork's author can push as often as they like: each
-            # rewrite spends the App's content budget, shared by every repository. A writer's `/preview <sha>`
-            # of an older head is told the current one.
+        shown = await ctx.reporter.sticky.body(client, number) if noticed in ctx.fork_notices else None
+        if any(comment.shows(shown, state) for state in (State.WAITING_APPROVAL, State.STOPPED)):
+            # A fork's author can push, or close and reopen, as often as they like: each rewrite spends the
+            # App's content budget, shared by every repository. The comment says nothing runs that commit
+            # already; a writer's `/preview <sha>` of an older head is told the current one.
             log.info("fork's push: the waiting-for-approval comment is left as it is for now",
                      extra={"repo": client.repo, "pr": number, "sha": head})
             return

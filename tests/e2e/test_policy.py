@@ -232,6 +232,11 @@ async def test_a_forks_pushes_rewrite_its_waiting_comment_at_most_once_a_period(
     assert writes_since(start) == []
     body = sticky(fake, REPO, 8)
     assert "waiting for approval" in body and f"`/preview {'1' * 40}`" in body  # the first push's notice stays
+    for _cycle in range(3):  # closing and reopening: the first close says so, then nothing changes
+        for action in ("closed", "reopened"):
+            await bot.send("pull_request", pull_request_event(fake, REPO, 8, action))
+            await bot.settle()
+    assert len(writes_since(start)) == 1 and "Preview: stopped" in sticky(fake, REPO, 8)
 
     # A writer who names the commit the comment shows is told the head; naming the head deploys it.
     await bot.send("issue_comment", issue_comment_event(fake, REPO, 8, f"/preview {'1' * 40}", user="alice"))
