@@ -128,12 +128,26 @@ class CheckEvent:
     name: str
 
 
+def _of_a_fork(run: Mapping[str, Any]) -> bool:
+    """The check run belongs to a suite of a fork's branch: GitHub then gives the suite's `head_branch` as
+    null and its `pull_requests` empty (GitHub docs, webhook `check_run`: "When the check suite's
+    `head_branch` is in a forked repository it will be `null` and the `pull_requests` array will be empty")."""
+    suite = run.get("check_suite")
+    return isinstance(suite, Mapping) and "head_branch" in suite and suite["head_branch"] is None and \
+        not suite.get("pull_requests") and not run.get("pull_requests")
+
+
 def event_facts(event: str, data: Mapping[str, Any]) -> CheckEvent | None:
     """The commit and check name of a `check_run` (created/completed) or `status` delivery; None for
-    anything else (rerequested, requested_action: a check changing state sends created/completed too)."""
+    anything else (rerequested, requested_action: a check changing state sends created/completed too), and
+    for a check run of a fork's suite: a fork's PR is deployed only by a writer's `/preview <sha>`, never by
+    a check, and its author's workflows make as many check runs as they like (each event would cost a read
+    of the config, from the installation's rate limit)."""
     if event == "check_run" and data.get("action") in ("created", "completed"):
         run = data.get("check_run") or {}
         sha, name = run.get("head_sha"), run.get("name")
+        if _of_a_fork(run):
+            return None
     elif event == "status":
         sha, name = data.get("sha"), data.get("context")
     else:

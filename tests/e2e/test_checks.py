@@ -91,6 +91,32 @@ def images(view: ClusterView) -> list[str]:
     return [d.spec.template.spec.containers[0].image for d in view.deployments().values()]
 
 
+async def test_a_forks_check_runs_cost_no_request(bot: RunningBot, view: ClusterView) -> None:
+    """A fork's workflows make as many check runs as its author likes, named as they like (a matrix job per
+    entry, on every push): their events are not read at all, so they cannot spend the installation's rate
+    limit. GitHub gives a fork's suite no head branch and no pull requests; a fork's PR deploys only on a
+    writer's `/preview <sha>` anyway."""
+    await bot.startup_pass()  # its own reads are not the events'
+    bot.fake.add_pull(GATED, 5, user="outsider", fork=True, head_sha=SHA_B)
+    assert await bot.send("pull_request", pull_request_event(bot.fake, GATED, 5, "opened")) == 202
+    await bot.settle()
+    start = len(bot.fake.requests)
+    for i in range(20):
+        run = bot.fake.add_check_run(GATED, SHA_B, "build-images" if i % 2 else f"matrix ({i})",
+                                     status="completed", conclusion="success")
+        assert await bot.send("check_run", check_run_event(bot.fake, GATED, run)) == 202
+    await bot.settle()
+    assert calls_since(bot.fake, start) == Calls(reads=0, writes=0, written=())
+    assert view.deployments() == {}
+
+    # A check run of the repository's own branch is still read, and deploys the PR waiting for it.
+    await open_pr(bot, 6, SHA_A)
+    run = bot.fake.add_check_run(GATED, SHA_A, "build-images", status="completed", conclusion="success")
+    await bot.send("check_run", check_run_event(bot.fake, GATED, run))
+    await bot.settle()
+    assert list(view.deployments()) == [PreviewKey(GATED, 6, bot.fake.repos[GATED].id).object_name("a")]
+
+
 async def test_waits_for_the_check_then_deploys(bot: RunningBot, view: ClusterView) -> None:
     fake = bot.fake
     await open_pr(bot, 1, SHA_A)

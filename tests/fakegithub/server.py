@@ -438,7 +438,10 @@ class FakeGitHub:
         now = time.time()
         suite = next((x for x in r.check_suites if x.head_sha == sha and x.app == other), None)
         if suite is None:
-            branch = next((p.head_ref for p in r.pulls.values() if p.head_sha == sha and p.head_repo is r), None)
+            # The branch of this repository the commit was pushed to; null for a fork's commit (GitHub: "When
+            # the check suite's `head_branch` is in a forked repository it will be `null`").
+            branch = next((p.head_ref for p in r.pulls.values() if p.head_sha == sha and p.head_repo is r), None) or \
+                next((name for name, tip in r.branches.items() if tip == sha), None)
             suite = CheckSuite(next_id("check_suite"), sha, branch, other, now, now)
             r.check_suites.append(suite)
         run = CheckRun(next_id("check_run"), name, sha, suite, "queued", None, now, None, details_url)
