@@ -29,7 +29,7 @@ from bot.handlers import preview_commands, pull_request
 from bot.queue import WorkQueue
 from bot.repo_config import RepoConfig, ServiceConfig
 from bot.webhook import EventJob, enqueue
-from tests.unit.fakes import FakeRepo
+from tests.unit.fakes import APP_ID, FakeRepo
 
 NUMBER = 7
 # With `paths`: a base change (`edited`) is decided too (without, it changes nothing deployed).
@@ -142,6 +142,7 @@ def world(config: str, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(pull_request, "repo_client", lambda _event, _gh: gh)
     monkeypatch.setattr(preview_commands, "repo_client", lambda _event, _gh: gh)
     ctx = SimpleNamespace(previewer=previewer, waits=WaitRegistry(), answered=answered_cache(),
+                          fork_notices=answered_cache(), settings=SimpleNamespace(app_id=APP_ID),
                           reporter=SimpleNamespace(), superseded=lambda _repo_id, _number: False)
     return pr, previewer, ctx
 
