@@ -18,7 +18,8 @@ so a concurrent writer gets 409 and re-reads:
   annotation lists the previews holding one of the `PREVIEW_MAX_PER_REPO` slots, and whose
   `preview-bot.dev/line` annotation lists the pull requests refused at the cap that wait for one, oldest
   first (see slots.py). Both change in one write, so a slot and a place in line are never lost or given
-  twice;
+  twice. The write that leaves neither a claim nor a waiter deletes the Lease instead (with the
+  resourceVersion read), so a repository with no preview left has none;
 - **one index Lease** (`preview-bot-lines`) whose `preview-bot.dev/lines` annotation names the repositories
   that may have a line, so that the reconciler finds them with one GET (404 while nobody ever waited),
   without `list` on Leases (deploy/ grants none). A PR joining a line touches it *after* writing the line;
@@ -276,6 +277,16 @@ class Arbiter:
                        slots.LINE_ANNOTATION: slots.render_line(line)}
         await self._put(slots_name(key), lease, annotations)
 
+    async def _store(self, key: PreviewKey, lease: dict[str, Any], claims: dict[str, str], line: slots.Line) -> None:
+        """`_write`, or, with no claim and nobody in line left, delete the Lease (with the resourceVersion read:
+        409 when another writer came first): a repository the App left, or that stopped using previews,
+        leaves nothing behind in the cluster. A claim that finds it gone creates it again."""
+        if claims or line.waiting:
+            await self._write(key, lease, claims, line)
+        else:
+            await self.kube.delete(f"{self.collection}/{slots_name(key)}",
+                                   resource_version=lease["metadata"]["resourceVersion"])
+
     async def _put(self, name: str, lease: dict[str, Any] | None, annotations: dict[str, str]) -> None:
         """Create the Lease `name` with `annotations`, or replace them in `lease` as read (its
         resourceVersion is the precondition: 409 when another writer came first)."""
@@ -323,7 +334,7 @@ class Arbiter:
                     return slots.Claim(False, used, line_full=True, ahead=ahead)
                 if joined != line:
                     await self._write(key, lease, claims, joined)
-            except Conflict:
+            except (Conflict, NotFound):  # NotFound: the Lease went with its last claim since the read
                 await asyncio.sleep(random.uniform(0, 0.1))  # noqa: S311 - jitter
                 continue
             if key.repo_id is not None:
@@ -341,7 +352,7 @@ class Arbiter:
             claims.pop(key.value, None)
             line = slots.leave(line, key.value)
             try:
-                await self._write(key, lease, claims, line)
+                await self._store(key, lease, claims, line)
             except (Conflict, NotFound):
                 continue
             return line
@@ -355,7 +366,7 @@ class Arbiter:
                 return line
             line = slots.leave(line, key.value)
             try:
-                await self._write(key, lease, claims, line)
+                await self._store(key, lease, claims, line)
             except (Conflict, NotFound):
                 continue
             return line

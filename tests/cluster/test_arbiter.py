@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from kubernetes import client as k8s
 
-from bot import metrics
-from bot.arbiter import Arbiter, lock_name
+from bot import metrics, slots
+from bot.arbiter import Arbiter, lock_name, slots_name
 from bot.kube import Kube
 from bot.naming import PreviewKey
 from bot.settings import ClusterSettings
@@ -105,3 +106,38 @@ async def test_eight_claims_on_two_replicas_take_exactly_the_cap(replicas: list[
     assert (await replicas[0].claim_slot(PreviewKey("acme/shop", 52, 1296269), set(), 3))[0] is True
     # Another repository has slots of its own.
     assert (await replicas[1].claim_slot(PreviewKey("other/shop", 1, 1296270), set(), 3))[0] is True
+
+
+async def test_a_repository_with_no_claim_and_nobody_in_line_keeps_no_lease(replicas: list[Arbiter], cluster: Cluster,
+                                                                             namespace: str) -> None:
+    """A repository the App left, or that stopped using previews, must leave nothing behind in the cluster;
+    a claim racing with the release that deletes the Lease still holds."""
+    api = k8s.CoordinationV1Api(cluster.api_client())
+
+    def leases() -> list[str]:
+        return sorted(lease.metadata.name for lease in api.list_namespaced_lease(namespace).items)
+
+    keys = [PreviewKey("acme/shop", n, 1296269) for n in (1, 2)]
+    assert (await replicas[0].claim_slot(keys[0], set(), 1))[0] is True
+    waiter = slots.Waiter(keys[1].value, 2, "2" * 40, slots.EVENT, "2026-01-01T00:00:00Z")
+    assert (await replicas[1].claim_or_wait(keys[1], set(), 1, waiter=waiter)).granted is False
+    await replicas[0].release_slot(keys[0])
+    assert slots_name(keys[0]) in leases()  # keys[1] still waits in line
+    await replicas[1].leave_line(keys[1])
+    assert slots_name(keys[0]) not in leases()
+
+    # The last claim is released, and the Lease deleted, between another claim's read and its write.
+    assert (await replicas[0].claim_slot(keys[1], set(), 3))[0] is True
+    read = replicas[1]._slots
+
+    async def read_then_released(key: PreviewKey) -> tuple[dict[str, Any] | None, dict[str, str], slots.Line]:
+        replicas[1]._slots = read  # type: ignore[method-assign]
+        found = await read(key)
+        await replicas[0].release_slot(keys[1])
+        return found
+
+    replicas[1]._slots = read_then_released  # type: ignore[method-assign]
+    assert await replicas[1].claim_slot(keys[0], set(), 3) == (True, 0)
+    assert await replicas[0].claim_slot(keys[1], set(), 3) == (True, 1)  # the claim of keys[0] held
+    await asyncio.gather(replicas[0].release_slot(keys[0]), replicas[1].release_slot(keys[1]))
+    assert slots_name(keys[0]) not in leases()
