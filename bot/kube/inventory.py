@@ -67,6 +67,8 @@ class Inventory:
         routes: list[dict[str, Any]] = []
         for selector in selectors:
             routes += await self._where.own_routes(f"{selector},{naming.ROLE_LABEL}={naming.ROLE_GATEWAY}")
+        if repo is None:
+            self._where.remember_every(routes)
         # Previews made before PREVIEW_NAMESPACE changed are where their gateway routes send.
         unreadable: dict[str, str] = {}
         for namespace in sorted(self._where.namespaces(routes)):
@@ -128,11 +130,16 @@ class Inventory:
     async def find_deployments(self, selector: str, *, routes: str = naming.MANAGED_SELECTOR) -> list[dict[str, Any]]:
         """The bot's Deployments matching `selector`, wherever they are: in PREVIEW_NAMESPACE and in the
         namespaces that the bot's gateway routes matching `routes` (a label selector: one preview's, or
-        every preview's by default) send to, where a preview made before PREVIEW_NAMESPACE changed lives.
+        every preview's by default: then as of the last read of every route, Placement.every_namespace)
+        send to, where a preview made before PREVIEW_NAMESPACE changed lives.
         Raises ObjectsElsewhere when one of those may not be listed: a preview there is never taken for
         absent."""
-        own = await self._where.own_routes(f"{routes},{naming.ROLE_LABEL}={naming.ROLE_GATEWAY}")
-        return [item for _, _, item in await self._where.listed(self._where.namespaces(own), selector, DEPLOYMENTS)]
+        if routes == naming.MANAGED_SELECTOR:  # every preview's: not a list of every route per call
+            namespaces = await self._where.every_namespace()
+        else:
+            own = await self._where.own_routes(f"{routes},{naming.ROLE_LABEL}={naming.ROLE_GATEWAY}")
+            namespaces = self._where.namespaces(own)
+        return [item for _, _, item in await self._where.listed(namespaces, selector, DEPLOYMENTS)]
 
     async def recorded_shas(self, key: PreviewKey) -> dict[str, str]:
         """Deployment name -> the commit it runs (its SHA annotation), for one preview, wherever its

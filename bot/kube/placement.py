@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from bot import manifests
+from bot import manifests, naming
 from bot.errors import ObjectsElsewhere
 from bot.kube.transport import KubeError, Transport
 from bot.settings import ClusterSettings
@@ -33,6 +33,11 @@ class Placement:
     def __init__(self, transport: Transport, settings: ClusterSettings) -> None:
         self._t = transport
         self._settings = settings
+        # Namespaces other than PREVIEW_NAMESPACE that the bot's gateway routes send to, as of the last
+        # read of every route (None: not read yet). New routes only ever send to PREVIEW_NAMESPACE, so
+        # this set can only shrink between reads; each reconciliation pass reads every route and renews
+        # it (remember_every). So a lookup across every preview costs no O(previews) list per event.
+        self._elsewhere: set[str] | None = None
 
     async def own_routes(self, selector: str) -> list[dict[str, Any]]:
         """The bot's per-preview VirtualServices matching `selector` of this configuration, wherever they
@@ -45,6 +50,19 @@ class Placement:
     def namespaces(self, routes: Iterable[dict[str, Any]]) -> set[str]:
         """PREVIEW_NAMESPACE and the namespaces the destinations of `routes` name (an earlier one)."""
         return manifests.route_namespaces(routes) | {self._settings.namespace}
+
+    def remember_every(self, routes: Iterable[dict[str, Any]]) -> None:
+        """Renew the namespaces every preview lives in from `routes`: every gateway route of the bot."""
+        self._elsewhere = manifests.route_namespaces(routes) - {self._settings.namespace}
+
+    async def every_namespace(self) -> set[str]:
+        """PREVIEW_NAMESPACE and every namespace the bot's gateway routes send to (an earlier one), read
+        once and then renewed by each pass (remember_every), not per call."""
+        if self._elsewhere is None:
+            self.remember_every(await self.own_routes(f"{naming.MANAGED_SELECTOR},{naming.ROLE_LABEL}="
+                                                      f"{naming.ROLE_GATEWAY}"))
+        assert self._elsewhere is not None
+        return self._elsewhere | {self._settings.namespace}
 
     async def listed(self, namespaces: Iterable[str], selector: str,
                      kinds: Iterable[tuple[str, str]] = WORKLOADS) -> list[Listed]:
