@@ -345,32 +345,29 @@ class Arbiter:
     async def release_slot(self, key: PreviewKey) -> slots.Line:
         """Free the preview's slot and take it out of the line (it is gone, or asks for nothing any more);
         returns the line as left, so that the caller offers the slot to who waits (no extra read)."""
-        for _attempt in range(_ATTEMPTS):
-            lease, claims, line = await self._slots(key)
-            if lease is None or (key.value not in claims and line.place(key.value) is None):
-                return line
-            claims.pop(key.value, None)
-            line = slots.leave(line, key.value)
-            try:
-                await self._store(key, lease, claims, line)
-            except (Conflict, NotFound):
-                continue
-            return line
-        raise TemporaryError(f"could not release the preview slot of {key.value} after {_ATTEMPTS} conflicts")
+        return await self._leave(key, release=True, what=f"release the preview slot of {key.value}")
 
     async def leave_line(self, key: PreviewKey) -> slots.Line:
         """Take the PR out of its repository's line (a no-op when it does not wait); returns the line left."""
+        return await self._leave(key, release=False, what=f"take {key.value} out of the line")
+
+    async def _leave(self, key: PreviewKey, *, release: bool, what: str) -> slots.Line:
+        """Out of the line, and with `release` its claim dropped too: read, change, write under the Lease's
+        resourceVersion, again on a conflict; nothing written when there is nothing to change."""
         for _attempt in range(_ATTEMPTS):
             lease, claims, line = await self._slots(key)
-            if lease is None or line.place(key.value) is None:
+            claimed = release and key.value in claims
+            if lease is None or (not claimed and line.place(key.value) is None):
                 return line
+            if claimed:
+                claims.pop(key.value)
             line = slots.leave(line, key.value)
             try:
                 await self._store(key, lease, claims, line)
             except (Conflict, NotFound):
                 continue
             return line
-        raise TemporaryError(f"could not take {key.value} out of the line after {_ATTEMPTS} conflicts")
+        raise TemporaryError(f"could not {what} after {_ATTEMPTS} conflicts")
 
     async def line_of(self, key: PreviewKey, live: set[str], cap: int) -> tuple[slots.Line, int]:
         """The line of `key`'s repository and how many slots are free for it now (slots.free_slots)."""
@@ -381,13 +378,7 @@ class Arbiter:
     def _index_entries(lease: dict[str, Any] | None) -> dict[str, list[Any]]:
         """The index's entries, repository id (text) -> [full name, touches]; unreadable ones are dropped."""
         text = (((lease or {}).get("metadata") or {}).get("annotations") or {}).get(LINES_ANNOTATION)
-        try:
-            data = json.loads(text or "{}")
-        except ValueError:
-            return {}
-        if not isinstance(data, dict):
-            return {}
-        return {str(k): v for k, v in data.items() if isinstance(v, list) and len(v) == 2}
+        return {str(k): v for k, v in slots.json_object(text).items() if isinstance(v, list) and len(v) == 2}
 
     async def _lines_index(self) -> tuple[dict[str, Any] | None, dict[str, list[Any]]]:
         lease = await self.kube.get(f"{self.collection}/{LINES_LEASE}")

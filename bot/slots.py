@@ -13,21 +13,25 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from bot.timestamps import parse_time
 
 CLAIMS_ANNOTATION = "preview-bot.dev/claims"
 
 
-def parse_claims(text: str | None) -> dict[str, str]:
-    """The annotation's JSON `{preview key: ISO time claimed}`; anything unreadable counts as empty."""
+def json_object(text: str | None) -> dict[str, Any]:
+    """An annotation's JSON object; anything unreadable (not JSON, not an object) counts as empty."""
     try:
         data = json.loads(text or "{}")
     except ValueError:
         return {}
-    if not isinstance(data, dict):
-        return {}
-    return {str(k): str(v) for k, v in data.items()}
+    return data if isinstance(data, dict) else {}
+
+
+def parse_claims(text: str | None) -> dict[str, str]:
+    """The annotation's JSON `{preview key: ISO time claimed}`; anything unreadable counts as empty."""
+    return {str(k): str(v) for k, v in json_object(text).items()}
 
 
 def render_claims(claims: Mapping[str, str]) -> str:
@@ -128,12 +132,7 @@ class Line:
 def parse_line(text: str | None) -> Line:
     """The annotation's JSON `{"repo_id": int, "repo": str, "waiting": [{"key", "pr", "sha", "by", "since"}]}`;
     anything unreadable counts as empty, an unreadable entry (or a key that is not its PR's) is dropped."""
-    try:
-        data = json.loads(text or "{}")
-    except ValueError:
-        return Line()
-    if not isinstance(data, dict):
-        return Line()
+    data = json_object(text)
     waiting: list[Waiter] = []
     for item in data.get("waiting") or []:
         try:
